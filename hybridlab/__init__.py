@@ -1,0 +1,21 @@
+"""hybridlab: design hybrid sequence models (Mamba-1/2/3, attention, MoE, meta tokens, shared
+attention) from YAML layer patterns, and search for the best mix."""
+from hybridlab.blocks import register_block
+from hybridlab.errors import Problem, SpecError
+
+__version__ = "0.1.0"
+
+
+def load_spec(path_or_dict, *, source: str | None = None):
+    """YAML path, YAML text or dict -> validated ``ModelSpec``. Raises ``SpecError``."""
+    from hybridlab.composer.loader import load_spec as _load
+    return _load(path_or_dict, source=source)
+
+
+def build_model(spec, device=None, dtype=None):
+    """``ModelSpec`` (or anything ``load_spec`` takes) -> ``HybridModel`` (an nn.Module)."""
+    from hybridlab.composer.builder import build_model as _build
+    return _build(spec, device=device, dtype=dtype)
+
+
+__all__ = ["load_spec", "build_model", "register_block", "SpecError", "Problem", "__version__"]

@@ -1,0 +1,108 @@
+"""The one interface every block implements.
+
+A *block* is the residual branch of one layer: the model computes ``x + block(norm(x))``.
+The composer only ever talks to blocks through this interface:
+
+* ``forward(x, ctx)``            parallel (training) forward, x: (B, L, D) -> (B, L, D)
+* ``init_state(batch, max_len)`` allocate the decode cache/state for one block (dict of tensors)
+* ``step(x_t, state, ctx)``      one new token per sequence, x_t: (B, D) -> ((B, D), state)
+* ``state_bytes(dtype)``         recurrent-state bytes per sequence (SSM state, conv window ...)
+* ``kv_bytes(context, dtype)``   KV-cache bytes per sequence at a given context length
+* ``flops_per_token(context)``   forward FLOPs per token (2 per multiply-add), at a context length
+* ``aux_loss()``                 auxiliary training loss of the last forward (MoE), or None
+* ``num_parameters(active)``     parameters; ``active=True`` counts only what one token uses (MoE)
+
+Each block type has a ``Config`` dataclass whose fields are the YAML keys, with documented
+defaults, and a ``validate`` hook for cross-field checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BlockConfig:
+    """Base for block configs. Subclasses add fields (the YAML keys) with defaults."""
+
+    def validate(self, d_model: int) -> list[tuple[str, str]]:
+        """Cross-field checks. Returns (field, message) pairs; empty when valid."""
+        return []
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass
+class LayerContext:
+    """What a block learns about where it sits, at construction time."""
+
+    index: int                 # position in the expanded layer stack
+    name: str                  # block name in the spec (the pattern symbol for 1-char names)
+    d_model: int
+    n_layers: int
+    use_index: int = 0         # how many earlier layers used the same block name
+    shared: dict = field(default_factory=dict)   # model-wide store for weight sharing (per block name)
+    init_std: float = 0.02
+    residual_scale: float = 1.0  # multiply output-projection init by this (depth scaling)
+
+
+@dataclass
+class ForwardContext:
+    """Per-call information handed to every block."""
+
+    embeddings: torch.Tensor | None = None   # (B, L, D) or (B, D) in step: the token embeddings
+    position: int = 0                        # step(): absolute position of the new token
+    seq_idx: torch.Tensor | None = None      # (B, L) int32 packed-sequence ids, optional
+
+
+class Block(nn.Module):
+    """Base class; see module docstring for the contract."""
+
+    Config: ClassVar[type[BlockConfig]] = BlockConfig
+    #: "mixer" (sequence mixing: SSM, attention, parallel), "ffn" (per-token: mlp, moe)
+    kind: ClassVar[str] = "mixer"
+    #: Megatron hybrid_layer_pattern symbol and HF v5 layer type, for `hybridlab convert`
+    megatron_symbol: ClassVar[str] = ""
+    hf_layer_type: ClassVar[str] = ""
+
+    def __init__(self, cfg: BlockConfig, ctx: LayerContext):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = ctx
+
+    # -- compute ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, max_len: int, device=None, dtype=None) -> dict[str, Any]:
+        return {}
+
+    def step(self, x_t: torch.Tensor, state: dict[str, Any], ctx: ForwardContext):  # pragma: no cover
+        raise NotImplementedError
+
+    def aux_loss(self) -> torch.Tensor | None:
+        return None
+
+    # -- accounting ------------------------------------------------------------------------
+    def state_bytes(self, dtype: torch.dtype = torch.bfloat16) -> int:
+        return 0
+
+    def kv_bytes(self, context: int, dtype: torch.dtype = torch.bfloat16) -> int:
+        return 0
+
+    def flops_per_token(self, context: int) -> int:
+        """Default: 2 FLOPs per weight (every weight used once per token)."""
+        return 2 * self.num_parameters(active=True)
+
+    def num_parameters(self, active: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype, device="meta").element_size()

@@ -1,0 +1,1 @@
+"""The `hybridlab` command line: a thin layer over library functions, one module per command."""

@@ -1,0 +1,53 @@
+"""Entry point of the `hybridlab` command.
+
+Each sub-command lives in its own module ``hybridlab/cli/<name>.py`` exposing
+``register(subparsers)``, which adds its parser and sets ``func`` (args -> exit code).
+User errors (``SpecError``) are printed as ``file:line:col: message`` and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hybridlab.errors import SpecError
+
+COMMANDS = ["validate", "summary", "convert", "train", "search", "studies", "bench", "ui",
+            "export", "generate"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybridlab",
+        description="Design hybrid SSM/attention/MoE models from YAML and search for the best mix.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"hybridlab.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"hybridlab.cli.{name}":
+                continue  # command not part of this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as e:
+        for problem in e.problems:
+            print(problem.format(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""causal_conv1d: reference.py (torch) beside fused.py (Triton)."""

@@ -1,0 +1,68 @@
+"""The one place that decides which implementation of a kernel runs.
+
+Rule: fused Triton kernels on CUDA tensors, the pure-torch reference elsewhere.
+``HYBRIDLAB_KERNELS=reference|triton`` overrides the rule (``triton`` on CPU needs
+``TRITON_INTERPRET=1``, which is how CI tests the kernels).
+
+Each op lives in its own folder, ``hybridlab/kernels/<folder>/``, with ``reference.py`` (torch)
+next to ``fused.py`` (Triton); both expose a function of the op's name with the same signature.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("reference", "triton")
+_MODULE_FOR_BACKEND = {"reference": "reference", "triton": "fused"}
+
+# op name -> folder under hybridlab/kernels
+OPS = {
+    "selective_scan": "selective_scan",
+    "selective_state_update": "selective_scan",
+    "ssd": "ssd",
+    "ssd_state_update": "ssd",
+    "mamba3": "mamba3",
+    "mamba3_state_update": "mamba3",
+    "causal_conv1d": "causal_conv1d",
+    "causal_conv1d_update": "causal_conv1d",
+    "rmsnorm_gated": "rmsnorm_gated",
+}
+
+_cache: dict[tuple[str, str], object] = {}
+
+
+def backend_for(t: torch.Tensor) -> str:
+    forced = os.environ.get("HYBRIDLAB_KERNELS", "").strip().lower()
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"HYBRIDLAB_KERNELS={forced!r}: expected one of {', '.join(BACKENDS)}")
+        return forced
+    return "triton" if t.is_cuda else "reference"
+
+
+def implementation(op: str, backend: str):
+    key = (op, backend)
+    fn = _cache.get(key)
+    if fn is None:
+        module = importlib.import_module(f"hybridlab.kernels.{OPS[op]}.{_MODULE_FOR_BACKEND[backend]}")
+        fn = _cache[key] = getattr(module, op)
+    return fn
+
+
+def _first_tensor(args, kwargs) -> torch.Tensor:
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a
+    raise TypeError("kernel called without any tensor argument")
+
+
+def make_op(op: str):
+    def dispatched(*args, **kwargs):
+        return implementation(op, backend_for(_first_tensor(args, kwargs)))(*args, **kwargs)
+
+    dispatched.__name__ = op
+    dispatched.__qualname__ = op
+    dispatched.__doc__ = f"Dispatches to hybridlab.kernels.{OPS[op]}.(reference|fused).{op}; see there."
+    return dispatched

@@ -1,0 +1,1 @@
+"""mamba3: reference.py (torch) beside fused.py (Triton)."""

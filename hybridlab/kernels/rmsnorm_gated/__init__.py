@@ -1,0 +1,1 @@
+"""rmsnorm_gated: reference.py (torch) beside fused.py (Triton)."""

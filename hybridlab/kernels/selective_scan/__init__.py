@@ -1,0 +1,1 @@
+"""selective_scan: reference.py (torch) beside fused.py (Triton)."""

@@ -1,0 +1,1 @@
+"""ssd: reference.py (torch) beside fused.py (Triton)."""
