@@ -1,0 +1,35 @@
+"""Shared test set-up.
+
+* Triton kernels run on the CPU through the interpreter, so set TRITON_INTERPRET=1 before any
+  Triton import when there is no CUDA.
+* Tests marked ``gpu`` skip where CUDA is absent (run them on the GPU machine:
+  ``python -m pytest -m gpu``).
+"""
+import os
+
+import pytest
+
+try:
+    import torch
+    _HAS_CUDA = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: GPU test, run on the GPU machine with -m gpu")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+    torch.manual_seed(0)
+    yield
