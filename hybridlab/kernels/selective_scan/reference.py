@@ -33,11 +33,11 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
 
 
 def _expand_groups(M: torch.Tensor, d: int) -> torch.Tensor:
-    """B or C (b,n,l) | (b,g,n,l) -> (b,d,n,l) (a broadcast view for g=1); channel i uses group i // (d/g)."""
+    """B or C (b,n,l) | (b,g,n,l) -> (l,b,d|1,n), time leading; channel i uses group i // (d/g)."""
     if M.dim() == 3:
-        return M[:, None]
+        return M.permute(2, 0, 1)[:, :, None]
     g = M.shape[1]
-    return M.repeat_interleave(d // g, dim=1) if g > 1 else M
+    return M.permute(3, 0, 1, 2).repeat_interleave(d // g, dim=2)
 
 
 def _restart_mask(seq_idx: torch.Tensor, dtype) -> torch.Tensor:
@@ -60,41 +60,43 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         dt = dt + delta_bias.to(ct)[:, None]
     if delta_softplus:
         dt = _softplus(dt)
+    # Time-leading layout (l,b,d,n): every per-step slice below is one contiguous block.
     Bf, Cf = _expand_groups(B.to(ct), d), _expand_groups(C.to(ct), d)
-    dA = dt[:, :, None, :] * A.to(ct)[None, :, :, None]             # (b,d,n,l) log-decay <= 0
+    dt_l = dt.permute(2, 0, 1)                                      # (l,b,d)
+    dA = dt_l[..., None] * A.to(ct)                                 # (l,b,d,n) log-decay <= 0
     if seq_idx is not None:                                         # exp(-inf) = 0: restart
-        cut = _restart_mask(seq_idx, ct)[:, None, None, :]
+        cut = _restart_mask(seq_idx, ct).t()[:, :, None, None]
         dA = torch.where(cut > 0, dA, torch.full_like(dA, -math.inf))
-    dBu = (dt * uf)[:, :, None, :] * Bf                             # (b,d,n,l)
+    dBu = (dt_l * uf.permute(2, 0, 1))[..., None] * Bf              # (l,b,d,n)
 
-    # Two-level scan: pad L to T*nc with identity steps (log-decay 0, input 0).
+    # Two-level scan: pad L to nc*T with identity steps (log-decay 0, input 0).
     T = max(1, math.isqrt(l))
     nc = -(-l // T)
     pad = nc * T - l
     if pad:
-        dA, dBu = F.pad(dA, (0, pad)), F.pad(dBu, (0, pad))
-    dA = dA.reshape(b, d, n, nc, T)
-    dBu = dBu.reshape(b, d, n, nc, T)
+        dA, dBu = F.pad(dA, (0, 0, 0, 0, 0, 0, 0, pad)), F.pad(dBu, (0, 0, 0, 0, 0, 0, 0, pad))
+    dA = dA.reshape(nc, T, b, d, n)
+    dBu = dBu.reshape(nc, T, b, d, n)
     decay = torch.exp(dA)
     # (1) every chunk from a zero state, all chunks at once.
-    h, hs = torch.zeros_like(dBu[..., 0]), []
+    h, hs = torch.zeros_like(dBu[:, 0]), []
     for t in range(T):
-        h = decay[..., t] * h + dBu[..., t]
+        h = decay[:, t] * h + dBu[:, t]
         hs.append(h)
-    h_local = torch.stack(hs, dim=-1)                               # (b,d,n,nc,T)
-    cum = torch.exp(torch.cumsum(dA, dim=-1))                       # decay from chunk start to t
+    h_local = torch.stack(hs, dim=1)                                # (nc,T,b,d,n)
+    cum = torch.exp(torch.cumsum(dA, dim=1))                        # decay from chunk start to t
     # (2) carry the true state across chunks.
     h = initial_state.to(ct) if initial_state is not None else dBu.new_zeros(b, d, n)
     starts = []
     for c in range(nc):
         starts.append(h)
-        h = cum[..., c, -1] * h + h_local[..., c, -1]
+        h = cum[c, -1] * h + h_local[c, -1]
     last_state = h
     # (3) state at every step = local part + carried start state decayed to that step.
-    states = h_local + cum * torch.stack(starts, dim=-1)[..., None]
-    states = states.reshape(b, d, n, nc * T)[..., :l]
+    states = h_local + cum * torch.stack(starts)[:, None]
+    states = states.reshape(nc * T, b, d, n)[:l]
 
-    y = (states * Cf).sum(dim=2)                                    # (b,d,l)
+    y = (states * Cf).sum(dim=-1).permute(1, 2, 0)                  # (b,d,l)
     if D is not None:
         y = y + D.to(ct)[:, None] * uf
     if z is not None:
