@@ -10,7 +10,7 @@ Recurrence, per batch b, channel d and state n (x is the SSM state):
 A Python loop over every step is slow on the CPU, so the scan is two-level: the sequence is
 cut into ~sqrt(L) chunks; one loop over the steps inside a chunk runs all chunks at once from a
 zero state, a second loop over chunks carries the true state from chunk to chunk, and the
-carried state is added back decayed by exp(cumsum(delta * A)) (a sum of log-decays <= 0, so it
+carried state is added back times the running product of the decays (each in [0, 1], so it
 never overflows). About 2*sqrt(L) small vectorised steps instead of L; autograd does the
 backward.
 
@@ -77,20 +77,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         dA, dBu = F.pad(dA, (0, 0, 0, 0, 0, 0, 0, pad)), F.pad(dBu, (0, 0, 0, 0, 0, 0, 0, pad))
     dA = dA.reshape(nc, T, b, d, n)
     dBu = dBu.reshape(nc, T, b, d, n)
-    decay = torch.exp(dA)
-    # (1) every chunk from a zero state, all chunks at once.
+    # (1) every chunk from a zero state, all chunks at once. (unbind, not indexing: the
+    # backward of t separate index ops would zero-fill t full-size gradients.)
+    # The running product of decays (cum) is the decay from the chunk start to step t.
     h, hs = torch.zeros_like(dBu[:, 0]), []
-    for t in range(T):
-        h = decay[:, t] * h + dBu[:, t]
+    cum, cums = torch.ones_like(h), []
+    for a_t, bu_t in zip(torch.exp(dA).unbind(1), dBu.unbind(1)):
+        h = a_t * h + bu_t
+        cum = a_t * cum
         hs.append(h)
-    h_local = torch.stack(hs, dim=1)                                # (nc,T,b,d,n)
-    cum = torch.exp(torch.cumsum(dA, dim=1))                        # decay from chunk start to t
+        cums.append(cum)
+    h_local, cum = torch.stack(hs, dim=1), torch.stack(cums, dim=1)  # (nc,T,b,d,n)
     # (2) carry the true state across chunks.
     h = initial_state.to(ct) if initial_state is not None else dBu.new_zeros(b, d, n)
     starts = []
-    for c in range(nc):
+    for a_c, h_c in zip(cums[-1].unbind(0), hs[-1].unbind(0)):
         starts.append(h)
-        h = cum[c, -1] * h + h_local[c, -1]
+        h = a_c * h + h_c
     last_state = h
     # (3) state at every step = local part + carried start state decayed to that step.
     states = h_local + cum * torch.stack(starts)[:, None]

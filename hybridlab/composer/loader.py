@@ -1,0 +1,898 @@
+"""Spec loader: YAML file, YAML text or dict -> validated ``ModelSpec``.
+
+This is the edge of the product: everything downstream trusts what it returns. Every problem
+found is collected (not just the first) and raised together as one ``SpecError`` whose problems
+point at file:line:col of the offending key, value, or pattern symbol.
+
+Steps: read the YAML -> check the top-level keys -> import ``plugins`` -> ``model`` ->
+``blocks`` (each entry becomes its block's ``Config`` dataclass, type-checked, then
+``Config.validate(d_model)``) -> ``pattern`` or ``layout`` -> one layer per name ->
+``overrides`` (per-layer copies of the Config) -> ``ModelSpec``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import importlib
+import os
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hybridlab.blocks.registry import block_types, get_block
+from hybridlab.composer.canonical import dump_spec_yaml  # noqa: F401  (re-exported: load/dump pair)
+from hybridlab.composer.layout import PLACEMENTS, Layout, LayoutError, expand_layout
+from hybridlab.composer.pattern import (RESERVED, PatternError, assign_stages, format_name,
+                                        parse_pattern)
+from hybridlab.composer.spec import LayerSpec, ModelConfig, ModelSpec
+from hybridlab.composer.yaml_source import Position, SourceMap, parse_yaml, read_text_file
+from hybridlab.errors import Problem, SpecError
+
+#: Pattern symbols that work without a `blocks` entry, each with its Config defaults.
+DEFAULT_SYMBOLS = {"M": "mamba2", "*": "attention", "-": "mlp", "E": "moe"}
+TOP_KEYS = ("name", "model", "blocks", "pattern", "layout", "overrides", "plugins")
+LAYOUT_KEYS = ("layers", "mix", "place", "ffn")
+OVERRIDE_KEYS = ("at", "set")
+NORMS = ("rmsnorm", "layernorm")
+
+
+def load_spec(spec, source: str | None = None) -> ModelSpec:
+    """Path, YAML text, dict or ModelSpec -> validated ``ModelSpec``. Raises ``SpecError``.
+
+    ``source`` names the input in error messages (and becomes ``ModelSpec.source``); it defaults
+    to the path, or ``<text>`` / ``<dict>``.
+    """
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, dict):
+        file = source or "<dict>"
+        return _SpecReader(copy.deepcopy(spec), SourceMap.empty(file), source, None,
+                           from_text=False).read()
+    if isinstance(spec, (str, Path)) and not _looks_like_yaml_text(spec):
+        file = source or str(spec)
+        text = read_text_file(spec, shown_as=file)
+        data, smap = parse_yaml(text, file)
+        return _SpecReader(data, smap, file, Path(spec)).read()
+    if isinstance(spec, str):
+        file = source or "<text>"
+        data, smap = parse_yaml(spec, file)
+        return _SpecReader(data, smap, source, None).read()
+    raise TypeError(f"load_spec expects a path, YAML text, dict or ModelSpec, got {type(spec).__name__}")
+
+
+def _looks_like_yaml_text(spec) -> bool:
+    if isinstance(spec, Path):
+        return False
+    return "\n" in spec or (":" in spec and not os.path.exists(spec))
+
+
+@dataclass
+class _Block:
+    """A resolved block name: its type, class and validated config (None if invalid)."""
+    name: str
+    type: str
+    cls: type
+    config: Any
+
+
+@dataclass
+class _Slot:
+    name: str
+    stage: int
+
+
+class _SpecReader:
+    """Reads one spec, collecting problems; ``read()`` returns the ModelSpec or raises."""
+
+    def __init__(self, data, smap: SourceMap, source: str | None, path: Path | None,
+                 from_text: bool = True):
+        self.data = data
+        self.from_text = from_text
+        self.smap = smap
+        self.source = source
+        self.path = path
+        self.problems: list[Problem] = []
+        self.blocks: dict[str, _Block | None] = {}   # None: defined but invalid
+        self.missing: set[str] = set()               # used but never defined (reported once)
+        self.d_model: int | None = None
+        self.pattern_text = ""                       # the pattern string, for hints
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def problem(self, path: tuple, message: str, hint: str = "", *, at: Position | None = None,
+                key: bool = False) -> None:
+        pos = at or (self.smap.key(path) if key else self.smap.value(path))
+        self.problems.append(Problem(message, file=self.smap.file, line=pos.line, col=pos.col,
+                                     field=dotted(path), hint=hint))
+
+    def type_problem(self, path: tuple, mismatch: Mismatch) -> None:
+        full = path + mismatch.at
+        self.problem(full, f"expected {mismatch.expected}, got {mismatch.got}", mismatch.hint)
+
+    def unknown_key(self, path: tuple, key, allowed, what: str) -> None:
+        listing = "allowed keys: " + ", ".join(allowed) if allowed else f"{what} takes no settings"
+        self.problem(path + (key,), f"unknown key '{key}' in {what}",
+                     with_suggestion(str(key), allowed, listing), key=True)
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def read(self) -> ModelSpec:
+        top = self.data
+        if top is None:
+            self.fail((), "the spec is empty",
+                      "a spec is a mapping with name, model, blocks and pattern (or layout)")
+        if not isinstance(top, dict):
+            self.fail((), f"the top level of a spec must be a mapping, got {describe(top)}",
+                      "a spec is a mapping with name, model, blocks and pattern (or layout)")
+        for dup in self.smap.duplicates:
+            self.problem(dup.path + (dup.key,), f"duplicate key '{dup.key}'",
+                         "YAML would silently keep only the last one; remove or rename one",
+                         at=dup.position)
+        self.check_keys((), top, TOP_KEYS, "the spec")
+        plugins = self.import_plugins(top.get("plugins"))
+        name = self.read_name(top)
+        model = self.read_model(top)
+        self.read_blocks(top.get("blocks"))
+        slots = self.read_layer_names(top)
+        layers = self.make_layers(slots)
+        if layers is not None:
+            layers = self.apply_overrides(top.get("overrides"), layers)
+        elif "overrides" in top and not isinstance(top["overrides"], list):
+            self.problem(("overrides",), "overrides must be a list of {at: [...], set: {...}}")
+        if self.problems or model is None or layers is None:
+            raise SpecError(sorted_problems(self.problems))
+        return ModelSpec(name=name, model=model, layers=tuple(layers), plugins=plugins,
+                         source=self.source, raw=top)
+
+    def fail(self, path: tuple, message: str, hint: str = ""):
+        self.problem(path, message, hint, at=self.start_of(path))
+        raise SpecError(self.problems)
+
+    def check_keys(self, path: tuple, mapping: dict, allowed, what: str) -> None:
+        for key in mapping:
+            if not isinstance(key, str):
+                self.problem(path + (key,), f"keys must be strings, got {describe(key)}",
+                             key=True)
+            elif key not in allowed:
+                self.unknown_key(path, key, list(allowed), what)
+
+    def import_plugins(self, plugins) -> tuple[str, ...]:
+        if plugins is None:
+            return ()
+        if isinstance(plugins, str):
+            plugins = [plugins]
+            where = lambda i: ("plugins",)  # noqa: E731
+        elif isinstance(plugins, list):
+            where = lambda i: ("plugins", i)  # noqa: E731
+        else:
+            self.problem(("plugins",), f"plugins must be a list of module names, got "
+                                       f"{describe(plugins)}", "plugins: [my_blocks]")
+            return ()
+        names = []
+        with self.plugin_import_path():
+            for i, module in enumerate(plugins):
+                if not isinstance(module, str) or not module.strip():
+                    self.problem(where(i), f"a plugin is a module name, got {describe(module)}")
+                    continue
+                names.append(module)
+                self.import_plugin(module, where(i))
+        return tuple(names)
+
+    @contextlib.contextmanager
+    def plugin_import_path(self):
+        """Plugins are importable from the spec's folder and the current directory."""
+        extra = [str(self.path.resolve().parent)] if self.path is not None else []
+        extra.append(os.getcwd())
+        added = [p for p in extra if p not in sys.path]
+        sys.path[:0] = added
+        try:
+            yield
+        finally:
+            for p in added:
+                with contextlib.suppress(ValueError):
+                    sys.path.remove(p)
+
+    def import_plugin(self, module: str, path: tuple) -> None:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                hint = "plugins are Python module names importable from the spec's folder or " \
+                       "the current directory"
+                if module.endswith(".py") or "/" in module:
+                    hint = f"write the module name ('{Path(module).stem}'), not a file path"
+                self.problem(path, f"cannot import plugin '{module}': no module named '{e.name}'", hint)
+            else:
+                self.problem(path, f"plugin '{module}' failed to import: {e}")
+        except (Exception, SystemExit) as e:
+            self.problem(path, f"plugin '{module}' failed to import: {type(e).__name__}: {e}")
+
+    def read_name(self, top: dict) -> str:
+        default = self.path.stem if self.path is not None else "model"
+        name = top.get("name", default)
+        if not isinstance(name, str) or not name.strip():
+            self.problem(("name",), f"name must be a non-empty string, got {describe(name)}")
+            return default
+        return name
+
+    def read_model(self, top: dict) -> ModelConfig | None:
+        if "model" not in top:
+            self.problem((), "missing required key 'model'",
+                         "model: {d_model: 256, vocab_size: 256}", at=self.start_of(()))
+            return None
+        raw = top["model"]
+        if isinstance(raw, dict) and is_int(raw.get("d_model")) and raw["d_model"] > 0:
+            self.d_model = raw["d_model"]    # lets blocks validate even if other model keys are wrong
+        model = self.build_config(ModelConfig, raw, ("model",), "model")
+        if model is None:
+            return None
+        checks = [("d_model", model.d_model > 0, "must be > 0"),
+                  ("vocab_size", model.vocab_size > 0, "must be > 0"),
+                  ("norm", model.norm in NORMS, "must be one of " + ", ".join(NORMS)),
+                  ("norm_eps", model.norm_eps > 0, "must be > 0"),
+                  ("meta_tokens", model.meta_tokens >= 0, "must be >= 0"),
+                  ("init.std", model.init.std > 0, "must be > 0")]
+        bad = False
+        for field, ok, message in checks:
+            if not ok:
+                path = ("model",) + tuple(field.split("."))
+                hint = did_you_mean(model.norm, NORMS) if field == "norm" else ""
+                self.problem(path, message, hint)
+                bad = True
+        return None if bad else model
+
+    def start_of(self, path: tuple) -> Position:
+        """Where to point for something missing: the enclosing value, or line 1 of a file."""
+        pos = self.smap.value(path)
+        return Position(1, 1) if pos.line == 0 and self.from_text else pos
+
+    # -- typed configs -------------------------------------------------------------------------
+
+    def build_config(self, cls, mapping, path: tuple, what: str, skip=()):
+        """Mapping -> instance of dataclass ``cls``, type-checked; None (with problems) if not."""
+        if mapping is None:
+            mapping = {}
+        if not isinstance(mapping, dict):
+            self.problem(path, f"{what} must be a mapping, got {describe(mapping)}")
+            return None
+        fields = init_fields(cls)
+        hints = type_hints(cls)
+        values, ok = {}, True
+        for key, value in mapping.items():
+            if key in skip:
+                continue
+            if not isinstance(key, str) or key not in fields:
+                if isinstance(key, str):
+                    self.unknown_key(path, key, list(fields), what)
+                else:
+                    self.problem(path + (key,), f"keys must be strings, got {describe(key)}",
+                                 key=True)
+                ok = False
+                continue
+            hint = hints.get(key, Any)
+            if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+                sub = self.build_config(hint, value, path + (key,), f"{what}.{key}")
+                ok = ok and sub is not None
+                values[key] = sub
+                continue
+            try:
+                values[key] = convert(value, hint)
+            except Mismatch as m:
+                self.type_problem(path + (key,), m)
+                ok = False
+        for field in fields.values():
+            if is_required(field) and field.name not in mapping:
+                self.problem(path, f"missing required field '{field.name}'", key=True)
+                ok = False
+        if not ok:
+            return None
+        try:
+            return cls(**values)
+        except Exception as e:       # a Config's __post_init__ may reject combinations
+            self.problem(path, f"invalid {what}: {e}", key=True)
+            return None
+
+    def run_validate(self, config, report) -> None:
+        """Call ``config.validate(d_model)``; ``report(field, message)`` for each complaint."""
+        if self.d_model is None:
+            return
+        try:
+            complaints = config.validate(self.d_model) or []
+        except Exception as e:
+            report("", f"validate() failed: {type(e).__name__}: {e}")
+            return
+        for item in complaints:
+            field, message = item if isinstance(item, tuple) and len(item) == 2 else ("", str(item))
+            report(str(field or ""), str(message))
+
+    # -- blocks --------------------------------------------------------------------------------
+
+    def read_blocks(self, blocks) -> None:
+        if blocks is None:
+            return
+        if not isinstance(blocks, dict):
+            hint = "blocks: {M: {type: mamba2}, \"*\": {type: attention}}"
+            if isinstance(blocks, list):
+                hint = "blocks is a mapping, not a list; note that '- ' starts a list item " \
+                       "in YAML, so write the MLP symbol quoted: \"-\": {type: mlp}"
+            self.problem(("blocks",), f"blocks must be a mapping of name -> block, got "
+                                      f"{describe(blocks)}", hint)
+            return
+        for name, entry in blocks.items():
+            path = ("blocks", name)
+            problem = block_name_problem(name)
+            if problem:
+                self.problem(path, problem, key=True)
+                continue
+            self.blocks[name] = self.read_block(name, entry, path)
+
+    def read_block(self, name: str, entry, path: tuple) -> _Block | None:
+        if not isinstance(entry, dict):
+            self.problem(path, f"a block must be a mapping, got {describe(entry)}",
+                         f"{name}: {{type: mamba2, d_state: 16}}")
+            return None
+        if "type" not in entry:
+            self.problem(path, "missing required key 'type'", types_hint(), key=True)
+            return None
+        type_name = entry["type"]
+        cls = self.block_class(type_name, path + ("type",))
+        if cls is None:
+            return None
+        config = self.build_config(cls.Config, entry, path, f"block '{name}' ({type_name})",
+                                   skip=("type",))
+        if config is None:
+            return None
+        ok = True
+
+        def report(field, message):
+            nonlocal ok
+            ok = False
+            field_path = path + tuple(field.split(".")) if field else path
+            self.problem(field_path, message, key=not self.smap.has(field_path))
+        self.run_validate(config, report)
+        return _Block(name, type_name, cls, config) if ok else None
+
+    def block_class(self, type_name, path: tuple):
+        if not isinstance(type_name, str):
+            self.problem(path, f"type must be a string, got {describe(type_name)}", types_hint())
+            return None
+        try:
+            return get_block(type_name)
+        except KeyError:
+            self.problem(path, f"unknown block type '{type_name}'", types_hint(type_name))
+            return None
+
+    def resolve(self, name: str, at: Position, path: tuple) -> _Block | None:
+        """Block for a name used in the pattern/layout; defaults for M * - E; None if unusable."""
+        if name in self.blocks:
+            return self.blocks[name]
+        if name in self.missing:        # reported already
+            return None
+        default_type = DEFAULT_SYMBOLS.get(name)
+        if default_type is None or default_type not in block_types():
+            self.problem(path, f"block '{name}' is not defined", self.undefined_hint(name),
+                         at=at)
+            self.missing.add(name)
+            return None
+        cls = get_block(default_type)
+        try:
+            config = cls.Config()
+        except Exception as e:
+            self.problem(path, f"default block '{name}' ({default_type}) cannot be built: {e}",
+                         at=at)
+            return None
+        errors = []
+        self.run_validate(config, lambda field, msg: errors.append(f"{field}: {msg}" if field else msg))
+        for message in errors:
+            self.problem(path, f"default block '{name}' ({default_type}) is invalid: {message}",
+                         f"define '{name}' under blocks: to set its fields", at=at)
+        block = _Block(name, default_type, cls, config) if not errors else None
+        self.blocks[name] = block
+        return block
+
+    def undefined_hint(self, name: str) -> str:
+        defined = list(self.blocks)
+        default_type = DEFAULT_SYMBOLS.get(name)
+        if default_type is not None:
+            listing = (f"'{name}' defaults to type '{default_type}', which is not registered; "
+                       f"registered types: {', '.join(block_types()) or 'none'}")
+        else:
+            listing = ("defined blocks: " + (", ".join(defined) or "none") + "; defaults: "
+                       + ", ".join(f"{s} ({t})" for s, t in DEFAULT_SYMBOLS.items()))
+        long_names = [n for n in defined if len(n) > 1 and n in self.pattern_text]
+        if long_names:
+            return f"write long block names in brackets, e.g. [{long_names[0]}] ({listing})"
+        if name == "/":
+            return f"Megatron's '/' (multi-token prediction) separator is not supported ({listing})"
+        return with_suggestion(name, defined + list(DEFAULT_SYMBOLS), listing)
+
+    # -- pattern / layout ---------------------------------------------------------------------------
+
+    def read_layer_names(self, top: dict) -> list[_Slot] | None:
+        has_pattern, has_layout = "pattern" in top, "layout" in top
+        if has_pattern and has_layout:
+            self.problem(("layout",), "give either 'pattern' or 'layout', not both",
+                         "pattern lists the layers; layout derives them from ratios", key=True)
+            return None
+        if has_pattern:
+            return self.read_pattern(top["pattern"])
+        if has_layout:
+            return self.read_layout(top["layout"])
+        self.problem((), "missing 'pattern' (or 'layout')",
+                     "pattern: \"(M-M-M*-) x 4\", or layout: {layers: 12, mix: {M: 3, \"*\": 1}}",
+                     at=self.start_of(()))
+        return None
+
+    def read_pattern(self, pattern) -> list[_Slot] | None:
+        if isinstance(pattern, list):
+            return self.read_pattern_list(pattern)
+        if not isinstance(pattern, str):
+            self.problem(("pattern",), f"pattern must be a string or a list of block names, got "
+                                       f"{describe(pattern)}", 'pattern: "(M-M*-) x 4"')
+            return None
+        if not pattern.strip():
+            self.problem(("pattern",), "pattern is empty", 'pattern: "(M-M*-) x 4"')
+            return None
+        self.pattern_text = pattern
+        try:
+            flat = parse_pattern(pattern)
+        except PatternError as e:
+            self.problem(("pattern",), e.message, e.hint, at=self.smap.char(("pattern",), e.offset))
+            return None
+        ok = True
+        for item in flat:
+            if hasattr(item, "name"):
+                at = self.smap.char(("pattern",), item.offset)
+                ok = self.resolve(item.name, at, ("pattern",)) is not None and ok
+        try:
+            slots = assign_stages(flat, len(pattern))
+        except PatternError as e:
+            self.problem(("pattern",), e.message, e.hint, at=self.smap.char(("pattern",), e.offset))
+            return None
+        return [_Slot(s.name, s.stage) for s in slots] if ok else None
+
+    def read_pattern_list(self, items: list) -> list[_Slot] | None:
+        if not items:
+            self.problem(("pattern",), "pattern is empty", "pattern: [mamba, mamba, attn]")
+            return None
+        slots, stage, ok = [], 0, True
+        for i, item in enumerate(items):
+            path = ("pattern", i)
+            if not isinstance(item, str) or not item.strip():
+                self.problem(path, f"a pattern entry is a block name, got {describe(item)}")
+                ok = False
+                continue
+            if item == "|":
+                if not slots or (i + 1 < len(items) and items[i + 1] == "|") or i + 1 == len(items):
+                    self.problem(path, "empty pipeline stage", "put '|' only between layers")
+                    ok = False
+                stage += 1
+                continue
+            ok = self.resolve(item, self.smap.value(path), path) is not None and ok
+            slots.append(_Slot(item, stage))
+        return slots if ok else None
+
+    def read_layout(self, layout) -> list[_Slot] | None:
+        if not isinstance(layout, dict):
+            self.problem(("layout",), f"layout must be a mapping, got {describe(layout)}",
+                         "layout: {layers: 12, mix: {M: 3, \"*\": 1}, place: even, ffn: [\"-\"]}")
+            return None
+        n_before = len(self.problems)
+        self.check_keys(("layout",), layout, LAYOUT_KEYS, "layout")
+        layers = self.layout_layers(layout)
+        mix = self.layout_mix(layout)
+        place = self.layout_place(layout.get("place", "even"))
+        ffn = self.layout_ffn(layout.get("ffn", []))
+        if len(self.problems) > n_before or None in (layers, mix, place, ffn):
+            return None
+        try:
+            names = expand_layout(Layout(layers, mix, place, ffn))
+        except LayoutError as e:
+            self.problem(("layout",) + e.where, e.message, e.hint)
+            return None
+        return [_Slot(name, 0) for name in names]
+
+    def layout_layers(self, layout: dict) -> int | None:
+        if "layers" not in layout:
+            self.problem(("layout",), "missing required key 'layers'", "layers: 12", key=True)
+            return None
+        value = layout["layers"]
+        if not is_int(value):
+            self.problem(("layout", "layers"), f"expected an integer, got {describe(value)}")
+            return None
+        if value < 1:
+            self.problem(("layout", "layers"), "the layout has no layers: layers must be >= 1")
+            return None
+        return value
+
+    def layout_mix(self, layout: dict):
+        if "mix" not in layout:
+            self.problem(("layout",), "missing required key 'mix'", 'mix: {M: 7, "*": 1}', key=True)
+            return None
+        mix = layout["mix"]
+        if not isinstance(mix, dict) or not mix:
+            self.problem(("layout", "mix"), "mix must be a non-empty mapping of mixer name -> weight",
+                         'mix: {M: 7, "*": 1}')
+            return None
+        out, ok = [], True
+        for name, weight in mix.items():
+            path = ("layout", "mix", name)
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0 \
+                    or weight != weight or weight == float("inf"):
+                self.problem(path, f"a weight must be a number >= 0, got {describe(weight)}")
+                ok = False
+            if not isinstance(name, str):
+                self.problem(path, f"a mixer name must be a string, got {describe(name)}",
+                             key=True)
+                ok = False
+                continue
+            ok = self.check_kind(name, "mixer", path) and ok
+            out.append((name, weight))
+        if ok and sum(w for _, w in out) <= 0:
+            self.problem(("layout", "mix"), "the layout has no layers: every weight is 0",
+                         "give at least one mixer a weight > 0")
+            ok = False
+        return tuple(out) if ok else None
+
+    def layout_place(self, place):
+        if isinstance(place, str):
+            if place in PLACEMENTS:
+                return place
+            self.problem(("layout", "place"), f"unknown placement '{place}'",
+                         did_you_mean(place, PLACEMENTS) or
+                         "use even, first, last, middle or a list of mixer indices")
+            return None
+        if isinstance(place, list) and place and all(is_int(i) for i in place):
+            return tuple(place)
+        self.problem(("layout", "place"), f"place must be even, first, last, middle or a list of "
+                                          f"mixer indices, got {describe(place)}")
+        return None
+
+    def layout_ffn(self, ffn):
+        if not isinstance(ffn, list):
+            self.problem(("layout", "ffn"), f"ffn must be a list of FFN block names (or []), got "
+                                            f"{describe(ffn)}", 'ffn: ["-"]')
+            return None
+        ok = True
+        for i, name in enumerate(ffn):
+            if not isinstance(name, str):
+                self.problem(("layout", "ffn", i), f"expected a block name, got {describe(name)}")
+                ok = False
+                continue
+            ok = self.check_kind(name, "ffn", ("layout", "ffn", i)) and ok
+        return tuple(ffn) if ok else None
+
+    def check_kind(self, name: str, kind: str, path: tuple) -> bool:
+        block = self.resolve(name, self.smap.key(path), path)
+        if block is None:
+            return False
+        actual = getattr(block.cls, "kind", "mixer")
+        if actual != kind:
+            where = "mix lists sequence mixers" if kind == "mixer" else "ffn lists FFN blocks"
+            self.problem(path, f"'{name}' is a {actual} block ({block.type}), but {where}",
+                         key=kind == "mixer")
+            return False
+        return True
+
+    # -- layers and overrides -------------------------------------------------------------------------
+
+    def make_layers(self, slots: list[_Slot] | None) -> list[LayerSpec] | None:
+        if slots is None:
+            return None
+        layers = []
+        for i, slot in enumerate(slots):
+            block = self.blocks.get(slot.name)
+            if block is None:
+                return None
+            layers.append(LayerSpec(index=i, name=slot.name, type=block.type, config=block.config,
+                                    stage=slot.stage))
+        return layers
+
+    def apply_overrides(self, overrides, layers: list[LayerSpec]) -> list[LayerSpec] | None:
+        if overrides is None:
+            return layers
+        if not isinstance(overrides, list):
+            self.problem(("overrides",), f"overrides must be a list, got {describe(overrides)}",
+                         "overrides: [{at: [0, 5], set: {window: null}}]")
+            return None
+        n_before = len(self.problems)
+        set_by: dict[int, dict[str, int]] = {}     # layer -> field -> override that set it last
+        for k, entry in enumerate(overrides):
+            for index, values in self.read_override(k, entry, layers):
+                layer = layers[index]
+                try:
+                    config = dataclasses.replace(layer.config, **values)
+                except Exception as e:
+                    self.problem(("overrides", k, "set"), f"layer {index}: invalid settings: {e}")
+                    continue
+                layers[index] = dataclasses.replace(layer, config=config)
+                fields = set_by.setdefault(index, {})
+                fields.update({name: k for name in values})
+                fields[""] = k
+        self.validate_overridden(layers, set_by)
+        return layers if len(self.problems) == n_before else None
+
+    def read_override(self, k: int, entry, layers: list[LayerSpec]):
+        """Yields (layer index, converted values) for one override entry, reporting problems."""
+        path = ("overrides", k)
+        if not isinstance(entry, dict):
+            self.problem(path, f"an override is a mapping {{at: [...], set: {{...}}}}, got "
+                               f"{describe(entry)}")
+            return
+        self.check_keys(path, entry, OVERRIDE_KEYS, "an override")
+        for key in OVERRIDE_KEYS:
+            if key not in entry:
+                self.problem(path, f"missing required key '{key}'", key=True)
+        indices = self.override_indices(path, entry.get("at"), len(layers))
+        values = entry.get("set")
+        if values is not None and (not isinstance(values, dict) or not values):
+            self.problem(path + ("set",), "set must be a non-empty mapping of field -> value")
+            return
+        if not indices or not values:
+            return
+        per_layer, missing = [], {}
+        for index in indices:
+            converted = self.override_values(path + ("set",), values, layers[index])
+            if converted is None:
+                continue
+            bad = [f for f in converted if isinstance(converted[f], _Missing)]
+            for field in bad:
+                missing.setdefault(field, []).append(index)
+            if not bad:
+                per_layer.append((index, converted))
+        for field, where in missing.items():
+            kinds = sorted({f"{layers[i].name} ({layers[i].type})" for i in where})
+            fields = init_fields(get_block(layers[where[0]].type).Config)
+            hint = did_you_mean(field, list(fields)) or "fields: " + ", ".join(fields)
+            self.problem(path + ("set", field),
+                         f"{plural('layer', where)} {join_ints(where)} ({', '.join(kinds)}) "
+                         f"{'has' if len(where) == 1 else 'have'} no field '{field}'", hint, key=True)
+        yield from per_layer
+
+    def override_indices(self, path: tuple, at, n_layers: int) -> list[int]:
+        if at is None:
+            return []
+        items = [(at, path + ("at",))] if not isinstance(at, list) else \
+            [(v, path + ("at", i)) for i, v in enumerate(at)]
+        if not items:
+            self.problem(path + ("at",), "at must list at least one layer index")
+        out = []
+        for value, where in items:
+            if not is_int(value):
+                self.problem(where, f"a layer index must be an integer, got {describe(value)}")
+            elif not 0 <= value < n_layers:
+                self.problem(where, f"layer index {value} is out of range: the model has {n_layers} "
+                                    f"layers (0..{n_layers - 1})",
+                             "indices count every layer of the expanded pattern, FFN layers included")
+            else:
+                out.append(value)
+        return sorted(set(out))
+
+    def override_values(self, path: tuple, values: dict, layer: LayerSpec) -> dict | None:
+        cls = type(layer.config)
+        fields = init_fields(cls)
+        hints = type_hints(cls)
+        out = {}
+        for key, value in values.items():
+            if key == "type":
+                self.problem(path + (key,), "an override cannot change the block type",
+                             "define another block and use it in the pattern", key=True)
+                return None
+            if key not in fields:
+                out[key] = _Missing()
+                continue
+            try:
+                out[key] = convert(value, hints.get(key, Any))
+            except Mismatch as m:
+                self.type_problem(path + (key,), m)
+                return None
+        return out
+
+    def validate_overridden(self, layers: list[LayerSpec], set_by: dict[int, dict[str, int]]) -> None:
+        found: dict[tuple, list[int]] = {}
+        for index, fields in sorted(set_by.items()):
+            def report(field, message, index=index, fields=fields):
+                k = fields.get(field, fields[""])
+                where = ("overrides", k, "set", field) if field in fields else ("overrides", k, "set")
+                found.setdefault((where, field, message), []).append(index)
+            self.run_validate(layers[index].config, report)
+        for (where, field, message), indices in found.items():
+            text = f"{field}: {message}" if field and where[-1] != field else message
+            self.problem(where, f"{plural('layer', indices)} {join_ints(indices)}: {text}")
+
+
+class _Missing:
+    """Marks an override field that the layer's Config does not have."""
+
+
+# -- small helpers -----------------------------------------------------------------------------------
+
+def dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def with_suggestion(word: str, choices, listing: str) -> str:
+    """'did you mean 'x'? (listing)' when a choice is close, else just the listing."""
+    close = did_you_mean(word, choices)
+    return f"{close} ({listing})" if close else listing
+
+
+def types_hint(wrong: str | None = None) -> str:
+    listing = "registered types: " + (", ".join(block_types()) or "none")
+    return with_suggestion(wrong, block_types(), listing) if wrong else listing
+
+
+def block_name_problem(name) -> str:
+    if not isinstance(name, str) or not name:
+        return f"a block name must be a non-empty string, got {describe(name)}"
+    bad = [c for c in name if c.isspace() or c in "()[]|"]
+    if bad:
+        return f"block name '{name}' contains '{bad[0]}', which the pattern syntax reserves"
+    if len(name) == 1 and name in RESERVED:
+        return f"block name '{name}' is reserved in patterns (digits are repeat counts)"
+    return ""
+
+
+def plural(word: str, items) -> str:
+    return word if len(items) == 1 else word + "s"
+
+
+def join_ints(items) -> str:
+    return ", ".join(str(i) for i in items)
+
+
+def sorted_problems(problems: list[Problem]) -> list[Problem]:
+    """File order (line, column); problems without a position keep their order at the end."""
+    return sorted(problems, key=lambda p: (p.line == 0, p.line, p.col))
+
+
+# -- type checking of config values against dataclass annotations ---------------------------------------
+
+class Mismatch(Exception):
+    """A value that does not fit a field's annotation; ``at`` is the path inside the value."""
+
+    def __init__(self, expected: str, got: str, at: tuple = (), hint: str = ""):
+        super().__init__(expected)
+        self.expected, self.got, self.at, self.hint = expected, got, at, hint
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")   # 1e-5: a string to YAML 1.1
+
+
+def convert(value, hint):
+    """Check ``value`` against annotation ``hint``; return it converted (int -> float, list ->
+    tuple where the field says so). Raises Mismatch. Unknown annotations accept anything."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return convert(value, option)
+            except Mismatch:
+                pass
+        raise Mismatch(describe_type(hint), describe(value))
+    if origin is typing.Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        choices = [str(a) for a in args]
+        raise Mismatch(describe_type(hint), describe(value),
+                       hint=did_you_mean(str(value), choices) if isinstance(value, str) else "")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise Mismatch("true or false", describe(value))
+    if hint is int:
+        if is_int(value):
+            return value
+        raise Mismatch("an integer", describe(value))
+    if hint is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise Mismatch("a number", describe(value))
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise Mismatch("a string", describe(value))
+    if hint in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise Mismatch(describe_type(hint), describe(value))
+        items = [_convert_item(v, _item_hint(hint, args, i, len(value)), i)
+                 for i, v in enumerate(value)]
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
+            raise Mismatch(f"a list of {len(args)} items", f"{len(value)} items")
+        return tuple(items) if tuple in (hint, origin) else items
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise Mismatch("a mapping", describe(value))
+        return value
+    return value
+
+
+def _item_hint(hint, args, i: int, n: int):
+    if not args:
+        return Any
+    if len(args) == 2 and args[1] is Ellipsis:
+        return args[0]
+    return args[i] if i < len(args) else Any
+
+
+def _convert_item(value, hint, i: int):
+    try:
+        return convert(value, hint)
+    except Mismatch as m:
+        raise Mismatch(m.expected, m.got, (i,) + m.at, m.hint) from None
+
+
+def describe_type(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+              list: "a list", tuple: "a list", dict: "a mapping", type(None): "null"}
+    if hint in simple:
+        return simple[hint]
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(describe_type(a) for a in args)
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def describe(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {shown!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def init_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def is_required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def type_hints(cls) -> dict[str, Any]:
+    """Resolved annotations; a Config whose annotations cannot be resolved is not type-checked."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:
+        return {}

@@ -1,0 +1,85 @@
+"""Per-layer and total accounting of a spec: parameters, decode state, KV cache, FLOPs per token.
+
+The model is built on the meta device (shapes only, no memory), so a 50B layout takes seconds.
+Conventions:
+* a layer's params include its pre-norm; shared weights count at their first use only, so the
+  per-layer counts, embeddings and final norm add up to ``sum(p.numel())`` of the built model;
+* params_embedding = token embedding + untied LM head + meta tokens; the rest is non-embedding;
+* meta tokens occupy the first positions of every sequence, so KV bytes and FLOPs at context C
+  are those at C + meta_tokens;
+* flops_per_token: forward FLOPs (2 per multiply-add) of one token at that context, LM head
+  included.
+"""
+from __future__ import annotations
+
+import torch
+
+from hybridlab.composer.builder import HybridModel, build_model
+from hybridlab.composer.spec import ModelSpec
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def summarize(spec, contexts=(4096,), dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Spec (ModelSpec or anything ``load_spec`` takes) -> plain dict of counts (see module doc)."""
+    if not isinstance(spec, ModelSpec):
+        import hybridlab
+        spec = hybridlab.load_spec(spec)
+    model: HybridModel = build_model(spec, device="meta")
+    contexts = tuple(int(c) for c in contexts)
+    meta = model.n_meta
+
+    layers = []
+    for layer_spec, layer in zip(spec.layers, model.layers):
+        block, norm = layer.block, _numel(layer.norm)
+        layers.append({
+            "index": layer_spec.index,
+            "symbol": layer_spec.name,
+            "type": layer_spec.type,
+            "params": block.num_parameters(active=False) + norm,
+            "params_active": block.num_parameters(active=True) + norm,
+            "state_bytes": block.state_bytes(dtype),
+            "kv_bytes": {str(c): block.kv_bytes(c + meta, dtype) for c in contexts},
+            "flops_per_token": {str(c): block.flops_per_token(c + meta) for c in contexts},
+        })
+
+    embedding = model.embed.weight.numel() + (meta * spec.model.d_model)
+    if not spec.model.tie_embeddings:
+        embedding += model.head.weight.numel()
+    total = model.num_parameters()
+    head_flops = 2 * model.head.weight.numel()
+    return {
+        "name": spec.name,
+        "pattern": spec.pattern,
+        "params_total": total,
+        "params_active": model.num_parameters(active=True),
+        "params_embedding": embedding,
+        "params_non_embedding": total - embedding,
+        "contexts": list(contexts),
+        "dtype": str(dtype).removeprefix("torch."),
+        "state_bytes": sum(entry["state_bytes"] for entry in layers),
+        "kv_bytes": {str(c): sum(e["kv_bytes"][str(c)] for e in layers) for c in contexts},
+        "flops_per_token": {str(c): head_flops + sum(e["flops_per_token"][str(c)] for e in layers)
+                            for c in contexts},
+        "layers": layers,
+    }
+
+
+# -- human-readable numbers ----------------------------------------------------------------
+
+def human_count(n: float) -> str:
+    """51_600_000_000 -> '51.6B'; 12_345 -> '12.3K'."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"

@@ -1,0 +1,237 @@
+"""Line-aware YAML: the loaded data plus a map from field paths to file positions.
+
+``parse_yaml(text, file)`` returns the same data ``yaml.safe_load`` would, and a ``SourceMap``
+that answers "where is ``blocks.M.d_state``?" (1-based line and column), so every problem the
+loader finds can point at the exact spot. A *path* is a tuple of mapping keys and list indices,
+e.g. ``("overrides", 0, "set", "window")``.
+
+Plain dicts have no positions: ``SourceMap.empty(file)`` answers line 0, column 0 everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hybridlab.errors import Problem, SpecError
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+@dataclass(frozen=True)
+class Position:
+    line: int   # 1-based; 0 when unknown
+    col: int    # 1-based; 0 when unknown
+
+
+UNKNOWN = Position(0, 0)
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A key written twice in one mapping (YAML would silently keep the last one)."""
+    path: tuple
+    key: Any
+    position: Position
+
+
+class SourceMap:
+    """Positions of the keys and values of one YAML document."""
+
+    def __init__(self, file: str, text: str = "", nodes: dict | None = None,
+                 duplicates: list[Duplicate] | None = None):
+        self.file = file
+        self._text = text
+        self._nodes = nodes or {}          # path -> (key node or None, value node)
+        self.duplicates = duplicates or []
+
+    @classmethod
+    def empty(cls, file: str) -> "SourceMap":
+        return cls(file)
+
+    def value(self, path: tuple) -> Position:
+        """Where the value at ``path`` starts (or the nearest enclosing value that exists)."""
+        _, node = self._nearest(path)
+        return _mark(node.start_mark) if node is not None else UNKNOWN
+
+    def key(self, path: tuple) -> Position:
+        """Where the key of ``path`` is written (list items: the item itself)."""
+        entry = self._nodes.get(tuple(path))
+        if entry is None:
+            return self.value(path)
+        key_node, value_node = entry
+        return _mark((key_node or value_node).start_mark)
+
+    def char(self, path: tuple, index: int) -> Position:
+        """Position of character ``index`` of the string value at ``path``."""
+        entry = self._nodes.get(tuple(path))
+        if entry is None:
+            return self.value(path)
+        node = entry[1]
+        if not isinstance(node, yaml.ScalarNode):
+            return _mark(node.start_mark)
+        offset = _offset_in_source(self._text, node, index)
+        return _position_of_offset(self._text, offset)
+
+    def has(self, path: tuple) -> bool:
+        return tuple(path) in self._nodes
+
+    def _nearest(self, path: tuple):
+        path = tuple(path)
+        while path not in self._nodes and path:
+            path = path[:-1]
+        entry = self._nodes.get(path)
+        return entry if entry is not None else (None, None)
+
+
+def read_text_file(path: str | Path, shown_as: str) -> str:
+    """File contents as text, or a SpecError that says plainly why it cannot be read."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(Problem("file not found", file=shown_as,
+                                hint=f"looked for {p.resolve()}"))
+    if p.is_dir():
+        raise SpecError(Problem("is a directory, not a spec file", file=shown_as,
+                                hint="pass the YAML file itself, e.g. specs/model.yaml"))
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise SpecError(Problem(f"cannot read file: {e.strerror or e}", file=shown_as)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SpecError(Problem("not a text file (invalid UTF-8)", file=shown_as, line=line,
+                                col=col, hint="a spec is a UTF-8 YAML file")) from None
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
+    """YAML text -> (data as yaml.safe_load gives it, SourceMap). Syntax errors -> SpecError."""
+    text = text.replace("\r\n", "\n")
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        duplicates = _find_duplicates(root) if root is not None else []
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as e:
+        raise SpecError(_syntax_problem(e, file)) from None
+    except yaml.YAMLError as e:
+        raise SpecError(Problem(f"YAML error: {e}", file=file)) from None
+    except RecursionError:
+        raise SpecError(Problem("YAML error: the document is nested too deeply", file=file)) from None
+    finally:
+        loader.dispose()
+    nodes: dict = {}
+    if root is not None:
+        _index_nodes(loader, root, (), None, nodes, set())
+    return data, SourceMap(file, text, nodes, duplicates)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def _mark(mark) -> Position:
+    return Position(mark.line + 1, mark.column + 1)
+
+
+def _syntax_problem(e: yaml.MarkedYAMLError, file: str) -> Problem:
+    mark = e.problem_mark or e.context_mark
+    what = e.problem or e.context or "invalid YAML"
+    if e.problem and e.context:
+        ctx_mark = e.context_mark
+        where = f" that starts at line {ctx_mark.line + 1}" if ctx_mark and mark and \
+            ctx_mark.line != mark.line else ""
+        what = f"{what} ({e.context}{where})"
+    return Problem(f"YAML syntax error: {what}", file=file,
+                   line=mark.line + 1 if mark else 0, col=mark.column + 1 if mark else 0,
+                   hint=_syntax_hint(what))
+
+
+def _syntax_hint(what: str) -> str:
+    if "'\\t'" in what:
+        return "YAML does not allow tabs for indentation; use spaces"
+    if "alias" in what:
+        return "'*' starts a YAML alias; quote the attention symbol: \"*\": {type: attention}"
+    if "mapping values are not allowed" in what:
+        return "check the indentation, or quote a value that contains ': '"
+    if "single document" in what or "another document" in what:
+        return "a spec file holds one YAML document; remove the extra '---'"
+    return "check indentation, brackets and quotes"
+
+
+def _find_duplicates(root) -> list[Duplicate]:
+    """Keys written twice in the same mapping, found before merge keys (<<) are flattened."""
+    found: list[Duplicate] = []
+    seen_nodes: set[int] = set()
+
+    def walk(node, path):
+        if id(node) in seen_nodes:         # aliases point at the same node: visit once
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                if isinstance(key_node, yaml.ScalarNode):
+                    ident = (key_node.tag, key_node.value)
+                    if ident in seen:
+                        found.append(Duplicate(path, key_node.value, _mark(key_node.start_mark)))
+                    seen.add(ident)
+                    walk(value_node, path + (key_node.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    walk(root, ())
+    return found
+
+
+def _index_nodes(loader, node, path, key_node, out, active):
+    """Record (key node, value node) for every path, after construction (merges flattened)."""
+    out[path] = (key_node, node)
+    if id(node) in active:                 # recursive alias: stop
+        return
+    active = active | {id(node)}
+    if isinstance(node, yaml.MappingNode):
+        for k_node, v_node in node.value:
+            if not isinstance(k_node, yaml.ScalarNode):
+                continue
+            key = loader.construct_object(k_node)
+            _index_nodes(loader, v_node, path + (key,), k_node, out, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_nodes(loader, item, path + (i,), None, out, active)
+
+
+def _offset_in_source(text: str, node: yaml.ScalarNode, index: int) -> int:
+    """Source offset of character ``index`` of a scalar's value.
+
+    Walks value and source side by side: equal characters advance both, anything else in the
+    source (quotes, escapes, line folding, indentation, a block scalar's header) is skipped.
+    """
+    start, end = node.start_mark.index, node.end_mark.index
+    raw = text[start:end]
+    pos = 0
+    if node.style in ("|", ">"):
+        pos = raw.find("\n") + 1            # skip the header line (| or > and indicators)
+    elif node.style in ("'", '"'):
+        pos = 1
+    value = node.value
+    for i, ch in enumerate(value):
+        while pos < len(raw) and raw[pos] != ch:
+            pos += 1
+        if pos >= len(raw):
+            return start
+        if i == index:
+            return start + pos
+        pos += 1
+    return start + min(pos, len(raw))
+
+
+def _position_of_offset(text: str, offset: int) -> Position:
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return Position(line, col)

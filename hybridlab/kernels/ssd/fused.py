@@ -1,0 +1,234 @@
+"""Mamba-2 SSD with fused Triton kernels: same signatures and results as ``reference.py``.
+
+Forward: 3 launches (fused_fwd.py); backward: 4 launches (fused_bwd.py) plus small torch sums
+of per-program partials (deterministic: no atomics). Decode step: fused_step.py.
+
+``chunk_size`` is a speed knob here: the kernels use it rounded to a power of two in [16, 256]
+(the result is the same SSD up to rounding). float64 has no tensor-core path and runs the
+reference. See NOTES.md for the design.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from . import fused_bwd as kb
+from . import fused_fwd as kf
+from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
+from .reference import segment_ids
+from .reference import ssd as _ssd_reference
+
+#: largest row block inside a chunk (BT); tests lower it to exercise the multi-block paths
+BLOCK_T_MAX = 64
+#: the backward splits a group's heads over programs until the grid has this many (~4 waves)
+HEAD_SPLIT_TARGET = 528
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
+def _chunk(chunk_size: int) -> int:
+    return min(256, max(16, _pow2(chunk_size)))
+
+
+def _prec(dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"    # tf32 never applies to 16-bit operands
+
+
+def _lastdim_contig(t):
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def _heads_per_program(b, nchunks, nb, G, hpg, target):
+    """Largest divisor of the heads per group whose grid still has >= target programs."""
+    divs = [d for d in range(hpg, 0, -1) if hpg % d == 0]
+    for d in divs:
+        if b * nchunks * nb * G * (hpg // d) >= target:
+            return d
+    return 1
+
+
+def _warps(Q, BN, BP):
+    return 8 if Q * max(BN, BP) >= 256 * 64 else 4
+
+
+def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
+    b, l, H, P = x.shape
+    G, N = B.shape[-2:]
+    nchunks = triton.cdiv(l, Q)
+    Lp = nchunks * Q
+    BT = min(Q, BLOCK_T_MAX)
+    BP, BN = max(16, _pow2(P)), max(16, _pow2(N))
+    dev = x.device
+    lo, hi = dt_limit
+    has_limit = lo > 0.0 or hi < math.inf
+    f32 = torch.float32
+    delta = torch.empty(b, H, Lp, device=dev, dtype=f32)
+    cs = torch.empty(b, H, Lp, device=dev, dtype=f32)
+    st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
+    prec = _prec(x.dtype)
+    nw = 1 if _INTERPRET else _warps(Q, BN, BP)
+    kf.chunk_state_fwd[(H, nchunks, b)](
+        x, dt, A, B, dt_bias, seg, delta, cs, st,
+        l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), Lp, nchunks,
+        Q=Q, BP=BP, BN=BN, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
+        HAS_SEQ=seg is not None, PREC=prec, num_warps=nw)
+
+    E = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
+    final = torch.empty(b, H, P, N, device=dev, dtype=f32)
+    PN = P * N
+    BLOCK = min(1024, _pow2(PN))
+    kf.state_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
+        st, cs, seg, init, E, final, H, PN, Lp, nchunks,
+        Q=Q, BLOCK=BLOCK, HAS_INIT=init is not None, HAS_SEQ=seg is not None,
+        num_warps=1 if _INTERPRET else 4)
+
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    y = torch.empty_like(out) if z is not None else None
+    kf.chunk_scan_fwd[(H, nchunks * (Q // BT), b)](
+        x, z, B, C, D, delta, cs, seg, E, out, y,
+        l, H, P, N, G,
+        x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
+        Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
+        HAS_Z=z is not None, HAS_SEQ=seg is not None, HAS_STATE=init is not None or nchunks > 1,
+        PREC=prec, num_warps=1 if _INTERPRET else 4)
+    return out, final, y, delta, cs, E
+
+
+def _strides3(t):
+    return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
+
+
+def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
+              dt_limit, has_init):
+    b, l, H, P = x.shape
+    G, N = B.shape[-2:]
+    nchunks = triton.cdiv(l, Q)
+    Lp = nchunks * Q
+    BT = min(Q, BLOCK_T_MAX)
+    NB = Q // BT
+    BP, BN = max(16, _pow2(P)), max(16, _pow2(N))
+    dev, f32 = x.device, torch.float32
+    prec = _prec(x.dtype)
+    one = _INTERPRET
+    dout = _lastdim_contig(dout)
+
+    dloc = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
+    kb.chunk_state_bwd[(H, nchunks, b)](
+        dout, z, C, cs, seg, dloc, l, H, P, N, G,
+        dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
+        C.stride(0), C.stride(1), C.stride(2), Lp, nchunks,
+        Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec,
+        num_warps=1 if one else _warps(Q, BN, BP))
+
+    PN = P * N
+    BLOCK = min(1024, _pow2(PN))
+    nblk = triton.cdiv(PN, BLOCK)
+    dst = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
+    dinit = torch.empty(b, H, P, N, device=dev, dtype=f32) if has_init else None
+    dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
+    kb.state_pass_bwd[(b * H, nblk)](
+        dloc, E, cs, seg, dfinal, dst, dinit, dlast2, H, PN, Lp, nchunks,
+        Q=Q, BLOCK=BLOCK, HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, HAS_SEQ=seg is not None,
+        num_warps=1 if one else 4)
+
+    hpg = H // G
+    hpp = _heads_per_program(b, nchunks, NB, G, hpg, HEAD_SPLIT_TARGET)
+    nsplit = hpg // hpp
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
+    dBp = torch.empty(nsplit, b, Lp, G, N, device=dev, dtype=f32)
+    dCp = torch.empty_like(dBp)
+    ddx = torch.empty(b, H, Lp, device=dev, dtype=f32)
+    dcs = torch.empty(b, H, Lp, device=dev, dtype=f32)
+    dlast = torch.empty(b, H, nchunks, NB, device=dev, dtype=f32)
+    d_hdim = D is not None and D.dim() == 2
+    dDp = (torch.empty(b, nchunks * NB, H, *((P,) if d_hdim else ()), device=dev, dtype=f32)
+           if D is not None else None)
+    kb.chunk_bwd[(G * nsplit, nchunks * NB, b)](
+        x, z, dout, y, B, C, D, delta, cs, seg, E, dst,
+        dx, dz, dBp, dCp, ddx, dcs, dlast, dDp,
+        l, H, P, N, G,
+        x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
+        dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(y),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz),
+        dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
+        Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_D=D is not None, D_HDIM=d_hdim,
+        HAS_Z=z is not None, HAS_SEQ=seg is not None, HAS_STATE=has_init or nchunks > 1,
+        PREC=prec, num_warps=1 if one else 8)
+
+    ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
+    dAp = torch.empty(b, H, nchunks, device=dev, dtype=f32)
+    dbp = torch.empty_like(dAp)
+    lo, hi = dt_limit
+    kb.dt_bwd[(H, nchunks, b)](
+        dt, dt_bias, A, delta, dcs, ddx, dlast, dlast2, ddt, dAp, dbp,
+        l, H, dt.stride(0), dt.stride(1), dt.stride(2), ddt.stride(0), ddt.stride(1), ddt.stride(2),
+        float(lo), float(min(hi, 3.0e38)), Lp, nchunks, nblk,
+        Q=Q, NB=NB, BLK2=max(2, _pow2(nblk)), HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+        HAS_LIMIT=lo > 0.0 or hi < math.inf, num_warps=1 if one else 4)
+
+    dB = (dBp[0] if nsplit == 1 else dBp.sum(0))[:, :l]
+    dC = (dCp[0] if nsplit == 1 else dCp.sum(0))[:, :l]
+    dA = dAp.sum((0, 2))
+    dbias = dbp.sum((0, 2)) if dt_bias is not None else None
+    dD = dDp.sum((0, 1)) if D is not None else None
+    return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit
+
+
+class _SSDFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, Q, softplus, dt_limit):
+        out, final, y, delta, cs, E = _forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
+                                               Q, softplus, dt_limit)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg)
+        ctx.cfg = (Q, softplus, dt_limit, initial_states is not None)
+        ctx.init_dtype = initial_states.dtype if initial_states is not None else None
+        return out, final
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg = ctx.saved_tensors
+        Q, softplus, dt_limit, has_init = ctx.cfg
+        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = _backward(
+            dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
+            dt_limit, has_init)
+        cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)  # noqa: E731
+        return (dx, ddt, cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz, cast(dbias, dt_bias),
+                None if dinit is None else dinit.to(ctx.init_dtype), None, None, None, None)
+
+
+def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
+        dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, return_final_states=False):
+    """Same contract as ``reference.ssd`` (see there); fused Triton forward and backward."""
+    if x.dtype == torch.float64:
+        return _ssd_reference(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                              dt_softplus=dt_softplus, dt_limit=dt_limit, initial_states=initial_states,
+                              seq_idx=seq_idx, return_final_states=return_final_states)
+    x, dt, z = _lastdim_contig(x), _lastdim_contig(dt), _lastdim_contig(z)
+    B = _lastdim_contig(B if B.dtype == x.dtype else B.to(x.dtype))
+    C = _lastdim_contig(C if C.dtype == x.dtype else C.to(x.dtype))
+    if z is not None and z.dtype != x.dtype:
+        z = z.to(x.dtype)
+    D = D.contiguous() if D is not None else None
+    init = initial_states.contiguous() if initial_states is not None else None
+    Q = _chunk(chunk_size)
+    seg = None
+    if seq_idx is not None:
+        nchunks = triton.cdiv(x.shape[1], Q)
+        seg = segment_ids(seq_idx).to(torch.int32)
+        pad = nchunks * Q - x.shape[1]     # padding continues the last segment
+        seg = torch.cat([seg, seg[:, -1:].expand(-1, pad)], 1).contiguous()
+    lim = (float(dt_limit[0]), float(dt_limit[1]))
+    out, final = _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim)
+    return (out, final) if return_final_states else out

@@ -1,0 +1,919 @@
+"""Search spec: YAML -> validated, typed ``SearchSpec`` (checked once, here; trusted after).
+
+    name: ratio-and-state
+    base: hybrid-small.yaml            # model spec: path (relative to this file) or a mapping
+    space:                             # dotted paths into the model spec (or train.<setting>)
+      layout.mix.M: {int: [4, 15]}
+      blocks.M.type: {choice: [mamba1, mamba2, mamba3]}
+      blocks."*".n_heads: {choice: [2, 4]}     # quote keys holding '.', '*' or '[' ...
+      train.lr: {float: [1.0e-4, 3.0e-3], log: true}
+    tasks: [{name: mqar, kv_pairs: 8, weight: 2}, {name: parity}]
+    train: {steps: 100, batch_size: 16, lr: 1.0e-3}
+    objectives: [{metric: quality, direction: maximize}, {metric: state_bytes@32768, direction: minimize}]
+    constraints: {params_max: 5.0e7}
+    sampler: {name: nsga2, seed: 0}
+    trials: 24
+    baselines: [{blocks.M.type: mamba2, layout.mix.M: 8}]
+
+Every problem is a ``Problem`` with file, line, column and field; all problems of a file are
+reported together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hybridlab.composer.yaml_source import SourceMap, parse_yaml, read_text_file
+from hybridlab.errors import Problem, SpecError
+
+TOP_KEYS = ("name", "base", "space", "tasks", "train", "objectives", "constraints", "sampler",
+            "trials", "baselines", "heartbeat", "description")
+DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "grid")
+
+# -- metrics -------------------------------------------------------------------------------------
+# What a trial measures. Names with "@" take a context length: state_bytes@32768.
+TRAIN_METRICS = ("quality", "train_tokens_per_s", "peak_mem_bytes", "train_wall_s", "final_loss")
+COST_METRICS = ("params_total", "params_active", "params_embedding", "params_non_embedding",
+                "decode_tokens_per_s", "prefill_latency_s")
+CONTEXT_METRICS = ("state_bytes", "kv_bytes", "flops_per_token")
+ALIASES = {"params": "params_total", "wall_s": "train_wall_s"}
+# Known before training, from the analytic summary (so constraints on them skip training).
+ANALYTIC = ("params_total", "params_active", "params_embedding", "params_non_embedding")
+ANALYTIC_CONTEXT = ("state_bytes", "kv_bytes", "flops_per_token")
+_METRIC_RE = re.compile(r"^([a-z_]+)@(\d+)$")
+
+
+def canonical_metric(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def metric_context(name: str) -> int | None:
+    m = _METRIC_RE.match(name)
+    return int(m.group(2)) if m else None
+
+
+def is_analytic(name: str) -> bool:
+    name = canonical_metric(name)
+    m = _METRIC_RE.match(name)
+    return (m.group(1) in ANALYTIC_CONTEXT) if m else name in ANALYTIC
+
+
+def check_metric(name: Any, task_labels: list[str]) -> str | None:
+    """None if ``name`` is a metric a trial produces, else a message."""
+    if not isinstance(name, str):
+        return f"a metric name is a string, got {name!r}"
+    name = canonical_metric(name)
+    if name in TRAIN_METRICS or name in COST_METRICS:
+        return None
+    if name.startswith("score/"):
+        label = name[len("score/"):]
+        if label in task_labels:
+            return None
+        return f"no task labelled {label!r} (tasks: {', '.join(task_labels) or 'none'})"
+    m = _METRIC_RE.match(name)
+    if m and m.group(1) in CONTEXT_METRICS:
+        if int(m.group(2)) < 1:
+            return "the context length after '@' must be >= 1"
+        return None
+    if name in CONTEXT_METRICS:
+        return f"{name} needs a context length, e.g. {name}@32768"
+    return "unknown metric"
+
+
+def known_metric_names(task_labels: list[str]) -> list[str]:
+    return (list(TRAIN_METRICS) + list(COST_METRICS) + list(ALIASES)
+            + [f"{m}@32768" for m in CONTEXT_METRICS] + [f"score/{t}" for t in task_labels])
+
+
+# -- typed objects -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    """One dimension of the space."""
+    name: str                    # the key as written: Optuna's parameter name
+    path: tuple                  # parsed: ("blocks", "*", "n_heads") or ("layout", "ffn", 0)
+    target: str                  # "model" or "train"
+    kind: str                    # "choice" | "int" | "float"
+    choices: tuple = ()
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+
+    @property
+    def encoded(self) -> bool:
+        """Choices Optuna cannot store (lists, mappings) are passed to Optuna as JSON text."""
+        return any(not _primitive(c) for c in self.choices)
+
+    def optuna_choices(self) -> tuple:
+        return tuple(json.dumps(c) for c in self.choices) if self.encoded else self.choices
+
+    def decode(self, value: Any) -> Any:
+        return json.loads(value) if self.encoded and isinstance(value, str) else value
+
+    def encode(self, value: Any) -> Any:
+        return json.dumps(value) if self.encoded else value
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric`` must stay at most (``bound == "max"``) or at least ``limit``."""
+    key: str                     # as written, e.g. params_max
+    metric: str
+    bound: str                   # "max" | "min"
+    limit: float
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: feasible when <= 0 (scaled by the limit, so values compare)."""
+        scale = abs(self.limit) if self.limit else 1.0
+        return (value - self.limit) / scale if self.bound == "max" else (self.limit - value) / scale
+
+    @property
+    def analytic(self) -> bool:
+        return is_analytic(self.metric)
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    settings: dict
+    weight: float = 1.0
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: str = "tpe"
+    seed: int | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    interval_s: int = 30
+    grace_s: int | None = None       # default: 4 x interval
+    max_retry: int = 2
+
+    @property
+    def grace(self) -> int:
+        return int(self.grace_s if self.grace_s is not None else 4 * self.interval_s)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    base: dict                       # the model spec mapping (a path is read and parsed)
+    base_source: str | None          # file the base came from
+    space: tuple[Param, ...]
+    tasks: tuple[TaskEntry, ...]
+    train: dict                      # training settings as written (TrainConfig fields)
+    objectives: tuple[Objective, ...]
+    constraints: tuple[Constraint, ...] = ()
+    sampler: SamplerConfig = SamplerConfig()
+    trials: int = 10
+    baselines: tuple[dict, ...] = ()  # {param name: value}
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    source: str | None = None
+    text: str = ""                   # the YAML as written (stored with the study)
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    def param(self, name: str) -> Param:
+        for p in self.space:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def contexts(self) -> list[int]:
+        """Context lengths the objectives and constraints ask about."""
+        names = [o.metric for o in self.objectives] + [c.metric for c in self.constraints]
+        return sorted({c for c in (metric_context(n) for n in names) if c is not None})
+
+    def fingerprint(self) -> str:
+        """Hash of what defines the study's meaning (not trials, sampler or heartbeat)."""
+        blob = json.dumps({"base": self.base, "space": [dataclasses.asdict(p) for p in self.space],
+                           "tasks": [dataclasses.asdict(t) for t in self.tasks],
+                           "train": self.train,
+                           "objectives": [dataclasses.asdict(o) for o in self.objectives]},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# -- paths ---------------------------------------------------------------------------------------
+class PathSyntaxError(ValueError):
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.offset = offset
+
+
+def parse_path(text: str) -> tuple:
+    """``blocks."*".n_heads`` / ``blocks['*'].n_heads`` / ``layout.ffn[0]`` -> key tuple.
+
+    Segments are separated by '.'; a segment in quotes (or in ``['...']``) is taken literally,
+    so it may hold '.', '*', '[' or spaces. ``[N]`` (and a bare all-digit segment) is a list
+    index. Bare ``*`` is also accepted as the key "*".
+    """
+    keys: list = []
+    i, n = 0, len(text)
+    expect_key = True
+    if not text:
+        raise PathSyntaxError("empty path", 0)
+    while i < n:
+        ch = text[i]
+        if ch in "\"'":
+            end = text.find(ch, i + 1)
+            if end < 0:
+                raise PathSyntaxError(f"unclosed quote {ch}", i)
+            if not expect_key:
+                raise PathSyntaxError("expected '.' before a quoted key", i)
+            keys.append(text[i + 1:end])
+            i = end + 1
+            expect_key = False
+        elif ch == "[":
+            end = text.find("]", i + 1)
+            inner = text[i + 1:end] if end >= 0 else ""
+            if end < 0:
+                raise PathSyntaxError("unclosed '['", i)
+            if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "\"'":
+                keys.append(inner[1:-1])
+            elif re.fullmatch(r"\d+", inner):
+                keys.append(int(inner))
+            else:
+                raise PathSyntaxError("inside [...] write a list index or a quoted key: "
+                                      "[0] or ['*']", i)
+            i = end + 1
+            expect_key = False
+        elif ch == ".":
+            if expect_key:
+                raise PathSyntaxError("empty segment (two dots, or a leading dot)", i)
+            expect_key = True
+            i += 1
+        else:
+            if not expect_key:
+                raise PathSyntaxError("expected '.' or '[' here", i)
+            j = i
+            while j < n and text[j] not in ".[\"'":
+                j += 1
+            seg = text[i:j]
+            keys.append(int(seg) if seg.isdigit() else seg)
+            i = j
+            expect_key = False
+    if expect_key:
+        raise PathSyntaxError("the path ends with '.'", n - 1)
+    return tuple(keys)
+
+
+def format_path(path: tuple) -> str:
+    out = []
+    for k in path:
+        if isinstance(k, int):
+            out.append(f"[{k}]")
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*|\*", k):
+            out.append(("." if out else "") + k)
+        else:
+            out.append(("." if out else "") + json.dumps(k))
+    return "".join(out)
+
+
+def _primitive(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def get_path(data: Any, path: tuple) -> Any:
+    """Value at ``path``; raises KeyError/IndexError/TypeError naming the failing depth."""
+    cur = data
+    for depth, key in enumerate(path):
+        if isinstance(cur, Mapping):
+            if key not in cur and isinstance(key, int) and str(key) in cur:
+                key = str(key)
+            cur = cur[key]
+        elif isinstance(cur, list) and isinstance(key, int):
+            cur = cur[key]
+        else:
+            raise TypeError(depth)
+    return cur
+
+
+# -- loading -------------------------------------------------------------------------------------
+class _Ctx:
+    """Collects problems with positions from one file."""
+
+    def __init__(self, file: str, src: SourceMap):
+        self.file = file
+        self.src = src
+        self.problems: list[Problem] = []
+
+    def add(self, path: tuple, message: str, hint: str = "", at_key: bool = False, col=None):
+        pos = self.src.key(path) if at_key else self.src.value(path)
+        self.problems.append(Problem(message, file=self.file, line=pos.line,
+                                     col=col if col is not None else pos.col,
+                                     field=".".join(str(p) for p in path), hint=hint))
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(map(str, options))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def load_search_spec(source: str | Path | Mapping, *, file: str | None = None) -> SearchSpec:
+    """Path to a YAML file, YAML text, or a mapping -> ``SearchSpec``. Raises ``SpecError``."""
+    base_dir = Path.cwd()
+    if isinstance(source, Mapping):
+        shown = file or "<search spec>"
+        data, src, text = dict(source), SourceMap.empty(shown), ""
+    else:
+        s = str(source)
+        if isinstance(source, Path) or ("\n" not in s and not s.lstrip().startswith("{")):
+            path = Path(s)
+            shown = file or s
+            text = read_text_file(path, shown)
+            base_dir = path.resolve().parent
+        else:
+            shown, text = file or "<search spec>", s
+        data, src = parse_yaml(text, shown)
+    ctx = _Ctx(shown, src)
+    for dup in src.duplicates:
+        ctx.problems.append(Problem(f"key {dup.key!r} is written twice", file=shown,
+                                    line=dup.position.line, col=dup.position.col,
+                                    field=".".join(map(str, dup.path + (dup.key,))),
+                                    hint="YAML would silently keep only the last one"))
+    if not isinstance(data, Mapping):
+        ctx.add((), "a search spec is a YAML mapping (name:, base:, space:, objectives: ...)")
+        raise SpecError(ctx.problems)
+    spec = _build(data, ctx, base_dir, text, shown if not isinstance(source, Mapping) else None)
+    if ctx.problems:
+        raise SpecError(ctx.problems)
+    assert spec is not None
+    return spec
+
+
+def _build(data: Mapping, ctx: _Ctx, base_dir: Path, text: str, source: str | None):
+    for key in data:
+        if key not in TOP_KEYS:
+            ctx.add((key,), f"unknown key {key!r}", _did_you_mean(key, TOP_KEYS), at_key=True)
+    for key in ("name", "base", "space", "objectives"):
+        if key not in data:
+            ctx.add((), f"missing required key {key!r}")
+
+    name = data.get("name")
+    if "name" in data and (not isinstance(name, str) or not name.strip()):
+        ctx.add(("name",), f"the study name must be a non-empty string, got {name!r}")
+        name = None
+
+    base, base_source = _load_base(data, ctx, base_dir)
+    tasks = _tasks(data, ctx)
+    labels = [t.label for t in tasks]
+    train = _train(data, ctx)
+    objectives = _objectives(data, ctx, labels)
+    constraints = _constraints(data, ctx, labels)
+    sampler = _sampler(data, ctx)
+    trials = _trials(data, ctx)
+    heartbeat = _heartbeat(data, ctx)
+    space = _space(data, ctx, base, base_source, train)
+    baselines = _baselines(data, ctx, space, trials)
+    if sampler is not None and sampler.name == "grid":
+        for p in space:
+            if p.kind == "float" and p.step is None:
+                ctx.add(("space", p.name), "the grid sampler needs finite values: use choice, "
+                        "int, or float with step", at_key=True)
+    if ctx.problems:
+        return None
+    return SearchSpec(name=name.strip(), base=base, base_source=base_source, space=tuple(space),
+                      tasks=tuple(tasks), train=train, objectives=tuple(objectives),
+                      constraints=tuple(constraints), sampler=sampler, trials=trials,
+                      baselines=tuple(baselines), heartbeat=heartbeat, source=source, text=text)
+
+
+def _load_base(data, ctx: _Ctx, base_dir: Path):
+    if "base" not in data:
+        return None, None
+    raw = data["base"]
+    if isinstance(raw, Mapping):
+        base, base_source, shown = dict(raw), None, ctx.file
+    elif isinstance(raw, str) and raw.strip():
+        path = Path(raw)
+        if not path.is_absolute():
+            path = base_dir / path
+        try:
+            text = read_text_file(path, raw)
+            base, _ = parse_yaml(text, str(path))
+        except SpecError as e:
+            pos = ctx.src.value(("base",))
+            for p in e.problems:
+                ctx.problems.append(Problem(f"base model spec: {p.message}", file=ctx.file,
+                                            line=pos.line, col=pos.col, field="base",
+                                            hint=p.hint or f"{p.file}:{p.line}:{p.col}"))
+            return None, None
+        base_source, shown = str(path), str(path)
+        if not isinstance(base, Mapping):
+            ctx.add(("base",), f"{raw} does not hold a YAML mapping (a model spec)")
+            return None, None
+        base = dict(base)
+    else:
+        ctx.add(("base",), "base is a model spec: a path (relative to this file) or a mapping")
+        return None, None
+    # The base must itself be a valid model spec.
+    import hybridlab
+    try:
+        hybridlab.load_spec(base_source if base_source else base)
+    except SpecError as e:
+        pos = ctx.src.value(("base",))
+        for p in e.problems:
+            if base_source:
+                ctx.problems.append(p)
+            else:   # inline base: point into this file
+                inner = ctx.src.value(("base",) + tuple(p.field.split("."))) if p.field else pos
+                ctx.problems.append(Problem(p.message, file=ctx.file, line=inner.line,
+                                            col=inner.col, field=f"base.{p.field}" if p.field
+                                            else "base", hint=p.hint))
+        return None, None
+    return base, base_source
+
+
+def _tasks(data, ctx: _Ctx) -> list[TaskEntry]:
+    raw = data.get("tasks")
+    if raw is None:
+        ctx.add(() if "tasks" not in data else ("tasks",),
+                "missing required key 'tasks' (e.g. tasks: [{name: mqar}, {name: parity}])")
+        return []
+    if isinstance(raw, (str, Mapping)):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        ctx.add(("tasks",), "tasks is a non-empty list of {name: ..., <settings>..., weight: w}")
+        return []
+    from hybridlab.search import tasks as task_mod
+    known = _task_names(task_mod)
+    out, seen = [], set()
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, Mapping) or "name" not in item:
+            ctx.add(("tasks", i), "each task is a mapping with a 'name' (or just the name)")
+            continue
+        item = dict(item)
+        tname = item.pop("name")
+        weight = item.pop("weight", 1.0)
+        label = item.pop("label", None)
+        if known is not None and tname not in known:
+            ctx.add(("tasks", i, "name"), f"unknown task {tname!r}", _did_you_mean(tname, known))
+            continue
+        if not _is_number(weight) or weight <= 0:
+            ctx.add(("tasks", i, "weight"), f"weight must be a number > 0, got {weight!r}")
+            continue
+        label = str(label) if label else tname
+        if label in seen:
+            ctx.add(("tasks", i, "name"), f"task {label!r} is listed twice",
+                    "give one of them a distinct 'label:'")
+            continue
+        seen.add(label)
+        try:
+            task_mod.get_task(tname, **item)
+        except SpecError as e:
+            for p in e.problems:
+                key = p.field.rsplit(".", 1)[-1] if p.field else ""
+                path = ("tasks", i, key) if key in item else ("tasks", i)
+                ctx.add(path, p.message, p.hint)
+            continue
+        except TypeError as e:
+            ctx.add(("tasks", i), f"bad settings for task {tname!r}: {e}")
+            continue
+        out.append(TaskEntry(name=tname, settings=item, weight=float(weight), label=label))
+    return out
+
+
+def _task_names(task_mod):
+    for attr in ("task_names", "available_tasks", "TASKS"):
+        obj = getattr(task_mod, attr, None)
+        if callable(obj):
+            return list(obj())
+        if isinstance(obj, (dict, list, tuple)):
+            return list(obj)
+    return None
+
+
+def train_fields() -> dict[str, Any] | None:
+    """Field name -> default of the trainer's TrainConfig."""
+    from hybridlab.search.trainer import TrainConfig
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else None)
+            for f in dataclasses.fields(TrainConfig)}
+
+
+def _train(data, ctx: _Ctx) -> dict:
+    raw = data.get("train", {}) or {}
+    if not isinstance(raw, Mapping):
+        ctx.add(("train",), "train is a mapping of training settings (steps, batch_size, lr ...)")
+        return {}
+    fields = train_fields()
+    out = {}
+    for key, value in raw.items():
+        if fields is not None and key not in fields:
+            ctx.add(("train", key), f"unknown training setting {key!r}",
+                    _did_you_mean(key, list(fields)), at_key=True)
+            continue
+        default = fields.get(key) if fields else None
+        if _is_number(default) and not _is_number(value):
+            ctx.add(("train", key), f"expected a number, got {value!r}")
+            continue
+        if _is_number(value) and value < 0:
+            ctx.add(("train", key), f"must be >= 0, got {value!r}")
+            continue
+        out[key] = value
+    if not ctx.problems:
+        try:
+            make_train_config(out)
+        except (TypeError, ValueError) as e:
+            ctx.add(("train",), f"invalid training settings: {e}")
+    return out
+
+
+def make_train_config(values: Mapping[str, Any]):
+    from hybridlab.search.trainer import TrainConfig
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    clean = {}
+    for k, v in values.items():
+        f = fields[k]
+        if f.type in ("int", int) and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        clean[k] = v
+    return TrainConfig(**clean)
+
+
+def _objectives(data, ctx: _Ctx, labels) -> list[Objective]:
+    raw = data.get("objectives")
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw:
+        ctx.add(("objectives",), "objectives is a non-empty list of {metric: ..., direction: "
+                "maximize|minimize}")
+        return []
+    out, seen = [], set()
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            ctx.add(("objectives", i), f"write {{metric: {item}, direction: maximize|minimize}}")
+            continue
+        if not isinstance(item, Mapping):
+            ctx.add(("objectives", i), "each objective is {metric: ..., direction: ...}")
+            continue
+        for key in item:
+            if key not in ("metric", "direction"):
+                ctx.add(("objectives", i, key), f"unknown key {key!r}",
+                        _did_you_mean(key, ("metric", "direction")), at_key=True)
+        metric, direction = item.get("metric"), item.get("direction")
+        bad = check_metric(metric, labels) if metric is not None else "missing 'metric'"
+        if bad:
+            hint = _did_you_mean(metric, known_metric_names(labels)) if bad == "unknown metric" \
+                else ""
+            ctx.add(("objectives", i, "metric") if metric is not None else ("objectives", i),
+                    f"{bad}: {metric!r}" if metric is not None else bad, hint)
+            continue
+        if direction not in DIRECTIONS:
+            ctx.add(("objectives", i, "direction") if "direction" in item else ("objectives", i),
+                    f"direction must be maximize or minimize, got {direction!r}",
+                    _did_you_mean(direction, DIRECTIONS) if isinstance(direction, str) else "")
+            continue
+        metric = canonical_metric(metric)
+        if metric in seen:
+            ctx.add(("objectives", i, "metric"), f"objective {metric!r} is listed twice")
+            continue
+        seen.add(metric)
+        out.append(Objective(metric, direction))
+    return out
+
+
+def _constraints(data, ctx: _Ctx, labels) -> list[Constraint]:
+    raw = data.get("constraints") or {}
+    if not isinstance(raw, Mapping):
+        ctx.add(("constraints",), "constraints is a mapping like {params_max: 5.0e7, "
+                "quality_min: 0.3}")
+        return []
+    out = []
+    for key, limit in raw.items():
+        m = re.match(r"^(.+)_(max|min)$", str(key))
+        if not m:
+            ctx.add(("constraints", key), f"constraint {key!r} must end in _max or _min",
+                    "e.g. params_max, state_bytes@32768_max, quality_min", at_key=True)
+            continue
+        metric, bound = m.group(1), m.group(2)
+        bad = check_metric(metric, labels)
+        if bad:
+            ctx.add(("constraints", key), f"{bad}: {metric!r}",
+                    _did_you_mean(metric, known_metric_names(labels)), at_key=True)
+            continue
+        if not _is_number(limit):
+            ctx.add(("constraints", key), f"the limit must be a number, got {limit!r}")
+            continue
+        out.append(Constraint(key=str(key), metric=canonical_metric(metric), bound=bound,
+                              limit=float(limit)))
+    return out
+
+
+def _sampler(data, ctx: _Ctx) -> SamplerConfig | None:
+    raw = data.get("sampler", {"name": "tpe"})
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        ctx.add(("sampler",), "sampler is {name: nsga2|nsga3|tpe|gp|random|grid, seed: N, ...}")
+        return None
+    raw = dict(raw)
+    name = raw.pop("name", "tpe")
+    seed = raw.pop("seed", None)
+    if name not in SAMPLERS:
+        ctx.add(("sampler", "name"), f"unknown sampler {name!r}", _did_you_mean(name, SAMPLERS))
+        return None
+    if seed is not None and not _is_int(seed):
+        ctx.add(("sampler", "seed"), f"seed must be an integer, got {seed!r}")
+    from hybridlab.search.space import sampler_class
+    allowed = [p for p in inspect.signature(sampler_class(name).__init__).parameters
+               if p not in ("self", "seed", "search_space", "constraints_func", "args",
+                            "kwargs")]
+    for key in raw:
+        if key not in allowed:
+            ctx.add(("sampler", key), f"unknown option {key!r} for the {name} sampler",
+                    _did_you_mean(key, allowed), at_key=True)
+    return SamplerConfig(name=name, seed=seed, options=raw)
+
+
+def _trials(data, ctx: _Ctx) -> int:
+    raw = data.get("trials", 10)
+    if not _is_int(raw) or raw < 1:
+        ctx.add(("trials",), f"trials must be an integer >= 1, got {raw!r}")
+        return 1
+    return raw
+
+
+def _heartbeat(data, ctx: _Ctx) -> HeartbeatConfig:
+    raw = data.get("heartbeat") or {}
+    if not isinstance(raw, Mapping):
+        ctx.add(("heartbeat",), "heartbeat is {interval_s: 30, grace_s: 120, max_retry: 2}")
+        return HeartbeatConfig()
+    names = [f.name for f in dataclasses.fields(HeartbeatConfig)]
+    vals = {}
+    for key, value in raw.items():
+        if key not in names:
+            ctx.add(("heartbeat", key), f"unknown key {key!r}", _did_you_mean(key, names),
+                    at_key=True)
+        elif not _is_int(value) or value < (0 if key == "max_retry" else 1):
+            ctx.add(("heartbeat", key), f"{key} must be a positive integer, got {value!r}")
+        else:
+            vals[key] = value
+    return HeartbeatConfig(**vals)
+
+
+def _space(data, ctx: _Ctx, base, base_source, train) -> list[Param]:
+    raw = data.get("space")
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping) or not raw:
+        ctx.add(("space",), "space is a mapping {dotted.path: {choice: [...]} | {int: [lo, hi]}"
+                " | {float: [lo, hi], log: true}}")
+        return []
+    out: list[Param] = []
+    seen: dict[tuple, str] = {}
+    for key, dist in raw.items():
+        where = ("space", key)
+        try:
+            path = parse_path(str(key))
+        except PathSyntaxError as e:
+            pos = ctx.src.key(where)
+            ctx.problems.append(Problem(f"bad path {key!r}: {e}", file=ctx.file, line=pos.line,
+                                        col=pos.col + e.offset if pos.col else 0,
+                                        field=f"space.{key}",
+                                        hint="quote keys with special characters: "
+                                             "blocks.\"*\".n_heads or blocks['*'].n_heads"))
+            continue
+        if path in seen:
+            ctx.add(where, f"{key!r} addresses the same field as {seen[path]!r}", at_key=True)
+            continue
+        seen[path] = str(key)
+        param = _distribution(str(key), path, dist, ctx, where)
+        if param is None:
+            continue
+        if param.target == "train":
+            fields = train_fields() or {}
+            if len(path) != 2 or path[1] not in fields:
+                ctx.add(where, f"train has no setting {format_path(path[1:])!r}",
+                        _did_you_mean(path[-1], list(fields)), at_key=True)
+                continue
+        elif base is not None:
+            problem = _check_model_path(base, base_source, param)
+            if problem:
+                ctx.add(where, problem[0], problem[1], at_key=True)
+                continue
+        out.append(param)
+    return out
+
+
+def _distribution(name: str, path: tuple, dist, ctx: _Ctx, where) -> Param | None:
+    target = "train" if path[0] == "train" else "model"
+    if isinstance(dist, list):
+        dist = {"choice": dist}
+    if not isinstance(dist, Mapping):
+        ctx.add(where, "a dimension is {choice: [...]}, {int: [lo, hi]} or {float: [lo, hi]}")
+        return None
+    kinds = [k for k in ("choice", "int", "float") if k in dist]
+    extra = [k for k in dist if k not in ("choice", "int", "float", "log", "step")]
+    for k in extra:
+        ctx.add(where + (k,), f"unknown key {k!r}",
+                _did_you_mean(k, ("choice", "int", "float", "log", "step")), at_key=True)
+    if len(kinds) != 1:
+        ctx.add(where, "give exactly one of choice:, int:, float:" if kinds else
+                "missing the distribution: choice: [...], int: [lo, hi] or float: [lo, hi]")
+        return None
+    kind = kinds[0]
+    log, step = dist.get("log", False), dist.get("step")
+    if not isinstance(log, bool):
+        ctx.add(where + ("log",), f"log is true or false, got {log!r}")
+        return None
+    if kind == "choice":
+        choices = dist["choice"]
+        if not isinstance(choices, list) or not choices:
+            ctx.add(where + ("choice",), "choice is a non-empty list")
+            return None
+        if "log" in dist or "step" in dist:
+            ctx.add(where, "log/step apply to int and float ranges, not choice")
+            return None
+        keys = [json.dumps(c, sort_keys=True, default=str) for c in choices]
+        if len(set(keys)) != len(keys):
+            ctx.add(where + ("choice",), "choice lists a value twice")
+            return None
+        return Param(name=name, path=path, target=target, kind="choice", choices=tuple(choices))
+    bounds = dist[kind]
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        ctx.add(where + (kind,), f"{kind} is [low, high]")
+        return None
+    low, high = bounds
+    check = _is_int if kind == "int" else _is_number
+    if not check(low) or not check(high):
+        ctx.add(where + (kind,), f"{kind} bounds must be {'integers' if kind == 'int' else 'numbers'}"
+                f", got {bounds!r}")
+        return None
+    if low > high:
+        ctx.add(where + (kind,), f"low {low} is above high {high}")
+        return None
+    if log and low <= 0:
+        ctx.add(where + (kind,), f"a log range needs low > 0, got {low}")
+        return None
+    if step is not None:
+        if not check(step) or step <= 0:
+            ctx.add(where + ("step",), f"step must be a positive {'integer' if kind == 'int' else 'number'}")
+            return None
+        if log and (kind == "float" or step != 1):
+            ctx.add(where, "Optuna cannot combine log with step (except int step 1)")
+            return None
+    if kind == "float":
+        low, high = float(low), float(high)
+    return Param(name=name, path=path, target=target, kind=kind, low=low, high=high,
+                 step=step if step is not None else (1 if kind == "int" else None), log=log)
+
+
+def _check_model_path(base: Mapping, base_source: str | None, param: Param):
+    """(message, hint) if ``param.path`` cannot address a field of the base spec, else None.
+
+    The parent must exist in the base; a missing leaf is fine when the model spec accepts it
+    (a field left at its default), which is checked by loading the base with one value set.
+    """
+    path = param.path
+    try:
+        parent = get_path(base, path[:-1]) if len(path) > 1 else base
+    except (KeyError, IndexError, TypeError) as e:
+        depth = e.args[0] if isinstance(e, TypeError) and e.args and isinstance(e.args[0], int) \
+            else None
+        prefix, options = _deepest(base, path)
+        msg = f"{format_path(path)!r} does not exist in the base spec: no {format_path(path[:len(prefix) + 1])!r}"
+        hint = _did_you_mean(path[len(prefix)], options) if options else \
+            f"{format_path(prefix) or 'the spec'} is not a mapping" if depth is not None else ""
+        return msg, hint
+    leaf = path[-1]
+    if isinstance(parent, list):
+        if not isinstance(leaf, int) or leaf >= len(parent):
+            return (f"{format_path(path)!r}: index out of range (the list has {len(parent)} "
+                    "items)", "")
+        return None
+    if not isinstance(parent, Mapping):
+        return f"{format_path(path[:-1])!r} is not a mapping in the base spec", ""
+    if leaf in parent:
+        return None
+    # Not written in the base: accepted if the loader takes the field with a sampled value.
+    import copy
+
+    import hybridlab
+    candidates = list(param.choices) if param.kind == "choice" else [param.low, param.high]
+    messages = []
+    for value in candidates:
+        trial = copy.deepcopy(base)
+        set_path(trial, path, value)
+        try:
+            hybridlab.load_spec(trial)
+            return None
+        except SpecError as e:
+            dotted = ".".join(str(k) for k in path)
+            mine = [p for p in e.problems if p.field == dotted or p.field.endswith("." + dotted)
+                    or ("unknown" in p.message and str(leaf) in p.message)]
+            if not mine:
+                return None          # invalid for another reason: a failed trial, not a typo
+            messages.extend(p.message + (f" ({p.hint})" if p.hint else "") for p in mine)
+    return (f"{format_path(path)!r} does not exist in the base spec",
+            messages[0] if messages else "")
+
+
+def _deepest(base, path):
+    cur, prefix = base, ()
+    for key in path:
+        if isinstance(cur, Mapping) and key in cur:
+            cur, prefix = cur[key], prefix + (key,)
+        elif isinstance(cur, list) and isinstance(key, int) and key < len(cur):
+            cur, prefix = cur[key], prefix + (key,)
+        else:
+            break
+    options = list(cur.keys()) if isinstance(cur, Mapping) else []
+    return prefix, options
+
+
+def set_path(data: dict, path: tuple, value: Any) -> None:
+    """Set ``value`` at ``path`` inside ``data`` (in place), creating the last key."""
+    cur = data
+    for key in path[:-1]:
+        if isinstance(cur, Mapping) and key not in cur and isinstance(key, int) and str(key) in cur:
+            key = str(key)
+        cur = cur[key]
+    leaf = path[-1]
+    if isinstance(cur, Mapping) and leaf not in cur and isinstance(leaf, int) and str(leaf) in cur:
+        leaf = str(leaf)
+    cur[leaf] = value
+
+
+def _baselines(data, ctx: _Ctx, space: list[Param], trials: int) -> list[dict]:
+    raw = data.get("baselines") or []
+    if not isinstance(raw, list):
+        ctx.add(("baselines",), "baselines is a list of {space path: value} mappings")
+        return []
+    if len(raw) > trials:
+        ctx.add(("baselines",), f"{len(raw)} baselines but only {trials} trials")
+    by_path = {p.path: p for p in space}
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            ctx.add(("baselines", i), "each baseline is a mapping {space path: value}")
+            continue
+        params = {}
+        for key, value in item.items():
+            try:
+                path = parse_path(str(key))
+            except PathSyntaxError as e:
+                ctx.add(("baselines", i, key), f"bad path {key!r}: {e}", at_key=True)
+                continue
+            p = by_path.get(path)
+            if p is None:
+                ctx.add(("baselines", i, key), f"{key!r} is not in the space",
+                        _did_you_mean(key, [q.name for q in space]), at_key=True)
+                continue
+            bad = _value_problem(p, value)
+            if bad:
+                ctx.add(("baselines", i, key), bad)
+                continue
+            params[p.name] = p.encode(value)
+        out.append(params)
+    return out
+
+
+def _value_problem(p: Param, value) -> str | None:
+    if p.kind == "choice":
+        keys = [json.dumps(c, sort_keys=True) for c in p.choices]
+        if json.dumps(value, sort_keys=True) not in keys:
+            return f"{value!r} is not one of the choices {list(p.choices)!r}"
+        return None
+    check = _is_int if p.kind == "int" else _is_number
+    if not check(value):
+        return f"expected {'an integer' if p.kind == 'int' else 'a number'}, got {value!r}"
+    if not p.low <= value <= p.high:
+        return f"{value!r} is outside [{p.low}, {p.high}]"
+    return None

@@ -1,0 +1,524 @@
+"""The one door to hybridlab's data: record and read architectures, runs, metric series,
+scalars, artifacts, studies, trials, Pareto sets and hypervolume.
+
+Nothing outside ``hybridlab.storage`` writes SQL. Optuna's own tables are only ever touched
+through Optuna's storage API, so the database stays a valid Optuna storage
+(``optuna-dashboard sqlite:///hybridlab.db`` opens it).
+
+    store = Store("sqlite:///hybridlab.db")                  # writer (creates hl_ tables)
+    ui = Store("sqlite:///hybridlab.db", readonly=True)     # reader: never blocks a writer
+    ui.list_studies(); ui.trials("my-study"); ui.trial_detail("my-study", 3)
+
+Every method opens a short transaction of its own; no session is held between calls.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import table as sa_table
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from . import pareto as _pareto
+from .engine import (artifact_root, database_exists, optuna_storage, reader_engine,
+                     resolve_url, writer_engine)
+from .schema import (Architecture, Artifact, MetricPoint, Run, Scalar, ensure_schema,
+                     schema_version, utcnow)
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def _finite(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+class Store:
+    """Access to one database. ``readonly=True`` gives the UI's path: a read-only connection
+    (SQLite ``mode=ro`` + ``query_only``; PostgreSQL read-only transactions)."""
+
+    def __init__(self, url: str | None = None, *, readonly: bool = False):
+        self.url = resolve_url(url)
+        self.readonly = readonly
+        self._optuna = None
+        if readonly:
+            self.engine = reader_engine(self.url) if database_exists(self.url) else None
+        else:
+            self.engine = writer_engine(self.url)
+            ensure_schema(self.engine)
+
+    # -- plumbing --------------------------------------------------------------------------
+    @property
+    def artifact_root(self) -> Path:
+        return artifact_root(self.url)
+
+    def optuna_storage(self, **heartbeat):
+        """Optuna's RDBStorage for this database (read-only for a read-only store)."""
+        if heartbeat and not self.readonly:
+            return optuna_storage(self.url, **heartbeat)
+        if self._optuna is None:
+            self._optuna = optuna_storage(self.url, readonly=self.readonly)
+        return self._optuna
+
+    def schema_version(self) -> int | None:
+        return None if self.engine is None else schema_version(self.engine)
+
+    def _ready(self) -> bool:
+        """A reader on a database without our tables (or without a file) sees nothing."""
+        return self.engine is not None and self.schema_version() is not None
+
+    def _write(self):
+        if self.readonly:
+            raise PermissionError("this Store is read-only")
+        return self.engine.begin()
+
+    # -- writing ---------------------------------------------------------------------------
+    def record_architecture(self, arch_hash: str, *, name: str = "", pattern: str = "",
+                            n_layers: int = 0, spec_yaml: str = "",
+                            params_total: int | None = None,
+                            params_active: int | None = None) -> None:
+        """Insert the architecture if it is new (architectures are immutable by hash)."""
+        try:
+            with self._write() as conn:
+                exists = conn.execute(select(Architecture.hash).where(
+                    Architecture.hash == arch_hash)).first()
+                if exists is None:
+                    conn.execute(Architecture.__table__.insert().values(
+                        hash=arch_hash, name=name, pattern=pattern, n_layers=n_layers,
+                        spec_yaml=spec_yaml, params_total=params_total,
+                        params_active=params_active, created_at=utcnow()))
+        except IntegrityError:  # recorded by another process in between
+            pass
+
+    def start_run(self, *, study_name: str, trial_id: int, trial_number: int,
+                  arch_hash: str | None = None, train_hash: str | None = None,
+                  device: str = "", worker: int | None = None,
+                  versions: Mapping[str, str] | None = None) -> None:
+        versions = dict(versions or library_versions())
+        values = dict(study_name=study_name, trial_number=trial_number, arch_hash=arch_hash,
+                      train_hash=train_hash, status="running", failure_reason=None,
+                      device=device, host=socket.gethostname(), pid=os.getpid(),
+                      worker=worker, torch_version=versions.get("torch", ""),
+                      triton_version=versions.get("triton", ""),
+                      optuna_version=versions.get("optuna", ""),
+                      hybridlab_version=versions.get("hybridlab", ""),
+                      started_at=utcnow(), heartbeat_at=utcnow())
+        with self._write() as conn:
+            done = conn.execute(update(Run).where(Run.trial_id == trial_id).values(**values))
+            if done.rowcount == 0:
+                conn.execute(Run.__table__.insert().values(trial_id=trial_id, **values))
+
+    def update_run(self, trial_id: int, **fields) -> None:
+        with self._write() as conn:
+            conn.execute(update(Run).where(Run.trial_id == trial_id).values(**fields))
+
+    def heartbeat(self, trial_id: int) -> None:
+        self.update_run(trial_id, heartbeat_at=utcnow())
+
+    def finish_run(self, trial_id: int, status: str, *, failure_reason: str | None = None,
+                   wall_s: float | None = None, reused_from: int | None = None) -> None:
+        fields: dict[str, Any] = dict(status=status, failure_reason=failure_reason,
+                                      finished_at=utcnow(), heartbeat_at=utcnow())
+        if wall_s is not None:
+            fields["wall_s"] = float(wall_s)
+        if reused_from is not None:
+            fields["reused_from"] = int(reused_from)
+        self.update_run(trial_id, **fields)
+
+    def add_series(self, trial_id: int, curves: Mapping[str, Iterable[Sequence[float]]]) -> int:
+        """Append metric series ``{name: [(step, value), ...]}``; returns the number of points."""
+        rows = []
+        for name, points in curves.items():
+            for point in points:
+                step, value = point[0], point[1]
+                rows.append(dict(trial_id=trial_id, name=str(name), step=int(step),
+                                 value=_finite(value)))
+        if rows:
+            with self._write() as conn:
+                conn.execute(MetricPoint.__table__.insert(), rows)
+        return len(rows)
+
+    def set_scalars(self, trial_id: int, values: Mapping[str, Any], kind: str = "metric") -> None:
+        """Record final numbers (replacing earlier values of the same names)."""
+        rows = [dict(trial_id=trial_id, name=str(k), kind=kind, value=_finite(v))
+                for k, v in values.items() if _finite(v) is not None or v is None]
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.execute(delete(Scalar).where(Scalar.trial_id == trial_id,
+                                              Scalar.name.in_([r["name"] for r in rows])))
+            conn.execute(Scalar.__table__.insert(), rows)
+
+    def add_artifact(self, *, trial_id: int, study_name: str, trial_number: int, kind: str,
+                     path: str | os.PathLike) -> dict:
+        """Record a file (sha256 and size computed here); replaces an earlier one of that kind."""
+        path = Path(path).resolve()
+        sha, size = file_sha256(path)
+        with self._write() as conn:
+            conn.execute(delete(Artifact).where(Artifact.trial_id == trial_id,
+                                                Artifact.kind == kind))
+            conn.execute(Artifact.__table__.insert().values(
+                trial_id=trial_id, study_name=study_name, trial_number=trial_number,
+                kind=kind, path=str(path), sha256=sha, size=size, created_at=utcnow()))
+        return {"kind": kind, "path": str(path), "sha256": sha, "size": size}
+
+    def copy_trial_records(self, src_trial_id: int, dst_trial_id: int) -> None:
+        """Give a reusing trial the series, scalars and artifact records of the trial it reuses."""
+        with self._write() as conn:
+            pts = conn.execute(select(MetricPoint.name, MetricPoint.step, MetricPoint.value)
+                               .where(MetricPoint.trial_id == src_trial_id)).all()
+            if pts:
+                conn.execute(MetricPoint.__table__.insert(),
+                             [dict(trial_id=dst_trial_id, name=n, step=s, value=v)
+                              for n, s, v in pts])
+            scal = conn.execute(select(Scalar.name, Scalar.kind, Scalar.value)
+                                .where(Scalar.trial_id == src_trial_id)).all()
+            if scal:
+                conn.execute(delete(Scalar).where(Scalar.trial_id == dst_trial_id))
+                conn.execute(Scalar.__table__.insert(),
+                             [dict(trial_id=dst_trial_id, name=n, kind=k, value=v)
+                              for n, k, v in scal])
+            dst = conn.execute(select(Run.study_name, Run.trial_number)
+                               .where(Run.trial_id == dst_trial_id)).first()
+            arts = conn.execute(select(Artifact.__table__).where(
+                Artifact.trial_id == src_trial_id)).mappings().all()
+            for a in arts:
+                conn.execute(Artifact.__table__.insert().values(
+                    trial_id=dst_trial_id,
+                    study_name=dst.study_name if dst else a["study_name"],
+                    trial_number=dst.trial_number if dst else a["trial_number"],
+                    kind=a["kind"], path=a["path"], sha256=a["sha256"], size=a["size"],
+                    created_at=utcnow()))
+
+    # -- lookups used while searching --------------------------------------------------------
+    def find_reusable(self, study_name: str, arch_hash: str, train_hash: str,
+                      exclude_trial_id: int | None = None) -> dict | None:
+        """The earliest finished (complete or pruned) run of the same architecture and training
+        settings in this study, as ``{"trial_id", "trial_number", "status"}``."""
+        if not self._ready():
+            return None
+        q = (select(Run.trial_id, Run.trial_number, Run.status)
+             .where(Run.study_name == study_name, Run.arch_hash == arch_hash,
+                    Run.train_hash == train_hash, Run.status.in_(("complete", "pruned")),
+                    Run.reused_from.is_(None))
+             .order_by(Run.trial_number))
+        if exclude_trial_id is not None:
+            q = q.where(Run.trial_id != exclude_trial_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else dict(row._mapping)
+
+    def run(self, trial_id: int) -> dict | None:
+        if not self._ready():
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Run.__table__).where(Run.trial_id == trial_id)
+                               ).mappings().first()
+            return None if row is None else _row_dict(row)
+
+    def runs(self, study_name: str) -> dict[int, dict]:
+        """hl_runs rows of a study by trial_id."""
+        if not self._ready():
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Run.__table__).where(Run.study_name == study_name)
+                                ).mappings().all()
+            return {r["trial_id"]: _row_dict(r) for r in rows}
+
+    def architecture(self, arch_hash: str) -> dict | None:
+        if not self._ready():
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Architecture.__table__).where(
+                Architecture.hash == arch_hash)).mappings().first()
+            return None if row is None else _row_dict(row)
+
+    def series(self, trial_id: int, names: Iterable[str] | None = None
+               ) -> dict[str, list[tuple[int, float | None]]]:
+        if not self._ready():
+            return {}
+        q = (select(MetricPoint.name, MetricPoint.step, MetricPoint.value)
+             .where(MetricPoint.trial_id == trial_id)
+             .order_by(MetricPoint.name, MetricPoint.step, MetricPoint.id))
+        if names is not None:
+            q = q.where(MetricPoint.name.in_(list(names)))
+        out: dict[str, list[tuple[int, float | None]]] = {}
+        with self.engine.connect() as conn:
+            for name, step, value in conn.execute(q):
+                out.setdefault(name, []).append((step, value))
+        return out
+
+    def scalars(self, trial_id: int) -> dict[str, float | None]:
+        if not self._ready():
+            return {}
+        with self.engine.connect() as conn:
+            return {n: v for n, v in conn.execute(
+                select(Scalar.name, Scalar.value).where(Scalar.trial_id == trial_id))}
+
+    def artifacts(self, trial_id: int) -> list[dict]:
+        if not self._ready():
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Artifact.__table__).where(Artifact.trial_id == trial_id)
+                                .order_by(Artifact.id)).mappings().all()
+            return [_row_dict(r) for r in rows]
+
+    # -- studies and trials (the UI's read API) ----------------------------------------------
+    def _has_optuna_tables(self) -> bool:
+        """Whether Optuna has initialised this database (a reader must not try to)."""
+        if self.engine is None:
+            return False
+        if self._optuna is not None or not self.readonly:
+            return True
+        try:
+            with self.engine.connect() as conn:
+                names = set(sa_inspect(conn).get_table_names())
+                if not {"version_info", "alembic_version", "studies", "trials"} <= names:
+                    return False
+                return bool(conn.execute(select(func.count()).select_from(
+                    sa_table("version_info"))).scalar()) and bool(conn.execute(
+                    select(func.count()).select_from(sa_table("alembic_version"))).scalar())
+        except (OperationalError, ProgrammingError):
+            return False
+
+    def study_names(self) -> list[str]:
+        if not self._has_optuna_tables():
+            return []
+        import optuna
+        return [s.study_name for s in optuna.get_all_study_summaries(
+            self.optuna_storage(), include_best_trial=False)]
+
+    def load_study(self, study_name: str):
+        import optuna
+        return optuna.load_study(study_name=study_name, storage=self.optuna_storage())
+
+    def list_studies(self) -> list[dict]:
+        """One row per study: name, directions, metric names, trial counts per state,
+        best value per objective (with trial number), compute time, start/last update."""
+        out = []
+        for name in self.study_names():
+            out.append(self.study_summary(name))
+        return out
+
+    def study_summary(self, study_name: str) -> dict:
+        study = self.load_study(study_name)
+        trials = study.get_trials(deepcopy=False)
+        directions = [d.name.lower() for d in study.directions]
+        names = _metric_names(study)
+        counts = {s: 0 for s in STATES}
+        for t in trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        runs = self.runs(study_name)
+        compute_s = 0.0
+        for t in trials:
+            run = runs.get(t._trial_id)
+            if run and run.get("wall_s") is not None and not run.get("reused_from"):
+                compute_s += run["wall_s"]
+            elif t.datetime_start and t.datetime_complete and not (run and run.get("wall_s")):
+                compute_s += (t.datetime_complete - t.datetime_start).total_seconds()
+        best = _best_per_objective(trials, directions, names)
+        starts = [t.datetime_start for t in trials if t.datetime_start]
+        ends = [t.datetime_complete or t.datetime_start for t in trials if t.datetime_start]
+        return {
+            "name": study_name,
+            "directions": directions,
+            "metric_names": names,
+            "counts": counts,
+            "n_trials": len(trials),
+            "target_trials": study.user_attrs.get("hybridlab_trials"),
+            "best": best,
+            "compute_s": compute_s,
+            "datetime_start": min(starts).isoformat() if starts else None,
+            "last_update": max(ends).isoformat() if ends else None,
+            "user_attrs": dict(study.user_attrs),
+        }
+
+    def trials(self, study_name: str, states: Iterable[str] | None = None) -> list[dict]:
+        """One row per trial: number, state, params, values (by metric name), user attrs,
+        scalar metrics, pattern, feasibility, duration, failure reason, reuse."""
+        study = self.load_study(study_name)
+        directions = [d.name.lower() for d in study.directions]
+        names = _metric_names(study)
+        wanted = set(states) if states else None
+        runs = self.runs(study_name)
+        scal = self._all_scalars([t._trial_id for t in study.get_trials(deepcopy=False)])
+        rows = []
+        for t in study.get_trials(deepcopy=False):
+            if wanted and t.state.name not in wanted:
+                continue
+            rows.append(_trial_row(t, names, directions, runs.get(t._trial_id),
+                                   scal.get(t._trial_id, {})))
+        return rows
+
+    def _all_scalars(self, trial_ids: list[int]) -> dict[int, dict[str, float | None]]:
+        if not self._ready() or not trial_ids:
+            return {}
+        out: dict[int, dict[str, float | None]] = {}
+        with self.engine.connect() as conn:
+            for tid, name, value in conn.execute(
+                    select(Scalar.trial_id, Scalar.name, Scalar.value)
+                    .where(Scalar.trial_id.in_(trial_ids))):
+                out.setdefault(tid, {})[name] = value
+        return out
+
+    def trial_detail(self, study_name: str, number: int) -> dict:
+        """Everything about one trial: the row of ``trials`` plus spec YAML, curves, scores,
+        costs, failure reason and artifact files."""
+        study = self.load_study(study_name)
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not matches:
+            raise KeyError(f"study {study_name!r} has no trial {number}")
+        t = matches[0]
+        directions = [d.name.lower() for d in study.directions]
+        names = _metric_names(study)
+        run = self.run(t._trial_id)
+        scalars = self.scalars(t._trial_id)
+        row = _trial_row(t, names, directions, run, scalars)
+        arch = self.architecture(run["arch_hash"]) if run and run.get("arch_hash") else None
+        row.update({
+            "run": run,
+            "spec_yaml": (arch or {}).get("spec_yaml") or t.user_attrs.get("spec_yaml", ""),
+            "architecture": arch,
+            "curves": self.series(t._trial_id),
+            "scores": {k[len("score/"):]: v for k, v in scalars.items()
+                       if k.startswith("score/")},
+            "costs": {k[len("cost/"):]: v for k, v in scalars.items() if k.startswith("cost/")},
+            "artifacts": self.artifacts(t._trial_id),
+            "intermediate_values": dict(t.intermediate_values),
+            "system_attrs": {k: v for k, v in t.system_attrs.items()},
+        })
+        return row
+
+    def pareto(self, study_name: str) -> list[dict]:
+        """Feasible non-dominated COMPLETE trials (Optuna's ``best_trials``), as trial rows."""
+        study = self.load_study(study_name)
+        best = {t.number for t in study.best_trials}
+        return [r for r in self.trials(study_name, states=["COMPLETE"]) if r["number"] in best]
+
+    def hypervolume_history(self, study_name: str,
+                            reference_point: Sequence[float] | None = None) -> list[dict]:
+        """Hypervolume of the feasible front after each finished trial (in trial order).
+
+        Without ``reference_point`` objectives are scaled to [0, 1] over all feasible complete
+        trials (maximised ones flipped) and the reference is 1.1 on every axis, so values of
+        different units weigh alike; with one (raw units, e.g. ``[0.0, 1e6]``) no scaling.
+        """
+        study = self.load_study(study_name)
+        directions = [d.name.lower() for d in study.directions]
+        done = sorted((t for t in study.get_trials(deepcopy=False)
+                       if t.state.name == "COMPLETE" and t.values is not None
+                       and all(c <= 0 for c in t.constraints.values())),
+                      key=lambda t: t.number)
+        if not done:
+            return []
+        losses = [_pareto.to_losses(t.values, directions) for t in done]
+        if reference_point is None:
+            lo, span, ref = _pareto.normalized_reference(losses)
+            scaled = [tuple((v - l) / s for v, l, s in zip(x, lo, span)) for x in losses]
+        else:
+            ref = list(_pareto.to_losses(reference_point, directions))
+            scaled = losses
+        out = []
+        for i, t in enumerate(done):
+            out.append({"trial_number": t.number,
+                        "hypervolume": _pareto.hypervolume(scaled[: i + 1], ref)})
+        return out
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {}
+    for pkg in ("torch", "triton", "optuna", "hybridlab"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = ""
+    return out
+
+
+def _row_dict(row: Mapping) -> dict:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+def _metric_names(study) -> list[str]:
+    names = study.metric_names
+    if names:
+        return list(names)
+    n = len(study.directions)
+    return ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
+
+
+def _best_per_objective(trials, directions, names) -> dict[str, dict]:
+    best: dict[str, dict] = {}
+    for t in trials:
+        if t.state.name != "COMPLETE" or t.values is None:
+            continue
+        if any(c > 0 for c in t.constraints.values()):
+            continue
+        for i, (d, n) in enumerate(zip(directions, names)):
+            v = t.values[i]
+            cur = best.get(n)
+            if cur is None or (v > cur["value"] if d == "maximize" else v < cur["value"]):
+                best[n] = {"value": v, "trial_number": t.number, "direction": d}
+    return best
+
+
+def _trial_row(t, names, directions, run: dict | None, scalars: Mapping[str, Any]) -> dict:
+    values = dict(zip(names, t.values)) if t.values is not None else {}
+    duration = None
+    if t.datetime_start and t.datetime_complete:
+        duration = (t.datetime_complete - t.datetime_start).total_seconds()
+    ua = dict(t.user_attrs)
+    constraints = dict(t.constraints)
+    return {
+        "number": t.number,
+        "trial_id": t._trial_id,
+        "state": t.state.name,
+        "status": (run or {}).get("status") or t.state.name.lower(),
+        "values": values,
+        "params": dict(t.params),
+        "user_attrs": ua,
+        "metrics": dict(scalars),
+        "pattern": ua.get("pattern") or "",
+        "arch_hash": (run or {}).get("arch_hash") or ua.get("arch_hash"),
+        "constraints": constraints,
+        "feasible": all(c <= 0 for c in constraints.values()),
+        "failure_reason": (run or {}).get("failure_reason") or ua.get("fail_reason"),
+        "reused_from": ((run or {}).get("reused_from") if (run or {}).get("reused_from")
+                        is not None else ua.get("reused_from")),
+        "device": (run or {}).get("device"),
+        "duration_s": duration,
+        "wall_s": (run or {}).get("wall_s"),
+        "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+        "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        "retried_from": t.system_attrs.get("failed_trial"),
+    }
+
+
+def dumps(obj) -> str:
+    """JSON for CLI output (datetimes and numpy scalars made plain)."""
+    return json.dumps(obj, default=lambda o: o.isoformat() if isinstance(o, datetime) else str(o),
+                      indent=2)

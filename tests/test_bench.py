@@ -1,0 +1,194 @@
+"""The kernel benchmark harness (hybridlab/kernels/bench.py, `hybridlab bench kernels`) and the
+peer loader (hybridlab/kernels/peer.py), at tiny shapes on the CPU."""
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybridlab.cli.main import main
+from hybridlab.kernels import bench, peer
+from hybridlab.kernels.dispatch import implementation
+
+BASELINES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gpu-baselines.md"
+
+
+def _run_cli(tmp_path, *extra):
+    js, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    rc = main(["bench", "kernels", "--quick", "--json", str(js), "--markdown", str(md), *extra])
+    return rc, json.loads(js.read_text()), md.read_text()
+
+
+def test_reference_only_end_to_end(tmp_path, capsys):
+    ops = "selective_scan,ssd,rmsnorm_gated,ssd_state_update"
+    rc, report, md = _run_cli(tmp_path, "--shapes", "tiny", "--impls", "ref", "--no-peer", "--ops", ops)
+    assert rc == 0
+    meta = report["meta"]
+    for key in ("date", "gpu", "torch", "triton", "command", "dtype", "settings"):
+        assert key in meta
+    assert meta["command"].startswith("hybridlab bench kernels") and "--impls ref" in meta["command"]
+    assert report["ceilings"]["copy_TBps"] > 0
+    assert [r["op"] for r in report["results"]] == ops.split(",")
+    for r in report["results"]:
+        ref = r["impls"]["ref"]
+        assert ref["fwd_ms"] > 0 and ref["fwd_reps"] >= 1
+        if bench.SPECS[r["op"]].grads:
+            assert ref["fwdbwd_ms"] > 0
+        else:
+            assert "fwdbwd_ms" not in ref
+        assert r["floor_bytes"] > 0
+        assert r["floor_ms"] == pytest.approx(r["floor_bytes"] / (report["ceilings"]["copy_TBps"] * 1e12) * 1e3)
+        assert set(r["verdict"]) == {"fwd", "fwdbwd"}
+        assert "ours" not in r["impls"] and "peer" not in r["impls"]
+    assert "| selective_scan | tiny |" in md and "| op | shape |" in md
+    out = capsys.readouterr().out
+    assert "selective_scan tiny: fwd ours/ref/peer" in out       # progress line
+    assert out.rstrip().splitlines()[-1].startswith("(no CUDA here")
+
+
+def test_floor_bytes_hand_checked():
+    kw = bench._make_selective_scan(dict(b=1, l=24, d=4, n=4), bench._Draw(torch.device("cpu"), torch.bfloat16, 0))
+    out = torch.empty(1, 4, 24, dtype=torch.bfloat16)
+    # u, delta, z: 3 x 96 bf16; B, C: 2 x 96 bf16; A: 16 fp32; D, delta_bias: 2 x 4 fp32; out: 96 bf16
+    assert bench.floor_bytes(kw, out) == 3 * 192 + 2 * 192 + 64 + 2 * 16 + 192 == 1248
+    # a broadcast input is read once per stored element, an in-place input is also written
+    base = torch.zeros(3, 5)
+    assert bench.stored_bytes(base[:, None].expand(3, 7, 5)) == 60
+    assert bench.floor_bytes({"s": base, "x": base[0]}, base[0], inplace=("s",)) == 60 + 20 + 20 + 60
+
+
+@pytest.mark.parametrize("op,dims,out_shape,table_ms", [
+    ("selective_scan", dict(u=(4, 2048, 4096), delta=(4, 2048, 4096), z=(4, 2048, 4096), B=(4, 16, 4096),
+                            C=(4, 16, 4096), A32=(2048, 16), D32=(2048,), delta_bias32=(2048,)), (4, 2048, 4096), 0.090),
+    ("ssd", dict(x=(4, 4096, 32, 64), dt=(4, 4096, 32), B=(4, 4096, 1, 128), C=(4, 4096, 1, 128),
+                 A32=(32,), D32=(32,), dt_bias32=(32,)), (4, 4096, 32, 64), 0.048),
+])
+def test_floor_matches_gpu_baselines(op, dims, out_shape, table_ms):
+    # the baseline table's floors are these byte counts over 3.0 TB/s
+    kw = {k.removesuffix("32"): torch.empty(s, device="meta", dtype=torch.float32 if k.endswith("32") else torch.bfloat16)
+          for k, s in dims.items()}
+    out = torch.empty(out_shape, device="meta", dtype=torch.bfloat16)
+    assert bench.floor_bytes(kw, out) / 3.0e12 * 1e3 == pytest.approx(table_ms, abs=6e-4)
+
+
+def test_table_targets_match_gpu_baselines():
+    if not BASELINES.exists():
+        pytest.skip(f"{BASELINES} not present")
+    text = BASELINES.read_text()
+    rows = re.findall(r"^\| [^|]+ \| (b\d+ l\d+[^|]*?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+    table = [s for s in bench.SHAPES if s.group == "table"]
+    assert len(rows) == len(table) == 8
+    for s, (shape, fwd, fb, floor) in zip(table, rows):
+        dims = dict(re.findall(r"([a-z]+)(\d+)", shape))
+        assert all(s.dims[k] == int(v) for k, v in dims.items()), (s, shape)
+        assert s.table == (float(fwd), float(fb), float(floor))
+
+
+def test_select_shapes():
+    cases = bench.select_shapes(("ssd", "selective_scan"), ["all"])
+    assert all(c.group != "tiny" for c in cases)
+    groups = [bench.GROUPS.index(c.group) for c in cases]
+    assert groups == sorted(groups) and cases[0].group == "table" and cases[0].op == "ssd"
+    assert [c.name for c in bench.select_shapes(("ssd",), ["tiny"])] == ["tiny"]
+    with pytest.raises(ValueError, match="unknown shape"):
+        bench.select_shapes(("ssd",), ["b9-nonsense"])
+
+
+def test_list_and_bad_arguments(capsys):
+    assert main(["bench", "kernels", "--list", "--shapes", "table"]) == 0
+    listed = capsys.readouterr().out
+    assert "b1-l32768-h32-p64-n128" in listed and "target fwd 0.691 ms" in listed
+    assert main(["bench", "kernels", "--ops", "nope"]) == 2
+
+
+def _ours_wrong(scale=1.1, nan=False):
+    ref = implementation("rmsnorm_gated", "reference")
+
+    def ours(**kw):
+        out = ref(**kw) * scale
+        if nan:
+            out = out.clone()
+            out.view(-1)[3] = float("nan")
+        return out
+    return ours
+
+
+@pytest.mark.parametrize("wrong", [dict(scale=1.1), dict(scale=1.0, nan=True)])
+def test_check_catches_a_wrong_kernel(wrong):
+    shape = next(s for s in bench.SHAPES if s.op == "rmsnorm_gated" and s.group == "tiny")
+    fns = {"ours": _ours_wrong(**wrong), "ref": implementation("rmsnorm_gated", "reference")}
+    r = bench.run_case(shape, fns, torch.device("cpu"), torch.bfloat16, bench.Settings.quick(), 0.01)
+    c = r["check"]["ours_vs_ref"]
+    assert c["ok"] is False and r["correct"] is False
+    assert set(c["grads"]) == {"x", "weight", "z"}
+    if not wrong.get("nan"):
+        assert c["out"] == pytest.approx(0.1, rel=1e-2)
+    # and the same harness passes the reference against itself
+    fns["ours"] = fns["ref"]
+    r = bench.run_case(shape, fns, torch.device("cpu"), torch.bfloat16, bench.Settings.quick(), 0.01)
+    assert r["correct"] is True and r["check"]["ours_vs_ref"]["out"] == 0.0
+
+
+def test_peer_unavailable_when_absent(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(peer, "_REPO", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYBRIDLAB_PEER_DIR", raising=False)
+    p = peer.load_peer()
+    assert p.root is None and p.functions == {}
+    for op in ("selective_scan", "ssd", "mamba3"):
+        assert "prepare_local.sh" in p.reason(op)
+    assert "causal-conv1d" in p.reason("causal_conv1d")
+    assert peer.main([]) == 1                                   # the CLI reports, never raises
+    assert "no mamba_ssm-" in capsys.readouterr().out
+    # the benchmark goes on without it and says why
+    rc, report, md = _run_cli(tmp_path, "--shapes", "tiny", "--impls", "ref,peer", "--ops", "ssd")
+    assert rc == 0
+    assert "prepare_local.sh" in report["unavailable"]["ssd"]["peer"]
+    assert "peer unavailable" in md and "| unavail |" in md
+
+
+def test_peer_bare_package(monkeypatch):
+    root = peer.peer_root()
+    if root is None:
+        pytest.skip(".peer/ not prepared (scripts/gpu/prepare_local.sh)")
+    for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    peer._install_bare_package(root)
+    try:
+        pkg = sys.modules["mamba_ssm"]
+        assert pkg.__path__ == [str(root / "mamba_ssm")]
+        assert not hasattr(pkg, "selective_scan_fn")            # its __init__ did not run
+        mod = importlib.import_module("mamba_ssm.utils.determinism")   # a submodule imports from .peer/
+        assert Path(mod.__file__).is_relative_to(root)
+        peer._install_bare_package(root)                          # idempotent
+    finally:
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+
+
+def _fused_ops():
+    found = []
+    for op in ("rmsnorm_gated", "causal_conv1d", "selective_scan", "ssd", "mamba3"):   # fastest first
+        try:
+            implementation(op, "triton")
+            found.append(op)
+        except Exception:
+            continue
+    return found
+
+
+def test_fused_backend_under_interpreter(monkeypatch):
+    ops = _fused_ops()
+    if not ops:
+        pytest.skip("no fused.py imports yet")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    op = ops[0]
+    report = bench.run(ops=(op,), shapes=("tiny",), impls=("ours", "ref"), dtype=torch.float32,
+                       device="cpu", settings=bench.Settings.quick(slow_budget_s=0.2), use_peer=False, quick=True)
+    r = report["results"][0]
+    assert r["impls"]["ours"]["fwd_ms"] > 0, r
+    assert r["check"]["ours_vs_ref"]["ok"], (op, r["check"])

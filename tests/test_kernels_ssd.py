@@ -1,0 +1,118 @@
+"""Triton SSD (interpreted on CPU) against the torch reference: forward and every gradient."""
+import math
+
+import pytest
+import torch
+
+from hybridlab.kernels.ssd import fused, reference
+
+from test_mamba2 import make_inputs, rel
+
+TOL = 1e-4
+OPTIONS = ("D", "D_hp", "z", "dt_bias", "softplus", "dt_limit", "initial_states", "seq_idx")
+ALL = tuple(o for o in OPTIONS if o != "D_hp")
+ALL_HP = tuple(o for o in OPTIONS if o != "D")
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    # 16-row blocks so a chunk of 32 has two blocks (the off-diagonal block paths run)
+    monkeypatch.setattr(fused, "BLOCK_T_MAX", 16)
+
+
+def check(shape, opts, final_grad=True, dtype=torch.float32):
+    b, l, h, p, g, n, chunk = shape
+    kw = make_inputs(b, l, h, p, g, n, opts, dtype=dtype)
+    leaves = {k: v.requires_grad_(True) for k, v in kw.items()
+              if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    y, s = fused.ssd(chunk_size=chunk, return_final_states=True, **kw)
+    y_ref, s_ref = reference.ssd(chunk_size=chunk, return_final_states=True, **kw)
+    assert y.dtype == dtype and y.shape == (b, l, h, p) and s.shape == (b, h, p, n)
+    assert rel(y, y_ref) <= TOL, "out"
+    assert rel(s, s_ref) <= TOL, "final_states"
+    gy, gs = torch.randn_like(y_ref), torch.randn_like(s_ref)
+
+    def loss(yy, ss):
+        return (yy * gy).sum() + ((ss * gs).sum() if final_grad else 0.0)
+
+    grads = torch.autograd.grad(loss(y, s), list(leaves.values()))
+    grads_ref = torch.autograd.grad(loss(y_ref, s_ref), list(leaves.values()))
+    for name, a, r in zip(leaves, grads, grads_ref):
+        assert a.dtype == r.dtype and a.shape == r.shape, name
+        assert torch.isfinite(a).all(), name
+        assert rel(a, r) <= TOL, f"d{name}: {rel(a, r):.2e}"
+
+
+SHAPES = {
+    "l40_c16_g2": (1, 40, 4, 8, 2, 16, 16),      # 3 chunks, last one partial, one block per chunk
+    "l45_c32_g1": (1, 45, 4, 16, 1, 32, 32),     # two blocks per chunk, partial last chunk
+    "b2_l32_p4n4": (2, 32, 2, 4, 1, 4, 16),      # p, n far below the 16-wide tiles
+    "l50_c32_g3": (1, 50, 6, 8, 3, 16, 32),      # three groups of two heads
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("opts", [(), ALL, ALL_HP], ids=["plain", "all", "all_Dhp"])
+def test_fused_matches_reference(shape, opts):
+    check(shape, opts)
+
+
+@pytest.mark.parametrize("opt", OPTIONS)
+def test_each_option_alone(opt):
+    check((1, 37, 4, 8, 2, 16, 32), (opt,))
+
+
+@pytest.mark.parametrize("target", [0, 10**9], ids=["all_heads_in_one_program", "one_head_per_program"])
+def test_backward_head_split(monkeypatch, target):
+    monkeypatch.setattr(fused, "HEAD_SPLIT_TARGET", target)
+    check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "seq_idx", "initial_states"))
+
+
+def test_without_final_state_gradient():
+    check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "initial_states"), final_grad=False)
+
+
+def test_chunk_size_not_power_of_two():
+    # the kernels round 24 up to 32; the SSD is the same function
+    check((1, 45, 2, 8, 1, 16, 24), ("D", "softplus", "seq_idx"))
+
+
+def test_strided_inputs_like_the_block():
+    # x, B, C, dt as views into one packed projection, as Mamba2.forward passes them
+    b, l, h, p, g, n = 1, 40, 4, 8, 2, 16
+    packed = torch.randn(b, l, h * p + 2 * g * n + h, requires_grad=True)
+    x, B, C, dt = torch.split(packed, [h * p, g * n, g * n, h], dim=-1)
+    A = -torch.rand(h) - 0.5
+    args = (x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), 16)
+    kw = dict(D=torch.randn(h), dt_softplus=True)
+    y = fused.ssd(*args, **kw)
+    y_ref = reference.ssd(*args, **kw)
+    assert rel(y, y_ref) <= TOL
+    gy = torch.randn_like(y)
+    (g1,) = torch.autograd.grad((y * gy).sum(), packed)
+    (g2,) = torch.autograd.grad((y_ref * gy).sum(), packed)
+    assert rel(g1, g2) <= TOL
+
+
+def test_float64_runs_reference():
+    kw = make_inputs(1, 20, 2, 4, 1, 4, ("D", "softplus"), dtype=torch.float64)
+    assert torch.equal(fused.ssd(chunk_size=16, **kw), reference.ssd(chunk_size=16, **kw))
+
+
+@pytest.mark.parametrize("opts", [(), ("D", "z", "dt_bias", "softplus", "dt_limit"), ("D_hp", "z")],
+                         ids=["plain", "all", "Dhp"])
+@pytest.mark.parametrize("gh", [(1, 2), (2, 4)], ids=["g1", "g2"])
+def test_state_update_kernel(opts, gh):
+    g, h = gh
+    b, p, n = 2, 8, 16
+    kw = make_inputs(b, 3, h, p, g, n, opts)
+    state = torch.randn(b, h, p, n)
+    state_ref = state.clone()
+    for t in range(3):
+        step = dict(x=kw["x"][:, t], dt=kw["dt"][:, t], A=kw["A"], B=kw["B"][:, t], C=kw["C"][:, t],
+                    D=kw.get("D"), z=kw["z"][:, t] if "z" in kw else None, dt_bias=kw.get("dt_bias"),
+                    dt_softplus=kw.get("dt_softplus", False), dt_limit=kw.get("dt_limit", (0.0, math.inf)))
+        y = fused.ssd_state_update(state, **step)
+        y_ref = reference.ssd_state_update(state_ref, **step)
+        assert rel(y, y_ref) <= TOL
+    assert rel(state, state_ref) <= TOL
