@@ -192,3 +192,19 @@ def test_fused_backend_under_interpreter(monkeypatch):
     r = report["results"][0]
     assert r["impls"]["ours"]["fwd_ms"] > 0, r
     assert r["check"]["ours_vs_ref"]["ok"], (op, r["check"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["ssd", "mamba3", "rmsnorm_gated"])
+def test_side_by_side_on_gpu(op):
+    # the peer's Triton entry points need no build, so they load while peer_setup.sh still compiles
+    if peer.peer_root() is None:
+        pytest.skip(".peer/ not carried (scripts/gpu/prepare_local.sh)")
+    report = bench.run(ops=(op,), shapes=("small", "model"), settings=bench.Settings.quick(), quick=True)
+    assert report["meta"]["gpu"] and report["ceilings"]["copy_TBps"] > 0.5
+    for r in report["results"]:
+        assert r["impls"]["peer"]["fwd_ms"] > 0, report["unavailable"].get(op)
+        assert r["floor_ms"] > 0
+        if "ours" in r["impls"]:
+            assert r["check"]["ours_vs_peer"]["ok"], r["check"]
+            assert r["check"]["ours_vs_ref"]["ok"], r["check"]

@@ -67,8 +67,8 @@ def make_inputs(b, l, h, p, g, n, opts, dtype=F64):
         kw["D"] = torch.randn(h, p, dtype=dtype)
     if "z" in opts:
         kw["z"] = torch.randn(b, l, h, p, dtype=dtype)
-    if "dt_bias" in opts:
-        kw["dt_bias"] = torch.randn(h, dtype=dtype) * 0.5
+    if "dt_bias" in opts:   # without softplus keep Δ >= 0 (a growing state overflows in fp32)
+        kw["dt_bias"] = torch.randn(h, dtype=dtype) * 0.5 if "softplus" in opts else torch.rand(h, dtype=dtype) * 0.2
     if "softplus" in opts:
         kw["dt_softplus"] = True
     if "dt_limit" in opts:

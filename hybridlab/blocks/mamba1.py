@@ -137,20 +137,20 @@ class Mamba1(Block):
             _keep(p)
 
     # -- compute ---------------------------------------------------------------------------
-    def _ssm_inputs(self, x: torch.Tensor):
-        """x: (..., D) after the conv -> dt (..., D) without bias, B (..., N), C (..., N)."""
-        dt_raw, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return dt_raw @ self.dt_proj.weight.t(), B, C
-
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        xs, z = self.in_proj(x).chunk(2, dim=-1)                         # (B, L, D) each
-        xs = causal_conv1d(xs.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias,
-                                   activation="silu", seq_idx=ctx.seq_idx)   # (B, D, L)
-        dt, B, C = self._ssm_inputs(xs.transpose(1, 2))
-        y = selective_scan(xs, dt.transpose(1, 2), -torch.exp(_f32(self.A_log)),
-                                   B.transpose(1, 2), C.transpose(1, 2), _f32(self.D),
-                                   z.transpose(1, 2), _f32(self.dt_proj.bias),
-                                   delta_softplus=True, seq_idx=ctx.seq_idx)     # (B, D, L)
+        # Projections as W @ x^T give (B, channels, L) with time contiguous: the layout the conv
+        # and scan kernels read in coalesced tiles (as mamba-ssm does).
+        R, N = self.dt_rank, self.d_state
+        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))          # (B, 2D, L)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        xs, z = xz.chunk(2, dim=1)
+        xs = causal_conv1d(xs, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
+                           seq_idx=ctx.seq_idx)
+        dt_raw, B, C = torch.matmul(self.x_proj.weight, xs).split([R, N, N], dim=1)
+        dt = torch.matmul(self.dt_proj.weight, dt_raw)                     # (B, D, L), no bias
+        y = selective_scan(xs, dt, -torch.exp(_f32(self.A_log)), B, C, _f32(self.D), z,
+                           _f32(self.dt_proj.bias), delta_softplus=True, seq_idx=ctx.seq_idx)
         return self.out_proj(y.transpose(1, 2))
 
     def _state_dtypes(self, dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
@@ -170,11 +170,11 @@ class Mamba1(Block):
     def step(self, x_t: torch.Tensor, state: dict[str, Any], ctx: ForwardContext):
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)                       # (B, D)
         xs = causal_conv1d_update(xs, state["conv_state"], self.conv1d.weight[:, 0],
-                                          self.conv1d.bias, activation="silu")
-        dt, B, C = self._ssm_inputs(xs)
+                                  self.conv1d.bias, activation="silu")
+        dt_raw, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = dt_raw @ self.dt_proj.weight.t()                               # bias goes in the update
         y = selective_state_update(state["ssm_state"], xs, dt, -torch.exp(_f32(self.A_log)),
-                                           B, C, _f32(self.D), z, _f32(self.dt_proj.bias),
-                                           dt_softplus=True)
+                                   B, C, _f32(self.D), z, _f32(self.dt_proj.bias), dt_softplus=True)
         return self.out_proj(y), state
 
     # -- accounting ------------------------------------------------------------------------

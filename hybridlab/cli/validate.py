@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from hybridlab.errors import SpecError
 
@@ -23,18 +24,18 @@ def run(args) -> int:
     status = 0
     for path in args.specs:
         try:
-            spec = load_spec_file(load_spec, path)
+            spec = load_spec(Path(path), source=path)   # always a file, never inline YAML
         except SpecError as e:
             for problem in e.problems:
                 print(problem.format(), file=sys.stderr)
-            status = 2
+            status = max(status, 2)
+            continue
+        except Exception as e:      # a bug, not the user's fault: say so, keep going, no traceback
+            print(f"{path}:0:0: internal error while validating: {type(e).__name__}: {e}\n"
+                  f"    hint: this is a hybridlab bug; please report it with the spec file",
+                  file=sys.stderr)
+            status = max(status, 1)
             continue
         n = len(spec.layers)
         print(f"ok  {path}  {n} layer{'s' if n != 1 else ''}  {spec.pattern}")
     return status
-
-
-def load_spec_file(load_spec, path: str):
-    """Always treat the argument as a file name (never as inline YAML text)."""
-    from pathlib import Path
-    return load_spec(Path(path), source=path)

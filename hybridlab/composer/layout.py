@@ -5,7 +5,7 @@ A ``Layout`` expands to one block name per layer (and from there to a pattern st
 1. **Counts.** ``layers * weight / sum(weights)`` per mixer, rounded with the largest-remainder
    method so the counts sum to ``layers``: every mixer gets the floor of its quota, and the
    layers left over go to the largest fractional remainders. Ties go to the larger weight, then
-   to the mixer listed first in ``mix``. Exact fractions are used, so there is no float noise.
+   to the mixer listed first in ``mix``. Quotas are exact fractions, so there is no float noise.
 2. **Background.** The mixer with the largest weight (first listed on a tie) fills every slot
    the others do not take.
 3. **Placement** of the other ("minority") mixers among the mixer slots:
@@ -23,6 +23,8 @@ A ``Layout`` expands to one block name per layer (and from there to a pattern st
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -102,7 +104,7 @@ def _minority_slots(layout: Layout, background: str, minority, k: int) -> list[i
     n = layout.layers
     place = layout.place
     if isinstance(place, tuple):
-        return _explicit_slots(place, n, background, minority, k)
+        return _explicit_slots(place, n, background, minority)
     if place == "first":
         return list(range(k))
     if place == "last":
@@ -114,13 +116,17 @@ def _minority_slots(layout: Layout, background: str, minority, k: int) -> list[i
 
 
 def _even_slots(n: int, k: int) -> list[int]:
-    """Megatron's accumulator walk (see module docstring), in exact arithmetic."""
+    """Megatron's accumulator walk (see module docstring).
+
+    Deliberately in floats, step for step as Megatron does it, so that layouts match Megatron's
+    exactly (exact fractions would differ where the accumulator lands on 1/2, e.g. n=16, k=5).
+    """
     if k == 0:
         return []
-    section = Fraction(n - k, k + 1)
+    section = (n - k) / (k + 1)
     x, slots = section, []
     for slot in range(n):
-        if x < Fraction(1, 2):
+        if x < 0.5:
             slots.append(slot)
             x += section
         else:
@@ -128,7 +134,7 @@ def _even_slots(n: int, k: int) -> list[int]:
     return slots        # exactly k slots (checked for every n < 300 in tests/test_layout.py)
 
 
-def _explicit_slots(place: tuple[int, ...], n: int, background: str, minority, k: int):
+def _explicit_slots(place: tuple[int, ...], n: int, background: str, minority):
     if len(minority) != 1:
         names = ", ".join(repr(name) for name, _ in minority) or "none"
         raise LayoutError(
@@ -145,9 +151,14 @@ def _explicit_slots(place: tuple[int, ...], n: int, background: str, minority, k
         raise LayoutError(
             f"`place` lists {len(place)} positions but the weights give '{name}' {count} of "
             f"{n} layers", ("place",),
-            f"make the weights match, e.g. mix: {{{background}: {n - len(place)}, "
-            f"{name}: {len(place)}}}")
+            f"make the weights match, e.g. mix: {{{yaml_key(background)}: {n - len(place)}, "
+            f"{yaml_key(name)}: {len(place)}}}")
     return sorted(place)
+
+
+def yaml_key(name: str) -> str:
+    """A block name as written in YAML: quoted unless it is a plain word."""
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else json.dumps(name)
 
 
 def _deal(minority, k: int) -> list[str]:

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import difflib
 import importlib
+import math
 import os
 import re
 import sys
@@ -28,8 +29,8 @@ from typing import Any
 from hybridlab.blocks.registry import block_types, get_block
 from hybridlab.composer.canonical import dump_spec_yaml  # noqa: F401  (re-exported: load/dump pair)
 from hybridlab.composer.layout import PLACEMENTS, Layout, LayoutError, expand_layout
-from hybridlab.composer.pattern import (RESERVED, PatternError, assign_stages, format_name,
-                                        parse_pattern)
+from hybridlab.composer.pattern import (MAX_LAYERS, RESERVED, PatternError, Symbol,
+                                        assign_stages, parse_pattern)
 from hybridlab.composer.spec import LayerSpec, ModelConfig, ModelSpec
 from hybridlab.composer.yaml_source import Position, SourceMap, parse_yaml, read_text_file
 from hybridlab.errors import Problem, SpecError
@@ -100,16 +101,18 @@ class _SpecReader:
         self.problems: list[Problem] = []
         self.blocks: dict[str, _Block | None] = {}   # None: defined but invalid
         self.missing: set[str] = set()               # used but never defined (reported once)
+        self.defined: list[str] = []                 # names written under `blocks:`
         self.d_model: int | None = None
-        self.pattern_text = ""                       # the pattern string, for hints
 
     # -- reporting ---------------------------------------------------------------------------
 
     def problem(self, path: tuple, message: str, hint: str = "", *, at: Position | None = None,
                 key: bool = False) -> None:
         pos = at or (self.smap.key(path) if key else self.smap.value(path))
-        self.problems.append(Problem(message, file=self.smap.file, line=pos.line, col=pos.col,
-                                     field=dotted(path), hint=hint))
+        problem = Problem(message, file=self.smap.file, line=pos.line, col=pos.col,
+                          field=dotted(path), hint=hint)
+        if problem not in self.problems:     # e.g. one bad override value checked per layer
+            self.problems.append(problem)
 
     def type_problem(self, path: tuple, mismatch: Mismatch) -> None:
         full = path + mismatch.at
@@ -140,11 +143,7 @@ class _SpecReader:
         model = self.read_model(top)
         self.read_blocks(top.get("blocks"))
         slots = self.read_layer_names(top)
-        layers = self.make_layers(slots)
-        if layers is not None:
-            layers = self.apply_overrides(top.get("overrides"), layers)
-        elif "overrides" in top and not isinstance(top["overrides"], list):
-            self.problem(("overrides",), "overrides must be a list of {at: [...], set: {...}}")
+        layers = self.apply_overrides(top.get("overrides"), self.make_layers(slots))
         if self.problems or model is None or layers is None:
             raise SpecError(sorted_problems(self.problems))
         return ModelSpec(name=name, model=model, layers=tuple(layers), plugins=plugins,
@@ -207,7 +206,8 @@ class _SpecReader:
                        "the current directory"
                 if module.endswith(".py") or "/" in module:
                     hint = f"write the module name ('{Path(module).stem}'), not a file path"
-                self.problem(path, f"cannot import plugin '{module}': no module named '{e.name}'", hint)
+                missing = "no such module" if e.name == module else f"no module named '{e.name}'"
+                self.problem(path, f"cannot import plugin '{module}': {missing}", hint)
             else:
                 self.problem(path, f"plugin '{module}' failed to import: {e}")
         except (Exception, SystemExit) as e:
@@ -330,6 +330,7 @@ class _SpecReader:
             if problem:
                 self.problem(path, problem, key=True)
                 continue
+            self.defined.append(name)
             self.blocks[name] = self.read_block(name, entry, path)
 
     def read_block(self, name: str, entry, path: tuple) -> _Block | None:
@@ -397,7 +398,7 @@ class _SpecReader:
         return block
 
     def undefined_hint(self, name: str) -> str:
-        defined = list(self.blocks)
+        defined = self.defined
         default_type = DEFAULT_SYMBOLS.get(name)
         if default_type is not None:
             listing = (f"'{name}' defaults to type '{default_type}', which is not registered; "
@@ -405,11 +406,11 @@ class _SpecReader:
         else:
             listing = ("defined blocks: " + (", ".join(defined) or "none") + "; defaults: "
                        + ", ".join(f"{s} ({t})" for s, t in DEFAULT_SYMBOLS.items()))
-        long_names = [n for n in defined if len(n) > 1 and n in self.pattern_text]
-        if long_names:
-            return f"write long block names in brackets, e.g. [{long_names[0]}] ({listing})"
         if name == "/":
             return f"Megatron's '/' (multi-token prediction) separator is not supported ({listing})"
+        if len(name) > 1 and all(c in defined or c in DEFAULT_SYMBOLS for c in name):
+            return (f"a list entry is one block name; for a row of symbols use a pattern string: "
+                    f"pattern: \"{name}\"")
         return with_suggestion(name, defined + list(DEFAULT_SYMBOLS), listing)
 
     # -- pattern / layout ---------------------------------------------------------------------------
@@ -434,28 +435,46 @@ class _SpecReader:
             return self.read_pattern_list(pattern)
         if not isinstance(pattern, str):
             self.problem(("pattern",), f"pattern must be a string or a list of block names, got "
-                                       f"{describe(pattern)}", 'pattern: "(M-M*-) x 4"')
+                                       f"{describe(pattern)}", 'pattern: "(M-M-M*-) x 4"')
             return None
         if not pattern.strip():
-            self.problem(("pattern",), "pattern is empty", 'pattern: "(M-M*-) x 4"')
+            self.problem(("pattern",), "pattern is empty", 'pattern: "(M-M-M*-) x 4"')
             return None
-        self.pattern_text = pattern
         try:
             flat = parse_pattern(pattern)
         except PatternError as e:
             self.problem(("pattern",), e.message, e.hint, at=self.smap.char(("pattern",), e.offset))
             return None
         ok = True
+        unbracketed = self.unbracketed_names(pattern)
         for item in flat:
-            if hasattr(item, "name"):
-                at = self.smap.char(("pattern",), item.offset)
-                ok = self.resolve(item.name, at, ("pattern",)) is not None and ok
+            if not isinstance(item, Symbol):
+                continue
+            span = next((sp for sp in unbracketed if sp[0] <= item.offset < sp[1]), None)
+            if span and item.name not in self.blocks and item.name not in DEFAULT_SYMBOLS:
+                ok = False              # e.g. "M swa M": one problem for 'swa', not for s, w, a
+                self.problem(("pattern",), f"block name '{span[2]}' must be written in brackets "
+                                           f"in a pattern string: [{span[2]}]",
+                             "each character of a pattern string is one block name",
+                             at=self.smap.char(("pattern",), span[0]))
+                continue
+            at = self.smap.char(("pattern",), item.offset)
+            ok = self.resolve(item.name, at, ("pattern",)) is not None and ok
         try:
-            slots = assign_stages(flat, len(pattern))
+            slots = assign_stages(flat)
         except PatternError as e:
             self.problem(("pattern",), e.message, e.hint, at=self.smap.char(("pattern",), e.offset))
             return None
         return [_Slot(s.name, s.stage) for s in slots] if ok else None
+
+    def unbracketed_names(self, pattern: str) -> list[tuple[int, int, str]]:
+        """(start, end, name) of defined multi-character names written without [ ]."""
+        spans = []
+        for name in self.defined:
+            if len(name) > 1:
+                spans += [(m.start(), m.end(), name) for m in re.finditer(re.escape(name), pattern)
+                          if not pattern[:m.start()].rstrip().endswith("[")]
+        return spans
 
     def read_pattern_list(self, items: list) -> list[_Slot] | None:
         if not items:
@@ -509,6 +528,9 @@ class _SpecReader:
         if value < 1:
             self.problem(("layout", "layers"), "the layout has no layers: layers must be >= 1")
             return None
+        if value > MAX_LAYERS:
+            self.problem(("layout", "layers"), f"{value} layers is over the limit of {MAX_LAYERS}")
+            return None
         return value
 
     def layout_mix(self, layout: dict):
@@ -523,8 +545,8 @@ class _SpecReader:
         out, ok = [], True
         for name, weight in mix.items():
             path = ("layout", "mix", name)
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0 \
-                    or weight != weight or weight == float("inf"):
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) \
+                    or not math.isfinite(weight) or weight < 0:
                 self.problem(path, f"a weight must be a number >= 0, got {describe(weight)}")
                 ok = False
             if not isinstance(name, str):
@@ -574,8 +596,9 @@ class _SpecReader:
             return False
         actual = getattr(block.cls, "kind", "mixer")
         if actual != kind:
+            what = "an FFN block" if actual == "ffn" else "a sequence mixer"
             where = "mix lists sequence mixers" if kind == "mixer" else "ffn lists FFN blocks"
-            self.problem(path, f"'{name}' is a {actual} block ({block.type}), but {where}",
+            self.problem(path, f"'{name}' ({block.type}) is {what}, but {where}",
                          key=kind == "mixer")
             return False
         return True
@@ -594,12 +617,14 @@ class _SpecReader:
                                     stage=slot.stage))
         return layers
 
-    def apply_overrides(self, overrides, layers: list[LayerSpec]) -> list[LayerSpec] | None:
+    def apply_overrides(self, overrides, layers: list[LayerSpec] | None) -> list[LayerSpec] | None:
         if overrides is None:
             return layers
         if not isinstance(overrides, list):
             self.problem(("overrides",), f"overrides must be a list, got {describe(overrides)}",
                          "overrides: [{at: [0, 5], set: {window: null}}]")
+            return None
+        if layers is None:          # no layer list to apply them to (already reported)
             return None
         n_before = len(self.problems)
         set_by: dict[int, dict[str, int]] = {}     # layer -> field -> override that set it last
@@ -612,9 +637,7 @@ class _SpecReader:
                     self.problem(("overrides", k, "set"), f"layer {index}: invalid settings: {e}")
                     continue
                 layers[index] = dataclasses.replace(layer, config=config)
-                fields = set_by.setdefault(index, {})
-                fields.update({name: k for name in values})
-                fields[""] = k
+                set_by.setdefault(index, {}).update({name: k for name in values})
         self.validate_overridden(layers, set_by)
         return layers if len(self.problems) == n_before else None
 
@@ -638,16 +661,16 @@ class _SpecReader:
             return
         per_layer, missing = [], {}
         for index in indices:
-            converted = self.override_values(path + ("set",), values, layers[index])
-            if converted is None:
+            checked = self.override_values(path + ("set",), values, layers[index])
+            if checked is None:
                 continue
-            bad = [f for f in converted if isinstance(converted[f], _Missing)]
-            for field in bad:
+            converted, unknown = checked
+            for field in unknown:
                 missing.setdefault(field, []).append(index)
-            if not bad:
+            if not unknown:
                 per_layer.append((index, converted))
         for field, where in missing.items():
-            kinds = sorted({f"{layers[i].name} ({layers[i].type})" for i in where})
+            kinds = sorted({f"'{layers[i].name}': {layers[i].type}" for i in where})
             fields = init_fields(get_block(layers[where[0]].type).Config)
             hint = did_you_mean(field, list(fields)) or "fields: " + ", ".join(fields)
             self.problem(path + ("set", field),
@@ -674,41 +697,44 @@ class _SpecReader:
                 out.append(value)
         return sorted(set(out))
 
-    def override_values(self, path: tuple, values: dict, layer: LayerSpec) -> dict | None:
+    def override_values(self, path: tuple, values: dict, layer: LayerSpec):
+        """(converted values, fields the layer's Config lacks), or None after a type problem."""
         cls = type(layer.config)
         fields = init_fields(cls)
         hints = type_hints(cls)
-        out = {}
+        out, unknown = {}, []
         for key, value in values.items():
             if key == "type":
                 self.problem(path + (key,), "an override cannot change the block type",
                              "define another block and use it in the pattern", key=True)
                 return None
             if key not in fields:
-                out[key] = _Missing()
+                unknown.append(key)
                 continue
             try:
                 out[key] = convert(value, hints.get(key, Any))
             except Mismatch as m:
                 self.type_problem(path + (key,), m)
                 return None
-        return out
+        return out, unknown
 
     def validate_overridden(self, layers: list[LayerSpec], set_by: dict[int, dict[str, int]]) -> None:
+        """Validate each overridden layer; blame the override that set the field (or the last one)."""
         found: dict[tuple, list[int]] = {}
         for index, fields in sorted(set_by.items()):
-            def report(field, message, index=index, fields=fields):
-                k = fields.get(field, fields[""])
-                where = ("overrides", k, "set", field) if field in fields else ("overrides", k, "set")
-                found.setdefault((where, field, message), []).append(index)
+            last = max(fields.values())
+
+            def report(field, message, fields=fields, last=last, index=index):
+                parts = tuple(field.split(".")) if field else ()
+                if parts and parts[0] in fields:
+                    where = ("overrides", fields[parts[0]], "set") + parts
+                else:
+                    where = ("overrides", last, "set")
+                text = message if parts and parts[0] in fields or not field else f"{field}: {message}"
+                found.setdefault((where, text), []).append(index)
             self.run_validate(layers[index].config, report)
-        for (where, field, message), indices in found.items():
-            text = f"{field}: {message}" if field and where[-1] != field else message
+        for (where, text), indices in found.items():
             self.problem(where, f"{plural('layer', indices)} {join_ints(indices)}: {text}")
-
-
-class _Missing:
-    """Marks an override field that the layer's Config does not have."""
 
 
 # -- small helpers -----------------------------------------------------------------------------------
@@ -726,14 +752,14 @@ def did_you_mean(word: str, choices) -> str:
 
 
 def with_suggestion(word: str, choices, listing: str) -> str:
-    """'did you mean 'x'? (listing)' when a choice is close, else just the listing."""
-    close = did_you_mean(word, choices)
-    return f"{close} ({listing})" if close else listing
+    """'did you mean 'x'?' when a choice is close, else the listing of choices."""
+    return did_you_mean(word, choices) or listing
 
 
 def types_hint(wrong: str | None = None) -> str:
     listing = "registered types: " + (", ".join(block_types()) or "none")
-    return with_suggestion(wrong, block_types(), listing) if wrong else listing
+    close = did_you_mean(wrong, block_types()) if wrong else ""
+    return f"{close} {listing}" if close else listing
 
 
 def block_name_problem(name) -> str:

@@ -41,13 +41,13 @@ class Slot:
 # -- syntax tree ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Symbol:
+class Symbol:
     name: str
     offset: int
 
 
 @dataclass(frozen=True)
-class _StageBreak:
+class StageBreak:
     offset: int
 
 
@@ -67,8 +67,10 @@ def format_name(name: str) -> str:
     return name if len(name) == 1 else f"[{name}]"
 
 
-def parse_pattern(text: str) -> list[Slot | _StageBreak]:
-    """Pattern string -> flat list of layers (Slot) and stage breaks. Raises PatternError."""
+def parse_pattern(text: str) -> list[Symbol | StageBreak]:
+    """Pattern string -> flat list of symbols and stage breaks, groups repeated out.
+
+    Raises PatternError for bad syntax or a pattern longer than MAX_LAYERS."""
     parser = _Parser(text)
     items = parser.sequence(depth=0)
     size = _expanded_size(items)
@@ -82,16 +84,16 @@ def parse_pattern(text: str) -> list[Slot | _StageBreak]:
 
 def expand_pattern(text: str) -> list[Slot]:
     """Pattern string -> one Slot per layer, with stage numbers. Raises PatternError."""
-    return assign_stages(parse_pattern(text), len(text))
+    return assign_stages(parse_pattern(text))
 
 
-def assign_stages(flat: list, end_offset: int) -> list[Slot]:
+def assign_stages(flat: list) -> list[Slot]:
     """Number the stages between '|' marks; an empty stage (|| or a '|' at either end) is an error."""
     slots: list[Slot] = []
     stage = 0
     last_break = None
     for item in flat:
-        if isinstance(item, _StageBreak):
+        if isinstance(item, StageBreak):
             if not slots or last_break is not None:
                 where = "at the start of the pattern" if not slots else "right after another '|'"
                 raise PatternError(f"empty pipeline stage: '|' {where}", item.offset,
@@ -130,13 +132,13 @@ class _Parser:
             elif ch == "]":
                 raise PatternError("']' has no matching '['", self.pos)
             elif ch == "|":
-                items.append(_StageBreak(self.pos))
+                items.append(StageBreak(self.pos))
                 self.pos += 1
             elif ch.isdigit():
                 raise PatternError(f"unexpected number '{ch}'", self.pos,
                                    "a repeat count follows a group: (M-) x 2")
             else:
-                items.append(_Symbol(ch, self.pos))
+                items.append(Symbol(ch, self.pos))
                 self.pos += 1
 
     def _group(self, depth: int) -> _Group:
@@ -174,7 +176,7 @@ class _Parser:
             raise PatternError(f"repeat count must be at least 1, got {count}", start)
         return count
 
-    def _long_name(self) -> _Symbol:
+    def _long_name(self) -> Symbol:
         start = self.pos
         end = self.text.find("]", start)
         if end < 0:
@@ -183,7 +185,7 @@ class _Parser:
         if not name:
             raise PatternError("empty block name '[]'", start)
         self.pos = end + 1
-        return _Symbol(name, start + 1 + self.text[start + 1:end].index(name[0]))
+        return Symbol(name, start + 1 + self.text[start + 1:end].index(name[0]))
 
     def _skip_space(self):
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -195,8 +197,6 @@ def _expanded_size(items) -> int:
     for item in items:
         if isinstance(item, _Group):
             total += item.count * _expanded_size(item.items)
-            if total > MAX_LAYERS:
-                return total
         else:
             total += 1
     return total

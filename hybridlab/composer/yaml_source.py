@@ -18,6 +18,7 @@ import yaml
 from hybridlab.errors import Problem, SpecError
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_ESCAPE_LENGTH = {"x": 4, "u": 6, "U": 10}     # "\x41" "\u0041" "\U00000041"; others are 2
 
 
 @dataclass(frozen=True)
@@ -111,22 +112,30 @@ def read_text_file(path: str | Path, shown_as: str) -> str:
 def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     """YAML text -> (data as yaml.safe_load gives it, SourceMap). Syntax errors -> SpecError."""
     text = text.replace("\r\n", "\n")
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         duplicates = _find_duplicates(root) if root is not None else []
         data = loader.construct_document(root) if root is not None else None
+        nodes: dict = {}
+        if root is not None:
+            _index_nodes(loader, root, (), None, nodes, set())
     except yaml.MarkedYAMLError as e:
         raise SpecError(_syntax_problem(e, file)) from None
+    except yaml.reader.ReaderError as e:      # a character YAML does not allow (NUL, controls)
+        pos = _position_of_offset(text, e.position)
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise SpecError(Problem(f"YAML error: unacceptable character U+{code:04X}", file=file,
+                                line=pos.line, col=pos.col,
+                                hint="a spec is a plain-text YAML file")) from None
     except yaml.YAMLError as e:
         raise SpecError(Problem(f"YAML error: {e}", file=file)) from None
     except RecursionError:
         raise SpecError(Problem("YAML error: the document is nested too deeply", file=file)) from None
     finally:
-        loader.dispose()
-    nodes: dict = {}
-    if root is not None:
-        _index_nodes(loader, root, (), None, nodes, set())
+        if loader is not None:
+            loader.dispose()
     return data, SourceMap(file, text, nodes, duplicates)
 
 
@@ -154,6 +163,8 @@ def _syntax_hint(what: str) -> str:
         return "YAML does not allow tabs for indentation; use spaces"
     if "alias" in what:
         return "'*' starts a YAML alias; quote the attention symbol: \"*\": {type: attention}"
+    if "sequence entries are not allowed" in what:
+        return "'- ' starts a YAML list item; quote the MLP symbol: \"-\""
     if "mapping values are not allowed" in what:
         return "check the indentation, or quote a value that contains ': '"
     if "single document" in what or "another document" in what:
@@ -189,28 +200,33 @@ def _find_duplicates(root) -> list[Duplicate]:
     return found
 
 
-def _index_nodes(loader, node, path, key_node, out, active):
-    """Record (key node, value node) for every path, after construction (merges flattened)."""
+def _index_nodes(loader, node, path, key_node, out, visited):
+    """Record (key node, value node) for every path, after construction (merges flattened).
+
+    A node reached again through an alias is recorded but not entered twice, so aliases of
+    aliases ("billion laughs") cannot blow up; paths inside it fall back to the alias itself.
+    """
     out[path] = (key_node, node)
-    if id(node) in active:                 # recursive alias: stop
+    if id(node) in visited:
         return
-    active = active | {id(node)}
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for k_node, v_node in node.value:
             if not isinstance(k_node, yaml.ScalarNode):
                 continue
             key = loader.construct_object(k_node)
-            _index_nodes(loader, v_node, path + (key,), k_node, out, active)
+            _index_nodes(loader, v_node, path + (key,), k_node, out, visited)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_nodes(loader, item, path + (i,), None, out, active)
+            _index_nodes(loader, item, path + (i,), None, out, visited)
 
 
 def _offset_in_source(text: str, node: yaml.ScalarNode, index: int) -> int:
     """Source offset of character ``index`` of a scalar's value.
 
-    Walks value and source side by side: equal characters advance both, anything else in the
-    source (quotes, escapes, line folding, indentation, a block scalar's header) is skipped.
+    Walks value and source side by side: equal characters advance both, an escape sequence in a
+    double-quoted scalar counts as one character, and anything else in the source (quotes, line
+    folding, indentation, a block scalar's header) is skipped.
     """
     start, end = node.start_mark.index, node.end_mark.index
     raw = text[start:end]
@@ -219,15 +235,24 @@ def _offset_in_source(text: str, node: yaml.ScalarNode, index: int) -> int:
         pos = raw.find("\n") + 1            # skip the header line (| or > and indicators)
     elif node.style in ("'", '"'):
         pos = 1
-    value = node.value
-    for i, ch in enumerate(value):
-        while pos < len(raw) and raw[pos] != ch:
-            pos += 1
+    escapes = node.style == '"'
+    for i, ch in enumerate(node.value):
+        while pos < len(raw):
+            if escapes and raw[pos] == "\\":
+                length = _ESCAPE_LENGTH.get(raw[pos + 1:pos + 2], 2)
+                if raw[pos + 1:pos + 2] != "\n":
+                    break                   # this escape sequence produced `ch`
+                pos += length               # an escaped line break produces nothing
+            elif raw[pos] == ch:
+                length = 1
+                break
+            else:
+                pos += 1
         if pos >= len(raw):
             return start
         if i == index:
             return start + pos
-        pos += 1
+        pos += length
     return start + min(pos, len(raw))
 
 

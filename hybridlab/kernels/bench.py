@@ -72,7 +72,7 @@ SHAPES = [
     _s("mamba3", "b4-l4096-h32-p64-n128", "table", (0.995, 2.604, 0.070), b=4, l=4096, h=32, p=64, n=128, g=1, S=32, chunk=64),
     _s("mamba3", "b1-l32768-h32-p64-n128", "table", (6.287, 13.947, 0.141), b=1, l=32768, h=32, p=64, n=128, g=1, S=32, chunk=64),
     _s("mamba3", "b2-l1024-h8-p64-n128", "small", b=2, l=1024, h=8, p=64, n=128, g=1, S=32, chunk=64),
-    _s("mamba3", "tiny", "tiny", b=1, l=20, h=2, p=4, n=8, g=1, S=2, chunk=8),
+    _s("mamba3", "tiny", "tiny", b=1, l=40, h=2, p=8, n=16, g=1, S=4, chunk=16),
     # Mamba-2's conv runs over x, B, C: 2048 + 2*128 channels
     _s("causal_conv1d", "b4-l4096-d2304-w4", "model", b=4, l=4096, d=2304, w=4),
     _s("causal_conv1d", "b2-l1024-d512-w4", "small", b=2, l=1024, d=512, w=4),
@@ -406,7 +406,7 @@ def measure_ceilings(device, quick=False) -> dict:
         nbytes = 1 << 30
         src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)
     else:
-        nbytes = 64 << 20
+        nbytes = 16 << 20
         src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
     dst = torch.empty_like(src)
     t = measure(lambda: dst.copy_(src), device, s)
@@ -463,12 +463,13 @@ def resolve(op: str, impls, peer=None, device=None) -> tuple[dict, dict]:
             else:
                 fns[impl] = peer.get(op)
             continue
-        if impl == "ours" and device is not None and device.type != "cuda" \
-                and os.environ.get("TRITON_INTERPRET") != "1":
-            why[impl] = "fused Triton kernels need CUDA (or TRITON_INTERPRET=1 on the CPU)"
-            continue
         try:
-            fns[impl] = implementation(op, _BACKEND[impl])
+            fn = implementation(op, _BACKEND[impl])
+            if impl == "ours" and device is not None and device.type != "cuda" \
+                    and os.environ.get("TRITON_INTERPRET") != "1":
+                why[impl] = "fused Triton kernels need CUDA (or TRITON_INTERPRET=1 on the CPU)"
+            else:
+                fns[impl] = fn
         except ModuleNotFoundError as e:
             mod = f"hybridlab.kernels.{OPS[op]}.{_MODULE[impl][:-3]}"
             why[impl] = (f"missing: no hybridlab/kernels/{OPS[op]}/{_MODULE[impl]}" if e.name == mod
@@ -521,7 +522,8 @@ def _check(shape, spec, fns, kw, dout, device, settings, skip):
             outs[impl] = [out] + state
             nonfinite[impl] = not bool(torch.isfinite(out).all())
         except Exception as e:
-            skip.setdefault(impl, {})["fwd"] = ("out of memory: " if _is_oom(e) else "error: ") + _short(e)
+            why = ("out of memory: " if _is_oom(e) else "error: ") + _short(e)
+            skip[impl] = {"fwd": why, "fwdbwd": "not run: the forward failed (" + why + ")"}
             _free(device)
             continue
         if not spec.grads:
@@ -705,12 +707,14 @@ def run(ops=DEFAULT_OPS, shapes=("all",), impls=IMPLS, dtype=torch.bfloat16, dev
         if settings.max_seconds is not None and time.perf_counter() - start > settings.max_seconds:
             report["not_run"].append(f"{shape.op} {shape.name}: time budget ({settings.max_seconds:.0f} s) spent")
             continue
+        t0 = time.perf_counter()
         try:
             result = run_case(shape, resolved[shape.op], device, dtype, settings, bandwidth)
         except Exception as e:          # a broken op must not stop the others
             result = {"op": shape.op, "shape": shape.name, "group": shape.group, "dims": dict(shape.dims),
                       "error": _short(e), "impls": {}, "check": {}, "verdict": {"fwd": "-", "fwdbwd": "-"}}
             _free(device)
+        result["wall_s"] = round(time.perf_counter() - t0, 1)   # compile + autotune + check + timing
         report["results"].append(result)
         if on_result:
             on_result(report)
@@ -809,7 +813,7 @@ def progress_line(report, r) -> str:
         return f"{r['op']} {r['shape']}: error: {r['error']}"
     return (f"{r['op']} {r['shape']}: fwd ours/ref/peer {row['fwd ours']}/{row['fwd ref']}/{row['fwd peer']} ms, "
             f"f+b {row['f+b ours']}/{row['f+b ref']}/{row['f+b peer']} ms, verdict {row['verdict f / f+b']}, "
-            f"floor {row['floor']} ms, max err {row['max err']}")
+            f"floor {row['floor']} ms, max err {row['max err']} ({r.get('wall_s', 0):.0f} s)")
 
 
 def format_table(report) -> str:

@@ -87,19 +87,48 @@ def distributions(space) -> dict[str, optuna.distributions.BaseDistribution]:
     return out
 
 
-def apply(spec: SearchSpec, values: Mapping[str, Any]) -> tuple[dict, dict]:
-    """(model spec mapping, training settings) for one candidate; the base is not touched."""
+def apply(spec: SearchSpec, values: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+    """(model spec mapping, training settings, dropped fields) for one candidate.
+
+    The base is not touched. When a block's ``type`` is sampled, settings of that block which
+    the new type does not have (``headdim`` when mamba2 becomes mamba1) are dropped, unless the
+    space sets them; ``dropped`` lists them per block so the trial can record it.
+    """
     model = copy.deepcopy(spec.base)
     train = dict(spec.train)
+    typed_blocks = []
+    set_paths = set()
     for p in spec.space:
         if p.name not in values:
             continue
         value = values[p.name]
         if p.target == "train":
             train[p.path[1]] = value
-        else:
-            set_path(model, p.path, copy.deepcopy(value))
-    return model, train
+            continue
+        set_path(model, p.path, copy.deepcopy(value))
+        set_paths.add(p.path)
+        if len(p.path) == 3 and p.path[0] == "blocks" and p.path[2] == "type":
+            typed_blocks.append(p.path[1])
+    dropped: dict[str, list[str]] = {}
+    for name in typed_blocks:
+        block = model.get("blocks", {}).get(name)
+        if not isinstance(block, dict):
+            continue
+        fields = _config_fields(block.get("type"))
+        if fields is None:
+            continue
+        for key in list(block):
+            if key != "type" and key not in fields and ("blocks", name, key) not in set_paths:
+                del block[key]
+                dropped.setdefault(str(name), []).append(str(key))
+    return model, train, dropped
+
+
+def _config_fields(type_name) -> set[str] | None:
+    from hybridlab.blocks.registry import block_types, get_block
+    if not isinstance(type_name, str) or type_name not in block_types():
+        return None
+    return set(get_block(type_name).Config.field_names())
 
 
 def enumerate_grid(space):

@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import hashlib
 import inspect
+import itertools
 import json
 import math
 import re
@@ -42,7 +43,8 @@ SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "grid")
 
 # -- metrics -------------------------------------------------------------------------------------
 # What a trial measures. Names with "@" take a context length: state_bytes@32768.
-TRAIN_METRICS = ("quality", "train_tokens_per_s", "peak_mem_bytes", "train_wall_s", "final_loss")
+TRAIN_METRICS = ("quality", "train_tokens_per_s", "peak_mem_bytes", "train_wall_s", "final_loss",
+                 "train_steps", "train_tokens")
 COST_METRICS = ("params_total", "params_active", "params_embedding", "params_non_embedding",
                 "decode_tokens_per_s", "prefill_latency_s")
 CONTEXT_METRICS = ("state_bytes", "kv_bytes", "flops_per_token")
@@ -340,6 +342,16 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _number(v):
+    """Numbers as YAML gives them, plus exponent text like 5.0e7 (a string to YAML 1.1)."""
+    if isinstance(v, str) and _FLOAT_TEXT.fullmatch(v.strip()):
+        return float(v)
+    return v
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -400,6 +412,7 @@ def _build(data: Mapping, ctx: _Ctx, base_dir: Path, text: str, source: str | No
     heartbeat = _heartbeat(data, ctx)
     space = _space(data, ctx, base, base_source, train)
     baselines = _baselines(data, ctx, space, trials)
+    _check_vocab(base, tasks, space, ctx)
     if sampler is not None and sampler.name == "grid":
         for p in space:
             if p.kind == "float" and p.step is None:
@@ -481,7 +494,7 @@ def _tasks(data, ctx: _Ctx) -> list[TaskEntry]:
             continue
         item = dict(item)
         tname = item.pop("name")
-        weight = item.pop("weight", 1.0)
+        weight = _number(item.pop("weight", 1.0))
         label = item.pop("label", None)
         if known is not None and tname not in known:
             ctx.add(("tasks", i, "name"), f"unknown task {tname!r}", _did_you_mean(tname, known))
@@ -510,6 +523,18 @@ def _tasks(data, ctx: _Ctx) -> list[TaskEntry]:
     return out
 
 
+def _check_vocab(base, tasks, space, ctx: _Ctx) -> None:
+    """The base model's vocabulary must hold every task's tokens (unless the space sets it)."""
+    if base is None or not tasks or any(p.path == ("model", "vocab_size") for p in space):
+        return
+    from hybridlab.search.tasks import get_task, required_vocab
+    need = required_vocab([get_task(t.name, **t.settings) for t in tasks])
+    vocab = (base.get("model") or {}).get("vocab_size") if isinstance(base, Mapping) else None
+    if _is_int(vocab) and vocab < need:
+        ctx.add(("tasks",), f"the tasks need a vocabulary of {need} tokens, but the base model "
+                f"has vocab_size {vocab}", "raise model.vocab_size in the base spec")
+
+
 def _task_names(task_mod):
     for attr in ("task_names", "available_tasks", "TASKS"):
         obj = getattr(task_mod, attr, None)
@@ -532,38 +557,47 @@ def _train(data, ctx: _Ctx) -> dict:
     if not isinstance(raw, Mapping):
         ctx.add(("train",), "train is a mapping of training settings (steps, batch_size, lr ...)")
         return {}
-    fields = train_fields()
+    import typing
+
+    from hybridlab.composer.loader import Mismatch, convert
+    from hybridlab.search.trainer import TrainConfig
+    hints = typing.get_type_hints(TrainConfig)
     out = {}
     for key, value in raw.items():
-        if fields is not None and key not in fields:
+        if key not in hints:
             ctx.add(("train", key), f"unknown training setting {key!r}",
-                    _did_you_mean(key, list(fields)), at_key=True)
+                    _did_you_mean(key, list(hints)), at_key=True)
             continue
-        default = fields.get(key) if fields else None
-        if _is_number(default) and not _is_number(value):
-            ctx.add(("train", key), f"expected a number, got {value!r}")
-            continue
-        if _is_number(value) and value < 0:
-            ctx.add(("train", key), f"must be >= 0, got {value!r}")
-            continue
-        out[key] = value
-    if not ctx.problems:
+        try:
+            out[key] = convert(value, hints[key])
+        except Mismatch as m:
+            ctx.add(("train", key), f"expected {m.expected}, got {m.got}", m.hint)
+    if len(out) == len(raw):
         try:
             make_train_config(out)
+        except SpecError as e:
+            for p in e.problems:
+                key = p.field.split(".", 1)[1] if p.field.startswith("train.") else ""
+                ctx.add(("train", key) if key in raw else ("train",), p.message, p.hint)
         except (TypeError, ValueError) as e:
             ctx.add(("train",), f"invalid training settings: {e}")
     return out
 
 
 def make_train_config(values: Mapping[str, Any]):
+    """TrainConfig from YAML-typed values (lists become tuples where the field says so)."""
+    import typing
+
+    from hybridlab.composer.loader import Mismatch, convert
     from hybridlab.search.trainer import TrainConfig
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
     clean = {}
     for k, v in values.items():
-        f = fields[k]
-        if f.type in ("int", int) and isinstance(v, float) and v.is_integer():
-            v = int(v)
-        clean[k] = v
+        try:
+            clean[k] = convert(v, hints[k])
+        except Mismatch as m:
+            raise SpecError(Problem(f"expected {m.expected}, got {m.got}",
+                                    field=f"train.{k}")) from None
     return TrainConfig(**clean)
 
 
@@ -628,6 +662,7 @@ def _constraints(data, ctx: _Ctx, labels) -> list[Constraint]:
             ctx.add(("constraints", key), f"{bad}: {metric!r}",
                     _did_you_mean(metric, known_metric_names(labels)), at_key=True)
             continue
+        limit = _number(limit)
         if not _is_number(limit):
             ctx.add(("constraints", key), f"the limit must be a number, got {limit!r}")
             continue
@@ -724,7 +759,7 @@ def _space(data, ctx: _Ctx, base, base_source, train) -> list[Param]:
                         _did_you_mean(path[-1], list(fields)), at_key=True)
                 continue
         elif base is not None:
-            problem = _check_model_path(base, base_source, param)
+            problem = _check_model_path(base, base_source, param, raw)
             if problem:
                 ctx.add(where, problem[0], problem[1], at_key=True)
                 continue
@@ -770,7 +805,7 @@ def _distribution(name: str, path: tuple, dist, ctx: _Ctx, where) -> Param | Non
     if not isinstance(bounds, list) or len(bounds) != 2:
         ctx.add(where + (kind,), f"{kind} is [low, high]")
         return None
-    low, high = bounds
+    low, high = (_number(b) for b in bounds) if kind == "float" else bounds
     check = _is_int if kind == "int" else _is_number
     if not check(low) or not check(high):
         ctx.add(where + (kind,), f"{kind} bounds must be {'integers' if kind == 'int' else 'numbers'}"
@@ -783,6 +818,7 @@ def _distribution(name: str, path: tuple, dist, ctx: _Ctx, where) -> Param | Non
         ctx.add(where + (kind,), f"a log range needs low > 0, got {low}")
         return None
     if step is not None:
+        step = _number(step) if kind == "float" else step
         if not check(step) or step <= 0:
             ctx.add(where + ("step",), f"step must be a positive {'integer' if kind == 'int' else 'number'}")
             return None
@@ -795,7 +831,7 @@ def _distribution(name: str, path: tuple, dist, ctx: _Ctx, where) -> Param | Non
                  step=step if step is not None else (1 if kind == "int" else None), log=log)
 
 
-def _check_model_path(base: Mapping, base_source: str | None, param: Param):
+def _check_model_path(base: Mapping, base_source: str | None, param: Param, raw_space=None):
     """(message, hint) if ``param.path`` cannot address a field of the base spec, else None.
 
     The parent must exist in the base; a missing leaf is fine when the model spec accepts it
@@ -827,10 +863,23 @@ def _check_model_path(base: Mapping, base_source: str | None, param: Param):
 
     import hybridlab
     candidates = list(param.choices) if param.kind == "choice" else [param.low, param.high]
+    # A block field may belong to only some of the block types the space samples.
+    types = [None]
+    if len(path) == 3 and path[0] == "blocks" and isinstance(raw_space, Mapping):
+        for key, dist in raw_space.items():
+            try:
+                other = parse_path(str(key))
+            except PathSyntaxError:
+                continue
+            if other == ("blocks", path[1], "type") and isinstance(dist, Mapping) and \
+                    isinstance(dist.get("choice"), list):
+                types = list(dist["choice"])
     messages = []
-    for value in candidates:
+    for value, type_name in itertools.product(candidates, types):
         trial = copy.deepcopy(base)
         set_path(trial, path, value)
+        if type_name is not None:
+            trial["blocks"][path[1]]["type"] = type_name
         try:
             hybridlab.load_spec(trial)
             return None

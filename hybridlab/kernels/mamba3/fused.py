@@ -24,6 +24,7 @@ from .triton_fwd import fwd_out_kernel, fwd_states_kernel
 from .triton_step import state_update_kernel
 
 TWO_PI = 2.0 * math.pi
+MAX_ROWS = 128   # chunk tile rows (Q * R): the T x T score tile lives in registers
 
 
 def _p2(n: int, lo: int = 16) -> int:
@@ -58,7 +59,7 @@ class _Cfg:
             self.seq_bn2 //= 2
         while self._seq_programs() < 2 * sms and self.seq_bp > 16:
             self.seq_bp //= 2
-        self.loop_bn2 = min(self.BN2, 64)        # pair block looped over in the chunk kernels
+        self.loop_bn2 = min(self.BN2, 32)        # pair block looped over in the chunk kernels
         self.key_bn2 = min(self.BN2, 32)         # pair block of bwd_keys' grid
         # heads summed inside one bwd_keys program (divides heads per group)
         hpg = self.H // self.G
@@ -193,7 +194,8 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
     """Fused chunked Mamba-3; arguments, shapes and results as ``reference.mamba3``.
 
     Extra requirements of the Triton path: the MIMO rank R is a power of two, chunk_size is a power
-    of two (chunks shorter than 16/R rows are widened to 16/R, which changes nothing but rounding).
+    of two. The chunk is clamped so that a chunk tile has 16 to MAX_ROWS rows (Q * R): the chunk
+    length changes nothing but rounding.
     """
     if x.dtype == torch.float64:
         return reference.mamba3(x, dt, A, trap, B, C, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D,
@@ -207,7 +209,7 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
     if R & (R - 1) or chunk_size & (chunk_size - 1) or H % G:
         raise ValueError(f"Triton mamba3 needs power-of-two rank and chunk_size and g | h; got R={R}, "
                          f"chunk_size={chunk_size}, h={H}, g={G}")
-    Q = max(chunk_size, 16 // R)
+    Q = min(max(chunk_size, 16 // R), max(1, MAX_ROWS // R))   # rows per chunk tile in [16, MAX_ROWS]
     nc = triton.cdiv(L, Q)
     S = 0 if angles is None else angles.shape[-1]
     dev = x.device
@@ -259,8 +261,6 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
         x.contiguous(), Bm, Cm, Bb, Cb, dtf.contiguous(), ps, off, adt, w, wd, f32c(D),
         z.contiguous() if z is not None else None, f32c(W_x), f32c(W_z) if flags["wz"] else None,
         f32c(W_o) if flags["wo"] else None, h0, cfg)
-    if siso and y.dim() == 5:
-        y = y[:, :, 0]
     if not return_final_states:
         return y
     k_last = reference._heads(Bm[:, L - 1], B_bias, H, torch.float32)          # (b, R, h, n)

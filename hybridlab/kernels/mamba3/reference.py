@@ -166,7 +166,8 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
     decay = torch.exp(seg.masked_fill(~lower_, float("-inf")))
     Wts = torch.where(lower_, decay * w_c.unsqueeze(2), torch.where(diag_, wd_c.unsqueeze(3), 0.0))  # (b,c,t,s,h)
     scores = torch.einsum("bctrhn,bcsuhn->bchtrsu", q_c, k_c)
-    y = torch.einsum("bchtrsu,bctsh,bcsuhp->bctrhp", scores, Wts, v_c)
+    scores = scores * Wts.permute(0, 1, 4, 2, 3)[:, :, :, :, None, :, None]
+    y = torch.einsum("bchtrsu,bcsuhp->bctrhp", scores, v_c)
 
     # 2. each chunk's own contribution to the (folded) state at its end
     to_end = torch.exp(cum[:, :, -1:] - cum) * w_c                                # (b,c,Q,h)

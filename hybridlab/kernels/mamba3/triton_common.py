@@ -75,10 +75,10 @@ def load_v(x_ptr, Wx_ptr, b, h, r, tau, valid, pidx, L, H, P, R: tl.constexpr, H
     pm = pidx < P
     xv = tl.load(x_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :],
                  mask=valid[:, None] & pm[None, :], other=0.0).to(tl.float32)
+    v = xv
     if HAS_WX:
-        wx = tl.load(Wx_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
-        return xv * wx, xv
-    return xv, xv
+        v = xv * tl.load(Wx_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
+    return v, xv
 
 
 @triton.jit
@@ -94,17 +94,19 @@ def chunk_mask(cum, w, wd, t):
 @triton.jit
 def per_time(v, Q: tl.constexpr, R: tl.constexpr):
     """(Q*R,) row vector -> (Q,) by summing the ranks of each time step."""
-    if R == 1:
-        return v
-    return tl.sum(tl.reshape(v, (Q, R)), 1)
+    out = v
+    if R > 1:
+        out = tl.sum(tl.reshape(v, (Q, R)), 1)
+    return out
 
 
 @triton.jit
 def per_time2(v, Q: tl.constexpr, R: tl.constexpr, BC: tl.constexpr):
     """(Q*R, BC) rows -> (Q, BC) by summing the ranks of each time step."""
-    if R == 1:
-        return v
-    return tl.sum(tl.reshape(v, (Q, R, BC)), 1)
+    out = v
+    if R > 1:
+        out = tl.sum(tl.reshape(v, (Q, R, BC)), 1)
+    return out
 
 
 @triton.jit

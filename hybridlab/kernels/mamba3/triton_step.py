@@ -3,8 +3,8 @@ state (even / odd pair halves), so reading the previous k, v and overwriting the
 import triton
 import triton.language as tl
 
-TWO_PI = 6.283185307179586
-PI = 3.141592653589793
+TWO_PI = tl.constexpr(6.283185307179586)
+PI = tl.constexpr(3.141592653589793)
 
 
 @triton.jit

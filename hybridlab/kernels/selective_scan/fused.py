@@ -38,7 +38,7 @@ def _softplus(x):
     # log1p(e) as log(w) * e / (w - 1) keeps full precision for tiny e; = x above 20 (threshold)
     e = tl.exp(tl.minimum(x, 20.0))
     w = 1.0 + e
-    sp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    sp = tl.where(w == 1.0, e, tl.log(w) * (e / tl.where(w == 1.0, 1.0, w - 1.0)))
     return tl.where(x > 20.0, x, sp)
 
 
@@ -270,10 +270,12 @@ def _bwd_kernel(
     if HAS_BIAS:
         tl.store(dbias_ptr + b * d + offs_d, dbias_acc, mask=mask_d)
     if WANT_DH0:        # d h_{-1} = a_0 g_0
-        t_first = tl.arange(0, 1)
-        dt0, _ = _tile_dt(dt_base, bias, offs_d, t_first, mask_d[:, None], sdt_d, sdt_l,
-                          HAS_BIAS, SOFTPLUS)
-        a0 = tl.exp(tl.sum(dt0, axis=1)[:, None] * A)
+        dt0 = tl.load(dt_base + offs_d * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt0 += bias
+        if SOFTPLUS:
+            dt0 = _softplus(dt0)
+        a0 = tl.exp(dt0[:, None] * A)
         tl.store(dh0_ptr + b * d * n + dn_off, a0 * g_carry, mask=mask_dn)
 
 
@@ -287,12 +289,19 @@ def _pow2_divisor(x: int, cap: int) -> int:
     return p
 
 
+#: Tuning knobs. MAX_BLOCK_T: longest time tile (a power of two; the interpreter tests shrink it so
+#: that short sequences span several tiles). TILE_FWD / TILE_BWD: fp32 elements per
+#: (BLOCK_D, N, BLOCK_T) tile, which sets BLOCK_D (the backward keeps ~5 such tiles live).
+MAX_BLOCK_T = 64
+TILE_FWD, TILE_BWD = 8192, 4096
+
+
 def _tiles(d: int, n: int, cpg: int, grouped: bool):
     """(NP, BLOCK_T, BLOCK_D fwd, BLOCK_D bwd): ~8K fp32 per 3-D tile forward, ~4K backward."""
     NP = max(2, triton.next_power_of_2(n))
-    BT = 64 if NP <= 16 else (32 if NP <= 64 else 16)
+    BT = min(MAX_BLOCK_T, 64 if NP <= 16 else (32 if NP <= 64 else 16))
     out = []
-    for budget in (8192, 4096):
+    for budget in (TILE_FWD, TILE_BWD):
         bd = max(1, min(64, budget // (NP * BT), triton.next_power_of_2(d)))
         out.append(_pow2_divisor(cpg, bd) if grouped else bd)
     return NP, BT, out[0], out[1]
@@ -345,6 +354,7 @@ class _SelectiveScan(torch.autograd.Function):
         save = any(ctx.needs_input_grad)
         out, last, ckpt, seq = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                     initial_state, seq_idx, save)
+        ctx.set_materialize_grads(False)      # no zero-filled dlast when last_state is unused
         ctx.softplus = bool(delta_softplus)
         ctx.has_h0 = initial_state is not None
         ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
@@ -356,6 +366,8 @@ class _SelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, seq, ckpt = ctx.saved_tensors
         b, d, L = u.shape
         n = A.shape[1]
+        if dout is None:
+            dout = torch.zeros(b, d, L, device=u.device, dtype=u.dtype)
         Bv, G, sB = _bc_view(B)
         Cv, _, sC = _bc_view(C)
         NP, BT, _, BD = _tiles(d, n, d // G, G > 1)

@@ -1,0 +1,247 @@
+"""Run a search: create (or resume) the Optuna study and work through its trial budget.
+
+    report = run_search("examples/search-quick.yaml", db="sqlite:///hybridlab.db")
+
+* The study lives in the database (``RDBStorage`` with heartbeats): running the same search
+  again resumes it and only runs what is left; several processes (``workers=N``) or machines
+  (same ``--db`` URL and study name) share it.
+* The budget is ``trials`` finished trials (COMPLETE + PRUNED + FAIL). A trial whose worker died
+  (no heartbeat for ``grace_s``) is marked FAIL and re-queued with the same parameters by
+  Optuna's ``RetryHeartbeatStaleTrialCallback``; an interrupted trial (Ctrl-C) is re-queued the
+  same way. Either way the original does not count, its retry does.
+* Workers take a short per-study lock to count the budget and start a trial, so a study never
+  runs more than ``trials`` trials, however many workers share it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from hybridlab.errors import Problem, SpecError
+from hybridlab.search.objective import TrialRunner
+from hybridlab.search.progress import NullProgress, TqdmProgress
+from hybridlab.search.space import make_sampler
+from hybridlab.search.spec import SearchSpec, load_search_spec
+from hybridlab.storage import Store, StudyLock, display_url, optuna_storage
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclasses.dataclass
+class Budget:
+    target: int
+    counted: int        # finished trials that count (COMPLETE + PRUNED + FAIL, retried excluded)
+    running: int
+    waiting: int
+
+    @property
+    def can_start(self) -> bool:
+        return self.counted + self.running < self.target
+
+
+@dataclasses.dataclass
+class SearchReport:
+    study_name: str
+    url: str
+    target: int
+    counts: dict
+    ran: int                       # trials this call ran
+    interrupted: bool = False
+    best: dict = dataclasses.field(default_factory=dict)
+    pareto: list = dataclasses.field(default_factory=list)
+
+
+def trial_budget(study: optuna.Study, target: int) -> Budget:
+    trials = study.get_trials(deepcopy=False)
+    retried: set[int] = set()
+    for t in trials:
+        retried.update(t.system_attrs.get("retry_history", []) or [])
+    counted = sum(1 for t in trials if t.state in FINISHED and t.number not in retried)
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    return Budget(target, counted, running, waiting)
+
+
+def storage_for(spec: SearchSpec, url: str):
+    hb = spec.heartbeat
+    return optuna_storage(url, heartbeat_interval=hb.interval_s, grace_period=hb.grace,
+                          max_retry=hb.max_retry)
+
+
+def prepare_study(spec: SearchSpec, store: Store, target: int) -> optuna.Study:
+    """Create the study or check that the existing one is this search; enqueue baselines."""
+    storage = storage_for(spec, store.url)
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(
+        storage, include_best_trial=False)}.get(spec.name)
+    if existing is not None:
+        directions = [d.name.lower() for d in existing.directions]
+        fingerprint = existing.user_attrs.get("hybridlab_fingerprint")
+        if directions != spec.directions or (fingerprint and fingerprint != spec.fingerprint()):
+            what = "objectives" if directions != spec.directions else \
+                "base spec, space, tasks, training settings or objectives"
+            raise SpecError(Problem(
+                f"study {spec.name!r} already exists in {display_url(store.url)} with different "
+                f"{what}", file=spec.source or "<search spec>", field="name",
+                hint="resuming needs the same search; give this one a new name, or use another "
+                     "--db"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(storage=storage, study_name=spec.name,
+                                    directions=spec.directions,
+                                    sampler=make_sampler(spec.sampler, spec.space),
+                                    load_if_exists=True)
+        if list(study.metric_names or []) != spec.metric_names:
+            study.set_metric_names(spec.metric_names)
+    attrs = study.user_attrs
+    wanted = {"hybridlab_fingerprint": spec.fingerprint(), "hybridlab_trials": int(target),
+              "hybridlab_spec": spec.text, "hybridlab_base": spec.base_source or "(inline)"}
+    for key, value in wanted.items():
+        if attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    for params in spec.baselines:
+        study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+    return study
+
+
+def requeue(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+    """Queue the parameters of an interrupted trial again (as Optuna's retry callback does for
+    stale ones): the retry carries ``failed_trial`` / ``retry_history`` system attributes."""
+    history = list(frozen.system_attrs.get("retry_history", [])) + [frozen.number]
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+        system_attrs={"failed_trial": frozen.system_attrs.get("failed_trial", frozen.number),
+                      "retry_history": history}))
+
+
+def reconcile_runs(study: optuna.Study, store: Store) -> None:
+    """hl_runs rows still 'running' whose Optuna trial was failed by the heartbeat check."""
+    runs = store.runs(study.study_name)
+    stale = [r for r in runs.values() if r["status"] == "running"]
+    if not stale:
+        return
+    states = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
+    retried_by: dict[int, int] = {}
+    for t in states.values():
+        for n in t.system_attrs.get("retry_history", []) or []:
+            retried_by[n] = t.number
+    for r in stale:
+        t = states.get(r["trial_id"])
+        if t is not None and t.state == TrialState.FAIL:
+            again = retried_by.get(t.number)
+            reason = ("the worker stopped sending heartbeats (killed or lost); marked failed by "
+                      "the heartbeat check" + (f", retried as trial {again}" if again is not None
+                                               else ""))
+            store.finish_run(r["trial_id"], "failed", failure_reason=reason)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
+         worker: int | None = None, progress=None, stop: threading.Event | None = None,
+         save_artifacts: bool = True) -> int:
+    """One worker: start trials while the budget allows, until the study is done.
+
+    Returns the number of trials this worker ran. Raises KeyboardInterrupt after recording an
+    interrupted trial (and re-queueing it)."""
+    progress = progress or NullProgress()
+    store = Store(url)
+    storage = storage_for(spec, url)
+    sampler_cfg = spec.sampler
+    if worker and sampler_cfg.seed is not None:      # different draws per worker
+        sampler_cfg = dataclasses.replace(sampler_cfg, seed=sampler_cfg.seed + worker)
+    study = optuna.load_study(study_name=spec.name, storage=storage,
+                              sampler=make_sampler(sampler_cfg, spec.space))
+    lock = StudyLock(url, spec.name)
+    runner = TrialRunner(spec, store, device=device, worker=worker,
+                         on_event=progress.event,
+                         should_stop=(stop.is_set if stop is not None else None),
+                         before_trial=lock.release, save_artifacts=save_artifacts)
+    poll = max(0.5, min(5.0, spec.heartbeat.interval_s))
+    ran = 0
+    while not (stop is not None and stop.is_set()):
+        lock.acquire()
+        try:
+            _fail_stale(study)
+            reconcile_runs(study, store)
+            budget = trial_budget(study, target)
+            progress.set_done(budget.counted)
+            if budget.can_start:
+                started = {t._trial_id for t in study.get_trials(deepcopy=False)}
+                try:
+                    study.optimize(runner, n_trials=1, catch=(Exception,))
+                except KeyboardInterrupt:
+                    _requeue_interrupted(study, started)
+                    raise
+                ran += 1
+                continue
+        finally:
+            lock.release()
+        if budget.running == 0:
+            break
+        time.sleep(poll)                 # others still running: wait for them (or their retries)
+    progress.set_done(trial_budget(study, target).counted)
+    return ran
+
+
+def _requeue_interrupted(study: optuna.Study, before: set[int]) -> None:
+    for t in study.get_trials(deepcopy=False):
+        if t._trial_id not in before and t.state == TrialState.FAIL:
+            requeue(study, t)
+
+
+def run_search(spec: SearchSpec | str | Path, *, db: str | None = None, workers: int = 1,
+               trials: int | None = None, device: str = "auto", progress: bool = False,
+               save_artifacts: bool = True) -> SearchReport:
+    """Create or resume the study and run it to ``trials`` finished trials.
+
+    ``workers > 1`` starts that many worker processes (one GPU each, round-robin over the
+    visible GPUs). Raises KeyboardInterrupt on Ctrl-C after everything is recorded."""
+    if not isinstance(spec, SearchSpec):
+        spec = load_search_spec(spec)
+    target = int(trials or spec.trials)
+    store = Store(db)
+    study = prepare_study(spec, store, target)
+    start_counted = trial_budget(study, target).counted
+    bar = TqdmProgress(spec.name, target, start_counted) if progress else NullProgress()
+    try:
+        if workers <= 1:
+            work(spec, store.url, target, device=device, worker=0, progress=bar,
+                 save_artifacts=save_artifacts)
+        else:
+            from hybridlab.search.workers import launch_workers
+            launch_workers(spec, store.url, target, workers, device=device, progress=bar,
+                           save_artifacts=save_artifacts)
+    finally:
+        bar.close()
+    return search_report(spec.name, store, target, ran=trial_budget(study, target).counted
+                         - start_counted)
+
+
+def search_report(study_name: str, store: Store, target: int | None = None,
+                  ran: int = 0) -> SearchReport:
+    summary = store.study_summary(study_name)
+    return SearchReport(study_name=study_name, url=store.url,
+                        target=int(target or summary.get("target_trials") or 0),
+                        counts=summary["counts"], ran=ran, best=summary["best"],
+                        pareto=store.pareto(study_name))
+
+
+def default_workers_env(n_workers: int, index: int, gpus: list[str]) -> dict[str, str]:
+    """Environment for worker ``index``: its GPU (round-robin) and a fair share of CPU threads."""
+    env = {}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    return env

@@ -1,0 +1,374 @@
+"""One trial: sample a candidate, check it, train it (or reuse an identical one), measure it,
+and record everything.
+
+    runner = TrialRunner(spec, store, device="cpu")
+    study.optimize(runner, ...)
+
+Outcomes, as Optuna states and ``hl_runs.status``:
+
+* COMPLETE / complete: trained and measured; values in objective order. A constraint checked
+  after training (e.g. ``quality_min``) may still mark it infeasible via ``set_constraint``.
+* COMPLETE / complete + ``reused_from``: same architecture (``spec_hash``) and training settings
+  as an earlier trial of the study: its values, metrics and files are copied, nothing is trained.
+* PRUNED / infeasible: an analytic constraint (parameters, state bytes ... from the summary)
+  is violated: recorded with its costs, never trained.
+* PRUNED / invalid: the sampled candidate is not a valid model spec (reason recorded).
+* PRUNED / pruned: the trainer stopped early (chance-level accuracy); reason recorded.
+* FAIL / failed: an exception (non-finite loss, out of memory, a bug ...); reason recorded.
+* FAIL / interrupted: Ctrl-C or a stop request; the driver re-queues the same parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import re
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hybridlab.errors import SpecError
+from hybridlab.search import space as space_mod
+from hybridlab.search.spec import SearchSpec, is_analytic, make_train_config
+from hybridlab.storage import Store, library_versions
+
+
+class CandidateInvalid(Exception):
+    """The sampled model spec or training settings do not validate."""
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+def analytic_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Cost metrics known before training, from ``composer.summary.summarize``.
+
+    ``state_bytes@C`` is everything one sequence keeps while decoding at context C: the
+    recurrent state (SSM and conv state) plus the KV cache at C."""
+    out = {k: float(summary[k]) for k in ("params_total", "params_active", "params_embedding",
+                                          "params_non_embedding") if k in summary}
+    for c in summary.get("contexts", []):
+        kv = float(summary["kv_bytes"][str(c)])
+        out[f"kv_bytes@{c}"] = kv
+        out[f"state_bytes@{c}"] = float(summary["state_bytes"]) + kv
+        out[f"flops_per_token@{c}"] = float(summary["flops_per_token"][str(c)])
+    return out
+
+
+def train_hash(train: Mapping[str, Any], spec: SearchSpec) -> str:
+    blob = json.dumps({"train": dict(train), "tasks": [dataclasses.asdict(t) for t in spec.tasks]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "study"
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text if len(text) < 500 else text[:497] + "..."
+
+
+class TrialRunner:
+    """The Optuna objective. ``on_event(kind, **info)`` feeds progress displays:
+    ``("start", number=)``, ``("step", number=, step=, total=, loss=)``,
+    ``("end", number=, status=, reason=)``."""
+
+    def __init__(self, spec: SearchSpec, store: Store, *, device: str = "auto",
+                 worker: int | None = None,
+                 on_event: Callable[..., None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 before_trial: Callable[[], None] | None = None,
+                 save_artifacts: bool = True):
+        self.spec = spec
+        self.store = store
+        self.device = resolve_device(device)
+        self.worker = worker
+        self.on_event = on_event or (lambda kind, **info: None)
+        self.should_stop = should_stop
+        self.before_trial = before_trial
+        self.save_artifacts = save_artifacts
+        self.current: optuna.Trial | None = None   # the trial in progress (for the driver)
+        self.versions = library_versions()
+        self._last_db_update = 0.0
+
+    # -- the objective ---------------------------------------------------------------------
+    def __call__(self, trial: optuna.Trial):
+        if self.before_trial is not None:
+            self.before_trial()      # e.g. release the study lock taken to start this trial
+        self.current = trial
+        self.on_event("start", number=trial.number)
+        t0 = time.monotonic()
+        study_name = trial.study.study_name
+        self.store.start_run(study_name=study_name, trial_id=trial._trial_id,
+                             trial_number=trial.number, device=self.device, worker=self.worker,
+                             versions=self.versions)
+        try:
+            values = self._run(trial, t0)
+        except optuna.TrialPruned as e:
+            self.on_event("end", number=trial.number, status="pruned", reason=str(e))
+            raise
+        except KeyboardInterrupt:
+            reason = "interrupted (Ctrl-C or stop request); re-queued for the next run"
+            trial.set_user_attr("fail_reason", reason)
+            self.store.finish_run(trial._trial_id, "interrupted", failure_reason=reason,
+                                  wall_s=time.monotonic() - t0)
+            self.on_event("end", number=trial.number, status="interrupted", reason=reason)
+            raise
+        except Exception as e:
+            reason = _short(e)
+            if _is_oom(e):
+                reason = "out of memory: " + reason
+            trial.set_user_attr("fail_reason", reason)
+            detail = reason + "\n\n" + "".join(traceback.format_exception(e)[-6:])
+            self.store.finish_run(trial._trial_id, "failed", failure_reason=detail,
+                                  wall_s=time.monotonic() - t0)
+            self.on_event("end", number=trial.number, status="failed", reason=reason)
+            raise
+        finally:
+            self.current = None
+            _free_memory()
+        self.on_event("end", number=trial.number, status="complete", reason="")
+        return values
+
+    def _run(self, trial: optuna.Trial, t0: float):
+        spec, store = self.spec, self.store
+        tid = trial._trial_id
+        values = space_mod.suggest(trial, spec.space)
+        model_dict, train_settings, dropped = space_mod.apply(spec, values)
+        if dropped:
+            trial.set_user_attr("dropped_fields", dropped)
+
+        # 1. the candidate must be a valid model spec and training configuration
+        try:
+            model_spec, cfg = self._validate(model_dict, train_settings)
+        except CandidateInvalid as e:
+            reason = f"invalid candidate: {e}"
+            trial.set_user_attr("fail_reason", reason)
+            store.finish_run(tid, "invalid", failure_reason=reason,
+                             wall_s=time.monotonic() - t0)
+            raise optuna.TrialPruned(reason) from None
+
+        # 2. what it is, and what it costs before training
+        from hybridlab.composer.canonical import dump_spec_yaml, spec_hash
+        from hybridlab.composer.summary import summarize
+
+        arch = spec_hash(model_spec)
+        thash = train_hash(train_settings, spec)
+        summary = summarize(model_spec, contexts=spec.contexts() or (4096,))
+        analytic = analytic_metrics(summary)
+        store.record_architecture(arch, name=model_spec.name, pattern=model_spec.pattern,
+                                  n_layers=len(model_spec.layers),
+                                  spec_yaml=dump_spec_yaml(model_spec),
+                                  params_total=int(summary["params_total"]),
+                                  params_active=int(summary["params_active"]))
+        store.update_run(tid, arch_hash=arch, train_hash=thash)
+        for key, value in (("pattern", model_spec.pattern), ("arch_hash", arch),
+                           ("n_layers", len(model_spec.layers)),
+                           ("params_total", int(summary["params_total"])),
+                           ("params_active", int(summary["params_active"]))):
+            trial.set_user_attr(key, value)
+
+        # 3. analytic constraints: infeasible candidates are recorded, not trained
+        violated = []
+        for c in spec.constraints:
+            if c.analytic:
+                v = analytic[c.metric]
+                trial.set_constraint(c.key, c.violation(v))
+                if c.violation(v) > 0:
+                    violated.append(f"{c.metric} = {v:.4g} {'>' if c.bound == 'max' else '<'} "
+                                    f"{c.bound} {c.limit:.4g}")
+        if violated:
+            reason = "infeasible: " + "; ".join(violated)
+            store.set_scalars(tid, {f"cost/{k}": v for k, v in analytic.items()}, kind="cost")
+            trial.set_user_attr("costs", analytic)
+            trial.set_user_attr("fail_reason", reason)
+            store.finish_run(tid, "infeasible", failure_reason=reason,
+                             wall_s=time.monotonic() - t0)
+            raise optuna.TrialPruned(reason)
+
+        # 4. the same architecture and training settings ran before: reuse its result
+        source = store.find_reusable(trial.study.study_name, arch, thash, exclude_trial_id=tid)
+        if source is not None:
+            return self._reuse(trial, source, t0)
+
+        # 5. train, measure, record
+        return self._train_and_measure(trial, model_spec, cfg, analytic, t0)
+
+    def _validate(self, model_dict: dict, train_settings: dict):
+        import hybridlab
+        try:
+            model_spec = hybridlab.load_spec(model_dict, source="<candidate>")
+        except SpecError as e:
+            raise CandidateInvalid("; ".join(
+                (f"{p.field}: " if p.field else "") + p.message for p in e.problems)) from None
+        settings = dict(train_settings)
+        weights = {t.label: t.weight for t in self.spec.tasks if t.weight != 1.0}
+        if weights and "task_weights" not in settings:
+            settings["task_weights"] = weights
+        try:
+            cfg = make_train_config(settings)
+        except SpecError as e:
+            raise CandidateInvalid("; ".join(
+                (f"{p.field}: " if p.field else "") + p.message for p in e.problems)) from None
+        except (TypeError, ValueError) as e:
+            raise CandidateInvalid(f"training settings: {e}") from None
+        return model_spec, cfg
+
+    def _reuse(self, trial: optuna.Trial, source: dict, t0: float):
+        store, tid = self.store, trial._trial_id
+        src = trial.study._storage.get_trial(source["trial_id"])
+        trial.set_user_attr("reused_from", int(source["trial_number"]))
+        for key, value in src.user_attrs.items():
+            if key not in ("reused_from", "fail_reason", "pattern", "arch_hash", "dropped_fields"):
+                trial.set_user_attr(key, value)
+        for key, value in src.constraints.items():
+            if key not in trial.constraints:
+                trial.set_constraint(key, value)
+        store.copy_trial_records(source["trial_id"], tid)
+        if source["status"] == "pruned" or src.values is None:
+            reason = (f"reused trial {source['trial_number']}: "
+                      f"{src.user_attrs.get('fail_reason') or 'pruned'}")
+            store.finish_run(tid, "pruned", failure_reason=reason,
+                             wall_s=time.monotonic() - t0, reused_from=source["trial_number"])
+            raise optuna.TrialPruned(reason)
+        store.finish_run(tid, "complete", wall_s=time.monotonic() - t0,
+                         reused_from=source["trial_number"])
+        return list(src.values)
+
+    def _train_and_measure(self, trial, model_spec, cfg, analytic, t0):
+        import torch
+
+        import hybridlab
+        from hybridlab.search.cost import measure_costs
+        from hybridlab.search.tasks import get_task
+        from hybridlab.search.trainer import NonFiniteLoss, train_model
+
+        spec, store, tid = self.spec, self.store, trial._trial_id
+        tasks = [get_task(t.name, label=t.label if t.label != t.name else None, **t.settings)
+                 for t in spec.tasks]
+        torch.manual_seed(cfg.seed)
+        model = hybridlab.build_model(model_spec, device=self.device)
+        number = trial.number
+
+        def on_step(step: int, total: int | None, loss: float) -> None:
+            self.on_event("step", number=number, step=step, total=total, loss=loss)
+            now = time.monotonic()
+            if now - self._last_db_update > 2.0:
+                self._last_db_update = now
+                store.update_run(tid, step=int(step), total_steps=total)
+
+        try:
+            result = train_model(model, tasks, cfg, self.device, on_step=on_step,
+                                 should_stop=self.should_stop)
+        except NonFiniteLoss as e:
+            store.add_series(tid, e.result.curves)
+            raise
+        store.update_run(tid, step=result.steps)
+        store.add_series(tid, result.curves)
+        train_metrics = {
+            "quality": result.quality,
+            "train_tokens_per_s": result.train_tokens_per_s,
+            "peak_mem_bytes": float(result.peak_mem_bytes),
+            "train_wall_s": result.wall_s,
+            "train_steps": float(result.steps),
+            "train_tokens": float(result.tokens),
+        }
+        loss = result.curves.get("train/loss")
+        if loss:
+            train_metrics["final_loss"] = loss[-1][1]
+        if result.kernel_time_share is not None:
+            train_metrics["kernel_time_share"] = result.kernel_time_share
+        store.set_scalars(tid, {f"score/{k}": v for k, v in result.scores.items()}, kind="score")
+        store.set_scalars(tid, {f"train/{k}": v for k, v in train_metrics.items()}, kind="train")
+        trial.set_user_attr("scores", {k: float(v) for k, v in result.scores.items()})
+        trial.set_user_attr("quality", float(result.quality))
+        trial.set_user_attr("train_steps", int(result.steps))
+        trial.set_user_attr("stop_reason", result.stop_reason)
+
+        if result.status == "stopped":
+            raise KeyboardInterrupt(result.stop_reason)
+        if result.status == "pruned":
+            store.set_scalars(tid, {f"cost/{k}": v for k, v in analytic.items()}, kind="cost")
+            trial.set_user_attr("costs", analytic)
+            trial.set_user_attr("fail_reason", result.stop_reason)
+            store.finish_run(tid, "pruned", failure_reason=result.stop_reason,
+                             wall_s=time.monotonic() - t0)
+            raise optuna.TrialPruned(result.stop_reason)
+
+        contexts = spec.contexts() or [4096]
+        measured = measure_costs(model, model_spec, self.device, contexts)
+        costs = dict(analytic)
+        costs.update({k: float(v) for k, v in measured.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        store.set_scalars(tid, {f"cost/{k}": v for k, v in costs.items()}, kind="cost")
+        trial.set_user_attr("costs", costs)
+
+        metrics = {**costs, **train_metrics,
+                   **{f"score/{k}": v for k, v in result.scores.items()}}
+        for c in spec.constraints:
+            if not c.analytic:
+                trial.set_constraint(c.key, c.violation(metrics[c.metric]))
+        missing = [o.metric for o in spec.objectives if o.metric not in metrics]
+        if missing:
+            raise KeyError(f"metrics not measured: {missing} (measured: {sorted(metrics)})")
+        values = [float(metrics[o.metric]) for o in spec.objectives]
+
+        if self.save_artifacts:
+            self._save_artifacts(trial, model, model_spec)
+        store.finish_run(tid, "complete", wall_s=time.monotonic() - t0)
+        return values
+
+    def _save_artifacts(self, trial, model, model_spec) -> None:
+        from safetensors.torch import save_model
+
+        from hybridlab.composer.canonical import dump_spec_yaml
+        folder = (self.store.artifact_root / safe_name(trial.study.study_name)
+                  / f"trial-{trial.number:05d}")
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / "model.safetensors"
+        tmp = folder / "model.safetensors.tmp"
+        save_model(model.cpu() if self.device != "cpu" else model, str(tmp),
+                   metadata={"study": trial.study.study_name, "trial": str(trial.number)})
+        tmp.replace(weights)
+        spec_file = folder / "spec.yaml"
+        spec_file.write_text(dump_spec_yaml(model_spec))
+        paths = {}
+        for kind, path in (("weights", weights), ("spec", spec_file)):
+            rec = self.store.add_artifact(trial_id=trial._trial_id,
+                                          study_name=trial.study.study_name,
+                                          trial_number=trial.number, kind=kind, path=path)
+            paths[kind] = rec["path"]
+        trial.set_user_attr("artifacts", paths)
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+    return isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or \
+        "out of memory" in str(e).lower()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def artifact_dir(store: Store, study_name: str, number: int) -> Path:
+    return store.artifact_root / safe_name(study_name) / f"trial-{number:05d}"

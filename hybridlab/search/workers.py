@@ -1,0 +1,143 @@
+"""Several worker processes on one study (``hybridlab search SPEC --workers N``).
+
+Each worker is ``python -m hybridlab.search.workers JOB INDEX``: a fresh interpreter (no fork
+of a process holding CUDA or database handles) that loads the same study and runs
+``driver.work``. Worker i sees one GPU, ``CUDA_VISIBLE_DEVICES`` = the i-th visible GPU
+round-robin (so N > GPUs puts several workers on one GPU); on the CPU each worker gets an equal
+share of threads. The parent shows progress read from the database and waits for all of them.
+Worker output goes to ``<artifacts>/<study>/logs/worker-<i>.log``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hybridlab.search.driver import default_workers_env, storage_for, trial_budget, work
+from hybridlab.search.objective import safe_name
+from hybridlab.search.progress import NullProgress
+from hybridlab.search.spec import SearchSpec
+from hybridlab.storage import Store
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+def visible_gpus(device: str = "auto") -> list[str]:
+    if device == "cpu":
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def launch_workers(spec: SearchSpec, url: str, target: int, n_workers: int, *,
+                   device: str = "auto", progress=None, save_artifacts: bool = True,
+                   poll_s: float = 1.0) -> None:
+    progress = progress or NullProgress()
+    store = Store(url)
+    log_dir = store.artifact_root / safe_name(spec.name) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", suffix=".job", dir=log_dir, delete=False) as f:
+        pickle.dump({"spec": spec, "url": url, "target": target, "device": device,
+                     "save_artifacts": save_artifacts}, f)
+        job = f.name
+    gpus = visible_gpus(device)
+    procs: list[tuple[subprocess.Popen, Path]] = []
+    try:
+        for i in range(n_workers):
+            env = dict(os.environ)
+            env.update(default_workers_env(n_workers, i, gpus))
+            log = log_dir / f"worker-{i}.log"
+            with open(log, "ab") as out:
+                p = subprocess.Popen([sys.executable, "-m", "hybridlab.search.workers", job,
+                                      str(i)], env=env, stdout=out, stderr=subprocess.STDOUT)
+            procs.append((p, log))
+        _watch(spec, url, target, procs, progress, poll_s)
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    finally:
+        try:
+            os.unlink(job)
+        except OSError:
+            pass
+    bad = [(i, p.returncode, log) for i, (p, log) in enumerate(procs) if p.returncode != 0]
+    if any(rc == 130 for _, rc, _ in bad):
+        raise KeyboardInterrupt
+    if bad:
+        i, rc, log = bad[0]
+        raise WorkerError(f"worker {i} exited with status {rc}; see {log}")
+
+
+def _watch(spec, url, target, procs, progress, poll_s) -> None:
+    import optuna
+    store = Store(url, readonly=True)
+    study = optuna.load_study(study_name=spec.name, storage=storage_for(spec, url))
+    while True:
+        alive = [p for p, _ in procs if p.poll() is None]
+        try:
+            progress.set_done(trial_budget(study, target).counted)
+            progress.running(sorted((r for r in store.runs(spec.name).values()
+                                     if r["status"] == "running"),
+                                    key=lambda r: r["trial_number"]))
+        except Exception as e:         # a display hiccup must never stop the search
+            progress.message(f"(progress unavailable: {type(e).__name__})")
+        if not alive:
+            return
+        time.sleep(poll_s)
+
+
+def _stop(procs) -> None:
+    """Ctrl-C: the workers usually got SIGINT from the terminal too; make sure, then wait for
+    them to record their interrupted trials."""
+    for p, _ in procs:
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGINT)
+            except OSError:
+                pass
+    deadline = time.monotonic() + 60
+    for p, _ in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job_path, index = argv[0], int(argv[1])
+    with open(job_path, "rb") as f:
+        job = pickle.load(f)
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if "OMP_NUM_THREADS" in os.environ:
+        import torch
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    try:
+        ran = work(job["spec"], job["url"], job["target"], device=job["device"], worker=index,
+                   save_artifacts=job["save_artifacts"])
+    except KeyboardInterrupt:
+        print(f"worker {index}: interrupted", flush=True)
+        return 130
+    print(f"worker {index}: ran {ran} trials", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

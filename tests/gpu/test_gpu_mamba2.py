@@ -1,0 +1,153 @@
+"""Mamba-2 Triton kernels (SSD forward+backward, decode step, gated RMSNorm) on the GPU in bf16,
+against the torch reference in fp32 run on the same bf16-rounded inputs; and the block on the
+Triton path. Outputs come from memory poisoned with NaN (an unwritten element shows), inputs are
+fresh random tensors on every run (the seed is in the failure message).
+Run on the GPU machine: python -m pytest -m gpu tests/gpu/test_gpu_mamba2.py"""
+import math
+
+import pytest
+import torch
+
+from hybridlab.blocks import ForwardContext, LayerContext, get_block
+from hybridlab.kernels.rmsnorm_gated import fused as norm_fused, reference as norm_ref
+from hybridlab.kernels.ssd import fused, reference
+
+pytestmark = pytest.mark.gpu
+BF16_TOL = 1e-2   # relative L2 error: bf16 inputs/outputs, fp32 math on both sides
+
+
+def poison():
+    """Fill the caching allocator's free memory with NaN so torch.empty outputs start as NaN."""
+    free = torch.cuda.mem_get_info()[0]
+    buf = torch.empty(min(int(free * 0.4), 16 << 30) // 4, device="cuda").fill_(float("nan"))
+    del buf
+
+
+def rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def fresh_gen():
+    seed = torch.seed() % (2 ** 31)
+    return torch.Generator(device="cuda").manual_seed(seed), seed
+
+
+def ssd_inputs(g, b, l, h, p, G, n, extras):
+    rn = lambda *s, scale=1.0: torch.randn(*s, generator=g, device="cuda") * scale  # noqa: E731
+    # dt_bias as Mamba2 initialises it: softplus^-1 of log-uniform(1e-3, 0.1)
+    dt0 = torch.exp(torch.rand(h, generator=g, device="cuda") * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    kw = dict(x=rn(b, l, h, p).bfloat16(), dt=rn(b, l, h, scale=0.5).bfloat16(),
+              A=-torch.exp(torch.rand(h, generator=g, device="cuda") * math.log(16.0)),
+              B=rn(b, l, G, n).bfloat16(), C=rn(b, l, G, n).bfloat16(),
+              D=rn(h, p) if "Dhp" in extras else rn(h), dt_bias=dt0 + torch.log(-torch.expm1(-dt0)))
+    if "z" in extras:
+        kw["z"] = rn(b, l, h, p).bfloat16()
+    if "h0" in extras:
+        kw["initial_states"] = rn(b, h, p, n, scale=0.3)
+    if "seq" in extras:
+        ar = torch.arange(l, device="cuda")
+        kw["seq_idx"] = ((ar >= l // 3).int() + (ar >= l // 3 + 1).int() + (ar >= 2 * l // 3).int())[None].repeat(b, 1)
+    flags = dict(dt_softplus=True, dt_limit=(1e-3, 0.2) if "limit" in extras else (0.0, math.inf))
+    return kw, flags
+
+
+def run_ssd(fn, kw, flags, chunk, w_out, w_fin, upcast):
+    leaves = {k: ((v.float() if upcast else v).detach().requires_grad_() if v.is_floating_point() else v)
+              for k, v in kw.items()}
+    poison()
+    out, fin = fn(**leaves, **flags, chunk_size=chunk, return_final_states=True)
+    ((out.float() * w_out).sum() + (fin.float() * w_fin).sum()).backward()
+    torch.cuda.synchronize()
+    return out, fin, {k: v.grad for k, v in leaves.items() if v.is_floating_point()}
+
+
+@pytest.mark.parametrize("shape", [
+    # b, l, h, p, G, n, chunk, extras
+    (4, 4096, 32, 64, 1, 128, 256, ()),                                   # gpu-baselines.md rows
+    (1, 32768, 32, 64, 1, 128, 256, ()),
+    (16, 2048, 32, 64, 1, 64, 256, ()),
+    (4, 4096, 32, 64, 1, 128, 256, ("z", "h0", "seq", "limit")),          # every option, real shape
+    (2, 1000, 8, 64, 2, 64, 256, ("z", "h0", "seq", "Dhp")),              # l not a multiple, g > 1
+    (3, 300, 6, 48, 3, 40, 64, ("z", "h0", "limit")),                     # p, n not powers of two
+])
+def test_gpu_ssd_bf16(shape):
+    b, l, h, p, G, n, chunk, extras = shape
+    g, seed = fresh_gen()
+    kw, flags = ssd_inputs(g, b, l, h, p, G, n, extras)
+    w_out = torch.randn(b, l, h, p, generator=g, device="cuda")
+    w_fin = torch.randn(b, h, p, n, generator=g, device="cuda")
+    out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False)
+    rout, rfin, rgrads = run_ssd(reference.ssd, kw, flags, chunk, w_out, w_fin, upcast=True)
+    msg = f"seed {seed}"
+    assert out.dtype == torch.bfloat16 and not out.isnan().any(), msg
+    assert rel(out, rout) <= BF16_TOL, f"out {rel(out, rout):.2e} {msg}"
+    assert not fin.isnan().any() and rel(fin, rfin) <= BF16_TOL, f"final {rel(fin, rfin):.2e} {msg}"
+    for k, ref in rgrads.items():
+        assert grads[k] is not None and grads[k].dtype == kw[k].dtype, f"{k} {msg}"
+        assert not grads[k].isnan().any(), f"{k} NaN {msg}"
+        assert rel(grads[k], ref) <= BF16_TOL, f"d{k}: {rel(grads[k], ref):.2e} {msg}"
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("G", [1, 4])
+def test_gpu_ssd_state_update(state_dtype, G):
+    b, h, p, n = 64, 32, 64, 128
+    g, seed = fresh_gen()
+    rn = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    args = dict(x=rn(b, h, p).bfloat16(), dt=(rn(b, h) * 0.5).bfloat16(),
+                A=-torch.exp(torch.rand(h, generator=g, device="cuda") * math.log(16.0)),
+                B=rn(b, G, n).bfloat16(), C=rn(b, G, n).bfloat16(), D=rn(h), z=rn(b, h, p).bfloat16(),
+                dt_bias=rn(h) - 4, dt_softplus=True, dt_limit=(1e-3, 0.1))
+    state = (rn(b, h, p, n) * 0.3).to(state_dtype)
+    s1, s2 = state.clone(), state.clone()
+    poison()
+    y1 = fused.ssd_state_update(s1, **args)
+    y2 = reference.ssd_state_update(s2, **{k: (v.float() if torch.is_tensor(v) else v) for k, v in args.items()})
+    assert y1.dtype == torch.bfloat16 and not y1.isnan().any() and rel(y1, y2) <= BF16_TOL, f"seed {seed}"
+    assert rel(s1, s2) <= (1e-5 if state_dtype == torch.float32 else BF16_TOL), f"seed {seed}"
+
+
+@pytest.mark.parametrize("d,gs,nbg", [(2048, 2048, False), (2048, 256, False), (1000, 500, True)])
+def test_gpu_rmsnorm_gated_bf16(d, gs, nbg):
+    b, l = 4, 4096
+    g, seed = fresh_gen()
+    rn = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    kw = dict(x=rn(b, l, d).bfloat16(), weight=1 + 0.1 * rn(d), z=rn(b, l, d).bfloat16())
+    w_y = rn(b, l, d)
+    res = []
+    for fn, up in ((norm_fused.rmsnorm_gated, False), (norm_ref.rmsnorm_gated, True)):
+        leaves = {k: (v.float() if up else v).detach().requires_grad_() for k, v in kw.items()}
+        poison()
+        y = fn(**leaves, eps=1e-5, group_size=gs, norm_before_gate=nbg)
+        (y.float() * w_y).sum().backward()
+        res.append((y, {k: v.grad for k, v in leaves.items()}))
+    (y, gr), (ry, rgr) = res
+    assert y.dtype == torch.bfloat16 and not y.isnan().any() and rel(y, ry) <= BF16_TOL, f"seed {seed}"
+    for k in rgr:
+        assert not gr[k].isnan().any() and rel(gr[k], rgr[k]) <= BF16_TOL, f"{k} seed {seed}"
+
+
+@pytest.mark.parametrize("over", [{}, {"ngroups": 2, "rmsnorm": False, "dt_limit": [0.001, 0.1]}])
+def test_gpu_block_triton_path_matches_reference(monkeypatch, over):
+    """The block's real call pattern (strided views, fp32) through both backends; decode == forward."""
+    cls = get_block("mamba2")
+    m = cls(cls.Config(**over), LayerContext(index=0, name="M", d_model=256, n_layers=2)).cuda()
+    x = torch.randn(2, 300, 256, device="cuda")
+    seq_idx = (torch.arange(300, device="cuda") >= 170).int()[None].repeat(2, 1)
+    outs = []
+    for backend in ("triton", "reference"):
+        monkeypatch.setenv("HYBRIDLAB_KERNELS", backend)
+        m.zero_grad()
+        y = m(x, ForwardContext(seq_idx=seq_idx))
+        y.square().mean().backward()
+        outs.append((y.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}))
+    (y, g), (ry, rg) = outs
+    assert rel(y, ry) <= 1e-4
+    for k in rg:
+        assert rel(g[k], rg[k]) <= 1e-4, k
+    monkeypatch.setenv("HYBRIDLAB_KERNELS", "triton")
+    with torch.no_grad():
+        state = m.init_state(2, 300, dtype=torch.float32)
+        steps = [m.step(x[:, t], state, ForwardContext(position=t))[0] for t in range(40)]
+    assert rel(torch.stack(steps, 1), y[:, :40]) <= 1e-4

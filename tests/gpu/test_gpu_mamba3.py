@@ -1,0 +1,134 @@
+"""Mamba-3 Triton kernels on the GPU in bf16 against the torch reference in float32 run on the
+same (bf16-rounded) inputs. Outputs are allocated from memory poisoned with NaN, inputs are fresh
+random tensors per test. Run on the GPU machine: python -m pytest -m gpu tests/gpu/test_gpu_mamba3.py"""
+import math
+
+import pytest
+import torch
+
+from hybridlab.kernels.mamba3 import fused, reference
+
+pytestmark = pytest.mark.gpu
+BF16_TOL = 1e-2   # relative L2 error, bf16 operands with float32 accumulation
+
+
+def poison():
+    """Fill the caching allocator's free memory with NaN so torch.empty outputs start as NaN."""
+    free = torch.cuda.mem_get_info()[0]
+    n = min(int(free * 0.5), 16 << 30) // 4
+    buf = torch.empty(n, device="cuda").fill_(float("nan"))
+    del buf
+
+
+def rel_l2(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make(b, L, H, P, N, R=1, G=1, S=None, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    rn = lambda *s, dt=torch.bfloat16: torch.randn(*s, generator=g, device="cuda").to(dt)  # noqa: E731
+    S = N // 4 if S is None else S
+    bshape = (b, L, G, N) if R == 1 else (b, L, R, G, N)
+    bias = (H, N) if R == 1 else (H, R, N)
+    args = [rn(b, L, H, P),
+            torch.nn.functional.softplus(torch.randn(b, L, H, generator=g, device="cuda") - 3.0),  # dt ~ 0.05
+            -torch.nn.functional.softplus(torch.randn(b, L, H, generator=g, device="cuda")),
+            rn(b, L, H), rn(*bshape) * 0.3, rn(*bshape) * 0.3]
+    kw = dict(angles=rn(b, L, S), B_bias=1 + 0.1 * torch.randn(bias, generator=g, device="cuda"),
+              C_bias=1 + 0.1 * torch.randn(bias, generator=g, device="cuda"),
+              D=torch.ones(H, device="cuda"), z=rn(b, L, H, P))
+    if R > 1:
+        kw.update(W_x=torch.full((H, R, P), 1.0 / R, device="cuda") + 0.05 * torch.randn(H, R, P, generator=g, device="cuda"),
+                  W_z=1 + 0.1 * torch.randn(H, R, P, generator=g, device="cuda"),
+                  W_o=torch.full((H, R, P), 1.0 / R, device="cuda") + 0.05 * torch.randn(H, R, P, generator=g, device="cuda"))
+    ks = (b, H, N) if R == 1 else (b, R, H, N)
+    ini = (torch.rand(b, H, S, generator=g, device="cuda") * 6, 0.1 * torch.randn(b, H, P, N, generator=g, device="cuda"),
+           torch.randn(*ks, generator=g, device="cuda"), torch.randn(b, H, P, generator=g, device="cuda"))
+    return args, kw, ini
+
+
+def run(fn, args, kw, ini, chunk, upcast):
+    cast = (lambda t: t.float()) if upcast else (lambda t: t)
+    a = [cast(t).detach().requires_grad_(True) for t in args]
+    k = {n: cast(t).detach().requires_grad_(True) for n, t in kw.items()}
+    i = tuple(t.detach().clone().requires_grad_(True) for t in ini)
+    poison()
+    y, fin = fn(*a, **k, initial_states=i, chunk_size=chunk, return_final_states=True)
+    g = torch.Generator(device="cuda").manual_seed(123)
+    loss = (y.float() * torch.randn(y.shape, generator=g, device="cuda")).sum()
+    loss = loss + (fin[1] * torch.randn(fin[1].shape, generator=g, device="cuda")).sum() * 0.01
+    poison()
+    loss.backward()
+    grads = {n: t.grad for n, t in zip(("x", "dt", "A", "trap", "B", "C"), a)}
+    grads.update({n: t.grad for n, t in k.items()})
+    grads.update({n: t.grad for n, t in zip(("angle0", "ssm0", "k0", "v0"), i)})
+    return y, fin, grads
+
+
+SHAPES = [  # b, L, H, P, N, R, G, chunk
+    pytest.param(4, 4096, 32, 64, 128, 1, 1, 64, id="bench-b4-l4096"),
+    pytest.param(2, 1000, 8, 64, 64, 1, 2, 64, id="siso-l1000-g2"),
+    pytest.param(2, 777, 8, 64, 128, 4, 1, 16, id="mimo4-l777"),
+    pytest.param(1, 300, 4, 32, 32, 2, 2, 32, id="mimo2-small"),
+    pytest.param(2, 500, 8, 64, 128, 4, 1, 64, id="mimo4-chunk64-clamped"),
+]
+
+
+@pytest.mark.parametrize("b,L,H,P,N,R,G,chunk", SHAPES)
+def test_mamba3_bf16_vs_reference(b, L, H, P, N, R, G, chunk):
+    args, kw, ini = make(b, L, H, P, N, R, G)
+    yt, ft, gt = run(fused.mamba3, args, kw, ini, chunk, upcast=False)
+    yr, fr, gr = run(reference.mamba3, args, kw, ini, chunk, upcast=True)
+    assert yt.dtype == torch.bfloat16 and torch.isfinite(yt).all()
+    assert rel_l2(yt, yr) <= BF16_TOL
+    d = torch.remainder(ft[0] - fr[0] + math.pi, 2 * math.pi) - math.pi
+    assert d.abs().max() <= 1e-3
+    for a, r in zip(ft[1:], fr[1:]):
+        assert torch.isfinite(a).all() and rel_l2(a, r) <= BF16_TOL
+    for n, g in gr.items():
+        assert gt[n] is not None and torch.isfinite(gt[n]).all(), n
+        assert rel_l2(gt[n], g) <= BF16_TOL, (n, rel_l2(gt[n], g))
+
+
+def test_mamba3_fp32_tight():
+    """fp32 operands (ieee dots) on the GPU: same 1e-4 bar as the interpreter tests."""
+    args, kw, ini = make(2, 200, 4, 32, 32, 2, 2)
+    args = [t.float() for t in args]
+    kw = {n: t.float() for n, t in kw.items()}
+    yt, ft, gt = run(fused.mamba3, args, kw, ini, 32, upcast=False)
+    yr, fr, gr = run(reference.mamba3, args, kw, ini, 32, upcast=False)
+    assert (yt - yr).abs().max() / yr.abs().max() <= 1e-4
+    for n, g in gr.items():
+        assert (gt[n] - g).abs().max() / g.abs().max() <= 1e-4, n
+
+
+@pytest.mark.parametrize("R", [1, 4])
+def test_decode_kernel_bf16(R):
+    b, H, P, N, G, steps = 3, 16, 64, 128, 1, 6
+    args, kw, ini = make(b, steps, H, P, N, R, G)
+    st_t = tuple(t.clone() for t in ini)
+    st_r = tuple(t.clone() for t in ini)
+    for t in range(steps):
+        a = [v[:, t] for v in args]
+        k = {n: (v[:, t] if n in ("angles", "z") else v) for n, v in kw.items()}
+        poison()
+        yt = fused.mamba3_state_update(st_t, *a, **k)
+        yr = reference.mamba3_state_update(st_r, *[v.float() for v in a], **{n: v.float() for n, v in k.items()})
+        assert torch.isfinite(yt).all() and rel_l2(yt, yr) <= BF16_TOL
+    for a, r in zip(st_t[1:], st_r[1:]):
+        assert rel_l2(a, r) <= 1e-4   # states are float32 in both, inputs identical
+
+
+def test_decode_matches_chunked_bf16():
+    """Decode steps continue a Triton prefill: prefill(L) then 5 steps == prefill(L+5)."""
+    args, kw, ini = make(2, 133, 8, 64, 128)
+    L0 = 128
+    full = fused.mamba3(*args, **kw, initial_states=ini, chunk_size=64)
+    cut = lambda t, s: t[:, s] if t.dim() >= 3 and t.shape[1] == 133 else t  # noqa: E731
+    _, st = fused.mamba3(*[cut(t, slice(0, L0)) for t in args], **{n: cut(v, slice(0, L0)) for n, v in kw.items()},
+                         initial_states=ini, chunk_size=64, return_final_states=True)
+    st = tuple(t.contiguous() for t in st)
+    for t in range(L0, 133):
+        y = fused.mamba3_state_update(st, *[v[:, t] for v in args], **{n: cut(v, t) for n, v in kw.items()})
+        assert rel_l2(y, full[:, t]) <= BF16_TOL
