@@ -46,7 +46,8 @@ def test_reference_only_end_to_end(tmp_path, capsys):
     assert "| selective_scan | tiny |" in md and "| op | shape |" in md
     out = capsys.readouterr().out
     assert "selective_scan tiny: fwd ours/ref/peer" in out       # progress line
-    assert out.rstrip().splitlines()[-1].startswith("(no CUDA here")
+    if not torch.cuda.is_available():
+        assert out.rstrip().splitlines()[-1].startswith("(no CUDA here")
 
 
 def test_floor_bytes_hand_checked():
@@ -180,15 +181,17 @@ def _fused_ops():
     return found
 
 
-def test_fused_backend_under_interpreter(monkeypatch):
+def test_fused_backend_end_to_end(monkeypatch):
     ops = _fused_ops()
     if not ops:
         pytest.skip("no fused.py imports yet")
-    if not torch.cuda.is_available():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":                  # conftest sets it before any kernel is defined
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     op = ops[0]
+    # fp32: the CPU interpreter (Triton 3.9) gets tl.dot on bf16 operands wrong
     report = bench.run(ops=(op,), shapes=("tiny",), impls=("ours", "ref"), dtype=torch.float32,
-                       device="cpu", settings=bench.Settings.quick(slow_budget_s=0.2), use_peer=False, quick=True)
+                       device=device, settings=bench.Settings.quick(slow_budget_s=0.2), use_peer=False, quick=True)
     r = report["results"][0]
     assert r["impls"]["ours"]["fwd_ms"] > 0, r
     assert r["check"]["ours_vs_ref"]["ok"], (op, r["check"])

@@ -31,7 +31,7 @@ def test_even_matches_megatron_accumulator_walk():
 
 
 def test_even_places_exactly_k_and_never_at_the_ends():
-    for n in range(1, 300):
+    for n in range(1, 200):
         for k in range(0, n + 1):
             slots = _even_slots(n, k)
             assert len(slots) == k and slots == sorted(set(slots))
@@ -91,7 +91,7 @@ def test_layout_errors(layout, where, message):
     assert (info.value.where, info.value.message) == (where, message)
 
 
-# -- layouts inside specs (real blocks) -------------------------------------------------------------
+# -- layouts inside specs (real blocks) ------------------------------------------------------
 
 def spec_with(layout: dict):
     return load_spec({"model": {"d_model": 64, "vocab_size": 16}, "layout": layout})
@@ -132,7 +132,7 @@ def test_layout_spec_errors_point_into_layout():
     assert got == [
         "<text>:3:11: layout.layers: the layout has no layers: layers must be >= 1",
         "<text>:4:20: layout.mix.*: a weight must be a number >= 0, got integer -1",
-        "<text>:4:23: layout.mix.Q: block 'Q' is not defined",
+        "<text>:4:24: layout.mix.Q: block 'Q' is not defined",
         "<text>:5:10: layout.place: unknown placement 'evn'",
         "<text>:6:8: layout.ffn: ffn must be a list of FFN block names (or []), got string '-'",
         "<text>:7:3: layout.extra: unknown key 'extra' in layout",

@@ -133,19 +133,32 @@ def test_scan_dtypes():
     assert last.dtype == torch.float32 and rel(out32.double(), ref) < 1e-5
 
 
-def test_scan_gradients_match_naive():
-    b, d, n, l, g = 1, 4, 3, 9, 2
+@pytest.mark.parametrize("case", ["g2-all", "g1-plain", "none-seq", "g3-nobias-noD"])
+def test_scan_gradients_match_naive(case):
+    """The reference's written-out backward vs autograd through the naive loop (fp64), with the
+    last state in the loss too."""
+    b, d, n, l = 2, 6, 3, 11
+    g = {"g2-all": 2, "g1-plain": 1, "none-seq": None, "g3-nobias-noD": 3}[case]
     kw = scan_inputs(b, d, n, l, g)
-    kw.update(D=torch.randn(d, dtype=f64), z=torch.randn(b, d, l, dtype=f64),
-              delta_bias=torch.randn(d, dtype=f64), initial_state=torch.randn(b, d, n, dtype=f64))
+    flags = {}
+    if case != "g1-plain":
+        kw.update(z=torch.randn(b, d, l, dtype=f64), initial_state=torch.randn(b, d, n, dtype=f64))
+        flags["delta_softplus"] = True
+    else:
+        kw["delta"] = kw["delta"].abs()
+    if case in ("g2-all", "none-seq"):
+        kw.update(D=torch.randn(d, dtype=f64), delta_bias=torch.randn(d, dtype=f64))
+    if case == "none-seq":
+        flags["seq_idx"] = torch.tensor([[0] * 4 + [1] * 7, [0] * 9 + [1] * 2], dtype=torch.int32)
+    w_out, w_last = torch.randn(b, d, l, dtype=f64), torch.randn(b, d, n, dtype=f64)
     grads = []
     for fn in (selective_scan, naive_scan):
         leaves = {k: v.clone().requires_grad_() for k, v in kw.items()}
-        out = fn(**leaves, delta_softplus=True)
-        out = out[0] if isinstance(out, tuple) else out
-        (out * torch.linspace(-1, 1, l, dtype=f64)).sum().backward()
+        res = fn(**leaves, **flags, **({"return_last_state": True} if fn is selective_scan else {}))
+        ((res[0] * w_out).sum() + (res[1] * w_last).sum()).backward()
         grads.append({k: v.grad for k, v in leaves.items()})
     for k in kw:
+        assert grads[0][k] is not None and grads[0][k].shape == kw[k].shape, k
         assert rel(grads[0][k], grads[1][k]) <= 1e-10, k
 
 

@@ -354,18 +354,21 @@ def test_problem_details(dummy_blocks):
         ({"pattern": "(M-) x"}, "pattern: expected a repeat count after 'x'"),
         ({"pattern": "M|"}, "pattern: empty pipeline stage: '|' at the end of the pattern"),
         ({"pattern": "M2"}, "pattern: unexpected number '2'"),
-        ({"pattern": 5}, "pattern: pattern must be a string or a list of block names, got integer 5"),
+        ({"pattern": 5},
+         "pattern: pattern must be a string or a list of block names, got integer 5"),
         ({"pattern": []}, "pattern: pattern is empty"),
         ({"pattern": ["M*"]}, "pattern[0]: block 'M*' is not defined"),
         ({"pattern": "M/M"}, "pattern: block '/' is not defined"),
-        ({"pattern": "M", "overrides": {"at": 0}}, "overrides: overrides must be a list, got a mapping"),
+        ({"pattern": "M", "overrides": {"at": 0}},
+         "overrides: overrides must be a list, got a mapping"),
         ({"pattern": "M", "overrides": [{"at": [0], "set": {"type": "attention"}}]},
          "overrides[0].set.type: an override cannot change the block type"),
         ({"pattern": "M", "overrides": [{"at": [0]}]}, "overrides[0]: missing required key 'set'"),
         ({"pattern": "M", "overrides": [{"at": [0], "set": {"d_state": "x"}}]},
          "overrides[0].set.d_state: expected an integer, got string 'x'"),
-        ({"pattern": "M", "blocks": {"M": {"d_state": 4}}}, "blocks.M: missing required key 'type'"),
-        ({"pattern": "M", "blocks": {"12": {"type": "mamba2"}}}, None),        # long names may be digits
+        ({"pattern": "M", "blocks": {"M": {"d_state": 4}}},
+         "blocks.M: missing required key 'type'"),
+        ({"pattern": "M", "blocks": {"12": {"type": "mamba2"}}}, None),   # long names: digits ok
         ({"pattern": "M", "blocks": {"a b": {"type": "mamba2"}}},
          "blocks.a b: block name 'a b' contains ' ', which the pattern syntax reserves"),
         ({"pattern": "M", "blocks": {"7": {"type": "mamba2"}}},
@@ -464,7 +467,14 @@ def test_real_blocks_load_the_brief_example():
     assert spec.layers[0].config.d_state == 16
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def model_specs_in(folder: Path) -> list[Path]:
+    """Model specs (a top-level `model:`); the folder also holds search specs."""
+    import yaml
+    return [p for p in sorted(folder.glob("*.yaml"))
+            if "model" in (yaml.safe_load(p.read_text()) or {})]
+
+
+@pytest.mark.parametrize("path", model_specs_in(EXAMPLES), ids=lambda p: p.name)
 def test_examples_load_and_round_trip(path):
     spec = load_spec(path)
     again = load_spec(dump_spec_yaml(spec), source=spec.source)

@@ -11,6 +11,16 @@ from hybridlab.composer.builder import build_model
 from hybridlab.composer.spec import LayerSpec, ModelConfig, ModelSpec
 from hybridlab.composer.summary import human_bytes, human_count, summarize
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls run ~100x slower with 2 OpenMP threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 D, V = 32, 64
 
 
@@ -176,3 +186,9 @@ def test_cli_spec_errors_exit_2(tmp_path, capsys):
     ok.write_text(SPEC_YAML)
     assert main(["summary", str(ok), "--context", "0"]) == 2
     assert "--context must be >= 1" in capsys.readouterr().err
+
+
+def test_accepts_an_int_context_and_dtype_names():
+    spec = make_spec("dense")
+    assert summarize(spec, contexts=64, dtype="fp32") == summarize(spec, contexts=(64,), dtype=torch.float32)
+    assert summarize(spec, dtype="bf16")["dtype"] == "bfloat16"

@@ -6,7 +6,6 @@ a time limit keeps what it measured).
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
@@ -32,6 +31,9 @@ def register(subparsers) -> None:
     k.add_argument("--quick", action="store_true", help="shorter warm-up and timing (25/100 ms)")
     k.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
     k.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    k.add_argument("--slow-budget", type=float, default=None, metavar="S",
+                   help="seconds of timed runs for one slow measurement, e.g. the reference at a "
+                        "large shape (default 5, --quick 1.5)")
     k.add_argument("--max-seconds", type=float, default=None,
                    help="start no new case after this many seconds (the rest is listed as not run)")
     k.add_argument("--seed", type=int, default=0)
@@ -55,7 +57,8 @@ def _command(args) -> str:
     parts = ["hybridlab", "bench", "kernels"]
     for flag, value in (("--ops", args.ops), ("--impls", None if args.impls == "ours,ref,peer" else args.impls),
                         ("--dtype", None if args.dtype == "bf16" else args.dtype), ("--device", args.device),
-                        ("--max-seconds", args.max_seconds), ("--seed", args.seed or None),
+                        ("--max-seconds", args.max_seconds), ("--slow-budget", args.slow_budget),
+                        ("--seed", args.seed or None),
                         ("--json", args.json), ("--markdown", args.markdown)):
         if value is not None:
             parts += [flag, str(value)]
@@ -94,8 +97,9 @@ def run_kernels(args) -> int:
         return 2
     if args.no_peer:
         impls = tuple(i for i in impls if i != "peer")
+    extra = {} if args.slow_budget is None else {"slow_budget_s": args.slow_budget}
     settings = (bench.Settings.quick if args.quick else bench.Settings)(
-        check=not args.no_check, max_seconds=args.max_seconds, seed=args.seed)
+        check=not args.no_check, max_seconds=args.max_seconds, seed=args.seed, **extra)
     command = _command(args)
     printed = 0
 

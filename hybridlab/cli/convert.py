@@ -1,4 +1,4 @@
-"""`hybridlab convert`: a spec to Megatron / Hugging Face layer notation, or Megatron back to a spec.
+"""`hybridlab convert`: a spec to Megatron / HF layer notation, or Megatron back to a spec.
 
     hybridlab convert SPEC --to megatron     M-M-M*-|M-ME  (hybrid_layer_pattern)
     hybridlab convert SPEC --to hf           {"layer_types": [...], "mlp_layer_types": [...]}
@@ -18,7 +18,7 @@ TARGETS = ("megatron", "hf", "yaml")
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "convert", help="spec -> Megatron pattern / HF layer_types / full YAML, or Megatron -> spec",
+        "convert", help="spec -> Megatron pattern / HF layer_types / full YAML, or back",
         description="Convert a spec's layer stack to Megatron's hybrid_layer_pattern, to HF v5 "
                     "layer_types (JSON), or to a fully written-out YAML spec; or read a Megatron "
                     "pattern back into a YAML spec with default blocks (M mamba2, * attention, "
@@ -29,8 +29,10 @@ def register(subparsers) -> None:
     direction.add_argument("--to", choices=TARGETS, help="convert SPEC to this notation")
     direction.add_argument("--from", dest="from_", choices=["megatron"],
                            help="read SPEC_OR_PATTERN as this notation and print a YAML spec")
-    p.add_argument("--name", default="from-megatron", help="spec name for --from (default %(default)s)")
-    p.add_argument("--d-model", type=int, default=256, help="d_model for --from (default %(default)s)")
+    p.add_argument("--name", default="from-megatron",
+                   help="spec name for --from (default %(default)s)")
+    p.add_argument("--d-model", type=int, default=256,
+                   help="d_model for --from (default %(default)s)")
     p.add_argument("--vocab-size", type=int, default=256,
                    help="vocab_size for --from (default %(default)s)")
     p.set_defaults(func=run)

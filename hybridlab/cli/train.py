@@ -97,7 +97,8 @@ def run(args) -> int:
     spec = hybridlab.load_spec(args.spec)
     try:
         tasks = [get_task(name, **settings) for name, settings in map(parse_task_arg, args.task)]
-        steps = args.steps if (args.steps or args.tokens or args.time_limit) else 300
+        no_budget = args.steps is None and args.tokens is None and args.time_limit is None
+        steps = 300 if no_budget else args.steps
         cfg = TrainConfig(steps=steps, tokens=args.tokens, time_limit_s=args.time_limit,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           eval_points=args.eval_points, prune_at_frac=args.prune_at)
@@ -113,7 +114,7 @@ def run(args) -> int:
 
     torch.manual_seed(args.seed)
     model = hybridlab.build_model(spec, device=device)
-    bar = tqdm(desc=f"train {spec.name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(desc=f"train {spec.name}", total=cfg.steps, unit="step", dynamic_ncols=True)
 
     def on_step(step, total, loss):
         if bar.total != total:

@@ -98,12 +98,10 @@ class HybridModel(nn.Module):
 
     def aux_loss(self) -> torch.Tensor:
         """Sum of the blocks' auxiliary losses (MoE balancing, z-loss) from the last forward."""
-        total = torch.zeros((), device=self.embed.weight.device, dtype=torch.float32)
-        for layer in self.layers:
-            aux = layer.block.aux_loss()
-            if aux is not None:
-                total = total + aux.to(total.dtype)
-        return total
+        losses = [aux for layer in self.layers if (aux := layer.block.aux_loss()) is not None]
+        if not losses:
+            return torch.zeros((), device=self.embed.weight.device)
+        return sum(losses[1:], losses[0])
 
     # -- decoding --------------------------------------------------------------------------
     def init_cache(self, batch_size: int, max_len: int) -> DecodeCache:

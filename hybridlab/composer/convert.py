@@ -141,7 +141,7 @@ def _cannot_express(spec: ModelSpec, missing: dict, notation: str, hint: str) ->
 
 
 def _locate(spec: ModelSpec, path: tuple) -> Position:
-    """Where ``path`` is written in the spec's file; for an undeclared default block, the pattern."""
+    """Where ``path`` is written in the spec's file (for a default block: the pattern)."""
     if not spec.source or not os.path.isfile(spec.source):
         return UNKNOWN
     try:

@@ -13,8 +13,9 @@ A ``Layout`` expands to one block name per layer (and from there to a pattern st
               sections of B/(K+1); walking the slots with an accumulator that starts at B/(K+1),
               a minority layer goes where it has dropped below 1/2 (then it grows by B/(K+1)),
               otherwise the slot is background and it shrinks by 1. While K < B, minority
-              layers never sit at either end. N=10 with 2 attention layers gives ``MMM*MM*MMM``. With several
-              minority mixers, the minority slots are dealt out so each mixer is spread evenly.
+              layers never sit at either end. N=10 with 2 attention layers gives
+              ``MMM*MM*MMM``. With several minority mixers, the minority slots are dealt out
+              so each mixer is spread evenly.
    ``first`` / ``last`` / ``middle``  all minority layers in one run at the start, the end, or
               centred (starting at slot (layers - K) // 2); heavier mixers first.
    ``[i, j, ...]``  explicit 0-based mixer-slot indices for the single minority mixer; their
@@ -131,7 +132,7 @@ def _even_slots(n: int, k: int) -> list[int]:
             x += section
         else:
             x -= 1
-    return slots        # exactly k slots (checked for every n < 300 in tests/test_layout.py)
+    return slots        # exactly k slots (checked for every n < 200 in tests/test_layout.py)
 
 
 def _explicit_slots(place: tuple[int, ...], n: int, background: str, minority):

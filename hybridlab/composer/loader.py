@@ -64,7 +64,8 @@ def load_spec(spec, source: str | None = None) -> ModelSpec:
         file = source or "<text>"
         data, smap = parse_yaml(spec, file)
         return _SpecReader(data, smap, source, None).read()
-    raise TypeError(f"load_spec expects a path, YAML text, dict or ModelSpec, got {type(spec).__name__}")
+    raise TypeError(f"load_spec expects a path, YAML text, dict or ModelSpec, "
+                    f"got {type(spec).__name__}")
 
 
 def _looks_like_yaml_text(spec) -> bool:
@@ -228,7 +229,7 @@ class _SpecReader:
             return None
         raw = top["model"]
         if isinstance(raw, dict) and is_int(raw.get("d_model")) and raw["d_model"] > 0:
-            self.d_model = raw["d_model"]    # lets blocks validate even if other model keys are wrong
+            self.d_model = raw["d_model"]    # blocks can be validated despite other model errors
         model = self.build_config(ModelConfig, raw, ("model",), "model")
         if model is None:
             return None
@@ -389,7 +390,8 @@ class _SpecReader:
                          at=at)
             return None
         errors = []
-        self.run_validate(config, lambda field, msg: errors.append(f"{field}: {msg}" if field else msg))
+        self.run_validate(config, lambda field, msg: errors.append(f"{field}: {msg}" if field
+                                                                   else msg))
         for message in errors:
             self.problem(path, f"default block '{name}' ({default_type}) is invalid: {message}",
                          f"define '{name}' under blocks: to set its fields", at=at)
@@ -413,7 +415,7 @@ class _SpecReader:
                     f"pattern: \"{name}\"")
         return with_suggestion(name, defined + list(DEFAULT_SYMBOLS), listing)
 
-    # -- pattern / layout ---------------------------------------------------------------------------
+    # -- pattern / layout ---------------------------------------------------------------------
 
     def read_layer_names(self, top: dict) -> list[_Slot] | None:
         has_pattern, has_layout = "pattern" in top, "layout" in top
@@ -539,7 +541,7 @@ class _SpecReader:
             return None
         mix = layout["mix"]
         if not isinstance(mix, dict) or not mix:
-            self.problem(("layout", "mix"), "mix must be a non-empty mapping of mixer name -> weight",
+            self.problem(("layout", "mix"), "mix must be a non-empty mapping of mixer -> weight",
                          'mix: {M: 7, "*": 1}')
             return None
         out, ok = [], True
@@ -603,7 +605,7 @@ class _SpecReader:
             return False
         return True
 
-    # -- layers and overrides -------------------------------------------------------------------------
+    # -- layers and overrides -----------------------------------------------------------------
 
     def make_layers(self, slots: list[_Slot] | None) -> list[LayerSpec] | None:
         if slots is None:
@@ -675,7 +677,8 @@ class _SpecReader:
             hint = did_you_mean(field, list(fields)) or "fields: " + ", ".join(fields)
             self.problem(path + ("set", field),
                          f"{plural('layer', where)} {join_ints(where)} ({', '.join(kinds)}) "
-                         f"{'has' if len(where) == 1 else 'have'} no field '{field}'", hint, key=True)
+                         f"{'has' if len(where) == 1 else 'have'} no field '{field}'", hint,
+                         key=True)
         yield from per_layer
 
     def override_indices(self, path: tuple, at, n_layers: int) -> list[int]:
@@ -690,9 +693,10 @@ class _SpecReader:
             if not is_int(value):
                 self.problem(where, f"a layer index must be an integer, got {describe(value)}")
             elif not 0 <= value < n_layers:
-                self.problem(where, f"layer index {value} is out of range: the model has {n_layers} "
-                                    f"layers (0..{n_layers - 1})",
-                             "indices count every layer of the expanded pattern, FFN layers included")
+                self.problem(where, f"layer index {value} is out of range: the model has "
+                                    f"{n_layers} layers (0..{n_layers - 1})",
+                             "indices count every layer of the expanded pattern, FFN layers "
+                             "included")
             else:
                 out.append(value)
         return sorted(set(out))
@@ -718,8 +722,8 @@ class _SpecReader:
                 return None
         return out, unknown
 
-    def validate_overridden(self, layers: list[LayerSpec], set_by: dict[int, dict[str, int]]) -> None:
-        """Validate each overridden layer; blame the override that set the field (or the last one)."""
+    def validate_overridden(self, layers: list[LayerSpec], set_by: dict[int, dict[str, int]]):
+        """Validate each overridden layer; blame the override that set the field (or the last)."""
         found: dict[tuple, list[int]] = {}
         for index, fields in sorted(set_by.items()):
             last = max(fields.values())
@@ -730,14 +734,15 @@ class _SpecReader:
                     where = ("overrides", fields[parts[0]], "set") + parts
                 else:
                     where = ("overrides", last, "set")
-                text = message if parts and parts[0] in fields or not field else f"{field}: {message}"
+                named = not field or parts[0] in fields      # the path already names the field
+                text = message if named else f"{field}: {message}"
                 found.setdefault((where, text), []).append(index)
             self.run_validate(layers[index].config, report)
         for (where, text), indices in found.items():
             self.problem(where, f"{plural('layer', indices)} {join_ints(indices)}: {text}")
 
 
-# -- small helpers -----------------------------------------------------------------------------------
+# -- small helpers ---------------------------------------------------------------------------------
 
 def dotted(path: tuple) -> str:
     out = ""
@@ -786,7 +791,7 @@ def sorted_problems(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.line == 0, p.line, p.col))
 
 
-# -- type checking of config values against dataclass annotations ---------------------------------------
+# -- type checking of config values against dataclass annotations ----------------------------
 
 class Mismatch(Exception):
     """A value that does not fit a field's annotation; ``at`` is the path inside the value."""

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 RESERVED = set("()[]|0123456789")
-_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")   # a repeat count (signs and decimals only to report them)
+_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")   # a repeat count; sign and decimals read to report them
 MAX_LAYERS = 10_000     # far beyond any real model; stops "(M) x 1000000000" from eating memory
 
 
@@ -58,10 +58,6 @@ class _Group:
     offset: int
 
 
-def is_symbol_char(ch: str) -> bool:
-    return len(ch) == 1 and not ch.isspace() and ch not in RESERVED
-
-
 def format_name(name: str) -> str:
     """How a block name is written in a pattern string: ``M`` or ``[swa]``."""
     return name if len(name) == 1 else f"[{name}]"
@@ -88,7 +84,7 @@ def expand_pattern(text: str) -> list[Slot]:
 
 
 def assign_stages(flat: list) -> list[Slot]:
-    """Number the stages between '|' marks; an empty stage (|| or a '|' at either end) is an error."""
+    """Number the stages between '|' marks; an empty stage (||, or '|' at an end) is an error."""
     slots: list[Slot] = []
     stage = 0
     last_break = None
@@ -171,7 +167,8 @@ class _Parser:
         try:
             count = int(number)
         except ValueError:
-            raise PatternError(f"repeat count must be a whole number, got '{number}'", start) from None
+            raise PatternError(f"repeat count must be a whole number, got '{number}'",
+                               start) from None
         if count < 1:
             raise PatternError(f"repeat count must be at least 1, got {count}", start)
         return count

@@ -18,17 +18,27 @@ from hybridlab.composer.builder import HybridModel, build_model
 from hybridlab.composer.spec import ModelSpec
 
 
+#: dtype names accepted besides torch dtypes (CLI and UI spellings)
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+          "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+
+
 def _numel(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def summarize(spec, contexts=(4096,), dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Spec (ModelSpec or anything ``load_spec`` takes) -> plain dict of counts (see module doc)."""
+    """Spec (ModelSpec or anything ``load_spec`` takes) -> plain dict of counts (see module doc).
+
+    ``contexts``: context lengths (an int or a sequence) for KV bytes and FLOPs; ``dtype``: element
+    type of cached state and KV, a torch dtype or a name (bf16, fp16, fp32).
+    """
     if not isinstance(spec, ModelSpec):
         import hybridlab
         spec = hybridlab.load_spec(spec)
     model: HybridModel = build_model(spec, device="meta")
-    contexts = tuple(int(c) for c in contexts)
+    contexts = (contexts,) if isinstance(contexts, int) else tuple(int(c) for c in contexts)
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     meta = model.n_meta
 
     layers = []

@@ -132,7 +132,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     except yaml.YAMLError as e:
         raise SpecError(Problem(f"YAML error: {e}", file=file)) from None
     except RecursionError:
-        raise SpecError(Problem("YAML error: the document is nested too deeply", file=file)) from None
+        raise SpecError(Problem("YAML error: the document is nested too deeply",
+                                file=file)) from None
     finally:
         if loader is not None:
             loader.dispose()

@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -248,8 +248,7 @@ def _rmsnorm_to_peer(kw):
 def _ssd_state_update_to_peer(kw):
     # the peer's selective_state_update takes per-(head, channel) dt, A, D, dt_bias: expanded views
     # (stride 0), as mamba-ssm's Mamba2.step passes them
-    state, x = kw["state"], kw["x"]
-    b, h, p, n = state.shape
+    b, h, p, n = kw["state"].shape
     return dict(kw, dt=kw["dt"][..., None].expand(b, h, p), A=kw["A"][:, None, None].expand(h, p, n),
                 D=kw["D"][:, None].expand(h, p), dt_bias=kw["dt_bias"][:, None].expand(h, p))
 
@@ -318,6 +317,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
+def worst(values) -> float:
+    """The largest error, NaN counting as the worst (Python's max may skip a NaN)."""
+    values = list(values)
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return max(values, default=0.0)
+
+
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -332,6 +339,8 @@ class Settings:
     slow_budget_s: float = 5.0          # ... within this budget (at least 3 runs, one if a run is longer)
     out_tol: float = 2e-2               # ours vs peer/ref, relative error of the output (bf16)
     grad_tol: float = 5e-2              # ... of each input gradient
+    peer_slack: float = 2.0             # vs the peer both sides carry bf16 error (its Mamba-3 keeps
+                                        # rotated q/k in bf16: ~1e-2 from our fp32 reference)
     check: bool = True
     max_seconds: float | None = None    # start no new case after this many seconds
     seed: int = 0
@@ -358,16 +367,22 @@ def _flush_l2(device):
         buf.zero_()
 
 
-def measure(call: Callable, device, settings: Settings, reset=()) -> dict:
+def measure(call: Callable, device, settings: Settings, reset=(), no_compile=False) -> dict:
     """Median ms of ``call``: two untimed runs first (compile, autotune, allocations), then
-    do_bench on CUDA, or a few timed runs when one run is slow (or on the CPU)."""
+    do_bench on CUDA, or a few timed runs when one run is slow (or on the CPU).
+    ``no_compile`` (torch code, already run once by the check): a first run longer than the
+    whole slow budget is itself the measurement."""
     def clear():
         for t in reset:
             t.grad = None
 
     clear()
+    t0 = time.perf_counter()
     call()
     _sync(device)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    if no_compile and first_ms > settings.slow_budget_s * 1e3:
+        return {"ms": first_ms, "reps": 1, "method": "one run (too slow for more)"}
     clear()
     t0 = time.perf_counter()
     call()
@@ -411,14 +426,14 @@ def measure_ceilings(device, quick=False) -> dict:
     dst = torch.empty_like(src)
     t = measure(lambda: dst.copy_(src), device, s)
     out = {"copy_bytes": 2 * nbytes, "copy_ms": t["ms"], "copy_TBps": 2 * nbytes / (t["ms"] * 1e-3) / 1e12}
-    del src, dst
+    src = dst = None                     # free the 2 GiB before the matmul
     if device.type == "cuda":
         m = 8192
         a = torch.randn(m, m, device=device, dtype=torch.bfloat16)
         b = torch.randn(m, m, device=device, dtype=torch.bfloat16)
         t = measure(lambda: a @ b, device, s)
         out.update(matmul_shape=[m, m, m], matmul_ms=t["ms"], matmul_TFLOPs=2 * m ** 3 / (t["ms"] * 1e-3) / 1e12)
-        del a, b
+        a = b = None
     _free(device)
     return out
 
@@ -520,7 +535,7 @@ def _check(shape, spec, fns, kw, dout, device, settings, skip):
                 out = _first(fn(**args))
             state = [t for name in spec.inplace for t in _tensors(args[name])]
             outs[impl] = [out] + state
-            nonfinite[impl] = not bool(torch.isfinite(out).all())
+            nonfinite[impl] = any(not bool(torch.isfinite(t).all()) for t in outs[impl])
         except Exception as e:
             why = ("out of memory: " if _is_oom(e) else "error: ") + _short(e)
             skip[impl] = {"fwd": why, "fwdbwd": "not run: the forward failed (" + why + ")"}
@@ -548,14 +563,15 @@ def _check(shape, spec, fns, kw, dout, device, settings, skip):
                 continue
             c = {"out": rel_err(outs["ours"][0], outs[other][0])}
             if spec.inplace:
-                c["state"] = max((rel_err(a, b) for a, b in zip(outs["ours"][1:], outs[other][1:])), default=0.0)
+                c["state"] = worst(rel_err(a, b) for a, b in zip(outs["ours"][1:], outs[other][1:]))
             if "ours" in grads and other in grads:
                 common = sorted(set(grads["ours"]) & set(grads[other]))
                 c["grads"] = {k: rel_err(grads["ours"][k], grads[other][k]) for k in common}
-            worst_out = max([c["out"], c.get("state", 0.0)])
-            worst_grad = max(c.get("grads", {}).values(), default=0.0)
-            c["ok"] = (not nonfinite.get("ours") and not nonfinite.get(other)
-                       and worst_out <= settings.out_tol and worst_grad <= settings.grad_tol)
+            worst_out = worst([c["out"], c.get("state", 0.0)])
+            worst_grad = worst(c.get("grads", {}).values())
+            slack = settings.peer_slack if other == "peer" else 1.0
+            c["ok"] = bool(not nonfinite.get("ours") and not nonfinite.get(other)
+                           and worst_out <= settings.out_tol * slack and worst_grad <= settings.grad_tol * slack)
             checks[f"ours_vs_{other}"] = c
     out_bytes = floor_bytes(kw, outs[next(iter(outs))][0], spec.inplace) if outs else None
     return checks, nonfinite, out_bytes
@@ -598,18 +614,18 @@ def run_case(shape: Shape, fns: dict, device, dtype, settings: Settings, bandwid
                     def call(fn=fn, args=args):
                         with torch.no_grad():
                             return fn(**args)
-                    t = measure(call, device, settings)
+                    t = measure(call, device, settings, no_compile=impl == "ref")
                 else:
                     args, leaves = _with_leaves(args, _grad_names(impl, args, spec))
 
                     def call(fn=fn, args=args):
                         _first(fn(**args)).backward(dout)
-                    t = measure(call, device, settings, reset=list(leaves.values()))
+                    t = measure(call, device, settings, reset=list(leaves.values()), no_compile=impl == "ref")
                 r[f"{mode}_ms"], r[f"{mode}_reps"], r[f"{mode}_method"] = t["ms"], t["reps"], t["method"]
             except Exception as e:
                 r[f"{mode}_skipped"] = ("out of memory: " if _is_oom(e) else "error: ") + _short(e)
             finally:
-                args = None
+                args = leaves = call = None      # the closure holds the inputs and gradients
                 _free(device)
     _summarise(result, shape)
     return result
@@ -747,9 +763,9 @@ def _err_cell(r):
     c = r["check"].get("ours_vs_peer") or r["check"].get("ours_vs_ref")
     if not c:
         return "–"
-    worst = max([c["out"], c.get("state", 0.0)] + list(c.get("grads", {}).values()))
+    w = worst([c["out"], c.get("state", 0.0)] + list(c.get("grads", {}).values()))
     vs = "peer" if "ours_vs_peer" in r["check"] else "ref"
-    return f"{_f(worst, 4) if worst < 1 else _f(worst, 1)} {vs}{'' if c['ok'] else ' BAD'}"
+    return f"{_f(w, 4) if w < 1 else f'{w:.1e}'} {vs}{'' if c['ok'] else ' BAD'}"
 
 
 COLUMNS = ["op", "shape", "fwd ours", "fwd ref", "fwd peer", "f+b ours", "f+b ref", "f+b peer",

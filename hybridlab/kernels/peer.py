@@ -87,12 +87,12 @@ def _install_bare_package(root: Path) -> None:
 
 
 def _nvcc_flags() -> list[str]:
-    # The peer's own setup.py flags, for sm_90 only; the C++ standard is left to torch.
+    # The peer's own setup.py flags. The C++ standard is left to torch, and the target to
+    # TORCH_CUDA_ARCH_LIST (9.0 = sm_90 only), which torch turns into -gencode flags.
     return ["-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
-            "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math", "-lineinfo",
-            "-gencode", "arch=compute_90,code=sm_90"]
+            "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math", "-lineinfo"]
 
 
 def build_selective_scan(root: Path | None = None, verbose: bool = False):
@@ -106,7 +106,7 @@ def build_selective_scan(root: Path | None = None, verbose: bool = False):
     sources = [str(csrc / "selective_scan.cpp")] + sorted(glob.glob(str(csrc / "*.cu")))
     out = build_dir()
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")    # else torch adds every arch it knows
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")    # else torch builds for the GPU it sees (+ PTX)
     os.environ.setdefault("MAX_JOBS", "16")
     module = load(name=_EXT, sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=_nvcc_flags(),
                   extra_include_paths=[str(csrc)], build_directory=str(out), verbose=verbose)
@@ -120,8 +120,9 @@ def _import_built_selective_scan():
     built = sorted(build_dir().glob(f"{_EXT}*.so"))
     if not built:
         raise ImportError(f"Mamba-1 CUDA scan not compiled in {build_dir()}: run scripts/gpu/peer_setup.sh")
-    import torch  # noqa: F401  (the extension links against torch's libraries)
-    spec = importlib.util.spec_from_file_location(_EXT, built[-1])
+    import torch  # noqa: F401  -- loads the libraries the extension links against
+    # a rebuild within one process is named selective_scan_cuda_v1.so; its init function too
+    spec = importlib.util.spec_from_file_location(built[-1].name.split(".")[0], built[-1])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules[_EXT] = module

@@ -53,7 +53,6 @@ class SearchReport:
     target: int
     counts: dict
     ran: int                       # trials this call ran
-    interrupted: bool = False
     best: dict = dataclasses.field(default_factory=dict)
     pareto: list = dataclasses.field(default_factory=list)
 
@@ -155,6 +154,7 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
     Returns the number of trials this worker ran. Raises KeyboardInterrupt after recording an
     interrupted trial (and re-queueing it)."""
     progress = progress or NullProgress()
+    _cpu_threads(device)
     store = Store(url)
     storage = storage_for(spec, url)
     sampler_cfg = spec.sampler
@@ -192,6 +192,18 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
         time.sleep(poll)                 # others still running: wait for them (or their retries)
     progress.set_done(trial_budget(study, target).counted)
     return ran
+
+
+def _cpu_threads(device: str) -> None:
+    """Small models on the CPU run fastest (and share the machine best) with few threads:
+    OMP_NUM_THREADS if set (workers get an equal share), else half the cores."""
+    from hybridlab.search.objective import resolve_device
+    if resolve_device(device) != "cpu":
+        return
+    import torch
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(env) if env.isdigit() and int(env) > 0 else max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)
 
 
 def _requeue_interrupted(study: optuna.Study, before: set[int]) -> None:
@@ -237,11 +249,14 @@ def search_report(study_name: str, store: Store, target: int | None = None,
                         pareto=store.pareto(study_name))
 
 
-def default_workers_env(n_workers: int, index: int, gpus: list[str]) -> dict[str, str]:
-    """Environment for worker ``index``: its GPU (round-robin) and a fair share of CPU threads."""
-    env = {}
+def default_workers_env(n_workers: int, index: int, gpus: list[str],
+                        base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for worker ``index``: its GPU (round-robin over ``gpus``) and, unless the
+    caller set OMP_NUM_THREADS, an equal share of the CPU cores."""
+    env = dict(base if base is not None else os.environ)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
-    env.setdefault("OMP_NUM_THREADS", str(threads))
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, n_workers)))
+    env["HYBRIDLAB_WORKER"] = str(index)
     return env

@@ -34,7 +34,7 @@ import optuna
 
 from hybridlab.errors import SpecError
 from hybridlab.search import space as space_mod
-from hybridlab.search.spec import SearchSpec, is_analytic, make_train_config
+from hybridlab.search.spec import SearchSpec, cost_settings, make_train_config
 from hybridlab.storage import Store, library_versions
 
 
@@ -58,6 +58,7 @@ def analytic_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     recurrent state (SSM and conv state) plus the KV cache at C."""
     out = {k: float(summary[k]) for k in ("params_total", "params_active", "params_embedding",
                                           "params_non_embedding") if k in summary}
+    out["recurrent_state_bytes"] = float(summary["state_bytes"])
     for c in summary.get("contexts", []):
         kv = float(summary["kv_bytes"][str(c)])
         out[f"kv_bytes@{c}"] = kv
@@ -309,10 +310,11 @@ class TrialRunner:
             raise optuna.TrialPruned(result.stop_reason)
 
         contexts = spec.contexts() or [4096]
-        measured = measure_costs(model, model_spec, self.device, contexts)
+        measured = measure_costs(model, model_spec, self.device, contexts, **spec.cost)
+        settings = set(cost_settings())
         costs = dict(analytic)
-        costs.update({k: float(v) for k, v in measured.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        costs.update({k: float(v) for k, v in measured.items() if k not in settings
+                      and isinstance(v, (int, float)) and not isinstance(v, bool)})
         store.set_scalars(tid, {f"cost/{k}": v for k, v in costs.items()}, kind="cost")
         trial.set_user_attr("costs", costs)
 

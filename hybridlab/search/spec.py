@@ -37,7 +37,7 @@ from hybridlab.composer.yaml_source import SourceMap, parse_yaml, read_text_file
 from hybridlab.errors import Problem, SpecError
 
 TOP_KEYS = ("name", "base", "space", "tasks", "train", "objectives", "constraints", "sampler",
-            "trials", "baselines", "heartbeat", "description")
+            "trials", "baselines", "heartbeat", "cost", "description")
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "grid")
 
@@ -46,11 +46,12 @@ SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "grid")
 TRAIN_METRICS = ("quality", "train_tokens_per_s", "peak_mem_bytes", "train_wall_s", "final_loss",
                  "train_steps", "train_tokens")
 COST_METRICS = ("params_total", "params_active", "params_embedding", "params_non_embedding",
-                "decode_tokens_per_s", "prefill_latency_s")
+                "recurrent_state_bytes", "decode_tokens_per_s", "prefill_latency_s")
 CONTEXT_METRICS = ("state_bytes", "kv_bytes", "flops_per_token")
 ALIASES = {"params": "params_total", "wall_s": "train_wall_s"}
 # Known before training, from the analytic summary (so constraints on them skip training).
-ANALYTIC = ("params_total", "params_active", "params_embedding", "params_non_embedding")
+ANALYTIC = ("params_total", "params_active", "params_embedding", "params_non_embedding",
+            "recurrent_state_bytes")
 ANALYTIC_CONTEXT = ("state_bytes", "kv_bytes", "flops_per_token")
 _METRIC_RE = re.compile(r"^([a-z_]+)@(\d+)$")
 
@@ -190,6 +191,7 @@ class SearchSpec:
     trials: int = 10
     baselines: tuple[dict, ...] = ()  # {param name: value}
     heartbeat: HeartbeatConfig = HeartbeatConfig()
+    cost: dict = field(default_factory=dict)   # extra settings for search.cost.measure_costs
     source: str | None = None
     text: str = ""                   # the YAML as written (stored with the study)
 
@@ -334,8 +336,12 @@ class _Ctx:
 
 
 def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(map(str, options))
+    options = [str(o) for o in options]
+    close = difflib.get_close_matches(str(word), options, n=2, cutoff=0.6)
+    if close and len(close) == 2 and difflib.SequenceMatcher(None, str(word), close[0]).ratio() \
+            == difflib.SequenceMatcher(None, str(word), close[1]).ratio():
+        return f"did you mean {close[0]!r} or {close[1]!r}?"
+    return f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(options)
 
 
 def _is_number(v) -> bool:
@@ -383,7 +389,8 @@ def load_search_spec(source: str | Path | Mapping, *, file: str | None = None) -
         raise SpecError(ctx.problems)
     spec = _build(data, ctx, base_dir, text, shown if not isinstance(source, Mapping) else None)
     if ctx.problems:
-        raise SpecError(ctx.problems)
+        raise SpecError(sorted(ctx.problems, key=lambda p: (p.file != shown, p.line == 0,
+                                                            p.line, p.col)))
     assert spec is not None
     return spec
 
@@ -410,6 +417,7 @@ def _build(data: Mapping, ctx: _Ctx, base_dir: Path, text: str, source: str | No
     sampler = _sampler(data, ctx)
     trials = _trials(data, ctx)
     heartbeat = _heartbeat(data, ctx)
+    cost = _cost(data, ctx)
     space = _space(data, ctx, base, base_source, train)
     baselines = _baselines(data, ctx, space, trials)
     _check_vocab(base, tasks, space, ctx)
@@ -423,7 +431,8 @@ def _build(data: Mapping, ctx: _Ctx, base_dir: Path, text: str, source: str | No
     return SearchSpec(name=name.strip(), base=base, base_source=base_source, space=tuple(space),
                       tasks=tuple(tasks), train=train, objectives=tuple(objectives),
                       constraints=tuple(constraints), sampler=sampler, trials=trials,
-                      baselines=tuple(baselines), heartbeat=heartbeat, source=source, text=text)
+                      baselines=tuple(baselines), heartbeat=heartbeat, cost=cost,
+                      source=source, text=text)
 
 
 def _load_base(data, ctx: _Ctx, base_dir: Path):
@@ -721,6 +730,32 @@ def _heartbeat(data, ctx: _Ctx) -> HeartbeatConfig:
         else:
             vals[key] = value
     return HeartbeatConfig(**vals)
+
+
+def cost_settings() -> dict[str, Any]:
+    """Settings of ``measure_costs`` a search spec may give under ``cost:`` (name -> default)."""
+    from hybridlab.search.cost import measure_costs
+    skip = {"model", "spec", "device", "contexts", "dtype"}
+    return {n: p.default for n, p in inspect.signature(measure_costs).parameters.items()
+            if n not in skip}
+
+
+def _cost(data, ctx: _Ctx) -> dict:
+    raw = data.get("cost") or {}
+    if not isinstance(raw, Mapping):
+        ctx.add(("cost",), "cost is a mapping of measurement settings, e.g. {decode_steps: 16}")
+        return {}
+    known = cost_settings()
+    out = {}
+    for key, value in raw.items():
+        if key not in known:
+            ctx.add(("cost", key), f"unknown cost setting {key!r}", _did_you_mean(key, known),
+                    at_key=True)
+        elif not _is_int(value) or value < 1:
+            ctx.add(("cost", key), f"{key} must be a positive integer, got {value!r}")
+        else:
+            out[key] = value
+    return out
 
 
 def _space(data, ctx: _Ctx, base, base_source, train) -> list[Param]:

@@ -54,8 +54,7 @@ def launch_workers(spec: SearchSpec, url: str, target: int, n_workers: int, *,
     procs: list[tuple[subprocess.Popen, Path]] = []
     try:
         for i in range(n_workers):
-            env = dict(os.environ)
-            env.update(default_workers_env(n_workers, i, gpus))
+            env = default_workers_env(n_workers, i, gpus)
             log = log_dir / f"worker-{i}.log"
             with open(log, "ab") as out:
                 p = subprocess.Popen([sys.executable, "-m", "hybridlab.search.workers", job,
@@ -126,9 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    if "OMP_NUM_THREADS" in os.environ:
-        import torch
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     try:
         ran = work(job["spec"], job["url"], job["target"], device=job["device"], worker=index,
                    save_artifacts=job["save_artifacts"])

@@ -210,17 +210,17 @@ def optuna_storage(url: str | None = None, *, heartbeat_interval: int | None = N
         # Create the file in WAL mode (WAL is persistent) before Optuna's engine first connects.
         with writer_engine(url).connect():
             pass
+    import warnings
     kwargs: dict = {}
-    if heartbeat_interval:
-        kwargs["heartbeat_interval"] = int(heartbeat_interval)
-        kwargs["grace_period"] = int(grace_period or 2 * heartbeat_interval)
-        kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(
-            max_retry=max_retry)
     engine_kwargs = sqlite_engine_kwargs() if sqlite else {"pool_pre_ping": True}
     target = _readonly_sqlite_url(url) if (sqlite and readonly) else url
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_interval:
+            kwargs["heartbeat_interval"] = int(heartbeat_interval)
+            kwargs["grace_period"] = int(grace_period or 2 * heartbeat_interval)
+            kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retry)
         storage = RDBStorage(target, engine_kwargs=engine_kwargs,
                              skip_table_creation=readonly, skip_compatibility_check=readonly,
                              **kwargs)

@@ -65,7 +65,7 @@ want env && stage env 60 bash -c "$(declare -f env_stage); env_stage"
 s_peer=$(date +%s)
 peer_pid=
 if want peer; then
-  MAX_JOBS=${MAX_JOBS:-12} timeout --kill-after=10 330 scripts/gpu/peer_setup.sh >"$OUT/peer_setup.log" 2>&1 &
+  MAX_JOBS=${MAX_JOBS:-12} timeout --kill-after=10 330 bash scripts/gpu/peer_setup.sh >"$OUT/peer_setup.log" 2>&1 &
   peer_pid=$!
 fi
 

@@ -28,6 +28,20 @@ HEAD_SPLIT_TARGET = 528
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _tuned(kernel, configs):
+    """Autotune a kernel over a few launch configs on the GPU; interpreted runs use the first."""
+    if _INTERPRET:
+        return kernel, {"num_warps": 1}
+    cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in configs]
+    return triton.autotune(cfgs, key=["H", "P", "N", "G"])(kernel), {}
+
+
+_chunk_state_fwd, _CSF = _tuned(kf.chunk_state_fwd, [(4, 1), (8, 1)])
+_chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
+_chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
+_chunk_bwd, _CB = _tuned(kb.chunk_bwd, [(4, 1), (8, 1), (8, 2)])
+
+
 def _pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 
@@ -53,10 +67,6 @@ def _heads_per_program(b, nchunks, nb, G, hpg, target):
     return 1
 
 
-def _warps(Q, BN, BP):
-    return 8 if Q * max(BN, BP) >= 256 * 64 else 4
-
-
 def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
@@ -72,14 +82,13 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
     cs = torch.empty(b, H, Lp, device=dev, dtype=f32)
     st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
     prec = _prec(x.dtype)
-    nw = 1 if _INTERPRET else _warps(Q, BN, BP)
-    kf.chunk_state_fwd[(H, nchunks, b)](
+    _chunk_state_fwd[(H, nchunks, b)](
         x, dt, A, B, dt_bias, seg, delta, cs, st,
         l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
         B.stride(0), B.stride(1), B.stride(2), Lp, nchunks,
         Q=Q, BP=BP, BN=BN, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
-        HAS_SEQ=seg is not None, PREC=prec, num_warps=nw)
+        HAS_SEQ=seg is not None, PREC=prec, **_CSF)
 
     E = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     final = torch.empty(b, H, P, N, device=dev, dtype=f32)
@@ -92,7 +101,7 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
 
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if z is not None else None
-    kf.chunk_scan_fwd[(H, nchunks * (Q // BT), b)](
+    _chunk_scan_fwd[(H, nchunks * (Q // BT), b)](
         x, z, B, C, D, delta, cs, seg, E, out, y,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
@@ -100,7 +109,7 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
         out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
         HAS_Z=z is not None, HAS_SEQ=seg is not None, HAS_STATE=init is not None or nchunks > 1,
-        PREC=prec, num_warps=1 if _INTERPRET else 4)
+        PREC=prec, **_CSCF)
     return out, final, y, delta, cs, E
 
 
@@ -123,12 +132,11 @@ def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg,
     dout = _lastdim_contig(dout)
 
     dloc = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
-    kb.chunk_state_bwd[(H, nchunks, b)](
+    _chunk_state_bwd[(H, nchunks, b)](
         dout, z, C, cs, seg, dloc, l, H, P, N, G,
         dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
         C.stride(0), C.stride(1), C.stride(2), Lp, nchunks,
-        Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec,
-        num_warps=1 if one else _warps(Q, BN, BP))
+        Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CSB)
 
     PN = P * N
     BLOCK = min(1024, _pow2(PN))
@@ -154,7 +162,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg,
     d_hdim = D is not None and D.dim() == 2
     dDp = (torch.empty(b, nchunks * NB, H, *((P,) if d_hdim else ()), device=dev, dtype=f32)
            if D is not None else None)
-    kb.chunk_bwd[(G * nsplit, nchunks * NB, b)](
+    _chunk_bwd[(G * nsplit, nchunks * NB, b)](
         x, z, dout, y, B, C, D, delta, cs, seg, E, dst,
         dx, dz, dBp, dCp, ddx, dcs, dlast, dDp,
         l, H, P, N, G,
@@ -165,7 +173,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg,
         dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_D=D is not None, D_HDIM=d_hdim,
         HAS_Z=z is not None, HAS_SEQ=seg is not None, HAS_STATE=has_init or nchunks > 1,
-        PREC=prec, num_warps=1 if one else 8)
+        PREC=prec, **_CB)
 
     ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
     dAp = torch.empty(b, H, nchunks, device=dev, dtype=f32)

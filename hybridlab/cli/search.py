@@ -1,0 +1,159 @@
+"""`hybridlab search SPEC` runs (or resumes) a search; `hybridlab search status NAME` reports one.
+
+    hybridlab search examples/search-quick.yaml                 # default db: ./hybridlab.db
+    hybridlab search examples/search-quick.yaml --workers 4     # 4 processes, one GPU each
+    hybridlab search status search-quick                         # progress, Pareto front, best
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+from hybridlab.errors import Problem, SpecError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search", help="search hybrid layouts with Optuna (resumable); 'search status NAME'",
+        description="Run the search described by a search spec: every trial builds a model, "
+                    "trains it briefly on the proxy tasks, measures quality and cost and records "
+                    "everything in the database. Running the same command again resumes the "
+                    "study. Several machines join one study with the same command, the same "
+                    "--db (PostgreSQL) and the same study name. "
+                    "'hybridlab search status NAME' shows a study's progress, Pareto front and "
+                    "best trials.")
+    p.add_argument("spec", metavar="SPEC", help="search spec YAML file (or the word 'status')")
+    p.add_argument("name", nargs="?", metavar="NAME", help="with 'status': the study name")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="database URL or SQLite file (default: sqlite:///hybridlab.db here); "
+                        "postgresql+psycopg://user:pass@host/db for searches across machines")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes on this machine, one GPU each round-robin (default 1)")
+    p.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="finished trials the study should reach (default: the spec's trials)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where trials train (default: cuda if available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the final report / status as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.spec == "status" and (args.name or not os.path.exists("status")):
+        if not args.name:
+            raise SpecError(Problem("which study? 'hybridlab search status NAME'",
+                                    file="<command line>"))
+        return status(args.name, args.db, as_json=args.json)
+    if args.name:
+        raise SpecError(Problem(f"unexpected argument {args.name!r}", file="<command line>",
+                                hint="hybridlab search SPEC [--db URL] [--workers N] ... or "
+                                     "hybridlab search status NAME"))
+    if args.workers < 1:
+        raise SpecError(Problem("--workers must be >= 1", file="<command line>"))
+    if args.trials is not None and args.trials < 1:
+        raise SpecError(Problem("--trials must be >= 1", file="<command line>"))
+    import optuna
+
+    from hybridlab.search.driver import run_search
+    from hybridlab.search.spec import load_search_spec
+    from hybridlab.storage import display_url, resolve_url
+
+    spec = load_search_spec(args.spec)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    url = resolve_url(args.db)
+    try:
+        report = run_search(spec, db=url, workers=args.workers, trials=args.trials,
+                            device=args.device, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: everything finished so far is stored in {display_url(url)}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.json:
+        print(_json(report.__dict__))
+    else:
+        print(f"study {report.study_name}: {_counts(report.counts)}  "
+              f"(ran {report.ran} now; db {display_url(url)})")
+        _print_best_and_pareto(report.best, report.pareto)
+    return 0
+
+
+def status(name: str, db: str | None, as_json: bool = False) -> int:
+    from hybridlab.storage import Store, display_url
+    store = Store(db, readonly=True)
+    if name not in store.study_names():
+        known = store.study_names()
+        raise SpecError(Problem(f"no study {name!r} in {display_url(store.url)}",
+                                file="<command line>",
+                                hint=("studies: " + ", ".join(known)) if known else
+                                "no studies yet; run 'hybridlab search SPEC' first"))
+    summary = store.study_summary(name)
+    pareto = store.pareto(name)
+    running = [r for r in store.trials(name, states=["RUNNING"])]
+    runs = store.runs(name)
+    if as_json:
+        print(_json({"summary": summary, "pareto": pareto, "running": running}))
+        return 0
+    target = summary.get("target_trials")
+    done = sum(summary["counts"].get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    print(f"study {name}  ({display_url(store.url)})")
+    print(f"  objectives: " + ", ".join(f"{m} ({d})" for m, d in
+                                         zip(summary["metric_names"], summary["directions"])))
+    print(f"  progress:   {done}/{target if target else '?'} finished  "
+          f"[{_counts(summary['counts'])}]  compute {summary['compute_s'] / 60:.1f} min")
+    for r in running:
+        run = runs.get(r["trial_id"], {})
+        step, total = run.get("step"), run.get("total_steps")
+        where = f"step {step}/{total}" if step is not None and total else "starting"
+        print(f"  running:    trial {r['number']} {r['pattern'] or ''} {where}")
+    _print_best_and_pareto(summary["best"], pareto)
+    return 0
+
+
+# -- formatting ----------------------------------------------------------------------------------
+def fmt_value(metric: str, value) -> str:
+    from hybridlab.composer.summary import human_bytes, human_count
+    if value is None:
+        return "-"
+    if "bytes" in metric:
+        return human_bytes(value)
+    if metric.startswith("params") or metric.startswith("flops"):
+        return human_count(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _counts(counts: dict) -> str:
+    labels = (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed"),
+              ("RUNNING", "running"), ("WAITING", "waiting"))
+    return ", ".join(f"{counts.get(k, 0)} {label}" for k, label in labels if counts.get(k, 0)) \
+        or "no trials"
+
+
+def _print_best_and_pareto(best: dict, pareto: list[dict]) -> None:
+    if best:
+        print("  best per objective:")
+        for metric, b in best.items():
+            print(f"    {metric:<24} {fmt_value(metric, b['value']):>12}  trial {b['trial_number']}")
+    if pareto:
+        print(f"  Pareto front ({len(pareto)} trials):")
+        for r in sorted(pareto, key=lambda r: r["number"]):
+            vals = "  ".join(f"{k}={fmt_value(k, v)}" for k, v in r["values"].items())
+            reused = f"  (reuses trial {r['reused_from']})" if r.get("reused_from") is not None \
+                else ""
+            print(f"    #{r['number']:<4} {r['pattern'] or '?':<20} {vals}{reused}")
+    else:
+        print("  no completed trials yet")
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
