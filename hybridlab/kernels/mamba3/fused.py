@@ -51,7 +51,7 @@ class _Cfg:
         self.flags = flags
         self.dot_prec = "ieee" if x.dtype == torch.float32 else "tf32"
         self.state_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
-        self.chunk_warps = 4
+        self.chunk_warps = 8 if Q * self.R >= 64 else 4
         sms = _sm_count(x.device)
         # sequential kernels: enough (pair block x p block x b*h) programs to fill the GPU twice
         self.seq_bn2, self.seq_bp = min(self.BN2, 32), min(self.BP, 64)

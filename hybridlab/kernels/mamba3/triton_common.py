@@ -73,9 +73,7 @@ def rotate(ve, vo, cs, sn):
 def load_v(x_ptr, Wx_ptr, b, h, r, tau, valid, pidx, L, H, P, R: tl.constexpr, HAS_WX: tl.constexpr):
     """v rows = x_t * W_x[h, r] (rows x p, float32), and x itself."""
     pm = pidx < P
-    tau0 = tl.min(tau, 0)
-    xb = x_ptr + ((b * L + tau0) * H + h) * P
-    xv = tl.load(xb + ((tau - tau0) * (H * P))[:, None] + pidx[None, :],
+    xv = tl.load(x_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :],
                  mask=valid[:, None] & pm[None, :], other=0.0).to(tl.float32)
     v = xv
     if HAS_WX:
