@@ -1,6 +1,5 @@
 """Mamba-1: the reference selective scan, the decode step, the causal conv reference and the block,
 each against a naive step-by-step recurrence written straight from the equations (float64)."""
-import math
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """Mamba-2: the chunked SSD reference against the plain recurrence, and the block's contract."""
-import itertools
 import math
 
 import pytest

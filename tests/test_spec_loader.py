@@ -293,7 +293,8 @@ EXPECTED = {
     "unquoted_star.yaml": [
         "4:4: YAML syntax error: expected alphabetic or numeric character, but found ':' "
         "(while scanning an alias)",
-        "    hint: '*' starts a YAML alias; quote the attention symbol: \"*\": {type: attention}"],
+        "    hint: '*' starts a YAML alias; quote keys and values that start with it: "
+        "\"*\": {type: attention}, pattern: \"*-M-\""],
     "duplicate_key.yaml": [
         "5:3: blocks.M: duplicate key 'M'",
         "    hint: YAML would silently keep only the last one; remove or rename one"],

@@ -192,3 +192,25 @@ def test_accepts_an_int_context_and_dtype_names():
     spec = make_spec("dense")
     assert summarize(spec, contexts=64, dtype="fp32") == summarize(spec, contexts=(64,), dtype=torch.float32)
     assert summarize(spec, dtype="bf16")["dtype"] == "bfloat16"
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    return 0
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_and_kv_bytes_equal_the_allocated_cache(name, dtype):
+    spec = make_spec(name)
+    info = summarize(spec, contexts=(3, 40), dtype=dtype)
+    for device in ("cpu", "meta"):
+        model = build_model(spec, device=device, dtype=dtype)
+        for ctx in (3, 40):
+            cache = model.init_cache(2, ctx)
+            assert cache.position == spec.model.meta_tokens
+            per_layer = [_tensor_bytes(state) for state in cache.states]
+            assert per_layer == [2 * (e["state_bytes"] + e["kv_bytes"][str(ctx)]) for e in info["layers"]]

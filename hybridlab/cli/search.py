@@ -58,6 +58,7 @@ def run(args) -> int:
 
     from hybridlab.search.driver import run_search
     from hybridlab.search.spec import load_search_spec
+    from hybridlab.search.workers import WorkerError
     from hybridlab.storage import display_url, resolve_url
 
     spec = load_search_spec(args.spec)
@@ -71,6 +72,9 @@ def run(args) -> int:
         print(f"interrupted: everything finished so far is stored in {display_url(url)}; "
               f"run the same command again to resume", file=sys.stderr)
         return 130
+    except WorkerError as e:
+        print(f"search stopped: {e}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.json:

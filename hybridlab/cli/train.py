@@ -25,10 +25,11 @@ def register(subparsers) -> None:
                    help="task to train on (repeatable); see the list below")
     p.add_argument("--steps", type=int, help="step budget (default 300 when no budget is given)")
     p.add_argument("--tokens", type=int, help="token budget")
-    p.add_argument("--time-limit", type=float, metavar="S", help="training-time budget in seconds")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-limit", type=float, metavar="S",
+                   help="budget in seconds of training (evaluation time not counted)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="model init and batch order (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--eval-points", type=int, default=4, help="evaluations during training (+ final)")
     p.add_argument("--prune-at", type=float, metavar="FRAC",
@@ -36,7 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--save", metavar="DIR",
                    help="write model.safetensors, spec.yaml and train.json to DIR")
     p.set_defaults(func=run)
-    p.epilog = "tasks: " + ", ".join(_task_names())
+    p.epilog = ("tasks: " + ", ".join(_task_names()) +
+                ". Settings: --task mqar:seq_len=128,kv_pairs=16")
 
 
 def _task_names() -> list[str]:

@@ -111,6 +111,9 @@ class HybridModel(nn.Module):
         total = max_len + self.n_meta
         cache = DecodeCache([layer.block.init_state(batch_size, total, w.device, w.dtype)
                              for layer in self.layers], position=0, max_len=total)
+        if w.is_meta:                  # shapes only (accounting): nothing to compute
+            cache.position = self.n_meta
+            return cache
         for i in range(self.n_meta):
             self._step_embedding(self.meta_tokens[i].to(w.dtype).expand(batch_size, -1), cache)
         return cache

@@ -32,7 +32,6 @@ from hybridlab.errors import Problem, SpecError
 
 #: What each Megatron symbol reads back as.
 MEGATRON_TYPES = {"M": "mamba2", "*": "attention", "-": "mlp", "E": "moe"}
-DEFAULT_MODEL = {"d_model": 256, "vocab_size": 256}
 _DENSE, _SPARSE = ("dense", "mlp"), ("sparse", "moe")
 
 

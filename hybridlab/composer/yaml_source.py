@@ -163,9 +163,12 @@ def _syntax_hint(what: str) -> str:
     if "'\\t'" in what:
         return "YAML does not allow tabs for indentation; use spaces"
     if "alias" in what:
-        return "'*' starts a YAML alias; quote the attention symbol: \"*\": {type: attention}"
+        return "'*' starts a YAML alias; quote keys and values that start with it: " \
+               "\"*\": {type: attention}, pattern: \"*-M-\""
     if "sequence entries are not allowed" in what:
         return "'- ' starts a YAML list item; quote the MLP symbol: \"-\""
+    if "block scalar" in what:
+        return "'|' and '>' start a YAML block scalar; quote a pattern that starts with one"
     if "mapping values are not allowed" in what:
         return "check the indentation, or quote a value that contains ': '"
     if "single document" in what or "another document" in what:

@@ -129,11 +129,10 @@ class TrialRunner:
             self.on_event("end", number=trial.number, status="interrupted", reason=reason)
             raise
         except Exception as e:
-            reason = _short(e)
-            if _is_oom(e):
-                reason = "out of memory: " + reason
+            reason, expected = _failure_reason(e)
             trial.set_user_attr("fail_reason", reason)
-            detail = reason + "\n\n" + "".join(traceback.format_exception(e)[-6:])
+            detail = reason if expected else \
+                reason + "\n\n" + "".join(traceback.format_exception(e)[-6:])
             self.store.finish_run(trial._trial_id, "failed", failure_reason=detail,
                                   wall_s=time.monotonic() - t0)
             self.on_event("end", number=trial.number, status="failed", reason=reason)
@@ -230,7 +229,7 @@ class TrialRunner:
 
     def _reuse(self, trial: optuna.Trial, source: dict, t0: float):
         store, tid = self.store, trial._trial_id
-        src = trial.study._storage.get_trial(source["trial_id"])
+        src = trial.study.get_trials(deepcopy=False)[int(source["trial_number"])]
         trial.set_user_attr("reused_from", int(source["trial_number"]))
         for key, value in src.user_attrs.items():
             if key not in ("reused_from", "fail_reason", "pattern", "arch_hash", "dropped_fields"):
@@ -354,6 +353,16 @@ class TrialRunner:
                                           trial_number=trial.number, kind=kind, path=path)
             paths[kind] = rec["path"]
         trial.set_user_attr("artifacts", paths)
+
+
+def _failure_reason(e: BaseException) -> tuple[str, bool]:
+    """(one-line reason, whether the failure is an expected kind that needs no traceback)."""
+    from hybridlab.search.trainer import NonFiniteLoss
+    if isinstance(e, NonFiniteLoss):
+        return str(e).removeprefix("failed: "), True
+    if _is_oom(e):
+        return "out of memory: " + _short(e), True
+    return _short(e), False
 
 
 def _is_oom(e: BaseException) -> bool:

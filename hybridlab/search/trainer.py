@@ -19,6 +19,22 @@ Outcomes (``TrainResult.status``):
 
 A NaN/inf loss raises ``NonFiniteLoss`` (its ``result`` holds the curves so far, status
 ``"failed"``); ``torch.cuda.OutOfMemoryError`` propagates unchanged for the caller to record.
+
+Evaluation runs every ``eval_every`` steps, or at ``eval_points`` evenly spaced budget fractions
+(plus ``prune_at_frac``), and always at the end. ``TrainResult.curves`` holds (step, value) lists:
+``train/loss`` (cross-entropy), ``train/<task>/loss``, ``train/aux_loss`` (when non-zero),
+``train/grad_norm`` (before clipping), ``lr``, ``eval/<task>/<metric>``, ``eval/<task>/score``,
+``eval/quality``.
+
+Reproducibility: ``seed`` seeds the batch order and torch's RNG for the run (the caller's RNG state
+is restored afterwards); on the CPU the same seed and model init give identical losses.
+
+Cost numbers: ``train_tokens_per_s`` excludes evaluation and profiled steps; ``peak_mem_bytes`` is
+``torch.cuda.max_memory_allocated`` on CUDA, and on the CPU the process's peak resident set size
+(``getrusage``: the whole process since it started, not just this run). On CUDA, steps 5-9 run
+under ``torch.profiler`` and ``kernel_time_share`` = GPU-busy time (kernels, copies; overlaps
+counted once) / wall time of those steps: near 1 the GPU is the bottleneck, well below 1 the
+model is launch-bound (``None`` on the CPU or for runs shorter than 12 steps).
 """
 from __future__ import annotations
 
@@ -229,11 +245,18 @@ def busy_time(intervals: Sequence[tuple[float, float]]) -> float:
     return total
 
 
+def _is_device_work(event) -> bool:
+    """Kernels, copies and memsets on the GPU; not the GPU-side spans of user annotations (e.g.
+    "Optimizer.step"), which cover gaps between kernels."""
+    from torch.autograd import DeviceType
+    if event.device_type != DeviceType.CUDA or getattr(event, "is_user_annotation", False):
+        return False
+    return "annotation" not in str(getattr(event, "activity_type", "") or "").lower()
+
+
 def _kernel_share(prof, wall_s: float) -> float | None:
     """GPU-busy share of the profiled wall time: near 1 compute-bound, near 0 launch-bound."""
-    from torch.autograd import DeviceType
-    spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
-             if e.device_type == DeviceType.CUDA]
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events() if _is_device_work(e)]
     if not spans or wall_s <= 0:
         return None
     return min(1.0, busy_time(spans) * 1e-6 / wall_s)   # profiler times are microseconds
@@ -390,10 +413,15 @@ class _Loop:
         return self._result(status, reason, *last)
 
     def _check_vocab(self):
-        """Fail clearly (not with an index error deep in cross-entropy) if the vocab is too small."""
-        with torch.no_grad():
-            probe = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-            vocab = self.model(probe).shape[-1]
+        """Fail clearly (not with an index error deep in cross-entropy) if the vocab is too small.
+        A HybridModel knows its vocab from its spec; any other model is probed once."""
+        spec = getattr(self.model, "spec", None)
+        vocab = getattr(getattr(spec, "model", None), "vocab_size", None)
+        if vocab is None:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                 enabled=self.device.type == "cuda"):
+                probe = torch.zeros(1, 8, dtype=torch.long, device=self.device)
+                vocab = self.model(probe).shape[-1]
         if vocab < self.needed_vocab:
             raise ValueError(f"the model's vocabulary ({vocab}) is smaller than the "
                              f"{self.needed_vocab} tokens the tasks need (see required_vocab)")
@@ -470,7 +498,11 @@ class _Loop:
         self._flush()
         torch.cuda.synchronize(self.device)
         prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-        prof.__enter__()
+        try:
+            prof.__enter__()
+        except Exception as e:   # no CUPTI, another profiler active: train without the measurement
+            warnings.warn(f"kernel time share not measured: {e!r}")
+            return None
         self._profile_tokens0, self._profile_train0 = self.tokens, self.train_s
         self._profile_t0 = time.perf_counter()
         return prof
@@ -479,11 +511,11 @@ class _Loop:
         self._flush()
         torch.cuda.synchronize(self.device)
         wall = time.perf_counter() - self._profile_t0
-        prof.__exit__(None, None, None)
         # profiled steps are slower; keep them out of the throughput
         self.profile_s += self.train_s - self._profile_train0
         self.profile_tokens += self.tokens - self._profile_tokens0
         try:
+            prof.__exit__(None, None, None)
             self.kernel_share = _kernel_share(prof, wall)
         except Exception as e:   # the measurement must never cost the trial
             warnings.warn(f"kernel time share not measured: {e!r}")
@@ -500,6 +532,8 @@ class _Loop:
             torch.cuda.synchronize(self.device)
         timed_s = self.train_s - self.profile_s
         timed_tokens = self.tokens - self.profile_tokens
+        if timed_tokens <= 0:           # every step was profiled: the slower numbers are all we have
+            timed_s, timed_tokens = self.train_s, self.tokens
         return TrainResult(
             status=status, stop_reason=reason, steps=self.steps, tokens=self.tokens,
             wall_s=time.perf_counter() - self.start, train_s=self.train_s,

@@ -14,7 +14,6 @@ gives d(initial_state). dweight and dbias come out as per-tile partials that tor
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 

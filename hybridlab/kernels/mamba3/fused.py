@@ -60,7 +60,7 @@ class _Cfg:
         while self._seq_programs() < 2 * sms and self.seq_bp > 16:
             self.seq_bp //= 2
         self.loop_bn2 = min(self.BN2, 16)        # pair block looped over in the chunk kernels
-        self.key_bn2 = min(self.BN2, 32)         # pair block of bwd_keys' grid
+        self.key_bn2 = min(self.BN2, 16)         # pair block of bwd_keys' grid
         # heads summed inside one bwd_keys program (divides heads per group)
         hpg = self.H // self.G
         forced = int(os.environ.get("HYBRIDLAB_MAMBA3_HPP", "0"))

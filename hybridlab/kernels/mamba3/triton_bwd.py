@@ -16,8 +16,9 @@ chunk / the gradient of the state leaving it, e = exp(cum), f_j = exp(cum_end - 
 import triton
 import triton.language as tl
 
-from .triton_common import (chunk_cum, chunk_mask, chunk_rows, chunk_theta, load_dy, load_pairs,
-                            load_v, per_rank2, per_time, per_time2, rotate, row_scalar)
+from .triton_common import (chunk_cum, chunk_mask, chunk_rows, chunk_theta, load_dout, load_dy,
+                            load_pairs, load_rank_w, load_time_tile, load_v, per_rank2, per_time,
+                            per_time2, rotate, row_scalar)
 
 
 @triton.jit
@@ -35,6 +36,7 @@ def bwd_dstates_kernel(C_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr, adt_ptr, z_ptr, W
     h = pbh % H
     g = h // (H // G)
     dtype = dout_ptr.dtype.element_ty
+    HP = H * P
     pidx = pp * BP + tl.arange(0, BP)
     cidx = pn * BN2 + tl.arange(0, BN2)
     ecol = 2 * cidx
@@ -52,17 +54,21 @@ def bwd_dstates_kernel(C_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr, adt_ptr, z_ptr, W
         dHo = tl.zeros((BP, BN2), dtype=tl.float32)
     for ci in range(NC):
         c = NC - 1 - ci
-        cb = ((b * NC + c) * H + h) * P * N
-        tl.store(dhout_ptr + cb + ste, dHe.to(dhout_ptr.dtype.element_ty), mask=sme)
-        tl.store(dhout_ptr + cb + sto, dHo.to(dhout_ptr.dtype.element_ty), mask=smo)
-        t, r, tau, valid, first = chunk_rows(c, L, Q, R)
-        cum, cend = chunk_cum(adt_ptr, b, h, tau, valid, first, L, H)
-        qe, qo = load_pairs(C_ptr, Cb_ptr, b, g, h, r, tau, valid, cidx, L, G, N, R, HAS_BIAS)
+        cb = dhout_ptr + ((b * NC + c) * H + h) * P * N
+        tl.store(cb + ste, dHe.to(dhout_ptr.dtype.element_ty), mask=sme)
+        tl.store(cb + sto, dHo.to(dhout_ptr.dtype.element_ty), mask=smo)
+        t0 = b * L + c * Q
+        rows, t, r, valid, first = chunk_rows(c, L, Q, R)
+        cum, cend = chunk_cum(adt_ptr + t0 * H + h, t, valid, first, H)
+        qe, qo = load_pairs(C_ptr + t0 * R * G * N + g * N, Cb_ptr + h * R * N, rows, r, valid, cidx,
+                            G * N, N, HAS_BIAS)
         if HAS_ROT:
-            th = chunk_theta(ps_ptr, dt_ptr, off_ptr, b, c, h, tau, valid, first, cidx, L, H, S, NC)
+            th = chunk_theta(ps_ptr + t0 * S, dt_ptr + t0 * H + h, off_ptr + ((b * NC + c) * H + h) * S,
+                             t, valid, first, cidx, H, S)
             qe, qo = rotate(qe, qo, tl.cos(th), tl.sin(th))
-        dy = load_dy(dout_ptr, z_ptr, Wz_ptr, Wo_ptr, b, h, r, tau, valid, pidx, L, H, P,
-                     R, HAS_Z, HAS_WZ, HAS_WO, PER_RANK)
+        dout_base = dout_ptr + (t0 * R * H + h) * P if PER_RANK else dout_ptr + (t0 * H + h) * P
+        dy = load_dy(dout_base, z_ptr + (t0 * H + h) * P, Wz_ptr + h * R * P, Wo_ptr + h * R * P,
+                     rows, t, r, valid, pidx, HP, P, HAS_Z, HAS_WZ, HAS_WO, PER_RANK)
         dye = tl.trans((dy * tl.exp(cum)[:, None]).to(dtype))
         decay = tl.exp(cend)
         dHe = tl.dot(dye, qe.to(dtype), dHe * decay, input_precision=DOT_PREC)
@@ -86,25 +92,26 @@ def bwd_values_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_p
     h = pbh % H
     g = h // (H // G)
     dtype = x_ptr.dtype.element_ty
-    t, r, tau, valid, first = chunk_rows(c, L, Q, R)
+    HP = H * P
+    t0 = b * L + c * Q
+    rows, t, r, valid, first = chunk_rows(c, L, Q, R)
     pidx = tl.arange(0, BP)
     pm = pidx < P
-    m = valid[:, None] & pm[None, :]
-    cum, cend = chunk_cum(adt_ptr, b, h, tau, valid, first, L, H)
-    w = row_scalar(w_ptr, b, h, tau, valid, L, H)
-    M, decay = chunk_mask(cum, w, row_scalar(wd_ptr, b, h, tau, valid, L, H), t)
-    v, xv = load_v(x_ptr, Wx_ptr, b, h, r, tau, valid, pidx, L, H, P, R, HAS_WX)
+    sc = t0 * H + h                                   # (b, l, h) scalars at the chunk start
     cb = ((b * NC + c) * H + h) * P * N
+    Bbase = B_ptr + t0 * R * G * N + g * N
+    Cbase = C_ptr + t0 * R * G * N + g * N
     scores = tl.zeros((Q * R, Q * R), dtype=tl.float32)
     yoff = tl.zeros((Q * R, BP), dtype=tl.float32)
     kdh = tl.zeros((Q * R, BP), dtype=tl.float32)   # K dH_out^T
     dE = tl.zeros((BP,), dtype=tl.float32)          # <dH_out, H_in>, summed over pairs
     for nb in range(0, tl.cdiv(N2, BN2)):
         cidx = nb * BN2 + tl.arange(0, BN2)
-        ke, ko = load_pairs(B_ptr, Bb_ptr, b, g, h, r, tau, valid, cidx, L, G, N, R, HAS_BIAS)
-        qe, qo = load_pairs(C_ptr, Cb_ptr, b, g, h, r, tau, valid, cidx, L, G, N, R, HAS_BIAS)
+        ke, ko = load_pairs(Bbase, Bb_ptr + h * R * N, rows, r, valid, cidx, G * N, N, HAS_BIAS)
+        qe, qo = load_pairs(Cbase, Cb_ptr + h * R * N, rows, r, valid, cidx, G * N, N, HAS_BIAS)
         if HAS_ROT:
-            th = chunk_theta(ps_ptr, dt_ptr, off_ptr, b, c, h, tau, valid, first, cidx, L, H, S, NC)
+            th = chunk_theta(ps_ptr + t0 * S, dt_ptr + sc, off_ptr + ((b * NC + c) * H + h) * S,
+                             t, valid, first, cidx, H, S)
             cs = tl.cos(th)
             sn = tl.sin(th)
             ke, ko = rotate(ke, ko, cs, sn)
@@ -128,8 +135,12 @@ def bwd_values_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_p
         kdh = tl.dot(ke, tl.trans(de.to(dtype)), kdh, input_precision=DOT_PREC)
         kdh = tl.dot(ko, tl.trans(do_.to(dtype)), kdh, input_precision=DOT_PREC)
         dE += tl.sum(he.to(tl.float32) * de.to(tl.float32) + ho.to(tl.float32) * do_.to(tl.float32), 1)
-    e = tl.exp(cum)
-    yoff = yoff * e[:, None]
+    # the T x T weights and v only after the loop: shorter live ranges, fewer registers
+    cum, cend = chunk_cum(adt_ptr + sc, t, valid, first, H)
+    w = row_scalar(w_ptr + sc, t, valid, H)
+    M, decay = chunk_mask(cum, w, row_scalar(wd_ptr + sc, t, valid, H), t)
+    v, xv = load_v(x_ptr + sc * P, Wx_ptr + h * R * P, t, r, valid, pidx, HP, P, HAS_WX)
+    yoff = yoff * tl.exp(cum)[:, None]
     SM = scores * M
     y = tl.dot(SM.to(dtype), v.to(dtype), yoff, input_precision=DOT_PREC)
     if HAS_D:
@@ -137,40 +148,33 @@ def bwd_values_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_p
         y += Dh * v
 
     # output gate and rank mixing: out = sum_r W_o[r] * y_r * silu(z W_z[r])
-    if PER_RANK:
-        dg = tl.load(dout_ptr + (((b * L + tau) * R + r) * H + h)[:, None] * P + pidx[None, :], mask=m, other=0.0)
-    else:
-        dg = tl.load(dout_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :], mask=m, other=0.0)
-    dg = dg.to(tl.float32)
-    pb = ((b * NC + c) * H + h) * R * P + pidx[None, :]
-    rw = tl.arange(0, R)[:, None] * P
-    if HAS_WO:
-        wo = tl.load(Wo_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
-        gy = y
-        if HAS_Z:
-            zz0 = tl.load(z_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :], mask=m, other=0.0).to(tl.float32)
-            zz1 = zz0
-            if HAS_WZ:
-                zz1 = zz0 * tl.load(Wz_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
-            gy = y * zz1 * tl.sigmoid(zz1)
-        tl.store(dWo_ptr + pb + rw, per_rank2(dg * gy, Q, R, BP), mask=pm[None, :])
-        dg = dg * wo
-    dy = dg
+    dout_base = dout_ptr + (t0 * R * H + h) * P if PER_RANK else dout_ptr + sc * P
+    dg = load_dout(dout_base, rows, t, valid, pidx, HP, P, PER_RANK)
+    part = ((b * NC + c) * H + h) * R * P + tl.arange(0, R)[:, None] * P + pidx[None, :]
     if HAS_Z:
-        zz = tl.load(z_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :], mask=m, other=0.0).to(tl.float32)
+        zz = load_time_tile(z_ptr + sc * P, t, valid, pidx, HP, P)
         zr = zz
         if HAS_WZ:
-            wz = tl.load(Wz_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
+            wz = load_rank_w(Wz_ptr + h * R * P, r, pidx, P)
             zr = zz * wz
         sg = tl.sigmoid(zr)
+    if HAS_WO:
+        gy = y
+        if HAS_Z:
+            gy = y * zr * sg
+        tl.store(dWo_ptr + part, per_rank2(dg * gy, Q, R, BP), mask=pm[None, :])
+        dg = dg * load_rank_w(Wo_ptr + h * R * P, r, pidx, P)
+    dy = dg
+    tq = tl.arange(0, Q)
+    tm = c * Q + tq < L
+    if HAS_Z:
         dy = dg * zr * sg
         dzr = dg * y * sg * (1 + zr * (1 - sg))
         if HAS_WZ:
-            tl.store(dWz_ptr + pb + rw, per_rank2(dzr * zz, Q, R, BP), mask=pm[None, :])
+            tl.store(dWz_ptr + part, per_rank2(dzr * zz, Q, R, BP), mask=pm[None, :])
             dzr = dzr * wz
-        tq = c * Q + tl.arange(0, Q)
-        tl.store(dz_ptr + ((b * L + tq) * H + h)[:, None] * P + pidx[None, :],
-                 per_time2(dzr, Q, R, BP).to(dz_ptr.dtype.element_ty), mask=(tq < L)[:, None] & pm[None, :])
+        tl.store(dz_ptr + sc * P + tq[:, None] * HP + pidx[None, :],
+                 per_time2(dzr, Q, R, BP).to(dz_ptr.dtype.element_ty), mask=tm[:, None] & pm[None, :])
 
     # values
     f = tl.exp(cend - cum) * w
@@ -179,31 +183,26 @@ def bwd_values_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_p
         dv += Dh * dy
         tl.store(dD_ptr + (b * NC + c) * H + h, tl.sum(tl.sum(dy * v, 1), 0))
     if HAS_WX:
-        wx = tl.load(Wx_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
-        tl.store(dWx_ptr + pb + rw, per_rank2(dv * xv, Q, R, BP), mask=pm[None, :])
-        dv = dv * wx
-    tq = c * Q + tl.arange(0, Q)
-    tl.store(dx_ptr + ((b * L + tq) * H + h)[:, None] * P + pidx[None, :],
-             per_time2(dv, Q, R, BP).to(dx_ptr.dtype.element_ty), mask=(tq < L)[:, None] & pm[None, :])
+        tl.store(dWx_ptr + part, per_rank2(dv * xv, Q, R, BP), mask=pm[None, :])
+        dv = dv * load_rank_w(Wx_ptr + h * R * P, r, pidx, P)
+    tl.store(dx_ptr + sc * P + tq[:, None] * HP + pidx[None, :],
+             per_time2(dv, Q, R, BP).to(dx_ptr.dtype.element_ty), mask=tm[:, None] & pm[None, :])
 
     # scalars: dM = (dY V^T) o S
     dM = tl.dot(dy.to(dtype), tl.trans(v.to(dtype)), input_precision=DOT_PREC) * scores
-    lower = t[:, None] > t[None, :]
-    same = t[:, None] == t[None, :]
-    Pm = tl.where(lower, dM * M, 0.0)
+    dMd = dM * decay                                # decay is 0 off the strictly-lower part
+    Pm = dMd * w[None, :]                           # = dM o M there
     dcum = tl.sum(Pm, 1) - tl.sum(Pm, 0) + tl.sum(dy * yoff, 1)
-    dwj = tl.sum(dM * decay, 0)
-    dwd = tl.sum(tl.where(same, dM, 0.0), 1)
+    dwj = tl.sum(dMd, 0)
+    dwd = tl.sum(tl.where(t[:, None] == t[None, :], dM, 0.0), 1)
     df = tl.sum(v * kdh, 1)
     dcum -= f * df
     dcend = tl.sum(f * df, 0) + tl.exp(cend) * tl.sum(dE, 0)
     dwj += tl.exp(cend - cum) * df
     rev = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum          # sum over rows >= i
-    dadt = per_time(tl.where(first, rev, 0.0), Q, R) + dcend
-    tm = tq < L
-    tl.store(dadt_ptr + (b * L + tq) * H + h, dadt, mask=tm)
-    tl.store(dw_ptr + (b * L + tq) * H + h, per_time(dwj, Q, R), mask=tm)
-    tl.store(dwd_ptr + (b * L + tq) * H + h, per_time(dwd, Q, R), mask=tm)
+    tl.store(dadt_ptr + sc + tq * H, per_time(tl.where(first, rev, 0.0), Q, R) + dcend, mask=tm)
+    tl.store(dw_ptr + sc + tq * H, per_time(dwj, Q, R), mask=tm)
+    tl.store(dwd_ptr + sc + tq * H, per_time(dwd, Q, R), mask=tm)
 
 
 @triton.jit
@@ -222,7 +221,9 @@ def bwd_keys_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr
     hb = pbhb % HB
     g = (hb * HPP) // (H // G)
     dtype = x_ptr.dtype.element_ty
-    t, r, tau, valid, first = chunk_rows(c, L, Q, R)
+    HP = H * P
+    t0 = b * L + c * Q
+    rows, t, r, valid, first = chunk_rows(c, L, Q, R)
     pidx = tl.arange(0, BP)
     pm = pidx < P
     cidx = pn * BN2 + tl.arange(0, BN2)
@@ -231,6 +232,9 @@ def bwd_keys_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr
     me = pm[:, None] & (ecol < N)[None, :]
     mo = pm[:, None] & (ocol < N)[None, :]
     rot = cidx < S
+    tq = tl.arange(0, Q)
+    Bbase = B_ptr + t0 * R * G * N + g * N
+    Cbase = C_ptr + t0 * R * G * N + g * N
     acc_qe = tl.zeros((Q * R, BN2), dtype=tl.float32)
     acc_qo = tl.zeros((Q * R, BN2), dtype=tl.float32)
     acc_ke = tl.zeros((Q * R, BN2), dtype=tl.float32)
@@ -238,20 +242,21 @@ def bwd_keys_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr
     acc_ps = tl.zeros((Q * R, BN2), dtype=tl.float32)
     for hh in range(HPP):
         h = hb * HPP + hh
-        cum, cend = chunk_cum(adt_ptr, b, h, tau, valid, first, L, H)
-        w = row_scalar(w_ptr, b, h, tau, valid, L, H)
-        M, _ = chunk_mask(cum, w, row_scalar(wd_ptr, b, h, tau, valid, L, H), t)
-        e = tl.exp(cum)
-        f = tl.exp(cend - cum) * w
-        v, _ = load_v(x_ptr, Wx_ptr, b, h, r, tau, valid, pidx, L, H, P, R, HAS_WX)
+        sc = t0 * H + h
+        cum, cend = chunk_cum(adt_ptr + sc, t, valid, first, H)
+        w = row_scalar(w_ptr + sc, t, valid, H)
+        M, _ = chunk_mask(cum, w, row_scalar(wd_ptr + sc, t, valid, H), t)
+        v, _ = load_v(x_ptr + sc * P, Wx_ptr + h * R * P, t, r, valid, pidx, HP, P, HAS_WX)
         v = v.to(dtype)
-        dy = load_dy(dout_ptr, z_ptr, Wz_ptr, Wo_ptr, b, h, r, tau, valid, pidx, L, H, P,
-                     R, HAS_Z, HAS_WZ, HAS_WO, PER_RANK).to(dtype)
+        dout_base = dout_ptr + (t0 * R * H + h) * P if PER_RANK else dout_ptr + sc * P
+        dy = load_dy(dout_base, z_ptr + sc * P, Wz_ptr + h * R * P, Wo_ptr + h * R * P,
+                     rows, t, r, valid, pidx, HP, P, HAS_Z, HAS_WZ, HAS_WO, PER_RANK).to(dtype)
         dSM = (tl.dot(dy, tl.trans(v), input_precision=DOT_PREC) * M).to(dtype)
-        ke, ko = load_pairs(B_ptr, Bb_ptr, b, g, h, r, tau, valid, cidx, L, G, N, R, HAS_BIAS)
-        qe, qo = load_pairs(C_ptr, Cb_ptr, b, g, h, r, tau, valid, cidx, L, G, N, R, HAS_BIAS)
+        ke, ko = load_pairs(Bbase, Bb_ptr + h * R * N, rows, r, valid, cidx, G * N, N, HAS_BIAS)
+        qe, qo = load_pairs(Cbase, Cb_ptr + h * R * N, rows, r, valid, cidx, G * N, N, HAS_BIAS)
         if HAS_ROT:
-            th = chunk_theta(ps_ptr, dt_ptr, off_ptr, b, c, h, tau, valid, first, cidx, L, H, S, NC)
+            th = chunk_theta(ps_ptr + t0 * S, dt_ptr + sc, off_ptr + ((b * NC + c) * H + h) * S,
+                             t, valid, first, cidx, H, S)
             cs = tl.cos(th)
             sn = tl.sin(th)
             ke, ko = rotate(ke, ko, cs, sn)
@@ -259,24 +264,25 @@ def bwd_keys_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr
         cb = ((b * NC + c) * H + h) * P * N
         he = tl.load(hin_ptr + cb + pidx[:, None] * N + ecol[None, :], mask=me, other=0.0).to(dtype)
         ho = tl.load(hin_ptr + cb + pidx[:, None] * N + ocol[None, :], mask=mo, other=0.0).to(dtype)
-        dqe = tl.dot(dSM, ke.to(dtype), tl.dot(dy, he, input_precision=DOT_PREC) * e[:, None], input_precision=DOT_PREC)
-        dqo = tl.dot(dSM, ko.to(dtype), tl.dot(dy, ho, input_precision=DOT_PREC) * e[:, None], input_precision=DOT_PREC)
+        e = tl.exp(cum)[:, None]
+        dqe = tl.dot(dSM, ke.to(dtype), tl.dot(dy, he, input_precision=DOT_PREC) * e, input_precision=DOT_PREC)
+        dqo = tl.dot(dSM, ko.to(dtype), tl.dot(dy, ho, input_precision=DOT_PREC) * e, input_precision=DOT_PREC)
         de = tl.load(dhout_ptr + cb + pidx[:, None] * N + ecol[None, :], mask=me, other=0.0).to(dtype)
         do_ = tl.load(dhout_ptr + cb + pidx[:, None] * N + ocol[None, :], mask=mo, other=0.0).to(dtype)
+        f = (tl.exp(cend - cum) * w)[:, None]
         dSMt = tl.trans(dSM)
-        dke = tl.dot(dSMt, qe.to(dtype), tl.dot(v, de, input_precision=DOT_PREC) * f[:, None], input_precision=DOT_PREC)
-        dko = tl.dot(dSMt, qo.to(dtype), tl.dot(v, do_, input_precision=DOT_PREC) * f[:, None], input_precision=DOT_PREC)
+        dke = tl.dot(dSMt, qe.to(dtype), tl.dot(v, de, input_precision=DOT_PREC) * f, input_precision=DOT_PREC)
+        dko = tl.dot(dSMt, qo.to(dtype), tl.dot(v, do_, input_precision=DOT_PREC) * f, input_precision=DOT_PREC)
         if HAS_ROT:
             dth = tl.where(rot[None, :], dqo * qe - dqe * qo + dko * ke - dke * ko, 0.0)
             tot = tl.sum(dth, 0)
             tl.store(doff_ptr + ((b * NC + c) * H + h) * S + cidx, tot, mask=rot)
             dphi = tl.where(first[:, None], tot[None, :] - tl.cumsum(dth, 0) + dth, 0.0)
-            d = tl.load(dt_ptr + (b * L + tau) * H + h, mask=valid & first, other=0.0)
-            p = tl.load(ps_ptr + (b * L + tau)[:, None] * S + cidx[None, :],
+            d = tl.load(dt_ptr + sc + t * H, mask=valid & first, other=0.0)
+            p = tl.load(ps_ptr + t0 * S + t[:, None] * S + cidx[None, :],
                         mask=(valid & first)[:, None] & rot[None, :], other=0.0)
-            tq = c * Q + tl.arange(0, Q)
-            tl.store(ddt_ptr + ((pn * BATCH + b) * L + tq) * H + h,
-                     per_time(tl.sum(dphi * p, 1), Q, R), mask=tq < L)
+            tl.store(ddt_ptr + ((pn * BATCH + b) * L + c * Q) * H + h + tq * H,
+                     per_time(tl.sum(dphi * p, 1), Q, R), mask=c * Q + tq < L)
             acc_ps += dphi * d[:, None]
             dqe, dqo = rotate(dqe, dqo, cs, -sn)
             dke, dko = rotate(dke, dko, cs, -sn)
@@ -291,13 +297,14 @@ def bwd_keys_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr
         acc_ke += dke
         acc_ko += dko
     # (b, l, R, HB, n) partial sums over this block's heads
-    base = (((b * L + tau) * R + r) * HB + hb) * N
+    ob = (t0 * R * HB + hb) * N
+    row = rows[:, None] * (HB * N)
     mre = valid[:, None] & (ecol < N)[None, :]
     mro = valid[:, None] & (ocol < N)[None, :]
-    tl.store(dB_ptr + base[:, None] + ecol[None, :], acc_ke, mask=mre)
-    tl.store(dB_ptr + base[:, None] + ocol[None, :], acc_ko, mask=mro)
-    tl.store(dC_ptr + base[:, None] + ecol[None, :], acc_qe, mask=mre)
-    tl.store(dC_ptr + base[:, None] + ocol[None, :], acc_qo, mask=mro)
+    tl.store(dB_ptr + ob + row + ecol[None, :], acc_ke, mask=mre)
+    tl.store(dB_ptr + ob + row + ocol[None, :], acc_ko, mask=mro)
+    tl.store(dC_ptr + ob + row + ecol[None, :], acc_qe, mask=mre)
+    tl.store(dC_ptr + ob + row + ocol[None, :], acc_qo, mask=mro)
     if HAS_ROT:
-        tl.store(dps_ptr + ((b * L + tau) * HB + hb)[:, None] * S + cidx[None, :], acc_ps,
+        tl.store(dps_ptr + (t0 * HB + hb) * S + t[:, None] * (HB * S) + cidx[None, :], acc_ps,
                  mask=(valid & first)[:, None] & rot[None, :])

@@ -7,6 +7,8 @@ Layout conventions (see fused.py for the host side):
   time (cumsums), on every row otherwise.
 * The state dim N is handled as rotary *pairs*: even columns 2i and odd columns 2i+1 are separate
   (rows x pairs) tiles, so the rotation is elementwise; pairs i >= S have angle 0.
+* Addresses: kernels form scalar (int64) base pointers at the chunk start once; tiles add small
+  int32 offsets to them, which keeps register use down.
 """
 import triton
 import triton.language as tl
@@ -14,53 +16,48 @@ import triton.language as tl
 
 @triton.jit
 def chunk_rows(c, L, Q: tl.constexpr, R: tl.constexpr):
-    """Row indices of chunk c: (t within chunk, rank, absolute time, valid, is-rank-0)."""
+    """Rows of chunk c: (row index, time within chunk, rank, valid (time < L), is-rank-0)."""
     rows = tl.arange(0, Q * R)
     t = rows // R
     r = rows % R
-    tau = c * Q + t
-    return t, r, tau, tau < L, r == 0
+    return rows, t, r, c * Q + t < L, r == 0
 
 
 @triton.jit
-def chunk_cum(adt_ptr, b, h, tau, valid, first, L, H):
+def chunk_cum(adt_base, t, valid, first, H):
     """Inclusive cumsum of dt*A along the chunk (per row) and the chunk total."""
-    a = tl.load(adt_ptr + (b * L + tau) * H + h, mask=valid & first, other=0.0)
+    a = tl.load(adt_base + t * H, mask=valid & first, other=0.0)
     return tl.cumsum(a, 0), tl.sum(a, 0)
 
 
 @triton.jit
-def row_scalar(ptr, b, h, tau, valid, L, H):
+def row_scalar(base, t, valid, H):
     """A (b, l, h) float32 scalar on every row (rank copies share it)."""
-    return tl.load(ptr + (b * L + tau) * H + h, mask=valid, other=0.0)
+    return tl.load(base + t * H, mask=valid, other=0.0)
 
 
 @triton.jit
-def chunk_theta(ps_ptr, dt_ptr, off_ptr, b, c, h, tau, valid, first, cidx, L, H, S, NC):
+def chunk_theta(ps_base, dt_base, off_base, t, valid, first, cidx, H, S):
     """theta (rows x pairs) = chunk offset + cumsum over the chunk of pi*tanh(ang)*dt; 0 for pairs >= S."""
     pm = cidx < S
-    d = tl.load(dt_ptr + (b * L + tau) * H + h, mask=valid & first, other=0.0)
-    p = tl.load(ps_ptr + (b * L + tau)[:, None] * S + cidx[None, :],
-                mask=(valid & first)[:, None] & pm[None, :], other=0.0)
-    o = tl.load(off_ptr + ((b * NC + c) * H + h) * S + cidx, mask=pm, other=0.0)
+    d = tl.load(dt_base + t * H, mask=valid & first, other=0.0)
+    p = tl.load(ps_base + t[:, None] * S + cidx[None, :], mask=(valid & first)[:, None] & pm[None, :], other=0.0)
+    o = tl.load(off_base + cidx, mask=pm, other=0.0)
     return tl.cumsum(p * d[:, None], 0) + o[None, :]
 
 
 @triton.jit
-def load_pairs(src_ptr, bias_ptr, b, g, h, r, tau, valid, cidx, L, G, N,
-               R: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Even / odd columns of B or C rows (rows x pairs, float32), plus the per-head (h, R, n) bias."""
+def load_pairs(src_base, bias_base, rows, r, valid, cidx, GN, N, HAS_BIAS: tl.constexpr):
+    """Even / odd columns of B or C rows (rows x pairs, float32), plus the per-head (R, n) bias."""
     ecol = 2 * cidx
     ocol = ecol + 1
-    base = ((b * L + tau) * R + r) * G * N + g * N
     me = valid[:, None] & (ecol < N)[None, :]
     mo = valid[:, None] & (ocol < N)[None, :]
-    ve = tl.load(src_ptr + base[:, None] + ecol[None, :], mask=me, other=0.0).to(tl.float32)
-    vo = tl.load(src_ptr + base[:, None] + ocol[None, :], mask=mo, other=0.0).to(tl.float32)
+    ve = tl.load(src_base + rows[:, None] * GN + ecol[None, :], mask=me, other=0.0).to(tl.float32)
+    vo = tl.load(src_base + rows[:, None] * GN + ocol[None, :], mask=mo, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        bb = (h * R + r) * N
-        ve += tl.load(bias_ptr + bb[:, None] + ecol[None, :], mask=me, other=0.0)
-        vo += tl.load(bias_ptr + bb[:, None] + ocol[None, :], mask=mo, other=0.0)
+        ve += tl.load(bias_base + r[:, None] * N + ecol[None, :], mask=me, other=0.0)
+        vo += tl.load(bias_base + r[:, None] * N + ocol[None, :], mask=mo, other=0.0)
     return ve, vo
 
 
@@ -70,14 +67,25 @@ def rotate(ve, vo, cs, sn):
 
 
 @triton.jit
-def load_v(x_ptr, Wx_ptr, b, h, r, tau, valid, pidx, L, H, P, R: tl.constexpr, HAS_WX: tl.constexpr):
+def load_rank_w(base, r, pidx, P):
+    """(h, R, p) per-channel MIMO weight on every row: base = W + h*R*P."""
+    return tl.load(base + r[:, None] * P + pidx[None, :], mask=(pidx < P)[None, :], other=0.0)
+
+
+@triton.jit
+def load_time_tile(base, t, valid, pidx, HP, P):
+    """(b, l, h, p) tensor on the rows (rank copies share the time step), float32."""
+    m = valid[:, None] & (pidx < P)[None, :]
+    return tl.load(base + t[:, None] * HP + pidx[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_v(x_base, Wx_base, t, r, valid, pidx, HP, P, HAS_WX: tl.constexpr):
     """v rows = x_t * W_x[h, r] (rows x p, float32), and x itself."""
-    pm = pidx < P
-    xv = tl.load(x_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :],
-                 mask=valid[:, None] & pm[None, :], other=0.0).to(tl.float32)
+    xv = load_time_tile(x_base, t, valid, pidx, HP, P)
     v = xv
     if HAS_WX:
-        v = xv * tl.load(Wx_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
+        v = xv * load_rank_w(Wx_base, r, pidx, P)
     return v, xv
 
 
@@ -116,22 +124,25 @@ def per_rank2(v, Q: tl.constexpr, R: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
-def load_dy(dout_ptr, z_ptr, Wz_ptr, Wo_ptr, b, h, r, tau, valid, pidx, L, H, P,
-            R: tl.constexpr, HAS_Z: tl.constexpr, HAS_WZ: tl.constexpr, HAS_WO: tl.constexpr,
-            PER_RANK: tl.constexpr):
-    """Gradient w.r.t. the un-gated per-rank y: dout * W_o[r] * silu(z * W_z[r]) (rows x p)."""
-    pm = pidx < P
-    m = valid[:, None] & pm[None, :]
+def load_dout(dout_base, rows, t, valid, pidx, HP, P, PER_RANK: tl.constexpr):
+    """Output gradient on the rows: per-rank layout (b, l, R, h, p) or rank-summed (b, l, h, p)."""
     if PER_RANK:
-        do = tl.load(dout_ptr + (((b * L + tau) * R + r) * H + h)[:, None] * P + pidx[None, :], mask=m, other=0.0)
+        do = load_time_tile(dout_base, rows, valid, pidx, HP, P)
     else:
-        do = tl.load(dout_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :], mask=m, other=0.0)
-    do = do.to(tl.float32)
+        do = load_time_tile(dout_base, t, valid, pidx, HP, P)
+    return do
+
+
+@triton.jit
+def load_dy(dout_base, z_base, Wz_base, Wo_base, rows, t, r, valid, pidx, HP, P,
+            HAS_Z: tl.constexpr, HAS_WZ: tl.constexpr, HAS_WO: tl.constexpr, PER_RANK: tl.constexpr):
+    """Gradient w.r.t. the un-gated per-rank y: dout * W_o[r] * silu(z * W_z[r]) (rows x p)."""
+    do = load_dout(dout_base, rows, t, valid, pidx, HP, P, PER_RANK)
     if HAS_WO:
-        do *= tl.load(Wo_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
+        do *= load_rank_w(Wo_base, r, pidx, P)
     if HAS_Z:
-        zz = tl.load(z_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :], mask=m, other=0.0).to(tl.float32)
+        zz = load_time_tile(z_base, t, valid, pidx, HP, P)
         if HAS_WZ:
-            zz *= tl.load(Wz_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
+            zz *= load_rank_w(Wz_base, r, pidx, P)
         do *= zz * tl.sigmoid(zz)
     return do

@@ -11,8 +11,8 @@ offset + the cumsum inside the chunk.
 import triton
 import triton.language as tl
 
-from .triton_common import (chunk_cum, chunk_mask, chunk_rows, chunk_theta, load_pairs, load_v,
-                            per_time2, rotate, row_scalar)
+from .triton_common import (chunk_cum, chunk_mask, chunk_rows, chunk_theta, load_pairs, load_rank_w,
+                            load_time_tile, load_v, per_time2, rotate, row_scalar)
 
 
 @triton.jit
@@ -45,17 +45,20 @@ def fwd_states_kernel(x_ptr, B_ptr, Bb_ptr, dt_ptr, ps_ptr, off_ptr, adt_ptr, w_
         He = tl.zeros((BP, BN2), dtype=tl.float32)
         Ho = tl.zeros((BP, BN2), dtype=tl.float32)
     for c in range(NC):
-        cb = ((b * NC + c) * H + h) * P * N
-        tl.store(hin_ptr + cb + ste, He.to(hin_ptr.dtype.element_ty), mask=sme)
-        tl.store(hin_ptr + cb + sto, Ho.to(hin_ptr.dtype.element_ty), mask=smo)
-        t, r, tau, valid, first = chunk_rows(c, L, Q, R)
-        cum, cend = chunk_cum(adt_ptr, b, h, tau, valid, first, L, H)
-        f = tl.exp(cend - cum) * row_scalar(w_ptr, b, h, tau, valid, L, H)
-        ke, ko = load_pairs(B_ptr, Bb_ptr, b, g, h, r, tau, valid, cidx, L, G, N, R, HAS_BIAS)
+        cb = hin_ptr + ((b * NC + c) * H + h) * P * N
+        tl.store(cb + ste, He.to(hin_ptr.dtype.element_ty), mask=sme)
+        tl.store(cb + sto, Ho.to(hin_ptr.dtype.element_ty), mask=smo)
+        t0 = b * L + c * Q
+        rows, t, r, valid, first = chunk_rows(c, L, Q, R)
+        cum, cend = chunk_cum(adt_ptr + t0 * H + h, t, valid, first, H)
+        f = tl.exp(cend - cum) * row_scalar(w_ptr + t0 * H + h, t, valid, H)
+        ke, ko = load_pairs(B_ptr + t0 * R * G * N + g * N, Bb_ptr + h * R * N, rows, r, valid, cidx,
+                            G * N, N, HAS_BIAS)
         if HAS_ROT:
-            th = chunk_theta(ps_ptr, dt_ptr, off_ptr, b, c, h, tau, valid, first, cidx, L, H, S, NC)
+            th = chunk_theta(ps_ptr + t0 * S, dt_ptr + t0 * H + h, off_ptr + ((b * NC + c) * H + h) * S,
+                             t, valid, first, cidx, H, S)
             ke, ko = rotate(ke, ko, tl.cos(th), tl.sin(th))
-        v, _ = load_v(x_ptr, Wx_ptr, b, h, r, tau, valid, pidx, L, H, P, R, HAS_WX)
+        v, _ = load_v(x_ptr + (t0 * H + h) * P, Wx_ptr + h * R * P, t, r, valid, pidx, H * P, P, HAS_WX)
         vf = tl.trans((v * f[:, None]).to(dtype))
         decay = tl.exp(cend)
         He = tl.dot(vf, ke.to(dtype), He * decay, input_precision=DOT_PREC)
@@ -78,22 +81,23 @@ def fwd_out_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr,
     h = pbh % H
     g = h // (H // G)
     dtype = x_ptr.dtype.element_ty
-    t, r, tau, valid, first = chunk_rows(c, L, Q, R)
+    HP = H * P
+    t0 = b * L + c * Q
+    rows, t, r, valid, first = chunk_rows(c, L, Q, R)
     pidx = tl.arange(0, BP)
     pm = pidx < P
-    cum, cend = chunk_cum(adt_ptr, b, h, tau, valid, first, L, H)
-    M, _ = chunk_mask(cum, row_scalar(w_ptr, b, h, tau, valid, L, H),
-                      row_scalar(wd_ptr, b, h, tau, valid, L, H), t)
-    v, _ = load_v(x_ptr, Wx_ptr, b, h, r, tau, valid, pidx, L, H, P, R, HAS_WX)
-    cb = ((b * NC + c) * H + h) * P * N
+    hin = hin_ptr + ((b * NC + c) * H + h) * P * N
+    Bbase = B_ptr + t0 * R * G * N + g * N
+    Cbase = C_ptr + t0 * R * G * N + g * N
     scores = tl.zeros((Q * R, Q * R), dtype=tl.float32)
     yoff = tl.zeros((Q * R, BP), dtype=tl.float32)
     for nb in range(0, tl.cdiv(N2, BN2)):
         cidx = nb * BN2 + tl.arange(0, BN2)
-        ke, ko = load_pairs(B_ptr, Bb_ptr, b, g, h, r, tau, valid, cidx, L, G, N, R, HAS_BIAS)
-        qe, qo = load_pairs(C_ptr, Cb_ptr, b, g, h, r, tau, valid, cidx, L, G, N, R, HAS_BIAS)
+        ke, ko = load_pairs(Bbase, Bb_ptr + h * R * N, rows, r, valid, cidx, G * N, N, HAS_BIAS)
+        qe, qo = load_pairs(Cbase, Cb_ptr + h * R * N, rows, r, valid, cidx, G * N, N, HAS_BIAS)
         if HAS_ROT:
-            th = chunk_theta(ps_ptr, dt_ptr, off_ptr, b, c, h, tau, valid, first, cidx, L, H, S, NC)
+            th = chunk_theta(ps_ptr + t0 * S, dt_ptr + t0 * H + h, off_ptr + ((b * NC + c) * H + h) * S,
+                             t, valid, first, cidx, H, S)
             cs = tl.cos(th)
             sn = tl.sin(th)
             ke, ko = rotate(ke, ko, cs, sn)
@@ -104,26 +108,31 @@ def fwd_out_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr,
         scores = tl.dot(qo, tl.trans(ko.to(dtype)), scores, input_precision=DOT_PREC)
         ecol = 2 * cidx
         ocol = ecol + 1
-        he = tl.load(hin_ptr + cb + pidx[:, None] * N + ecol[None, :], mask=pm[:, None] & (ecol < N)[None, :], other=0.0)
-        ho = tl.load(hin_ptr + cb + pidx[:, None] * N + ocol[None, :], mask=pm[:, None] & (ocol < N)[None, :], other=0.0)
+        he = tl.load(hin + pidx[:, None] * N + ecol[None, :], mask=pm[:, None] & (ecol < N)[None, :], other=0.0)
+        ho = tl.load(hin + pidx[:, None] * N + ocol[None, :], mask=pm[:, None] & (ocol < N)[None, :], other=0.0)
         yoff = tl.dot(qe, tl.trans(he.to(dtype)), yoff, input_precision=DOT_PREC)
         yoff = tl.dot(qo, tl.trans(ho.to(dtype)), yoff, input_precision=DOT_PREC)
+    # the T x T weights and v only after the loop: shorter live ranges, fewer registers
+    cum, cend = chunk_cum(adt_ptr + t0 * H + h, t, valid, first, H)
+    M, _ = chunk_mask(cum, row_scalar(w_ptr + t0 * H + h, t, valid, H),
+                      row_scalar(wd_ptr + t0 * H + h, t, valid, H), t)
+    v, _ = load_v(x_ptr + (t0 * H + h) * P, Wx_ptr + h * R * P, t, r, valid, pidx, HP, P, HAS_WX)
     y = tl.dot((scores * M).to(dtype), v.to(dtype), yoff * tl.exp(cum)[:, None], input_precision=DOT_PREC)
     if HAS_D:
         y += tl.load(D_ptr + h) * v
-    m = valid[:, None] & pm[None, :]
     if HAS_Z:
-        zz = tl.load(z_ptr + ((b * L + tau) * H + h)[:, None] * P + pidx[None, :], mask=m, other=0.0).to(tl.float32)
+        zz = load_time_tile(z_ptr + (t0 * H + h) * P, t, valid, pidx, HP, P)
         if HAS_WZ:
-            zz *= tl.load(Wz_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
+            zz *= load_rank_w(Wz_ptr + h * R * P, r, pidx, P)
         y *= zz * tl.sigmoid(zz)
     if PER_RANK:
-        tl.store(out_ptr + (((b * L + tau) * R + r) * H + h)[:, None] * P + pidx[None, :],
-                 y.to(out_ptr.dtype.element_ty), mask=m)
+        ob = out_ptr + (t0 * R * H + h) * P
+        tl.store(ob + rows[:, None] * HP + pidx[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=valid[:, None] & pm[None, :])
     else:
         if HAS_WO:
-            y *= tl.load(Wo_ptr + (h * R + r)[:, None] * P + pidx[None, :], mask=pm[None, :], other=0.0)
+            y *= load_rank_w(Wo_ptr + h * R * P, r, pidx, P)
         y = per_time2(y, Q, R, BP)
-        tq = c * Q + tl.arange(0, Q)
-        tl.store(out_ptr + ((b * L + tq) * H + h)[:, None] * P + pidx[None, :],
-                 y.to(out_ptr.dtype.element_ty), mask=(tq < L)[:, None] & pm[None, :])
+        tq = tl.arange(0, Q)
+        tl.store(out_ptr + (t0 * H + h) * P + tq[:, None] * HP + pidx[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=(c * Q + tq < L)[:, None] & pm[None, :])

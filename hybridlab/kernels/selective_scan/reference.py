@@ -45,14 +45,16 @@ def _linear_scan(a, x, h0, reverse=False):
         pad = (nc * T - l, *a.shape[1:])
         a, x = torch.cat([a, a.new_ones(pad)]), torch.cat([x, x.new_zeros(pad)])
     a, x = a.reshape(nc, T, *a.shape[1:]), x.reshape(nc, T, *x.shape[1:])
+    # written straight into H and P (no per-step temporaries: fresh big tensors cost page faults)
     H, P = torch.empty_like(x), torch.empty_like(a)
-    h, p = torch.zeros_like(x[:, 0]), torch.ones_like(a[:, 0])
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):    # (1) every chunk from zero
-        h = torch.addcmul(x[:, t], a[:, t], h)
-        p = p * a[:, t]
-        H[:, t], P[:, t] = h, p
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    first = order[0]
+    H[:, first], P[:, first] = x[:, first], a[:, first]
+    for prev, t in zip(order, order[1:]):                        # (1) every chunk from zero
+        torch.addcmul(x[:, t], a[:, t], H[:, prev], out=H[:, t])
+        torch.mul(P[:, prev], a[:, t], out=P[:, t])
     end = 0 if reverse else T - 1
-    starts, carry = torch.empty_like(h), h0                      # (2) carry across chunks
+    starts, carry = torch.empty_like(H[:, 0]), h0                # (2) carry across chunks
     for c in (range(nc - 1, -1, -1) if reverse else range(nc)):
         starts[c] = carry
         carry = torch.addcmul(H[c, end], P[c, end], carry)
@@ -60,9 +62,16 @@ def _linear_scan(a, x, h0, reverse=False):
     return H.reshape(nc * T, *H.shape[2:])[:l], carry
 
 
+def _time_first(t, shape5):
+    """(b, d, l) -> (l, b, G, d/G, 1), contiguous (so products with it come out contiguous)."""
+    return t.permute(2, 0, 1).reshape(shape5).contiguous()
+
+
 def _bc5(M):
-    """B or C (b, n, l) | (b, G, n, l) -> (l, b, G, 1, n): broadcasts over a group's channels."""
-    return M.permute(2, 0, 1)[:, :, None, None] if M.dim() == 3 else M.permute(3, 0, 1, 2)[:, :, :, None]
+    """B or C (b, n, l) | (b, G, n, l) -> (l, b, G, 1, n): broadcasts over a group's channels.
+    Contiguous, so products with it come out contiguous (else reshapes downstream copy)."""
+    M = M.permute(2, 0, 1)[:, :, None, None] if M.dim() == 3 else M.permute(3, 0, 1, 2)[:, :, :, None]
+    return M.contiguous()
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -75,8 +84,7 @@ class _SelectiveScan(torch.autograd.Function):
         shape5 = (l, b, G, d // G, 1)
         raw = delta.to(ct) + (delta_bias.to(ct)[:, None] if delta_bias is not None else 0)
         dt = _softplus(raw) if softplus else raw
-        u5 = u.to(ct).permute(2, 0, 1).reshape(shape5)
-        dt5 = dt.permute(2, 0, 1).reshape(shape5)
+        u5, dt5 = _time_first(u.to(ct), shape5), _time_first(dt, shape5)
         A5 = A.to(ct).reshape(G, d // G, n)
         B5, C5 = _bc5(B.to(ct)), _bc5(C.to(ct))
         a = torch.mul(dt5, A5).exp_()                               # (l, b, G, d/G, n)
@@ -111,8 +119,7 @@ class _SelectiveScan(torch.autograd.Function):
             dz = (dout * y * sg * (1 + z.to(ct) * (1 - sg))).to(z.dtype)
             dout = dout * z.to(ct) * sg
         dD = (dout * uf).sum((0, 2)).to(D.dtype) if D is not None else None
-        dy5 = dout.permute(2, 0, 1).reshape(shape5)
-        u5, dt5 = uf.permute(2, 0, 1).reshape(shape5), dt.permute(2, 0, 1).reshape(shape5)
+        dy5, u5, dt5 = (_time_first(t, shape5) for t in (dout, uf, dt))
         A5 = A.to(ct).reshape(G, d // G, n)
         B5, C5 = _bc5(B.to(ct)), _bc5(C.to(ct))
         # adjoint g_t = dL/dH_t = C_t dy_t + a_{t+1} g_{t+1}, from g_L = dlast (a_L = 1)
@@ -128,8 +135,9 @@ class _SelectiveScan(torch.autograd.Function):
         ga.mul_(g)
         dA = torch.einsum("kgcn,kgc->gcn", ga.flatten(0, 1), dt5.flatten(0, 1)[..., 0])
         dA = dA.reshape(d, n).to(A.dtype)
-        gB = g @ B5.transpose(-1, -2)                               # dL/d(dt u)
-        ddt = (gB * u5 + (ga.mul_(A5)).sum(-1, keepdim=True)).reshape(l, b, d).permute(1, 2, 0)
+        gB = g @ B5.transpose(-1, -2)                               # dL/d(dt u), (.., d/G, 1)
+        ga.mul_(A5)                                                 # d(a_t)/d(dt_t) = A a_t
+        ddt = (gB * u5 + ga.sum(-1, keepdim=True)).reshape(l, b, d).permute(1, 2, 0)
         du = (gB * dt5).reshape(l, b, d).permute(1, 2, 0)
         if D is not None:
             du = du + dout * D.to(ct)[:, None]
@@ -138,7 +146,7 @@ class _SelectiveScan(torch.autograd.Function):
         dbias = ddt.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
 
         def group_sum(t5, v5, like):        # sum over a group's channels of t5 * v5 -> B's shape
-            s = (t5.transpose(-1, -2) @ v5)[..., 0].permute(1, 2, 3, 0)     # (b, G, n, l)
+            s = (v5.transpose(-1, -2) @ t5)[..., 0, :].permute(1, 2, 3, 0)  # (b, G, n, l)
             return (s[:, 0] if like.dim() == 3 else s).to(like.dtype)
 
         dB = group_sum(g, dt5 * u5, B)

@@ -37,7 +37,7 @@ class BytesLMSettings(TaskSettings):
     seq_len: int = 256
     val_fraction: float = 0.1
     max_train_bytes: int = 4_000_000
-    max_val_bytes: int = 131_072
+    max_val_bytes: int = 32_768                  # 128 held-out windows of 256 bytes
 
     def check(self):
         out = []

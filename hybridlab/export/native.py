@@ -1,0 +1,260 @@
+"""Native export: a folder that rebuilds the exact trained model.
+
+    DIR/spec.yaml            the model spec, every field written out
+    DIR/model.safetensors    the weights (tied weights stored once)
+    DIR/metrics.json         objectives, scores, costs, sizes, provenance
+    DIR/README.md            model card: layout, sizes, scores, how to load
+
+    model = hybridlab.load_model(DIR)       # HybridModel in eval mode, identical logits
+
+``load_model`` also reads the Hugging Face export (``--format hf``), whose weights carry a
+``model.`` prefix.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybridlab.export.safe import ExportDir, safe_component
+from hybridlab.export.source import TrialSource, find_trial
+
+SPEC_FILE = "spec.yaml"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+CARD_FILE = "README.md"
+HF_PREFIX = "model."
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    files: list[Path] = field(default_factory=list)
+    study: str = ""
+    trial: int | None = None
+    format: str = "native"
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        what = f"{self.study} trial {self.trial}" if self.study else "model"
+        lines = [f"exported {what} ({self.format}) to {self.path}"]
+        lines += [f"  {p.name}  ({p.stat().st_size:,} bytes)" for p in self.files]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# -- loading -------------------------------------------------------------------------------------
+def load_model(path: str | os.PathLike, device=None, dtype=None):
+    """Rebuild a model exported by ``hybridlab export`` (native or hf): spec + weights ->
+    ``HybridModel`` in eval mode, on ``device`` (default CPU), optionally cast to ``dtype``."""
+    import hybridlab
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    spec_file = folder / SPEC_FILE
+    if not spec_file.is_file():
+        raise FileNotFoundError(f"{folder} holds no {SPEC_FILE}: not a hybridlab export")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} holds no {WEIGHTS_FILE}")
+    spec = hybridlab.load_spec(spec_file)
+    model = hybridlab.build_model(spec, device="cpu")
+    state = load_file(str(weights), device="cpu")
+    if state and all(k.startswith(HF_PREFIX) for k in state):
+        state = {k[len(HF_PREFIX):]: v for k, v in state.items()}
+    _load_state(model, state)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def _load_state(model, state: dict) -> None:
+    """Load ``state`` strictly, allowing only tied copies to be absent from the file."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    params = dict(model.named_parameters(remove_duplicate=False))
+    ids = {}
+    for name, p in params.items():
+        ids.setdefault(id(p), []).append(name)
+    really_missing = [k for k in missing
+                      if not any(o in state for o in ids.get(id(params.get(k)), []) if o != k)]
+    if really_missing or unexpected:
+        raise ValueError(f"weights do not match the spec: missing {really_missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+# -- writing -------------------------------------------------------------------------------------
+def export_native(store, study: str, out_dir: str | os.PathLike, *, trial: int | None = None,
+                  best: str | None = None) -> ExportResult:
+    """Export a trained trial (``trial`` number, or ``best`` by a metric) into ``out_dir``."""
+    src = find_trial(store, study, trial=trial, best=best)
+    model = load_trial_model(src)
+    return write_native(out_dir, model, source=src)
+
+
+def load_trial_model(src: TrialSource):
+    import hybridlab
+    from safetensors.torch import load_file
+
+    model = hybridlab.build_model(src.spec, device="cpu")
+    _load_state(model, load_file(str(src.weights), device="cpu"))
+    return model.eval()
+
+
+def write_native(out_dir: str | os.PathLike, model, *, source: TrialSource | None = None,
+                 extra_metrics: dict | None = None) -> ExportResult:
+    """Write ``model`` (a HybridModel) as a native export; ``source`` adds the trial's metrics
+    and provenance to metrics.json and the model card."""
+    from safetensors.torch import save_model
+
+    from hybridlab.composer.canonical import dump_spec_yaml
+
+    spec = model.spec
+    out = ExportDir(out_dir)
+    metrics = export_metrics(model, source)
+    if extra_metrics:
+        metrics.update(extra_metrics)
+    files = [out.write_text(SPEC_FILE, dump_spec_yaml(spec))]
+    meta = {"format": "hybridlab-native", "spec_name": spec.name}
+    if source is not None:
+        meta.update({"study": source.study, "trial": str(source.number)})
+    files.append(out.write_with(WEIGHTS_FILE, lambda tmp: save_model(
+        model.cpu(), tmp, metadata={k: str(v) for k, v in meta.items()})))
+    from hybridlab.storage.repository import file_sha256
+    metrics["weights_sha256"] = file_sha256(files[-1])[0]
+    files.append(out.write_text(METRICS_FILE, json.dumps(metrics, indent=2, default=str) + "\n"))
+    files.append(out.write_text(CARD_FILE, model_card(metrics)))
+    return ExportResult(path=out.path, files=files, study=source.study if source else "",
+                        trial=source.number if source else None, format="native")
+
+
+def export_metrics(model, source: TrialSource | None) -> dict:
+    """Everything metrics.json holds: sizes from the summary, layout notations, and the
+    trial's objectives, scores, costs and training figures."""
+    import hybridlab
+    from hybridlab.composer import convert
+    from hybridlab.composer.summary import summarize
+
+    spec = model.spec
+    summary = summarize(spec, contexts=(4096, 32768))
+    out: dict = {
+        "hybridlab_version": hybridlab.__version__,
+        "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": spec.name,
+        "pattern": spec.pattern,
+        "n_layers": len(spec.layers),
+        "d_model": spec.model.d_model,
+        "vocab_size": spec.model.vocab_size,
+        "layer_types": dict(Counter(layer.type for layer in spec.layers)),
+        "sizes": {k: summary[k] for k in ("params_total", "params_active", "params_embedding",
+                                          "params_non_embedding", "state_bytes", "kv_bytes",
+                                          "dtype")},
+    }
+    try:
+        out["megatron_pattern"] = convert.to_megatron(spec)
+    except Exception as e:          # a layout Megatron cannot express: say why
+        out["megatron_pattern"] = None
+        out["megatron_problem"] = _first(e)
+    try:
+        out["hf_layer_types"] = convert.to_hf(spec)
+    except Exception as e:
+        out["hf_layer_types"] = None
+        out["hf_problem"] = _first(e)
+    if source is not None:
+        d = source.detail
+        out.update({
+            "study": source.study,
+            "trial": source.number,
+            "chosen_by": source.chosen_by,
+            "state": d.get("state"),
+            "objectives": source.objectives,
+            "scores": d.get("scores") or {},
+            "costs": d.get("costs") or {},
+            "metrics": d.get("metrics") or {},
+            "params": d.get("params") or {},
+            "reused_from": d.get("reused_from"),
+            "trained_on": (d.get("run") or {}).get("device"),
+        })
+    return out
+
+
+def _first(e: Exception) -> str:
+    problems = getattr(e, "problems", None)
+    if problems:
+        return "; ".join(p.message for p in problems)
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _md(text) -> str:
+    """A database string made safe for one Markdown table cell or code span."""
+    return str(text).replace("`", "'").replace("|", "/").replace("\n", " ").replace("\r", " ")
+
+
+def model_card(m: dict) -> str:
+    from hybridlab.composer.summary import human_bytes, human_count
+
+    sizes = m["sizes"]
+    title = _md(m.get("name", "model"))
+    lines = [f"# {title}", ""]
+    if m.get("study") is not None:
+        lines += [f"Exported by hybridlab {m['hybridlab_version']} from study `{_md(m['study'])}`, "
+                  f"trial {m['trial']} ({_md(m.get('chosen_by', ''))}).", ""]
+    lines += ["## Layout", "",
+              f"{m['n_layers']} layers, d_model {m['d_model']}, vocab {m['vocab_size']}.", "",
+              "```", m["pattern"], "```", ""]
+    lines += ["| block type | layers |", "|---|---|"]
+    lines += [f"| {_md(t)} | {n} |" for t, n in sorted(m["layer_types"].items())]
+    lines.append("")
+    if m.get("megatron_pattern"):
+        lines.append(f"Megatron `hybrid_layer_pattern`: `{m['megatron_pattern']}`  ")
+    elif m.get("megatron_problem"):
+        lines.append(f"Megatron pattern: not expressible ({_md(m['megatron_problem'])})  ")
+    if m.get("hf_layer_types"):
+        lines.append(f"Hugging Face layer types: `{json.dumps(m['hf_layer_types'])}`")
+    lines += ["", "## Sizes", "", "| | |", "|---|---|",
+              f"| parameters | {human_count(sizes['params_total'])} ({sizes['params_total']:,}) |",
+              f"| active parameters | {human_count(sizes['params_active'])} |",
+              f"| embedding parameters | {human_count(sizes['params_embedding'])} |",
+              f"| decode state per sequence | {human_bytes(sizes['state_bytes'])} "
+              f"({sizes['dtype']}) |"]
+    for ctx, b in sizes["kv_bytes"].items():
+        lines.append(f"| KV cache per sequence @ {ctx} | {human_bytes(b)} |")
+    if m.get("objectives"):
+        lines += ["", "## Search results", "", "| objective | direction | value |", "|---|---|---|"]
+        lines += [f"| {_md(o['metric'])} | {o['direction']} | {_fmt(o['value'])} |"
+                  for o in m["objectives"]]
+    if m.get("scores"):
+        lines += ["", "| task | score |", "|---|---|"]
+        lines += [f"| {_md(k)} | {_fmt(v)} |" for k, v in sorted(m["scores"].items())]
+    if m.get("costs"):
+        lines += ["", "| cost metric | value |", "|---|---|"]
+        lines += [f"| {_md(k)} | {_fmt(v)} |" for k, v in sorted(m["costs"].items())]
+    lines += ["", "## How to load", "", "```python", "import hybridlab",
+              "model = hybridlab.load_model(\"path/to/this/folder\")   # HybridModel, eval mode",
+              "logits = model(input_ids)                                # (B, L, vocab)",
+              "```", "",
+              "Generate (byte-level models, vocab >= 256):", "", "```",
+              "hybridlab generate path/to/this/folder --prompt \"Hello\" --max-new-tokens 32",
+              "```", "",
+              f"Weights: `{WEIGHTS_FILE}` (safetensors, sha256 `{m.get('weights_sha256', '')}`); "
+              f"full spec: `{SPEC_FILE}`; all numbers: `{METRICS_FILE}`.", ""]
+    return "\n".join(lines)
+
+
+def bundle_name(study: str, number: int | None, fmt: str = "native") -> str:
+    """Folder / zip name of an export of a trial: safe whatever the study is called."""
+    base = safe_component(study, default="study")
+    return f"{base}-trial-{number}" + ("-hf" if fmt == "hf" else "")
