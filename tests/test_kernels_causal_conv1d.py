@@ -5,7 +5,7 @@ On a CPU machine these run through the Triton interpreter (conftest sets TRITON_
 import pytest
 import torch
 
-from hybridlab.kernels.causal_conv1d import fused, reference
+from hybridlab.kernels.ops.causal_conv1d import fused, reference
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hybridlab.kernels.rmsnorm_gated import fused, reference
+from hybridlab.kernels.ops.rmsnorm_gated import fused, reference
 
 TOL = 1e-4
 

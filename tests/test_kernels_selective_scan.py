@@ -7,7 +7,7 @@ checkpoints and channel blocks, with a masked tail.
 import pytest
 import torch
 
-from hybridlab.kernels.selective_scan import fused, reference
+from hybridlab.kernels.ops.selective_scan import fused, reference
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from hybridlab.kernels.ssd import fused, reference
+from hybridlab.kernels.ops.ssd import fused, reference
 
 from test_mamba2 import make_inputs, rel
 

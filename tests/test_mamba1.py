@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
-from hybridlab.kernels.causal_conv1d import reference as conv_ref
-from hybridlab.kernels.selective_scan.reference import selective_scan, selective_state_update
+from hybridlab.kernels.ops.causal_conv1d import reference as conv_ref
+from hybridlab.kernels.ops.selective_scan.reference import selective_scan, selective_state_update
 
 f64 = torch.float64
 
@@ -313,7 +313,7 @@ def test_flops_per_token_counts_projections_and_scan():
 
 def test_block_triton_path_matches_reference(monkeypatch):
     """The block's real call pattern through the Triton kernels (interpreter on CPU), fp32."""
-    from hybridlab.kernels.selective_scan import fused
+    from hybridlab.kernels.ops.selective_scan import fused
     monkeypatch.setattr(fused, "MAX_BLOCK_T", 8)
     cls = get_block("mamba1")
     m = cls(cls.Config(d_state=4), LayerContext(index=0, name="M", d_model=16, n_layers=2))

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
 from hybridlab.blocks.mamba2 import Mamba2Config
-from hybridlab.kernels.rmsnorm_gated.reference import rmsnorm_gated
-from hybridlab.kernels.ssd.reference import ssd, ssd_state_update
+from hybridlab.kernels.ops.rmsnorm_gated.reference import rmsnorm_gated
+from hybridlab.kernels.ops.ssd.reference import ssd, ssd_state_update
 
 F64 = torch.float64
 

@@ -42,15 +42,17 @@ class HybridLabConfig(PretrainedConfig):
             m = spec.model
             kwargs.setdefault("vocab_size", m.vocab_size)
             kwargs.setdefault("hidden_size", m.d_model)
-            kwargs.setdefault("num_hidden_layers", len(spec.layers))
             kwargs.setdefault("tie_word_embeddings", bool(m.tie_embeddings))
             kwargs.setdefault("hybrid_pattern", spec.pattern)
+            kwargs.setdefault("hybridlab_layers", len(spec.layers))
             if "layer_types" not in kwargs:
                 try:
                     from hybridlab.composer.convert import to_hf
                     kwargs.update(to_hf(spec))
                 except Exception:       # a layout HF notation cannot express: leave it out
                     pass
+            # an HF decoder layer is a mixer (+ its FFN when layer_types pairs them)
+            kwargs.setdefault("num_hidden_layers", len(kwargs.get("layer_types") or spec.layers))
         super().__init__(**kwargs)
 
 
@@ -206,14 +208,19 @@ def write_hf(out_dir: str | os.PathLike, model, *, source=None):
     wrapper = from_hybrid_model(model.cpu())
     tmp = tempfile.mkdtemp(prefix=".hf-", dir=out.path)
     files = []
+    from transformers.utils import logging as hf_logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
-        wrapper.save_pretrained(tmp, safe_serialization=True)
+        wrapper.save_pretrained(tmp)
         for name in sorted(os.listdir(tmp)):
             path = os.path.join(tmp, name)
             if os.path.isfile(path) and not os.path.islink(path):
                 files.append(out.copy_in(name, path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            hf_logging.enable_progress_bar()
     metrics = export_metrics(model, source)
     weights = out.path / "model.safetensors"
     if weights.is_file():

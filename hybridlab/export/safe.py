@@ -52,6 +52,7 @@ class ExportDir:
     def _tmp(self, name: str) -> str:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
         os.close(fd)
+        os.chmod(tmp, 0o644)          # mkstemp makes 0600; exports are meant to be shared
         return tmp
 
     def write_text(self, name: str, text: str) -> Path:

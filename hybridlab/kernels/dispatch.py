@@ -4,8 +4,10 @@ Rule: fused Triton kernels on CUDA tensors, the pure-torch reference elsewhere.
 ``HYBRIDLAB_KERNELS=reference|triton`` overrides the rule (``triton`` on CPU needs
 ``TRITON_INTERPRET=1``, which is how CI tests the kernels).
 
-Each op lives in its own folder, ``hybridlab/kernels/<folder>/``, with ``reference.py`` (torch)
+Each op lives in its own folder, ``hybridlab/kernels/ops/<folder>/``, with ``reference.py`` (torch)
 next to ``fused.py`` (Triton); both expose a function of the op's name with the same signature.
+(The folders sit under ``ops/`` so that ``hybridlab.kernels.ssd`` stays the dispatched function
+rather than being shadowed by a sub-package of the same name.)
 """
 from __future__ import annotations
 
@@ -17,17 +19,17 @@ import torch
 BACKENDS = ("reference", "triton")
 _MODULE_FOR_BACKEND = {"reference": "reference", "triton": "fused"}
 
-# op name -> folder under hybridlab/kernels
+# op name -> package (relative to hybridlab.kernels) holding reference.py and fused.py
 OPS = {
-    "selective_scan": "selective_scan",
-    "selective_state_update": "selective_scan",
-    "ssd": "ssd",
-    "ssd_state_update": "ssd",
+    "selective_scan": "ops.selective_scan",
+    "selective_state_update": "ops.selective_scan",
+    "ssd": "ops.ssd",
+    "ssd_state_update": "ops.ssd",
     "mamba3": "mamba3",
     "mamba3_state_update": "mamba3",
-    "causal_conv1d": "causal_conv1d",
-    "causal_conv1d_update": "causal_conv1d",
-    "rmsnorm_gated": "rmsnorm_gated",
+    "causal_conv1d": "ops.causal_conv1d",
+    "causal_conv1d_update": "ops.causal_conv1d",
+    "rmsnorm_gated": "ops.rmsnorm_gated",
 }
 
 _cache: dict[tuple[str, str], object] = {}

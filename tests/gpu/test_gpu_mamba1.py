@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
-from hybridlab.kernels.causal_conv1d import fused as conv_fused, reference as conv_ref
-from hybridlab.kernels.selective_scan import fused, reference
+from hybridlab.kernels.ops.causal_conv1d import fused as conv_fused, reference as conv_ref
+from hybridlab.kernels.ops.selective_scan import fused, reference
 
 pytestmark = pytest.mark.gpu
 BF16_TOL = 1e-2   # relative L2 error: bf16 inputs/outputs, fp32 math on both sides

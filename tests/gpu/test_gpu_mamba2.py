@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
-from hybridlab.kernels.rmsnorm_gated import fused as norm_fused, reference as norm_ref
-from hybridlab.kernels.ssd import fused, reference
+from hybridlab.kernels.ops.rmsnorm_gated import fused as norm_fused, reference as norm_ref
+from hybridlab.kernels.ops.ssd import fused, reference
 
 pytestmark = pytest.mark.gpu
 BF16_TOL = 1e-2   # relative L2 error: bf16 inputs/outputs, fp32 math on both sides

@@ -1,0 +1,76 @@
+"""`hybridlab export`: a searched model as a folder you can load, or its layout at any size.
+
+    hybridlab export --study search-quick --best quality --out exports/best
+    hybridlab export --study search-quick --trial 3 --out exports/t3 --format hf
+    hybridlab export --study search-quick --best quality --out exports/big \\
+        --layout-only --d-model 2048 --layers 48
+"""
+from __future__ import annotations
+
+from hybridlab.errors import Problem, SpecError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a trial's trained model (native or Hugging Face) or its layout",
+        description="Export one trial of a study: --trial N, or --best METRIC (the best feasible "
+                    "finished trial by that objective or metric). native: spec.yaml, "
+                    "model.safetensors, metrics.json and a README model card; "
+                    "hybridlab.load_model(DIR) rebuilds the model with identical outputs. hf: a "
+                    "folder transformers loads with AutoModelForCausalLM.from_pretrained(DIR) "
+                    "after 'import hybridlab'. --layout-only: the layout scaled to --d-model and "
+                    "--layers (mixer layers), with its Megatron pattern and HF layer_types; no "
+                    "weights needed. Nothing is written outside DIR. Reads the database only.")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="database URL or SQLite file (default: sqlite:///hybridlab.db here)")
+    p.add_argument("--study", required=True, metavar="NAME", help="study name")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, metavar="N", help="trial number")
+    which.add_argument("--best", metavar="OBJECTIVE",
+                       help="the best feasible finished trial by this objective or metric")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created)")
+    p.add_argument("--format", choices=["native", "hf"], default="native",
+                   help="native (default) or hf (needs transformers)")
+    p.add_argument("--layout-only", action="store_true",
+                   help="write the layout scaled to --d-model / --layers instead of weights")
+    p.add_argument("--d-model", type=int, metavar="W", help="width for --layout-only")
+    p.add_argument("--layers", type=int, metavar="N",
+                   help="number of mixer layers for --layout-only (FFN layers follow them)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from hybridlab.storage import Store, display_url
+    from hybridlab.storage.engine import database_exists
+
+    if args.layout_only:
+        if args.d_model is None or args.layers is None:
+            raise SpecError(Problem("--layout-only needs --d-model W and --layers N",
+                                    file="<command line>"))
+        if args.d_model < 1 or args.layers < 1:
+            raise SpecError(Problem("--d-model and --layers must be >= 1", file="<command line>"))
+    elif args.d_model is not None or args.layers is not None:
+        raise SpecError(Problem("--d-model and --layers go with --layout-only",
+                                file="<command line>",
+                                hint="add --layout-only to export the layout at another size"))
+    store = Store(args.db, readonly=True)
+    if not database_exists(store.url):
+        raise SpecError(Problem(f"no database at {display_url(store.url)}", file="<command line>",
+                                field="--db"))
+    if args.layout_only:
+        from hybridlab.export.layout import export_layout
+        result = export_layout(store, args.study, args.out, d_model=args.d_model,
+                               layers=args.layers, trial=args.trial, best=args.best)
+    elif args.format == "hf":
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise SpecError(Problem("--format hf needs transformers", file="<command line>",
+                                    hint="pip install transformers (or hybridlab[hf])")) from None
+        from hybridlab.export.hf import export_hf
+        result = export_hf(store, args.study, args.out, trial=args.trial, best=args.best)
+    else:
+        from hybridlab.export.native import export_native
+        result = export_native(store, args.study, args.out, trial=args.trial, best=args.best)
+    print(result.describe())
+    return 0
