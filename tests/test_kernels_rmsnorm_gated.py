@@ -5,6 +5,7 @@ import torch
 from hybridlab.kernels.ops.rmsnorm_gated import fused, reference
 
 TOL = 1e-4
+DEV = "cuda" if torch.cuda.is_available() else "cpu"   # CPU: the interpreter (conftest)
 
 
 def rel(a, b):
@@ -15,9 +16,9 @@ def rel(a, b):
 @pytest.mark.parametrize("group_size", [None, 8, 12], ids=["one_group", "g8", "g12_not_pow2"])
 @pytest.mark.parametrize("with_z", [True, False], ids=["z", "no_z"])
 def test_fused_matches_reference(norm_before_gate, group_size, with_z):
-    x = torch.randn(3, 7, 24, requires_grad=True)
-    z = torch.randn(3, 7, 24, requires_grad=True) if with_z else None
-    w = (1 + 0.3 * torch.randn(24)).requires_grad_(True)
+    x = torch.randn(3, 7, 24, requires_grad=True, device=DEV)
+    z = torch.randn(3, 7, 24, requires_grad=True, device=DEV) if with_z else None
+    w = (1 + 0.3 * torch.randn(24, device=DEV)).requires_grad_(True)
     kw = dict(z=z, eps=1e-5, group_size=group_size, norm_before_gate=norm_before_gate)
     y, y_ref = fused.rmsnorm_gated(x, w, **kw), reference.rmsnorm_gated(x, w, **kw)
     assert y.shape == x.shape and y.dtype == x.dtype
@@ -32,10 +33,10 @@ def test_fused_matches_reference(norm_before_gate, group_size, with_z):
 
 def test_strided_gate_and_many_rows():
     # z as a column slice of a wider projection (how Mamba2 passes it); more rows than strips
-    zx = torch.randn(2, 50, 40, requires_grad=True)
+    zx = torch.randn(2, 50, 40, requires_grad=True, device=DEV)
     z = zx[..., :16]
-    x = torch.randn(2, 50, 16, requires_grad=True)
-    w = torch.randn(16, requires_grad=True)
+    x = torch.randn(2, 50, 16, requires_grad=True, device=DEV)
+    w = torch.randn(16, requires_grad=True, device=DEV)
     y, y_ref = fused.rmsnorm_gated(x, w, z), reference.rmsnorm_gated(x, w, z)
     assert rel(y, y_ref) <= TOL
     gy = torch.randn_like(y)

@@ -17,6 +17,7 @@ def _small_tiles(monkeypatch):
     monkeypatch.setattr(fused, "MAX_BLOCK_T", 8)
     monkeypatch.setattr(fused, "TILE_FWD", 512)     # n <= 4: 16 channels per forward block
     monkeypatch.setattr(fused, "TILE_BWD", 128)     # n <= 4: 4 channels per backward block
+    monkeypatch.setattr(fused, "SEQ_BLOCK_D", 4)    # v2 forward: several channel blocks too
 
 
 def rel(a, b):
@@ -157,3 +158,11 @@ def test_state_update(g, opts, state_dtype):
     assert rel(y1, y2) <= 1e-5
     tol = 1e-5 if state_dtype == torch.float32 else 1e-2
     assert rel(s1.float(), s2.float()) <= tol and not torch.equal(s1, s0)
+
+
+@pytest.mark.parametrize("impl", ["scan", "seq"])
+def test_forward_kernels_agree(monkeypatch, impl):
+    """Both forward kernels (v1 associative scan, v2 sequential) against the reference, groups,
+    seq_idx, a tail shorter than a tile; the backward reads either one's checkpoints."""
+    monkeypatch.setattr(fused, "FWD_IMPL", impl)
+    check(*make(2, 12, 4, 21, 2, ALL, seq=True))

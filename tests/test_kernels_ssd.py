@@ -9,9 +9,15 @@ from hybridlab.kernels.ops.ssd import fused, reference
 from test_mamba2 import make_inputs, rel
 
 TOL = 1e-4
+DEV = "cuda" if torch.cuda.is_available() else "cpu"   # CPU: the interpreter (conftest)
 OPTIONS = ("D", "D_hp", "z", "dt_bias", "softplus", "dt_limit", "initial_states", "seq_idx")
 ALL = tuple(o for o in OPTIONS if o != "D_hp")
 ALL_HP = tuple(o for o in OPTIONS if o != "D")
+
+
+def on_dev(kw):
+    """make_inputs builds CPU tensors: move them to the test device (CUDA when there is one)."""
+    return {k: (v.to(DEV) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +28,7 @@ def small_blocks(monkeypatch):
 
 def check(shape, opts, final_grad=True, dtype=torch.float32):
     b, l, h, p, g, n, chunk = shape
-    kw = make_inputs(b, l, h, p, g, n, opts, dtype=dtype)
+    kw = on_dev(make_inputs(b, l, h, p, g, n, opts, dtype=dtype))
     leaves = {k: v.requires_grad_(True) for k, v in kw.items()
               if isinstance(v, torch.Tensor) and v.is_floating_point()}
     y, s = fused.ssd(chunk_size=chunk, return_final_states=True, **kw)
@@ -85,11 +91,11 @@ def test_chunk_size_not_power_of_two():
 def test_strided_inputs_like_the_block():
     # x, B, C, dt as views into one packed projection, as Mamba2.forward passes them
     b, l, h, p, g, n = 1, 40, 4, 8, 2, 16
-    packed = torch.randn(b, l, h * p + 2 * g * n + h, requires_grad=True)
+    packed = torch.randn(b, l, h * p + 2 * g * n + h, device=DEV, requires_grad=True)
     x, B, C, dt = torch.split(packed, [h * p, g * n, g * n, h], dim=-1)
-    A = -torch.rand(h) - 0.5
+    A = -torch.rand(h, device=DEV) - 0.5
     args = (x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), 16)
-    kw = dict(D=torch.randn(h), dt_softplus=True)
+    kw = dict(D=torch.randn(h, device=DEV), dt_softplus=True)
     y = fused.ssd(*args, **kw)
     y_ref = reference.ssd(*args, **kw)
     assert rel(y, y_ref) <= TOL
@@ -100,7 +106,7 @@ def test_strided_inputs_like_the_block():
 
 
 def test_float64_runs_reference():
-    kw = make_inputs(1, 20, 2, 4, 1, 4, ("D", "softplus"), dtype=torch.float64)
+    kw = on_dev(make_inputs(1, 20, 2, 4, 1, 4, ("D", "softplus"), dtype=torch.float64))
     assert torch.equal(fused.ssd(chunk_size=16, **kw), reference.ssd(chunk_size=16, **kw))
 
 
@@ -110,8 +116,8 @@ def test_float64_runs_reference():
 def test_state_update_kernel(opts, gh):
     g, h = gh
     b, p, n = 2, 8, 16
-    kw = make_inputs(b, 3, h, p, g, n, opts)
-    state = torch.randn(b, h, p, n)
+    kw = on_dev(make_inputs(b, 3, h, p, g, n, opts))
+    state = torch.randn(b, h, p, n, device=DEV)
     state_ref = state.clone()
     for t in range(3):
         step = dict(x=kw["x"][:, t], dt=kw["dt"][:, t], A=kw["A"], B=kw["B"][:, t], C=kw["C"][:, t],

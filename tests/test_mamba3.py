@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
 from hybridlab.blocks.mamba3 import Mamba3Config
-from hybridlab.kernels.mamba3.reference import mamba3, mamba3_state_update
+from hybridlab.kernels.ops.mamba3.reference import mamba3, mamba3_state_update
 
 f64 = torch.float64
 
@@ -343,6 +343,8 @@ def test_validate_rejects_bad_configs():
     assert "headdim" in fields(headdim=48)
     assert "ngroups" in fields(headdim=16, ngroups=3)
     assert "mimo_rank" in fields(mimo_rank=0)
+    assert "mimo_rank" in fields(mimo_rank=3)
+    assert fields(mimo_rank=4) == set()
     assert "chunk_size" in fields(chunk_size=48)
     assert "a_activation" in fields(a_activation="relu")
     assert "dt_min" in fields(dt_min=0.2)

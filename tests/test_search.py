@@ -12,6 +12,7 @@ import yaml
 
 import hybridlab
 from hybridlab.cli.main import main
+from hybridlab.errors import SpecError
 from hybridlab.search.driver import run_search
 from hybridlab.storage import Store
 from hybridlab.storage.engine import dispose_engines
@@ -139,6 +140,10 @@ def test_resume_runs_only_the_remaining_trials(tmp_path):
     for number, kept in before.items():                 # completed trials untouched
         t = study.trials[number]
         assert (t.values, t.datetime_complete) == kept
+    # the same name with a different search is refused, not silently mixed in
+    changed = tiny_spec(tmp_path, name="resume", space={"blocks.M.d_state": {"choice": [2, 8]}})
+    with pytest.raises(SpecError, match="already exists .* different"):
+        run_search(changed, db=db)
 
 
 def test_duplicate_architectures_reuse_the_first_result(tmp_path):

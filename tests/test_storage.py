@@ -18,6 +18,7 @@ from hybridlab.storage import pareto as P
 from hybridlab.storage.engine import dispose_engines
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
 @pytest.fixture

@@ -18,16 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hybridlab.kernels.dispatch import make_op
+from hybridlab.kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 from .base import Block, BlockConfig, ForwardContext, LayerContext, dtype_bytes
 from .registry import register_block
 
-# Dispatched ops, bound here: the attribute hybridlab.kernels.<op> is replaced by the subpackage
-# of the same name as soon as that subpackage is imported (Python sets it on the parent package).
-causal_conv1d = make_op("causal_conv1d")
-causal_conv1d_update = make_op("causal_conv1d_update")
-selective_scan = make_op("selective_scan")
-selective_state_update = make_op("selective_state_update")
 
 
 @dataclass

@@ -17,17 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from hybridlab.kernels.dispatch import make_op
+from hybridlab.kernels import causal_conv1d as _causal_conv1d
+from hybridlab.kernels import causal_conv1d_update as _causal_conv1d_update
+from hybridlab.kernels import rmsnorm_gated as _rmsnorm_gated
+from hybridlab.kernels import ssd as _ssd
+from hybridlab.kernels import ssd_state_update as _ssd_state_update
 from .base import Block, BlockConfig, ForwardContext, LayerContext, dtype_bytes
 from .registry import register_block
 
-# Own dispatched handles: ``hybridlab.kernels.ssd`` etc. get shadowed by the same-named
-# subpackages once any ``hybridlab.kernels.<op>.reference`` module is imported.
-_ssd = make_op("ssd")
-_ssd_state_update = make_op("ssd_state_update")
-_causal_conv1d = make_op("causal_conv1d")
-_causal_conv1d_update = make_op("causal_conv1d_update")
-_rmsnorm_gated = make_op("rmsnorm_gated")
 
 
 def _as_dt_limit(v) -> tuple[float, float]:

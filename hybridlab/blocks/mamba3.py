@@ -33,13 +33,10 @@ from torch import nn
 from hybridlab.blocks.base import Block, BlockConfig, ForwardContext, LayerContext
 from hybridlab.blocks.registry import register_block
 
-from hybridlab.kernels.dispatch import make_op
+from hybridlab.kernels import mamba3 as _mamba3
+from hybridlab.kernels import mamba3_state_update as _mamba3_state_update
+from hybridlab.kernels import rmsnorm_gated as _rmsnorm_gated
 
-# Own dispatched handles: `hybridlab.kernels.mamba3` / `.rmsnorm_gated` are shadowed by the
-# sub-packages of the same name once those are imported.
-_mamba3 = make_op("mamba3")
-_mamba3_state_update = make_op("mamba3_state_update")
-_rmsnorm_gated = make_op("rmsnorm_gated")
 
 A_ACTIVATIONS = ("softplus", "heavy_tail")
 
@@ -84,8 +81,8 @@ class Mamba3Config(BlockConfig):
             errs.append(("dt_init_floor", "must be >= 0"))
         if self.A_floor <= 0:
             errs.append(("A_floor", "must be > 0 (keeps every mode decaying)"))
-        if self.mimo_rank < 1:
-            errs.append(("mimo_rank", "must be >= 1 (1 = SISO)"))
+        if self.mimo_rank < 1 or self.mimo_rank & (self.mimo_rank - 1):
+            errs.append(("mimo_rank", "must be a power of two >= 1 (1 = SISO; the Triton kernels tile ranks)"))
         if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
             errs.append(("chunk_size", "must be a power of two"))
         if self.a_activation not in A_ACTIVATIONS:

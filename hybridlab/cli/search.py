@@ -103,7 +103,7 @@ def status(name: str, db: str | None, as_json: bool = False) -> int:
         print(_json({"summary": summary, "pareto": pareto, "running": running}))
         return 0
     target = summary.get("target_trials")
-    done = sum(summary["counts"].get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    done = summary["finished"]
     print(f"study {name}  ({display_url(store.url)})")
     print(f"  objectives: " + ", ".join(f"{m} ({d})" for m, d in
                                          zip(summary["metric_names"], summary["directions"])))
@@ -151,6 +151,8 @@ def _print_best_and_pareto(best: dict, pareto: list[dict]) -> None:
             reused = f"  (reuses trial {r['reused_from']})" if r.get("reused_from") is not None \
                 else ""
             print(f"    #{r['number']:<4} {r['pattern'] or '?':<20} {vals}{reused}")
+            if r.get("params"):
+                print("          " + "  ".join(f"{k}={v}" for k, v in r["params"].items()))
     else:
         print("  no completed trials yet")
 

@@ -34,7 +34,7 @@ def run(args) -> int:
     print(header)
     for s in rows:
         c = s["counts"]
-        done = c.get("COMPLETE", 0) + c.get("PRUNED", 0) + c.get("FAIL", 0)
+        done = s["finished"]
         target = s.get("target_trials") or "?"
         best = "  ".join(
             f"{m}{'↑' if d == 'maximize' else '↓'} "

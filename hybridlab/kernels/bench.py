@@ -487,7 +487,8 @@ def resolve(op: str, impls, peer=None, device=None) -> tuple[dict, dict]:
                 fns[impl] = fn
         except ModuleNotFoundError as e:
             mod = f"hybridlab.kernels.{OPS[op]}.{_MODULE[impl][:-3]}"
-            why[impl] = (f"missing: no hybridlab/kernels/{OPS[op].replace(".", "/")}/{_MODULE[impl]}" if e.name == mod
+            folder = OPS[op].replace(".", "/")
+            why[impl] = (f"missing: no hybridlab/kernels/{folder}/{_MODULE[impl]}" if e.name == mod
                          else f"import failed: {_short(e)}")
         except Exception as e:
             why[impl] = f"import failed: {_short(e)}"

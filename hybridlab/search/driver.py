@@ -30,9 +30,7 @@ from hybridlab.search.progress import NullProgress, TqdmProgress
 from hybridlab.search.space import make_sampler
 from hybridlab.search.spec import SearchSpec, load_search_spec
 from hybridlab.storage import Store, StudyLock, display_url, optuna_storage
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
+from hybridlab.storage.repository import counted_finished
 
 @dataclasses.dataclass
 class Budget:
@@ -59,10 +57,7 @@ class SearchReport:
 
 def trial_budget(study: optuna.Study, target: int) -> Budget:
     trials = study.get_trials(deepcopy=False)
-    retried: set[int] = set()
-    for t in trials:
-        retried.update(t.system_attrs.get("retry_history", []) or [])
-    counted = sum(1 for t in trials if t.state in FINISHED and t.number not in retried)
+    counted = counted_finished(trials)
     running = sum(1 for t in trials if t.state == TrialState.RUNNING)
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
     return Budget(target, counted, running, waiting)
@@ -177,11 +172,11 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
             budget = trial_budget(study, target)
             progress.set_done(budget.counted)
             if budget.can_start:
-                started = {t._trial_id for t in study.get_trials(deepcopy=False)}
+                runner.last_trial_id = None
                 try:
                     study.optimize(runner, n_trials=1, catch=(Exception,))
                 except KeyboardInterrupt:
-                    _requeue_interrupted(study, started)
+                    _requeue_interrupted(study, runner.last_trial_id)
                     raise
                 ran += 1
                 continue
@@ -206,9 +201,11 @@ def _cpu_threads(device: str) -> None:
     torch.set_num_threads(threads)
 
 
-def _requeue_interrupted(study: optuna.Study, before: set[int]) -> None:
+def _requeue_interrupted(study: optuna.Study, trial_id: int | None) -> None:
+    if trial_id is None:
+        return
     for t in study.get_trials(deepcopy=False):
-        if t._trial_id not in before and t.state == TrialState.FAIL:
+        if t._trial_id == trial_id and t.state == TrialState.FAIL:
             requeue(study, t)
 
 

@@ -101,7 +101,8 @@ class TrialRunner:
         self.should_stop = should_stop
         self.before_trial = before_trial
         self.save_artifacts = save_artifacts
-        self.current: optuna.Trial | None = None   # the trial in progress (for the driver)
+        self.current: optuna.Trial | None = None   # the trial in progress
+        self.last_trial_id: int | None = None      # the latest trial this runner started
         self.versions = library_versions()
         self._last_db_update = 0.0
 
@@ -110,6 +111,7 @@ class TrialRunner:
         if self.before_trial is not None:
             self.before_trial()      # e.g. release the study lock taken to start this trial
         self.current = trial
+        self.last_trial_id = trial._trial_id
         self.on_event("start", number=trial.number)
         t0 = time.monotonic()
         study_name = trial.study.study_name

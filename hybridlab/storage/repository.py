@@ -347,6 +347,7 @@ class Store:
             "metric_names": names,
             "counts": counts,
             "n_trials": len(trials),
+            "finished": counted_finished(trials),    # toward target_trials (retries replace)
             "target_trials": study.user_attrs.get("hybridlab_trials"),
             "best": best,
             "compute_s": compute_s,
@@ -448,6 +449,16 @@ class Store:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+def counted_finished(trials) -> int:
+    """Finished trials (COMPLETE, PRUNED, FAIL) that count toward a search's budget: a trial that
+    was retried (heartbeat-stale or interrupted, then re-queued) is replaced by its retry."""
+    retried: set[int] = set()
+    for t in trials:
+        retried.update(t.system_attrs.get("retry_history", []) or [])
+    return sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")
+               and t.number not in retried)
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
     out = {}

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hybridlab.kernels.mamba3 import fused, reference
+from hybridlab.kernels.ops.mamba3 import fused, reference
 
 pytestmark = pytest.mark.gpu
 BF16_TOL = 1e-2   # relative L2 error, bf16 operands with float32 accumulation

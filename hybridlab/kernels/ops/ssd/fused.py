@@ -28,18 +28,31 @@ HEAD_SPLIT_TARGET = 528
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+#: autotune the dot kernels over a few launch configs (GPU only). Off (HYBRIDLAB_AUTOTUNE=0, or
+#: tests setting ``fused.AUTOTUNE = False``) launches each kernel with its first config: every
+#: new (H, P, N, G) otherwise costs a benchmark of every config (seconds per shape).
+AUTOTUNE = os.environ.get("HYBRIDLAB_AUTOTUNE", "1") != "0"
+
+
+class _Tuned:
+    """A kernel launched either through triton.autotune or with its first (num_warps, num_stages)."""
+
+    def __init__(self, kernel, configs):
+        self.kernel = kernel
+        self.first = {"num_warps": configs[0][0], "num_stages": configs[0][1]}
+        cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in configs]
+        self.tuned = triton.autotune(cfgs, key=["H", "P", "N", "G"])(kernel)
+
+    def __getitem__(self, grid):
+        if _INTERPRET:
+            return lambda *a, **k: self.kernel[grid](*a, num_warps=1, **k)
+        if AUTOTUNE:
+            return self.tuned[grid]
+        return lambda *a, **k: self.kernel[grid](*a, **self.first, **k)
+
+
 def _tuned(kernel, configs):
-    """Autotune a kernel over a few launch configs on the GPU; interpreted runs use the first."""
-    if _INTERPRET:
-        return kernel, {"num_warps": 1}
-    cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in configs]
-    return triton.autotune(cfgs, key=["H", "P", "N", "G"])(kernel), {}
-
-
-_chunk_state_fwd, _CSF = _tuned(kf.chunk_state_fwd, [(4, 1), (8, 1)])
-_chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
-_chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
-_chunk_bwd, _CB = _tuned(kb.chunk_bwd, [(4, 1), (8, 1), (8, 2)])
+    return _Tuned(kernel, configs), {}
 
 
 def _pow2(v: int) -> int:

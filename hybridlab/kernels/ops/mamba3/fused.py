@@ -11,6 +11,7 @@ float64 inputs run the reference (Triton's tl.dot has no float64 path worth usin
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -24,13 +25,14 @@ from .triton_fwd import fwd_out_kernel, fwd_states_kernel
 from .triton_step import state_update_kernel
 
 TWO_PI = 2.0 * math.pi
-MAX_ROWS = 128   # chunk tile rows (Q * R): the T x T score tile lives in registers
+MAX_ROWS = 64    # chunk tile rows (Q * R): the T x T score tiles live in registers
 
 
 def _p2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
+@functools.lru_cache(maxsize=None)
 def _sm_count(dev: torch.device) -> int:
     if dev.type == "cuda":
         return torch.cuda.get_device_properties(dev).multi_processor_count
@@ -306,5 +308,5 @@ def mamba3_state_update(state, x, dt, A, trap, B, C, *, angles=None, B_bias=None
         R=R, BP=_p2(P, 2), BN2=_p2((N + 1) // 2, 2), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
         HAS_BIAS=has_bias, HAS_D=D is not None, HAS_Z=z is not None, HAS_WX=W_x is not None,
         HAS_WZ=W_z is not None and z is not None, HAS_WO=W_o is not None and not siso, PER_RANK=per_rank,
-        num_warps=4)
+        num_warps=8 if P * N >= 4096 else 4)
     return out

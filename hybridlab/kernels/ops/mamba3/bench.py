@@ -1,5 +1,5 @@
 """Time the Mamba-3 Triton kernels at the gpu-baselines.md shapes (bf16, chunk 64, rope on N/2,
-D, z gate, g=1): ``python -m hybridlab.kernels.mamba3.bench [--rank R]``."""
+D, z gate, g=1): ``python -m hybridlab.kernels.ops.mamba3.bench [--rank R]``."""
 from __future__ import annotations
 
 import argparse

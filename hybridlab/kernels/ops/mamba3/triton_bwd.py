@@ -66,7 +66,9 @@ def bwd_dstates_kernel(C_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr, adt_ptr, z_ptr, W
             th = chunk_theta(ps_ptr + t0 * S, dt_ptr + t0 * H + h, off_ptr + ((b * NC + c) * H + h) * S,
                              t, valid, first, cidx, H, S)
             qe, qo = rotate(qe, qo, tl.cos(th), tl.sin(th))
-        dout_base = dout_ptr + (t0 * R * H + h) * P if PER_RANK else dout_ptr + (t0 * H + h) * P
+        dout_base = dout_ptr + (t0 * H + h) * P
+        if PER_RANK:
+            dout_base = dout_ptr + (t0 * R * H + h) * P
         dy = load_dy(dout_base, z_ptr + (t0 * H + h) * P, Wz_ptr + h * R * P, Wo_ptr + h * R * P,
                      rows, t, r, valid, pidx, HP, P, HAS_Z, HAS_WZ, HAS_WO, PER_RANK)
         dye = tl.trans((dy * tl.exp(cum)[:, None]).to(dtype))
@@ -148,7 +150,9 @@ def bwd_values_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_p
         y += Dh * v
 
     # output gate and rank mixing: out = sum_r W_o[r] * y_r * silu(z W_z[r])
-    dout_base = dout_ptr + (t0 * R * H + h) * P if PER_RANK else dout_ptr + sc * P
+    dout_base = dout_ptr + sc * P
+    if PER_RANK:
+        dout_base = dout_ptr + (t0 * R * H + h) * P
     dg = load_dout(dout_base, rows, t, valid, pidx, HP, P, PER_RANK)
     part = ((b * NC + c) * H + h) * R * P + tl.arange(0, R)[:, None] * P + pidx[None, :]
     if HAS_Z:
@@ -248,7 +252,9 @@ def bwd_keys_kernel(x_ptr, B_ptr, C_ptr, Bb_ptr, Cb_ptr, dt_ptr, ps_ptr, off_ptr
         M, _ = chunk_mask(cum, w, row_scalar(wd_ptr + sc, t, valid, H), t)
         v, _ = load_v(x_ptr + sc * P, Wx_ptr + h * R * P, t, r, valid, pidx, HP, P, HAS_WX)
         v = v.to(dtype)
-        dout_base = dout_ptr + (t0 * R * H + h) * P if PER_RANK else dout_ptr + sc * P
+        dout_base = dout_ptr + sc * P
+        if PER_RANK:
+            dout_base = dout_ptr + (t0 * R * H + h) * P
         dy = load_dy(dout_base, z_ptr + sc * P, Wz_ptr + h * R * P, Wo_ptr + h * R * P,
                      rows, t, r, valid, pidx, HP, P, HAS_Z, HAS_WZ, HAS_WO, PER_RANK).to(dtype)
         dSM = (tl.dot(dy, tl.trans(v), input_precision=DOT_PREC) * M).to(dtype)

@@ -1,0 +1,58 @@
+"""`hybridlab ui`: the web page for browsing studies, Pareto fronts and trials, composing specs,
+launching searches and exporting models.
+
+    hybridlab ui                                   # http://127.0.0.1:7860, ./hybridlab.db
+    hybridlab ui --db runs/search.db --port 8080 --auth alice:secret
+"""
+from __future__ import annotations
+
+from hybridlab.errors import Problem, SpecError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ui", help="web UI: studies, Pareto fronts, trials, compose, launch, export",
+        description="Serve the hybridlab web page (Gradio). It reads the database only (short "
+                    "read-only transactions), so it is safe while searches write to it, and "
+                    "refreshes itself while they run. Listens on 127.0.0.1 unless --host says "
+                    "otherwise; never creates a public share link. The Launch tab starts "
+                    "searches as separate processes: protect a non-local server with --auth or "
+                    "turn launching off with --no-launch.")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="database URL or SQLite file (default: sqlite:///hybridlab.db here)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--auth", metavar="USER:PASS", default=None,
+                   help="require this user name and password")
+    p.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS",
+                   help="live-update interval (default 5)")
+    p.add_argument("--no-launch", action="store_true",
+                   help="hide the Launch tab: the page cannot start searches")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import os
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    auth = None
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise SpecError(Problem("--auth takes USER:PASS", file="<command line>",
+                                    field="--auth"))
+        auth = (user, password)
+    if not 0 < args.port < 65536:
+        raise SpecError(Problem(f"--port must be 1..65535, got {args.port}",
+                                file="<command line>"))
+    if args.refresh <= 0:
+        raise SpecError(Problem("--refresh must be > 0", file="<command line>"))
+    from hybridlab.ui.app import build_app, launch
+
+    demo = build_app(args.db, refresh_s=args.refresh, enable_launch=not args.no_launch)
+    print(f"hybridlab ui: database {demo.hybridlab.ctx.shown_url}")
+    try:
+        launch(demo, host=args.host, port=args.port, auth=auth)
+    finally:
+        demo.hybridlab.ctx.launcher.stop_all()
+    return 0

@@ -1,0 +1,119 @@
+"""The web UI: ``build_app(db)`` assembles the tabs into one ``gr.Blocks``; ``launch`` serves it.
+
+    from hybridlab.ui import build_app, launch
+    demo = build_app("sqlite:///hybridlab.db")
+    launch(demo, host="127.0.0.1", port=7860)          # or: hybridlab ui --db ...
+
+The page only reads the database (``Store(url, readonly=True)``, short transactions) and
+refreshes on a ``gr.Timer`` while a search writes; each refresh is skipped when the database
+has not changed, and plots keep the user's zoom (``uirevision``). Every event has an API name,
+so ``gradio_client`` can drive everything the page does.
+"""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import gradio as gr
+
+from hybridlab.storage import views
+from hybridlab.ui.context import UIContext
+from hybridlab.ui.tab_compare import CompareTab
+from hybridlab.ui.tab_compose import ComposeTab
+from hybridlab.ui.tab_detail import DetailTab
+from hybridlab.ui.tab_export import ExportTab
+from hybridlab.ui.tab_launch import LaunchTab
+from hybridlab.ui.tab_pareto import CLICK_JS, ParetoTab
+from hybridlab.ui.tab_studies import StudiesTab
+from hybridlab.ui.tab_trials import TrialsTab
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = True,
+              work_dir=None, enable_launch: bool = True, base_dir=None) -> gr.Blocks:
+    ctx = UIContext(db, work_dir=work_dir, enable_launch=enable_launch, base_dir=base_dir)
+    with gr.Blocks(title="hybridlab", analytics_enabled=False) as demo:
+        with gr.Row():
+            gr.Markdown(f"## hybridlab · `{ctx.shown_url}`")
+            live_box = gr.Checkbox(value=live, label=f"live update (every {refresh_s:g} s)",
+                                   scale=0, min_width=220, elem_id="live-update")
+        timer = gr.Timer(refresh_s, active=live)
+        with gr.Tabs(selected="studies") as tabs:
+            with gr.Tab("Studies", id="studies"):
+                studies = StudiesTab(ctx)
+            with gr.Tab("Pareto", id="pareto"):
+                pareto = ParetoTab(ctx)
+            with gr.Tab("Trials", id="trials"):
+                trials = TrialsTab(ctx)
+            with gr.Tab("Trial detail", id="detail"):
+                detail = DetailTab(ctx)
+            with gr.Tab("Compare", id="compare"):
+                compare = CompareTab(ctx)
+            with gr.Tab("Compose", id="compose"):
+                compose = ComposeTab(ctx)
+            with gr.Tab("Launch", id="launch", visible=enable_launch):
+                launch_tab = LaunchTab(ctx)
+            with gr.Tab("Export", id="export"):
+                export = ExportTab(ctx)
+
+        def open_trial(study, number):
+            return tuple(detail.show(study, number)) + (gr.Tabs(selected="detail"),)
+
+        app = SimpleNamespace(ctx=ctx, tabs=tabs, timer=timer, studies=studies, pareto=pareto,
+                              trials=trials, detail=detail, compare=compare, compose=compose,
+                              launch=launch_tab, export=export, open_trial=open_trial,
+                              open_outputs=detail.outputs + [tabs])
+        for tab in (studies, pareto, trials, detail, compare, compose, launch_tab, export):
+            tab.wire(app)
+
+        live_box.input(lambda on: gr.Timer(active=bool(on)), [live_box], [timer],
+                       api_name="set_live")
+        detail.compare_btn.click(
+            lambda keys, study, trial: tuple(compare.add(keys, study, trial))
+            + (gr.Tabs(selected="compare"),),
+            [compare.trials, detail.study, detail.trial], compare.outputs + [tabs],
+            api_name="add_to_compare")
+        detail.export_btn.click(
+            lambda study, trial: tuple(export.for_trial(study, trial))
+            + (gr.Tabs(selected="export"),),
+            [detail.study, detail.trial], export.preset_outputs + [tabs],
+            api_name="export_this_trial")
+
+        load_outputs = (studies.outputs + pareto.select_outputs + trials.filter_inputs[:1]
+                        + [trials.top_metric, trials.columns] + trials.table_outputs
+                        + [detail.study, compare.trials, export.study, export.objective,
+                           export.trial] + compose.outputs)
+
+        def on_load():
+            store = ctx.store()
+            names = views.study_names(store)
+            first = names[:1]
+            studies_out = studies.refresh()
+            pareto_out = pareto.select_studies(first, None, None, "study", "auto", "auto",
+                                               "axes", True, False, False)
+            trial_study = first[0] if first else None
+            trials_out = trials.select_study(trial_study, None, False, 100, None, [])
+            export_out = export.select_study(trial_study)
+            return (tuple(studies_out) + tuple(pareto_out)
+                    + (gr.Dropdown(choices=names, value=trial_study),) + tuple(trials_out)
+                    + (gr.Dropdown(choices=names, value=trial_study),
+                       gr.Dropdown(choices=compare.choices()),
+                       gr.Dropdown(choices=names, value=trial_study)) + tuple(export_out)
+                    + tuple(compose.check(compose.editor.value, "4096, 32768", "bf16")))
+
+        demo.load(on_load, None, load_outputs, api_name="load_page")
+        demo.load(None, None, None, js=CLICK_JS, api_visibility="private")
+    demo.queue(default_concurrency_limit=4)
+    demo.hybridlab = app        # for tests and embedding
+    return demo
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 7860,
+           auth: tuple[str, str] | None = None, prevent_thread_lock: bool = False,
+           quiet: bool = False, **kwargs):
+    """Serve the app (never shared publicly; localhost unless ``host`` says otherwise)."""
+    return demo.launch(server_name=host, server_port=port, auth=auth, share=False,
+                       prevent_thread_lock=prevent_thread_lock, quiet=quiet,
+                       allowed_paths=[str(demo.hybridlab.ctx.work_dir)],
+                       auth_message="hybridlab" if auth else None, **kwargs)

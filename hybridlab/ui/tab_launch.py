@@ -1,0 +1,152 @@
+"""Launch: start a search from a search spec (editor or file), watch it, stop it. The search
+runs in a background process (``hybridlab search``), never in the web server; progress is read
+from the database like everything else."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import gradio as gr
+
+from hybridlab.errors import SpecError
+from hybridlab.storage import views
+from hybridlab.ui import figures
+from hybridlab.ui.common import error_html, find_examples, problems_html
+
+
+class LaunchTab:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.examples = find_examples(ctx.base_dir, "search")
+        gr.Markdown("Searches started here run as separate `hybridlab search` processes "
+                    "writing to this page's database. Anyone who can open this page can start "
+                    "them: keep the server on localhost or use `--auth`.")
+        with gr.Row():
+            self.path = gr.Textbox(label="Search spec file", scale=4,
+                                   placeholder="examples/search-quick.yaml")
+            self.load_btn = gr.Button("Load file", scale=1)
+            self.example = gr.Dropdown(label="…or an example", choices=list(self.examples),
+                                       value=None, allow_custom_value=True, scale=2)
+        self.editor = gr.Code(language="yaml", label="Search spec (YAML)", interactive=True,
+                              lines=18, elem_id="launch-editor")
+        self.check_out = gr.HTML(elem_id="launch-check")
+        with gr.Row():
+            self.trials = gr.Number(value=None, label="Trials (blank: the spec's)", precision=0)
+            self.workers = gr.Number(value=1, label="Worker processes", precision=0, minimum=1)
+            self.device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device")
+            self.start_btn = gr.Button("Start search", variant="primary")
+            self.stop_btn = gr.Button("Stop", variant="stop")
+        self.job = gr.Dropdown(label="Launched searches", choices=[], allow_custom_value=True)
+        self.status = gr.HTML(elem_id="launch-status")
+        self.progress = gr.Plot(label="Progress", elem_id="launch-progress")
+        self.log = gr.Code(language=None, label="Log (tail)", interactive=False,
+                           elem_id="launch-log")
+        self.loaded = gr.State({"path": None, "text": None})
+
+    @property
+    def status_outputs(self) -> list:
+        return [self.job, self.status, self.progress, self.log]
+
+    def wire(self, app) -> None:
+        self.load_btn.click(self.load_file, [self.path], [self.editor, self.check_out,
+                                                          self.loaded], api_name="launch_load")
+        self.example.input(self.load_example, [self.example],
+                           [self.path, self.editor, self.check_out, self.loaded],
+                           api_name="launch_example")
+        self.editor.change(self.check, [self.editor, self.loaded], [self.check_out],
+                           api_name="launch_check", trigger_mode="always_last",
+                           show_progress="hidden")
+        self.start_btn.click(self.start, [self.editor, self.loaded, self.trials, self.workers,
+                                          self.device], self.status_outputs,
+                             api_name="launch_start", concurrency_id="launch")
+        self.stop_btn.click(self.stop, [self.job], self.status_outputs, api_name="launch_stop",
+                            concurrency_id="launch")
+        self.job.input(self.show, [self.job], self.status_outputs, api_name="launch_status")
+        app.timer.tick(self.show, [self.job], self.status_outputs, api_name="launch_tick",
+                       show_progress="hidden")
+
+    # -- handlers --------------------------------------------------------------------------------
+    def _base_dir(self, loaded) -> Path:
+        path = (loaded or {}).get("path")
+        return Path(path).resolve().parent if path else self.ctx.base_dir
+
+    def load_file(self, path):
+        p = Path(str(path or "")).expanduser()
+        if not p.is_absolute():
+            p = self.ctx.base_dir / p
+        if not p.is_file():
+            return gr.skip(), error_html(f"no file {path!r}"), gr.skip()
+        text = p.read_text()
+        return text, self.check(text, {"path": str(p), "text": text}), \
+            {"path": str(p), "text": text}
+
+    def load_example(self, name):
+        p = self.examples.get(name)
+        if p is None:
+            raise gr.Error(f"no example {name!r}")
+        text, check, loaded = self.load_file(str(p))
+        return str(p), text, check, loaded
+
+    def check(self, text, loaded=None):
+        from hybridlab.ui.launcher import _validate_text
+        if not (text or "").strip():
+            return "<div style='color:#888'>load a search spec or type one</div>"
+        text = text if text.endswith("\n") else text + "\n"
+        try:
+            spec = _validate_text(text, self._base_dir(loaded))
+        except SpecError as e:
+            return problems_html(list(e.problems))
+        return problems_html([], f"valid search spec: study {spec.name!r}, {spec.trials} trials, "
+                                 f"{len(spec.space)} parameters, objectives "
+                                 + ", ".join(f"{o.metric} ({o.direction})"
+                                             for o in spec.objectives))
+
+    def start(self, text, loaded, trials, workers, device):
+        if not self.ctx.enable_launch:
+            raise gr.Error("launching is switched off for this server (--no-launch)")
+        loaded = loaded or {}
+        same_file = loaded.get("path") and loaded.get("text") == text
+        try:
+            job = self.ctx.launcher.start(
+                text or "", base_dir=self._base_dir(loaded),
+                spec_path=loaded["path"] if same_file else None,
+                trials=int(trials) if trials else None, workers=int(workers or 1),
+                device=device or "auto")
+        except SpecError as e:
+            return (gr.skip(), problems_html(list(e.problems)), gr.skip(), gr.skip())
+        return self.show(job.id)
+
+    def stop(self, job_id):
+        from hybridlab.ui.common import as_int
+        number = as_int(job_id)
+        if number is None or number not in self.ctx.launcher.jobs:
+            raise gr.Error("no such launched search")
+        self.ctx.launcher.stop(number)
+        return self.show(number)
+
+    def show(self, job_id=None):
+        from hybridlab.ui.common import as_int
+        launcher = self.ctx.launcher
+        jobs = launcher.jobs
+        choices = [(f"#{j.id} {j.study} ({j.state})", j.id) for j in jobs.values()]
+        number = as_int(job_id)
+        job = jobs.get(number) if number is not None else launcher.latest()
+        if job is None:
+            return (gr.Dropdown(choices=choices, value=None),
+                    "<div style='color:#888'>no search launched from this page yet</div>",
+                    figures.progress_figure([]), "")
+        store = self.ctx.store()
+        prog = []
+        for study in dict.fromkeys(j.study for j in jobs.values()):
+            if study in views.study_names(store):
+                prog.append(views.progress(store, study))
+        rc = job.returncode
+        colour = "#0b5cad" if rc is None else ("#1a7f37" if rc == 0 and not job.stop_requested
+                                               else "#b42318")
+        status = (f"<div class='hl-job' data-state='{html.escape(job.state)}'>"
+                  f"<b>#{job.id}</b> study <code>{html.escape(job.study)}</code> — "
+                  f"<span style='color:{colour};font-weight:600'>{html.escape(job.state)}</span>"
+                  f" · pid {job.proc.pid} · started {job.started}<br><span style='color:#555'>"
+                  f"spec {html.escape(str(job.spec_file))}</span></div>")
+        return (gr.Dropdown(choices=choices, value=job.id), status,
+                figures.progress_figure(prog), job.log_tail())

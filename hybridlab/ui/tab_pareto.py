@@ -1,0 +1,181 @@
+"""Pareto: one or several studies, any two metrics as axes, a third as colour; each study's
+front highlighted and joined in its own colour; dominated trials on/off; hypervolume against
+trial number. Clicking a point opens the trial: a small script on the page passes the clicked
+point (its ``customdata``) to a hidden textbox and presses a hidden button; the table of front
+points below the plot opens trials too."""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+from hybridlab.storage import views
+from hybridlab.ui import figures, tables
+
+#: Runs on page load: binds plotly_click on the Pareto plot (again after each re-render).
+CLICK_JS = """
+() => {
+  const bind = () => {
+    document.querySelectorAll('#pareto-plot .js-plotly-plot').forEach((gd) => {
+      if (gd.__hlBound || typeof gd.on !== 'function') return;
+      gd.__hlBound = true;
+      gd.on('plotly_click', (ev) => {
+        const p = ev && ev.points && ev.points[0];
+        if (!p || !p.customdata) return;
+        const root = document.querySelector('#pareto-click');
+        const box = root && root.querySelector('textarea, input');
+        let btn = document.querySelector('#pareto-click-btn');
+        if (btn && btn.tagName !== 'BUTTON') btn = btn.querySelector('button');
+        if (!box || !btn) return;
+        box.value = JSON.stringify({study: p.customdata[0], trial: p.customdata[1]});
+        box.dispatchEvent(new Event('input', {bubbles: true}));
+        setTimeout(() => btn.click(), 200);
+      });
+    });
+  };
+  bind();
+  setInterval(bind, 400);
+}
+"""
+
+DIRECTIONS = ["auto", "minimize", "maximize"]
+FRONTS = [("x & y axes", "axes"), ("all study objectives", "objectives")]
+
+
+class ParetoTab:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        with gr.Row():
+            self.studies = gr.Dropdown(label="Studies (compare several)", choices=[],
+                                       multiselect=True, allow_custom_value=True, scale=3)
+            self.front = gr.Radio(FRONTS, value="axes", label="Pareto front over", scale=2)
+            self.dominated = gr.Checkbox(value=True, label="show dominated trials", scale=1)
+        with gr.Row():
+            self.x = gr.Dropdown(label="x", choices=[], allow_custom_value=True, scale=3)
+            self.xdir = gr.Radio(DIRECTIONS, value="auto", label="x is better", scale=2)
+            self.logx = gr.Checkbox(value=False, label="log x", scale=1)
+            self.y = gr.Dropdown(label="y", choices=[], allow_custom_value=True, scale=3)
+            self.ydir = gr.Radio(DIRECTIONS, value="auto", label="y is better", scale=2)
+            self.logy = gr.Checkbox(value=False, label="log y", scale=1)
+            self.color = gr.Dropdown(label="colour", choices=["study"], value="study",
+                                     allow_custom_value=True, scale=3)
+        self.caption = gr.Markdown(elem_id="pareto-caption")
+        self.plot = gr.Plot(label="Pareto", elem_id="pareto-plot")
+        self.click_box = gr.Textbox(visible="hidden", elem_id="pareto-click",
+                                    label="clicked point")
+        self.click_btn = gr.Button("open clicked point", visible="hidden",
+                                   elem_id="pareto-click-btn")
+        self.table = gr.Dataframe(label="Front points — select a row to open the trial",
+                                  interactive=False, max_height=300, elem_id="pareto-table")
+        self.hv = gr.Plot(label="Hypervolume", elem_id="pareto-hv")
+        self.token = gr.State("")
+
+    @property
+    def render_inputs(self) -> list:
+        return [self.studies, self.x, self.y, self.color, self.xdir, self.ydir, self.front,
+                self.dominated, self.logx, self.logy]
+
+    @property
+    def render_outputs(self) -> list:
+        return [self.plot, self.hv, self.table, self.caption]
+
+    @property
+    def select_outputs(self) -> list:
+        return [self.studies, self.x, self.y, self.color] + self.render_outputs
+
+    def wire(self, app) -> None:
+        self.studies.input(self.select_studies, self.render_inputs, self.select_outputs,
+                           api_name="pareto_studies")
+        gr.on([self.x.input, self.y.input, self.color.input, self.xdir.input, self.ydir.input,
+               self.front.input, self.dominated.input, self.logx.input, self.logy.input],
+              self.render, self.render_inputs, self.render_outputs, api_name="pareto_render")
+        app.timer.tick(self.tick, [self.token] + self.render_inputs,
+                       [self.token] + self.render_outputs, api_name="pareto_tick",
+                       show_progress="hidden")
+        self.click_btn.click(lambda text: app.open_trial(*parse_click(text)), [self.click_box],
+                             app.open_outputs, api_name="open_clicked_point")
+
+        def open_row(evt: gr.SelectData):
+            return app.open_trial(*row_trial(evt))
+
+        self.table.select(open_row, None, app.open_outputs, api_name="pareto_table_open")
+
+    # -- handlers --------------------------------------------------------------------------------
+    def _data(self, studies):
+        store = self.ctx.store()
+        names = views.study_names(store)
+        studies = [s for s in (studies or []) if s in names]
+        token = views.change_token(store)
+        rows = {s: views.flat_trials(store, s, token) for s in studies}
+        metas = {s: views.study_meta(store, s) for s in studies}
+        return store, studies, rows, metas
+
+    def metric_choices(self, rows, metas) -> tuple[list[str], list[str]]:
+        objectives: list[str] = []
+        for m in metas.values():
+            objectives += [n for n in m["metric_names"] if n not in objectives]
+        allrows = [r for rs in rows.values() for r in rs]
+        return views.metric_columns(allrows, objectives), objectives
+
+    def select_studies(self, studies, x, y, color, *rest):
+        _, studies, rows, metas = self._data(studies)
+        metrics, objectives = self.metric_choices(rows, metas)
+        if x not in metrics:
+            x = objectives[0] if objectives else (metrics[0] if metrics else None)
+        if y not in metrics or y == x:
+            others = [m for m in objectives + metrics if m != x]
+            y = others[0] if others else None
+        if color not in metrics:
+            color = "study"
+        out = self.render(studies, x, y, color, *rest)
+        return (gr.Dropdown(choices=views.study_names(self.ctx.store()), value=studies),
+                gr.Dropdown(choices=metrics, value=x), gr.Dropdown(choices=metrics, value=y),
+                gr.Dropdown(choices=["study"] + metrics, value=color)) + out
+
+    def render(self, studies, x, y, color, xdir="auto", ydir="auto", front="axes",
+               dominated=True, logx=False, logy=False):
+        store, studies, rows, metas = self._data(studies)
+        if not studies:
+            empty = figures._empty("pick one or more studies")
+            return empty, figures._empty("pick one or more studies", "hv"), \
+                tables.pareto_table({}, "x", "y", None), "Pick one or more studies."
+        if not x or not y:
+            empty = figures._empty("these studies have no metrics yet")
+            return empty, empty, tables.pareto_table({}, "x", "y", None), "No metrics yet."
+        meta = next(iter(metas.values()))
+        dirs = (xdir if xdir in ("minimize", "maximize") else views.direction(x, meta),
+                ydir if ydir in ("minimize", "maximize") else views.direction(y, meta))
+        split = figures.pareto_points(rows, x, y, dirs, front=front or "axes")
+        revision = json.dumps([sorted(studies), x, y, front, logx, logy])
+        fig = figures.pareto_figure(split, x, y, color or "study", dirs, bool(dominated),
+                                    bool(logx), bool(logy), revision=revision)
+        hv = figures.hypervolume_figure({s: store.hypervolume_history(s) for s in studies},
+                                        revision="hv:" + json.dumps(sorted(studies)))
+        n_front = sum(len(s["front"]) for s in split.values())
+        n_all = n_front + sum(len(s["dominated"]) for s in split.values())
+        caption = (f"**{n_all}** finished feasible trials with both metrics, **{n_front}** on "
+                   f"the front{'s' if len(studies) > 1 else ''} "
+                   f"({'x & y' if front != 'objectives' else 'all objectives'}; x {dirs[0]}, "
+                   f"y {dirs[1]}). Click a point to open its trial.")
+        return fig, hv, tables.pareto_table(split, x, y, color), caption
+
+    def tick(self, token, *inputs):
+        new = views.change_token(self.ctx.store())
+        if new == token:
+            return (token,) + tuple(gr.skip() for _ in self.render_outputs)
+        return (new,) + tuple(self.render(*inputs))
+
+
+def parse_click(text: str) -> tuple[str, int]:
+    try:
+        data = json.loads(text)
+        return str(data["study"]), int(data["trial"])
+    except (ValueError, KeyError, TypeError):
+        raise gr.Error(f"not a plot point: {text!r}") from None
+
+
+def row_trial(evt: gr.SelectData) -> tuple[str, int]:
+    row = evt.row_value or []
+    if len(row) < 2:
+        raise gr.Error("select a row of the table")
+    return str(row[0]), int(float(row[1]))

@@ -1,0 +1,59 @@
+"""Studies: every study of the database with its status, trial counts per state, best value
+per objective and compute time; selecting a row shows its Pareto front."""
+from __future__ import annotations
+
+import gradio as gr
+
+from hybridlab.storage import views
+from hybridlab.ui import figures, tables
+
+
+class StudiesTab:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        with gr.Row():
+            self.caption = gr.Markdown(elem_id="studies-caption")
+            self.refresh_btn = gr.Button("Refresh", scale=0, min_width=100)
+        self.table = gr.Dataframe(label="Studies — select a row to see its Pareto front",
+                                  interactive=False, wrap=True, elem_id="studies-table",
+                                  show_search="filter")
+        self.plot = gr.Plot(label="Trials per state", elem_id="studies-plot")
+        self.token = gr.State("")
+
+    @property
+    def outputs(self) -> list:
+        return [self.table, self.plot, self.caption]
+
+    def wire(self, app) -> None:
+        self.refresh_btn.click(self.refresh, None, self.outputs, api_name="refresh_studies")
+        app.timer.tick(self.tick, [self.token], [self.token] + self.outputs,
+                       api_name="studies_tick", show_progress="hidden")
+        pareto = app.pareto
+
+        def open_study(evt: gr.SelectData, *inputs):
+            row = evt.row_value or []
+            if not row:
+                raise gr.Error("select a study row")
+            out = pareto.select_studies([str(row[0])], *inputs[1:])
+            return tuple(out) + (gr.Tabs(selected="pareto"),)
+
+        self.table.select(open_study, pareto.render_inputs, pareto.select_outputs + [app.tabs],
+                          api_name="studies_open")
+
+    def refresh(self):
+        store = self.ctx.store()
+        summaries = [store.study_summary(n) for n in views.study_names(store)]
+        running = sum(s["counts"].get("RUNNING", 0) for s in summaries)
+        caption = (f"Database `{self.ctx.shown_url}` — **{len(summaries)}** "
+                   f"stud{'y' if len(summaries) == 1 else 'ies'}"
+                   + (f", **{running}** trial{'s' if running != 1 else ''} running" if running
+                      else "") + ".")
+        if not summaries:
+            caption += " Start one with `hybridlab search SPEC` or the Launch tab."
+        return tables.studies_frame(summaries), figures.studies_figure(summaries), caption
+
+    def tick(self, token):
+        new = views.change_token(self.ctx.store())
+        if new == token:
+            return (token,) + tuple(gr.skip() for _ in self.outputs)
+        return (new,) + tuple(self.refresh())

@@ -1,0 +1,159 @@
+"""Selective-scan (Mamba-1) variants on the GPU: correctness against the v1 kernels and the torch
+reference, and timings, in one call. Run ON the GPU machine from the repo root:
+
+    PYTHONPATH=$PWD python3 scripts/gpu/ss_bench.py [--variants NAME,...] [--shapes NAME,...] [--peer]
+
+A variant is a set of module attributes of hybridlab.kernels.ops.selective_scan.fused (FWD_IMPL,
+SEQ_BLOCK_D, ...). For every shape and variant: fwd ms (no grad) and fwd+bwd ms (median of
+triton.testing.do_bench), and the relative L2 error of out and every gradient against v1 ("scan",
+validated against the peer in the first GPU run) on the same bf16 inputs. Prints one table line
+per (shape, variant); --json writes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+from triton.testing import do_bench
+
+from hybridlab.kernels.ops.selective_scan import fused, reference
+
+SHAPES = {
+    "b4-l4096-d2048-n16": (4, 4096, 2048, 16),
+    "b1-l32768-d2048-n16": (1, 32768, 2048, 16),
+    "b4-l4096-d2048-n64": (4, 4096, 2048, 64),
+}
+VARIANTS = {
+    "v1": dict(FWD_IMPL="scan", BWD_IMPL="scan"),
+    "v1_bt32": dict(FWD_IMPL="scan", BWD_IMPL="scan", MAX_BLOCK_T=32),
+    "v1_bt16": dict(FWD_IMPL="scan", BWD_IMPL="scan", MAX_BLOCK_T=16),
+    "seq32w4": dict(FWD_IMPL="seq", SEQ_BLOCK_D=32, SEQ_WARPS=4),
+    "seq16w2": dict(FWD_IMPL="seq", SEQ_BLOCK_D=16, SEQ_WARPS=2),
+    "seq32w2": dict(FWD_IMPL="seq", SEQ_BLOCK_D=32, SEQ_WARPS=2),
+    "seq64w4": dict(FWD_IMPL="seq", SEQ_BLOCK_D=64, SEQ_WARPS=4),
+    "seq8w1": dict(FWD_IMPL="seq", SEQ_BLOCK_D=8, SEQ_WARPS=1),
+}
+
+
+def inputs(b, l, d, n, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    rn = lambda *s, scale=1.0: torch.randn(*s, generator=g, device="cuda") * scale  # noqa: E731
+    base = torch.arange(1, n + 1, device="cuda", dtype=torch.float32).expand(d, n)
+    A = -(base * (0.9 + 0.2 * torch.rand(d, n, generator=g, device="cuda")))
+    dt0 = torch.exp(torch.rand(d, generator=g, device="cuda") * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    return dict(u=rn(b, d, l).bfloat16(), delta=rn(b, d, l, scale=0.1).bfloat16(), A=A,
+                B=rn(b, n, l).bfloat16(), C=rn(b, n, l).bfloat16(), D=rn(d), z=rn(b, d, l).bfloat16(),
+                delta_bias=dt0 + torch.log(-torch.expm1(-dt0)))
+
+
+def set_variant(v):
+    old = {}
+    for k, val in v.items():
+        old[k] = getattr(fused, k)
+        setattr(fused, k, val)
+    return old
+
+
+def fwd_bwd(fn, kw, dout):
+    leaves = {k: v.detach().requires_grad_() for k, v in kw.items()}
+    out = fn(**leaves, delta_softplus=True)
+    out.backward(dout)
+    return out, {k: v.grad for k, v in leaves.items()}
+
+
+def rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--peer", action="store_true", help="time mamba-ssm's selective_scan_fn too")
+    ap.add_argument("--ref", action="store_true", help="error against the fp32 torch reference too")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--rep", type=int, default=200)
+    args = ap.parse_args()
+    peer = None
+    if args.peer:
+        try:
+            from hybridlab.kernels.peer import load_peer
+            pr = load_peer(ops=["selective_scan"])
+            peer = pr.get("selective_scan")
+            if peer is None:
+                print("peer unavailable:", pr.reason("selective_scan"))
+        except Exception as e:  # noqa: BLE001
+            print("peer unavailable:", repr(e)[:300])
+    rows = []
+    for sname in args.shapes.split(","):
+        b, l, d, n = SHAPES[sname]
+        kw = inputs(b, l, d, n)
+        dout = torch.randn(b, d, l, device="cuda").bfloat16()
+        base = None
+        rref = None
+        if args.ref:
+            up = {k: v.float() for k, v in kw.items()}
+            rref = fwd_bwd(reference.selective_scan, up, dout.float())
+        for vname in ["v1"] + [v for v in args.variants.split(",") if v != "v1"]:
+            old = set_variant(VARIANTS[vname])
+            try:
+                t0 = time.time()
+                out, grads = fwd_bwd(fused.selective_scan, kw, dout)
+                torch.cuda.synchronize()
+                if base is None:
+                    base = (out, grads)
+                errs = {"out": rel(out, base[0]), **{k: rel(grads[k], base[1][k]) for k in grads}}
+                errs_ref = ({"out": rel(out, rref[0]), **{k: rel(grads[k], rref[1][k]) for k in grads}}
+                            if rref else {})
+                with torch.no_grad():
+                    f = do_bench(lambda: fused.selective_scan(**kw, delta_softplus=True), warmup=25,
+                                 rep=args.rep, return_mode="median")
+                leaves = {k: v.detach().requires_grad_() for k, v in kw.items()}
+                fb = do_bench(lambda: fused.selective_scan(**leaves, delta_softplus=True).backward(dout),
+                              warmup=25, rep=args.rep, return_mode="median", grad_to_none=list(leaves.values()))
+                row = dict(shape=sname, variant=vname, fwd_ms=f, fb_ms=fb, max_err_vs_v1=max(errs.values()),
+                           errs_vs_v1=errs, max_err_vs_ref=max(errs_ref.values()) if errs_ref else None,
+                           errs_vs_ref=errs_ref, wall_s=time.time() - t0)
+            except Exception as e:  # noqa: BLE001
+                row = dict(shape=sname, variant=vname, error=repr(e)[:300])
+            finally:
+                set_variant(old)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if peer is not None:
+            try:
+                row = peer_row(peer, sname, kw, dout)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            except Exception as e:  # noqa: BLE001
+                print("peer failed:", repr(e)[:300])
+    print("\nshape                 variant     fwd ms   f+b ms   err vs v1  err vs ref")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['shape']:21s} {r['variant']:10s} ERROR {r['error'][:120]}")
+        else:
+            er = f"{r['max_err_vs_ref']:.2e}" if r.get("max_err_vs_ref") is not None else "-"
+            ev = f"{r['max_err_vs_v1']:.2e}" if r.get("max_err_vs_v1") is not None else "-"
+            print(f"{r['shape']:21s} {r['variant']:10s} {r['fwd_ms']:8.3f} {r['fb_ms']:8.3f}  {ev:>9s}  {er:>9s}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+def peer_row(fn, sname, kw, dout):
+    call = lambda **k: fn(k["u"], k["delta"], k["A"], k["B"], k["C"], k["D"], k["z"], k["delta_bias"], True)  # noqa: E731
+    with torch.no_grad():
+        f = do_bench(lambda: call(**kw), warmup=25, rep=200, return_mode="median")
+    leaves = {k: v.detach().requires_grad_() for k, v in kw.items()}
+    fb = do_bench(lambda: call(**leaves).backward(dout), warmup=25, rep=200, return_mode="median",
+                  grad_to_none=list(leaves.values()))
+    return dict(shape=sname, variant="peer", fwd_ms=f, fb_ms=fb, max_err_vs_v1=None, max_err_vs_ref=None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
