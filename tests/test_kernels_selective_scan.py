@@ -17,7 +17,10 @@ def _small_tiles(monkeypatch):
     monkeypatch.setattr(fused, "MAX_BLOCK_T", 8)
     monkeypatch.setattr(fused, "TILE_FWD", 512)     # n <= 4: 16 channels per forward block
     monkeypatch.setattr(fused, "TILE_BWD", 128)     # n <= 4: 4 channels per backward block
-    monkeypatch.setattr(fused, "SEQ_BLOCK_D", 4)    # v2 forward: several channel blocks too
+    monkeypatch.setattr(fused, "SEQ_ELEMS", 16)     # v2, n <= 4: 4 channels per forward block
+    monkeypatch.setattr(fused, "SEQ_BWD_ELEMS", 8)  # v2, n <= 4: 2 channels per backward block
+    monkeypatch.setattr(fused, "SEQ_TARGET_WARPS", 1 << 20)   # v2 splits time into chunks ...
+    monkeypatch.setattr(fused, "SEQ_MIN_CHUNK", 8)            # ... of 8 steps (l > 8: carries)
 
 
 def rel(a, b):
@@ -160,9 +163,24 @@ def test_state_update(g, opts, state_dtype):
     assert rel(s1.float(), s2.float()) <= tol and not torch.equal(s1, s0)
 
 
-@pytest.mark.parametrize("impl", ["scan", "seq"])
-def test_forward_kernels_agree(monkeypatch, impl):
-    """Both forward kernels (v1 associative scan, v2 sequential) against the reference, groups,
-    seq_idx, a tail shorter than a tile; the backward reads either one's checkpoints."""
-    monkeypatch.setattr(fused, "FWD_IMPL", impl)
+@pytest.mark.parametrize("impl", [("scan", "scan"), ("seq", "scan"), ("scan", "seq")],
+                         ids=["v1", "v2fwd_v1bwd", "v1fwd"])
+def test_kernel_versions(monkeypatch, impl):
+    """v1 (associative scan) kernels and the mixes against the reference: groups, seq_idx, a tail
+    shorter than a tile. Each backward reads checkpoints at its own tile length (v2: 8 steps;
+    v1: BLOCK_T, also 8 here): the v2 forward saves what BWD_IMPL reads."""
+    monkeypatch.setattr(fused, "FWD_IMPL", impl[0])
+    monkeypatch.setattr(fused, "BWD_IMPL", impl[1])
     check(*make(2, 12, 4, 21, 2, ALL, seq=True))
+
+
+def test_v2_without_time_chunks(monkeypatch):
+    """v2 with the whole sequence in one chunk (no carry passes), l spanning several tiles."""
+    monkeypatch.setattr(fused, "SEQ_TARGET_WARPS", 0)
+    assert fused._seq_chunks(37, 1)[1] == 1
+    check(*make(2, 6, 4, 37, None, ALL, seq=True))
+
+
+def test_v2_chunk_split():
+    assert fused._seq_chunks(4096, 1024) == (512, 8)     # fixture: chunks of >= 8 steps
+    assert fused._seq_chunks(20, 1) == (8, 3)

@@ -122,6 +122,26 @@ def test_real_search_records_everything(tmp_path, capsys):
     assert main(["studies", "--db", db]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "4/4" in out
+    _optuna_dashboard_reads(db)
+
+
+def _optuna_dashboard_reads(db):
+    """optuna-dashboard (optional) serves the same database: our tables do not disturb it."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        return
+    import io
+    import json
+    app = optuna_dashboard.wsgi(db)
+    status = []
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies",
+                         "QUERY_STRING": "", "SERVER_NAME": "t", "SERVER_PORT": "80",
+                         "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http"},
+                        lambda s, h, *a: status.append(s)))
+    assert status[0].startswith("200")
+    names = [s["study_name"] for s in json.loads(body)["study_summaries"]]
+    assert names == ["tiny"]
 
 
 def test_resume_runs_only_the_remaining_trials(tmp_path):

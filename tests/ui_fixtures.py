@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -105,7 +104,7 @@ def ui_server() -> dict:
     demo = build_app(info["url"], live=False, refresh_s=2.0, base_dir=REPO)
     _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True)
     atexit.register(_close, demo)
-    return {"demo": demo, "url": url, "app": demo.hybridlab, **info}
+    return {**info, "demo": demo, "server_url": url, "app": demo.hybridlab}
 
 
 def _close(demo) -> None:
@@ -143,30 +142,22 @@ def call_with_event(base_url: str, api_name: str, data: list, event_data: dict,
     config = httpx.get(base_url.rstrip("/") + "/config", timeout=timeout).json()
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
     session = uuid.uuid4().hex
-    result: dict = {}
-    done = threading.Event()
-
-    def listen():
-        with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": session},
-                          timeout=timeout) as r:
-            for line in r.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                msg = json.loads(line[5:])
-                if msg.get("msg") == "process_completed":
-                    result.update(msg)
-                    done.set()
-                    return
-
-    t = threading.Thread(target=listen, daemon=True)
-    t.start()
-    time.sleep(0.3)
     r = httpx.post(f"{base}/queue/join", json={
         "data": data, "event_data": event_data, "fn_index": fn_index, "trigger_id": None,
         "session_hash": session}, timeout=timeout)
     r.raise_for_status()
-    if not done.wait(timeout):
-        raise TimeoutError(f"{api_name}: no result")
+    result: dict = {}
+    with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": session},
+                      timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line[5:])
+            if msg.get("msg") == "process_completed":
+                result = msg
+                break
+    if not result:
+        raise RuntimeError(f"{api_name}: the queue sent no result")
     if not result.get("success", False):
         raise RuntimeError(f"{api_name} failed: {result.get('output')}")
     return result["output"]["data"]

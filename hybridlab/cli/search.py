@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 
 from hybridlab.errors import Problem, SpecError
@@ -58,16 +57,16 @@ def run(args) -> int:
 
     from hybridlab.search.driver import run_search
     from hybridlab.search.spec import load_search_spec
-    from hybridlab.search.workers import WorkerError
+    from hybridlab.search.workers import WorkerError, stop_on_signals
     from hybridlab.storage import display_url, resolve_url
 
     spec = load_search_spec(args.spec)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    previous = signal.signal(signal.SIGTERM, _sigterm)
     url = resolve_url(args.db)
     try:
-        report = run_search(spec, db=url, workers=args.workers, trials=args.trials,
-                            device=args.device, progress=not args.no_progress)
+        with stop_on_signals():     # Ctrl-C / SIGTERM once: stop cleanly (repeats ignored)
+            report = run_search(spec, db=url, workers=args.workers, trials=args.trials,
+                                device=args.device, progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"interrupted: everything finished so far is stored in {display_url(url)}; "
               f"run the same command again to resume", file=sys.stderr)
@@ -75,8 +74,6 @@ def run(args) -> int:
     except WorkerError as e:
         print(f"search stopped: {e}", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(_json(report.__dict__))
     else:
@@ -159,7 +156,3 @@ def _print_best_and_pareto(best: dict, pareto: list[dict]) -> None:
 
 def _json(obj) -> str:
     return json.dumps(obj, indent=2, default=str)
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt

@@ -51,6 +51,20 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def device_label(device: str) -> str:
+    """What ``hl_runs.device`` records: ``cpu``, or ``cuda:0 (NVIDIA H100 ..., CUDA_VISIBLE_DEVICES=3)``."""
+    import os
+
+    import torch
+    if not device.startswith("cuda"):
+        return device
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    label = f"cuda:{index} ({torch.cuda.get_device_name(index)}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return label + (f", CUDA_VISIBLE_DEVICES={visible})" if visible else ")")
+
+
 def analytic_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """Cost metrics known before training, from ``composer.summary.summarize``.
 
@@ -116,8 +130,8 @@ class TrialRunner:
         t0 = time.monotonic()
         study_name = trial.study.study_name
         self.store.start_run(study_name=study_name, trial_id=trial._trial_id,
-                             trial_number=trial.number, device=self.device, worker=self.worker,
-                             versions=self.versions)
+                             trial_number=trial.number, device=device_label(self.device),
+                             worker=self.worker, versions=self.versions)
         try:
             values = self._run(trial, t0)
         except optuna.TrialPruned as e:
@@ -204,7 +218,9 @@ class TrialRunner:
         # 4. the same architecture and training settings ran before: reuse its result
         source = store.find_reusable(trial.study.study_name, arch, thash, exclude_trial_id=tid)
         if source is not None:
-            return self._reuse(trial, source, t0)
+            src = self._finished_source(trial, int(source["trial_number"]))
+            if src is not None:
+                return self._reuse(trial, source, src, t0)
 
         # 5. train, measure, record
         return self._train_and_measure(trial, model_spec, cfg, analytic, t0)
@@ -229,9 +245,21 @@ class TrialRunner:
             raise CandidateInvalid(f"training settings: {e}") from None
         return model_spec, cfg
 
-    def _reuse(self, trial: optuna.Trial, source: dict, t0: float):
+    @staticmethod
+    def _finished_source(trial: optuna.Trial, number: int, wait_s: float = 60.0):
+        """The source trial once Optuna has its final state (another worker records its run a
+        moment before telling Optuna); None if it did not end COMPLETE or PRUNED."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            src = trial.study.get_trials(deepcopy=False)[number]
+            if src.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+                return src
+            if src.state != optuna.trial.TrialState.RUNNING or time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
+
+    def _reuse(self, trial: optuna.Trial, source: dict, src, t0: float):
         store, tid = self.store, trial._trial_id
-        src = trial.study.get_trials(deepcopy=False)[int(source["trial_number"])]
         trial.set_user_attr("reused_from", int(source["trial_number"]))
         for key, value in src.user_attrs.items():
             if key not in ("reused_from", "fail_reason", "pattern", "arch_hash", "dropped_fields"):
@@ -240,7 +268,7 @@ class TrialRunner:
             if key not in trial.constraints:
                 trial.set_constraint(key, value)
         store.copy_trial_records(source["trial_id"], tid)
-        if source["status"] == "pruned" or src.values is None:
+        if src.state == optuna.trial.TrialState.PRUNED or src.values is None:
             reason = (f"reused trial {source['trial_number']}: "
                       f"{src.user_attrs.get('fail_reason') or 'pruned'}")
             store.finish_run(tid, "pruned", failure_reason=reason,

@@ -362,9 +362,14 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def load_search_spec(source: str | Path | Mapping, *, file: str | None = None) -> SearchSpec:
-    """Path to a YAML file, YAML text, or a mapping -> ``SearchSpec``. Raises ``SpecError``."""
-    base_dir = Path.cwd()
+def load_search_spec(source: str | Path | Mapping, *, file: str | None = None,
+                     base_dir: str | Path | None = None) -> SearchSpec:
+    """Path to a YAML file, YAML text, or a mapping -> ``SearchSpec``. Raises ``SpecError``.
+
+    A relative ``base:`` path is read relative to the spec file; for YAML text or a mapping,
+    relative to ``base_dir`` (default: the working directory). ``file`` names the source in
+    error messages."""
+    base_dir = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     if isinstance(source, Mapping):
         shown = file or "<search spec>"
         data, src, text = dict(source), SourceMap.empty(shown), ""

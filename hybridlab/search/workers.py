@@ -9,12 +9,14 @@ Worker output goes to ``<artifacts>/<study>/logs/worker-<i>.log``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -96,8 +98,11 @@ def _watch(spec, url, target, procs, progress, poll_s) -> None:
 
 
 def _stop(procs) -> None:
-    """Ctrl-C: the workers usually got SIGINT from the terminal too; make sure, then wait for
-    them to record their interrupted trials."""
+    """Ctrl-C: the workers usually got SIGINT from the terminal too. Give them a moment to record
+    their interrupted trials, then signal the ones still running, then wait."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(p.poll() is None for p, _ in procs):
+        time.sleep(0.1)
     for p, _ in procs:
         if p.poll() is None:
             try:
@@ -113,8 +118,33 @@ def _stop(procs) -> None:
             p.wait()
 
 
-def _on_sigterm(signum, frame):
+_stopping = False
+
+
+def _on_stop_signal(signum, frame):
+    """First SIGINT/SIGTERM: interrupt the work. Later ones are ignored, so they cannot cut short
+    the recording of the interrupted trial."""
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM raise KeyboardInterrupt once; repeats are ignored until this exits."""
+    global _stopping
+    if threading.current_thread() is not threading.main_thread():
+        yield                       # signal handlers can only be set from the main thread
+        return
+    _stopping = False
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         job = pickle.load(f)
     import optuna
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        ran = work(job["spec"], job["url"], job["target"], device=job["device"], worker=index,
-                   save_artifacts=job["save_artifacts"])
+        with stop_on_signals():
+            ran = work(job["spec"], job["url"], job["target"], device=job["device"],
+                       worker=index, save_artifacts=job["save_artifacts"])
     except KeyboardInterrupt:
         print(f"worker {index}: interrupted", flush=True)
         return 130

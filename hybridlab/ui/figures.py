@@ -165,19 +165,23 @@ def studies_figure(summaries: list[dict]) -> go.Figure:
     for state, colour in STATE_COLOURS.items():
         fig.add_trace(go.Bar(y=names, x=[s["counts"].get(state, 0) for s in summaries],
                              name=state.lower(), orientation="h", marker_color=colour))
-    fig.update_layout(barmode="stack", height=120 + 40 * len(names), uirevision="studies",
+    fig.update_layout(barmode="stack", height=160 + 40 * len(names), uirevision="studies",
                       xaxis_title="trials", margin=dict(l=20, r=20, t=30, b=40),
-                      legend=dict(orientation="h", y=1.15), yaxis=dict(automargin=True))
+                      legend=dict(orientation="h", y=-0.35), yaxis=dict(automargin=True))
     return fig
 
 
 # -- curves --------------------------------------------------------------------------------------
 def _panel(name: str) -> str:
+    if ("loss" in name or "bpb" in name) and name.startswith(("train/", "eval/")):
+        return "loss (train) / bits per byte (eval)"
     if name.startswith("eval/"):
-        return "evaluation"
-    if name.startswith("train/") and "loss" in name:
-        return "training loss"
-    return "other"
+        return "evaluation scores"
+    return "other (learning rate, gradient norm ...)"
+
+
+PANELS = ("loss (train) / bits per byte (eval)", "evaluation scores",
+          "other (learning rate, gradient norm ...)")
 
 
 def curves_figure(curves: dict[str, list], title: str = "", revision: str = "curves") -> go.Figure:
@@ -185,8 +189,7 @@ def curves_figure(curves: dict[str, list], title: str = "", revision: str = "cur
     curves = {k: v for k, v in (curves or {}).items() if v}
     if not curves:
         return _empty("no curves recorded for this trial", revision)
-    panels = [p for p in ("training loss", "evaluation", "other")
-              if any(_panel(k) == p for k in curves)]
+    panels = [p for p in PANELS if any(_panel(k) == p for k in curves)]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels)
     for name, points in sorted(curves.items()):
         col = panels.index(_panel(name)) + 1

@@ -75,7 +75,7 @@ class DetailTab:
             gr.Dropdown(choices=views.study_names(store), value=study),
             gr.Dropdown(choices=trial_choices(rows), value=number),
             header_html(d, row, study),
-            failure_html(d),
+            gr.HTML(failure_html(d), visible=bool(d.get("failure_reason"))),
             strip_html(layers_from_yaml(d.get("spec_yaml") or ""), title=d.get("pattern") or ""),
             figures.curves_figure(d.get("curves") or {}, title=title,
                                   revision=f"curves:{study}:{number}"),

@@ -105,7 +105,8 @@ class LaunchTab:
         if not self.ctx.enable_launch:
             raise gr.Error("launching is switched off for this server (--no-launch)")
         loaded = loaded or {}
-        same_file = loaded.get("path") and loaded.get("text") == text
+        same_file = bool(loaded.get("path")) and \
+            (loaded.get("text") or "").rstrip() == (text or "").rstrip()
         try:
             job = self.ctx.launcher.start(
                 text or "", base_dir=self._base_dir(loaded),

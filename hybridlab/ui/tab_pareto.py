@@ -52,10 +52,10 @@ class ParetoTab:
             self.dominated = gr.Checkbox(value=True, label="show dominated trials", scale=1)
         with gr.Row():
             self.x = gr.Dropdown(label="x", choices=[], allow_custom_value=True, scale=3)
-            self.xdir = gr.Radio(DIRECTIONS, value="auto", label="x is better", scale=2)
+            self.xdir = gr.Dropdown(DIRECTIONS, value="auto", label="x is better", scale=1)
             self.logx = gr.Checkbox(value=False, label="log x", scale=1)
             self.y = gr.Dropdown(label="y", choices=[], allow_custom_value=True, scale=3)
-            self.ydir = gr.Radio(DIRECTIONS, value="auto", label="y is better", scale=2)
+            self.ydir = gr.Dropdown(DIRECTIONS, value="auto", label="y is better", scale=1)
             self.logy = gr.Checkbox(value=False, label="log y", scale=1)
             self.color = gr.Dropdown(label="colour", choices=["study"], value="study",
                                      allow_custom_value=True, scale=3)

@@ -16,7 +16,9 @@ class StudiesTab:
             self.refresh_btn = gr.Button("Refresh", scale=0, min_width=100)
         self.table = gr.Dataframe(label="Studies — select a row to see its Pareto front",
                                   interactive=False, wrap=True, elem_id="studies-table",
-                                  show_search="filter")
+                                  show_search="filter",
+                                  column_widths=["11%", "7%", "7%", "6%", "6%", "6%", "6%",
+                                                 "6%", "28%", "7%", "10%"])
         self.plot = gr.Plot(label="Trials per state", elem_id="studies-plot")
         self.token = gr.State("")
 

@@ -17,6 +17,8 @@ def _round(v):
     if isinstance(v, float):
         if not math.isfinite(v):
             return None
+        if v.is_integer() and abs(v) < 1e15:
+            return int(v)           # counts, bytes, parameters: exact
         return float(f"{v:.4g}")
     return v
 

@@ -29,13 +29,12 @@ SHAPES = {
 }
 VARIANTS = {
     "v1": dict(FWD_IMPL="scan", BWD_IMPL="scan"),
-    "v1_bt32": dict(FWD_IMPL="scan", BWD_IMPL="scan", MAX_BLOCK_T=32),
-    "v1_bt16": dict(FWD_IMPL="scan", BWD_IMPL="scan", MAX_BLOCK_T=16),
-    "seq32w4": dict(FWD_IMPL="seq", SEQ_BLOCK_D=32, SEQ_WARPS=4),
-    "seq16w2": dict(FWD_IMPL="seq", SEQ_BLOCK_D=16, SEQ_WARPS=2),
-    "seq32w2": dict(FWD_IMPL="seq", SEQ_BLOCK_D=32, SEQ_WARPS=2),
-    "seq64w4": dict(FWD_IMPL="seq", SEQ_BLOCK_D=64, SEQ_WARPS=4),
-    "seq8w1": dict(FWD_IMPL="seq", SEQ_BLOCK_D=8, SEQ_WARPS=1),
+    "v2fwd_v1bwd": dict(FWD_IMPL="seq", BWD_IMPL="scan"),
+    "v2": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=512, SEQ_WARPS=4, SEQ_BWD_ELEMS=512, SEQ_BWD_WARPS=4),
+    "v2_256w2": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=256, SEQ_WARPS=2, SEQ_BWD_ELEMS=256, SEQ_BWD_WARPS=2),
+    "v2_128w1": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128, SEQ_BWD_WARPS=1),
+    "v2_512w8": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=512, SEQ_WARPS=8, SEQ_BWD_ELEMS=512, SEQ_BWD_WARPS=8),
+    "v2_1024w4": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=1024, SEQ_WARPS=4, SEQ_BWD_ELEMS=256, SEQ_BWD_WARPS=4),
 }
 
 

@@ -181,19 +181,26 @@ def _join8(c):
 
 @triton.jit
 def _fwd_seq_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr,
-    out_ptr, last_ptr, ckpt_ptr,
-    L, d, n, cpg,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, hin_ptr, seq_ptr,
+    out_ptr, last_ptr, ckpt_ptr, S_ptr, P_ptr,
+    L, d, n, cpg, CHUNK, NC,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n, sseq_b, sseq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, SAVE_CKPT: tl.constexpr,
+    HAS_HIN: tl.constexpr, HAS_SEQ: tl.constexpr, SAVE_CKPT: tl.constexpr,
+    STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr,
 ):
+    """Program (channel block, batch, time chunk c of CHUNK steps).
+    STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
+    S[b, c] and its decay P[b, c] = prod_t a_t = exp(A sum_t dt_t) (0 if a packed sequence starts
+    inside), nothing else. Otherwise: start from hin[b, c] (HAS_HIN) or 0, store out (and the
+    checkpoints), and the last state from the last chunk."""
     T: tl.constexpr = 8
     LOG2E: tl.constexpr = 1.4426950408889634
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, NP)
     tt = tl.arange(0, T)
@@ -206,10 +213,12 @@ def _fwd_seq_kernel(
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_D else None
     dn_off = offs_d[:, None] * n + offs_n[None, :]
-    if HAS_H0:
-        h = tl.load(h0_ptr + b * d * n + dn_off, mask=mask_dn, other=0.0).to(tl.float32)
+    if HAS_HIN and not STATES_ONLY:
+        h = tl.load(hin_ptr + (b * NC + c) * d * n + dn_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_D, NP), tl.float32)
+    sdt = tl.zeros((BLOCK_D,), tl.float32)
+    nrestart = tl.zeros((BLOCK_D,), tl.float32)
 
     u_base = u_ptr + b * su_b + offs_d[:, None] * su_d
     dt_base = delta_ptr + b * sdt_b + offs_d[:, None] * sdt_d
@@ -219,7 +228,9 @@ def _fwd_seq_kernel(
     C_base = C_ptr + b * sC_b + grp * sC_g + offs_n[:, None] * sC_n
     mask_nn = offs_n[:, None] < n
     n_ckpt = tl.cdiv(L, CKPT_T)
-    for t0 in range(0, L, T):
+    t_lo = c * CHUNK
+    t_hi = tl.minimum(t_lo + CHUNK, L)
+    for t0 in range(t_lo, t_hi, T):
         if SAVE_CKPT:
             if t0 % CKPT_T == 0:
                 tl.store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n + dn_off, h, mask=mask_dn)
@@ -230,9 +241,10 @@ def _fwd_seq_kernel(
         u = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
         dt = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0).to(tl.float32)
         Bt = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zt = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
+        if not STATES_ONLY:
+            Ct = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zt = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:
@@ -242,24 +254,69 @@ def _fwd_seq_kernel(
         dtc = _cols8(dt)
         dtuc = _cols8(dtu)
         Bc = _cols8(Bt)
-        Cc = _cols8(Ct)
+        if not STATES_ONLY:
+            Cc = _cols8(Ct)
         if HAS_SEQ:
             cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
             keep = _cols8(tl.where(cut[None, :], 0.0, 1.0) + tl.zeros((BLOCK_D, T), tl.float32))
-        ys = ()
-        for j in tl.static_range(T):
-            a = tl.exp2(dtc[j][:, None] * A2)
-            if HAS_SEQ:
-                a = a * keep[j][:, None]
-            h = a * h + dtuc[j][:, None] * Bc[j][None, :]
-            ys = ys + (tl.sum(h * Cc[j][None, :], axis=1),)
-        y = _join8(ys)
-        if HAS_D:
-            y += Dv[:, None] * u
-        if HAS_Z:
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(o_base + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
-    tl.store(last_ptr + b * d * n + dn_off, h, mask=mask_dn)
+            if STATES_ONLY:
+                nrestart += tl.sum(tl.where(cut[None, :], 1.0, 0.0) + tl.zeros((BLOCK_D, T), tl.float32), axis=1)
+        if STATES_ONLY:
+            sdt += tl.sum(dt, axis=1)
+            for j in tl.static_range(T):
+                a = tl.exp2(dtc[j][:, None] * A2)
+                if HAS_SEQ:
+                    a = a * keep[j][:, None]
+                h = a * h + dtuc[j][:, None] * Bc[j][None, :]
+        else:
+            ys = ()
+            for j in tl.static_range(T):
+                a = tl.exp2(dtc[j][:, None] * A2)
+                if HAS_SEQ:
+                    a = a * keep[j][:, None]
+                h = a * h + dtuc[j][:, None] * Bc[j][None, :]
+                ys = ys + (tl.sum(h * Cc[j][None, :], axis=1),)
+            y = _join8(ys)
+            if HAS_D:
+                y += Dv[:, None] * u
+            if HAS_Z:
+                y = y * zt * tl.sigmoid(zt)
+            tl.store(o_base + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+    if STATES_ONLY:
+        cb = (b * NC + c) * d * n + dn_off
+        tl.store(S_ptr + cb, h, mask=mask_dn)
+        P = tl.exp2(sdt[:, None] * A2)
+        if HAS_SEQ:
+            P = tl.where(nrestart[:, None] > 0.0, 0.0, P)
+        tl.store(P_ptr + cb, P, mask=mask_dn)
+    else:
+        if c == NC - 1:
+            tl.store(last_ptr + b * d * n + dn_off, h, mask=mask_dn)
+
+
+@triton.jit
+def _chunk_carry_kernel(P_ptr, S_ptr, X_ptr, NC, DN, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """Carry states across time chunks, per batch b over (d, n) elements, all (b, NC, d, n) fp32.
+    Forward: X[c] = P[c-1] X[c-1] + S[c-1] for c = 1..NC-1 (X[0] given: the initial state).
+    Reverse (the backward's adjoint carry): X[c] = P[c+1] X[c+1] + S[c+1] for c = NC-2..0
+    (X[NC-1] given: d last_state)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < DN
+    base = b * NC * DN + offs
+    if REVERSE:
+        x = tl.load(X_ptr + base + (NC - 1) * DN, mask=m, other=0.0)
+        for i in range(0, NC - 1):
+            c = NC - 2 - i
+            x = tl.load(P_ptr + base + (c + 1) * DN, mask=m, other=0.0) * x + \
+                tl.load(S_ptr + base + (c + 1) * DN, mask=m, other=0.0)
+            tl.store(X_ptr + base + c * DN, x, mask=m)
+    else:
+        x = tl.load(X_ptr + base, mask=m, other=0.0)
+        for c in range(1, NC):
+            x = tl.load(P_ptr + base + (c - 1) * DN, mask=m, other=0.0) * x + \
+                tl.load(S_ptr + base + (c - 1) * DN, mask=m, other=0.0)
+            tl.store(X_ptr + base + c * DN, x, mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,6 +460,247 @@ def _bwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
+# backward, sequential in registers (v2)
+@triton.jit
+def _join8_3d(c):
+    """8 (R, S) tensors -> (R, S, 8), in order."""
+    R: tl.constexpr = c[0].shape[0]
+    S: tl.constexpr = c[0].shape[1]
+    e0 = tl.join(c[0], c[4])
+    e1 = tl.join(c[2], c[6])
+    o0 = tl.join(c[1], c[5])
+    o1 = tl.join(c[3], c[7])
+    e = tl.reshape(tl.join(e0, e1), (R, S, 4))
+    o = tl.reshape(tl.join(o0, o1), (R, S, 4))
+    return tl.reshape(tl.join(e, o), (R, S, 8))
+
+
+@triton.jit
+def _bwd_seq_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr,
+    dout_ptr, xin_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    L, d, n, cpg, G, CHUNK, NC,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n, sseq_b, sseq_l,
+    sdo_b, sdo_d, sdo_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_XIN: tl.constexpr, WANT_DH0: tl.constexpr,
+    BLOCK_D: tl.constexpr, NP: tl.constexpr,
+):
+    """Program (channel block, batch, time chunk c of CHUNK steps): the adjoint carry entering
+    the chunk from the right is xin[b, c] (HAS_XIN; else 0); dA, dD, d bias partials go to row
+    (b, c). Reverse walk over 8-step tiles. Per tile: the 8 states are recomputed from the tile's
+    checkpoint (the forward saved one per tile) and kept in registers with their decays, then
+    the adjoint runs backwards: g_t = C_t dy_t + a_{t+1} g_{t+1}, carried as ga = a_t g_t.
+    h_{t-1} is the recomputed state itself (no h_t - dt u B difference). dB and dC (sums over
+    channels) are reduced over the block once per tile and added with one atomic per (n, t)."""
+    T: tl.constexpr = 8
+    LOG2E: tl.constexpr = 1.4426950408889634
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    tt = tl.arange(0, T)
+    mask_d = offs_d < d
+    mask_nn = offs_n[:, None] < n
+    mask_dn = mask_d[:, None] & (offs_n[None, :] < n)
+    grp = (pid_d * BLOCK_D) // cpg
+
+    A = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
+    A = A.to(tl.float32)
+    A2 = A * LOG2E
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_D else None
+    dn_off = offs_d[:, None] * n + offs_n[None, :]
+    if HAS_XIN:
+        ga = tl.load(xin_ptr + (b * NC + c) * d * n + dn_off, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        ga = tl.zeros((BLOCK_D, NP), tl.float32)
+    dA_acc = tl.zeros((BLOCK_D, NP), tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
+
+    u_base = u_ptr + b * su_b + offs_d[:, None] * su_d
+    dt_base = delta_ptr + b * sdt_b + offs_d[:, None] * sdt_d
+    z_base = z_ptr + b * sz_b + offs_d[:, None] * sz_d
+    do_base = dout_ptr + b * sdo_b + offs_d[:, None] * sdo_d
+    io_base = b * d * L + offs_d[:, None] * L
+    B_base = B_ptr + b * sB_b + grp * sB_g + offs_n[:, None] * sB_n
+    C_base = C_ptr + b * sC_b + grp * sC_g + offs_n[:, None] * sC_n
+    dBC_base = (b * G + grp) * n * L + offs_n[:, None] * L
+    n_tiles = tl.cdiv(L, T)
+    tile_lo = c * (CHUNK // T)
+    tile_hi = tl.minimum(tile_lo + CHUNK // T, n_tiles)
+    for it in range(0, tile_hi - tile_lo):
+        tile = tile_hi - 1 - it
+        t0 = tile * T
+        offs_t = t0 + tt
+        mask_t = offs_t < L
+        m2 = mask_d[:, None] & mask_t[None, :]
+        mnt = mask_nn & mask_t[None, :]
+        h = tl.load(ckpt_ptr + (b * n_tiles + tile) * d * n + dn_off, mask=mask_dn, other=0.0)
+        u = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
+        raw = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0).to(tl.float32)
+        Bt = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0).to(tl.float32)
+        dout = tl.load(do_base + offs_t[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw = raw + bias[:, None]
+        dt = raw
+        if SOFTPLUS:
+            dt = _softplus(raw)
+        dt = tl.where(m2, dt, 0.0)
+        dtu = dt * u
+        dtc = _cols8(dt)
+        dtuc = _cols8(dtu)
+        uc = _cols8(u)
+        Bc = _cols8(Bt)
+        Cc = _cols8(Ct)
+        if HAS_SEQ:
+            cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
+            keep = _cols8(tl.where(cut[None, :], 0.0, 1.0) + tl.zeros((BLOCK_D, T), tl.float32))
+
+        # -- recompute the tile's states (h_{t-1} of step j is hp[j]) and decays
+        hp = ()
+        av = ()
+        ys = ()
+        for j in tl.static_range(T):
+            a = tl.exp2(dtc[j][:, None] * A2)
+            if HAS_SEQ:
+                a = a * keep[j][:, None]
+            hp = hp + (h,)
+            av = av + (a,)
+            h = a * h + dtuc[j][:, None] * Bc[j][None, :]
+            ys = ys + (tl.sum(h * Cc[j][None, :], axis=1),)
+        hp = hp + (h,)                                      # hp[j + 1] = h_t of step j
+
+        # -- output gate and D skip (tile-wide)
+        if HAS_Z:
+            y = _join8(ys)
+            if HAS_D:
+                y += Dv[:, None] * u
+            sg = tl.sigmoid(zt)
+            dy = dout * zt * sg
+            dz = dout * y * sg * (1.0 + zt * (1.0 - sg))
+            tl.store(dz_ptr + io_base + offs_t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m2)
+        else:
+            dy = dout
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+        dyc = _cols8(dy)
+
+        # -- adjoint, reverse over the 8 steps
+        dCs = ()
+        dBs = ()
+        gBs = ()
+        gAs = ()
+        for j in tl.static_range(T - 1, -1, -1):
+            g = Cc[j][None, :] * dyc[j][:, None] + ga
+            dCs = (hp[j + 1] * dyc[j][:, None],) + dCs
+            dBs = (g * dtuc[j][:, None],) + dBs
+            gah = g * av[j] * hp[j]                           # dL/da_t * a_t
+            dA_acc += gah * dtc[j][:, None]
+            gBs = (tl.sum(g * Bc[j][None, :], axis=1),) + gBs
+            gAs = (tl.sum(gah * A, axis=1),) + gAs
+            ga = av[j] * g
+        dCt = tl.sum(_join8_3d(dCs), axis=0)                   # (NP, 8)
+        dBt = tl.sum(_join8_3d(dBs), axis=0)
+        tl.atomic_add(dC_ptr + dBC_base + offs_t[None, :], dCt, mask=mnt, sem="relaxed")
+        tl.atomic_add(dB_ptr + dBC_base + offs_t[None, :], dBt, mask=mnt, sem="relaxed")
+        gB = _join8(gBs)
+        ddt = gB * u + _join8(gAs)
+        du = gB * dt
+        if HAS_D:
+            du += dy * Dv[:, None]
+        if SOFTPLUS:
+            ddt = ddt * _softplus_grad(raw)
+        ddt = tl.where(m2, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        tl.store(du_ptr + io_base + offs_t[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddelta_ptr + io_base + offs_t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+
+    row = b * NC + c
+    tl.store(dA_ptr + row * d * n + dn_off, dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.store(dD_ptr + row * d + offs_d, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + row * d + offs_d, dbias_acc, mask=mask_d)
+    if WANT_DH0:        # d h_{-1} = a_0 g_0
+        if c == 0:
+            tl.store(dh0_ptr + b * d * n + dn_off, ga, mask=mask_dn)
+
+
+@triton.jit
+def _bwd_carry_kernel(
+    delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seq_ptr, dout_ptr, Y_ptr,
+    L, d, n, cpg, CHUNK, NC,
+    sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n, sseq_b, sseq_l,
+    sdo_b, sdo_d, sdo_l,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
+    BLOCK_D: tl.constexpr, NP: tl.constexpr,
+):
+    """Pass 1 of the chunked backward, program (channel block, batch, chunk c >= 1): the adjoint
+    of chunk c alone (zero carry from the right), g_t = C_t dy_t + a_{t+1} g_{t+1}; stores
+    Y[b, c] = a_t0 g_t0 at the chunk's first step. The true carry is linear in it (factor P[b, c])."""
+    T: tl.constexpr = 8
+    LOG2E: tl.constexpr = 1.4426950408889634
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2) + 1
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    tt = tl.arange(0, T)
+    mask_d = offs_d < d
+    mask_nn = offs_n[:, None] < n
+    mask_dn = mask_d[:, None] & (offs_n[None, :] < n)
+    grp = (pid_d * BLOCK_D) // cpg
+    A2 = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
+    A2 = A2.to(tl.float32) * LOG2E
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
+    ga = tl.zeros((BLOCK_D, NP), tl.float32)
+    dt_base = delta_ptr + b * sdt_b + offs_d[:, None] * sdt_d
+    z_base = z_ptr + b * sz_b + offs_d[:, None] * sz_d
+    do_base = dout_ptr + b * sdo_b + offs_d[:, None] * sdo_d
+    C_base = C_ptr + b * sC_b + grp * sC_g + offs_n[:, None] * sC_n
+    n_tiles = tl.cdiv(L, T)
+    tile_lo = c * (CHUNK // T)
+    tile_hi = tl.minimum(tile_lo + CHUNK // T, n_tiles)
+    for it in range(0, tile_hi - tile_lo):
+        t0 = (tile_hi - 1 - it) * T
+        offs_t = t0 + tt
+        mask_t = offs_t < L
+        m2 = mask_d[:, None] & mask_t[None, :]
+        mnt = mask_nn & mask_t[None, :]
+        dt = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0).to(tl.float32)
+        dy = tl.load(do_base + offs_t[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
+            dy = dy * zt * tl.sigmoid(zt)
+        if HAS_BIAS:
+            dt = dt + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m2, dt, 0.0)
+        dtc = _cols8(dt)
+        dyc = _cols8(dy)
+        Cc = _cols8(Ct)
+        if HAS_SEQ:
+            cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
+            keep = _cols8(tl.where(cut[None, :], 0.0, 1.0) + tl.zeros((BLOCK_D, T), tl.float32))
+        for j in tl.static_range(T - 1, -1, -1):
+            a = tl.exp2(dtc[j][:, None] * A2)
+            if HAS_SEQ:
+                a = a * keep[j][:, None]
+            ga = a * (Cc[j][None, :] * dyc[j][:, None] + ga)
+    tl.store(Y_ptr + (b * NC + c) * d * n + offs_d[:, None] * n + offs_n[None, :], ga, mask=mask_dn)
+
+
+# ----------------------------------------------------------------------------------------------
 # host side
 def _pow2_divisor(x: int, cap: int) -> int:
     """Largest power of two <= cap that divides x."""
@@ -417,12 +715,17 @@ def _pow2_divisor(x: int, cap: int) -> int:
 #: (BLOCK_D, N, BLOCK_T) tile, which sets BLOCK_D (the backward keeps ~5 such tiles live).
 MAX_BLOCK_T = 64
 TILE_FWD, TILE_BWD = 8192, 4096
-#: forward kernel: "seq" (_fwd_seq_kernel, state in registers, 8-step tiles) or "scan" (v1,
-#: associative_scan over the time tile). SEQ_BLOCK_D channels per program, SEQ_WARPS warps.
+#: kernels: "seq" (v2: _fwd_seq_kernel / _bwd_seq_kernel, state in registers, 8-step tiles) or
+#: "scan" (v1: associative_scan over a time tile). The v2 backward needs the v2 forward's
+#: per-tile checkpoints. SEQ_ELEMS / SEQ_BWD_ELEMS: BLOCK_D * N-padded elements per program
+#: (sets BLOCK_D), SEQ_WARPS / SEQ_BWD_WARPS: warps per program.
 FWD_IMPL = "seq"
-#: backward kernel: "scan" (v1)
-BWD_IMPL = "scan"
-SEQ_BLOCK_D, SEQ_WARPS = 32, 4
+BWD_IMPL = "seq"
+SEQ_ELEMS, SEQ_WARPS = 128, 1
+SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
+#: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
+#: while the grid has fewer than SEQ_TARGET_WARPS warps; chunks keep >= SEQ_MIN_CHUNK steps.
+SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 4096, 512
 
 
 def _tiles(d: int, n: int, cpg: int, grouped: bool):
@@ -463,23 +766,40 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     ckpt = torch.empty(b, n_tiles, d, n, device=u.device, dtype=torch.float32) if save else last
     zz = z if z is not None else u
     if FWD_IMPL == "seq":
-        BDs = min(SEQ_BLOCK_D, triton.next_power_of_2(d))
-        if G > 1:
-            BDs = _pow2_divisor(d // G, BDs)
-        ckpt = (torch.empty(b, triton.cdiv(L, BT), d, n, device=u.device, dtype=torch.float32)
-                if save else last)
-        _fwd_seq_kernel[(triton.cdiv(d, BDs), b)](
-            u, delta, A, B, C, D_ if D_ is not None else last, zz,
-            bias_ if bias_ is not None else last, h0_ if h0_ is not None else last,
-            seq if seq is not None else last, out, last, ckpt,
-            L, d, n, d // G,
-            *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
-            *(seq.stride() if seq is not None else (0, 0)),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, HAS_SEQ=seq is not None,
-            SAVE_CKPT=save, BLOCK_D=BDs, NP=NP, CKPT_T=BT, num_warps=SEQ_WARPS,
-        )
-        return out, last, (ckpt if save else None), seq
+        BDs = _seq_block_d(d, NP, G, SEQ_ELEMS)
+        nd = triton.cdiv(d, BDs)
+        CH, NC = _seq_chunks(L, nd * b * SEQ_WARPS)
+        ck_t = 8 if BWD_IMPL == "seq" else BT
+        f32 = dict(device=u.device, dtype=torch.float32)
+        ckpt = torch.empty(b, triton.cdiv(L, ck_t), d, n, **f32) if save else last
+        args = (L, d, n, d // G, CH, NC,
+                *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
+                *(seq.stride() if seq is not None else (0, 0)))
+        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
+                     CKPT_T=ck_t, num_warps=SEQ_WARPS)
+        dummy = last
+        P = None
+        hin = h0_
+        if NC > 1:      # pass 1: each chunk's own end state and decay; carry; pass 2 below
+            S, P = torch.empty(b, NC, d, n, **f32), torch.empty(b, NC, d, n, **f32)
+            _fwd_seq_kernel[(nd, b, NC - 1)](
+                u, delta, A, B, C, D_ if D_ is not None else dummy, zz,
+                bias_ if bias_ is not None else dummy, dummy, seq if seq is not None else dummy,
+                out, last, dummy, S, P, *args, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=True,
+                **flags)
+            hin = torch.empty(b, NC, d, n, **f32)
+            if h0_ is not None:
+                hin[:, 0] = h0_
+            else:
+                hin[:, 0] = 0.0
+            _chunk_carry(P, S, hin, reverse=False)
+        _fwd_seq_kernel[(nd, b, NC)](
+            u, delta, A, B, C, D_ if D_ is not None else dummy, zz,
+            bias_ if bias_ is not None else dummy, hin if hin is not None else dummy,
+            seq if seq is not None else dummy, out, last, ckpt, dummy, dummy,
+            *args, HAS_HIN=hin is not None, SAVE_CKPT=save, STATES_ONLY=False, **flags)
+        return out, last, (ckpt if save else None), seq, (ck_t, CH, NC, P)
     grid = (triton.cdiv(d, BD), b)
     _fwd_kernel[grid](
         u, delta, A, B, C, D_ if D_ is not None else last, zz,
@@ -492,25 +812,46 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
         SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, HAS_SEQ=seq is not None,
         SAVE_CKPT=save, BLOCK_D=BD, NP=NP, BLOCK_T=BT, num_warps=8 if NP * BT * BD >= 8192 else 4,
     )
-    return out, last, (ckpt if save else None), seq
+    return out, last, (ckpt if save else None), seq, (BT, triton.cdiv(L, 8) * 8, 1, None)
+
+
+def _chunk_carry(P, S, X, reverse):
+    b, NC, d, n = P.shape
+    BLOCK = min(1024, triton.next_power_of_2(d * n))
+    _chunk_carry_kernel[(b, triton.cdiv(d * n, BLOCK))](P, S, X, NC, d * n, REVERSE=reverse,
+                                                         BLOCK=BLOCK, num_warps=4)
+
+
+def _seq_chunks(L, warps):
+    """(CHUNK, NC): split time into NC chunks (CHUNK a multiple of 8 steps) when the grid has
+    fewer than SEQ_TARGET_WARPS warps; chunks no shorter than SEQ_MIN_CHUNK."""
+    nc = max(1, min(triton.cdiv(SEQ_TARGET_WARPS, max(1, warps)), L // max(8, SEQ_MIN_CHUNK)))
+    ch = triton.cdiv(triton.cdiv(L, nc), 8) * 8
+    return ch, triton.cdiv(L, ch)
+
+
+def _seq_block_d(d, NP, G, elems):
+    bd = max(1, min(elems // NP, triton.next_power_of_2(d)))
+    return _pow2_divisor(d // G, bd) if G > 1 else bd
 
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus):
         save = any(ctx.needs_input_grad)
-        out, last, ckpt, seq = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                    initial_state, seq_idx, save)
+        out, last, ckpt, seq, (ck_t, CH, NC, P) = _fwd(u, delta, A, B, C, D, z, delta_bias,
+                                                       delta_softplus, initial_state, seq_idx, save)
+        ctx.ckpt_t, ctx.chunk, ctx.nc = ck_t, CH, NC
         ctx.set_materialize_grads(False)      # no zero-filled dlast when last_state is unused
         ctx.softplus = bool(delta_softplus)
         ctx.has_h0 = initial_state is not None
         ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq, ckpt)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq, ckpt, P)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, seq, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, seq, ckpt, P = ctx.saved_tensors
         b, d, L = u.shape
         n = A.shape[1]
         if dout is None:
@@ -525,29 +866,57 @@ class _SelectiveScan(torch.autograd.Function):
         dz = torch.empty(b, d, L, device=dev, dtype=z.dtype) if z is not None else None
         dB = torch.zeros(b, G, n, L, **f32)
         dC = torch.zeros(b, G, n, L, **f32)
-        dA = torch.empty(b, d, n, **f32)
-        dD = torch.empty(b, d, **f32) if D is not None else None
-        dbias = torch.empty(b, d, **f32) if delta_bias is not None else None
+        use_seq = ctx.ckpt_t == 8 and BWD_IMPL == "seq"
+        NC = ctx.nc if use_seq else 1                   # rows of the dA, dD, d bias partials
+        dA = torch.empty(b * NC, d, n, **f32)
+        dD = torch.empty(b * NC, d, **f32) if D is not None else None
+        dbias = torch.empty(b * NC, d, **f32) if delta_bias is not None else None
         dh0 = torch.empty(b, d, n, **f32) if ctx.has_h0 else None
         D_, bias_ = _f32c(D), _f32c(delta_bias)
         dlast_ = _f32c(dlast)
         zz = z if z is not None else u
         dummy = dA
-        _bwd_kernel[(triton.cdiv(d, BD), b)](
-            u, delta, A, Bv, Cv, D_ if D_ is not None else dummy, zz,
-            bias_ if bias_ is not None else dummy, seq if seq is not None else dummy, ckpt,
-            dout, dlast_ if dlast_ is not None else dummy,
-            du, ddelta, dz if dz is not None else dummy, dB, dC, dA,
-            dD if dD is not None else dummy, dbias if dbias is not None else dummy,
-            dh0 if dh0 is not None else dummy,
-            L, d, n, d // G, G,
-            *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
-            *(seq.stride() if seq is not None else (0, 0)), *dout.stride(),
+        strides = (*u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
+                   *(seq.stride() if seq is not None else (0, 0)), *dout.stride())
+        flags = dict(
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus, HAS_SEQ=seq is not None, HAS_DLAST=dlast is not None,
-            WANT_DH0=ctx.has_h0, BLOCK_D=BD, NP=NP, BLOCK_T=BT, CKPT_T=BT,
-            num_warps=8 if NP * BT * BD >= 8192 else 4,
-        )
+            SOFTPLUS=ctx.softplus, HAS_SEQ=seq is not None, WANT_DH0=ctx.has_h0)
+        outs = (du, ddelta, dz if dz is not None else dummy, dB, dC, dA,
+                dD if dD is not None else dummy, dbias if dbias is not None else dummy,
+                dh0 if dh0 is not None else dummy)
+        ins = (u, delta, A, Bv, Cv, D_ if D_ is not None else dummy, zz,
+               bias_ if bias_ is not None else dummy, seq if seq is not None else dummy, ckpt, dout)
+        if use_seq:
+            BDs = _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)
+            nd = triton.cdiv(d, BDs)
+            xin = dlast_
+            if NC > 1:      # pass 1: each chunk's own adjoint carry; carry right to left
+                Y = torch.empty(b, NC, d, n, **f32)
+                _bwd_carry_kernel[(nd, b, NC - 1)](
+                    delta, A, Cv, zz, bias_ if bias_ is not None else dummy,
+                    seq if seq is not None else dummy, dout, Y, L, d, n, d // G, ctx.chunk, NC,
+                    *delta.stride(), *zz.stride(), *sC, *A.stride(),
+                    *(seq.stride() if seq is not None else (0, 0)), *dout.stride(),
+                    HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
+                    HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP, num_warps=SEQ_BWD_WARPS)
+                xin = torch.empty(b, NC, d, n, **f32)
+                if dlast_ is not None:
+                    xin[:, NC - 1] = dlast_
+                else:
+                    xin[:, NC - 1] = 0.0
+                _chunk_carry(P, Y, xin, reverse=True)
+            _bwd_seq_kernel[(nd, b, NC)](
+                *ins, xin if xin is not None else dummy, *outs,
+                L, d, n, d // G, G, ctx.chunk, NC, *strides, **flags, HAS_XIN=xin is not None,
+                BLOCK_D=BDs, NP=NP, num_warps=SEQ_BWD_WARPS)
+        elif ctx.ckpt_t == BT:
+            _bwd_kernel[(triton.cdiv(d, BD), b)](
+                *ins, dlast_ if dlast_ is not None else dummy, *outs,
+                L, d, n, d // G, G, *strides, **flags, HAS_DLAST=dlast is not None,
+                BLOCK_D=BD, NP=NP, BLOCK_T=BT, CKPT_T=BT, num_warps=8 if NP * BT * BD >= 8192 else 4)
+        else:
+            raise RuntimeError(f"selective_scan: checkpoints every {ctx.ckpt_t} steps fit neither "
+                               f"backward (v2 needs 8, v1 {BT}); FWD_IMPL/BWD_IMPL changed in between?")
         dB = dB.to(B.dtype) if B.dim() == 4 else dB[:, 0].to(B.dtype)
         dC = dC.to(C.dtype) if C.dim() == 4 else dC[:, 0].to(C.dtype)
         return (du, ddelta, dA.sum(0).to(A.dtype), dB, dC,

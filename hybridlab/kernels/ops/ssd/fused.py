@@ -55,6 +55,12 @@ def _tuned(kernel, configs):
     return _Tuned(kernel, configs), {}
 
 
+_chunk_state_fwd, _CSF = _tuned(kf.chunk_state_fwd, [(4, 1), (8, 1)])
+_chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
+_chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
+_chunk_bwd, _CB = _tuned(kb.chunk_bwd, [(4, 1), (8, 1), (8, 2)])
+
+
 def _pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 

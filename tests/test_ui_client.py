@@ -1,0 +1,572 @@
+"""The web UI driven through its API with gradio_client (Gradio's own test pattern): a running
+app on a database filled by real tiny CPU searches. Every event of the page has an API name and
+a test here; ``test_every_endpoint_has_a_test`` fails when a new event has none.
+
+Select events (row clicks) need the browser's event data, which gradio_client cannot send; they
+go through Gradio's queue with that data (``call_with_event``)."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ui_fixtures import MALICIOUS, call_with_event, server, ui_db  # noqa: F401
+
+gradio_client = pytest.importorskip("gradio_client")
+Client = gradio_client.Client
+
+#: api name -> the test that calls it
+ENDPOINT_TESTS = {
+    "load_page": "test_load_page_fills_every_tab",
+    "refresh_studies": "test_studies_table_counts_and_best",
+    "studies_tick": "test_ticks_refresh_only_on_change",
+    "studies_open": "test_select_study_row_opens_its_pareto_front",
+    "pareto_studies": "test_pareto_two_studies_points_and_fronts",
+    "pareto_render": "test_pareto_render_options",
+    "pareto_tick": "test_ticks_refresh_only_on_change",
+    "open_clicked_point": "test_clicked_point_opens_trial",
+    "pareto_table_open": "test_select_pareto_row_opens_trial",
+    "trials_study": "test_trials_table_and_csv",
+    "trials_filter": "test_trials_filters",
+    "trials_tick": "test_ticks_refresh_only_on_change",
+    "trials_open": "test_select_trial_row_opens_trial",
+    "detail_trials": "test_detail_trial_list",
+    "open_trial": "test_open_trial_detail_everything",
+    "add_to_compare": "test_compare_trials",
+    "compare": "test_compare_trials",
+    "compare_curve": "test_compare_trials",
+    "compose_check": "test_compose_live_validation_and_summary",
+    "compose_example": "test_compose_example",
+    "launch_check": "test_launch_check",
+    "launch_load": "test_launch_search_runs_in_background_process",
+    "launch_example": "test_launch_check",
+    "launch_start": "test_launch_search_runs_in_background_process",
+    "launch_status": "test_launch_search_runs_in_background_process",
+    "launch_tick": "test_launch_search_runs_in_background_process",
+    "launch_stop": "test_launch_stop",
+    "export_study": "test_export_build_native_identical_logits",
+    "export_build": "test_export_build_native_identical_logits",
+    "export_this_trial": "test_export_this_trial_and_other_formats",
+    "set_live": "test_set_live",
+}
+
+
+@pytest.fixture
+def client(server):  # noqa: F811
+    return Client(server["server_url"], verbose=False)
+
+
+def plot(out) -> dict:
+    """A gr.Plot output -> the plotly figure dict."""
+    assert out["type"] == "plotly", out
+    return json.loads(out["plot"])
+
+
+def points(fig: dict) -> list:
+    return [t for t in fig["data"] if t.get("meta") == "points"]
+
+
+def frame(out) -> list[dict]:
+    return [dict(zip(out["headers"], row)) for row in out["data"]]
+
+
+def store(server):  # noqa: F811
+    from hybridlab.storage import Store
+    return Store(server["url"], readonly=True)
+
+
+# -- coverage ------------------------------------------------------------------------------------
+def test_every_endpoint_has_a_test(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    names = {n.lstrip("/") for n in api["named_endpoints"]}
+    assert names == set(ENDPOINT_TESTS), (
+        f"endpoints without a test: {sorted(names - set(ENDPOINT_TESTS))}; "
+        f"tests for missing endpoints: {sorted(set(ENDPOINT_TESTS) - names)}")
+    module = sys.modules[__name__]
+    for test in set(ENDPOINT_TESTS.values()):
+        assert callable(getattr(module, test, None)), test
+
+
+# -- studies -------------------------------------------------------------------------------------
+def test_load_page_fills_every_tab(client, server):  # noqa: F811
+    out = client.predict(api_name="/load_page")
+    studies = frame(out[0])
+    assert [r["study"] for r in studies] == ["ui-a", "ui-b", MALICIOUS]
+    assert "3** studies" in out[2]
+    # the Pareto tab starts on the first study with its first two objectives
+    assert out[3]["value"] == ["ui-a"]
+    assert out[4]["value"] == "quality" and out[5]["value"] == "state_bytes@4096"
+    assert points(plot(out[7]))
+    # compose starts with a valid spec and its summary
+    assert "valid" in out[-4] and "params total" in out[-2]
+
+
+def test_studies_table_counts_and_best(client, server):  # noqa: F811
+    table, fig, caption = client.predict(api_name="/refresh_studies")
+    rows = {r["study"]: r for r in frame(table)}
+    summaries = {s["name"]: s for s in store(server).list_studies()}
+    for name, s in summaries.items():
+        r = rows[name]
+        assert r["complete"] == s["counts"]["COMPLETE"]
+        assert r["pruned"] == s["counts"]["PRUNED"]
+        assert r["failed"] == s["counts"]["FAIL"]
+        assert r["running"] == s["counts"]["RUNNING"]
+        assert r["done/target"] == f"{sum(s['counts'][k] for k in ('COMPLETE', 'PRUNED', 'FAIL'))}" \
+                                   f"/{s['target_trials']}"
+        best = s["best"]["quality"]
+        assert f"(#{best['trial_number']})" in r["best per objective"]
+        assert r["status"] == "done"
+    assert rows["ui-a"]["pruned"] == 3
+    bars = plot(fig)["data"]
+    complete = next(b for b in bars if b["name"] == "complete")
+    assert dict(zip(complete["y"], complete["x"]))["ui-a"] == 4
+
+
+def test_select_study_row_opens_its_pareto_front(server):  # noqa: F811
+    data = ["ui-b", None, None, "study", "auto", "auto", "axes", True, False, False]
+    out = call_with_event(server["server_url"], "studies_open", data,
+                          {"index": [1, 0], "value": "ui-b", "row_value": ["ui-b", "done"],
+                           "col_value": ["ui-b"], "selected": True})
+    assert out[0]["value"] == ["ui-b"]
+    fig = json.loads(out[4]["plot"])
+    assert {p[0] for t in points(fig) for p in t["customdata"]} == {"ui-b"}
+    assert out[-1]["selected"] == "pareto"
+
+
+# -- Pareto --------------------------------------------------------------------------------------
+def _expected(server, study, x, y, dirs):  # noqa: F811
+    from hybridlab.storage import views
+    rows = [r for r in views.flat_trials(store(server), study)
+            if r["state"] == "COMPLETE" and r["feasible"] and r.get(x) is not None
+            and r.get(y) is not None]
+    front = {rows[i]["number"] for i in
+             views.front_indices([(r[x], r[y]) for r in rows], dirs)}
+    return {r["number"] for r in rows}, front
+
+
+def test_pareto_two_studies_points_and_fronts(client, server):  # noqa: F811
+    out = client.predict(["ui-a", "ui-b"], "quality", "params_total", "study", "auto", "auto",
+                         "axes", True, False, False, api_name="/pareto_studies")
+    x, y = out[1]["value"], out[2]["value"]
+    assert (x, y) == ("quality", "params_total")
+    fig = plot(out[4])
+    traces = points(fig)
+    for study, colour in (("ui-a", None), ("ui-b", None)):
+        everything, front = _expected(server, study, x, y, ("maximize", "minimize"))
+        mine = [t for t in traces if t["customdata"][0][0] == study]
+        shown = {p[1] for t in mine for p in t["customdata"]}
+        assert shown == everything
+        front_trace = next(t for t in mine if t["name"].endswith("front"))
+        assert {p[1] for p in front_trace["customdata"]} == front
+        # hover carries the layout pattern
+        assert all(p[2] and p[2] != "?" for p in front_trace["customdata"])
+        assert "pattern" in front_trace["hovertemplate"]
+    # each study its own colour; the fronts are joined by lines
+    colours = {t["marker"]["color"] for t in traces if t["name"].endswith("front")}
+    assert len(colours) == 2
+    assert sum(1 for t in fig["data"] if t.get("meta") == "front-line") >= 1
+    assert fig["layout"]["uirevision"]
+    hv = plot(out[5])
+    assert {t["name"] for t in hv["data"]} == {"ui-a", "ui-b"}
+    table = frame(out[6])
+    assert {(r["study"], r["trial"]) for r in table} == \
+        {(t["customdata"][i][0], t["customdata"][i][1]) for t in traces
+         if t["name"].endswith("front") for i in range(len(t["customdata"]))}
+
+
+def test_pareto_render_options(client, server):  # noqa: F811
+    # colour by a metric, dominated hidden, front over all objectives, log axes
+    plot_out, hv, table, caption = client.predict(
+        ["ui-a"], "quality", "state_bytes@4096", "params_total", "auto", "auto", "objectives",
+        False, False, True, api_name="/pareto_render")
+    fig = plot(plot_out)
+    traces = points(fig)
+    assert all(t["name"].endswith("front") for t in traces)
+    expected = {r["number"] for r in store(server).pareto("ui-a")}
+    assert {p[1] for t in traces for p in t["customdata"]} == expected
+    assert isinstance(traces[0]["marker"]["color"], list)            # coloured by a metric
+    assert traces[0]["marker"]["colorbar"]["title"]["text"] == "params_total"
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    assert "all objectives" in caption
+    # a changed direction changes the front
+    _, _, table2, caption2 = client.predict(
+        ["ui-a"], "quality", "state_bytes@4096", "study", "minimize", "maximize", "axes", True,
+        False, False, api_name="/pareto_render")
+    everything, front = _expected(server, "ui-a", "quality", "state_bytes@4096",
+                                  ("minimize", "maximize"))
+    assert {r["trial"] for r in frame(table2)} == front
+    assert "x minimize, y maximize" in caption2
+
+
+def test_ticks_refresh_only_on_change(server):  # noqa: F811
+    """The change token lives in session state: the first tick of a session renders, the next
+    ones are skipped (``gr.skip()``) while the database is unchanged."""
+    skipped = {"__type__": "update"}
+    c = Client(server["server_url"], verbose=False)
+    inputs = (["ui-a"], "quality", "params_total", "study", "auto", "auto", "axes", True, False,
+              False)
+    out = c.predict(*inputs, api_name="/pareto_tick")
+    assert points(plot(out[0]))
+    assert c.predict(*inputs, api_name="/pareto_tick")[0] == skipped
+    out = c.predict(api_name="/studies_tick")
+    assert frame(out[0])
+    assert c.predict(api_name="/studies_tick")[0] == skipped
+    trial_inputs = ("ui-a", ["COMPLETE"], False, 100, "quality", [])
+    out = c.predict(*trial_inputs, api_name="/trials_tick")
+    assert {r["state"] for r in frame(out[0])} == {"COMPLETE"}
+    assert c.predict(*trial_inputs, api_name="/trials_tick")[0] == skipped
+    # a new session renders again
+    fresh = Client(server["server_url"], verbose=False)
+    assert frame(fresh.predict(api_name="/studies_tick")[0])
+
+
+def _detail_number(header_html: str) -> tuple[str, int]:
+    m = re.search(r">([^<>]+) · trial (\d+)</span>", header_html)
+    assert m, header_html
+    return m.group(1), int(m.group(2))
+
+
+def test_clicked_point_opens_trial(client):
+    out = client.predict(json.dumps({"study": "ui-a", "trial": 5}),
+                         api_name="/open_clicked_point")
+    assert _detail_number(out[2]) == ("ui-a", 5)
+    with pytest.raises(Exception, match="not a plot point"):
+        client.predict("garbage", api_name="/open_clicked_point")
+
+
+def test_select_pareto_row_opens_trial(server):  # noqa: F811
+    out = call_with_event(server["server_url"], "pareto_table_open", [],
+                          {"index": [0, 1], "value": 3, "row_value": ["ui-b", 3, "M-"],
+                           "col_value": [3], "selected": True})
+    assert _detail_number(out[2]) == ("ui-b", 3)
+    assert out[-1]["selected"] == "detail"
+
+
+# -- trials --------------------------------------------------------------------------------------
+def test_trials_table_and_csv(client, server):  # noqa: F811
+    import csv
+    out = client.predict("ui-a", list(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
+                         False, 100, None, ["cost/params_total", "score/bytes_lm"],
+                         api_name="/trials_study")
+    top_metric, columns, table, csv_path, caption = out
+    assert top_metric["value"] == "quality"
+    assert "score/bytes_lm" in [c[1] for c in columns["choices"]]
+    rows = frame(table)
+    assert len(rows) == 7 and "7** of 7" in caption
+    assert list(table["headers"][:3]) == ["number", "state", "pattern"]
+    assert "cost/params_total" in table["headers"] and "score/bytes_lm" in table["headers"]
+    pruned = [r for r in rows if r["state"] == "PRUNED"]
+    assert len(pruned) == 3 and all("infeasible" in r["failure_reason"] for r in pruned)
+    with open(csv_path, newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [int(r["number"]) for r in csv_rows] == [r["number"] for r in rows]
+    assert csv_rows[0]["pattern"] == rows[0]["pattern"]
+
+
+def test_trials_filters(client, server):  # noqa: F811
+    everything = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+    table, _, caption = client.predict("ui-a", ["PRUNED"], False, 100, "quality", [],
+                                       api_name="/trials_filter")
+    assert {r["state"] for r in frame(table)} == {"PRUNED"} and len(frame(table)) == 3
+    table, _, _ = client.predict("ui-a", everything, True, 100, "quality", [],
+                                 api_name="/trials_filter")
+    assert {r["number"] for r in frame(table)} == {r["number"] for r in store(server).pareto("ui-a")}
+    table, csv_path, caption = client.predict("ui-a", everything, False, 50, "quality", [],
+                                              api_name="/trials_filter")
+    done = sorted((r for r in store(server).trials("ui-a", states=["COMPLETE"])),
+                  key=lambda r: -r["values"]["quality"])
+    k = math.ceil(len(done) * 0.5)
+    got = frame(table)
+    assert len(got) == k
+    assert min(r["quality"] for r in got) >= done[k - 1]["values"]["quality"] - 1e-3
+    assert "top 50% by quality (maximize)" in caption
+    assert Path(csv_path).read_text().count("\n") == k + 1
+    # a cost metric is minimised
+    table, _, _ = client.predict("ui-a", everything, False, 1, "cost/params_total", [],
+                                 api_name="/trials_filter")
+    cheapest = min(r["metrics"]["cost/params_total"] for r in store(server).trials("ui-a")
+                   if "cost/params_total" in r["metrics"])
+    assert [r["number"] for r in frame(table)] and all(
+        store(server).trial_detail("ui-a", r["number"])["metrics"]["cost/params_total"]
+        == cheapest for r in frame(table))
+
+
+def test_select_trial_row_opens_trial(server):  # noqa: F811
+    out = call_with_event(server["server_url"], "trials_open", ["ui-a"],
+                          {"index": [2, 0], "value": 2, "row_value": [2, "PRUNED", "M-*-M-"],
+                           "col_value": [2], "selected": True})
+    assert _detail_number(out[2]) == ("ui-a", 2)
+    assert "infeasible" in out[3]["value"]
+
+
+# -- trial detail --------------------------------------------------------------------------------
+def test_detail_trial_list(client):
+    out = client.predict("ui-b", api_name="/detail_trials")
+    assert [c[1] for c in out["choices"]] == [0, 1, 2, 3]
+    assert out["value"] == 3
+
+
+def test_open_trial_detail_everything(client, server):  # noqa: F811
+    import hybridlab
+    study_dd, trial_dd, header, failure, strip, curves, scores, metrics, spec = client.predict(
+        "ui-a", 5, api_name="/open_trial")
+    d = store(server).trial_detail("ui-a", 5)
+    assert trial_dd["value"] == 5 and "complete" in header and d["pattern"] in header
+    assert failure["visible"] is False
+    # the strip: one cell per layer, coloured by block type, with a legend
+    model_spec = hybridlab.load_spec(spec)
+    cells = re.findall(r"class='hl-cell' data-type='([a-z_0-9]+)'", strip)
+    assert cells == [layer.type for layer in model_spec.layers]
+    assert "hl-legend" in strip and "attention &times;1" in strip
+    assert spec.strip() == d["spec_yaml"].strip()
+    names = {t["name"] for t in plot(curves)["data"]}
+    assert names == set(d["curves"])
+    bars = plot(scores)["data"][0]
+    assert dict(zip(bars["x"], bars["y"])) == pytest.approx(d["scores"])
+    table = frame(metrics)
+    assert {(r["group"], r["name"]) for r in table} >= {("objective", "quality"),
+                                                        ("score", "bytes_lm"),
+                                                        ("cost", "params_total")}
+    # an infeasible trial shows why
+    out = client.predict("ui-a", 1, api_name="/open_trial")
+    assert out[3]["visible"] is True and "params_total" in out[3]["value"]
+    with pytest.raises(Exception, match="no trial 99"):
+        client.predict("ui-a", 99, api_name="/open_trial")
+
+
+# -- compare -------------------------------------------------------------------------------------
+def test_compare_trials(client, server):  # noqa: F811
+    out = client.predict(["ui-a#0"], "ui-a", 5, api_name="/add_to_compare")
+    trials_dd, strips, table, curve_dd, fig = out[:5]
+    assert trials_dd["value"] == ["ui-a#0", "ui-a#5"]
+    assert strips.count("class='hl-strip'") == 2
+    assert frame(table)[0].keys() >= {"metric", "ui-a #0", "ui-a #5"}
+    assert curve_dd["value"] == "eval/quality"
+    assert {t["name"] for t in plot(fig)["data"]} == {"ui-a #0", "ui-a #5"}
+    out = client.predict(["ui-a#0", "ui-b#1", "../../x#0"], "train/loss", api_name="/compare")
+    assert out[0]["value"] == ["ui-a#0", "ui-b#1", "../../x#0"]
+    assert out[3]["value"] == "train/loss"
+    rows = {r["metric"]: r for r in frame(out[2])}
+    assert rows["pattern"]["ui-b #1"] == store(server).trial_detail("ui-b", 1)["pattern"]
+    fig = plot(client.predict(["ui-a#0", "ui-b#1"], "eval/mqar/accuracy",
+                              api_name="/compare_curve"))
+    assert {t["name"] for t in fig["data"]} == {"ui-a #0", "ui-b #1"}
+    assert fig["layout"]["yaxis"]["title"]["text"] == "eval/mqar/accuracy"
+
+
+# -- compose -------------------------------------------------------------------------------------
+GOOD = """name: c
+model: {d_model: 64, vocab_size: 256}
+blocks:
+  M: {type: mamba2, d_state: 16, headdim: 16}
+  "*": {type: attention, n_heads: 4}
+pattern: "(M M *) x 2"
+"""
+BROKEN = """name: c
+model: {d_model: 64, vocab_size: 256}
+blocks:
+  M: {type: mamba2, d_state: -1, headdim: 16}
+  "*": {type: attention, n_heads: 5}
+pattern: "(M M *) x 2"
+"""
+
+
+def test_compose_live_validation_and_summary(client, tmp_path, capsys):
+    import hybridlab
+    from hybridlab.cli.main import main
+    from hybridlab.cli.summary import format_summary
+    from hybridlab.composer.summary import summarize
+
+    status, strip, summary, bars = client.predict(GOOD, "4096, 32768", "bf16",
+                                                  api_name="/compose_check")
+    assert "valid: 6 layers" in status
+    expected = format_summary(summarize(hybridlab.load_spec(GOOD), contexts=[4096, 32768]))
+    assert summary == expected                        # the same code as `hybridlab summary`
+    assert strip.count("class='hl-cell'") == 6
+    assert len(plot(bars)["data"]) == 3
+    # errors: the same problems, lines and columns as `hybridlab validate`
+    status, strip, summary, _ = client.predict(BROKEN, "4096", "bf16", api_name="/compose_check")
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 2
+    cli = re.findall(r":(\d+):(\d+): ", capsys.readouterr().err)
+    ui = re.findall(r"<b>line (\d+), col (\d+)</b>", status)
+    assert ui and ui == cli
+    assert "d_state" in status and "n_heads" in status and summary == ""
+    status, *_ = client.predict(GOOD, "0", "bf16", api_name="/compose_check")
+    assert "context lengths" in status
+
+
+def test_compose_example(client):
+    from hybridlab.ui.common import example_dirs
+    text = client.predict("hybrid-small.yaml", api_name="/compose_example")
+    files = [d / "hybrid-small.yaml" for d in example_dirs(Path.cwd())]
+    assert text.strip() == next(f for f in files if f.exists()).read_text().strip()
+
+
+# -- launch --------------------------------------------------------------------------------------
+TINY_SEARCH = {
+    "name": "launched",
+    "base": "base.yaml",
+    "space": {"blocks.M.d_state": {"choice": [2, 4]}},
+    "tasks": [{"name": "parity", "train_max_len": 8, "test_min_len": 8, "test_max_len": 10,
+               "test_examples": 16}],
+    "train": {"steps": 6, "batch_size": 4, "eval_points": 1, "prune_at_frac": None},
+    "cost": {"prefill_len": 16, "decode_steps": 2, "decode_batch": 1, "repeats": 1},
+    "objectives": [{"metric": "quality", "direction": "maximize"},
+                   {"metric": "params_total", "direction": "minimize"}],
+    "sampler": {"name": "random", "seed": 0},
+    "trials": 2,
+}
+TINY_BASE = {"name": "tb", "model": {"d_model": 16, "vocab_size": 16},
+             "blocks": {"M": {"type": "mamba2", "d_state": 4, "headdim": 8, "chunk_size": 8}},
+             "pattern": "MM"}
+
+
+@pytest.fixture
+def launch_app(tmp_path):
+    from hybridlab.ui.app import build_app, launch
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    demo = build_app(str(tmp_path / "launch.db"), live=False, base_dir=tmp_path)
+    _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+    yield {"client": Client(url, verbose=False), "demo": demo, "dir": tmp_path,
+           "url": str(tmp_path / "launch.db")}
+    demo.hybridlab.ctx.launcher.stop_all()
+    for job in demo.hybridlab.ctx.launcher.jobs.values():
+        job.proc.wait(timeout=60)
+    demo.close()
+
+
+def test_launch_check(client, tmp_path):
+    ok = client.predict(yaml.safe_dump({**TINY_SEARCH, "base": TINY_BASE}),
+                        api_name="/launch_check")
+    assert "valid search spec" in ok and "'launched'" in ok
+    bad = dict(TINY_SEARCH, base=TINY_BASE, trials=0)
+    out = client.predict(yaml.safe_dump(bad, sort_keys=False), api_name="/launch_check")
+    assert "problem" in out and "trials" in out and re.search(r"line \d+", out)
+    path, text, check = client.predict("search-quick.yaml", api_name="/launch_example")
+    assert path.endswith("search-quick.yaml") and "name: search-quick" in text
+    assert "valid search spec" in check
+
+
+def _wait_job(c, until, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = c.predict(None, api_name="/launch_tick")
+        state = re.search(r"data-state='([^']+)'", out[1]).group(1)
+        if until(state, out):
+            return state, out
+        time.sleep(1.0)
+    raise TimeoutError(f"launched search still {state}: {out[3][-2000:]}")
+
+
+def test_launch_search_runs_in_background_process(launch_app):
+    import os
+    c, folder = launch_app["client"], launch_app["dir"]
+    spec_file = folder / "specs" / "search.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_SEARCH, sort_keys=False))
+    text, check = c.predict(str(spec_file), api_name="/launch_load")[:2]
+    assert "valid search spec" in check
+    job_dd, status, progress, log = c.predict(text, None, 1, "cpu", api_name="/launch_start")
+    job = launch_app["demo"].hybridlab.ctx.launcher.jobs[job_dd["value"]]
+    assert job.proc.pid != os.getpid()                        # a separate process
+    assert job.spec_file == spec_file.resolve()               # the unchanged file, as it is
+    assert "hybridlab.cli.main" in job.command and "search" in job.command
+    state, out = _wait_job(c, lambda s, o: s != "running")
+    assert state == "finished", out[3]
+    from hybridlab.storage import Store
+    summary = Store(launch_app["url"], readonly=True).study_summary("launched")
+    assert summary["counts"]["COMPLETE"] == 2
+    fig = plot(out[2])
+    assert fig["data"][0]["y"] == ["launched"] and fig["data"][0]["x"] == [2]
+    again = c.predict(job_dd["value"], api_name="/launch_status")
+    assert "finished" in again[1] and "study launched" in again[3]
+
+
+def test_launch_stop(launch_app):
+    c, folder = launch_app["client"], launch_app["dir"]
+    spec_file = folder / "specs" / "search.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_SEARCH, sort_keys=False))
+    text = c.predict(str(spec_file), api_name="/launch_load")[0]
+    # edited in the page: run from a copy whose relative base path still resolves
+    edited = text.replace("trials: 2", "trials: 400").replace("steps: 6", "steps: 400")
+    job_dd, status, *_ = c.predict(edited, None, 1, "cpu", api_name="/launch_start")
+    job = launch_app["demo"].hybridlab.ctx.launcher.jobs[job_dd["value"]]
+    assert job.spec_file != spec_file.resolve()
+    assert str((folder / "specs" / "base.yaml").resolve()) in job.spec_file.read_text()
+    _wait_job(c, lambda s, o: "trial" in (o[3] or "") or "step" in str(o[2]), timeout=120)
+    time.sleep(3)
+    out = c.predict(job_dd["value"], api_name="/launch_stop")
+    assert "stopp" in out[1]
+    state, out = _wait_job(c, lambda s, o: s in ("stopped",) or s.startswith("failed"), 90)
+    assert state == "stopped" and job.returncode is not None
+    from hybridlab.storage import Store
+    counts = Store(launch_app["url"], readonly=True).study_summary("launched")["counts"]
+    assert counts["RUNNING"] == 0 and sum(counts.values()) < 400
+
+
+# -- export --------------------------------------------------------------------------------------
+def _unzip(path, dest: Path) -> Path:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert all(not n.startswith("/") and ".." not in n.split("/") for n in names)
+        zf.extractall(dest)
+    roots = {n.split("/")[0] for n in names}
+    assert len(roots) == 1
+    return dest / roots.pop()
+
+
+def test_export_build_native_identical_logits(client, server, tmp_path):  # noqa: F811
+    from hybridlab.export.native import load_model, load_trial_model
+    from hybridlab.export.source import find_trial
+
+    objective, trial = client.predict("ui-a", None, api_name="/export_study")
+    assert objective["value"] == "quality"
+    assert {c[1] for c in trial["choices"]} == {0, 3, 5, 6}
+    zip_path, summary, card = client.predict("ui-a", "best", "quality", None, "native", 1024, 24,
+                                             api_name="/export_build")
+    src = find_trial(store(server), "ui-a", best="quality")
+    assert f"trial {src.number}" in summary and "model.safetensors" in summary
+    assert "## How to load" in card and src.detail["pattern"] in card
+    folder = _unzip(zip_path, tmp_path)
+    assert folder.name == f"ui-a-trial-{src.number}"
+    model = load_model(folder)
+    reference = load_trial_model(src)
+    ids = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        assert torch.equal(model(ids), reference(ids))
+
+
+def test_export_this_trial_and_other_formats(client, server, tmp_path):  # noqa: F811
+    out = client.predict(MALICIOUS, 0, api_name="/export_this_trial")
+    assert out[0]["value"] == MALICIOUS and out[1]["value"] == "trial" and out[3]["value"] == 0
+    zip_path, summary, _ = client.predict(MALICIOUS, "trial", "quality", 0, "layout", 256, 12,
+                                          api_name="/export_build")
+    folder = _unzip(zip_path, tmp_path / "layout")
+    assert ".." not in folder.name and "/" not in folder.name
+    spec = yaml.safe_load((folder / "spec.yaml").read_text())
+    assert spec["model"]["d_model"] == 256 and spec["layout"]["layers"] == 12
+    info = json.loads((folder / "layout.json").read_text())
+    assert info["mixer_layers"] == 12
+    pytest.importorskip("transformers", reason="the hf format needs transformers")
+    zip_path, summary, card = client.predict("ui-b", "trial", None, 1, "hf", 1, 1,
+                                             api_name="/export_build")
+    folder = _unzip(zip_path, tmp_path / "hf")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "hybridlab"
+    assert "AutoModelForCausalLM" in card
+
+
+def test_set_live(client):
+    assert client.predict(False, api_name="/set_live") == {"active": False, "__type__": "update"}
+    assert client.predict(True, api_name="/set_live") == {"active": True, "__type__": "update"}
