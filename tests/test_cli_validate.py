@@ -117,3 +117,21 @@ def test_real_command_never_prints_a_traceback(tmp_path, good):
             f"got integer 42") in err
     assert f"{tmp_path / 'missing.yaml'}:0:0: file not found" in err
     assert f"{tmp_path}:0:0: is a directory, not a spec file" in err
+
+
+def test_validate_accepts_every_example_including_search_specs(capsys):
+    examples = sorted(str(p) for p in (Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert main(["validate", *examples]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok  ") == len(examples)
+    assert "search 'search-quick'" in out
+
+
+def test_validate_reports_search_spec_errors_with_position(capsys, tmp_path):
+    quick = Path(__file__).parent.parent / "examples" / "search-quick.yaml"
+    bad = tmp_path / "bad-search.yaml"
+    bad.write_text(quick.read_text().replace("lr: 3.0e-3", "lrr: 3.0e-3"))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "lrr:" in text)
+    assert f"{bad}:{line}:" in err and "train.lrr" in err and "did you mean 'lr'" in err

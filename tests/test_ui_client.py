@@ -451,7 +451,7 @@ def launch_app(tmp_path):
 def test_launch_check(client, tmp_path):
     ok = client.predict(yaml.safe_dump({**TINY_SEARCH, "base": TINY_BASE}),
                         api_name="/launch_check")
-    assert "valid search spec" in ok and "'launched'" in ok
+    assert "valid search spec" in ok and "study &#x27;launched&#x27;" in ok
     bad = dict(TINY_SEARCH, base=TINY_BASE, trials=0)
     out = client.predict(yaml.safe_dump(bad, sort_keys=False), api_name="/launch_check")
     assert "problem" in out and "trials" in out and re.search(r"line \d+", out)

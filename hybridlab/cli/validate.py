@@ -1,4 +1,7 @@
-"""`hybridlab validate SPEC...`: check spec files; every problem as file:line:col, exit 2 if any."""
+"""`hybridlab validate SPEC...`: check spec files; every problem as file:line:col, exit 2 if any.
+
+Model specs and search specs are both accepted: a file with top-level `space` or `objectives`
+is a search spec (its base model spec is validated with it)."""
 from __future__ import annotations
 
 import sys
@@ -14,8 +17,24 @@ def register(subparsers) -> None:
                     "layout, overrides). Prints 'ok  FILE  N layers  PATTERN' per valid file, "
                     "otherwise each problem as 'file:line:col: field: message' with hints. "
                     "Exit status: 0 all valid, 2 any invalid.")
-    p.add_argument("specs", nargs="+", metavar="SPEC", help="model spec YAML file(s)")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="model or search spec YAML file(s)")
     p.set_defaults(func=run)
+
+
+def _is_search_spec(path: str) -> bool:
+    """Peek at the top-level keys; anything unreadable goes to the model loader for its error."""
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except Exception:
+        return False
+    return isinstance(data, dict) and ("space" in data or "objectives" in data)
+
+
+def _validate_search(path: str) -> str:
+    from hybridlab.search.spec import load_search_spec
+    search = load_search_spec(Path(path))
+    return f"ok  {path}  search '{search.name}'  {len(search.space)} parameters  {search.trials} trials"
 
 
 def run(args) -> int:
@@ -24,6 +43,9 @@ def run(args) -> int:
     status = 0
     for path in args.specs:
         try:
+            if _is_search_spec(path):
+                print(_validate_search(path))
+                continue
             spec = load_spec(Path(path), source=path)   # always a file, never inline YAML
         except SpecError as e:
             for problem in e.problems:

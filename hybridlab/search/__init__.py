@@ -16,6 +16,8 @@ _EXPORTS = {
     "required_vocab": "hybridlab.search.tasks",
     "combine_quality": "hybridlab.search.tasks",
     "measure_costs": "hybridlab.search.cost",
+    "load_search_spec": "hybridlab.search.spec",
+    "run_search": "hybridlab.search.driver",
 }
 
 __all__ = sorted(_EXPORTS)

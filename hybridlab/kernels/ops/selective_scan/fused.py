@@ -783,7 +783,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
         hin = h0_
         if NC > 1:      # pass 1: each chunk's own end state and decay; carry; pass 2 below
             S, P = torch.empty(b, NC, d, n, **f32), torch.empty(b, NC, d, n, **f32)
-            _fwd_seq_kernel[(nd, b, NC - 1)](
+            # the backward's carry needs every chunk's decay, the forward's all but the last
+            _fwd_seq_kernel[(nd, b, NC if save else NC - 1)](
                 u, delta, A, B, C, D_ if D_ is not None else dummy, zz,
                 bias_ if bias_ is not None else dummy, dummy, seq if seq is not None else dummy,
                 out, last, dummy, S, P, *args, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=True,
