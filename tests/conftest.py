@@ -29,7 +29,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Fixed seed; one intra-op thread: the tiny test models gain nothing from threads, and on a
+    busy 2-core machine the thread pool spins (measured 10-100x slower with 2 threads)."""
     import torch
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)

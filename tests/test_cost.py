@@ -9,14 +9,6 @@ from hybridlab.blocks import Block, BlockConfig, register_block
 from hybridlab.search.cost import StateBytesMismatch, check_state_bytes, measure_costs, tensor_bytes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # Every mixer with decode state: Mamba-1/2/3, full and sliding-window attention, shared attention,
 # Hymba-style parallel heads, and meta tokens (which occupy cache positions).

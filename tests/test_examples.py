@@ -12,14 +12,6 @@ from hybridlab.composer.builder import build_model
 from hybridlab.composer.summary import summarize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run ~100x slower with 2 OpenMP threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PUBLISHED = {"jamba-v0.1.yaml", "nemotron-h-8b.yaml"}

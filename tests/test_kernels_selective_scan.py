@@ -181,6 +181,11 @@ def test_v2_without_time_chunks(monkeypatch):
     check(*make(2, 6, 4, 37, None, ALL, seq=True))
 
 
-def test_v2_chunk_split():
-    assert fused._seq_chunks(4096, 1024) == (512, 8)     # fixture: chunks of >= 8 steps
-    assert fused._seq_chunks(20, 1) == (8, 3)
+def test_v2_chunk_split(monkeypatch):
+    monkeypatch.setattr(fused, "SEQ_TARGET_WARPS", 4096)
+    monkeypatch.setattr(fused, "SEQ_MIN_CHUNK", 512)
+    assert fused._seq_chunks(4096, 1024) == (1024, 4)      # b4 d2048: 1024 one-warp programs
+    assert fused._seq_chunks(32768, 256) == (2048, 16)     # b1
+    assert fused._seq_chunks(4096, 4096) == (4096, 1)      # enough programs: no split
+    assert fused._seq_chunks(1000, 1) == (1000, 1)         # chunks >= 512 steps
+    assert fused._seq_chunks(20, 1) == (24, 1)

@@ -10,14 +10,6 @@ from hybridlab.composer.builder import HybridModel, build_model
 from hybridlab.composer.spec import InitConfig, LayerSpec, ModelConfig, ModelSpec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run ~100x slower with 2 OpenMP threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 D, V = 32, 64
 

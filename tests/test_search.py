@@ -58,11 +58,8 @@ def tiny_spec(tmp_path, name: str = "tiny", **changes) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _fresh_engines():
     yield
-    torch.set_num_threads(threads)
     dispose_engines()
 
 

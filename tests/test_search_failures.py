@@ -29,11 +29,8 @@ GRID8 = {"blocks.M.type": {"choice": ["mamba1", "mamba2"]},
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _fresh_engines():
     yield
-    torch.set_num_threads(threads)
     dispose_engines()
 
 

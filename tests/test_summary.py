@@ -12,14 +12,6 @@ from hybridlab.composer.spec import LayerSpec, ModelConfig, ModelSpec
 from hybridlab.composer.summary import human_bytes, human_count, summarize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run ~100x slower with 2 OpenMP threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 D, V = 32, 64
 

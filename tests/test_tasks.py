@@ -12,15 +12,6 @@ from hybridlab.search.tasks import (IGNORE, combine_quality, get_task, required_
                                     task_names)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread
-    pool spins (measured: 10x slower with 2 threads). Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # Small settings per task so the whole file runs in seconds.
 SMALL = {

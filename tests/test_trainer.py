@@ -13,15 +13,6 @@ from hybridlab.search.trainer import (LRSchedule, NonFiniteLoss, TrainConfig, bu
                                       make_optimizer, train_model, train_step)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread
-    pool spins (measured: 10x slower with 2 threads). Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 PARITY = dict(train_max_len=16, test_min_len=24, test_max_len=64, test_examples=64)
 

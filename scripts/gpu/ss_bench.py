@@ -30,12 +30,21 @@ SHAPES = {
 VARIANTS = {
     "v1": dict(FWD_IMPL="scan", BWD_IMPL="scan"),
     "v2fwd_v1bwd": dict(FWD_IMPL="seq", BWD_IMPL="scan"),
-    "v2": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=512, SEQ_WARPS=4, SEQ_BWD_ELEMS=512, SEQ_BWD_WARPS=4),
-    "v2_256w2": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=256, SEQ_WARPS=2, SEQ_BWD_ELEMS=256, SEQ_BWD_WARPS=2),
-    "v2_128w1": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128, SEQ_BWD_WARPS=1),
-    "v2_512w8": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=512, SEQ_WARPS=8, SEQ_BWD_ELEMS=512, SEQ_BWD_WARPS=8),
-    "v2_1024w4": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=1024, SEQ_WARPS=4, SEQ_BWD_ELEMS=256, SEQ_BWD_WARPS=4),
+    # v2, one warp per 8 channels (n=16), time chunks until 4096 warps (the default)
+    "v2c": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128,
+                SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=4096, SEQ_MIN_CHUNK=512),
+    "v2_nochunk": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128,
+                       SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=0),
+    "v2c_8k": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128,
+                   SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=8192, SEQ_MIN_CHUNK=256),
+    "v2c_16k": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128,
+                    SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=16384, SEQ_MIN_CHUNK=256),
+    "v2c_256w2": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=256, SEQ_WARPS=2, SEQ_BWD_ELEMS=256,
+                      SEQ_BWD_WARPS=2, SEQ_TARGET_WARPS=8192, SEQ_MIN_CHUNK=256),
+    "v2c_f512w4": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=512, SEQ_WARPS=4, SEQ_BWD_ELEMS=128,
+                       SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=8192, SEQ_MIN_CHUNK=256),
 }
+DEFAULT_VARIANTS = "v2c,v2_nochunk,v2c_8k,v2c_16k,v2c_256w2,v2c_f512w4"
 
 
 def inputs(b, l, d, n, seed=0):
@@ -71,7 +80,7 @@ def rel(a, b):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--peer", action="store_true", help="time mamba-ssm's selective_scan_fn too")
     ap.add_argument("--ref", action="store_true", help="error against the fp32 torch reference too")
@@ -98,7 +107,7 @@ def main():
         if args.ref:
             up = {k: v.float() for k, v in kw.items()}
             rref = fwd_bwd(reference.selective_scan, up, dout.float())
-        for vname in ["v1"] + [v for v in args.variants.split(",") if v != "v1"]:
+        for vname in [v for v in args.variants.split(",") if v]:
             old = set_variant(VARIANTS[vname])
             try:
                 t0 = time.time()
@@ -131,7 +140,7 @@ def main():
                 print(json.dumps(row), flush=True)
             except Exception as e:  # noqa: BLE001
                 print("peer failed:", repr(e)[:300])
-    print("\nshape                 variant     fwd ms   f+b ms   err vs v1  err vs ref")
+    print("\nshape                 variant     fwd ms   f+b ms   err vs 1st err vs ref")
     for r in rows:
         if "error" in r:
             print(f"{r['shape']:21s} {r['variant']:10s} ERROR {r['error'][:120]}")

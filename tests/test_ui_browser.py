@@ -1,0 +1,161 @@
+"""The web UI in a real browser: Debian's Chromium driven by Playwright (headless), against the
+same running app and database as the gradio_client tests. Screenshots go to test-output/ui/.
+
+Needs /usr/bin/chromium (``apt-get install -y chromium``); Playwright's own browser download is
+not used."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from ui_fixtures import output_dir, server, ui_db  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+SHOTS = "ui"
+
+#: JS: the number of trial points drawn on the Pareto plot (traces marked meta="points").
+COUNT_POINTS = """() => {
+  const gd = document.querySelector('#pareto-plot .js-plotly-plot');
+  if (!gd || !gd.data) return -1;
+  return gd.data.filter(t => t.meta === 'points').reduce((n, t) => n + t.x.length, 0);
+}"""
+#: JS: page coordinates of one front point, and which trial it is.
+POINT_POSITION = """() => {
+  const gd = document.querySelector('#pareto-plot .js-plotly-plot');
+  const fl = gd._fullLayout, box = gd.getBoundingClientRect();
+  const t = gd.data.find(t => t.meta === 'points' && t.name.endsWith('front'));
+  const i = t.x.length - 1;
+  return {x: box.left + fl._size.l + fl.xaxis.l2p(t.x[i]),
+          y: box.top + fl._size.t + fl.yaxis.l2p(t.y[i]),
+          study: t.customdata[i][0], trial: t.customdata[i][1]};
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install -y chromium"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server["server_url"])
+    pg.wait_for_selector("#studies-table", timeout=60_000)
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def shot(pg, name: str) -> Path:
+    path = output_dir(SHOTS) / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def open_tab(pg, name: str) -> None:
+    pg.get_by_role("tab", name=name, exact=True).click()
+
+
+def test_open_page_and_see_the_studies(page):
+    page.wait_for_function("() => { const t = document.querySelector('#studies-table tbody');"
+                           " return t && ['ui-a', 'ui-b', '../../x'].every("
+                           "s => t.innerText.includes(s)); }", timeout=30_000)
+    rows = page.locator("#studies-table tbody tr")
+    first_cells = [rows.nth(i).locator("td").first.inner_text().strip()
+                   for i in range(rows.count())]
+    assert [c for c in first_cells if c] == ["ui-a", "ui-b", "../../x"]
+    assert "3" in page.locator("#studies-caption").inner_text()
+    page.wait_for_selector("#studies-plot .js-plotly-plot", timeout=30_000)
+    assert shot(page, "1-studies").stat().st_size > 10_000
+
+
+def test_pareto_plot_has_one_point_per_finished_trial(page, server):  # noqa: F811
+    from hybridlab.storage import Store
+    open_tab(page, "Pareto")
+    page.wait_for_function(COUNT_POINTS.replace("() =>", "() => (") + ")() > 0",
+                           timeout=30_000)
+    expected = sum(1 for r in Store(server["url"], readonly=True).trials("ui-a")
+                   if r["state"] == "COMPLETE" and r["feasible"])
+    assert page.evaluate(COUNT_POINTS) == expected
+    # drawn in the DOM as well: plotly's scatter points of the visible traces
+    assert page.locator("#pareto-plot .scatterlayer .trace .points path").count() == expected
+    shot(page, "2-pareto")
+
+
+def test_click_a_point_opens_its_trial(page):
+    open_tab(page, "Pareto")
+    page.wait_for_function(COUNT_POINTS.replace("() =>", "() => (") + ")() > 0",
+                           timeout=30_000)
+    page.wait_for_function("() => !!(document.querySelector('#pareto-plot .js-plotly-plot')"
+                           " || {}).__hlBound", timeout=10_000)
+    pos = page.evaluate(POINT_POSITION)
+    page.mouse.move(pos["x"], pos["y"])
+    page.wait_for_timeout(300)
+    page.mouse.click(pos["x"], pos["y"])
+    header = page.locator("#trial-header")
+    header.get_by_text(f"{pos['study']} · trial {pos['trial']}").wait_for(timeout=30_000)
+    assert page.get_by_role("tab", name="Trial detail", exact=True) \
+        .get_attribute("aria-selected") == "true"
+    page.wait_for_selector("#trial-strip .hl-cell", timeout=10_000)
+    page.wait_for_selector("#trial-curves .js-plotly-plot", timeout=30_000)
+    shot(page, "3-trial-detail")
+
+
+def test_broken_spec_shows_the_error_with_its_line(page):
+    open_tab(page, "Compose")
+    page.locator("#compose-status .hl-ok").wait_for(timeout=30_000)
+    editor = page.locator("#compose-editor .cm-content")
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text("name: broken\n"
+                              "model: {d_model: 64, vocab_size: 256}\n"
+                              "blocks:\n"
+                              "  M: {type: mamba2, d_state: -3}\n"
+                              "pattern: \"(M M) x 2\"\n")
+    problem = page.locator("#compose-status .hl-problem").first
+    problem.wait_for(timeout=30_000)
+    text = page.locator("#compose-status").inner_text()
+    assert "line 4" in text and "d_state" in text
+    assert problem.get_attribute("data-line") == "4"
+    shot(page, "4-compose-error")
+
+
+def test_download_an_export_and_load_it(page, server, tmp_path):  # noqa: F811
+    from hybridlab.export.native import load_model, load_trial_model
+    from hybridlab.export.source import find_trial
+    from hybridlab.storage import Store
+
+    open_tab(page, "Export")
+    page.get_by_role("button", name="Build export").click()
+    page.locator("#export-summary").get_by_text("exported").wait_for(timeout=60_000)
+    with page.expect_download(timeout=60_000) as info:
+        page.locator("#export-download").click()
+    download = info.value
+    zip_path = tmp_path / download.suggested_filename
+    download.save_as(zip_path)
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(tmp_path / "x")
+    folder = next((tmp_path / "x").iterdir())
+    model = load_model(folder)
+    src = find_trial(Store(server["url"], readonly=True), "ui-a", best="quality")
+    ids = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(model(ids), load_trial_model(src)(ids))
+    assert folder.name == f"ui-a-trial-{src.number}"
+    shot(page, "5-export")
