@@ -573,7 +573,7 @@ def _train(data, ctx: _Ctx) -> dict:
         return {}
     import typing
 
-    from hybridlab.composer.loader import Mismatch, convert
+    from hybridlab.composer.typecheck import Mismatch, convert
     from hybridlab.search.trainer import TrainConfig
     hints = typing.get_type_hints(TrainConfig)
     out = {}
@@ -602,7 +602,7 @@ def make_train_config(values: Mapping[str, Any]):
     """TrainConfig from YAML-typed values (lists become tuples where the field says so)."""
     import typing
 
-    from hybridlab.composer.loader import Mismatch, convert
+    from hybridlab.composer.typecheck import Mismatch, convert
     from hybridlab.search.trainer import TrainConfig
     hints = typing.get_type_hints(TrainConfig)
     clean = {}
