@@ -19,7 +19,8 @@ def _small_tiles(monkeypatch):
     monkeypatch.setattr(fused, "TILE_BWD", 128)     # n <= 4: 4 channels per backward block
     monkeypatch.setattr(fused, "SEQ_ELEMS", 16)     # v2, n <= 4: 4 channels per forward block
     monkeypatch.setattr(fused, "SEQ_BWD_ELEMS", 8)  # v2, n <= 4: 2 channels per backward block
-    monkeypatch.setattr(fused, "SEQ_TARGET_WARPS", 1 << 20)   # v2 splits time into chunks ...
+    monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 1 << 20)    # v2 splits time into chunks ...
+    monkeypatch.setattr(fused, "SEQ_TARGET_WARPS", 1 << 20)
     monkeypatch.setattr(fused, "SEQ_MIN_CHUNK", 8)            # ... of 8 steps (l > 8: carries)
 
 
@@ -175,17 +176,17 @@ def test_kernel_versions(monkeypatch, impl):
 
 
 def test_v2_without_time_chunks(monkeypatch):
-    """v2 with the whole sequence in one chunk (no carry passes), l spanning several tiles."""
-    monkeypatch.setattr(fused, "SEQ_TARGET_WARPS", 0)
+    """v2 with the whole sequence in one chunk (no carry passes), l spanning several tiles; the
+    backward without its prefetch (the path for n > 32)."""
+    monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 0)
+    monkeypatch.setattr(fused, "SEQ_BWD_PREFETCH_MAX_N", 0)
     assert fused._seq_chunks(37, 1)[1] == 1
     check(*make(2, 6, 4, 37, None, ALL, seq=True))
 
 
 def test_v2_chunk_split(monkeypatch):
-    monkeypatch.setattr(fused, "SEQ_TARGET_WARPS", 4096)
-    monkeypatch.setattr(fused, "SEQ_MIN_CHUNK", 512)
-    assert fused._seq_chunks(4096, 1024) == (1024, 4)      # b4 d2048: 1024 one-warp programs
-    assert fused._seq_chunks(32768, 256) == (2048, 16)     # b1
-    assert fused._seq_chunks(4096, 4096) == (4096, 1)      # enough programs: no split
-    assert fused._seq_chunks(1000, 1) == (1000, 1)         # chunks >= 512 steps
+    monkeypatch.undo()                                     # the module defaults, not the fixture's
+    assert fused._seq_chunks(4096, 1024) == (4096, 1)      # b4 d2048 n16: 1024 one-warp programs
+    assert fused._seq_chunks(32768, 256) == (512, 64)      # b1: 64 chunks
+    assert fused._seq_chunks(1000, 1) == (336, 3)          # chunks >= 256 steps
     assert fused._seq_chunks(20, 1) == (24, 1)

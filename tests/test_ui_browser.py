@@ -20,6 +20,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 SHOTS = "ui"
 
+#: JS: the first cell of every data row of the studies table.
+FIRST_CELLS = """() => [...document.querySelectorAll('#studies-table [role=grid] [role=row]')]
+  .map(r => r.querySelector('[role=gridcell]')).filter(c => c)
+  .map(c => c.innerText.trim()).filter(t => t)"""
 #: JS: the number of trial points drawn on the Pareto plot (traces marked meta="points").
 COUNT_POINTS = """() => {
   const gd = document.querySelector('#pareto-plot .js-plotly-plot');
@@ -56,6 +60,9 @@ def page(browser, server):  # noqa: F811
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.goto(server["server_url"])
     pg.wait_for_selector("#studies-table", timeout=60_000)
+    # the page-load event has filled every tab once the caption names the studies
+    pg.locator("#studies-caption").get_by_text("studies").wait_for(timeout=60_000)
+    pg.wait_for_timeout(500)
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
@@ -72,13 +79,8 @@ def open_tab(pg, name: str) -> None:
 
 
 def test_open_page_and_see_the_studies(page):
-    page.wait_for_function("() => { const t = document.querySelector('#studies-table tbody');"
-                           " return t && ['ui-a', 'ui-b', '../../x'].every("
-                           "s => t.innerText.includes(s)); }", timeout=30_000)
-    rows = page.locator("#studies-table tbody tr")
-    first_cells = [rows.nth(i).locator("td").first.inner_text().strip()
-                   for i in range(rows.count())]
-    assert [c for c in first_cells if c] == ["ui-a", "ui-b", "../../x"]
+    page.wait_for_function(f"() => ({FIRST_CELLS})().length === 3", timeout=30_000)
+    assert page.evaluate(FIRST_CELLS) == ["ui-a", "ui-b", "../../x"]
     assert "3" in page.locator("#studies-caption").inner_text()
     page.wait_for_selector("#studies-plot .js-plotly-plot", timeout=30_000)
     assert shot(page, "1-studies").stat().st_size > 10_000
@@ -87,7 +89,7 @@ def test_open_page_and_see_the_studies(page):
 def test_pareto_plot_has_one_point_per_finished_trial(page, server):  # noqa: F811
     from hybridlab.storage import Store
     open_tab(page, "Pareto")
-    page.wait_for_function(COUNT_POINTS.replace("() =>", "() => (") + ")() > 0",
+    page.wait_for_function(f"() => ({COUNT_POINTS})() > 0",
                            timeout=30_000)
     expected = sum(1 for r in Store(server["url"], readonly=True).trials("ui-a")
                    if r["state"] == "COMPLETE" and r["feasible"])
@@ -97,9 +99,34 @@ def test_pareto_plot_has_one_point_per_finished_trial(page, server):  # noqa: F8
     shot(page, "2-pareto")
 
 
+def test_zoom_survives_a_refresh(page):
+    """``uirevision``: re-rendering the plot (here: hiding dominated trials) keeps the zoom."""
+    open_tab(page, "Pareto")
+    page.wait_for_function(f"() => ({COUNT_POINTS})() > 0", timeout=30_000)
+    full = page.evaluate("() => document.querySelector('#pareto-plot .js-plotly-plot')"
+                         "._fullLayout.xaxis.range")
+    box = page.locator("#pareto-plot .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + 5)      # drag-zoom with the mouse
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.98, box["y"] + box["height"] - 5, steps=10)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    zoom = page.evaluate("() => document.querySelector('#pareto-plot .js-plotly-plot')"
+                         "._fullLayout.xaxis.range")
+    assert zoom != pytest.approx(full)
+    before = page.evaluate(COUNT_POINTS)
+    page.get_by_label("show dominated trials").uncheck()
+    page.wait_for_function(f"() => ({COUNT_POINTS})() !== {before}", timeout=30_000)
+    after = page.evaluate("() => document.querySelector('#pareto-plot .js-plotly-plot')"
+                          "._fullLayout.xaxis.range")
+    assert after == pytest.approx(zoom)
+    # a new x axis is a new view: the zoom does not follow it
+    shot(page, "2b-pareto-zoom-kept")
+
+
 def test_click_a_point_opens_its_trial(page):
     open_tab(page, "Pareto")
-    page.wait_for_function(COUNT_POINTS.replace("() =>", "() => (") + ")() > 0",
+    page.wait_for_function(f"() => ({COUNT_POINTS})() > 0",
                            timeout=30_000)
     page.wait_for_function("() => !!(document.querySelector('#pareto-plot .js-plotly-plot')"
                            " || {}).__hlBound", timeout=10_000)
@@ -121,18 +148,17 @@ def test_broken_spec_shows_the_error_with_its_line(page):
     page.locator("#compose-status .hl-ok").wait_for(timeout=30_000)
     editor = page.locator("#compose-editor .cm-content")
     editor.click()
-    page.keyboard.press("Control+a")
-    page.keyboard.press("Delete")
+    page.keyboard.press("Control+a")               # typing replaces the whole spec
     page.keyboard.insert_text("name: broken\n"
                               "model: {d_model: 64, vocab_size: 256}\n"
                               "blocks:\n"
                               "  M: {type: mamba2, d_state: -3}\n"
                               "pattern: \"(M M) x 2\"\n")
-    problem = page.locator("#compose-status .hl-problem").first
+    problem = page.locator("#compose-status .hl-problem[data-line='4']")
     problem.wait_for(timeout=30_000)
     text = page.locator("#compose-status").inner_text()
-    assert "line 4" in text and "d_state" in text
-    assert problem.get_attribute("data-line") == "4"
+    assert "line 4, col 30" in text and "blocks.M.d_state" in text and "must be > 0" in text
+    assert page.locator("#compose-status .hl-problem").count() == 1
     shot(page, "4-compose-error")
 
 

@@ -60,6 +60,13 @@ ENDPOINT_TESTS = {
 }
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def client(server):  # noqa: F811
     return Client(server["server_url"], verbose=False)
@@ -483,8 +490,20 @@ def test_launch_search_runs_in_background_process(launch_app):
     assert job.proc.pid != os.getpid()                        # a separate process
     assert job.spec_file == spec_file.resolve()               # the unchanged file, as it is
     assert "hybridlab.cli.main" in job.command and "search" in job.command
-    state, out = _wait_job(c, lambda s, o: s != "running")
+    # the page keeps reading while the search writes: no "database is locked", no errors
+    reads = 0
+
+    def still_running(state, out):
+        nonlocal reads
+        if state == "running":
+            table = frame(c.predict(api_name="/refresh_studies")[0])
+            assert [r["study"] for r in table] in ([], ["launched"])
+            reads += 1
+        return state != "running"
+
+    state, out = _wait_job(c, still_running)
     assert state == "finished", out[3]
+    assert reads >= 1
     from hybridlab.storage import Store
     summary = Store(launch_app["url"], readonly=True).study_summary("launched")
     assert summary["counts"]["COMPLETE"] == 2
@@ -570,3 +589,47 @@ def test_export_this_trial_and_other_formats(client, server, tmp_path):  # noqa:
 def test_set_live(client):
     assert client.predict(False, api_name="/set_live") == {"active": False, "__type__": "update"}
     assert client.predict(True, api_name="/set_live") == {"active": True, "__type__": "update"}
+
+
+def test_cli_ui_serves_on_localhost_with_auth(server):  # noqa: F811
+    """`hybridlab ui` in its own process: listens on 127.0.0.1 only, asks for the password."""
+    import subprocess
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hybridlab.cli.main", "ui", "--db",
+                             server["url"], "--port", str(port), "--auth", "alice:secret",
+                             "--no-launch"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                r = httpx.get(base + "/config", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "hybridlab ui did not start"
+                time.sleep(0.5)
+        assert r.status_code == 401                     # nothing without logging in
+        with httpx.Client(base_url=base, timeout=10) as http:
+            bad = http.post("/login", data={"username": "alice", "password": "nope"})
+            assert bad.status_code == 400
+            ok = http.post("/login", data={"username": "alice", "password": "secret"})
+            assert ok.status_code == 200
+            config = http.get("/config").json()
+        names = {d.get("api_name") for d in config["dependencies"]}
+        assert {"load_page", "open_trial", "export_build"} <= names
+        launch_tab = [c for c in config["components"] if c.get("props", {}).get("id") == "launch"]
+        assert launch_tab and launch_tab[0]["props"]["visible"] is False     # --no-launch
+        import socket
+        ips = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)
+               if a[0] == socket.AF_INET} - {"127.0.0.1", "127.0.1.1"}
+        for ip in list(ips)[:1]:                       # not reachable on the machine's address
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://{ip}:{port}/config", timeout=3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

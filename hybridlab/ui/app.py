@@ -6,7 +6,8 @@
 
 The page only reads the database (``Store(url, readonly=True)``, short transactions) and
 refreshes on a ``gr.Timer`` while a search writes; each refresh is skipped when the database
-has not changed, and plots keep the user's zoom (``uirevision``). Every event has an API name,
+has not changed, and plots keep the user's zoom and hidden traces across refreshes (per
+``uirevision``, restored by the page script in ``page_js``). Every event has an API name,
 so ``gradio_client`` can drive everything the page does.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ from hybridlab.ui.tab_compose import ComposeTab
 from hybridlab.ui.tab_detail import DetailTab
 from hybridlab.ui.tab_export import ExportTab
 from hybridlab.ui.tab_launch import LaunchTab
-from hybridlab.ui.tab_pareto import CLICK_JS, ParetoTab
+from hybridlab.ui.page_js import PAGE_JS
+from hybridlab.ui.tab_pareto import ParetoTab
 from hybridlab.ui.tab_studies import StudiesTab
 from hybridlab.ui.tab_trials import TrialsTab
 
@@ -103,7 +105,7 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
                     + tuple(compose.check(compose.editor.value, "4096, 32768", "bf16")))
 
         demo.load(on_load, None, load_outputs, api_name="load_page")
-        demo.load(None, None, None, js=CLICK_JS, api_visibility="private")
+        demo.load(None, None, None, js=PAGE_JS, api_visibility="private")
     demo.queue(default_concurrency_limit=4)
     demo.hybridlab = app        # for tests and embedding
     return demo

@@ -1,8 +1,8 @@
 """Pareto: one or several studies, any two metrics as axes, a third as colour; each study's
 front highlighted and joined in its own colour; dominated trials on/off; hypervolume against
-trial number. Clicking a point opens the trial: a small script on the page passes the clicked
-point (its ``customdata``) to a hidden textbox and presses a hidden button; the table of front
-points below the plot opens trials too."""
+trial number. Clicking a point opens the trial: the page script (``page_js``) passes the
+clicked point (its ``customdata``) to a hidden textbox and presses a hidden button; the table of
+front points below the plot opens trials too."""
 from __future__ import annotations
 
 import json
@@ -11,32 +11,6 @@ import gradio as gr
 
 from hybridlab.storage import views
 from hybridlab.ui import figures, tables
-
-#: Runs on page load: binds plotly_click on the Pareto plot (again after each re-render).
-CLICK_JS = """
-() => {
-  const bind = () => {
-    document.querySelectorAll('#pareto-plot .js-plotly-plot').forEach((gd) => {
-      if (gd.__hlBound || typeof gd.on !== 'function') return;
-      gd.__hlBound = true;
-      gd.on('plotly_click', (ev) => {
-        const p = ev && ev.points && ev.points[0];
-        if (!p || !p.customdata) return;
-        const root = document.querySelector('#pareto-click');
-        const box = root && root.querySelector('textarea, input');
-        let btn = document.querySelector('#pareto-click-btn');
-        if (btn && btn.tagName !== 'BUTTON') btn = btn.querySelector('button');
-        if (!box || !btn) return;
-        box.value = JSON.stringify({study: p.customdata[0], trial: p.customdata[1]});
-        box.dispatchEvent(new Event('input', {bubbles: true}));
-        setTimeout(() => btn.click(), 200);
-      });
-    });
-  };
-  bind();
-  setInterval(bind, 400);
-}
-"""
 
 DIRECTIONS = ["auto", "minimize", "maximize"]
 FRONTS = [("x & y axes", "axes"), ("all study objectives", "objectives")]
@@ -88,7 +62,8 @@ class ParetoTab:
                            api_name="pareto_studies")
         gr.on([self.x.input, self.y.input, self.color.input, self.xdir.input, self.ydir.input,
                self.front.input, self.dominated.input, self.logx.input, self.logy.input],
-              self.render, self.render_inputs, self.render_outputs, api_name="pareto_render")
+              self.render, self.render_inputs, self.render_outputs, api_name="pareto_render",
+              show_progress="hidden")
         app.timer.tick(self.tick, [self.token] + self.render_inputs,
                        [self.token] + self.render_outputs, api_name="pareto_tick",
                        show_progress="hidden")

@@ -29,22 +29,12 @@ SHAPES = {
 }
 VARIANTS = {
     "v1": dict(FWD_IMPL="scan", BWD_IMPL="scan"),
-    "v2fwd_v1bwd": dict(FWD_IMPL="seq", BWD_IMPL="scan"),
-    # v2, one warp per 8 channels (n=16), time chunks until 4096 warps (the default)
-    "v2c": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128,
-                SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=4096, SEQ_MIN_CHUNK=512),
-    "v2_nochunk": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128,
-                       SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=0),
-    "v2c_8k": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128,
-                   SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=8192, SEQ_MIN_CHUNK=256),
-    "v2c_16k": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=128, SEQ_WARPS=1, SEQ_BWD_ELEMS=128,
-                    SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=16384, SEQ_MIN_CHUNK=256),
-    "v2c_256w2": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=256, SEQ_WARPS=2, SEQ_BWD_ELEMS=256,
-                      SEQ_BWD_WARPS=2, SEQ_TARGET_WARPS=8192, SEQ_MIN_CHUNK=256),
-    "v2c_f512w4": dict(FWD_IMPL="seq", BWD_IMPL="seq", SEQ_ELEMS=512, SEQ_WARPS=4, SEQ_BWD_ELEMS=128,
-                       SEQ_BWD_WARPS=1, SEQ_TARGET_WARPS=8192, SEQ_MIN_CHUNK=256),
+    "v2": dict(),                                           # the module defaults
+    "v2_bwd_nopf": dict(SEQ_BWD_PREFETCH_MAX_N=0),          # backward without the prefetch
+    "v2_nochunk": dict(SEQ_CHUNK_BELOW=0),
+    "v2_fwd128w1": dict(SEQ_ELEMS_BIG_N=128, SEQ_WARPS_BIG_N=1),
 }
-DEFAULT_VARIANTS = "v2c,v2_nochunk,v2c_8k,v2c_16k,v2c_256w2,v2c_f512w4"
+DEFAULT_VARIANTS = "v2,v2_bwd_nopf"
 
 
 def inputs(b, l, d, n, seed=0):

@@ -230,21 +230,42 @@ def _fwd_seq_kernel(
     n_ckpt = tl.cdiv(L, CKPT_T)
     t_lo = c * CHUNK
     t_hi = tl.minimum(t_lo + CHUNK, L)
+    # the next tile's inputs are loaded one iteration ahead (their latency hides behind a tile)
+    offs_t = t_lo + tt
+    m2 = mask_d[:, None] & (offs_t < t_hi)[None, :]
+    mnt = mask_nn & (offs_t < t_hi)[None, :]
+    u_nx = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0)
+    dt_nx = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0)
+    B_nx = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
+    if not STATES_ONLY:
+        C_nx = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
+        if HAS_Z:
+            z_nx = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0)
     for t0 in range(t_lo, t_hi, T):
         if SAVE_CKPT:
             if t0 % CKPT_T == 0:
                 tl.store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n + dn_off, h, mask=mask_dn)
+        u = u_nx.to(tl.float32)
+        dt = dt_nx.to(tl.float32)
+        Bt = B_nx.to(tl.float32)
+        if not STATES_ONLY:
+            Ct = C_nx.to(tl.float32)
+            if HAS_Z:
+                zt = z_nx.to(tl.float32)
+        offs_t1 = t0 + T + tt
+        m2n = mask_d[:, None] & (offs_t1 < t_hi)[None, :]
+        mntn = mask_nn & (offs_t1 < t_hi)[None, :]
+        u_nx = tl.load(u_base + offs_t1[None, :] * su_l, mask=m2n, other=0.0)
+        dt_nx = tl.load(dt_base + offs_t1[None, :] * sdt_l, mask=m2n, other=0.0)
+        B_nx = tl.load(B_base + offs_t1[None, :] * sB_l, mask=mntn, other=0.0)
+        if not STATES_ONLY:
+            C_nx = tl.load(C_base + offs_t1[None, :] * sC_l, mask=mntn, other=0.0)
+            if HAS_Z:
+                z_nx = tl.load(z_base + offs_t1[None, :] * sz_l, mask=m2n, other=0.0)
         offs_t = t0 + tt
         mask_t = offs_t < L
         m2 = mask_d[:, None] & mask_t[None, :]
         mnt = mask_nn & mask_t[None, :]
-        u = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-        dt = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0).to(tl.float32)
-        Bt = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0).to(tl.float32)
-        if not STATES_ONLY:
-            Ct = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0).to(tl.float32)
-            if HAS_Z:
-                zt = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:
@@ -486,7 +507,7 @@ def _bwd_seq_kernel(
     sdo_b, sdo_d, sdo_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_XIN: tl.constexpr, WANT_DH0: tl.constexpr,
-    BLOCK_D: tl.constexpr, NP: tl.constexpr,
+    BLOCK_D: tl.constexpr, NP: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps): the adjoint carry entering
     the chunk from the right is xin[b, c] (HAS_XIN; else 0); dA, dD, d bias partials go to row
@@ -533,21 +554,62 @@ def _bwd_seq_kernel(
     n_tiles = tl.cdiv(L, T)
     tile_lo = c * (CHUNK // T)
     tile_hi = tl.minimum(tile_lo + CHUNK // T, n_tiles)
+    # PREFETCH: the previous tile's inputs (next in this walk) are loaded one iteration ahead
+    if PREFETCH:
+        tile = tile_hi - 1
+        offs_t = tile * T + tt
+        m2 = mask_d[:, None] & (offs_t < L)[None, :]
+        mnt = mask_nn & (offs_t < L)[None, :]
+        h_nx = tl.load(ckpt_ptr + (b * n_tiles + tile) * d * n + dn_off, mask=mask_dn, other=0.0)
+        u_nx = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0)
+        dt_nx = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0)
+        B_nx = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
+        C_nx = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
+        do_nx = tl.load(do_base + offs_t[None, :] * sdo_l, mask=m2, other=0.0)
+        if HAS_Z:
+            z_nx = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0)
     for it in range(0, tile_hi - tile_lo):
         tile = tile_hi - 1 - it
         t0 = tile * T
+        if PREFETCH:
+            h = h_nx
+            u = u_nx.to(tl.float32)
+            raw = dt_nx.to(tl.float32)
+            Bt = B_nx.to(tl.float32)
+            Ct = C_nx.to(tl.float32)
+            dout = do_nx.to(tl.float32)
+            if HAS_Z:
+                zt = z_nx.to(tl.float32)
+            pv = tile - 1                                   # masked off below the chunk
+            offs_p = pv * T + tt
+            okp = offs_p >= tile_lo * T                    # (T,): the tile is in the chunk
+            m2p = mask_d[:, None] & okp[None, :]
+            mntp = mask_nn & okp[None, :]
+            okh = (tl.zeros((BLOCK_D, NP), tl.int32) + pv) >= tile_lo
+            h_nx = tl.load(ckpt_ptr + (b * n_tiles + pv) * d * n + dn_off, mask=mask_dn & okh, other=0.0)
+            u_nx = tl.load(u_base + offs_p[None, :] * su_l, mask=m2p, other=0.0)
+            dt_nx = tl.load(dt_base + offs_p[None, :] * sdt_l, mask=m2p, other=0.0)
+            B_nx = tl.load(B_base + offs_p[None, :] * sB_l, mask=mntp, other=0.0)
+            C_nx = tl.load(C_base + offs_p[None, :] * sC_l, mask=mntp, other=0.0)
+            do_nx = tl.load(do_base + offs_p[None, :] * sdo_l, mask=m2p, other=0.0)
+            if HAS_Z:
+                z_nx = tl.load(z_base + offs_p[None, :] * sz_l, mask=m2p, other=0.0)
+        else:
+            offs_c = t0 + tt
+            m2c = mask_d[:, None] & (offs_c < L)[None, :]
+            mntc = mask_nn & (offs_c < L)[None, :]
+            h = tl.load(ckpt_ptr + (b * n_tiles + tile) * d * n + dn_off, mask=mask_dn, other=0.0)
+            u = tl.load(u_base + offs_c[None, :] * su_l, mask=m2c, other=0.0).to(tl.float32)
+            raw = tl.load(dt_base + offs_c[None, :] * sdt_l, mask=m2c, other=0.0).to(tl.float32)
+            Bt = tl.load(B_base + offs_c[None, :] * sB_l, mask=mntc, other=0.0).to(tl.float32)
+            Ct = tl.load(C_base + offs_c[None, :] * sC_l, mask=mntc, other=0.0).to(tl.float32)
+            dout = tl.load(do_base + offs_c[None, :] * sdo_l, mask=m2c, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zt = tl.load(z_base + offs_c[None, :] * sz_l, mask=m2c, other=0.0).to(tl.float32)
         offs_t = t0 + tt
         mask_t = offs_t < L
         m2 = mask_d[:, None] & mask_t[None, :]
         mnt = mask_nn & mask_t[None, :]
-        h = tl.load(ckpt_ptr + (b * n_tiles + tile) * d * n + dn_off, mask=mask_dn, other=0.0)
-        u = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-        raw = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0).to(tl.float32)
-        Bt = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0).to(tl.float32)
-        dout = tl.load(do_base + offs_t[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zt = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
         if HAS_BIAS:
             raw = raw + bias[:, None]
         dt = raw
@@ -721,11 +783,17 @@ TILE_FWD, TILE_BWD = 8192, 4096
 #: (sets BLOCK_D), SEQ_WARPS / SEQ_BWD_WARPS: warps per program.
 FWD_IMPL = "seq"
 BWD_IMPL = "seq"
+#: (measured on the H100, docs/kernel-tuning.md: one warp per 8 channels at n=16 is fastest both
+#: ways; at n=64 the forward prefers 4 warps per 8 channels)
 SEQ_ELEMS, SEQ_WARPS = 128, 1
+SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N = 512, 4           # forward, N padded >= 64
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
+SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
-#: while the grid has fewer than SEQ_TARGET_WARPS warps; chunks keep >= SEQ_MIN_CHUNK steps.
-SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 4096, 512
+#: when the grid has fewer than SEQ_CHUNK_BELOW warps: up to SEQ_TARGET_WARPS warps, chunks of
+#: >= SEQ_MIN_CHUNK steps. (b4 d2048 n16 is faster unsplit, 1024 warps; b1 l32768 wants ~64
+#: chunks.)
+SEQ_CHUNK_BELOW, SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 1024, 16384, 256
 
 
 def _tiles(d: int, n: int, cpg: int, grouped: bool):
@@ -766,9 +834,10 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     ckpt = torch.empty(b, n_tiles, d, n, device=u.device, dtype=torch.float32) if save else last
     zz = z if z is not None else u
     if FWD_IMPL == "seq":
-        BDs = _seq_block_d(d, NP, G, SEQ_ELEMS)
+        elems, warps = (SEQ_ELEMS, SEQ_WARPS) if NP <= 32 else (SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N)
+        BDs = _seq_block_d(d, NP, G, elems)
         nd = triton.cdiv(d, BDs)
-        CH, NC = _seq_chunks(L, nd * b * SEQ_WARPS)
+        CH, NC = _seq_chunks(L, nd * b * warps)
         ck_t = 8 if BWD_IMPL == "seq" else BT
         f32 = dict(device=u.device, dtype=torch.float32)
         ckpt = torch.empty(b, triton.cdiv(L, ck_t), d, n, **f32) if save else last
@@ -777,7 +846,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
                 *(seq.stride() if seq is not None else (0, 0)))
         flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
-                     CKPT_T=ck_t, num_warps=SEQ_WARPS)
+                     CKPT_T=ck_t, num_warps=warps)
         dummy = last
         P = None
         hin = h0_
@@ -824,8 +893,9 @@ def _chunk_carry(P, S, X, reverse):
 
 
 def _seq_chunks(L, warps):
-    """(CHUNK, NC): split time into NC chunks (CHUNK a multiple of 8 steps) when the grid has
-    fewer than SEQ_TARGET_WARPS warps; chunks no shorter than SEQ_MIN_CHUNK."""
+    """(CHUNK, NC): split time into NC chunks (CHUNK a multiple of 8 steps), see SEQ_CHUNK_BELOW."""
+    if warps >= SEQ_CHUNK_BELOW:
+        return triton.cdiv(L, 8) * 8, 1
     nc = max(1, min(triton.cdiv(SEQ_TARGET_WARPS, max(1, warps)), L // max(8, SEQ_MIN_CHUNK)))
     ch = triton.cdiv(triton.cdiv(L, nc), 8) * 8
     return ch, triton.cdiv(L, ch)
@@ -909,7 +979,7 @@ class _SelectiveScan(torch.autograd.Function):
             _bwd_seq_kernel[(nd, b, NC)](
                 *ins, xin if xin is not None else dummy, *outs,
                 L, d, n, d // G, G, ctx.chunk, NC, *strides, **flags, HAS_XIN=xin is not None,
-                BLOCK_D=BDs, NP=NP, num_warps=SEQ_BWD_WARPS)
+                BLOCK_D=BDs, NP=NP, PREFETCH=NP <= SEQ_BWD_PREFETCH_MAX_N, num_warps=SEQ_BWD_WARPS)
         elif ctx.ckpt_t == BT:
             _bwd_kernel[(triton.cdiv(d, BD), b)](
                 *ins, dlast_ if dlast_ is not None else dummy, *outs,
