@@ -120,7 +120,6 @@ def test_zoom_survives_a_refresh(page):
     after = page.evaluate("() => document.querySelector('#pareto-plot .js-plotly-plot')"
                           "._fullLayout.xaxis.range")
     assert after == pytest.approx(zoom)
-    # a new x axis is a new view: the zoom does not follow it
     shot(page, "2b-pareto-zoom-kept")
 
 
