@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ui_fixtures import output_dir, server, ui_db  # noqa: F401
+from ui_fixtures import output_dir, server  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +45,8 @@ POINT_POSITION = """() => {
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
-    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install -y chromium"
+    assert Path(CHROMIUM).exists(), \
+        "browser tests need Debian's chromium: apt-get install -y chromium"
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield b

@@ -6,7 +6,6 @@ Select events (row clicks) need the browser's event data, which gradio_client ca
 go through Gradio's queue with that data (``call_with_event``)."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -19,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from ui_fixtures import MALICIOUS, call_with_event, server, ui_db  # noqa: F401
+from ui_fixtures import MALICIOUS, call_with_event, server  # noqa: F401
 
 gradio_client = pytest.importorskip("gradio_client")
 Client = gradio_client.Client
@@ -127,8 +126,8 @@ def test_studies_table_counts_and_best(client, server):  # noqa: F811
         assert r["pruned"] == s["counts"]["PRUNED"]
         assert r["failed"] == s["counts"]["FAIL"]
         assert r["running"] == s["counts"]["RUNNING"]
-        assert r["done/target"] == f"{sum(s['counts'][k] for k in ('COMPLETE', 'PRUNED', 'FAIL'))}" \
-                                   f"/{s['target_trials']}"
+        done = sum(s["counts"][k] for k in ("COMPLETE", "PRUNED", "FAIL"))
+        assert r["done/target"] == f"{done}/{s['target_trials']}"
         best = s["best"]["quality"]
         assert f"(#{best['trial_number']})" in r["best per objective"]
         assert r["status"] == "done"
@@ -286,7 +285,8 @@ def test_trials_filters(client, server):  # noqa: F811
     assert {r["state"] for r in frame(table)} == {"PRUNED"} and len(frame(table)) == 3
     table, _, _ = client.predict("ui-a", everything, True, 100, "quality", [],
                                  api_name="/trials_filter")
-    assert {r["number"] for r in frame(table)} == {r["number"] for r in store(server).pareto("ui-a")}
+    front = {r["number"] for r in store(server).pareto("ui-a")}
+    assert {r["number"] for r in frame(table)} == front
     table, csv_path, caption = client.predict("ui-a", everything, False, 50, "quality", [],
                                               api_name="/trials_filter")
     done = sorted((r for r in store(server).trials("ui-a", states=["COMPLETE"])),
@@ -633,3 +633,31 @@ def test_cli_ui_serves_on_localhost_with_auth(server):  # noqa: F811
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_views_hypervolume_history_matches_store(server, tmp_path):  # noqa: F811
+    """The UI's incremental hypervolume gives Store.hypervolume_history's numbers."""
+    import random
+
+    import optuna
+
+    from hybridlab.storage import Store as WriteStore
+    from hybridlab.storage import optuna_storage, views
+
+    for study in server["studies"]:
+        assert views.hypervolume_history(store(server), study) == pytest.approx(
+            store(server).hypervolume_history(study))
+    url = f"sqlite:///{tmp_path / 'hv.db'}"
+    WriteStore(url)
+    rng = random.Random(0)
+    study = optuna.create_study(storage=optuna_storage(url), study_name="hv",
+                                directions=["maximize", "minimize", "minimize"])
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trials([optuna.trial.create_trial(
+        values=[rng.random(), rng.random() * 1e6, rng.choice([1.0, 2.0, rng.random()])],
+        params={"x": 0.5}, distributions=dist) for _ in range(60)])
+    reader = WriteStore(url, readonly=True)
+    got, want = views.hypervolume_history(reader, "hv"), reader.hypervolume_history("hv")
+    assert [g["trial_number"] for g in got] == [w["trial_number"] for w in want]
+    assert [g["hypervolume"] for g in got] == pytest.approx([w["hypervolume"] for w in want])
+    assert got[-1]["hypervolume"] > got[0]["hypervolume"]

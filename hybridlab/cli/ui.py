@@ -49,10 +49,21 @@ def run(args) -> int:
         raise SpecError(Problem("--refresh must be > 0", file="<command line>"))
     from hybridlab.ui.app import build_app, launch
 
+    import sys
+    if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
+        print(f"warning: serving on {args.host} without --auth: anyone who can reach this "
+              f"address can read the studies" + ("" if args.no_launch else
+                                                 " and start searches (--no-launch stops that)"),
+              file=sys.stderr)
     demo = build_app(args.db, refresh_s=args.refresh, enable_launch=not args.no_launch)
     print(f"hybridlab ui: database {demo.hybridlab.ctx.shown_url}")
+    launcher = demo.hybridlab.ctx.launcher
     try:
         launch(demo, host=args.host, port=args.port, auth=auth)
     finally:
-        demo.hybridlab.ctx.launcher.stop_all()
+        running = [j for j in launcher.jobs.values() if j.returncode is None]
+        if running:
+            print(f"stopping {len(running)} search(es) started from the page; run them again "
+                  f"to resume", file=sys.stderr)
+            launcher.stop_all()
     return 0

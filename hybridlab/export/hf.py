@@ -7,7 +7,9 @@
     out = model.generate(input_ids, max_new_tokens=32)  # decodes through HybridModel.step
 
 * ``HybridLabConfig`` holds the full model spec as YAML (``spec_yaml``) plus the usual
-  ``vocab_size`` / ``hidden_size`` / ``num_hidden_layers`` and the HF ``layer_types``.
+  ``vocab_size`` / ``hidden_size`` / ``num_hidden_layers``, the layout in HF notation
+  (``hybridlab_layer_types``) and, where transformers' validator accepts it (mixer + FFN pairs),
+  the HF ``layer_types`` / ``mlp_layer_types`` themselves.
 * ``HybridLabForCausalLM.forward(input_ids, labels=None)`` is the parallel forward. During
   ``generate`` the model keeps a hybridlab ``DecodeCache`` (SSM states + KV caches) under the
   model kwarg ``hl_cache``: the prompt is stepped through the recurrence once, then one
@@ -45,15 +47,31 @@ class HybridLabConfig(PretrainedConfig):
             kwargs.setdefault("tie_word_embeddings", bool(m.tie_embeddings))
             kwargs.setdefault("hybrid_pattern", spec.pattern)
             kwargs.setdefault("hybridlab_layers", len(spec.layers))
-            if "layer_types" not in kwargs:
+            if "layer_types" not in kwargs and "hybridlab_layer_types" not in kwargs:
                 try:
                     from hybridlab.composer.convert import to_hf
-                    kwargs.update(to_hf(spec))
+                    notation = to_hf(spec)
                 except Exception:       # a layout HF notation cannot express: leave it out
-                    pass
+                    notation = None
+                if notation is not None:
+                    kwargs["hybridlab_layer_types"] = notation
+                    if _valid_for_hf(notation):
+                        kwargs.update(notation)
             # an HF decoder layer is a mixer (+ its FFN when layer_types pairs them)
             kwargs.setdefault("num_hidden_layers", len(kwargs.get("layer_types") or spec.layers))
         super().__init__(**kwargs)
+
+
+def _valid_for_hf(notation: dict) -> bool:
+    """Whether transformers' config validator accepts these ``layer_types`` (it knows no
+    separate FFN layers, e.g. Nemotron-H's flat list with ``mlp`` / ``moe`` entries)."""
+    try:
+        from transformers.configuration_utils import (ALLOWED_ATTN_LAYER_TYPES,
+                                                      ALLOWED_MLP_LAYER_TYPES)
+    except ImportError:
+        return True
+    return all(t in ALLOWED_ATTN_LAYER_TYPES for t in notation.get("layer_types", [])) and \
+        all(t in ALLOWED_MLP_LAYER_TYPES for t in notation.get("mlp_layer_types", []))
 
 
 def _load(spec_yaml: str):
@@ -190,9 +208,27 @@ def export_hf(store, study: str, out_dir: str | os.PathLike, *, trial: int | Non
     return write_hf(out_dir, load_trial_model(src), source=src)
 
 
+def _save(wrapper: HybridLabForCausalLM, folder: str) -> None:
+    """config.json, generation_config.json and model.safetensors with one entry per parameter
+    name. Weights shared inside the model (tied embeddings, shared attention blocks) are
+    written under each of their names, so loading needs no knowledge of the sharing; the
+    model's own construction re-shares them."""
+    from safetensors.torch import save_file
+
+    config = wrapper.config
+    config.architectures = [type(wrapper).__name__]
+    config.dtype = next(wrapper.parameters()).dtype
+    config.save_pretrained(folder)
+    if wrapper.generation_config is not None:
+        wrapper.generation_config.save_pretrained(folder)
+    state = {k: v.detach().cpu().clone().contiguous()
+             for k, v in wrapper.state_dict(keep_vars=False).items()}
+    save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+
+
 def write_hf(out_dir: str | os.PathLike, model, *, source=None):
-    """Write ``model`` (HybridModel) with ``save_pretrained`` into a private temporary folder
-    inside ``out_dir``, then move each file into place (nothing written outside ``out_dir``)."""
+    """Write ``model`` (HybridModel) as a transformers folder: first into a private temporary
+    folder inside ``out_dir``, then each file moved into place (nothing written outside)."""
     import json
     import shutil
     import tempfile
@@ -208,19 +244,14 @@ def write_hf(out_dir: str | os.PathLike, model, *, source=None):
     wrapper = from_hybrid_model(model.cpu())
     tmp = tempfile.mkdtemp(prefix=".hf-", dir=out.path)
     files = []
-    from transformers.utils import logging as hf_logging
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
     try:
-        wrapper.save_pretrained(tmp)
+        _save(wrapper, tmp)
         for name in sorted(os.listdir(tmp)):
             path = os.path.join(tmp, name)
             if os.path.isfile(path) and not os.path.islink(path):
                 files.append(out.copy_in(name, path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if bars:
-            hf_logging.enable_progress_bar()
     metrics = export_metrics(model, source)
     weights = out.path / "model.safetensors"
     if weights.is_file():

@@ -75,7 +75,8 @@ def study_meta(store: Store, study: str) -> dict:
     names = list(s.metric_names or [])
     directions = [d.name.lower() for d in s.directions]
     if not names:
-        names = ["value"] if len(directions) == 1 else [f"value_{i}" for i in range(len(directions))]
+        n = len(directions)
+        names = ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
     return {"name": study, "metric_names": names, "directions": directions,
             "user_attrs": dict(s.user_attrs)}
 
@@ -249,3 +250,31 @@ def progress(store: Store, study: str) -> dict:
             "target": summary.get("target_trials"), "counts": c,
             "running": sorted(running, key=lambda r: r["trial_number"]),
             "compute_s": summary.get("compute_s", 0.0)}
+
+
+def hypervolume_history(store: Store, study: str, token: str | None = None) -> list[dict]:
+    """``Store.hypervolume_history`` (same normalisation, same numbers), computed
+    incrementally: a trial dominated by the current front leaves the hypervolume unchanged, so
+    only front changes cost a hypervolume computation (over the front alone). 3,000 trials take
+    well under a second instead of minutes."""
+    meta = study_meta(store, study)
+    names, dirs = meta["metric_names"], meta["directions"]
+    rows = sorted((r for r in flat_trials(store, study, token)
+                   if r["state"] == "COMPLETE" and r["feasible"]
+                   and all(_num(r.get(n)) is not None for n in names)),
+                  key=lambda r: r["number"])
+    if not rows:
+        return []
+    losses = [_pareto.to_losses([r[n] for n in names], dirs) for r in rows]
+    lo, span, ref = _pareto.normalized_reference(losses)
+    scaled = [tuple((v - l) / s for v, l, s in zip(x, lo, span)) for x in losses]
+    front: list[tuple[float, ...]] = []
+    hv = 0.0
+    out = []
+    for r, p in zip(rows, scaled):
+        if all(x < q for x, q in zip(p, ref)) and \
+                not any(f == p or _pareto.dominates(f, p) for f in front):
+            front = [f for f in front if not _pareto.dominates(p, f)] + [p]
+            hv = _pareto.hypervolume(front, ref)
+        out.append({"trial_number": r["number"], "hypervolume": hv})
+    return out

@@ -124,8 +124,9 @@ class ParetoTab:
         revision = json.dumps([sorted(studies), x, y, front, logx, logy])
         fig = figures.pareto_figure(split, x, y, color or "study", dirs, bool(dominated),
                                     bool(logx), bool(logy), revision=revision)
-        hv = figures.hypervolume_figure({s: store.hypervolume_history(s) for s in studies},
-                                        revision="hv:" + json.dumps(sorted(studies)))
+        hv = figures.hypervolume_figure(
+            {s: views.hypervolume_history(store, s) for s in studies},
+            revision="hv:" + json.dumps(sorted(studies)))
         n_front = sum(len(s["front"]) for s in split.values())
         n_all = n_front + sum(len(s["dominated"]) for s in split.values())
         caption = (f"**{n_all}** finished feasible trials with both metrics, **{n_front}** on "

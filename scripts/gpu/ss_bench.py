@@ -33,8 +33,12 @@ VARIANTS = {
     "v2_bwd_nopf": dict(SEQ_BWD_PREFETCH_MAX_N=0),          # backward without the prefetch
     "v2_nochunk": dict(SEQ_CHUNK_BELOW=0),
     "v2_fwd128w1": dict(SEQ_ELEMS_BIG_N=128, SEQ_WARPS_BIG_N=1),
+    "v2_big256w2": dict(SEQ_ELEMS_BIG_N=256, SEQ_WARPS_BIG_N=2),
+    "v2_big1024w8": dict(SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=8),
+    "v2_mc128": dict(SEQ_MIN_CHUNK=128, SEQ_TARGET_WARPS=32768),
+    "v2_cb2048": dict(SEQ_CHUNK_BELOW=2048, SEQ_TARGET_WARPS=8192),
 }
-DEFAULT_VARIANTS = "v2,v2_bwd_nopf"
+DEFAULT_VARIANTS = "v2,v2_big256w2,v2_big1024w8,v2_mc128,v2_cb2048"
 
 
 def inputs(b, l, d, n, seed=0):
