@@ -18,4 +18,17 @@ def build_model(spec, device=None, dtype=None):
     return _build(spec, device=device, dtype=dtype)
 
 
-__all__ = ["load_spec", "build_model", "register_block", "SpecError", "Problem", "__version__"]
+def load_model(path, device=None, dtype=None):
+    """Rebuild an exported model (``hybridlab export`` directory) with its trained weights."""
+    from hybridlab.export.native import load_model as _load
+    return _load(path, device=device, dtype=dtype)
+
+
+# Register the Hugging Face config/model classes once transformers is imported (now, if it
+# already is); installing the hook imports nothing, so `import hybridlab` stays fast.
+from hybridlab.export import hf_hook as _hf_hook  # noqa: E402
+
+_hf_hook.install()
+
+__all__ = ["load_spec", "build_model", "load_model", "register_block", "SpecError", "Problem",
+           "__version__"]

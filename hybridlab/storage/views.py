@@ -12,6 +12,9 @@ its own on the read-only engine).
 * ``direction(metric, meta)``   maximize / minimize for any metric (objectives: the study's).
 * ``front_indices(points, dirs)`` the non-dominated points for any directions.
 * ``best_trial(store, study, metric)`` the best feasible finished trial by one metric.
+* ``hypervolume_history(store, study)`` Store's numbers, computed incrementally (fast for
+                                thousands of trials).
+* ``progress(store, study)``    finished/target counts and running trials' steps.
 """
 from __future__ import annotations
 
