@@ -1,13 +1,14 @@
-"""Selective-scan (Mamba-1) variants on the GPU: correctness against the v1 kernels and the torch
+"""Selective-scan (Mamba-1) variants on the GPU: correctness against each other and the torch
 reference, and timings, in one call. Run ON the GPU machine from the repo root:
 
     PYTHONPATH=$PWD python3 scripts/gpu/ss_bench.py [--variants NAME,...] [--shapes NAME,...] [--peer]
 
 A variant is a set of module attributes of hybridlab.kernels.ops.selective_scan.fused (FWD_IMPL,
-SEQ_BLOCK_D, ...). For every shape and variant: fwd ms (no grad) and fwd+bwd ms (median of
-triton.testing.do_bench), and the relative L2 error of out and every gradient against v1 ("scan",
-validated against the peer in the first GPU run) on the same bf16 inputs. Prints one table line
-per (shape, variant); --json writes them.
+SEQ_ELEMS, ...; "v2" = the module defaults). For every shape and variant: fwd ms (no grad) and
+fwd+bwd ms (median of triton.testing.do_bench), the max relative L2 error of out and every
+gradient against the first variant run, and with --ref against the fp32 torch reference on the
+same bf16 inputs. --peer times mamba-ssm's CUDA selective_scan_fn (scripts/gpu/peer_setup.sh
+first, .peer carried). Prints one table line per (shape, variant); --json writes them.
 """
 from __future__ import annotations
 
@@ -118,8 +119,8 @@ def main():
                 leaves = {k: v.detach().requires_grad_() for k, v in kw.items()}
                 fb = do_bench(lambda: fused.selective_scan(**leaves, delta_softplus=True).backward(dout),
                               warmup=25, rep=args.rep, return_mode="median", grad_to_none=list(leaves.values()))
-                row = dict(shape=sname, variant=vname, fwd_ms=f, fb_ms=fb, max_err_vs_v1=max(errs.values()),
-                           errs_vs_v1=errs, max_err_vs_ref=max(errs_ref.values()) if errs_ref else None,
+                row = dict(shape=sname, variant=vname, fwd_ms=f, fb_ms=fb, max_err_vs_first=max(errs.values()),
+                           errs_vs_first=errs, max_err_vs_ref=max(errs_ref.values()) if errs_ref else None,
                            errs_vs_ref=errs_ref, wall_s=time.time() - t0)
             except Exception as e:  # noqa: BLE001
                 row = dict(shape=sname, variant=vname, error=repr(e)[:300])
@@ -140,7 +141,7 @@ def main():
             print(f"{r['shape']:21s} {r['variant']:10s} ERROR {r['error'][:120]}")
         else:
             er = f"{r['max_err_vs_ref']:.2e}" if r.get("max_err_vs_ref") is not None else "-"
-            ev = f"{r['max_err_vs_v1']:.2e}" if r.get("max_err_vs_v1") is not None else "-"
+            ev = f"{r['max_err_vs_first']:.2e}" if r.get("max_err_vs_first") is not None else "-"
             print(f"{r['shape']:21s} {r['variant']:10s} {r['fwd_ms']:8.3f} {r['fb_ms']:8.3f}  {ev:>9s}  {er:>9s}")
     if args.json:
         with open(args.json, "w") as fh:
@@ -154,7 +155,7 @@ def peer_row(fn, sname, kw, dout):
     leaves = {k: v.detach().requires_grad_() for k, v in kw.items()}
     fb = do_bench(lambda: call(**leaves).backward(dout), warmup=25, rep=200, return_mode="median",
                   grad_to_none=list(leaves.values()))
-    return dict(shape=sname, variant="peer", fwd_ms=f, fb_ms=fb, max_err_vs_v1=None, max_err_vs_ref=None)
+    return dict(shape=sname, variant="peer", fwd_ms=f, fb_ms=fb, max_err_vs_first=None, max_err_vs_ref=None)
 
 
 if __name__ == "__main__":

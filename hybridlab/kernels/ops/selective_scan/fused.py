@@ -1,21 +1,18 @@
 """Mamba-1 selective scan in Triton: forward, backward and the decode step.
 
 Same signatures and semantics as ``reference.py`` (math in fp32, also for fp64 inputs).
+NOTES.md has the design; docs/kernel-tuning.md the measurements.
 
-Layout. One program owns (batch b, a block of BLOCK_D channels) and walks the sequence in tiles
-of BLOCK_T steps with the (BLOCK_D, N) state in registers. Inside a tile the recurrence
-h_t = a_t h_{t-1} + b_t runs as ``tl.associative_scan`` over time on (BLOCK_D, N, BLOCK_T)
-(no per-step loads, every load is a coalesced tile when time is the contiguous axis, as in
-mamba-ssm's (b, d, l) layout). softplus, exp, the D skip and the silu(z) gate are fused.
+v2 (default, ``FWD_IMPL = BWD_IMPL = "seq"``): one program per (batch, channel block[, time
+chunk]) keeps the (BLOCK_D, N) state in registers and walks time in 8-step tiles: (BLOCK_D, 8)
+tile loads one tile ahead, per-channel math on the tile, ``tl.split`` into 8 columns and an
+unrolled recurrence (``_fwd_seq_kernel``). Small grids split time into chunks (a states-only
+pass, ``_chunk_carry_kernel``, the real pass). The backward (``_bwd_seq_kernel``) walks the
+tiles in reverse from per-tile checkpoints, recomputing the 8 states in registers; dB/dC are
+reduced over the channel block per tile and added with fp32 atomics.
 
-Backward. The forward stores the state at the start of every tile (b, n_tiles, d, N) fp32
-instead of all states. The backward walks the tiles in reverse: it recomputes the tile's states
-from its checkpoint, then runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan
-(a_{t+1} comes from reloading delta one step later and one more exp; Triton has no cheap
-shift of a register tile along time).
-a_t h_{t-1} is taken as h_t - dt_t u_t B_t, so no shifted state is needed either. dB and dC are
-sums over channels: reduced over the block in registers, then one fp32 atomic add per block.
-dA, dD and d(delta_bias) are per-(batch, channel) partials, summed over the batch by torch.
+v1 (``"scan"``): ``tl.associative_scan`` over (BLOCK_D, N, BLOCK_T) tiles (``_fwd_kernel``,
+``_bwd_kernel``); kept for comparison (time lands across the lanes: ~6x slower).
 
 seq_idx (b, l) int marks packed sequences: where the id changes the decay is 0 (state restarts).
 """

@@ -69,6 +69,18 @@ def _chunk(chunk_size: int) -> int:
     return min(256, max(16, _pow2(chunk_size)))
 
 
+#: fp32 inputs on the GPU (tf32x3 dots keep fp32 operand tiles in shared memory): chunks of at
+#: most FP32_MAX_CHUNK steps and row blocks of at most FP32_MAX_BLOCK_T, else chunk_state_fwd /
+#: chunk_state_bwd (Q=256: 256 KB) and chunk_bwd (BT=64: 320 KB) exceed the H100's 227 KB
+#: (compiled for sm_90 here: 128 / 32 need 128 KB and 144 KB). bf16 is unaffected.
+FP32_MAX_CHUNK, FP32_MAX_BLOCK_T = 128, 32
+
+
+def _block_t(Q: int, dtype) -> int:
+    bt = min(Q, BLOCK_T_MAX)
+    return min(bt, FP32_MAX_BLOCK_T) if dtype == torch.float32 and not _INTERPRET else bt
+
+
 def _prec(dtype) -> str:
     """fp32 operands: "tf32x3" on the GPU (three tensor-core passes, ~1e-6 relative, so the fp32
     tests' 1e-4 holds; "ieee" compiles each 64x128 dot to unrolled FMAs, and the GPU tests
@@ -97,7 +109,7 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
     Lp = nchunks * Q
-    BT = min(Q, BLOCK_T_MAX)
+    BT = _block_t(Q, x.dtype)
     BP, BN = max(16, _pow2(P)), max(16, _pow2(N))
     dev = x.device
     lo, hi = dt_limit
@@ -148,7 +160,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg,
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
     Lp = nchunks * Q
-    BT = min(Q, BLOCK_T_MAX)
+    BT = _block_t(Q, x.dtype)
     NB = Q // BT
     BP, BN = max(16, _pow2(P)), max(16, _pow2(N))
     dev, f32 = x.device, torch.float32
@@ -256,6 +268,8 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
     D = D.contiguous() if D is not None else None
     init = initial_states.contiguous() if initial_states is not None else None
     Q = _chunk(chunk_size)
+    if x.dtype == torch.float32 and not _INTERPRET:
+        Q = min(Q, FP32_MAX_CHUNK)
     seg = None
     if seq_idx is not None:
         nchunks = triton.cdiv(x.shape[1], Q)
