@@ -20,6 +20,6 @@ hl search status gpu-24 --db "sqlite:///$work/gpu24.db" > "$OUT/status.txt" 2>&1
 hl studies --db "sqlite:///$work/gpu24.db" >> "$OUT/status.txt" 2>&1
 cp "$work/gpu24.db" "$OUT/gpu24.db"
 tail -30 "$OUT/status.txt"
-timeout --kill-after=10 "${TESTS_S:-200}" python3 -m pytest -q -m gpu -x -p no:cacheprovider tests/gpu \
+timeout --kill-after=10 "${TESTS_S:-200}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu \
   tests/test_trainer.py tests/test_cost.py > "$OUT/tests_gpu.log" 2>&1
 echo "tests rc=$?"; tail -15 "$OUT/tests_gpu.log"
