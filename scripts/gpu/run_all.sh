@@ -71,8 +71,8 @@ fi
 
 # 3. GPU tests
 gpu_paths=()
-for p in tests/gpu tests/test_bench.py; do [[ -e $p ]] && gpu_paths+=("$p"); done
-want tests_gpu && stage tests_gpu 150 python3 -m pytest -m gpu "${gpu_paths[@]}" -q -p no:cacheprovider
+for p in tests/gpu tests/test_bench.py tests/test_trainer.py tests/test_cost.py; do [[ -e $p ]] && gpu_paths+=("$p"); done
+want tests_gpu && stage tests_gpu "${TESTS_GPU_S:-150}" python3 -m pytest -m gpu "${gpu_paths[@]}" -q -p no:cacheprovider
 
 # 4. kernel tests, run on this machine as they are
 if [[ -n ${KERNEL_TESTS:-} ]]; then
