@@ -10,6 +10,11 @@ from hybridlab.kernels.ops.mamba3 import fused, reference
 
 pytestmark = pytest.mark.gpu
 BF16_TOL = 1e-2   # relative L2 error, bf16 operands with float32 accumulation
+# The angle gradient is a sum over every later position of small, cancelling terms built from
+# bf16-rounded rotated q/k, so its relative error is larger. Measured on an H100 (2026-11-22):
+# 1.27e-2 to 1.67e-2 over the five shapes below, every other tensor under 1e-2; the same kernels
+# with fp32 operands match the reference to 1e-4 (test_mamba3_fp32_tight), so this is rounding.
+ANGLE_GRAD_TOL = 2.5e-2
 
 
 def poison():
@@ -88,7 +93,8 @@ def test_mamba3_bf16_vs_reference(b, L, H, P, N, R, G, chunk):
         assert torch.isfinite(a).all() and rel_l2(a, r) <= BF16_TOL
     for n, g in gr.items():
         assert gt[n] is not None and torch.isfinite(gt[n]).all(), n
-        assert rel_l2(gt[n], g) <= BF16_TOL, (n, rel_l2(gt[n], g))
+        tol = ANGLE_GRAD_TOL if n == "angles" else BF16_TOL
+        assert rel_l2(gt[n], g) <= tol, (n, rel_l2(gt[n], g))
 
 
 def test_mamba3_fp32_tight():
