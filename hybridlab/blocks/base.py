@@ -17,6 +17,7 @@ defaults, and a ``validate`` hook for cross-field checks.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -61,8 +62,9 @@ class ForwardContext:
     seq_idx: torch.Tensor | None = None      # (B, L) int32 packed-sequence ids, optional
 
 
-class Block(nn.Module):
-    """Base class; see module docstring for the contract."""
+class Block(nn.Module, metaclass=abc.ABCMeta):
+    """Base class; see module docstring for the contract. ``forward`` and ``step`` are abstract:
+    a block that lacks either cannot be instantiated."""
 
     Config: ClassVar[type[BlockConfig]] = BlockConfig
     #: "mixer" (sequence mixing: SSM, attention, parallel), "ffn" (per-token: mlp, moe)
@@ -77,14 +79,16 @@ class Block(nn.Module):
         self.layer = ctx
 
     # -- compute ---------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Parallel forward: x (B, L, D) -> (B, L, D)."""
 
     def init_state(self, batch_size: int, max_len: int, device=None, dtype=None) -> dict[str, Any]:
         return {}
 
-    def step(self, x_t: torch.Tensor, state: dict[str, Any], ctx: ForwardContext):  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def step(self, x_t: torch.Tensor, state: dict[str, Any], ctx: ForwardContext):
+        """One token per sequence: x_t (B, D) -> ((B, D), state)."""
 
     def aux_loss(self) -> torch.Tensor | None:
         return None
