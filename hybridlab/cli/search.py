@@ -111,6 +111,11 @@ def status(name: str, db: str | None, as_json: bool = False) -> int:
         step, total = run.get("step"), run.get("total_steps")
         where = f"step {step}/{total}" if step is not None and total else "starting"
         print(f"  running:    trial {r['number']} {r['pattern'] or ''} {where}")
+    stopped = store.trials(name, states=["PRUNED", "FAIL"])
+    if stopped:
+        print(f"  stopped early or failed ({len(stopped)}):")
+        for r in stopped:
+            print(f"    #{r['number']:<4} {r['state'].lower():<7} {r['failure_reason'] or 'no reason recorded'}")
     _print_best_and_pareto(summary["best"], pareto)
     return 0
 

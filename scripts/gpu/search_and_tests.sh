@@ -18,6 +18,8 @@ echo "search rc=$? wall=$(( $(date +%s) - start ))s" | tee -a "$OUT/search.log"
 kill $smi
 hl search status gpu-24 --db "sqlite:///$work/gpu24.db" > "$OUT/status.txt" 2>&1
 hl studies --db "sqlite:///$work/gpu24.db" >> "$OUT/status.txt" 2>&1
+# fold the WAL into the main file so the copy holds every transaction
+python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(TRUNCATE)')" "$work/gpu24.db"
 cp "$work/gpu24.db" "$OUT/gpu24.db"
 tail -30 "$OUT/status.txt"
 timeout --kill-after=10 "${TESTS_S:-200}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu \
