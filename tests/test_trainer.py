@@ -260,3 +260,35 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys, args, words)
     code = cli_main(["train", str(write_spec(tmp_path)), "--device", "cpu"] + args)
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err
+
+
+class SlowFirstStepsLM(TinyLM):
+    """Stands in for kernel compilation: the first forwards take a long time."""
+
+    def __init__(self, vocab, slow_calls=2, delay_s=0.6):
+        super().__init__(vocab)
+        self.slow_calls, self.delay_s = slow_calls, delay_s
+
+    def forward(self, x):
+        if self.calls < self.slow_calls:
+            import time
+            time.sleep(self.delay_s)
+        return super().forward(x)
+
+
+def test_warmup_steps_count_neither_towards_time_budget_nor_throughput():
+    from hybridlab.search.trainer import WARMUP_STEPS
+    torch.manual_seed(0)
+    task = get_task("in_context_recall", seq_len=16, train_examples=64, test_examples=8)
+    model = SlowFirstStepsLM(16, slow_calls=WARMUP_STEPS + 1, delay_s=0.6)  # +1: a vocab check
+    # prune_margin 1.0: the early-stop check always fires, at 30% of the 0.5 s time budget
+    result = train_model(model, [task], TrainConfig(time_limit_s=0.5, batch_size=4,
+                                                    prune_at_frac=0.3, prune_margin=1.0))
+    # 1.2 s of "compilation" would pass the 30% point on the first step if it counted; excluded,
+    # the check comes after real training steps
+    assert result.status == "pruned" and result.steps > WARMUP_STEPS + 5
+    assert 0.15 <= result.train_s < 1.0
+    assert result.wall_s >= 0.6 + result.train_s        # the slow steps ran, off the clock
+    # throughput from the timed steps only: far above what the slow first steps would give
+    slow_rate = WARMUP_STEPS * 64 / (WARMUP_STEPS * 0.6)
+    assert result.train_tokens_per_s > 5 * slow_rate

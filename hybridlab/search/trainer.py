@@ -29,7 +29,12 @@ Evaluation runs every ``eval_every`` steps, or at ``eval_points`` evenly spaced 
 Reproducibility: ``seed`` seeds the batch order and torch's RNG for the run (the caller's RNG state
 is restored afterwards); on the CPU the same seed and model init give identical losses.
 
-Cost numbers: ``train_tokens_per_s`` excludes evaluation and profiled steps; ``peak_mem_bytes`` is
+Warm-up: the first ``WARMUP_STEPS`` steps compile the Triton kernels (and autotune them) on a
+fresh process, which can take longer than the whole rest of a short trial. They count towards the
+step and token budgets but not towards ``time_limit_s`` or throughput, so neither the time budget
+nor the early stop nor ``train_tokens_per_s`` punishes a trial for running first.
+
+Cost numbers: ``train_tokens_per_s`` excludes warm-up, evaluation and profiled steps; ``peak_mem_bytes`` is
 ``torch.cuda.max_memory_allocated`` on CUDA, and on the CPU the process's peak resident set size
 (``getrusage``: the whole process since it started, not just this run). On CUDA, steps 5-9 run
 under ``torch.profiler`` and ``kernel_time_share`` = GPU-busy time (kernels, copies; overlaps
@@ -55,6 +60,9 @@ from hybridlab.search.tasks.base import IGNORE, Task, combine_quality, required_
 
 Curve = list[tuple[int, float]]
 
+
+#: Steps that compile/autotune kernels: excluded from time budget and throughput (see above).
+WARMUP_STEPS = 2
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -313,8 +321,8 @@ class _Loop:
             estimates.append(math.ceil(cfg.tokens / mean_tokens))
         self.total_steps = min(estimates) if estimates else None   # for progress bars only
         self.steps = self.tokens = 0
-        self.train_s = self.eval_s = self.profile_s = 0.0
-        self.profile_tokens = 0
+        self.train_s = self.eval_s = self.profile_s = self.warmup_s = 0.0
+        self.profile_tokens = self.warmup_tokens = 0
         self.pending: _Pending | None = None
         self.kernel_share: float | None = None
         self.start = time.perf_counter()
@@ -377,7 +385,13 @@ class _Loop:
                 self._record(previous)          # the previous step's loss: ready by now
             self.steps += 1
             self.tokens += n_tokens
-            self.train_s += time.perf_counter() - step_t0
+            if self.steps <= WARMUP_STEPS:      # compilation: neither time budget nor throughput
+                if self.steps == WARMUP_STEPS and device.type == "cuda":
+                    torch.cuda.synchronize(device)     # no warm-up work left to bleed into timing
+                self.warmup_s += time.perf_counter() - step_t0
+                self.warmup_tokens += n_tokens
+            else:
+                self.train_s += time.perf_counter() - step_t0
 
             if prof is not None and self.steps == profile_steps[1]:
                 self._stop_profiler(prof)
@@ -531,9 +545,9 @@ class _Loop:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         timed_s = self.train_s - self.profile_s
-        timed_tokens = self.tokens - self.profile_tokens
-        if timed_tokens <= 0:           # every step was profiled: the slower numbers are all we have
-            timed_s, timed_tokens = self.train_s, self.tokens
+        timed_tokens = self.tokens - self.profile_tokens - self.warmup_tokens
+        if timed_tokens <= 0 or timed_s <= 0:   # too few steps: the slower numbers are all we have
+            timed_s, timed_tokens = self.train_s + self.warmup_s, self.tokens
         return TrainResult(
             status=status, stop_reason=reason, steps=self.steps, tokens=self.tokens,
             wall_s=time.perf_counter() - self.start, train_s=self.train_s,
