@@ -123,12 +123,10 @@ def test_real_search_records_everything(tmp_path, capsys):
 
 
 def _optuna_dashboard_reads(db):
-    """optuna-dashboard (optional) serves the same database: our tables do not disturb it."""
-    try:
-        import optuna_dashboard
-    except ImportError:
-        return
+    """optuna-dashboard serves the same database: our tables do not disturb it."""
     import io
+
+    import optuna_dashboard   # a test dependency (pyproject's [test] extra)
     import json
     app = optuna_dashboard.wsgi(db)
     status = []
