@@ -185,3 +185,24 @@ def test_download_an_export_and_load_it(page, server, tmp_path):  # noqa: F811
         assert torch.equal(model(ids), load_trial_model(src)(ids))
     assert folder.name == f"ui-a-trial-{src.number}"
     shot(page, "5-export")
+
+
+def test_pareto_compares_two_studies(page, server):  # noqa: F811
+    """Pick a second study: each study gets its own front (own colour), all points drawn."""
+    from hybridlab.storage import Store
+    store = Store(server["url"], readonly=True)
+    open_tab(page, "Pareto")
+    page.wait_for_function(f"() => ({COUNT_POINTS})() > 0", timeout=30_000)
+    box = page.locator("#pareto-studies input").first
+    box.click()
+    page.get_by_role("option", name="ui-b", exact=True).click()
+    page.locator("#pareto-caption").click()        # close the dropdown
+    expected = sum(1 for study in ("ui-a", "ui-b") for r in store.trials(study)
+                   if r["state"] == "COMPLETE" and r["feasible"])
+    page.wait_for_function(f"() => ({COUNT_POINTS})() === {expected}", timeout=30_000)
+    fronts = page.evaluate("() => document.querySelector('#pareto-plot .js-plotly-plot').data"
+                           ".filter(t => t.meta === 'points' && t.name.endsWith('front'))"
+                           ".map(t => [t.name, t.marker.color])")
+    assert {name.split(" ")[0] for name, _ in fronts} == {"ui-a", "ui-b"}
+    assert len({str(color) for _, color in fronts}) == 2          # one colour per study
+    shot(page, "2c-pareto-two-studies")

@@ -20,7 +20,7 @@ class ParetoTab:
     def __init__(self, ctx):
         self.ctx = ctx
         with gr.Row():
-            self.studies = gr.Dropdown(label="Studies (compare several)", choices=[],
+            self.studies = gr.Dropdown(label="Studies (compare several)", choices=[], elem_id="pareto-studies",
                                        multiselect=True, allow_custom_value=True, scale=3)
             self.front = gr.Radio(FRONTS, value="axes", label="Pareto front over", scale=2)
             self.dominated = gr.Checkbox(value=True, label="show dominated trials", scale=1)

@@ -50,6 +50,12 @@ class TaskSettings:
         """Cross-field checks: (field, message) pairs; empty when valid."""
         return []
 
+    def check_example_counts(self) -> list[tuple[str, str]]:
+        """The check of ``train_examples`` / ``test_examples``, for settings that have both."""
+        if self.train_examples < 0 or self.test_examples < 1:
+            return [("test_examples", "train_examples >= 0 and test_examples >= 1")]
+        return []
+
 
 def build_settings(cls: type[TaskSettings], values: Mapping[str, Any], task: str) -> TaskSettings:
     """Validate ``values`` (from YAML or the command line) into ``cls``; raise ``SpecError``."""
@@ -121,6 +127,8 @@ class Task(ABC):
     name: ClassVar[str]
     Settings: ClassVar[type[TaskSettings]]
     metric: ClassVar[str] = "accuracy"      # the key of evaluate()'s result that score() reads
+    extra_tokens: ClassVar[int] = 0         # ids after the vocab_size setting (pad, markers)
+    answer_share: ClassVar[float] = 1.0     # share of the vocab_size setting answers come from
 
     def __init__(self, settings: TaskSettings | None = None, label: str | None = None):
         self.settings = settings if settings is not None else self.Settings()
@@ -131,21 +139,28 @@ class Task(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(label={self.label!r}, {self.settings})"
 
-    # -- what each task defines ---------------------------------------------------------------
+    # -- what each task defines (the defaults read the settings vocab_size and seq_len) ----------
     @property
-    @abstractmethod
     def vocab_size(self) -> int:
-        """Number of token ids this task uses (ids 0 .. vocab_size - 1)."""
+        """Number of token ids this task uses (ids 0 .. vocab_size - 1).
+
+        Default: the ``vocab_size`` setting plus the task's ``extra_tokens``."""
+        return self.settings.vocab_size + self.extra_tokens
 
     @property
-    @abstractmethod
     def chance(self) -> float:
-        """The score of a model without skill (guessing within the right token range)."""
+        """The score of a model without skill (guessing within the right token range).
+
+        Default: one guess among ``answer_share`` of the ``vocab_size`` setting (0.5: values are
+        the second half of the vocabulary)."""
+        return 1.0 / (self.settings.vocab_size * self.answer_share)
 
     @property
-    @abstractmethod
     def tokens_per_example(self) -> int:
-        """Typical training-sequence length, to turn a token budget into steps."""
+        """Typical training-sequence length, to turn a token budget into steps.
+
+        Default: the ``seq_len`` setting."""
+        return self.settings.seq_len
 
     @abstractmethod
     def generate(self, n: int, generator: torch.Generator, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,10 +130,6 @@ class BytesLM(Task):
     def chance(self):
         return 0.0          # score of a uniform guess (8 bits per byte)
 
-    @property
-    def tokens_per_example(self):
-        return self.settings.seq_len
-
     def corpus(self) -> dict[str, torch.Tensor]:
         """{"train": uint8 tensor, "val": uint8 tensor}, read once."""
         if self._corpus is None:

@@ -68,18 +68,7 @@ def _recall_targets(keys: torch.Tensor, values: torch.Tensor, n_keys: int) -> to
 class InContextRecall(Task):
     name = "in_context_recall"
     Settings = RecallSettings
-
-    @property
-    def vocab_size(self):
-        return self.settings.vocab_size
-
-    @property
-    def chance(self):
-        return 2.0 / self.settings.vocab_size
-
-    @property
-    def tokens_per_example(self):
-        return self.settings.seq_len
+    answer_share = 0.5        # a value guessed from the value half
 
     def generate(self, n, generator, split):
         s = self.settings
@@ -112,22 +101,12 @@ class FuzzyRecallSettings(RecallSettings):
 class FuzzyRecall(Task):
     name = "fuzzy_recall"
     Settings = FuzzyRecallSettings
-
-    @property
-    def vocab_size(self):
-        return self.settings.vocab_size + 1          # + pad
+    extra_tokens = 1          # pad
+    answer_share = 0.5        # per value token, roughly 1 / #value tokens
 
     @property
     def pad(self) -> int:
         return self.settings.vocab_size
-
-    @property
-    def chance(self):
-        return 2.0 / self.settings.vocab_size        # per value token, roughly 1 / #value tokens
-
-    @property
-    def tokens_per_example(self):
-        return self.settings.seq_len
 
     @staticmethod
     def _motif(low, high, max_size, rng: random.Random) -> tuple[int, ...]:
@@ -191,18 +170,11 @@ class NoisyRecallSettings(RecallSettings):
 class NoisyRecall(Task):
     name = "noisy_recall"
     Settings = NoisyRecallSettings
+    answer_share = 0.5        # a value guessed from the value half
 
     @property
     def vocab_size(self):
         return self.settings.vocab_size + self.settings.noise_vocab_size
-
-    @property
-    def chance(self):
-        return 2.0 / self.settings.vocab_size
-
-    @property
-    def tokens_per_example(self):
-        return self.settings.seq_len
 
     def generate(self, n, generator, split):
         s = self.settings
@@ -247,26 +219,13 @@ class SelectiveCopyingSettings(TaskSettings):
             out.append(("vocab_size", "must be at least 2"))
         if self.num_tokens_to_copy < 1 or 3 * self.num_tokens_to_copy > self.seq_len:
             out.append(("num_tokens_to_copy", "must be in 1 .. seq_len / 3"))
-        if self.train_examples < 0 or self.test_examples < 1:
-            out.append(("test_examples", "train_examples >= 0 and test_examples >= 1"))
-        return out
+        return out + self.check_example_counts()
 
 
 class SelectiveCopying(Task):
     name = "selective_copying"
     Settings = SelectiveCopyingSettings
-
-    @property
-    def vocab_size(self):
-        return self.settings.vocab_size + 2
-
-    @property
-    def chance(self):
-        return 1.0 / self.settings.vocab_size
-
-    @property
-    def tokens_per_example(self):
-        return self.settings.seq_len
+    extra_tokens = 2          # blank, copy marker
 
     def generate(self, n, generator, split):
         s = self.settings
@@ -296,22 +255,13 @@ class CompressionSettings(TaskSettings):
             out.append(("vocab_size", "must be at least 2"))
         if self.seq_len < 2:
             out.append(("seq_len", "must be at least 2"))
-        if self.train_examples < 0 or self.test_examples < 1:
-            out.append(("test_examples", "train_examples >= 0 and test_examples >= 1"))
-        return out
+        return out + self.check_example_counts()
 
 
 class Compression(Task):
     name = "compression"
     Settings = CompressionSettings
-
-    @property
-    def vocab_size(self):
-        return self.settings.vocab_size + 1
-
-    @property
-    def chance(self):
-        return 1.0 / self.settings.vocab_size
+    extra_tokens = 1          # marker
 
     @property
     def tokens_per_example(self):
@@ -340,26 +290,13 @@ class MemorizationSettings(TaskSettings):
             out.append(("vocab_size", "must be even and at least 4"))
         if self.seq_len < 2 or self.seq_len % 2:
             out.append(("seq_len", "must be even and at least 2"))
-        if self.train_examples < 0 or self.test_examples < 1:
-            out.append(("test_examples", "train_examples >= 0 and test_examples >= 1"))
-        return out
+        return out + self.check_example_counts()
 
 
 class Memorization(Task):
     name = "memorization"
     Settings = MemorizationSettings
-
-    @property
-    def vocab_size(self):
-        return self.settings.vocab_size
-
-    @property
-    def chance(self):
-        return 2.0 / self.settings.vocab_size
-
-    @property
-    def tokens_per_example(self):
-        return self.settings.seq_len
+    answer_share = 0.5        # a value guessed from the value half
 
     def fact_map(self) -> torch.Tensor:
         """The fixed key -> value map all sequences share (a function of ``seed`` only)."""

@@ -41,26 +41,13 @@ class MQARSettings(TaskSettings):
                                    "(context plus one query slot per key)"))
         if self.power_a <= 0:
             out.append(("power_a", "must be > 0"))
-        if self.train_examples < 0 or self.test_examples < 1:
-            out.append(("test_examples", "train_examples >= 0 and test_examples >= 1"))
-        return out
+        return out + self.check_example_counts()
 
 
 class MQAR(Task):
     name = "mqar"
     Settings = MQARSettings
-
-    @property
-    def vocab_size(self) -> int:
-        return self.settings.vocab_size
-
-    @property
-    def chance(self) -> float:
-        return 2.0 / self.settings.vocab_size     # a value guessed from the value half
-
-    @property
-    def tokens_per_example(self) -> int:
-        return self.settings.seq_len
+    answer_share = 0.5        # a value guessed from the value half
 
     def query_slot_weights(self) -> torch.Tensor:
         """Unnormalised power-law weight of each query slot (slot 0 is right after the context)."""
