@@ -22,7 +22,7 @@ from torch import nn
 from hybridlab.errors import Problem, SpecError
 
 from .attention import Attention, AttentionConfig
-from .base import Block, BlockConfig, ForwardContext, LayerContext
+from .base import Block, ForwardContext, LayerContext
 from .mlp import ACTIVATIONS, FeedForward, hidden_size
 from .norms import RMSNorm
 from .registry import register_block
@@ -31,7 +31,7 @@ _ATTENTION_FIELDS = AttentionConfig.field_names()
 
 
 @dataclass
-class SharedAttentionConfig(BlockConfig):
+class SharedAttentionConfig(AttentionConfig):
     """Fields (YAML keys) and defaults. The attention fields are those of ``attention``; every use
     of one block name must agree on them (only ``adapter_rank`` may differ per use).
 
@@ -44,14 +44,7 @@ class SharedAttentionConfig(BlockConfig):
     concat_embeddings: False  feed [x, token embeddings] (core width 2*d_model), project back per use
     """
 
-    n_heads: int = 8
-    n_kv_heads: int | None = None
-    head_dim: int | None = None
-    rope: bool = True
-    rope_theta: float = 10000.0
-    rope_fraction: float = 1.0
-    window: int | None = None
-    qkv_bias: bool = False
+    # the attention fields are inherited from AttentionConfig
     mlp_hidden_mult: float = 4.0
     mlp_activation: str = "swiglu"
     adapter_rank: int = 0
@@ -68,7 +61,7 @@ class SharedAttentionConfig(BlockConfig):
         return tuple((k, v) for k, v in vars(self).items() if k != "adapter_rank")
 
     def validate(self, d_model: int) -> list[tuple[str, str]]:
-        problems = self.attention_config().validate(self.core_width(d_model))
+        problems = super().validate(self.core_width(d_model))
         if self.mlp_hidden_mult <= 0:
             problems.append(("mlp_hidden_mult", f"must be > 0, got {self.mlp_hidden_mult}"))
         if self.mlp_activation not in ACTIVATIONS:
