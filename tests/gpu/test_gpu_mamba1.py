@@ -9,26 +9,10 @@ import torch
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
 from hybridlab.kernels.ops.causal_conv1d import fused as conv_fused, reference as conv_ref
 from hybridlab.kernels.ops.selective_scan import fused, reference
+from gpu_helpers import fresh_gen, poison, rel
 
 pytestmark = pytest.mark.gpu
 BF16_TOL = 1e-2   # relative L2 error: bf16 inputs/outputs, fp32 math on both sides
-
-
-def poison():
-    """Fill the caching allocator's free memory with NaN so torch.empty outputs start as NaN."""
-    free = torch.cuda.mem_get_info()[0]
-    buf = torch.empty(min(int(free * 0.4), 16 << 30) // 4, device="cuda").fill_(float("nan"))
-    del buf
-
-
-def rel(a, b):
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def fresh_gen():
-    seed = torch.seed() % (2 ** 31)
-    return torch.Generator(device="cuda").manual_seed(seed), seed
 
 
 def run_scan(fn, kw, flags, w_out, w_last, upcast):
