@@ -20,6 +20,7 @@ from . import fused_fwd as kf
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
 from .reference import segment_ids
 from .reference import ssd as _ssd_reference
+from .reference import ssd_decoupled as _ssd_decoupled_reference
 
 #: largest row block inside a chunk (BT); tests lower it to exercise the multi-block paths
 BLOCK_T_MAX = 64
@@ -104,7 +105,7 @@ def _heads_per_program(b, nchunks, nb, G, hpg, target):
     return 1
 
 
-def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
+def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
@@ -120,12 +121,12 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
     st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
     prec = _prec(x.dtype)
     _chunk_state_fwd[(H, nchunks, b)](
-        x, dt, A, B, dt_bias, seg, delta, cs, st,
+        x, dt, A, B, dt_bias, seg, ld, delta, cs, st,
         l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
         B.stride(0), B.stride(1), B.stride(2), Lp, nchunks,
         Q=Q, BP=BP, BN=BN, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
-        HAS_SEQ=seg is not None, PREC=prec, **_CSF)
+        HAS_SEQ=seg is not None, HAS_LD=ld is not None, PREC=prec, **_CSF)
 
     E = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     final = torch.empty(b, H, P, N, device=dev, dtype=f32)
@@ -139,14 +140,14 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit):
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if z is not None else None
     _chunk_scan_fwd[(H, nchunks * (Q // BT), b)](
-        x, z, B, C, D, delta, cs, seg, E, out, y,
+        x, z, B, C, D, dpos, delta, cs, seg, E, out, y,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
-        HAS_Z=z is not None, HAS_SEQ=seg is not None, HAS_STATE=init is not None or nchunks > 1,
-        PREC=prec, **_CSCF)
+        HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+        HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
     return out, final, y, delta, cs, E
 
 
@@ -155,7 +156,7 @@ def _strides3(t):
 
 
 def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
-              dt_limit, has_init):
+              dt_limit, has_init, has_ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
@@ -199,9 +200,10 @@ def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg,
     d_hdim = D is not None and D.dim() == 2
     dDp = (torch.empty(b, nchunks * NB, H, *((P,) if d_hdim else ()), device=dev, dtype=f32)
            if D is not None else None)
+    ddpos = torch.empty(b, H, Lp, device=dev, dtype=f32) if dpos is not None else None
     _chunk_bwd[(G * nsplit, nchunks * NB, b)](
-        x, z, dout, y, B, C, D, delta, cs, seg, E, dst,
-        dx, dz, dBp, dCp, ddx, dcs, dlast, dDp,
+        x, z, dout, y, B, C, D, dpos, delta, cs, seg, E, dst,
+        dx, dz, dBp, dCp, ddx, dcs, dlast, dDp, ddpos,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
         dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(y),
@@ -209,48 +211,62 @@ def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg,
         dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz),
         dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_D=D is not None, D_HDIM=d_hdim,
-        HAS_Z=z is not None, HAS_SEQ=seg is not None, HAS_STATE=has_init or nchunks > 1,
-        PREC=prec, **_CB)
+        HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+        HAS_STATE=has_init or nchunks > 1, PREC=prec, **_CB)
 
     ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
+    dld = torch.empty_like(ddt, dtype=f32) if has_ld else None
     dAp = torch.empty(b, H, nchunks, device=dev, dtype=f32)
     dbp = torch.empty_like(dAp)
     lo, hi = dt_limit
     kb.dt_bwd[(H, nchunks, b)](
-        dt, dt_bias, A, delta, dcs, ddx, dlast, dlast2, ddt, dAp, dbp,
+        dt, dt_bias, A, delta, dcs, ddx, dlast, dlast2, ddt, dAp, dbp, dld,
         l, H, dt.stride(0), dt.stride(1), dt.stride(2), ddt.stride(0), ddt.stride(1), ddt.stride(2),
         float(lo), float(min(hi, 3.0e38)), Lp, nchunks, nblk,
         Q=Q, NB=NB, BLK2=max(2, _pow2(nblk)), HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        HAS_LIMIT=lo > 0.0 or hi < math.inf, num_warps=1 if one else 4)
+        HAS_LIMIT=lo > 0.0 or hi < math.inf, HAS_LD=has_ld, num_warps=1 if one else 4)
 
     dB = (dBp[0] if nsplit == 1 else dBp.sum(0))[:, :l]
     dC = (dCp[0] if nsplit == 1 else dCp.sum(0))[:, :l]
-    dA = dAp.sum((0, 2))
+    dA = dAp.sum((0, 2)) if not has_ld else None
     dbias = dbp.sum((0, 2)) if dt_bias is not None else None
     dD = dDp.sum((0, 1)) if D is not None else None
-    return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit
+    ddpos = ddpos[:, :, :l].transpose(1, 2) if dpos is not None else None
+    return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos
 
 
 class _SSDFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, Q, softplus, dt_limit):
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, Q, softplus, dt_limit,
+                log_decay, D_pos):
+        dpos = _pad_positions(D_pos, Q)
         out, final, y, delta, cs, E = _forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
-                                               Q, softplus, dt_limit)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg)
-        ctx.cfg = (Q, softplus, dt_limit, initial_states is not None)
+                                               Q, softplus, dt_limit, log_decay, dpos)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos)
+        ctx.cfg = (Q, softplus, dt_limit, initial_states is not None, log_decay is not None)
         ctx.init_dtype = initial_states.dtype if initial_states is not None else None
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg = ctx.saved_tensors
-        Q, softplus, dt_limit, has_init = ctx.cfg
-        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = _backward(
+        x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos = ctx.saved_tensors
+        Q, softplus, dt_limit, has_init, has_ld = ctx.cfg
+        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos = _backward(
             dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
-            dt_limit, has_init)
+            dt_limit, has_init, has_ld, dpos)
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)  # noqa: E731
         return (dx, ddt, cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz, cast(dbias, dt_bias),
-                None if dinit is None else dinit.to(ctx.init_dtype), None, None, None, None)
+                None if dinit is None else dinit.to(ctx.init_dtype), None, None, None, None, dld, ddpos)
+
+
+def _pad_positions(v, Q):
+    """(b, l, h) per-position values -> (b, h, Lp) fp32, zero-padded to whole chunks (kernel layout)."""
+    if v is None:
+        return None
+    b, l, h = v.shape
+    out = v.new_zeros(b, h, triton.cdiv(l, Q) * Q, dtype=torch.float32)
+    out[:, :, :l] = v.transpose(1, 2)
+    return out
 
 
 def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -277,5 +293,30 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
         pad = nchunks * Q - x.shape[1]     # padding continues the last segment
         seg = torch.cat([seg, seg[:, -1:].expand(-1, pad)], 1).contiguous()
     lim = (float(dt_limit[0]), float(dt_limit[1]))
-    out, final = _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim)
+    out, final = _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim, None, None)
+    return (out, final) if return_final_states else out
+
+
+def ssd_decoupled(x, scale, log_decay, B, C, chunk_size, D=None, D_pos=None, z=None,
+                  initial_states=None, return_final_states=False):
+    """Same contract as ``reference.ssd_decoupled``: the decay exp(log_decay) and the input scale
+    are separate (b, l, h) inputs, plus a per-position skip D_pos. The same kernels as ``ssd``."""
+    if x.dtype == torch.float64:
+        return _ssd_decoupled_reference(x, scale, log_decay, B, C, chunk_size, D=D, D_pos=D_pos, z=z,
+                                        initial_states=initial_states, return_final_states=return_final_states)
+    x, z = _lastdim_contig(x), _lastdim_contig(z)
+    scale = scale.float().contiguous()
+    log_decay = log_decay.float().contiguous()
+    B = _lastdim_contig(B if B.dtype == x.dtype else B.to(x.dtype))
+    C = _lastdim_contig(C if C.dtype == x.dtype else C.to(x.dtype))
+    if z is not None and z.dtype != x.dtype:
+        z = z.to(x.dtype)
+    D = D.contiguous() if D is not None else None
+    init = initial_states.contiguous() if initial_states is not None else None
+    Q = _chunk(chunk_size)
+    if x.dtype == torch.float32 and not _INTERPRET:
+        Q = min(Q, FP32_MAX_CHUNK)
+    A = scale.new_zeros(x.shape[2])                  # unused: the kernels read log_decay instead
+    out, final = _SSDFn.apply(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf),
+                              log_decay, D_pos)
     return (out, final) if return_final_states else out

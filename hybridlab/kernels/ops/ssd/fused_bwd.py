@@ -86,16 +86,16 @@ def state_pass_bwd(
 
 @triton.jit
 def chunk_bwd(
-    x_ptr, z_ptr, dout_ptr, y_ptr, B_ptr, C_ptr, D_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr, dst_ptr,
-    dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddx_ptr, dcs_ptr, dlast_ptr, dD_ptr,
+    x_ptr, z_ptr, dout_ptr, y_ptr, B_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
+    dst_ptr, dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddx_ptr, dcs_ptr, dlast_ptr, dD_ptr, dDpos_ptr,
     L, H, P, N, G,
     sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sdo_b, sdo_l, sdo_h, sy_b, sy_l, sy_h,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g, sdx_b, sdx_l, sdx_h, sdz_b, sdz_l, sdz_h,
     sdB_s, sdB_b, sdB_l, sdB_g,
     Lp, nchunks,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
-    HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-    HAS_STATE: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
 ):
     hs = tl.program_id(0)
     cb = tl.program_id(1)
@@ -219,6 +219,9 @@ def chunk_bwd(
             else:
                 dx += tl.load(D_ptr + h).to(tl.float32) * dYk
                 tl.store(dD_ptr + (b * nchunks * NB + cb) * H + h, tl.sum(tl.sum(dYk * xk, axis=1), axis=0))
+        if HAS_DPOS:    # per-position skip weight (b, h, Lp)
+            dx += tl.load(Dpos_ptr + row + tk)[:, None] * dYk
+            tl.store(dDpos_ptr + row + tk, tl.sum(dYk * xk, axis=1))
         tl.store(dx_ptr + b * sdx_b + tk[:, None] * sdx_l + h * sdx_h + op[None, :],
                  dx.to(dx_ptr.dtype.element_ty), mask=pmask_k)
         tl.store(ddx_ptr + row + tk, tl.sum(xk * dXX, axis=1))     # d loss / dΔ through X = Δ·x
@@ -233,10 +236,10 @@ def chunk_bwd(
 @triton.jit
 def dt_bwd(
     dt_ptr, dt_bias_ptr, A_ptr, delta_ptr, dcs_ptr, ddx_ptr, dlast_ptr, dlast2_ptr,
-    ddt_ptr, dA_ptr, dbias_ptr,
+    ddt_ptr, dA_ptr, dbias_ptr, dld_ptr,
     L, H, sdt_b, sdt_l, sdt_h, sddt_b, sddt_l, sddt_h, dt_lo, dt_hi, Lp, nchunks, NBLK2,
     Q: tl.constexpr, NB: tl.constexpr, BLK2: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_LD: tl.constexpr,
 ):
     h = tl.program_id(0)
     c = tl.program_id(1)
@@ -254,8 +257,11 @@ def dt_bwd(
     dcs += tl.where(oq == Q - 1, dlast, 0.0)
     da = tl.sum(dcs, axis=0) - tl.cumsum(dcs, axis=0) + dcs         # reverse cumsum: cs_t = Σ_{s<=t} a_s
     delta = tl.load(delta_ptr + row + t)
-    A = tl.load(A_ptr + h).to(tl.float32)
-    dd = da * A + tl.load(ddx_ptr + row + t)
+    if HAS_LD:      # decoupled log decay: its gradient is da itself; Δ only scales the input
+        tl.store(dld_ptr + b * sddt_b + t * sddt_l + h * sddt_h, da, mask=valid)
+        dd = tl.load(ddx_ptr + row + t)
+    else:
+        dd = da * tl.load(A_ptr + h).to(tl.float32) + tl.load(ddx_ptr + row + t)
     raw = tl.load(dt_ptr + b * sdt_b + t * sdt_l + h * sdt_h, mask=valid, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw += tl.load(dt_bias_ptr + h).to(tl.float32)

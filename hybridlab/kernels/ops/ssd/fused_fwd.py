@@ -23,14 +23,14 @@ def _softplus(v):
 
 @triton.jit
 def chunk_state_fwd(
-    x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, seg_ptr,
+    x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, seg_ptr, ld_ptr,
     delta_ptr, cs_ptr, st_ptr,
     L, H, P, N, G, dt_lo, dt_hi,
     sx_b, sx_l, sx_h, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g,
     Lp, nchunks,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr,
-    PREC: tl.constexpr,
+    HAS_LD: tl.constexpr, PREC: tl.constexpr,
 ):
     h = tl.program_id(0)
     c = tl.program_id(1)
@@ -47,8 +47,10 @@ def chunk_state_fwd(
     if HAS_LIMIT:
         delta = tl.minimum(tl.maximum(delta, dt_lo), dt_hi)
     delta = tl.where(valid, delta, 0.0)              # padding: no input, no decay
-    A = tl.load(A_ptr + h).to(tl.float32)
-    cs = tl.cumsum(delta * A, axis=0)
+    if HAS_LD:      # decoupled: the log decay is its own input (same layout as dt), not Δ·A
+        cs = tl.cumsum(tl.load(ld_ptr + b * sdt_b + t * sdt_l + h * sdt_h, mask=valid, other=0.0), axis=0)
+    else:
+        cs = tl.cumsum(delta * tl.load(A_ptr + h).to(tl.float32), axis=0)
     row = (b * H + h) * Lp + t
     tl.store(delta_ptr + row, delta)
     tl.store(cs_ptr + row, cs)
@@ -103,15 +105,15 @@ def state_pass_fwd(
 
 @triton.jit
 def chunk_scan_fwd(
-    x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
+    x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
     out_ptr, y_ptr,
     L, H, P, N, G,
     sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     so_b, so_l, so_h,
     Lp, nchunks,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-    HAS_STATE: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
 ):
     h = tl.program_id(0)
     cb = tl.program_id(1)
@@ -159,12 +161,16 @@ def chunk_scan_fwd(
         acc += tl.dot(s.to(xj.dtype), xj, input_precision=PREC)
 
     pm = vi[:, None] & (op[None, :] < P)
-    if HAS_D:
+    if HAS_D or HAS_DPOS:
         xi = tl.load(x_ptr + b * sx_b + ti[:, None] * sx_l + h * sx_h + op[None, :], mask=pm, other=0.0)
-        if D_HDIM:
-            Dv = tl.load(D_ptr + h * P + op, mask=op < P, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + h).to(tl.float32)
+        Dv = tl.zeros([BT, BP], dtype=tl.float32)
+        if HAS_D:
+            if D_HDIM:
+                Dv += tl.load(D_ptr + h * P + op, mask=op < P, other=0.0).to(tl.float32)[None, :]
+            else:
+                Dv += tl.load(D_ptr + h).to(tl.float32)
+        if HAS_DPOS:    # a skip weight per position (b, h, Lp), added to D
+            Dv += tl.load(Dpos_ptr + row + ti)[:, None]
         acc += xi.to(tl.float32) * Dv
     o_off = b * so_b + ti[:, None] * so_l + h * so_h + op[None, :]
     if HAS_Z:

@@ -60,20 +60,40 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
     Math in fp32 (fp64 stays fp64); output in x's dtype. Returns out, or (out, final_states)
     with final_states (b, h, p, n) in the math dtype.
     """
+    acc = _acc_dtype(x.dtype)
+    delta = process_dt(dt.to(acc), dt_bias, dt_softplus, dt_limit)          # (b, l, h)
+    return _chunked(x, delta, delta * A.to(acc), B, C, chunk_size, D, None, z, initial_states, seq_idx,
+                    return_final_states)
+
+
+def ssd_decoupled(x, scale, log_decay, B, C, chunk_size, D=None, D_pos=None, z=None,
+                  initial_states=None, return_final_states=False):
+    """SSD with the decay and the input scale as separate per-step inputs (Mamba-3 runs on this):
+
+        H_t = exp(log_decay_t) H_{t-1} + scale_t x_t B_tᵀ,   y_t = H_t C_t + (D + D_pos_t) x_t,  y *= silu(z)
+
+    scale, log_decay, D_pos: (b, l, h); the rest as in ``ssd``. Plain ``ssd`` is the case
+    log_decay = Δ·A, scale = Δ, D_pos = None.
+    """
+    acc = _acc_dtype(x.dtype)
+    return _chunked(x, scale.to(acc), log_decay.to(acc), B, C, chunk_size, D, D_pos, z, initial_states,
+                    None, return_final_states)
+
+
+def _chunked(x, delta, dA, B, C, chunk_size, D, D_pos, z, initial_states, seq_idx, return_final_states):
+    """The chunked SSD on an input scale ``delta`` and a per-step log decay ``dA``, both (b, l, h)."""
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
-    acc = _acc_dtype(x.dtype)
+    acc = delta.dtype
     Q = chunk_size
     nc = -(-l // Q)
     pad = nc * Q - l
-
-    delta = process_dt(dt.to(acc), dt_bias, dt_softplus, dt_limit)          # (b, l, h)
     xa, Ba, Ca = x.to(acc), B.to(acc), C.to(acc)
     Ba = Ba.repeat_interleave(h // g, dim=2)                               # (b, l, h, n)
     Ca = Ca.repeat_interleave(h // g, dim=2)
     # padding with Δ = 0 (decay 1, no input) leaves the state untouched past the end
     X = F.pad(xa * delta[..., None], (0, 0, 0, 0, 0, pad))
-    dA = F.pad(delta * A.to(acc), (0, 0, 0, pad))
+    dA = F.pad(dA, (0, 0, 0, pad))
     Bc, Cc = F.pad(Ba, (0, 0, 0, 0, 0, pad)), F.pad(Ca, (0, 0, 0, 0, 0, pad))
 
     # chunked views: X (b, c, q, h, p); B, C (b, c, q, h, n); dA (b, h, c, q)
@@ -117,6 +137,8 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
     if D is not None:
         Dv = D.to(acc)
         y = y + xa * (Dv[:, None] if Dv.dim() == 1 else Dv)
+    if D_pos is not None:
+        y = y + xa * D_pos.to(acc)[..., None]
     if z is not None:
         y = y * F.silu(z.to(acc))
     out = y.to(x.dtype)
