@@ -1,10 +1,11 @@
 """Per-kernel GPU time of our fused ops at the bench shapes (run ON the GPU machine).
 
-    PYTHONPATH=$PWD python3 scripts/gpu/profile_ops.py ssd/b1-l32768-h32-p64-n128 mamba3/b4-l4096-h32-p64-n128
+    PYTHONPATH=$PWD python3 scripts/gpu/profile_ops.py ssd/b1-l32768-h32-p64-n128 mamba3/b4-l4096-h32-p64-n128@chunk=128
 
 For each op/shape: the same inputs as `hybridlab bench kernels`, a few untimed forward+backward
 runs (compile, autotune), then torch.profiler over ITERS runs; prints each GPU kernel's mean
 time per forward+backward, sorted, so the slow pass of a kernel pipeline is plain to see.
+``@dim=value`` after a case overrides one of its dims (e.g. the chunk length).
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ from hybridlab.kernels import bench
 ITERS = int(os.environ.get("ITERS", "5"))
 
 
-def profile_case(op: str, name: str) -> None:
+def profile_case(op: str, name: str, overrides: dict) -> None:
     shape = next(s for s in bench.SHAPES if s.op == op and s.name == name)
     spec = bench.SPECS[op]
     device = torch.device("cuda")
     draw = bench._Draw(device, torch.bfloat16, 0)
-    kw = spec.make(shape.dims, draw)
+    kw = spec.make({**shape.dims, **overrides}, draw)
     fn = bench.implementation(op, "triton")
     args, leaves = bench._with_leaves(kw, bench._grad_names("ours", kw, spec))
     dout = draw.normal(bench._output_shape(op, kw))
@@ -45,12 +46,13 @@ def profile_case(op: str, name: str) -> None:
             if e.device_time_total > 0]
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
-    print(f"\n== {op} {name}: {total:.3f} ms of kernels per forward+backward")
+    print(f"\n== {op} {name} {overrides or ''}: {total:.3f} ms of kernels per forward+backward")
     for ms, n, key in rows[:25]:
         print(f"  {ms:8.3f} ms  x{n:<3d} {100 * ms / total:5.1f}%  {key[:110]}")
 
 
 if __name__ == "__main__":
     for arg in sys.argv[1:]:
-        op, name = arg.split("/", 1)
-        profile_case(op, name)
+        case, *sets = arg.split("@")
+        op, name = case.split("/", 1)
+        profile_case(op, name, {k: int(v) for k, v in (s.split("=") for s in sets)})

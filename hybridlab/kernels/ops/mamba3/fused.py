@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import triton
 
 from . import reference
+from .siso import mamba3_siso
 from .triton_bwd import bwd_dstates_kernel, bwd_keys_kernel, bwd_values_kernel
 from .triton_fwd import fwd_out_kernel, fwd_states_kernel
 from .triton_step import state_update_kernel
@@ -203,9 +204,13 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
         return reference.mamba3(x, dt, A, trap, B, C, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D,
                                 z=z, W_x=W_x, W_z=W_z, W_o=W_o, initial_states=initial_states,
                                 chunk_size=chunk_size, return_final_states=return_final_states)
+    if B.dim() == 4:         # SISO is an SSD with a decoupled decay (siso.py): the Mamba-2 kernels
+        return mamba3_siso(x, dt, A, trap, B, C, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D, z=z,
+                           initial_states=initial_states, chunk_size=chunk_size,
+                           return_final_states=return_final_states)
     bsz, L, H, P = x.shape
-    siso = B.dim() == 4
-    Bm = (B.unsqueeze(2) if siso else B).contiguous()
+    siso = False
+    Bm = B.contiguous()
     Cm = (C.unsqueeze(2) if siso else C).contiguous()
     R, G, N = Bm.shape[2:]
     if R & (R - 1) or chunk_size & (chunk_size - 1) or H % G:
