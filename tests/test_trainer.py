@@ -53,6 +53,21 @@ def test_config_needs_a_budget_and_sane_values():
         TrainConfig(steps=10, prune_at_frac=1.5)
 
 
+def test_cuda_graphs_setting_and_environment(monkeypatch):
+    from hybridlab.search.graphed_step import env_allows_graphs
+    from hybridlab.search.spec import make_train_config
+    assert TrainConfig(steps=1).cuda_graphs is True
+    assert make_train_config({"steps": 1, "cuda_graphs": False}).cuda_graphs is False  # YAML train:
+    with pytest.raises(SpecError, match="train.cuda_graphs"):
+        make_train_config({"steps": 1, "cuda_graphs": "sometimes"})
+    for value, allowed in [("", True), ("1", True), ("0", False), ("off", False), (" No ", False)]:
+        monkeypatch.setenv("HYBRIDLAB_CUDA_GRAPHS", value)
+        assert env_allows_graphs() is allowed
+    monkeypatch.setenv("HYBRIDLAB_CUDA_GRAPHS", "maybe")
+    with pytest.raises(ValueError, match="HYBRIDLAB_CUDA_GRAPHS='maybe'"):
+        env_allows_graphs()
+
+
 def test_warmup_then_cosine_values():
     sched = LRSchedule(TrainConfig(steps=100, warmup_frac=0.1, min_lr_ratio=0.1))
     f = lambda s: sched(s, s / 100, (s + 1) / 100)
@@ -86,6 +101,7 @@ def test_learns_parity_well_above_chance():
     assert [s for s, _ in result.curves["eval/parity/accuracy"]] == [75, 150]
     assert result.train_tokens_per_s > 0 and result.peak_mem_bytes > 0
     assert result.kernel_time_share is None                # CPU
+    assert result.cuda_graph is None and result.cuda_graph_fallback is None   # CPU: not tried
 
 
 def test_same_seed_same_losses_other_seed_other_losses():
@@ -96,6 +112,7 @@ def test_same_seed_same_losses_other_seed_other_losses():
     assert first == second
     other = run(TrainConfig(**{**cfg.__dict__, "seed": 6}))
     assert other != first
+    assert run(TrainConfig(**{**cfg.__dict__, "cuda_graphs": False})) == first   # CPU: eager anyway
 
 
 def test_gradients_are_clipped():
@@ -247,6 +264,24 @@ def test_cli_trains_prints_scores_and_saves(tmp_path, capsys):
     assert '"status": "complete"' in (out_dir / "train.json").read_text()
     fresh = hybridlab.build_model(hybridlab.load_spec(str(out_dir / "spec.yaml")))
     load_model(fresh, str(out_dir / "model.safetensors"))   # loads back without missing keys
+
+
+def test_cli_reports_cuda_graph_use_and_can_turn_it_off():
+    from hybridlab.cli.main import build_parser
+    from hybridlab.cli.train import format_result
+    from hybridlab.search.trainer import TrainResult
+    args = ["train", "spec.yaml", "--task", "parity"]
+    assert build_parser().parse_args(args).cuda_graphs is True
+    assert build_parser().parse_args(args + ["--no-cuda-graphs"]).cuda_graphs is False
+    task = get_task("parity", **PARITY)
+    result = TrainResult("complete", "budget used: 4 steps", 4, 256, 1.0, 1.0, 256.0, 1,
+                         {"parity": 0.5}, {"parity": {"accuracy": 0.5}}, 0.5, {})
+    assert "CUDA graphs" not in format_result(result, [task], "cpu")         # not tried
+    result.cuda_graph = True
+    assert "CUDA graphs: used\n" in format_result(result, [task], "cuda")
+    result.cuda_graph, result.cuda_graph_fallback = False, "RuntimeError: sync while capturing"
+    assert ("CUDA graphs: not used (capture failed, trained eagerly: RuntimeError: sync while "
+            "capturing)") in format_result(result, [task], "cuda")
 
 
 @pytest.mark.parametrize("args, words", [

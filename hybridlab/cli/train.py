@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--eval-points", type=int, default=4, help="evaluations during training (+ final)")
     p.add_argument("--prune-at", type=float, metavar="FRAC",
                    help="stop early if every task is at chance at this fraction of the budget")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="train eagerly on CUDA instead of replaying each step as a CUDA graph")
     p.add_argument("--save", metavar="DIR",
                    help="write model.safetensors, spec.yaml and train.json to DIR")
     p.set_defaults(func=run)
@@ -103,7 +105,8 @@ def run(args) -> int:
         steps = 300 if no_budget else args.steps
         cfg = TrainConfig(steps=steps, tokens=args.tokens, time_limit_s=args.time_limit,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          eval_points=args.eval_points, prune_at_frac=args.prune_at)
+                          eval_points=args.eval_points, prune_at_frac=args.prune_at,
+                          cuda_graphs=args.cuda_graphs)
     except SpecError as e:
         raise _on_command_line(e) from None
     needed = required_vocab(tasks)
@@ -188,6 +191,10 @@ def format_result(result, tasks, device) -> str:
              f"status: {result.status} ({result.stop_reason})"]
     if result.kernel_time_share is not None:
         lines.append(f"GPU busy share of step time: {result.kernel_time_share:.0%}")
+    if result.cuda_graph is not None:
+        why = result.cuda_graph_fallback
+        lines.append("CUDA graphs: " + ("used" if result.cuda_graph else "not used")
+                     + (f" (capture failed, trained eagerly: {why})" if why else ""))
     width = max(len("task"), *(len(t.label) for t in tasks))
     lines.append(f"{'task':<{width}}  {'held-out':>16}  {'score':>6}  {'chance':>6}")
     for t in tasks:

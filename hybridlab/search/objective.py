@@ -321,12 +321,16 @@ class TrialRunner:
             train_metrics["final_loss"] = loss[-1][1]
         if result.kernel_time_share is not None:
             train_metrics["kernel_time_share"] = result.kernel_time_share
+        if result.cuda_graph is not None:
+            train_metrics["cuda_graph"] = float(result.cuda_graph)      # 1: steps replayed graphs
         store.set_scalars(tid, {f"score/{k}": v for k, v in result.scores.items()}, kind="score")
         store.set_scalars(tid, {f"train/{k}": v for k, v in train_metrics.items()}, kind="train")
         trial.set_user_attr("scores", {k: float(v) for k, v in result.scores.items()})
         trial.set_user_attr("quality", float(result.quality))
         trial.set_user_attr("train_steps", int(result.steps))
         trial.set_user_attr("stop_reason", result.stop_reason)
+        if result.cuda_graph_fallback:
+            trial.set_user_attr("cuda_graph_fallback", result.cuda_graph_fallback)
 
         if result.status == "stopped":
             raise KeyboardInterrupt(result.stop_reason)

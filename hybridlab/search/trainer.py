@@ -39,7 +39,17 @@ Cost numbers: ``train_tokens_per_s`` excludes warm-up, evaluation and profiled s
 (``getrusage``: the whole process since it started, not just this run). On CUDA, steps 5-9 run
 under ``torch.profiler`` and ``kernel_time_share`` = GPU-busy time (kernels, copies; overlaps
 counted once) / wall time of those steps: near 1 the GPU is the bottleneck, well below 1 the
-model is launch-bound (``None`` on the CPU or for runs shorter than 12 steps).
+model is launch-bound (``None`` on the CPU or for runs shorter than 12 steps). With CUDA graphs
+the window starts once every task's batch shape replays a graph (step 5 for one or two tasks,
+``graphed_step.settled_step`` in general), and the run must be 7 steps longer than its start.
+
+CUDA graphs (``cuda_graphs``, default on; ``HYBRIDLAB_CUDA_GRAPHS=0`` turns them off): on CUDA
+the whole step is captured and replayed as a graph per batch shape (see ``graphed_step``),
+falling back to eager steps, with a warning, for a model that cannot be captured (MoE routing
+syncs with the host). Steps that capture a graph (or fail to) count like the warm-up steps:
+towards the step and token budgets, not towards time or throughput. ``TrainResult.cuda_graph``
+says whether steps replayed graphs (``None``: not tried), ``cuda_graph_fallback`` why capture
+failed.
 """
 from __future__ import annotations
 
@@ -56,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridlab.errors import Problem, SpecError
+from hybridlab.search.graphed_step import GraphedStep, env_allows_graphs, settled_step
 from hybridlab.search.tasks.base import IGNORE, Task, combine_quality, required_vocab
 
 Curve = list[tuple[int, float]]
@@ -91,8 +102,10 @@ class TrainConfig:
     prune_at_frac: float | None = 0.3       # None: never prune
     prune_margin: float = 0.05              # "at chance": every task's score <= chance + margin
     stop_at_quality: float | None = None    # stop (complete) once quality reaches this
-    # CUDA launch-overhead check: profile a few steps, report the GPU-busy share of wall time
+    # CUDA launch overhead: profile a few steps, report the GPU-busy share of wall time ...
     measure_kernel_share: bool = True
+    # ... and cut it by replaying the whole step as a CUDA graph (eager if capture fails)
+    cuda_graphs: bool = True
 
     def __post_init__(self):
         problems = [Problem(msg, field=f"train.{name}") for name, msg in self._check()]
@@ -129,6 +142,9 @@ class TrainConfig:
             out.append(("prune_at_frac", "must be in (0, 1), or null"))
         if self.stop_at_quality is not None and not 0 < self.stop_at_quality <= 1:
             out.append(("stop_at_quality", "must be in (0, 1]"))
+        for name in ("measure_kernel_share", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                out.append((name, f"must be true or false, got {getattr(self, name)!r}"))
         return out
 
 
@@ -147,6 +163,8 @@ class TrainResult:
     quality: float
     curves: dict[str, Curve]
     kernel_time_share: float | None = None  # CUDA: GPU-busy time / wall time of profiled steps
+    cuda_graph: bool | None = None          # steps replayed CUDA graphs; None: not tried
+    cuda_graph_fallback: str | None = None  # why capture failed (training went on eagerly)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,8 +211,10 @@ class LRSchedule:
 
 # -- one step -----------------------------------------------------------------------------------
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only, never on params flagged ``_no_weight_decay``."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only, never on params flagged ``_no_weight_decay``.
+    ``capturable``: its step may be captured in a CUDA graph (CUDA only)."""
     decay, no_decay, seen = [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
@@ -204,14 +224,19 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             fused=device.type == "cuda")
+                             fused=device.type == "cuda", capturable=capturable)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-               targets: torch.Tensor, cfg: TrainConfig, device: torch.device):
-    """Forward, backward, clip, update. Returns detached (ce, aux, grad_norm before clipping)."""
+               targets: torch.Tensor, cfg: TrainConfig, device: torch.device,
+               graphed: bool = False):
+    """Forward, backward, clip, update. Returns detached (ce, aux, grad_norm before clipping).
+    ``graphed``: the step is being captured in a CUDA graph. Nothing here reads a value on the
+    host, so the whole step can be captured (given a model that does not either)."""
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    # torch advises against autocast's weight-cast cache inside graphs; the casts are the same
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda",
+                        cache_enabled=not graphed):
         logits = model(inputs)
     flat = targets.reshape(-1)
     count = (flat != IGNORE).sum().clamp(min=1)       # a batch without targets gives 0, not NaN
@@ -222,7 +247,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch
     (ce + cfg.aux_loss_weight * aux).backward()
     params = [p for p in model.parameters() if p.grad is not None]
     if cfg.grad_clip is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        # foreach (torch's default on CUDA, explicit for graphs): one launch, no host sync
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip,
+                                                   foreach=device.type == "cuda" or None)
     else:
         grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
     optimizer.step()
@@ -325,6 +352,7 @@ class _Loop:
         self.profile_tokens = self.warmup_tokens = 0
         self.pending: _Pending | None = None
         self.kernel_share: float | None = None
+        self.graphed: GraphedStep | None = None
         self.start = time.perf_counter()
 
     # budget fraction used after `steps` steps, `tokens` tokens and `seconds` of training
@@ -342,7 +370,11 @@ class _Loop:
         cfg, device, model = self.cfg, self.device, self.model
         self._check_vocab()
         model.train()
-        optimizer = make_optimizer(model, cfg, device)
+        graphs = device.type == "cuda" and cfg.cuda_graphs and env_allows_graphs()
+        optimizer = make_optimizer(model, cfg, device, capturable=graphs)
+        if graphs:
+            self.graphed = GraphedStep(optimizer, lambda i, t, graphed: train_step(
+                model, optimizer, i, t, cfg, device, graphed=graphed), device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         # budget fractions where an evaluation is due (with eval_every: every that many steps)
@@ -370,24 +402,21 @@ class _Loop:
             step_t0 = time.perf_counter()
             task = self.tasks[self.steps % len(self.tasks)]
             inputs, targets = task.train_batch(cfg.batch_size, self.data_gen)
-            inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
             n_tokens = inputs.numel()
             # budget fraction after this step (time part: assume it costs what the last one did)
             frac_end = max(self.frac(self.steps + 1, self.tokens + n_tokens, self.train_s),
                            frac_now + last_frac_step)
             lr = cfg.lr * self.schedule(self.steps, frac_now, frac_end)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            ce, aux, gnorm = train_step(model, optimizer, inputs, targets, cfg, device)
+            ce, aux, gnorm = self._step(optimizer, inputs, targets, lr)
             previous, self.pending = self.pending, _Pending(self.steps, task.label, ce, aux, gnorm, lr)
             if previous is not None:
                 self._record(previous)          # the previous step's loss: ready by now
             self.steps += 1
             self.tokens += n_tokens
-            if self.steps <= WARMUP_STEPS:      # compilation: neither time budget nor throughput
-                if self.steps == WARMUP_STEPS and device.type == "cuda":
-                    torch.cuda.synchronize(device)     # no warm-up work left to bleed into timing
+            one_off = self.graphed is not None and self.graphed.one_off
+            if self.steps <= WARMUP_STEPS or one_off:    # compiling or capturing: off the clock
+                if device.type == "cuda" and (self.steps == WARMUP_STEPS or one_off):
+                    torch.cuda.synchronize(device)     # no one-off work left to bleed into timing
                 self.warmup_s += time.perf_counter() - step_t0
                 self.warmup_tokens += n_tokens
             else:
@@ -425,6 +454,14 @@ class _Loop:
         if last is None:
             last = self._evaluate()
         return self._result(status, reason, *last)
+
+    def _step(self, optimizer, inputs, targets, lr: float):
+        if self.graphed is not None:
+            return self.graphed(inputs, targets, lr)    # copies the batch to the GPU itself
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return train_step(self.model, optimizer, inputs.to(self.device, non_blocking=True),
+                          targets.to(self.device, non_blocking=True), self.cfg, self.device)
 
     def _check_vocab(self):
         """Fail clearly (not with an index error deep in cross-entropy) if the vocab is too small.
@@ -500,12 +537,14 @@ class _Loop:
 
     # -- CUDA launch-overhead measurement ----------------------------------------------------
     def _profile_window(self) -> tuple[int, int] | None:
-        """Profile 5 steps after 5 warm-up steps (CUDA only, if the budget allows)."""
+        """Profile 5 steps after 5 warm-up steps, or once the graphs are captured (CUDA only, if
+        the budget allows)."""
         if self.device.type != "cuda" or not self.cfg.measure_kernel_share:
             return None
-        if self.total_steps is not None and self.total_steps < 12:
+        first = 5 if self.graphed is None else max(5, settled_step(len(self.tasks)))
+        if self.total_steps is not None and self.total_steps < first + 7:
             return None
-        return (5, 10)
+        return (first, first + 5)
 
     def _start_profiler(self):
         from torch.profiler import ProfilerActivity, profile
@@ -553,4 +592,6 @@ class _Loop:
             wall_s=time.perf_counter() - self.start, train_s=self.train_s,
             train_tokens_per_s=timed_tokens / timed_s if timed_s > 0 else 0.0,
             peak_mem_bytes=self._peak_mem(), scores=scores, metrics=metrics, quality=quality,
-            curves=self.curves, kernel_time_share=self.kernel_share)
+            curves=self.curves, kernel_time_share=self.kernel_share,
+            cuda_graph=None if self.graphed is None else self.graphed.replays > 0,
+            cuda_graph_fallback=None if self.graphed is None else self.graphed.fallback)

@@ -15,6 +15,7 @@ BF16_TOL = 1e-2   # relative L2 error, bf16 operands with float32 accumulation
 # 1.27e-2 to 1.67e-2 over the five shapes below, every other tensor under 1e-2; the same kernels
 # with fp32 operands match the reference to 1e-4 (test_mamba3_fp32_tight), so this is rounding.
 ANGLE_GRAD_TOL = 2.5e-2
+ANGLE_GRADS = ("angles", "angle0")
 
 
 def poison():
@@ -91,15 +92,20 @@ def test_mamba3_bf16_vs_reference(b, L, H, P, N, R, G, chunk):
     assert d.abs().max() <= 1e-3
     for a, r in zip(ft[1:], fr[1:]):
         assert torch.isfinite(a).all() and rel_l2(a, r) <= BF16_TOL
+    errs = {}
     for n, g in gr.items():
         assert gt[n] is not None and torch.isfinite(gt[n]).all(), n
-        tol = ANGLE_GRAD_TOL if n == "angles" else BF16_TOL
-        assert rel_l2(gt[n], g) <= tol, (n, rel_l2(gt[n], g))
+        errs[n] = rel_l2(gt[n], g)
+    print({n: f"{e:.2e}" for n, e in errs.items()})      # the measurements quoted above
+    bad = {n: e for n, e in errs.items() if e > (ANGLE_GRAD_TOL if n in ANGLE_GRADS else BF16_TOL)}
+    assert not bad, errs
 
 
-def test_mamba3_fp32_tight():
-    """fp32 operands (ieee dots) on the GPU: same 1e-4 bar as the interpreter tests."""
-    args, kw, ini = make(2, 200, 4, 32, 32, 2, 2)
+@pytest.mark.parametrize("R", [1, 2], ids=["siso", "mimo2"])
+def test_mamba3_fp32_tight(R):
+    """fp32 operands on the GPU: same 1e-4 bar as the interpreter tests, so the bf16 differences
+    above are rounding, not a wrong formula."""
+    args, kw, ini = make(2, 200, 4, 32, 32, R, 2)
     args = [t.float() for t in args]
     kw = {n: t.float() for n, t in kw.items()}
     yt, ft, gt = run(fused.mamba3, args, kw, ini, 32, upcast=False)

@@ -9,9 +9,10 @@ The first two terms are exactly an SSD whose decay (dt*A) and input scale (w) ar
 (``ssd_decoupled``); the last is a per-position skip weight -b_t (q_t . k_t) on x, which that SSD
 also takes (D_pos). So SISO needs no kernels of its own beyond the rotation (triton_rotate.py):
 
-1. torch: the (b, l, h) scalars and the rotary angles theta (b, l, h, S) (in-chunk cumsum plus
-   per-chunk offsets kept modulo 2 pi in float64, as the reference does);
-2. ``_RotateKQ``: per-head rotated k, q in x's dtype and q . k (Triton, forward and backward);
+1. torch: the (b, l, h) scalars and the angle entering each 64-step chunk (float64 cumsum of
+   chunk totals, modulo 2 pi);
+2. ``_RotateKQ``: per-head rotated k, q in x's dtype and q . k, the in-chunk angle cumsum done in
+   registers (Triton, forward and backward: triton_rotate.py);
 3. ``ssd_decoupled`` (the Mamba-2 kernels) with D, the per-position skip and the z gate;
 4. torch: the folded initial state and the final (angle, ssm, k, v) states.
 """
@@ -33,7 +34,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: SSD chunk length for SISO (None: the caller's chunk_size). A speed knob only: the SSD result
 #: does not depend on it. HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it (for timing).
 SSD_CHUNK = int(os.environ["HYBRIDLAB_MAMBA3_SSD_CHUNK"]) if os.environ.get("HYBRIDLAB_MAMBA3_SSD_CHUNK") else None
-ROTATE_BT = 32       # steps per rotation program
+ANGLE_CHUNK = 64     # steps per rotation program: the in-chunk angle cumsum happens in registers
 
 
 def _p2(n: int) -> int:
@@ -41,71 +42,76 @@ def _p2(n: int) -> int:
 
 
 class _RotateKQ(torch.autograd.Function):
-    """(B, C (b, l, g, n), biases (h, n) fp32 or None, theta (b, l, h, S) fp32 or None, h heads)
-    -> k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32."""
+    """(B, C (b, l, g, n), biases (h, n) fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S)
+    fp32 or None, h heads) -> k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32."""
 
     @staticmethod
-    def forward(ctx, B, C, Bb, Cb, theta, H, dtype):
+    def forward(ctx, B, C, Bb, Cb, ps, dt, off, H, dtype):
         bsz, L, G, N = B.shape
-        ctx.H = H
-        S = theta.shape[-1] if theta is not None else 0
+        S = ps.shape[-1] if ps is not None else 0
+        nc = triton.cdiv(L, ANGLE_CHUNK)
         k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
         q = torch.empty_like(k)
         qk = torch.empty(bsz, L, H, device=B.device, dtype=torch.float32)
-        dummy = qk
-        rotate_fwd_kernel[(triton.cdiv(L, ROTATE_BT), H, bsz)](
-            B, C, Bb if Bb is not None else dummy, Cb if Cb is not None else dummy,
-            theta if theta is not None else dummy, k, q, qk, L, H, G, N, S,
-            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            BT=ROTATE_BT, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
-            num_warps=1 if _INTERPRET else 4)
-        ctx.save_for_backward(B, C, Bb, Cb, theta)
+        d = qk                                  # stands in for absent inputs (never read)
+        rotate_fwd_kernel[(nc, H, bsz)](
+            B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
+            L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+            QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
+            num_warps=1 if _INTERPRET else 8)
+        ctx.save_for_backward(B, C, Bb, Cb, ps, dt, off)
+        ctx.H = H
         return k, q, qk
 
     @staticmethod
     def backward(ctx, dk, dq, dqk):
-        B, C, Bb, Cb, theta = ctx.saved_tensors
+        B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
         bsz, L, G, N = B.shape
         H = ctx.H
-        S = theta.shape[-1] if theta is not None else 0
+        S = ps.shape[-1] if ps is not None else 0
         dev, f32 = B.device, torch.float32
-        nblk = triton.cdiv(L, ROTATE_BT)
+        nc = triton.cdiv(L, ANGLE_CHUNK)
         dk = torch.zeros(bsz, L, H, N, device=dev, dtype=f32) if dk is None else dk.contiguous()
         dq = torch.zeros_like(dk) if dq is None else dq.contiguous()
         dB = torch.empty(bsz, L, G, N, device=dev, dtype=f32)
         dC = torch.empty_like(dB)
-        has_bias = Bb is not None
-        dBb = torch.empty(bsz, nblk, H, N, device=dev, dtype=f32) if has_bias else None
-        dCb = torch.empty_like(dBb) if has_bias else None
-        dth = torch.empty(bsz, L, H, S, device=dev, dtype=f32) if S else None
-        dummy = dB
-        rotate_bwd_kernel[(nblk, G, bsz)](
-            B, C, Bb if has_bias else dummy, Cb if has_bias else dummy, theta if S else dummy,
-            dk, dq, dqk.contiguous() if dqk is not None else dummy,
-            dB, dC, dBb if has_bias else dummy, dCb if has_bias else dummy, dth if S else dummy,
-            L, H, G, N, S, nblk,
-            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            BT=ROTATE_BT, BN2=_p2((N + 1) // 2), HAS_BIAS=has_bias, HAS_ROT=S > 0,
-            HAS_QK=dqk is not None, num_warps=1 if _INTERPRET else 4)
-        return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if has_bias else None,
-                dCb.sum((0, 1)) if has_bias else None, dth, None, None)
+        bias = Bb is not None
+        dBb = torch.empty(bsz, nc, H, N, device=dev, dtype=f32) if bias else None
+        dCb = torch.empty_like(dBb) if bias else None
+        dps = torch.empty(bsz, L, G, S, device=dev, dtype=f32) if S else None
+        ddt = torch.empty(bsz, L, H, device=dev, dtype=f32) if S else None
+        doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
+        d = dB
+        rotate_bwd_kernel[(nc, G, bsz)](
+            B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), dk, dq,
+            dqk.contiguous() if dqk is not None else d,
+            dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
+            L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+            QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
+            num_warps=1 if _INTERPRET else 8)
+        return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if bias else None,
+                dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None, ddt, doff, None, None)
 
 
-def _angles(angles, dtf, ang0, Q):
-    """theta (b, l, h, S) fp32: in-chunk cumsum of pi*tanh(angles)*dt plus the angle entering each
-    chunk (float64 cumsum of chunk totals, modulo 2 pi), and the final angle (b, h, S)."""
+def _or(t, dummy):
+    return dummy if t is None else t
+
+
+def _angle_offsets(ps, dtf, ang0):
+    """The angle entering each ANGLE_CHUNK-step chunk, (b, nc, h, S) fp32: a float64 cumsum of the
+    chunk totals of ps*dt, kept modulo 2 pi (long sequences keep their precision); and the final
+    angle (b, h, S)."""
     bsz, L, H = dtf.shape
-    S = angles.shape[-1]
+    S = ps.shape[-1]
+    Q = ANGLE_CHUNK
     nc = triton.cdiv(L, Q)
     pad = nc * Q - L
-    phi = (math.pi * torch.tanh(angles.float())).unsqueeze(2) * dtf.unsqueeze(-1)          # (b, l, h, S)
-    phi = F.pad(phi, (0, 0, 0, 0, 0, pad)).view(bsz, nc, Q, H, S)
-    local = phi.cumsum(2)
+    tot = torch.einsum("bcts,bcth->bchs", F.pad(ps, (0, 0, 0, pad)).view(bsz, nc, Q, S),
+                       F.pad(dtf, (0, 0, 0, pad)).view(bsz, nc, Q, H)).double()
     start = ang0.double() if ang0 is not None else torch.zeros(bsz, H, S, dtype=torch.float64, device=dtf.device)
-    ends = start.unsqueeze(1) + local[:, :, -1].double().cumsum(1)                           # (b, nc, h, S)
-    off = torch.remainder(ends - local[:, :, -1].double(), TWO_PI).float()
-    theta = (local + off.unsqueeze(2)).view(bsz, nc * Q, H, S)[:, :L]
-    return theta.contiguous(), torch.remainder(ends[:, -1], TWO_PI).float()
+    ends = start.unsqueeze(1) + tot.cumsum(1)
+    off = torch.remainder(ends - tot, TWO_PI).float().contiguous()
+    return off, torch.remainder(ends[:, -1], TWO_PI).float()
 
 
 def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
@@ -127,9 +133,10 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
     if S:
-        theta, final_angle = _angles(angles, dtf, ang0, chunk_size)
+        ps = (math.pi * torch.tanh(angles.float())).contiguous()
+        off, final_angle = _angle_offsets(ps, dtf, ang0)
     else:
-        theta = None
+        ps = off = None
         final_angle = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dev)
     if B_bias is not None or C_bias is not None:
         zero = torch.zeros(H, N, device=dev)
@@ -138,7 +145,8 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         Bb, Cb = Bb.contiguous(), Cb.contiguous()
     else:
         Bb = Cb = None
-    k, q, qk = _RotateKQ.apply(B.contiguous(), C.contiguous(), Bb, Cb, theta, H, x.dtype)
+    k, q, qk = _RotateKQ.apply(B.contiguous(), C.contiguous(), Bb, Cb, ps, dtf.contiguous() if S else None,
+                               off, H, x.dtype)
     D_pos = -D_pos_scale * qk if D_pos_scale is not None else None
 
     h0 = None                                         # the folded initial state H'_{-1}
