@@ -13,7 +13,8 @@ also takes (D_pos). So SISO needs no kernels of its own beyond the rotation (tri
    chunk totals, modulo 2 pi);
 2. ``_RotateKQ``: per-head rotated k, q in x's dtype and q . k, the in-chunk angle cumsum done in
    registers (Triton, forward and backward: triton_rotate.py);
-3. ``ssd_decoupled`` (the Mamba-2 kernels) with D, the per-position skip and the z gate;
+3. the decoupled SSD (the Mamba-2 kernels, as ``ssd_decoupled`` runs them) with D, the per-position
+   skip and the z gate; 2 and 3 are one autograd node (``_SISOFn``);
 4. torch: the folded initial state and the final (angle, ssm, k, v) states.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from ..ssd.fused import ssd_decoupled
+from ..ssd import fused as ssd_fused
 from . import reference
 from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
 
@@ -34,6 +35,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: SSD chunk length for SISO (None: the caller's chunk_size). A speed knob only: the SSD result
 #: does not depend on it. HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it (for timing).
 SSD_CHUNK = int(os.environ["HYBRIDLAB_MAMBA3_SSD_CHUNK"]) if os.environ.get("HYBRIDLAB_MAMBA3_SSD_CHUNK") else None
+_NO_LIMIT = (0.0, math.inf)
 ANGLE_CHUNK = 64     # steps per rotation program: the in-chunk angle cumsum happens in registers
 
 
@@ -41,56 +43,81 @@ def _p2(n: int) -> int:
     return max(2, triton.next_power_of_2(max(int(n), 1)))
 
 
-class _RotateKQ(torch.autograd.Function):
-    """(B, C (b, l, g, n), biases (h, n) fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S)
-    fp32 or None, h heads) -> k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32."""
+def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
+    """k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32 from B, C (b, l, g, n), biases (h, n)
+    fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation)."""
+    bsz, L, G, N = B.shape
+    S = ps.shape[-1] if ps is not None else 0
+    nc = triton.cdiv(L, ANGLE_CHUNK)
+    k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
+    q = torch.empty_like(k)
+    qk = torch.empty(bsz, L, H, device=B.device, dtype=torch.float32)
+    d = qk                                  # stands in for absent inputs (never read)
+    rotate_fwd_kernel[(nc, H, bsz)](
+        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
+        L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
+        num_warps=1 if _INTERPRET else 8)
+    return k, q, qk
+
+
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, H, dk, dq, dqk):
+    """Gradients of ``_rotate`` for B, C, the biases, ps, dt and off, from fp32 dk, dq, dqk."""
+    bsz, L, G, N = B.shape
+    S = ps.shape[-1] if ps is not None else 0
+    dev, f32 = B.device, torch.float32
+    nc = triton.cdiv(L, ANGLE_CHUNK)
+    dB = torch.empty(bsz, L, G, N, device=dev, dtype=f32)
+    dC = torch.empty_like(dB)
+    bias = Bb is not None
+    dBb = torch.empty(bsz, nc, H, N, device=dev, dtype=f32) if bias else None
+    dCb = torch.empty_like(dBb) if bias else None
+    dps = torch.empty(bsz, L, G, S, device=dev, dtype=f32) if S else None
+    ddt = torch.empty(bsz, L, H, device=dev, dtype=f32) if S else None
+    doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
+    d = dB
+    rotate_bwd_kernel[(nc, G, bsz)](
+        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), dk, dq, _or(dqk, d),
+        dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
+        L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
+        num_warps=1 if _INTERPRET else 8)
+    return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if bias else None,
+            dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None, ddt, doff)
+
+
+class _SISOFn(torch.autograd.Function):
+    """Rotation + decoupled SSD in one autograd node, so the per-head dk, dq reach the rotation's
+    backward in fp32 (as separate nodes autograd would round them to x's dtype first, and the angle
+    gradient, a long sum of cancelling terms, would lose ~4x in accuracy)."""
 
     @staticmethod
-    def forward(ctx, B, C, Bb, Cb, ps, dt, off, H, dtype):
-        bsz, L, G, N = B.shape
-        S = ps.shape[-1] if ps is not None else 0
-        nc = triton.cdiv(L, ANGLE_CHUNK)
-        k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
-        q = torch.empty_like(k)
-        qk = torch.empty(bsz, L, H, device=B.device, dtype=torch.float32)
-        d = qk                                  # stands in for absent inputs (never read)
-        rotate_fwd_kernel[(nc, H, bsz)](
-            B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
-            L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
-            num_warps=1 if _INTERPRET else 8)
-        ctx.save_for_backward(B, C, Bb, Cb, ps, dt, off)
-        ctx.H = H
-        return k, q, qk
+    def forward(ctx, x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q):
+        k, q, qk = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype)
+        D_pos = -Dps * qk if Dps is not None else None
+        dpos = ssd_fused._pad_positions(D_pos, Q)
+        A = w.new_zeros(H)                           # unused: the kernels read the log decay
+        out, final, y, delta, cs, E = ssd_fused._forward(
+            x, w, A, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
+        ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
+        ctx.cfg = (H, Q, h0 is not None, h0.dtype if h0 is not None else None)
+        return out, final
 
     @staticmethod
-    def backward(ctx, dk, dq, dqk):
-        B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
-        bsz, L, G, N = B.shape
-        H = ctx.H
-        S = ps.shape[-1] if ps is not None else 0
-        dev, f32 = B.device, torch.float32
-        nc = triton.cdiv(L, ANGLE_CHUNK)
-        dk = torch.zeros(bsz, L, H, N, device=dev, dtype=f32) if dk is None else dk.contiguous()
-        dq = torch.zeros_like(dk) if dq is None else dq.contiguous()
-        dB = torch.empty(bsz, L, G, N, device=dev, dtype=f32)
-        dC = torch.empty_like(dB)
-        bias = Bb is not None
-        dBb = torch.empty(bsz, nc, H, N, device=dev, dtype=f32) if bias else None
-        dCb = torch.empty_like(dBb) if bias else None
-        dps = torch.empty(bsz, L, G, S, device=dev, dtype=f32) if S else None
-        ddt = torch.empty(bsz, L, H, device=dev, dtype=f32) if S else None
-        doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
-        d = dB
-        rotate_bwd_kernel[(nc, G, bsz)](
-            B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), dk, dq,
-            dqk.contiguous() if dqk is not None else d,
-            dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
-            L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
-            num_warps=1 if _INTERPRET else 8)
-        return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if bias else None,
-                dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None, ddt, doff, None, None)
+    def backward(ctx, dout, dfinal):
+        x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
+        H, Q, has_init, init_dtype = ctx.cfg
+        dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused._backward(
+            dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
+            has_init, True, dpos)
+        dqk = dDps = None
+        if Dps is not None:
+            dqk = -Dps * ddpos
+            dDps = -qk * ddpos
+        dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
+            B, C, Bb, Cb, ps, dt, off, H, dk.contiguous(), dq.contiguous(), dqk)
+        return (dx, dw, dadt, dB, dC, dBb, dCb, dps, ddt, doff, None if dD is None else dD.to(D.dtype),
+                dDps, dz, None if dinit is None else dinit.to(init_dtype), None, None)
 
 
 def _or(t, dummy):
@@ -145,9 +172,6 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         Bb, Cb = Bb.contiguous(), Cb.contiguous()
     else:
         Bb = Cb = None
-    k, q, qk = _RotateKQ.apply(B.contiguous(), C.contiguous(), Bb, Cb, ps, dtf.contiguous() if S else None,
-                               off, H, x.dtype)
-    D_pos = -D_pos_scale * qk if D_pos_scale is not None else None
 
     h0 = None                                         # the folded initial state H'_{-1}
     if ssm0 is not None or (bcur is not None and k0 is not None and v0 is not None):
@@ -155,9 +179,16 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         if bcur is not None and k0 is not None and v0 is not None:
             h0 = h0 + bcur[:, 0, :, None, None] * v0.float().unsqueeze(-1) * k0.float().reshape(bsz, H, N).unsqueeze(-2)
 
-    Q = SSD_CHUNK or chunk_size
-    y, hfin = ssd_decoupled(x, w, adt, k, q, Q, D=D, D_pos=D_pos, z=z, initial_states=h0,
-                            return_final_states=True)
+    if x.dtype == torch.float64:
+        raise ValueError("mamba3_siso: float64 runs the reference (fused.mamba3 routes it there)")
+    Q = ssd_fused._chunk(SSD_CHUNK or chunk_size)
+    if x.dtype == torch.float32 and not _INTERPRET:
+        Q = min(Q, ssd_fused.FP32_MAX_CHUNK)
+    f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    y, hfin = _SISOFn.apply(
+        ssd_fused._lastdim_contig(x), f32c(w), f32c(adt), B.contiguous(), C.contiguous(), Bb, Cb, ps,
+        dtf.contiguous() if S else None, off, f32c(D), f32c(D_pos_scale),
+        None if z is None else ssd_fused._lastdim_contig(z.to(x.dtype)), f32c(h0), H, Q)
     if not return_final_states:
         return y
     k_last = reference._heads(B[:, L - 1].unsqueeze(1), B_bias, H, torch.float32)[:, 0]     # (b, h, n)
