@@ -61,9 +61,11 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
     return k, q, qk
 
 
-def _rotate_backward(B, C, Bb, Cb, ps, dt, off, H, dk, dq, dqk):
-    """Gradients of ``_rotate`` for B, C, the biases, ps, dt and off, from fp32 dk, dq, dqk."""
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
+    """Gradients of ``_rotate`` for B, C, the biases, ps, dt and off, from fp32 dk, dq, dqk
+    (k: the forward's output, for its head count and dtype)."""
     bsz, L, G, N = B.shape
+    H = k.shape[2]
     S = ps.shape[-1] if ps is not None else 0
     dev, f32 = B.device, torch.float32
     nc = triton.cdiv(L, ANGLE_CHUNK)
@@ -77,7 +79,7 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, H, dk, dq, dqk):
     doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
     d = dB
     rotate_bwd_kernel[(nc, G, bsz)](
-        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), dk, dq, _or(dqk, d),
+        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d),
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
@@ -115,7 +117,7 @@ class _SISOFn(torch.autograd.Function):
             dqk = -Dps * ddpos
             dDps = -qk * ddpos
         dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
-            B, C, Bb, Cb, ps, dt, off, H, dk.contiguous(), dq.contiguous(), dqk)
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), dqk)
         return (dx, dw, dadt, dB, dC, dBb, dCb, dps, ddt, doff, None if dD is None else dD.to(D.dtype),
                 dDps, dz, None if dinit is None else dinit.to(init_dtype), None, None)
 

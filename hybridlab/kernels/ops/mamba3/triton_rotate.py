@@ -84,7 +84,7 @@ def rotate_fwd_kernel(
 
 @triton.jit
 def rotate_bwd_kernel(
-    B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, dk_ptr, dq_ptr, dqk_ptr,
+    B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, k_ptr, dk_ptr, dq_ptr, dqk_ptr,
     dB_ptr, dC_ptr, dBb_ptr, dCb_ptr, dps_ptr, ddt_ptr, doff_ptr,
     L, H, G, N, S, nc,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
@@ -106,7 +106,7 @@ def rotate_bwd_kernel(
     dB = tl.zeros([QA, BN], dtype=tl.float32)
     dC = tl.zeros([QA, BN], dtype=tl.float32)
     dps = tl.zeros([QA, BN2], dtype=tl.float32)
-    DT = dk_ptr.dtype.element_ty
+    KT = k_ptr.dtype.element_ty         # the dtype SSD read k and q in (only its rounding is used)
     for hh in range(hpg):
         h = g * hpg + hh
         kb, qb = B0, C0
@@ -121,16 +121,22 @@ def rotate_bwd_kernel(
             cs, sn = tl.cos(th), tl.sin(th)
             be, bo = _split_pairs(kb, QA, BN2)
             ce, co = _split_pairs(qb, QA, BN2)
-            ke, ko = be * cs - bo * sn, be * sn + bo * cs
-            qe, qo = ce * cs - co * sn, ce * sn + co * cs
+            # k, q as SSD saw them (rounded): with these, the angle gradient keeps the exact
+            # cancellation of the scores' invariance to a common rotation (q_t.k_s depends on
+            # theta_t - theta_s only), so d angle0, a sum over the whole sequence that is ~0, does
+            # not collect the rounding of every term
+            ke = (be * cs - bo * sn).to(KT).to(tl.float32)
+            ko = (be * sn + bo * cs).to(KT).to(tl.float32)
+            qe = (ce * cs - co * sn).to(KT).to(tl.float32)
+            qo = (ce * sn + co * cs).to(KT).to(tl.float32)
             dke, dko = _split_pairs(dk, QA, BN2)
             dqe, dqo = _split_pairs(dq, QA, BN2)
-            if HAS_QK:      # qk was taken on the k, q rounded to the dtype SSD reads (dk's)
+            if HAS_QK:
                 dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
-                dke += dqk * qe.to(DT).to(tl.float32)
-                dko += dqk * qo.to(DT).to(tl.float32)
-                dqe += dqk * ke.to(DT).to(tl.float32)
-                dqo += dqk * ko.to(DT).to(tl.float32)
+                dke += dqk * qe
+                dko += dqk * qo
+                dqe += dqk * ke
+                dqo += dqk * ko
             dth = tl.where(i[None, :] < S, ke * dko - ko * dke + qe * dqo - qo * dqe, 0.0)
             tl.store(doff_ptr + ((b * nc + c) * H + h) * S + i, tl.sum(dth, axis=0), mask=i < S)
             dphi = tl.sum(dth, axis=0)[None, :] - tl.cumsum(dth, axis=0) + dth    # reverse cumsum
@@ -140,8 +146,8 @@ def rotate_bwd_kernel(
             dq = _join_pairs(dqe * cs + dqo * sn, dqo * cs - dqe * sn, QA, BN)
         elif HAS_QK:
             dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
-            dk += dqk * qb.to(DT).to(tl.float32)
-            dq += dqk * kb.to(DT).to(tl.float32)
+            dk += dqk * qb.to(KT).to(tl.float32)
+            dq += dqk * kb.to(KT).to(tl.float32)
         dB += dk
         dC += dq
         if HAS_BIAS:
