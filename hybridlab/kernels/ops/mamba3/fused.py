@@ -1,6 +1,10 @@
 """Mamba-3 with fused Triton kernels: same signatures and results as reference.py.
 
-Split of the work:
+SISO (B, C of shape (b, l, g, n)) runs on the Mamba-2 SSD kernels through siso.py: it is an SSD
+whose decay and input scale are separate inputs, plus a rotation kernel. MIMO (rank R > 1) runs
+the chunk kernels below, where a chunk tile's rows are (time, rank) pairs.
+
+Split of the work on the MIMO path:
 * torch (autograd) does the cheap per-position scalars on (b, l, h) tensors: dt*A, the trapezoid
   weights wd = lam*dt and w = wd + (1-lam_{t+1}) dt_{t+1}, pi*tanh(angles), each chunk's rotary
   offset (cumsum of chunk totals in float64, kept modulo 2 pi), the folding of the initial (k, v)
@@ -209,9 +213,7 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
                            initial_states=initial_states, chunk_size=chunk_size,
                            return_final_states=return_final_states)
     bsz, L, H, P = x.shape
-    siso = False
-    Bm = B.contiguous()
-    Cm = (C.unsqueeze(2) if siso else C).contiguous()
+    Bm, Cm = B.contiguous(), C.contiguous()          # MIMO from here on: (b, l, R, g, n)
     R, G, N = Bm.shape[2:]
     if R & (R - 1) or chunk_size & (chunk_size - 1) or H % G:
         raise ValueError(f"Triton mamba3 needs power-of-two rank and chunk_size and g | h; got R={R}, "
@@ -252,10 +254,10 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
             h0 = h0 + bcur[:, 0, :, None, None] * torch.einsum("brhp,brhn->bhpn", vv, k0.float().reshape(bsz, R, H, N))
         h0 = h0.contiguous()
 
-    per_rank = (not siso) and W_o is None
+    per_rank = W_o is None
     flags = dict(bias=B_bias is not None or C_bias is not None, rot=S > 0, d=D is not None,
                  z=z is not None, wx=W_x is not None, wz=W_z is not None and z is not None,
-                 wo=W_o is not None and not siso)
+                 wo=W_o is not None)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     bias_shape = (H, R, N)
     Bb = Cb = None
@@ -273,7 +275,7 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
     k_last = reference._heads(Bm[:, L - 1], B_bias, H, torch.float32)          # (b, R, h, n)
     if S:
         k_last = reference.rotate_pairs(k_last, final_angle.unsqueeze(1))
-    final = (final_angle, hfin, k_last[:, 0] if siso else k_last, x[:, L - 1].float())
+    final = (final_angle, hfin, k_last, x[:, L - 1].float())
     return y, final
 
 
