@@ -22,14 +22,12 @@ pytestmark = pytest.mark.gpu
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY = sorted(p.name for p in EXAMPLES.glob("*-tiny.yaml")) + ["hybrid-small.yaml"]
-# Graphs launch the same kernels on the same data as eager steps, so the losses would be equal
-# if every kernel were deterministic. Kernels that accumulate with atomics are not: their fp32
-# sums land in a different order run to run, a bf16 activation then rounds one ulp (2^-8, 0.4%)
-# the other way now and then, and AdamW's normalised update carries that on. 2% of the loss over
-# 12 steps leaves room for that, while at lr 3e-3 each early step should lower the loss by more
-# than that, so a lost, repeated or stale step (wrong lr, old batch) shows. The tests print the
-# difference they measured.
-LOSS_RTOL = 2e-2
+# Graphs launch the same kernels on the same data as eager steps, so the losses are equal where
+# every kernel is deterministic; kernels that accumulate with fp32 atomics (Mamba-1's backward)
+# sum in a different order run to run. Measured on an H100 (2026-11-22, 12 steps): 0 for
+# mamba2-tiny, 7.9e-5 for jamba-tiny (the fallback test). 1e-3 leaves room for that, while a
+# lost, repeated or stale step (wrong lr, old batch) moves the loss by percents at lr 3e-3.
+LOSS_RTOL = 1e-3
 
 
 def tasks():
