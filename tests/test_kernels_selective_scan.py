@@ -14,9 +14,6 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
-    monkeypatch.setattr(fused, "MAX_BLOCK_T", 8)
-    monkeypatch.setattr(fused, "TILE_FWD", 512)     # n <= 4: 16 channels per forward block
-    monkeypatch.setattr(fused, "TILE_BWD", 128)     # n <= 4: 4 channels per backward block
     monkeypatch.setattr(fused, "SEQ_ELEMS", 16)     # v2, n <= 4: 4 channels per forward block
     monkeypatch.setattr(fused, "SEQ_BWD_ELEMS", 8)  # v2, n <= 4: 2 channels per backward block
     monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 1 << 20)    # v2 splits time into chunks ...
@@ -162,17 +159,6 @@ def test_state_update(g, opts, state_dtype):
     assert rel(y1, y2) <= 1e-5
     tol = 1e-5 if state_dtype == torch.float32 else 1e-2
     assert rel(s1.float(), s2.float()) <= tol and not torch.equal(s1, s0)
-
-
-@pytest.mark.parametrize("impl", [("scan", "scan"), ("seq", "scan"), ("scan", "seq")],
-                         ids=["v1", "v2fwd_v1bwd", "v1fwd"])
-def test_kernel_versions(monkeypatch, impl):
-    """v1 (associative scan) kernels and the mixes against the reference: groups, seq_idx, a tail
-    shorter than a tile. Each backward reads checkpoints at its own tile length (v2: 8 steps;
-    v1: BLOCK_T, also 8 here): the v2 forward saves what BWD_IMPL reads."""
-    monkeypatch.setattr(fused, "FWD_IMPL", impl[0])
-    monkeypatch.setattr(fused, "BWD_IMPL", impl[1])
-    check(*make(2, 12, 4, 21, 2, ALL, seq=True))
 
 
 def test_v2_without_time_chunks(monkeypatch):

@@ -313,8 +313,6 @@ def test_flops_per_token_counts_projections_and_scan():
 
 def test_block_triton_path_matches_reference(monkeypatch):
     """The block's real call pattern through the Triton kernels (interpreter on CPU), fp32."""
-    from hybridlab.kernels.ops.selective_scan import fused
-    monkeypatch.setattr(fused, "MAX_BLOCK_T", 8)
     cls = get_block("mamba1")
     m = cls(cls.Config(d_state=4), LayerContext(index=0, name="M", d_model=16, n_layers=2))
     x = torch.randn(2, 12, 16)

@@ -3,8 +3,9 @@ reference, and timings, in one call. Run ON the GPU machine from the repo root:
 
     PYTHONPATH=$PWD python3 scripts/gpu/ss_bench.py [--variants NAME,...] [--shapes NAME,...] [--peer]
 
-A variant is a set of module attributes of hybridlab.kernels.ops.selective_scan.fused (FWD_IMPL,
-SEQ_ELEMS, ...; "v2" = the module defaults). For every shape and variant: fwd ms (no grad) and
+A variant is a set of module attributes of hybridlab.kernels.ops.selective_scan.fused
+(SEQ_ELEMS, ...; "v2" = the module defaults; v1, the associative-scan version, is gone from the
+code: docs/kernel-tuning.md keeps its measurements). For every shape and variant: fwd ms (no grad) and
 fwd+bwd ms (median of triton.testing.do_bench), the max relative L2 error of out and every
 gradient against the first variant run, and with --ref against the fp32 torch reference on the
 same bf16 inputs. --peer times mamba-ssm's CUDA selective_scan_fn (scripts/gpu/peer_setup.sh
@@ -29,7 +30,6 @@ SHAPES = {
     "b4-l4096-d2048-n64": (4, 4096, 2048, 64),
 }
 VARIANTS = {
-    "v1": dict(FWD_IMPL="scan", BWD_IMPL="scan"),
     "v2": dict(),                                           # the module defaults
     "v2_bwd_nopf": dict(SEQ_BWD_PREFETCH_MAX_N=0),          # backward without the prefetch
     "v2_nochunk": dict(SEQ_CHUNK_BELOW=0),

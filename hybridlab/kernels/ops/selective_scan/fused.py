@@ -3,16 +3,15 @@
 Same signatures and semantics as ``reference.py`` (math in fp32, also for fp64 inputs).
 NOTES.md has the design; docs/kernel-tuning.md the measurements.
 
-v2 (default, ``FWD_IMPL = BWD_IMPL = "seq"``): one program per (batch, channel block[, time
-chunk]) keeps the (BLOCK_D, N) state in registers and walks time in 8-step tiles: (BLOCK_D, 8)
+One program per (batch, channel block[, time chunk]) keeps the (BLOCK_D, N) state in registers and walks time in 8-step tiles: (BLOCK_D, 8)
 tile loads one tile ahead, per-channel math on the tile, ``tl.split`` into 8 columns and an
 unrolled recurrence (``_fwd_seq_kernel``). Small grids split time into chunks (a states-only
 pass, ``_chunk_carry_kernel``, the real pass). The backward (``_bwd_seq_kernel``) walks the
 tiles in reverse from per-tile checkpoints, recomputing the 8 states in registers; dB/dC are
 reduced over the channel block per tile and added with fp32 atomics.
 
-v1 (``"scan"``): ``tl.associative_scan`` over (BLOCK_D, N, BLOCK_T) tiles (``_fwd_kernel``,
-``_bwd_kernel``); kept for comparison (time lands across the lanes: ~6x slower).
+The first version (``tl.associative_scan`` over time tiles, ~6x slower: time landed across the
+lanes) is described in NOTES.md and docs/kernel-tuning.md; it is no longer in the code.
 
 seq_idx (b, l) int marks packed sequences: where the id changes the decay is 0 (state restarts).
 """
@@ -25,12 +24,6 @@ import triton.language as tl
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    # compose h -> a1 h + b1, then h -> a2 h + b2
-    return a1 * a2, b1 * a2 + b2
-
-
 @triton.jit
 def _softplus(x):
     # log1p(e) as log(w) * e / (w - 1) keeps full precision for tiny e; = x above 20 (threshold)
@@ -46,20 +39,6 @@ def _softplus_grad(x):
 
 
 @triton.jit
-def _tile_dt(delta_ptr, bias, offs_d, offs_t, mask, s_d, s_t, HAS_BIAS: tl.constexpr,
-             SOFTPLUS: tl.constexpr):
-    """(BLOCK_D, BLOCK_T) delta after bias and softplus, 0 outside the mask; also the raw value."""
-    raw = tl.load(delta_ptr + offs_d[:, None] * s_d + offs_t[None, :] * s_t, mask=mask, other=0.0)
-    raw = raw.to(tl.float32)
-    if HAS_BIAS:
-        raw = raw + bias[:, None]
-    dt = raw
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    return tl.where(mask, dt, 0.0), raw
-
-
-@triton.jit
 def _restarts(seq_ptr, offs_t, L, s_t):
     """(BLOCK_T,) True where a new packed sequence starts at t (t > 0 and the id changes)."""
     m = (offs_t > 0) & (offs_t < L)
@@ -70,75 +49,6 @@ def _restarts(seq_ptr, offs_t, L, s_t):
 
 # ----------------------------------------------------------------------------------------------
 # forward
-@triton.jit
-def _fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr,
-    out_ptr, last_ptr, ckpt_ptr,
-    L, d, n, cpg,
-    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n, sseq_b, sseq_l,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_SEQ: tl.constexpr, SAVE_CKPT: tl.constexpr,
-    BLOCK_D: tl.constexpr, NP: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
-    tt = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < d
-    mask_dn = mask_d[:, None] & (offs_n[None, :] < n)
-    grp = (pid_d * BLOCK_D) // cpg                     # the whole block sits in one group
-
-    A = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
-    A = A.to(tl.float32)
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
-    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_D else None
-    dn_off = offs_d[:, None] * n + offs_n[None, :]     # (d, n) offset in contiguous state buffers
-    if HAS_H0:
-        h = tl.load(h0_ptr + b * d * n + dn_off, mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BLOCK_D, NP), tl.float32)
-
-    u_base = u_ptr + b * su_b
-    dt_base = delta_ptr + b * sdt_b
-    B_base = B_ptr + b * sB_b + grp * sB_g
-    C_base = C_ptr + b * sC_b + grp * sC_g
-    n_tiles = tl.cdiv(L, BLOCK_T)
-    for it in range(0, n_tiles):
-        t0 = it * BLOCK_T
-        if SAVE_CKPT:
-            tl.store(ckpt_ptr + (b * n_tiles + it) * d * n + dn_off, h, mask=mask_dn)
-        offs_t = t0 + tt
-        mask_t = offs_t < L
-        m2 = mask_d[:, None] & mask_t[None, :]
-        mnt = (offs_n[:, None] < n) & mask_t[None, :]
-        u = tl.load(u_base + offs_d[:, None] * su_d + offs_t[None, :] * su_l, mask=m2, other=0.0)
-        u = u.to(tl.float32)
-        dt, _ = _tile_dt(dt_base, bias, offs_d, offs_t, m2, sdt_d, sdt_l, HAS_BIAS, SOFTPLUS)
-        Bt = tl.load(B_base + offs_n[:, None] * sB_n + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
-        Ct = tl.load(C_base + offs_n[:, None] * sC_n + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
-        a = tl.exp(dt[:, None, :] * A[:, :, None])                     # (BLOCK_D, NP, BLOCK_T)
-        if HAS_SEQ:
-            cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
-            a = tl.where(cut[None, None, :], 0.0, a)
-        bu = (dt * u)[:, None, :] * Bt.to(tl.float32)[None, :, :]
-        pa, pb = tl.associative_scan((a, bu), axis=2, combine_fn=_combine)
-        hs = pa * h[:, :, None] + pb
-        y = tl.sum(hs * Ct.to(tl.float32)[None, :, :], axis=1)          # (BLOCK_D, BLOCK_T)
-        if HAS_D:
-            y += Dv[:, None] * u
-        if HAS_Z:
-            zt = tl.load(z_ptr + b * sz_b + offs_d[:, None] * sz_d + offs_t[None, :] * sz_l,
-                         mask=m2, other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(out_ptr + b * d * L + offs_d[:, None] * L + offs_t[None, :],
-                 y.to(out_ptr.dtype.element_ty), mask=m2)
-        # padded steps past L are identities (a = 1, b = 0), so the last column is the carry
-        h = tl.sum(tl.where((tt == BLOCK_T - 1)[None, None, :], hs, 0.0), axis=2)
-    tl.store(last_ptr + b * d * n + dn_off, h, mask=mask_dn)
-
-
 # ----------------------------------------------------------------------------------------------
 # forward, sequential in registers (v2)
 #
@@ -339,144 +249,6 @@ def _chunk_carry_kernel(P_ptr, S_ptr, X_ptr, NC, DN, REVERSE: tl.constexpr, BLOC
 
 # ----------------------------------------------------------------------------------------------
 # backward
-@triton.jit
-def _bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr,
-    dout_ptr, dlast_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, d, n, cpg, G,
-    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n, sseq_b, sseq_l,
-    sdo_b, sdo_d, sdo_l,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_DLAST: tl.constexpr, WANT_DH0: tl.constexpr,
-    BLOCK_D: tl.constexpr, NP: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
-):
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
-    tt = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < d
-    mask_dn = mask_d[:, None] & (offs_n[None, :] < n)
-    grp = (pid_d * BLOCK_D) // cpg
-
-    A = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
-    A = A.to(tl.float32)
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
-    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_D else None
-    dn_off = offs_d[:, None] * n + offs_n[None, :]
-    if HAS_DLAST:       # the last state's own gradient enters the adjoint at t = L-1
-        g_carry = tl.load(dlast_ptr + b * d * n + dn_off, mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        g_carry = tl.zeros((BLOCK_D, NP), tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, NP), tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), tl.float32)
-    dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
-
-    u_base = u_ptr + b * su_b
-    dt_base = delta_ptr + b * sdt_b
-    B_base = B_ptr + b * sB_b + grp * sB_g
-    C_base = C_ptr + b * sC_b + grp * sC_g
-    dBC_off = (b * G + grp) * n * L
-    n_tiles = tl.cdiv(L, BLOCK_T)
-    n_ckpt = tl.cdiv(L, CKPT_T)
-    for it in range(0, n_tiles):
-        t0 = (n_tiles - 1 - it) * BLOCK_T
-        offs_t = t0 + tt
-        mask_t = offs_t < L
-        m2 = mask_d[:, None] & mask_t[None, :]
-        mnt = (offs_n[:, None] < n) & mask_t[None, :]
-        io2 = offs_d[:, None] * L + offs_t[None, :]                     # contiguous (d, l) outputs
-
-        # -- recompute the tile's forward from its checkpoint
-        h = tl.load(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n + dn_off, mask=mask_dn, other=0.0)
-        u = tl.load(u_base + offs_d[:, None] * su_d + offs_t[None, :] * su_l, mask=m2, other=0.0)
-        u = u.to(tl.float32)
-        dt, raw = _tile_dt(dt_base, bias, offs_d, offs_t, m2, sdt_d, sdt_l, HAS_BIAS, SOFTPLUS)
-        Bt = tl.load(B_base + offs_n[:, None] * sB_n + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
-        Ct = tl.load(C_base + offs_n[:, None] * sC_n + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
-        Bt = Bt.to(tl.float32)
-        Ct = Ct.to(tl.float32)
-        a = tl.exp(dt[:, None, :] * A[:, :, None])
-        if HAS_SEQ:
-            cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
-            a = tl.where(cut[None, None, :], 0.0, a)
-        dtu = dt * u
-        bu = dtu[:, None, :] * Bt[None, :, :]
-        pa, pb = tl.associative_scan((a, bu), axis=2, combine_fn=_combine)
-        hs = pa * h[:, :, None] + pb
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
-        if HAS_D:
-            y += Dv[:, None] * u
-
-        # -- output gate
-        dout = tl.load(dout_ptr + b * sdo_b + offs_d[:, None] * sdo_d + offs_t[None, :] * sdo_l,
-                       mask=m2, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zt = tl.load(z_ptr + b * sz_b + offs_d[:, None] * sz_d + offs_t[None, :] * sz_l,
-                         mask=m2, other=0.0).to(tl.float32)
-            sg = tl.sigmoid(zt)
-            dy = dout * zt * sg
-            dz = dout * y * sg * (1.0 + zt * (1.0 - sg))
-            tl.store(dz_ptr + b * d * L + io2, dz.to(dz_ptr.dtype.element_ty), mask=m2)
-        else:
-            dy = dout
-        if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
-
-        # dC_t = sum_d h_t dy_t
-        dCt = tl.sum(hs * dy[:, None, :], axis=0)
-        tl.atomic_add(dC_ptr + dBC_off + offs_n[:, None] * L + offs_t[None, :], dCt, mask=mnt,
-                      sem="relaxed")
-        hmb = hs - bu                                                   # = a_t h_{t-1}
-
-        # -- adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, reverse scan with the carry from the right
-        offs_t1 = offs_t + 1
-        m1 = mask_d[:, None] & (offs_t1 < L)[None, :]
-        dt1, _ = _tile_dt(dt_base, bias, offs_d, offs_t1, m1, sdt_d, sdt_l, HAS_BIAS, SOFTPLUS)
-        al = tl.exp(dt1[:, None, :] * A[:, :, None])                   # 1 past the end
-        if HAS_SEQ:
-            cut1 = _restarts(seq_ptr + b * sseq_b, offs_t1, L, sseq_l)
-            al = tl.where(cut1[None, None, :], 0.0, al)
-        c = Ct[None, :, :] * dy[:, None, :]
-        pg, gb = tl.associative_scan((al, c), axis=2, combine_fn=_combine, reverse=True)
-        g = gb + pg * g_carry[:, :, None]
-        g_carry = tl.sum(tl.where((tt == 0)[None, None, :], g, 0.0), axis=2)
-
-        # -- parameter / input gradients
-        dBt = tl.sum(g * dtu[:, None, :], axis=0)
-        tl.atomic_add(dB_ptr + dBC_off + offs_n[:, None] * L + offs_t[None, :], dBt, mask=mnt,
-                      sem="relaxed")
-        ga = g * hmb                                                    # dL/da_t * a_t
-        dA_acc += tl.sum(ga * dt[:, None, :], axis=2)
-        gB = tl.sum(g * Bt[None, :, :], axis=1)                         # dL/d(dt*u)
-        ddt = gB * u + tl.sum(ga * A[:, :, None], axis=1)
-        du = gB * dt
-        if HAS_D:
-            du += dy * Dv[:, None]
-        if SOFTPLUS:
-            ddt = ddt * _softplus_grad(raw)
-        ddt = tl.where(m2, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + b * d * L + io2, du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddelta_ptr + b * d * L + io2, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
-
-    tl.store(dA_ptr + b * d * n + dn_off, dA_acc, mask=mask_dn)
-    if HAS_D:
-        tl.store(dD_ptr + b * d + offs_d, dD_acc, mask=mask_d)
-    if HAS_BIAS:
-        tl.store(dbias_ptr + b * d + offs_d, dbias_acc, mask=mask_d)
-    if WANT_DH0:        # d h_{-1} = a_0 g_0
-        dt0 = tl.load(dt_base + offs_d * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt0 += bias
-        if SOFTPLUS:
-            dt0 = _softplus(dt0)
-        a0 = tl.exp(dt0[:, None] * A)
-        tl.store(dh0_ptr + b * d * n + dn_off, a0 * g_carry, mask=mask_dn)
-
-
 # ----------------------------------------------------------------------------------------------
 # backward, sequential in registers (v2)
 @triton.jit
@@ -616,7 +388,6 @@ def _bwd_seq_kernel(
         dtu = dt * u
         dtc = _cols8(dt)
         dtuc = _cols8(dtu)
-        uc = _cols8(u)
         Bc = _cols8(Bt)
         Cc = _cols8(Ct)
         if HAS_SEQ:
@@ -769,17 +540,8 @@ def _pow2_divisor(x: int, cap: int) -> int:
     return p
 
 
-#: Tuning knobs. MAX_BLOCK_T: longest time tile (a power of two; the interpreter tests shrink it so
-#: that short sequences span several tiles). TILE_FWD / TILE_BWD: fp32 elements per
-#: (BLOCK_D, N, BLOCK_T) tile, which sets BLOCK_D (the backward keeps ~5 such tiles live).
-MAX_BLOCK_T = 64
-TILE_FWD, TILE_BWD = 8192, 4096
-#: kernels: "seq" (v2: _fwd_seq_kernel / _bwd_seq_kernel, state in registers, 8-step tiles) or
-#: "scan" (v1: associative_scan over a time tile). The v2 backward needs the v2 forward's
-#: per-tile checkpoints. SEQ_ELEMS / SEQ_BWD_ELEMS: BLOCK_D * N-padded elements per program
-#: (sets BLOCK_D), SEQ_WARPS / SEQ_BWD_WARPS: warps per program.
-FWD_IMPL = "seq"
-BWD_IMPL = "seq"
+#: Tuning knobs. SEQ_ELEMS / SEQ_BWD_ELEMS: BLOCK_D * N-padded elements per program (sets
+#: BLOCK_D), SEQ_WARPS / SEQ_BWD_WARPS: warps per program.
 #: (measured on the H100, docs/kernel-tuning.md: one warp per 8 channels at n=16 is fastest both
 #: ways; at n=64 the forward prefers 4 warps per 8 channels)
 SEQ_ELEMS, SEQ_WARPS = 128, 1
@@ -793,15 +555,9 @@ SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 re
 SEQ_CHUNK_BELOW, SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 1024, 16384, 256
 
 
-def _tiles(d: int, n: int, cpg: int, grouped: bool):
-    """(NP, BLOCK_T, BLOCK_D fwd, BLOCK_D bwd): ~8K fp32 per 3-D tile forward, ~4K backward."""
-    NP = max(2, triton.next_power_of_2(n))
-    BT = min(MAX_BLOCK_T, 64 if NP <= 16 else (32 if NP <= 64 else 16))
-    out = []
-    for budget in (TILE_FWD, TILE_BWD):
-        bd = max(1, min(64, budget // (NP * BT), triton.next_power_of_2(d)))
-        out.append(_pow2_divisor(cpg, bd) if grouped else bd)
-    return NP, BT, out[0], out[1]
+def _np(n: int) -> int:
+    """N padded to a power of two (>= 2): the state tile's width."""
+    return max(2, triton.next_power_of_2(n))
 
 
 def _bc_view(M: torch.Tensor):
@@ -822,64 +578,48 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     C, Gc, sC = _bc_view(C)
     if G != Gc or d % G:
         raise ValueError(f"B and C need the same number of groups dividing d={d}: {G} vs {Gc}")
-    NP, BT, BD, _ = _tiles(d, n, d // G, G > 1)
+    NP = _np(n)
     D_, bias_, h0_ = _f32c(D), _f32c(delta_bias), _f32c(initial_state)
     seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
     out = torch.empty(b, d, L, device=u.device, dtype=u.dtype)
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
-    n_tiles = triton.cdiv(L, BT)
-    ckpt = torch.empty(b, n_tiles, d, n, device=u.device, dtype=torch.float32) if save else last
     zz = z if z is not None else u
-    if FWD_IMPL == "seq":
-        elems, warps = (SEQ_ELEMS, SEQ_WARPS) if NP <= 32 else (SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N)
-        BDs = _seq_block_d(d, NP, G, elems)
-        nd = triton.cdiv(d, BDs)
-        CH, NC = _seq_chunks(L, nd * b * warps)
-        ck_t = 8 if BWD_IMPL == "seq" else BT
-        f32 = dict(device=u.device, dtype=torch.float32)
-        ckpt = torch.empty(b, triton.cdiv(L, ck_t), d, n, **f32) if save else last
-        args = (L, d, n, d // G, CH, NC,
-                *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
-                *(seq.stride() if seq is not None else (0, 0)))
-        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
-                     CKPT_T=ck_t, num_warps=warps)
-        dummy = last
-        P = None
-        hin = h0_
-        if NC > 1:      # pass 1: each chunk's own end state and decay; carry; pass 2 below
-            S, P = torch.empty(b, NC, d, n, **f32), torch.empty(b, NC, d, n, **f32)
-            # the backward's carry needs every chunk's decay, the forward's all but the last
-            _fwd_seq_kernel[(nd, b, NC if save else NC - 1)](
-                u, delta, A, B, C, D_ if D_ is not None else dummy, zz,
-                bias_ if bias_ is not None else dummy, dummy, seq if seq is not None else dummy,
-                out, last, dummy, S, P, *args, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=True,
-                **flags)
-            hin = torch.empty(b, NC, d, n, **f32)
-            if h0_ is not None:
-                hin[:, 0] = h0_
-            else:
-                hin[:, 0] = 0.0
-            _chunk_carry(P, S, hin, reverse=False)
-        _fwd_seq_kernel[(nd, b, NC)](
+    elems, warps = (SEQ_ELEMS, SEQ_WARPS) if NP <= 32 else (SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N)
+    BDs = _seq_block_d(d, NP, G, elems)
+    nd = triton.cdiv(d, BDs)
+    CH, NC = _seq_chunks(L, nd * b * warps)
+    ck_t = 8                                    # a checkpoint per 8-step tile
+    f32 = dict(device=u.device, dtype=torch.float32)
+    ckpt = torch.empty(b, triton.cdiv(L, ck_t), d, n, **f32) if save else last
+    args = (L, d, n, d // G, CH, NC,
+            *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
+            *(seq.stride() if seq is not None else (0, 0)))
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
+                 CKPT_T=ck_t, num_warps=warps)
+    dummy = last
+    P = None
+    hin = h0_
+    if NC > 1:      # pass 1: each chunk's own end state and decay; carry; pass 2 below
+        S, P = torch.empty(b, NC, d, n, **f32), torch.empty(b, NC, d, n, **f32)
+        # the backward's carry needs every chunk's decay, the forward's all but the last
+        _fwd_seq_kernel[(nd, b, NC if save else NC - 1)](
             u, delta, A, B, C, D_ if D_ is not None else dummy, zz,
-            bias_ if bias_ is not None else dummy, hin if hin is not None else dummy,
-            seq if seq is not None else dummy, out, last, ckpt, dummy, dummy,
-            *args, HAS_HIN=hin is not None, SAVE_CKPT=save, STATES_ONLY=False, **flags)
-        return out, last, (ckpt if save else None), seq, (ck_t, CH, NC, P)
-    grid = (triton.cdiv(d, BD), b)
-    _fwd_kernel[grid](
-        u, delta, A, B, C, D_ if D_ is not None else last, zz,
-        bias_ if bias_ is not None else last, h0_ if h0_ is not None else last,
-        seq if seq is not None else last, out, last, ckpt,
-        L, d, n, d // G,
-        *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
-        *(seq.stride() if seq is not None else (0, 0)),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None, HAS_SEQ=seq is not None,
-        SAVE_CKPT=save, BLOCK_D=BD, NP=NP, BLOCK_T=BT, num_warps=8 if NP * BT * BD >= 8192 else 4,
-    )
-    return out, last, (ckpt if save else None), seq, (BT, triton.cdiv(L, 8) * 8, 1, None)
+            bias_ if bias_ is not None else dummy, dummy, seq if seq is not None else dummy,
+            out, last, dummy, S, P, *args, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=True,
+            **flags)
+        hin = torch.empty(b, NC, d, n, **f32)
+        if h0_ is not None:
+            hin[:, 0] = h0_
+        else:
+            hin[:, 0] = 0.0
+        _chunk_carry(P, S, hin, reverse=False)
+    _fwd_seq_kernel[(nd, b, NC)](
+        u, delta, A, B, C, D_ if D_ is not None else dummy, zz,
+        bias_ if bias_ is not None else dummy, hin if hin is not None else dummy,
+        seq if seq is not None else dummy, out, last, ckpt, dummy, dummy,
+        *args, HAS_HIN=hin is not None, SAVE_CKPT=save, STATES_ONLY=False, **flags)
+    return out, last, (ckpt if save else None), seq, (CH, NC, P)
 
 
 def _chunk_carry(P, S, X, reverse):
@@ -907,9 +647,9 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus):
         save = any(ctx.needs_input_grad)
-        out, last, ckpt, seq, (ck_t, CH, NC, P) = _fwd(u, delta, A, B, C, D, z, delta_bias,
-                                                       delta_softplus, initial_state, seq_idx, save)
-        ctx.ckpt_t, ctx.chunk, ctx.nc = ck_t, CH, NC
+        out, last, ckpt, seq, (CH, NC, P) = _fwd(u, delta, A, B, C, D, z, delta_bias,
+                                                 delta_softplus, initial_state, seq_idx, save)
+        ctx.chunk, ctx.nc = CH, NC
         ctx.set_materialize_grads(False)      # no zero-filled dlast when last_state is unused
         ctx.softplus = bool(delta_softplus)
         ctx.has_h0 = initial_state is not None
@@ -926,7 +666,7 @@ class _SelectiveScan(torch.autograd.Function):
             dout = torch.zeros(b, d, L, device=u.device, dtype=u.dtype)
         Bv, G, sB = _bc_view(B)
         Cv, _, sC = _bc_view(C)
-        NP, BT, _, BD = _tiles(d, n, d // G, G > 1)
+        NP = _np(n)
         dev = u.device
         f32 = dict(device=dev, dtype=torch.float32)
         du = torch.empty(b, d, L, device=dev, dtype=u.dtype)
@@ -934,8 +674,7 @@ class _SelectiveScan(torch.autograd.Function):
         dz = torch.empty(b, d, L, device=dev, dtype=z.dtype) if z is not None else None
         dB = torch.zeros(b, G, n, L, **f32)
         dC = torch.zeros(b, G, n, L, **f32)
-        use_seq = ctx.ckpt_t == 8 and BWD_IMPL == "seq"
-        NC = ctx.nc if use_seq else 1                   # rows of the dA, dD, d bias partials
+        NC = ctx.nc                                     # rows of the dA, dD, d bias partials
         dA = torch.empty(b * NC, d, n, **f32)
         dD = torch.empty(b * NC, d, **f32) if D is not None else None
         dbias = torch.empty(b * NC, d, **f32) if delta_bias is not None else None
@@ -954,37 +693,28 @@ class _SelectiveScan(torch.autograd.Function):
                 dh0 if dh0 is not None else dummy)
         ins = (u, delta, A, Bv, Cv, D_ if D_ is not None else dummy, zz,
                bias_ if bias_ is not None else dummy, seq if seq is not None else dummy, ckpt, dout)
-        if use_seq:
-            BDs = _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)
-            nd = triton.cdiv(d, BDs)
-            xin = dlast_
-            if NC > 1:      # pass 1: each chunk's own adjoint carry; carry right to left
-                Y = torch.empty(b, NC, d, n, **f32)
-                _bwd_carry_kernel[(nd, b, NC - 1)](
-                    delta, A, Cv, zz, bias_ if bias_ is not None else dummy,
-                    seq if seq is not None else dummy, dout, Y, L, d, n, d // G, ctx.chunk, NC,
-                    *delta.stride(), *zz.stride(), *sC, *A.stride(),
-                    *(seq.stride() if seq is not None else (0, 0)), *dout.stride(),
-                    HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
-                    HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP, num_warps=SEQ_BWD_WARPS)
-                xin = torch.empty(b, NC, d, n, **f32)
-                if dlast_ is not None:
-                    xin[:, NC - 1] = dlast_
-                else:
-                    xin[:, NC - 1] = 0.0
-                _chunk_carry(P, Y, xin, reverse=True)
-            _bwd_seq_kernel[(nd, b, NC)](
-                *ins, xin if xin is not None else dummy, *outs,
-                L, d, n, d // G, G, ctx.chunk, NC, *strides, **flags, HAS_XIN=xin is not None,
-                BLOCK_D=BDs, NP=NP, PREFETCH=NP <= SEQ_BWD_PREFETCH_MAX_N, num_warps=SEQ_BWD_WARPS)
-        elif ctx.ckpt_t == BT:
-            _bwd_kernel[(triton.cdiv(d, BD), b)](
-                *ins, dlast_ if dlast_ is not None else dummy, *outs,
-                L, d, n, d // G, G, *strides, **flags, HAS_DLAST=dlast is not None,
-                BLOCK_D=BD, NP=NP, BLOCK_T=BT, CKPT_T=BT, num_warps=8 if NP * BT * BD >= 8192 else 4)
-        else:
-            raise RuntimeError(f"selective_scan: checkpoints every {ctx.ckpt_t} steps fit neither "
-                               f"backward (v2 needs 8, v1 {BT}); FWD_IMPL/BWD_IMPL changed in between?")
+        BDs = _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)
+        nd = triton.cdiv(d, BDs)
+        xin = dlast_
+        if NC > 1:      # pass 1: each chunk's own adjoint carry; carry right to left
+            Y = torch.empty(b, NC, d, n, **f32)
+            _bwd_carry_kernel[(nd, b, NC - 1)](
+                delta, A, Cv, zz, bias_ if bias_ is not None else dummy,
+                seq if seq is not None else dummy, dout, Y, L, d, n, d // G, ctx.chunk, NC,
+                *delta.stride(), *zz.stride(), *sC, *A.stride(),
+                *(seq.stride() if seq is not None else (0, 0)), *dout.stride(),
+                HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
+                HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP, num_warps=SEQ_BWD_WARPS)
+            xin = torch.empty(b, NC, d, n, **f32)
+            if dlast_ is not None:
+                xin[:, NC - 1] = dlast_
+            else:
+                xin[:, NC - 1] = 0.0
+            _chunk_carry(P, Y, xin, reverse=True)
+        _bwd_seq_kernel[(nd, b, NC)](
+            *ins, xin if xin is not None else dummy, *outs,
+            L, d, n, d // G, G, ctx.chunk, NC, *strides, **flags, HAS_XIN=xin is not None,
+            BLOCK_D=BDs, NP=NP, PREFETCH=NP <= SEQ_BWD_PREFETCH_MAX_N, num_warps=SEQ_BWD_WARPS)
         dB = dB.to(B.dtype) if B.dim() == 4 else dB[:, 0].to(B.dtype)
         dC = dC.to(C.dtype) if C.dim() == 4 else dC[:, 0].to(C.dtype)
         return (du, ddelta, dA.sum(0).to(A.dtype), dB, dC,
