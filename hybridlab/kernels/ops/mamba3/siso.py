@@ -183,9 +183,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
 
     if x.dtype == torch.float64:
         raise ValueError("mamba3_siso: float64 runs the reference (fused.mamba3 routes it there)")
-    Q = ssd_fused._chunk(SSD_CHUNK or chunk_size)
-    if x.dtype == torch.float32 and not _INTERPRET:
-        Q = min(Q, ssd_fused.FP32_MAX_CHUNK)
+    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _SISOFn.apply(
         ssd_fused._lastdim_contig(x), f32c(w), f32c(adt), B.contiguous(), C.contiguous(), Bb, Cb, ps,

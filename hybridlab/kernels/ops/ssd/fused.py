@@ -269,6 +269,19 @@ def _pad_positions(v, Q):
     return out
 
 
+def kernel_chunk(chunk_size: int, dtype) -> int:
+    """The chunk the kernels run: a power of two in [16, 256], fp32 on the GPU at most FP32_MAX_CHUNK."""
+    Q = _chunk(chunk_size)
+    return min(Q, FP32_MAX_CHUNK) if dtype == torch.float32 and not _INTERPRET else Q
+
+
+def _operands(x, B, C, z, D, initial_states):
+    """x, B, C, z in x's dtype with a contiguous last dim; D and the initial states contiguous."""
+    cast = lambda t: None if t is None else _lastdim_contig(t if t.dtype == x.dtype else t.to(x.dtype))  # noqa: E731
+    return (_lastdim_contig(x), cast(B), cast(C), cast(z), D.contiguous() if D is not None else None,
+            initial_states.contiguous() if initial_states is not None else None)
+
+
 def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
         dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, return_final_states=False):
     """Same contract as ``reference.ssd`` (see there); fused Triton forward and backward."""
@@ -276,16 +289,9 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
         return _ssd_reference(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                               dt_softplus=dt_softplus, dt_limit=dt_limit, initial_states=initial_states,
                               seq_idx=seq_idx, return_final_states=return_final_states)
-    x, dt, z = _lastdim_contig(x), _lastdim_contig(dt), _lastdim_contig(z)
-    B = _lastdim_contig(B if B.dtype == x.dtype else B.to(x.dtype))
-    C = _lastdim_contig(C if C.dtype == x.dtype else C.to(x.dtype))
-    if z is not None and z.dtype != x.dtype:
-        z = z.to(x.dtype)
-    D = D.contiguous() if D is not None else None
-    init = initial_states.contiguous() if initial_states is not None else None
-    Q = _chunk(chunk_size)
-    if x.dtype == torch.float32 and not _INTERPRET:
-        Q = min(Q, FP32_MAX_CHUNK)
+    dt = _lastdim_contig(dt)
+    x, B, C, z, D, init = _operands(x, B, C, z, D, initial_states)
+    Q = kernel_chunk(chunk_size, x.dtype)
     seg = None
     if seq_idx is not None:
         nchunks = triton.cdiv(x.shape[1], Q)
@@ -304,18 +310,10 @@ def ssd_decoupled(x, scale, log_decay, B, C, chunk_size, D=None, D_pos=None, z=N
     if x.dtype == torch.float64:
         return _ssd_decoupled_reference(x, scale, log_decay, B, C, chunk_size, D=D, D_pos=D_pos, z=z,
                                         initial_states=initial_states, return_final_states=return_final_states)
-    x, z = _lastdim_contig(x), _lastdim_contig(z)
     scale = scale.float().contiguous()
     log_decay = log_decay.float().contiguous()
-    B = _lastdim_contig(B if B.dtype == x.dtype else B.to(x.dtype))
-    C = _lastdim_contig(C if C.dtype == x.dtype else C.to(x.dtype))
-    if z is not None and z.dtype != x.dtype:
-        z = z.to(x.dtype)
-    D = D.contiguous() if D is not None else None
-    init = initial_states.contiguous() if initial_states is not None else None
-    Q = _chunk(chunk_size)
-    if x.dtype == torch.float32 and not _INTERPRET:
-        Q = min(Q, FP32_MAX_CHUNK)
+    x, B, C, z, D, init = _operands(x, B, C, z, D, initial_states)
+    Q = kernel_chunk(chunk_size, x.dtype)
     A = scale.new_zeros(x.shape[2])                  # unused: the kernels read log_decay instead
     out, final = _SSDFn.apply(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf),
                               log_decay, D_pos)
