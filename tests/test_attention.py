@@ -13,11 +13,11 @@ from hybridlab.blocks.rope import Rotary, rotary_dim
 D_MODEL = 32
 
 
-def make_attention(d_model=D_MODEL, **fields):
+def make_attention(d_model=D_MODEL, n_meta=0, **fields):
     cls = get_block("attention")
     cfg = cls.Config(**fields)
     assert cfg.validate(d_model) == []
-    block = cls(cfg, LayerContext(index=0, name="*", d_model=d_model, n_layers=1))
+    block = cls(cfg, LayerContext(index=0, name="*", d_model=d_model, n_layers=1, n_meta=n_meta))
     return block.double()
 
 
@@ -53,7 +53,8 @@ def naive_attention(block, x):
                 qi = naive_rope(q[b, i, h], i, rot, cfg.rope_theta)
                 scores, values = [], []
                 for j in range(L):
-                    visible = j <= i and (cfg.window is None or i - j < cfg.window)
+                    # Hymba: the leading meta tokens stay visible to a sliding window
+                    visible = j <= i and (cfg.window is None or i - j < cfg.window or j < block.n_meta)
                     if visible:
                         kj = naive_rope(k[b, j, kh], j, rot, cfg.rope_theta)
                         scores.append(torch.dot(qi, kj) / math.sqrt(hd))
@@ -71,6 +72,8 @@ CASES = {
     "nope": dict(n_heads=2, rope=False),
     "partial_rope": dict(n_heads=4, rope_fraction=0.5, rope_theta=500.0),
     "head_dim": dict(n_heads=2, head_dim=12, window=4),
+    "window_meta": dict(n_heads=4, n_kv_heads=2, window=3, n_meta=2),
+    "full_meta": dict(n_heads=2, n_meta=2),
 }
 
 
@@ -104,6 +107,20 @@ def test_sliding_window_cache_is_a_ring_of_window_slots():
     block = make_attention(n_heads=4, n_kv_heads=2, window=3)
     state = block.init_state(1, 100)
     assert state["k"].shape == (1, 2, 3, D_MODEL // 4)
+
+
+def test_meta_tokens_get_fixed_slots_in_front_of_the_ring():
+    block = make_attention(n_heads=4, n_kv_heads=2, window=3, n_meta=2)
+    state = block.init_state(1, 100)
+    assert state["k"].shape == (1, 2, 5, D_MODEL // 4)
+    assert block.attended(100) == 5 and block.attended(4) == 4
+    assert block.kv_bytes(100) == 2 * 5 * 2 * (D_MODEL // 4) * 2          # k and v, bf16
+    x = torch.randn(1, 12, D_MODEL, dtype=torch.float64)
+    for t in range(12):
+        _, state = block.step(x[:, t], state, ForwardContext(position=t))
+    # the meta keys (positions 0, 1) were never overwritten by the ring
+    k_meta = block._heads(x[:, :2], torch.arange(2), None)[1]
+    torch.testing.assert_close(state["k"][:, :, :2], k_meta)
 
 
 def test_full_cache_too_short_raises():

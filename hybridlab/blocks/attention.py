@@ -4,6 +4,10 @@ Training runs through ``F.scaled_dot_product_attention`` (flash/memory-efficient
 available). Decoding keeps a KV cache: the whole context for full attention, or a ring buffer of
 ``window`` slots for sliding-window attention (RoPE is applied before caching, so slot order
 does not matter and only the last ``window`` keys are ever needed).
+
+Meta tokens (Hymba): when the model prepends ``n_meta`` learned tokens, a sliding window also
+always sees them, as in Hymba, so they act as a global memory in every layer. Their keys sit in
+``n_meta`` fixed cache slots in front of the ring.
 """
 from __future__ import annotations
 
@@ -78,11 +82,12 @@ class AttentionConfig(BlockConfig):
         return self.head_dim if self.head_dim is not None else d_model // self.n_heads
 
 
-def sliding_window_mask(length: int, window: int, device=None) -> torch.Tensor:
-    """(L, L) bool, True where query i may attend key j: i - window < j <= i."""
+def sliding_window_mask(length: int, window: int, device=None, n_meta: int = 0) -> torch.Tensor:
+    """(L, L) bool, True where query i may attend key j: i - window < j <= i, or j <= i is one of
+    the n_meta leading meta tokens."""
     i = torch.arange(length, device=device)[:, None]
     j = torch.arange(length, device=device)[None, :]
-    return (j <= i) & (j > i - window)
+    return (j <= i) & ((j > i - window) | (j < n_meta))
 
 
 @register_block("attention")
@@ -98,6 +103,9 @@ class Attention(Block):
         self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.kv_heads
         self.head_dim = cfg.dim_per_head(d)
         self.window = cfg.window
+        self.n_meta = ctx.n_meta
+        # cache slots a sliding window ever needs: the meta tokens' and the window's
+        self.window_slots = None if cfg.window is None else cfg.window + ctx.n_meta
         if cfg.window is not None:
             self.hf_layer_type = "sliding_attention"
         self.q_size, self.kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
@@ -138,12 +146,12 @@ class Attention(Block):
         if self.window is None or self.window >= L:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            mask = sliding_window_mask(L, self.window, x.device)
+            mask = sliding_window_mask(L, self.window, x.device, self.n_meta)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self._merge(y)
 
     def init_state(self, batch_size: int, max_len: int, device=None, dtype=None):
-        slots = max_len if self.window is None else min(max_len, self.window)
+        slots = max_len if self.window is None else min(max_len, self.window_slots)
         device = device or self.wo.weight.device
         dtype = dtype or self.wo.weight.dtype
         shape = (batch_size, self.n_kv_heads, slots, self.head_dim)
@@ -154,13 +162,14 @@ class Attention(Block):
         pos = ctx.position
         q, k, v = self._heads(x_t[:, None], torch.tensor([pos], device=x_t.device), qkv_delta)
         slots = state["k"].shape[2]
-        if pos >= slots and (self.window is None or slots < self.window):
+        if pos >= slots and (self.window is None or slots < self.window_slots):
             raise IndexError(f"KV cache holds {slots} positions; position {pos} is past it "
                              "(raise max_len in init_cache)")
-        slot = pos % slots                      # ring buffer for sliding windows
+        # meta tokens keep slots 0..n_meta-1; later positions go round a ring of ``window`` slots
+        slot = pos if pos < self.n_meta else self.n_meta + (pos - self.n_meta) % (slots - self.n_meta)
         state["k"][:, :, slot] = k[:, :, 0]
         state["v"][:, :, slot] = v[:, :, 0]
-        filled = min(pos + 1, slots)            # full window: every slot is a valid key
+        filled = min(pos + 1, slots)            # meta slots, then the ring: all valid once full
         y = F.scaled_dot_product_attention(q, state["k"][:, :, :filled], state["v"][:, :, :filled],
                                            enable_gqa=self.n_heads != self.n_kv_heads)
         return self._merge(y)[:, 0], state
@@ -168,7 +177,7 @@ class Attention(Block):
     # -- accounting ------------------------------------------------------------------------
     def attended(self, context: int) -> int:
         """Keys one token attends to at this context length."""
-        return context if self.window is None else min(context, self.window)
+        return context if self.window is None else min(context, self.window_slots)
 
     def kv_bytes(self, context: int, dtype: torch.dtype = torch.bfloat16) -> int:
         return 2 * self.attended(context) * self.n_kv_heads * self.head_dim * dtype_bytes(dtype)

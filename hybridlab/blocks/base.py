@@ -51,6 +51,7 @@ class LayerContext:
     shared: dict = field(default_factory=dict)   # model-wide store for weight sharing (per block name)
     init_std: float = 0.02
     residual_scale: float = 1.0  # multiply output-projection init by this (depth scaling)
+    n_meta: int = 0            # leading meta-token positions (Hymba): sliding windows always see them
 
 
 @dataclass

@@ -79,7 +79,7 @@ class SharedCore(nn.Module):
         super().__init__()
         width = cfg.core_width(ctx.d_model)
         core_ctx = LayerContext(index=ctx.index, name=ctx.name, d_model=width, n_layers=ctx.n_layers,
-                                init_std=ctx.init_std, residual_scale=ctx.residual_scale)
+                                init_std=ctx.init_std, residual_scale=ctx.residual_scale, n_meta=ctx.n_meta)
         self.key = cfg.core_key()
         self.norm_attn = RMSNorm(width)
         self.attn = Attention(cfg.attention_config(), core_ctx)

@@ -64,7 +64,7 @@ class HybridModel(nn.Module):
         for layer in spec.layers:
             ctx = LayerContext(index=layer.index, name=layer.name, d_model=m.d_model, n_layers=n_layers,
                                use_index=uses.get(layer.name, 0), shared=shared,
-                               init_std=m.init.std, residual_scale=residual_scale)
+                               init_std=m.init.std, residual_scale=residual_scale, n_meta=m.meta_tokens)
             uses[layer.name] = ctx.use_index + 1
             block = get_block(layer.type)(layer.config, ctx)
             layers.append(HybridLayer(make_norm(m.norm, m.d_model, m.norm_eps), block))
