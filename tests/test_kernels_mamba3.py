@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hybridlab.kernels.ops.mamba3 import fused, reference
+from hybridlab.kernels.ops.mamba3 import fused, reference, siso
 
 TOL = 1e-4
 
@@ -88,6 +88,13 @@ CHUNK = {"siso-all-init": 8, "siso-g2-fullrot-multiple": 16, "siso-bare": 4, "si
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_triton_matches_reference(name):
+    check(run_both(*make_case(**CASES[name]), CHUNK[name]))
+
+
+@pytest.mark.parametrize("name", ["siso-all-init", "siso-g2-fullrot-multiple", "siso-odd-shapes"])
+def test_rotation_backward_in_pair_blocks(monkeypatch, name):
+    """The SISO rotation backward split over blocks of 2 rotation pairs (a speed knob): same result."""
+    monkeypatch.setattr(siso, "ROTATE_BWD_PAIRS", 2)
     check(run_both(*make_case(**CASES[name]), CHUNK[name]))
 
 

@@ -37,6 +37,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SSD_CHUNK = int(os.environ["HYBRIDLAB_MAMBA3_SSD_CHUNK"]) if os.environ.get("HYBRIDLAB_MAMBA3_SSD_CHUNK") else None
 _NO_LIMIT = (0.0, math.inf)
 ANGLE_CHUNK = 64     # steps per rotation program: the in-chunk angle cumsum happens in registers
+#: rotation pairs per backward program (None: all of them in one). Fewer pairs, fewer live
+#: registers: with all 64 pairs of n=128 the backward spills (scripts/kernel_regs.py); which
+#: width is fastest is for the GPU to say (HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides).
+ROTATE_BWD_PAIRS = int(os.environ["HYBRIDLAB_MAMBA3_ROTATE_PAIRS"]) if os.environ.get("HYBRIDLAB_MAMBA3_ROTATE_PAIRS") else None
 
 
 def _p2(n: int) -> int:
@@ -69,23 +73,27 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
     S = ps.shape[-1] if ps is not None else 0
     dev, f32 = B.device, torch.float32
     nc = triton.cdiv(L, ANGLE_CHUNK)
+    pairs = _p2((N + 1) // 2)
+    bp2 = min(pairs, ROTATE_BWD_PAIRS or pairs)
+    npb = pairs // bp2
     dB = torch.empty(bsz, L, G, N, device=dev, dtype=f32)
     dC = torch.empty_like(dB)
     bias = Bb is not None
     dBb = torch.empty(bsz, nc, H, N, device=dev, dtype=f32) if bias else None
     dCb = torch.empty_like(dBb) if bias else None
     dps = torch.empty(bsz, L, G, S, device=dev, dtype=f32) if S else None
-    ddt = torch.empty(bsz, L, H, device=dev, dtype=f32) if S else None
+    ddt = torch.empty(bsz, L, H, npb, device=dev, dtype=f32) if S else None
     doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
     d = dB
-    rotate_bwd_kernel[(nc, G, bsz)](
+    rotate_bwd_kernel[(nc, G * npb, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d),
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
-        L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
+        L, H, G, N, S, nc, npb, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
         num_warps=1 if _INTERPRET else 8)
     return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if bias else None,
-            dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None, ddt, doff)
+            dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None,
+            (ddt[..., 0] if npb == 1 else ddt.sum(-1)) if S else None, doff)
 
 
 class _SISOFn(torch.autograd.Function):

@@ -7,8 +7,9 @@ Forward, per (b, angle chunk c of QA steps, head h of group g):
 ps = pi*tanh(angles) (b, l, S); off (b, nc, h, S) = the angle entering each chunk (torch, float64,
 modulo 2 pi). Rotation pairs are (2i, 2i+1) for i < S; pairs i >= S stay as they are.
 
-Backward, per (b, chunk, group g), looping over the group's heads so dB, dC and d ps are summed in
-registers: given dk, dq (from SSD) and dqk, un-rotate to d(B + bias), d(C + bias);
+Backward, per (b, chunk, group g, block of BN2 rotation pairs), looping over the group's heads so
+dB, dC and d ps are summed in registers (pairs are independent: a block of them is a narrower
+tile, fewer live registers; d dt, a sum over pairs, comes out per block and torch adds the blocks): given dk, dq (from SSD) and dqk, un-rotate to d(B + bias), d(C + bias);
 d theta_i = (k_e dk_o - k_o dk_e) + (q_e dq_o - q_o dq_e); d off = sum over the chunk of d theta,
 d(ps dt) = reverse in-chunk cumsum of d theta. Bias gradients are per-program partial sums
 (summed by torch: deterministic, no atomics).
@@ -86,20 +87,21 @@ def rotate_fwd_kernel(
 def rotate_bwd_kernel(
     B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, k_ptr, dk_ptr, dq_ptr, dqk_ptr,
     dB_ptr, dC_ptr, dBb_ptr, dCb_ptr, dps_ptr, ddt_ptr, doff_ptr,
-    L, H, G, N, S, nc,
+    L, H, G, N, S, nc, npb,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     QA: tl.constexpr, BN2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROT: tl.constexpr,
     HAS_QK: tl.constexpr,
 ):
     c = tl.program_id(0)
-    g = tl.program_id(1)
+    g = tl.program_id(1) // npb
+    pblk = tl.program_id(1) % npb
     b = tl.program_id(2).to(tl.int64)
     BN: tl.constexpr = 2 * BN2
     hpg = H // G
     t = c * QA + tl.arange(0, QA)
     valid = t < L
-    on = tl.arange(0, BN)
-    i = tl.arange(0, BN2)
+    on = pblk * BN + tl.arange(0, BN)
+    i = pblk * BN2 + tl.arange(0, BN2)
     m = valid[:, None] & (on[None, :] < N)
     B0 = _rows(B_ptr, b * sB_b + g * sB_g, sB_l, t, on, valid, N)
     C0 = _rows(C_ptr, b * sC_b + g * sC_g, sC_l, t, on, valid, N)
@@ -140,7 +142,7 @@ def rotate_bwd_kernel(
             dth = tl.where(i[None, :] < S, ke * dko - ko * dke + qe * dqo - qo * dqe, 0.0)
             tl.store(doff_ptr + ((b * nc + c) * H + h) * S + i, tl.sum(dth, axis=0), mask=i < S)
             dphi = tl.sum(dth, axis=0)[None, :] - tl.cumsum(dth, axis=0) + dth    # reverse cumsum
-            tl.store(ddt_ptr + (b * L + t) * H + h, tl.sum(dphi * ps, axis=1), mask=valid)
+            tl.store(ddt_ptr + ((b * L + t) * H + h) * npb + pblk, tl.sum(dphi * ps, axis=1), mask=valid)
             dps += dphi * dtv[:, None]
             dk = _join_pairs(dke * cs + dko * sn, dko * cs - dke * sn, QA, BN)   # Rot(-theta)
             dq = _join_pairs(dqe * cs + dqo * sn, dqo * cs - dqe * sn, QA, BN)

@@ -1,0 +1,76 @@
+"""Registers and spill (stack) bytes per thread of our Triton kernels, compiled for the H100
+(sm_90) on any machine: no GPU needed. A kernel that spills runs out of registers and pays for
+it in local-memory traffic; this is the first thing to check when a kernel is far from its floor.
+
+    python3 scripts/kernel_regs.py                 # the SSD and Mamba-3 SISO kernels at the bench shapes
+    HYBRIDLAB_SSD_BLOCK_T=32 python3 scripts/kernel_regs.py
+
+It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
+cubin's resource usage with the cuobjdump that ships inside the Triton wheel.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
+from hybridlab.kernels.ops.ssd import fused as ssd
+from hybridlab.kernels.ops.ssd import fused_bwd as kb
+from hybridlab.kernels.ops.ssd import fused_fwd as kf
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), warps=4, stages=1) -> str:
+    """'REG:n STACK:m' of ``fn`` compiled with ``consts``; pointers bf16 unless listed."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*fp32" if name in fp32_ptrs else ("*i32" if name in int_ptrs else "*bf16")
+        else:
+            sig[name] = "i32"
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    line = next(l.strip() for l in out.splitlines() if l.strip().startswith("REG:"))
+    return f"{line.split(' SHARED')[0]}  shared {kernel.metadata.shared} B"
+
+
+SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_ptr", "dcs_ptr",
+           "dlast_ptr", "dD_ptr", "dDpos_ptr", "dt_ptr", "A_ptr", "dt_bias_ptr", "ld_ptr", "st_ptr")
+
+
+def cases():
+    """(label, kernel, constexprs, fp32 pointers, int pointers, [(warps, stages), ...])."""
+    bt = ssd.BLOCK_T_MAX
+    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (64, 1, "Mamba-3 SISO, chunk 64")):
+        common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=Q == 64, HAS_Z=Q == 64,
+                      HAS_SEQ=False, HAS_STATE=True, PREC="tf32")
+        T = min(Q, bt)
+        yield (f"chunk_bwd ({what}, BT {T})", kb.chunk_bwd, dict(Q=Q, BT=T, HPP=hpp, **common),
+               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (8, 2)])
+        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
+               SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
+    rot = dict(QA=64, BN2=64, HAS_BIAS=True, HAS_ROT=True)
+    f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
+           "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")
+    yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, rot, f32, (), [(8, 1)]
+    for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
+        yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
+               dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1)])
+
+
+if __name__ == "__main__":
+    for label, fn, consts, fp32, ints, configs in cases():
+        for warps, stages in configs:
+            print(f"{label:48s} warps {warps} stages {stages}: {usage(fn, consts, fp32, ints, warps, stages)}")
