@@ -274,3 +274,191 @@ def dt_bwd(
     tl.store(ddt_ptr + b * sddt_b + t * sddt_l + h * sddt_h, dd.to(ddt_ptr.dtype.element_ty), mask=valid)
     tl.store(dA_ptr + cidx, tl.sum(da * delta, axis=0))
     tl.store(dbias_ptr + cidx, tl.sum(dd, axis=0))
+
+
+# ---- chunk_bwd split in two (HYBRIDLAB_SSD_BWD=split): the same sums, each kernel holding half
+# the live tiles. chunk_bwd keeps dB, dC (BT x N) and dX (BT x P) fp32 accumulators and their
+# operands at once and spills 2.5-5 KB per thread at the bench shapes (scripts/kernel_regs.py);
+# `chunk_bwd_queries` does this block's query side (dC, dcs row sums), `chunk_bwd_keys` the key
+# side (dx, dz, dB, ddx, dcs column sums, dlast, dD, dD_pos) and adds the first one's dcs (read
+# from its own buffer, so both stay idempotent for the autotuner's repeated runs).
+
+@triton.jit
+def _dy_tile(dout_ptr, z_ptr, b, t, h, op, pmask, sdo_b, sdo_l, sdo_h, sz_b, sz_l, sz_h, HAS_Z: tl.constexpr):
+    """dY = dout * silu(z) (fp32), the gradient reaching the pre-gate output."""
+    dy = tl.load(dout_ptr + b * sdo_b + t[:, None] * sdo_l + h * sdo_h + op[None, :], mask=pmask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_ptr + b * sz_b + t[:, None] * sz_l + h * sz_h + op[None, :], mask=pmask, other=0.0).to(tl.float32)
+        dy = dy * zz * tl.sigmoid(zz)
+    return dy
+
+
+@triton.jit
+def chunk_bwd_queries(
+    x_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
+    dC_ptr, dcs_ptr,
+    L, H, P, N, G,
+    sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sdo_b, sdo_l, sdo_h,
+    sB_b, sB_l, sB_g, sC_b, sC_l, sC_g, sdB_s, sdB_b, sdB_l, sdB_g,
+    Lp, nchunks,
+    Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
+):
+    hs = tl.program_id(0)
+    cb = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    NB: tl.constexpr = Q // BT
+    c = cb // NB
+    k = cb % NB
+    hpg = H // G
+    nsplit = hpg // HPP
+    g = hs // nsplit
+    split = hs % nsplit
+    op = tl.arange(0, BP)
+    on = tl.arange(0, BN)
+    tk = c * Q + k * BT + tl.arange(0, BT)
+    vk = tk < L
+    nmask_k = vk[:, None] & (on[None, :] < N)
+    pmask_k = vk[:, None] & (op[None, :] < P)
+    Ck = tl.load(C_ptr + b * sC_b + tk[:, None] * sC_l + g * sC_g + on[None, :], mask=nmask_k, other=0.0)
+    DT = Ck.dtype
+    if HAS_SEQ:
+        seg_k = tl.load(seg_ptr + b * Lp + tk)
+        seg_prev = tl.load(seg_ptr + b * Lp + c * Q - 1, mask=c > 0, other=0)
+    dCk = tl.zeros([BT, BN], dtype=tl.float32)
+    smask = (op[:, None] < P) & (on[None, :] < N)
+    for hh in range(HPP):
+        h = g * hpg + split * HPP + hh
+        row = (b * H + h) * Lp
+        cs_k = tl.load(cs_ptr + row + tk)
+        dYkD = _dy_tile(dout_ptr, z_ptr, b, tk, h, op, pmask_k, sdo_b, sdo_l, sdo_h, sz_b, sz_l, sz_h, HAS_Z).to(DT)
+        dcs = tl.zeros([BT], dtype=tl.float32)
+        if HAS_STATE:       # y += exp(cs) C Eᵀ: this block as queries of the entering state
+            sbase = ((b * nchunks + c) * H + h) * P * N
+            E = tl.load(E_ptr + sbase + op[:, None] * N + on[None, :], mask=smask, other=0.0)
+            w = tl.exp(cs_k)
+            if HAS_SEQ:
+                w = tl.where(seg_k == seg_prev, w, 0.0)
+            dYE = tl.dot(dYkD, E.to(DT), input_precision=PREC)
+            dCk += w[:, None] * dYE
+            dcs += w * tl.sum(Ck.to(tl.float32) * dYE, axis=1)
+        for j in range(0, k + 1):
+            tj = c * Q + j * BT + tl.arange(0, BT)
+            vj = tj < L
+            Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
+                         mask=vj[:, None] & (on[None, :] < N), other=0.0)
+            xj = tl.load(x_ptr + b * sx_b + tj[:, None] * sx_l + h * sx_h + op[None, :],
+                         mask=vj[:, None] & (op[None, :] < P), other=0.0).to(tl.float32)
+            Xj = (xj * tl.load(delta_ptr + row + tj)[:, None]).to(DT)
+            keep = tk[:, None] >= tj[None, :]
+            if HAS_SEQ:
+                keep &= seg_k[:, None] == tl.load(seg_ptr + b * Lp + tj)[None, :]
+            Lm = tl.where(keep, tl.exp(cs_k[:, None] - tl.load(cs_ptr + row + tj)[None, :]), 0.0)
+            dGL = tl.dot(dYkD, tl.trans(Xj), input_precision=PREC) * Lm
+            dCk += tl.dot(dGL.to(DT), Bj, input_precision=PREC)
+            dcs += tl.sum(dGL * tl.dot(Ck, tl.trans(Bj), input_precision=PREC), axis=1)
+        tl.store(dcs_ptr + row + tk, dcs)
+    doff = split * sdB_s + b * sdB_b + tk[:, None] * sdB_l + g * sdB_g + on[None, :]
+    tl.store(dC_ptr + doff, dCk, mask=nmask_k)
+
+
+@triton.jit
+def chunk_bwd_keys(
+    x_ptr, z_ptr, dout_ptr, y_ptr, B_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, dst_ptr,
+    dcsq_ptr, dx_ptr, dz_ptr, dB_ptr, ddx_ptr, dcs_ptr, dlast_ptr, dD_ptr, dDpos_ptr,
+    L, H, P, N, G,
+    sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sdo_b, sdo_l, sdo_h, sy_b, sy_l, sy_h,
+    sB_b, sB_l, sB_g, sC_b, sC_l, sC_g, sdx_b, sdx_l, sdx_h, sdz_b, sdz_l, sdz_h,
+    sdB_s, sdB_b, sdB_l, sdB_g,
+    Lp, nchunks,
+    Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
+    HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_SEQ: tl.constexpr, PREC: tl.constexpr,
+):
+    hs = tl.program_id(0)
+    cb = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    NB: tl.constexpr = Q // BT
+    c = cb // NB
+    k = cb % NB
+    hpg = H // G
+    nsplit = hpg // HPP
+    g = hs // nsplit
+    split = hs % nsplit
+    op = tl.arange(0, BP)
+    on = tl.arange(0, BN)
+    tk = c * Q + k * BT + tl.arange(0, BT)
+    vk = tk < L
+    nmask_k = vk[:, None] & (on[None, :] < N)
+    pmask_k = vk[:, None] & (op[None, :] < P)
+    Bk = tl.load(B_ptr + b * sB_b + tk[:, None] * sB_l + g * sB_g + on[None, :], mask=nmask_k, other=0.0)
+    DT = Bk.dtype
+    if HAS_SEQ:
+        seg_k = tl.load(seg_ptr + b * Lp + tk)
+        seg_end = tl.load(seg_ptr + b * Lp + c * Q + Q - 1)
+    dBk = tl.zeros([BT, BN], dtype=tl.float32)
+    smask = (op[:, None] < P) & (on[None, :] < N)
+    for hh in range(HPP):
+        h = g * hpg + split * HPP + hh
+        row = (b * H + h) * Lp
+        cs_k = tl.load(cs_ptr + row + tk)
+        dl_k = tl.load(delta_ptr + row + tk)
+        cs_last = tl.load(cs_ptr + row + c * Q + Q - 1)
+        xk = tl.load(x_ptr + b * sx_b + tk[:, None] * sx_l + h * sx_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
+        XkD = (xk * dl_k[:, None]).to(DT)
+        # this block's part of the chunk end state (this block as keys)
+        sbase = ((b * nchunks + c) * H + h) * P * N
+        dS = tl.load(dst_ptr + sbase + op[:, None] * N + on[None, :], mask=smask, other=0.0).to(DT)
+        v = tl.exp(cs_last - cs_k)
+        if HAS_SEQ:
+            v = tl.where(seg_k == seg_end, v, 0.0)
+        Bd = tl.dot(Bk, tl.trans(dS), input_precision=PREC)
+        dXX = v[:, None] * Bd
+        dBk += v[:, None] * tl.dot(XkD, dS, input_precision=PREC)
+        r = v * tl.sum(XkD.to(tl.float32) * Bd, axis=1)
+        dcs = -r
+        dlast = tl.sum(r, axis=0)
+        for i in range(k, NB):      # inside the chunk, this block as keys
+            ti = c * Q + i * BT + tl.arange(0, BT)
+            vi = ti < L
+            Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
+                         mask=vi[:, None] & (on[None, :] < N), other=0.0)
+            dYiD = _dy_tile(dout_ptr, z_ptr, b, ti, h, op, vi[:, None] & (op[None, :] < P),
+                            sdo_b, sdo_l, sdo_h, sz_b, sz_l, sz_h, HAS_Z).to(DT)
+            keep = ti[:, None] >= tk[None, :]
+            if HAS_SEQ:
+                keep &= tl.load(seg_ptr + b * Lp + ti)[:, None] == seg_k[None, :]
+            Lm = tl.where(keep, tl.exp(tl.load(cs_ptr + row + ti)[:, None] - cs_k[None, :]), 0.0)
+            CB = tl.dot(Ci, tl.trans(Bk), input_precision=PREC)
+            dXX += tl.dot(tl.trans((CB * Lm).to(DT)), dYiD, input_precision=PREC)
+            dGL = tl.dot(dYiD, tl.trans(XkD), input_precision=PREC) * Lm
+            dBk += tl.dot(tl.trans(dGL.to(DT)), Ci, input_precision=PREC)
+            dcs -= tl.sum(dGL * CB, axis=0)
+
+        dx = dl_k[:, None] * dXX
+        if HAS_D or HAS_DPOS or HAS_Z:
+            dYk = tl.load(dout_ptr + b * sdo_b + tk[:, None] * sdo_l + h * sdo_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zk = tl.load(z_ptr + b * sz_b + tk[:, None] * sz_l + h * sz_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
+                yk = tl.load(y_ptr + b * sy_b + tk[:, None] * sy_l + h * sy_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
+                sg = tl.sigmoid(zk)
+                tl.store(dz_ptr + b * sdz_b + tk[:, None] * sdz_l + h * sdz_h + op[None, :],
+                         (dYk * yk * sg * (1.0 + zk * (1.0 - sg))).to(dz_ptr.dtype.element_ty), mask=pmask_k)
+                dYk = dYk * zk * sg
+            if HAS_D:
+                if D_HDIM:
+                    dx += tl.load(D_ptr + h * P + op, mask=op < P, other=0.0).to(tl.float32)[None, :] * dYk
+                    tl.store(dD_ptr + ((b * nchunks * NB + cb) * H + h) * P + op, tl.sum(dYk * xk, axis=0), mask=op < P)
+                else:
+                    dx += tl.load(D_ptr + h).to(tl.float32) * dYk
+                    tl.store(dD_ptr + (b * nchunks * NB + cb) * H + h, tl.sum(tl.sum(dYk * xk, axis=1), axis=0))
+            if HAS_DPOS:
+                dx += tl.load(Dpos_ptr + row + tk)[:, None] * dYk
+                tl.store(dDpos_ptr + row + tk, tl.sum(dYk * xk, axis=1))
+        tl.store(dx_ptr + b * sdx_b + tk[:, None] * sdx_l + h * sdx_h + op[None, :],
+                 dx.to(dx_ptr.dtype.element_ty), mask=pmask_k)
+        tl.store(ddx_ptr + row + tk, tl.sum(xk * dXX, axis=1))
+        tl.store(dcs_ptr + row + tk, tl.load(dcsq_ptr + row + tk) + dcs)    # + the query side's
+        tl.store(dlast_ptr + ((b * H + h) * nchunks + c) * NB + k, dlast)
+    doff = split * sdB_s + b * sdB_b + tk[:, None] * sdB_l + g * sdB_g + on[None, :]
+    tl.store(dB_ptr + doff, dBk, mask=nmask_k)
