@@ -11,8 +11,8 @@ also takes (D_pos). So SISO needs no kernels of its own beyond the rotation (tri
 
 1. torch: the (b, l, h) scalars and the angle entering each 64-step chunk (float64 cumsum of
    chunk totals, modulo 2 pi);
-2. ``_RotateKQ``: per-head rotated k, q in x's dtype and q . k, the in-chunk angle cumsum done in
-   registers (Triton, forward and backward: triton_rotate.py);
+2. ``_rotate`` / ``_rotate_backward``: per-head rotated k, q in x's dtype and q . k, the in-chunk
+   angle cumsum done in registers (Triton kernels in triton_rotate.py);
 3. the decoupled SSD (the Mamba-2 kernels, as ``ssd_decoupled`` runs them) with D, the per-position
    skip and the z gate; 2 and 3 are one autograd node (``_SISOFn``);
 4. torch: the folded initial state and the final (angle, ssm, k, v) states.
@@ -105,9 +105,9 @@ class _SISOFn(torch.autograd.Function):
     def forward(ctx, x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q):
         k, q, qk = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype)
         D_pos = -Dps * qk if Dps is not None else None
-        dpos = ssd_fused._pad_positions(D_pos, Q)
+        dpos = ssd_fused.pad_positions(D_pos, Q)
         A = w.new_zeros(H)                           # unused: the kernels read the log decay
-        out, final, y, delta, cs, E = ssd_fused._forward(
+        out, final, y, delta, cs, E = ssd_fused.forward_pass(
             x, w, A, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
         ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
         ctx.cfg = (H, Q, h0 is not None, h0.dtype if h0 is not None else None)
@@ -117,7 +117,7 @@ class _SISOFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal):
         x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
         H, Q, has_init, init_dtype = ctx.cfg
-        dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused._backward(
+        dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused.backward_pass(
             dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, dpos)
         dqk = dDps = None
@@ -154,6 +154,8 @@ def _angle_offsets(ps, dtf, ang0):
 def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
                 initial_states=None, chunk_size=64, return_final_states=False):
     """SISO Mamba-3, arguments and results as ``reference.mamba3`` with B, C of shape (b, l, g, n)."""
+    if x.dtype == torch.float64:
+        raise ValueError("mamba3_siso: float64 runs the reference (fused.mamba3 routes it there)")
     bsz, L, H, P = x.shape
     G, N = B.shape[2:]
     S = 0 if angles is None else angles.shape[-1]
@@ -189,14 +191,12 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         if bcur is not None and k0 is not None and v0 is not None:
             h0 = h0 + bcur[:, 0, :, None, None] * v0.float().unsqueeze(-1) * k0.float().reshape(bsz, H, N).unsqueeze(-2)
 
-    if x.dtype == torch.float64:
-        raise ValueError("mamba3_siso: float64 runs the reference (fused.mamba3 routes it there)")
     Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _SISOFn.apply(
-        ssd_fused._lastdim_contig(x), f32c(w), f32c(adt), B.contiguous(), C.contiguous(), Bb, Cb, ps,
+        ssd_fused.lastdim_contig(x), f32c(w), f32c(adt), B.contiguous(), C.contiguous(), Bb, Cb, ps,
         dtf.contiguous() if S else None, off, f32c(D), f32c(D_pos_scale),
-        None if z is None else ssd_fused._lastdim_contig(z.to(x.dtype)), f32c(h0), H, Q)
+        None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0), H, Q)
     if not return_final_states:
         return y
     k_last = reference._heads(B[:, L - 1].unsqueeze(1), B_bias, H, torch.float32)[:, 0]     # (b, h, n)

@@ -99,7 +99,7 @@ def _prec(dtype) -> str:
     return "tf32"
 
 
-def _lastdim_contig(t):
+def lastdim_contig(t):
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
@@ -112,7 +112,7 @@ def _heads_per_program(b, nchunks, nb, G, hpg, target):
     return 1
 
 
-def _forward(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos):
+def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
@@ -162,7 +162,7 @@ def _strides3(t):
     return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
 
 
-def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
+def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
               dt_limit, has_init, has_ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
@@ -174,7 +174,7 @@ def _backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg,
     dev, f32 = x.device, torch.float32
     prec = _prec(x.dtype)
     one = _INTERPRET
-    dout = _lastdim_contig(dout)
+    dout = lastdim_contig(dout)
 
     dloc = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
     _chunk_state_bwd[(H, nchunks, b)](
@@ -269,8 +269,8 @@ class _SSDFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, Q, softplus, dt_limit,
                 log_decay, D_pos):
-        dpos = _pad_positions(D_pos, Q)
-        out, final, y, delta, cs, E = _forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
+        dpos = pad_positions(D_pos, Q)
+        out, final, y, delta, cs, E = forward_pass(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
                                                Q, softplus, dt_limit, log_decay, dpos)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos)
         ctx.cfg = (Q, softplus, dt_limit, initial_states is not None, log_decay is not None)
@@ -281,7 +281,7 @@ class _SSDFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal):
         x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos = ctx.saved_tensors
         Q, softplus, dt_limit, has_init, has_ld = ctx.cfg
-        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos = _backward(
+        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos = backward_pass(
             dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
             dt_limit, has_init, has_ld, dpos)
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)  # noqa: E731
@@ -289,7 +289,7 @@ class _SSDFn(torch.autograd.Function):
                 None if dinit is None else dinit.to(ctx.init_dtype), None, None, None, None, dld, ddpos)
 
 
-def _pad_positions(v, Q):
+def pad_positions(v, Q):
     """(b, l, h) per-position values -> (b, h, Lp) fp32, zero-padded to whole chunks (kernel layout)."""
     if v is None:
         return None
@@ -307,8 +307,8 @@ def kernel_chunk(chunk_size: int, dtype) -> int:
 
 def _operands(x, B, C, z, D, initial_states):
     """x, B, C, z in x's dtype with a contiguous last dim; D and the initial states contiguous."""
-    cast = lambda t: None if t is None else _lastdim_contig(t if t.dtype == x.dtype else t.to(x.dtype))  # noqa: E731
-    return (_lastdim_contig(x), cast(B), cast(C), cast(z), D.contiguous() if D is not None else None,
+    cast = lambda t: None if t is None else lastdim_contig(t if t.dtype == x.dtype else t.to(x.dtype))  # noqa: E731
+    return (lastdim_contig(x), cast(B), cast(C), cast(z), D.contiguous() if D is not None else None,
             initial_states.contiguous() if initial_states is not None else None)
 
 
@@ -319,7 +319,7 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
         return _ssd_reference(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                               dt_softplus=dt_softplus, dt_limit=dt_limit, initial_states=initial_states,
                               seq_idx=seq_idx, return_final_states=return_final_states)
-    dt = _lastdim_contig(dt)
+    dt = lastdim_contig(dt)
     x, B, C, z, D, init = _operands(x, B, C, z, D, initial_states)
     Q = kernel_chunk(chunk_size, x.dtype)
     seg = None
