@@ -33,3 +33,7 @@ class SpecError(ValueError):
     def __init__(self, problems: list[Problem] | Problem):
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__("\n".join(p.format() for p in self.problems))
+
+
+class SettingError(ValueError):
+    """A bad value in an environment variable (HYBRIDLAB_*): the CLI prints the message, exits 2."""

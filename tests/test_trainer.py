@@ -7,7 +7,7 @@ from torch import nn
 
 import hybridlab
 from hybridlab.cli.main import main as cli_main
-from hybridlab.errors import SpecError
+from hybridlab.errors import SettingError, SpecError
 from hybridlab.search.tasks import get_task
 from hybridlab.search.trainer import (LRSchedule, NonFiniteLoss, TrainConfig, busy_time,
                                       make_optimizer, train_model, train_step)
@@ -64,7 +64,7 @@ def test_cuda_graphs_setting_and_environment(monkeypatch):
         monkeypatch.setenv("HYBRIDLAB_CUDA_GRAPHS", value)
         assert env_allows_graphs() is allowed
     monkeypatch.setenv("HYBRIDLAB_CUDA_GRAPHS", "maybe")
-    with pytest.raises(ValueError, match="HYBRIDLAB_CUDA_GRAPHS='maybe'"):
+    with pytest.raises(SettingError, match="HYBRIDLAB_CUDA_GRAPHS='maybe'"):
         env_allows_graphs()
 
 

@@ -2,7 +2,8 @@
 
 Each sub-command lives in its own module ``hybridlab/cli/<name>.py`` exposing
 ``register(subparsers)``, which adds its parser and sets ``func`` (args -> exit code).
-User errors (``SpecError``) are printed as ``file:line:col: message`` and exit 2, never a traceback.
+User errors (``SpecError``) are printed as ``file:line:col: message`` and exit 2, never a traceback;
+a bad HYBRIDLAB_* environment setting (``SettingError``) is printed with its variable, exit 2.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from hybridlab.errors import SpecError
+from hybridlab.errors import SettingError, SpecError
 
 COMMANDS = ["validate", "summary", "convert", "train", "search", "studies", "bench", "ui",
             "export", "generate"]
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         for problem in e.problems:
             print(problem.format(), file=sys.stderr)
+        return 2
+    except SettingError as e:
+        print(f"hybridlab: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

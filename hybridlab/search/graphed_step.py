@@ -35,6 +35,8 @@ from typing import Callable
 
 import torch
 
+from hybridlab.errors import SettingError
+
 WARMUP = 3          # eager whole-step iterations before the first capture (torch's docs use 3)
 MAX_GRAPHS = 8      # input shapes with their own graph; more shapes run eagerly
 ENV = "HYBRIDLAB_CUDA_GRAPHS"
@@ -50,7 +52,7 @@ def env_allows_graphs() -> bool:
         return True
     if value in ("0", "false", "off", "no"):
         return False
-    raise ValueError(f"{ENV}={value!r}: expected 0 or 1")
+    raise SettingError(f"{ENV}={value!r}: expected 0 or 1")
 
 
 def settled_step(n_shapes: int) -> int:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 import triton
 
+from ... import knobs
 from . import reference
 from .siso import mamba3_siso
 from .triton_bwd import bwd_dstates_kernel, bwd_keys_kernel, bwd_values_kernel
@@ -70,7 +70,7 @@ class _Cfg:
         self.key_bn2 = min(self.BN2, 16)         # pair block of bwd_keys' grid
         # heads summed inside one bwd_keys program (divides heads per group)
         hpg = self.H // self.G
-        forced = int(os.environ.get("HYBRIDLAB_MAMBA3_HPP", "0"))
+        forced = knobs.MAMBA3_HPP
         if forced and hpg % forced == 0:
             self.hpp = forced
         else:

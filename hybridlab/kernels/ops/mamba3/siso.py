@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from ... import knobs
 from ..ssd import fused as ssd_fused
 from . import reference
 from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
@@ -34,13 +35,13 @@ TWO_PI = 2.0 * math.pi
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: SSD chunk length for SISO (None: the caller's chunk_size). A speed knob only: the SSD result
 #: does not depend on it. HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it (for timing).
-SSD_CHUNK = int(os.environ["HYBRIDLAB_MAMBA3_SSD_CHUNK"]) if os.environ.get("HYBRIDLAB_MAMBA3_SSD_CHUNK") else None
+SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK
 _NO_LIMIT = (0.0, math.inf)
 ANGLE_CHUNK = 64     # steps per rotation program: the in-chunk angle cumsum happens in registers
 #: rotation pairs per backward program (None: all of them in one). Fewer pairs, fewer live
 #: registers: with all 64 pairs of n=128 the backward spills (scripts/kernel_regs.py); which
 #: width is fastest is for the GPU to say (HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides).
-ROTATE_BWD_PAIRS = int(os.environ["HYBRIDLAB_MAMBA3_ROTATE_PAIRS"]) if os.environ.get("HYBRIDLAB_MAMBA3_ROTATE_PAIRS") else None
+ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS
 
 
 def _p2(n: int) -> int:

@@ -15,6 +15,7 @@ import os
 import torch
 import triton
 
+from ... import knobs
 from . import fused_bwd as kb
 from . import fused_fwd as kf
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
@@ -24,7 +25,7 @@ from .reference import ssd_decoupled as _ssd_decoupled_reference
 
 #: largest row block inside a chunk (BT); tests lower it to exercise the multi-block paths.
 #: HYBRIDLAB_SSD_BLOCK_T overrides it (to time 32 / 16: chunk_bwd spills at 64, see NOTES.md)
-BLOCK_T_MAX = int(os.environ.get("HYBRIDLAB_SSD_BLOCK_T", "64"))
+BLOCK_T_MAX = knobs.SSD_BLOCK_T
 #: the backward splits a group's heads over programs until the grid has this many (~4 waves)
 HEAD_SPLIT_TARGET = 528
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -33,7 +34,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: autotune the dot kernels over a few launch configs (GPU only). Off (HYBRIDLAB_AUTOTUNE=0, or
 #: tests setting ``fused.AUTOTUNE = False``) launches each kernel with its first config: every
 #: new (H, P, N, G) otherwise costs a benchmark of every config (seconds per shape).
-AUTOTUNE = os.environ.get("HYBRIDLAB_AUTOTUNE", "1") != "0"
+AUTOTUNE = knobs.AUTOTUNE
 
 
 class _Tuned:
@@ -66,7 +67,7 @@ _chunk_bwd_keys, _ = _tuned(kb.chunk_bwd_keys, [(4, 1), (8, 1), (8, 2)])
 #: "fused" (chunk_bwd, measured in BENCHMARKS.md) or "split" (chunk_bwd_queries + chunk_bwd_keys:
 #: half the live tiles each, no spills at the bench shapes per scripts/kernel_regs.py; not yet
 #: timed on a GPU, hence not the default). HYBRIDLAB_SSD_BWD overrides.
-BWD_KERNELS = os.environ.get("HYBRIDLAB_SSD_BWD", "fused")
+BWD_KERNELS = knobs.SSD_BWD
 
 
 def _pow2(v: int) -> int:

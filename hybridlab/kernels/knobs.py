@@ -1,0 +1,57 @@
+"""Kernel tuning knobs read from the environment, in one place, each checked once at import.
+
+They change speed, never results. The defaults are the measured best (BENCHMARKS.md); the others
+exist to be timed against them (scripts/gpu/kernel_variants.sh).
+
+| variable | meaning | default |
+|---|---|---|
+| HYBRIDLAB_AUTOTUNE | 0: launch SSD kernels with their first config instead of autotuning | 1 |
+| HYBRIDLAB_SSD_BWD | SSD backward: `fused` (chunk_bwd) or `split` (queries + keys kernels) | fused |
+| HYBRIDLAB_SSD_BLOCK_T | SSD row block inside a chunk (16, 32 or 64) | 64 |
+| HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256) | the caller's |
+| HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | all |
+| HYBRIDLAB_MAMBA3_HPP | heads summed per MIMO bwd_keys program (divides heads per group) | chosen |
+
+(HYBRIDLAB_KERNELS, which picks Triton or the reference, belongs to dispatch.py.)
+"""
+from __future__ import annotations
+
+import os
+
+from hybridlab.errors import SettingError
+
+
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def env_int(name: str, default: int | None, allowed=None) -> int | None:
+    """An integer knob; a clear error naming the variable for anything else."""
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingError(f"{name}={value!r}: expected an integer") from None
+    if allowed is not None and number not in allowed:
+        raise SettingError(f"{name}={number}: expected one of {sorted(allowed)}")
+    return number
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (_raw(name) or default).lower()
+    if value not in choices:
+        raise SettingError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+POWERS_OF_TWO = {1 << i for i in range(11)}
+
+AUTOTUNE = env_choice("HYBRIDLAB_AUTOTUNE", "1", ("0", "1")) == "1"
+SSD_BWD = env_choice("HYBRIDLAB_SSD_BWD", "fused", ("fused", "split"))
+SSD_BLOCK_T = env_int("HYBRIDLAB_SSD_BLOCK_T", 64, {16, 32, 64})
+MAMBA3_SSD_CHUNK = env_int("HYBRIDLAB_MAMBA3_SSD_CHUNK", None, {16, 32, 64, 128, 256})
+MAMBA3_ROTATE_PAIRS = env_int("HYBRIDLAB_MAMBA3_ROTATE_PAIRS", None, POWERS_OF_TWO)
+MAMBA3_HPP = env_int("HYBRIDLAB_MAMBA3_HPP", 0)
