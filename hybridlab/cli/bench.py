@@ -110,14 +110,24 @@ def run_kernels(args) -> int:
             print(bench.progress_line(report, r), flush=True)
         printed = len(report["results"])
 
+    def starting(shape, running):
+        # the first call of each kernel compiles (and autotunes) it: say so before the silence;
+        # the peer's Mamba-3 kernels autotune over 27-81 configs each, minutes on a fresh machine
+        slow = " (the peer's Mamba-3 autotunes for minutes)" if shape.op == "mamba3" and "peer" in running else ""
+        print(f"{shape.op} {shape.name}: checking, then timing {', '.join(running) or 'nothing'}; "
+              f"first calls compile and autotune{slow} ...", flush=True)
+
     print(f"{len(cases)} case(s): {', '.join(f'{s.op} {s.name}' for s in cases)}", flush=True)
     report = bench.run(ops=ops, shapes=args.shapes, impls=impls, dtype=bench.DTYPES[args.dtype],
                        device=args.device, settings=settings, use_peer=not args.no_peer,
-                       command=command, quick=args.quick, on_result=progress)
+                       command=command, quick=args.quick, on_result=progress, on_start=starting)
     _save(report, args)
     print()
     print(bench.format_table(report))
     if not torch.cuda.is_available():
         print("\n(no CUDA here: these are CPU timings, for testing the harness only)")
+        if args.dtype != "fp32" and "ours" in impls:
+            print("(Triton's CPU interpreter gets 16-bit tl.dot wrong, so ours is 'BAD' in "
+                  f"{args.dtype} here: add --dtype fp32 to check the kernels on a CPU)")
     broken = [r for r in report["results"] if "error" in r or r.get("correct") is False]
     return 1 if broken else 0

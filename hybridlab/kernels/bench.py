@@ -693,9 +693,10 @@ def environment(device) -> dict:
 
 def run(ops=DEFAULT_OPS, shapes=("all",), impls=IMPLS, dtype=torch.bfloat16, device=None,
         settings: Settings | None = None, use_peer=True, command=None, quick=False,
-        on_result: Callable | None = None) -> dict:
-    """Benchmark ``ops`` at ``shapes``; calls ``on_result(report)`` after each case (so a caller
-    can save partial results) and returns the report (see docs/benchmarking.md for its keys)."""
+        on_result: Callable | None = None, on_start: Callable | None = None) -> dict:
+    """Benchmark ``ops`` at ``shapes``; calls ``on_start(shape, impls)`` before each case (the
+    implementations that will run) and ``on_result(report)`` after it (so a caller can save
+    partial results); returns the report (see docs/benchmarking.md for its keys)."""
     settings = settings or (Settings.quick() if quick else Settings())
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unknown = [op for op in ops if op not in SPECS]
@@ -725,6 +726,8 @@ def run(ops=DEFAULT_OPS, shapes=("all",), impls=IMPLS, dtype=torch.bfloat16, dev
             report["not_run"].append(f"{shape.op} {shape.name}: time budget ({settings.max_seconds:.0f} s) spent")
             continue
         t0 = time.perf_counter()
+        if on_start:
+            on_start(shape, list(resolved[shape.op]))
         try:
             result = run_case(shape, resolved[shape.op], device, dtype, settings, bandwidth)
         except Exception as e:          # a broken op must not stop the others
