@@ -5,6 +5,10 @@ available). Decoding keeps a KV cache: the whole context for full attention, or 
 ``window`` slots for sliding-window attention (RoPE is applied before caching, so slot order
 does not matter and only the last ``window`` keys are ever needed).
 
+Cross-layer KV sharing (Hymba, ``share_kv``): a layer leaves its (post-RoPE) keys and values, or
+its KV cache when decoding, in ``ForwardContext.scratch``; a sharing layer attends its own queries
+over them and owns no K/V weights or cache. The composer checks that the two layers agree.
+
 Meta tokens (Hymba): when the model prepends ``n_meta`` learned tokens, a sliding window also
 always sees them, as in Hymba, so they act as a global memory in every layer. Their keys sit in
 ``n_meta`` fixed cache slots in front of the ring.
@@ -25,6 +29,7 @@ from .rope import Rotary, rotary_dim
 # An optional hook adding per-use corrections to q, k, v (shared attention's LoRA adapters):
 # x (..., d_in) -> (dq, dk, dv), each shaped like the projection it corrects.
 QKVDelta = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+KV_KEY = "attention_kv"      # ForwardContext.scratch: the keys and values a later layer may share
 
 
 @dataclass
@@ -39,6 +44,9 @@ class AttentionConfig(BlockConfig):
     rope_fraction: 1.0    share of each head's dims that rotate (the rest carry no position)
     window: None          sliding window: a token sees itself and the window-1 tokens before it
     qkv_bias: False       bias on the q/k/v projections (Qwen-style)
+    share_kv: False       reuse the keys and values of the nearest earlier attention layer
+                          (Hymba's cross-layer KV sharing): no K/V projections, no KV cache; that
+                          layer must have the same kv heads, head_dim, window and rope
     """
 
     n_heads: int = 8
@@ -49,6 +57,14 @@ class AttentionConfig(BlockConfig):
     rope_fraction: float = 1.0
     window: int | None = None
     qkv_bias: bool = False
+    share_kv: bool = False
+
+    def kv_source(self, d_model: int) -> dict:
+        return {"n_kv_heads": self.kv_heads, "head_dim": self.dim_per_head(d_model), "window": self.window,
+                "rope": self.rope, "rope_theta": self.rope_theta, "rope_fraction": self.rope_fraction}
+
+    def shares_kv(self) -> str | None:
+        return "share_kv" if self.share_kv else None
 
     def validate(self, d_model: int) -> list[tuple[str, str]]:
         problems = []
@@ -103,13 +119,15 @@ class Attention(Block):
         self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.kv_heads
         self.head_dim = cfg.dim_per_head(d)
         self.window = cfg.window
+        self.share_kv = cfg.share_kv
         self.n_meta = ctx.n_meta
         # cache slots a sliding window ever needs: the meta tokens' and the window's
         self.window_slots = None if cfg.window is None else cfg.window + ctx.n_meta
         if cfg.window is not None:
             self.hf_layer_type = "sliding_attention"
         self.q_size, self.kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        self.wqkv = nn.Linear(d, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
+        out = self.q_size if cfg.share_kv else self.q_size + 2 * self.kv_size
+        self.wqkv = nn.Linear(d, out, bias=cfg.qkv_bias)
         self.wo = nn.Linear(self.q_size, d, bias=False)
         self.rotary = Rotary(self.head_dim, cfg.rope_fraction, cfg.rope_theta) if cfg.rope else None
 
@@ -120,8 +138,12 @@ class Attention(Block):
 
     # -- shared pieces ---------------------------------------------------------------------
     def _heads(self, x: torch.Tensor, positions: torch.Tensor, qkv_delta: QKVDelta | None):
-        """x: (B, L, d) -> q (B, H, L, hd), k and v (B, Hkv, L, hd), RoPE applied."""
+        """x: (B, L, d) -> q (B, H, L, hd), k and v (B, Hkv, L, hd), RoPE applied
+        (k and v None for a layer that shares another's)."""
         B, L, _ = x.shape
+        if self.share_kv:
+            q = self.wqkv(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+            return (self.rotary(q, positions) if self.rotary is not None else q), None, None
         q, k, v = self.wqkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if qkv_delta is not None:
             dq, dk, dv = qkv_delta(x)
@@ -142,6 +164,10 @@ class Attention(Block):
     def forward(self, x: torch.Tensor, ctx: ForwardContext, qkv_delta: QKVDelta | None = None):
         L = x.shape[1]
         q, k, v = self._heads(x, torch.arange(L, device=x.device), qkv_delta)
+        if self.share_kv:
+            k, v = self._shared(ctx)
+        else:
+            ctx.scratch[KV_KEY] = (k, v)
         gqa = self.n_heads != self.n_kv_heads
         if self.window is None or self.window >= L:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -150,7 +176,14 @@ class Attention(Block):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self._merge(y)
 
+    def _shared(self, ctx: ForwardContext):
+        if KV_KEY not in ctx.scratch:
+            raise RuntimeError("share_kv: no earlier attention layer left keys and values in this call")
+        return ctx.scratch[KV_KEY]
+
     def init_state(self, batch_size: int, max_len: int, device=None, dtype=None):
+        if self.share_kv:
+            return {}                            # it reads the cache of the layer it shares
         slots = max_len if self.window is None else min(max_len, self.window_slots)
         device = device or self.wo.weight.device
         dtype = dtype or self.wo.weight.dtype
@@ -161,6 +194,11 @@ class Attention(Block):
     def step(self, x_t: torch.Tensor, state, ctx: ForwardContext, qkv_delta: QKVDelta | None = None):
         pos = ctx.position
         q, k, v = self._heads(x_t[:, None], torch.tensor([pos], device=x_t.device), qkv_delta)
+        if self.share_kv:
+            keys, values, filled = self._shared(ctx)
+            y = F.scaled_dot_product_attention(q, keys[:, :, :filled], values[:, :, :filled],
+                                               enable_gqa=self.n_heads != self.n_kv_heads)
+            return self._merge(y)[:, 0], state
         slots = state["k"].shape[2]
         if pos >= slots and (self.window is None or slots < self.window_slots):
             raise IndexError(f"KV cache holds {slots} positions; position {pos} is past it "
@@ -170,6 +208,7 @@ class Attention(Block):
         state["k"][:, :, slot] = k[:, :, 0]
         state["v"][:, :, slot] = v[:, :, 0]
         filled = min(pos + 1, slots)            # meta slots, then the ring: all valid once full
+        ctx.scratch[KV_KEY] = (state["k"], state["v"], filled)
         y = F.scaled_dot_product_attention(q, state["k"][:, :, :filled], state["v"][:, :, :filled],
                                            enable_gqa=self.n_heads != self.n_kv_heads)
         return self._merge(y)[:, 0], state
@@ -180,6 +219,8 @@ class Attention(Block):
         return context if self.window is None else min(context, self.window_slots)
 
     def kv_bytes(self, context: int, dtype: torch.dtype = torch.bfloat16) -> int:
+        if self.share_kv:
+            return 0
         return 2 * self.attended(context) * self.n_kv_heads * self.head_dim * dtype_bytes(dtype)
 
     def flops_per_token(self, context: int) -> int:

@@ -34,6 +34,17 @@ class BlockConfig:
         """Cross-field checks. Returns (field, message) pairs; empty when valid."""
         return []
 
+    # cross-layer KV sharing (Hymba): the composer checks these across the layer stack
+    def kv_source(self, d_model: int) -> dict | None:
+        """What this layer's attention leaves for later layers that share its keys and values
+        (n_kv_heads, head_dim, window, rope...): they must match it. None: no attention here."""
+        return None
+
+    def shares_kv(self) -> str | None:
+        """The field (dotted) that makes this layer reuse the nearest earlier attention layer's
+        keys and values instead of its own; None when it does not."""
+        return None
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
@@ -61,6 +72,7 @@ class ForwardContext:
     embeddings: torch.Tensor | None = None   # (B, L, D) or (B, D) in step: the token embeddings
     position: int = 0                        # step(): absolute position of the new token
     seq_idx: torch.Tensor | None = None      # (B, L) int32 packed-sequence ids, optional
+    scratch: dict = field(default_factory=dict)   # what a layer leaves for later layers of this call
 
 
 class Block(nn.Module, metaclass=abc.ABCMeta):

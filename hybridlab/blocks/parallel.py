@@ -48,6 +48,12 @@ class ParallelConfig(BlockConfig):
         return {"attention": ("attention", get_block("attention").Config(**self.attention)),
                 "ssm": (ssm_type, get_block(ssm_type).Config(**ssm_fields))}
 
+    def kv_source(self, d_model: int) -> dict:
+        return self.branches()["attention"][1].kv_source(d_model)
+
+    def shares_kv(self) -> str | None:
+        return "attention.share_kv" if self.attention.get("share_kv") else None
+
     def validate(self, d_model: int) -> list[tuple[str, str]]:
         problems = []
         if self.combine not in COMBINE:

@@ -69,7 +69,13 @@ class SharedAttentionConfig(AttentionConfig):
                                                f"expected one of {', '.join(ACTIVATIONS)}"))
         if self.adapter_rank < 0:
             problems.append(("adapter_rank", f"must be >= 0, got {self.adapter_rank}"))
+        if self.share_kv:
+            problems.append(("share_kv", "shared attention keeps its own keys and values; "
+                                         "share_kv is for attention blocks"))
         return problems
+
+    def kv_source(self, d_model: int) -> dict:
+        return super().kv_source(self.core_width(d_model))   # its core leaves them, at core width
 
 
 class SharedCore(nn.Module):

@@ -61,6 +61,10 @@ def megatron_notes(spec: ModelSpec) -> list[str]:
             if type_name != canonical:
                 notes.append(f"{type_name} layers are written as '{symbol}', which Megatron "
                              f"reads as {canonical}")
+    sharing = [layer.index for layer in spec.layers if layer.config.shares_kv()]
+    if sharing:
+        notes.append(f"layer(s) {', '.join(map(str, sharing))} share an earlier layer's keys and values "
+                     "(share_kv); Megatron patterns have no notation for that")
     return notes
 
 

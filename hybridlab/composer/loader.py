@@ -145,6 +145,8 @@ class _SpecReader:
         self.read_blocks(top.get("blocks"))
         slots = self.read_layer_names(top)
         layers = self.apply_overrides(top.get("overrides"), self.make_layers(slots))
+        if not self.problems and layers is not None:
+            self.check_kv_sharing(layers)
         if self.problems or model is None or layers is None:
             raise SpecError(sorted_problems(self.problems))
         return ModelSpec(name=name, model=model, layers=tuple(layers), plugins=plugins,
@@ -721,6 +723,28 @@ class _SpecReader:
                 self.type_problem(path + (key,), m)
                 return None
         return out, unknown
+
+    def check_kv_sharing(self, layers: list[LayerSpec]) -> None:
+        """A layer that shares keys and values (``Config.shares_kv``) needs an earlier attention
+        layer (``Config.kv_source``) whose heads, head_dim, window and rope match its own."""
+        source = None                                    # (index, what it leaves)
+        for layer in layers:
+            here = layer.config.kv_source(self.d_model)
+            field = layer.config.shares_kv()
+            if field:
+                path = ("blocks", layer.name) + tuple(field.split("."))
+                if source is None:
+                    self.problem(path, f"layer {layer.index}: no earlier attention layer to share "
+                                       "keys and values with",
+                                 "put an attention layer (share_kv false) before it")
+                else:
+                    differ = [f"{k} {here[k]!r} vs {source[1][k]!r}" for k in here if here[k] != source[1][k]]
+                    if differ:
+                        self.problem(path, f"layer {layer.index} shares the keys and values of layer "
+                                           f"{source[0]}, which differ: {', '.join(differ)}",
+                                     "give both layers the same n_kv_heads, head_dim, window and rope")
+            if here is not None:
+                source = (layer.index, here)
 
     def validate_overridden(self, layers: list[LayerSpec], set_by: dict[int, dict[str, int]]):
         """Validate each overridden layer; blame the override that set the field (or the last)."""
