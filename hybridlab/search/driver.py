@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hybridlab.errors import Problem, SpecError
+from hybridlab.interrupts import deferred, stop_requested
 from hybridlab.search.objective import TrialRunner
 from hybridlab.search.progress import NullProgress, TqdmProgress
 from hybridlab.search.space import make_sampler
@@ -158,13 +159,17 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
     study = optuna.load_study(study_name=spec.name, storage=storage,
                               sampler=make_sampler(sampler_cfg, spec.space))
     lock = StudyLock(url, spec.name)
+    def should_stop() -> bool:          # polled by the trainer every step
+        return stop_requested() or (stop is not None and stop.is_set())
+
     runner = TrialRunner(spec, store, device=device, worker=worker,
-                         on_event=progress.event,
-                         should_stop=(stop.is_set if stop is not None else None),
+                         on_event=progress.event, should_stop=should_stop,
                          before_trial=lock.release, save_artifacts=save_artifacts)
     poll = max(0.5, min(5.0, spec.heartbeat.interval_s))
     ran = 0
     while not (stop is not None and stop.is_set()):
+        if stop_requested():            # a signal whose KeyboardInterrupt was swallowed
+            raise KeyboardInterrupt
         lock.acquire()
         try:
             _fail_stale(study)
@@ -174,7 +179,12 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
             if budget.can_start:
                 runner.last_trial_id = None
                 try:
-                    study.optimize(runner, n_trials=1, catch=(Exception,))
+                    # a stop signal during Optuna's own bookkeeping (ask, tell) waits for it to
+                    # finish; the runner lets it interrupt the training itself at once
+                    with deferred():
+                        study.optimize(runner, n_trials=1, catch=(Exception,))
+                    if stop_requested():
+                        raise KeyboardInterrupt
                 except KeyboardInterrupt:
                     _requeue_interrupted(study, runner.last_trial_id)
                     raise

@@ -33,6 +33,7 @@ from typing import Any
 import optuna
 
 from hybridlab.errors import SpecError
+from hybridlab.interrupts import immediate
 from hybridlab.search import space as space_mod
 from hybridlab.search.spec import SearchSpec, cost_settings, make_train_config
 from hybridlab.storage import Store, library_versions
@@ -129,10 +130,10 @@ class TrialRunner:
         self.on_event("start", number=trial.number)
         t0 = time.monotonic()
         study_name = trial.study.study_name
-        self.store.start_run(study_name=study_name, trial_id=trial._trial_id,
-                             trial_number=trial.number, device=device_label(self.device),
-                             worker=self.worker, versions=self.versions)
         try:
+            self.store.start_run(study_name=study_name, trial_id=trial._trial_id,
+                                 trial_number=trial.number, device=device_label(self.device),
+                                 worker=self.worker, versions=self.versions)
             values = self._run(trial, t0)
         except optuna.TrialPruned as e:
             self.on_event("end", number=trial.number, status="pruned", reason=str(e))
@@ -301,8 +302,11 @@ class TrialRunner:
                 store.update_run(tid, step=int(step), total_steps=total)
 
         try:
-            result = train_model(model, tasks, cfg, self.device, on_step=on_step,
-                                 should_stop=self.should_stop)
+            # the long parts of a trial: a stop signal interrupts them at once (the bookkeeping
+            # around them runs deferred, see hybridlab/interrupts.py; Store writes always finish)
+            with immediate():
+                result = train_model(model, tasks, cfg, self.device, on_step=on_step,
+                                     should_stop=self.should_stop)
         except NonFiniteLoss as e:
             store.add_series(tid, e.result.curves)
             raise
@@ -343,7 +347,8 @@ class TrialRunner:
             raise optuna.TrialPruned(result.stop_reason)
 
         contexts = spec.contexts() or [4096]
-        measured = measure_costs(model, model_spec, self.device, contexts, **spec.cost)
+        with immediate():
+            measured = measure_costs(model, model_spec, self.device, contexts, **spec.cost)
         settings = set(cost_settings())
         costs = dict(analytic)
         costs.update({k: float(v) for k, v in measured.items() if k not in settings

@@ -9,17 +9,17 @@ Worker output goes to ``<artifacts>/<study>/logs/worker-<i>.log``.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from hybridlab.interrupts import stop_on_signals  # noqa: F401  (the CLI imports it from here)
+from hybridlab.interrupts import stop_requested
 from hybridlab.search.driver import default_workers_env, storage_for, trial_budget, work
 from hybridlab.search.objective import safe_name
 from hybridlab.search.progress import NullProgress
@@ -94,6 +94,8 @@ def _watch(spec, url, target, procs, progress, poll_s) -> None:
             progress.message(f"(progress unavailable: {type(e).__name__})")
         if not alive:
             return
+        if stop_requested():             # a signal whose KeyboardInterrupt was swallowed
+            raise KeyboardInterrupt
         time.sleep(poll_s)
 
 
@@ -116,35 +118,6 @@ def _stop(procs) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-
-
-_stopping = False
-
-
-def _on_stop_signal(signum, frame):
-    """First SIGINT/SIGTERM: interrupt the work. Later ones are ignored, so they cannot cut short
-    the recording of the interrupted trial."""
-    global _stopping
-    if _stopping:
-        return
-    _stopping = True
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """SIGINT and SIGTERM raise KeyboardInterrupt once; repeats are ignored until this exits."""
-    global _stopping
-    if threading.current_thread() is not threading.main_thread():
-        yield                       # signal handlers can only be set from the main thread
-        return
-    _stopping = False
-    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ Every method opens a short transaction of its own; no session is held between ca
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -27,6 +28,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import table as sa_table
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from hybridlab.interrupts import deferred
 
 from . import pareto as _pareto
 from .engine import (artifact_root, database_exists, optuna_storage, reader_engine,
@@ -89,10 +92,12 @@ class Store:
         """A reader on a database without our tables (or without a file) sees nothing."""
         return self.engine is not None and self.schema_version() is not None
 
+    @contextlib.contextmanager
     def _write(self):
         if self.readonly:
             raise PermissionError("this Store is read-only")
-        return self.engine.begin()
+        with deferred(), self.engine.begin() as conn:    # a stop signal waits for the commit
+            yield conn
 
     # -- writing ---------------------------------------------------------------------------
     def record_architecture(self, arch_hash: str, *, name: str = "", pattern: str = "",
