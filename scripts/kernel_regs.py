@@ -59,12 +59,6 @@ def cases():
         T = min(Q, bt)
         yield (f"chunk_bwd ({what}, BT {T})", kb.chunk_bwd, dict(Q=Q, BT=T, HPP=hpp, **common),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (8, 2)])
-        split = {k: v for k, v in common.items() if k not in ("HAS_D", "D_HDIM", "HAS_DPOS", "HAS_STATE")}
-        yield (f"chunk_bwd_queries ({what}, BT {T})", kb.chunk_bwd_queries,
-               dict(Q=Q, BT=T, HPP=hpp, HAS_STATE=True, **split), SSD_F32, ("seg_ptr",), [(4, 1), (8, 1)])
-        yield (f"chunk_bwd_keys ({what}, BT {T})", kb.chunk_bwd_keys,
-               dict(Q=Q, BT=T, HPP=hpp, HAS_D=True, D_HDIM=False, HAS_DPOS=Q == 64, **split),
-               SSD_F32 + ("dcsq_ptr",), ("seg_ptr",), [(4, 1), (8, 1)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
     rot = dict(QA=64, BN2=64, HAS_BIAS=True, HAS_ROT=True)

@@ -79,21 +79,6 @@ def test_backward_head_split(monkeypatch, target):
     check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "seq_idx", "initial_states"))
 
 
-@pytest.mark.parametrize("opts", [ALL, ALL_HP, ()], ids=["all", "all_Dhp", "none"])
-@pytest.mark.parametrize("target", [0, 10**9], ids=["all_heads_in_one_program", "one_head_per_program"])
-def test_split_backward_kernels(monkeypatch, opts, target):
-    """chunk_bwd as two kernels (queries, keys): the same gradients, multi-block chunks, groups."""
-    monkeypatch.setattr(fused, "BWD_KERNELS", "split")
-    monkeypatch.setattr(fused, "HEAD_SPLIT_TARGET", target)
-    check(SHAPES["l45_c32_g1"], opts)
-    check(SHAPES["l40_c16_g2"], opts)
-
-
-def test_split_backward_decoupled(monkeypatch):
-    monkeypatch.setattr(fused, "BWD_KERNELS", "split")
-    test_decoupled_fused_matches_reference((2, 45, 2, 16, 1, 32, 32), DECOUPLED_ALL)
-
-
 def test_without_final_state_gradient():
     check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "initial_states"), final_grad=False)
 

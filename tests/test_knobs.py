@@ -35,10 +35,10 @@ def test_choice_knob(monkeypatch):
 
 
 def test_cli_reports_a_bad_setting_without_a_traceback():
-    env = dict(os.environ, HYBRIDLAB_KERNELS="triton", TRITON_INTERPRET="1", HYBRIDLAB_SSD_BWD="both")
+    env = dict(os.environ, HYBRIDLAB_KERNELS="triton", TRITON_INTERPRET="1", HYBRIDLAB_SSD_BLOCK_T="48")
     run = subprocess.run([sys.executable, "-m", "hybridlab.cli.main", "train", str(ROOT / "examples/mamba2-tiny.yaml"),
                           "--task", "parity", "--steps", "1", "--device", "cpu"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert run.returncode == 2, run.stderr
-    assert "HYBRIDLAB_SSD_BWD='both': expected one of fused, split" in run.stderr
+    assert "HYBRIDLAB_SSD_BLOCK_T=48: expected one of [16, 32, 64]" in run.stderr
     assert "Traceback" not in run.stderr

@@ -2,19 +2,17 @@
 # Run ON the GPU machine (carry .whl): kernel time per forward+backward of each launch variant
 # (environment knobs read at import, so one process per variant), to pick the defaults.
 #   bash scripts/gpu/kernel_variants.sh            # or CASES="..." VARIANTS_FILE=... to change the set
-# Knobs: HYBRIDLAB_SSD_BWD=fused|split (chunk_bwd or its two-kernel split), HYBRIDLAB_SSD_BLOCK_T
-# (row block inside a chunk), HYBRIDLAB_MAMBA3_ROTATE_PAIRS (rotation pairs per backward program).
+# Knobs (hybridlab/kernels/knobs.py): HYBRIDLAB_SSD_BLOCK_T (row block inside a chunk),
+# HYBRIDLAB_MAMBA3_ROTATE_PAIRS (rotation pairs per backward program).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD
 CASES=${CASES:-"ssd/b4-l4096-h32-p64-n128 ssd/b1-l32768-h32-p64-n128 ssd/b16-l2048-h32-p64-n64 mamba3/b4-l4096-h32-p64-n128 mamba3/b1-l32768-h32-p64-n128"}
 variants=(
-  "HYBRIDLAB_SSD_BWD=fused"
-  "HYBRIDLAB_SSD_BWD=split"
-  "HYBRIDLAB_SSD_BWD=fused HYBRIDLAB_SSD_BLOCK_T=32"
-  "HYBRIDLAB_SSD_BWD=split HYBRIDLAB_SSD_BLOCK_T=32"
-  "HYBRIDLAB_SSD_BWD=split HYBRIDLAB_SSD_BLOCK_T=16"
+  "HYBRIDLAB_SSD_BLOCK_T=64"
+  "HYBRIDLAB_SSD_BLOCK_T=32"
+  "HYBRIDLAB_SSD_BLOCK_T=16"
   "HYBRIDLAB_MAMBA3_ROTATE_PAIRS=32"
   "HYBRIDLAB_MAMBA3_ROTATE_PAIRS=16"
 )

@@ -62,12 +62,6 @@ _chunk_state_fwd, _CSF = _tuned(kf.chunk_state_fwd, [(4, 1), (8, 1)])
 _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
 _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
 _chunk_bwd, _CB = _tuned(kb.chunk_bwd, [(4, 1), (8, 1), (8, 2)])
-_chunk_bwd_queries, _ = _tuned(kb.chunk_bwd_queries, [(4, 1), (8, 1), (8, 2)])
-_chunk_bwd_keys, _ = _tuned(kb.chunk_bwd_keys, [(4, 1), (8, 1), (8, 2)])
-#: "fused" (chunk_bwd, measured in BENCHMARKS.md) or "split" (chunk_bwd_queries + chunk_bwd_keys:
-#: half the live tiles each, no spills at the bench shapes per scripts/kernel_regs.py; not yet
-#: timed on a GPU, hence not the default). HYBRIDLAB_SSD_BWD overrides.
-BWD_KERNELS = knobs.SSD_BWD
 
 
 def _pow2(v: int) -> int:
@@ -209,41 +203,18 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     dDp = (torch.empty(b, nchunks * NB, H, *((P,) if d_hdim else ()), device=dev, dtype=f32)
            if D is not None else None)
     ddpos = torch.empty(b, H, Lp, device=dev, dtype=f32) if dpos is not None else None
-    if BWD_KERNELS == "split":
-        dcsq = torch.empty_like(dcs)
-        _chunk_bwd_queries[(G * nsplit, nchunks * NB, b)](
-            x, z, dout, B, C, delta, cs, seg, E, dCp, dcsq,
-            l, H, P, N, G,
-            x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
-            dout.stride(0), dout.stride(1), dout.stride(2),
-            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
-            Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-            HAS_STATE=has_init or nchunks > 1, PREC=prec)
-        _chunk_bwd_keys[(G * nsplit, nchunks * NB, b)](
-            x, z, dout, y, B, C, D, dpos, delta, cs, seg, dst,
-            dcsq, dx, dz, dBp, ddx, dcs, dlast, dDp, ddpos,
-            l, H, P, N, G,
-            x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
-            dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(y),
-            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz),
-            dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
-            Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_D=D is not None, D_HDIM=d_hdim,
-            HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec)
-    else:
-        _chunk_bwd[(G * nsplit, nchunks * NB, b)](
-            x, z, dout, y, B, C, D, dpos, delta, cs, seg, E, dst,
-            dx, dz, dBp, dCp, ddx, dcs, dlast, dDp, ddpos,
-            l, H, P, N, G,
-            x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
-            dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(y),
-            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz),
-            dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
-            Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_D=D is not None, D_HDIM=d_hdim,
-            HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-            HAS_STATE=has_init or nchunks > 1, PREC=prec, **_CB)
+    _chunk_bwd[(G * nsplit, nchunks * NB, b)](
+        x, z, dout, y, B, C, D, dpos, delta, cs, seg, E, dst,
+        dx, dz, dBp, dCp, ddx, dcs, dlast, dDp, ddpos,
+        l, H, P, N, G,
+        x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
+        dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(y),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz),
+        dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
+        Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_D=D is not None, D_HDIM=d_hdim,
+        HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+        HAS_STATE=has_init or nchunks > 1, PREC=prec, **_CB)
 
     ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
     dld = torch.empty_like(ddt, dtype=f32) if has_ld else None
