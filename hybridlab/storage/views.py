@@ -149,7 +149,7 @@ def _first_line(text) -> str | None:
 
 def _mark_pareto(rows: list[dict], names: list[str], directions: list[str]) -> None:
     done = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"]
-            and all(_num(r.get(n)) is not None for n in names)]
+            and all(finite_number(r.get(n)) is not None for n in names)]
     if not done:
         return
     losses = [_pareto.to_losses([r[n] for n in names], directions) for r in done]
@@ -157,7 +157,8 @@ def _mark_pareto(rows: list[dict], names: list[str], directions: list[str]) -> N
         done[i]["pareto"] = True
 
 
-def _num(v) -> float | None:
+def finite_number(v) -> float | None:
+    """v as a finite float, or None (missing, a bool, text, NaN or infinite)."""
     if isinstance(v, bool) or v is None:
         return None
     try:
@@ -181,7 +182,7 @@ def metric_columns(rows: Sequence[dict], objectives: Sequence[str] = ()) -> list
         for k, v in r.items():
             if k in ("study", "trial_id", "feasible", "pareto", "reused_from"):
                 continue
-            if _num(v) is not None:
+            if finite_number(v) is not None:
                 seen.setdefault(k, None)
     names = list(seen)
 
@@ -220,7 +221,7 @@ def best_trial(store: Store, study: str, metric: str, direction_: str | None = N
     meta = study_meta(store, study)
     d = direction_ or direction(metric, meta)
     cands = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"]
-             and _num(r.get(metric)) is not None]
+             and finite_number(r.get(metric)) is not None]
     if not cands:
         known = metric_columns(rows, meta["metric_names"])
         raise KeyError(f"study {study!r} has no finished feasible trial with metric {metric!r}"
@@ -264,7 +265,7 @@ def hypervolume_history(store: Store, study: str, token: str | None = None) -> l
     names, dirs = meta["metric_names"], meta["directions"]
     rows = sorted((r for r in flat_trials(store, study, token)
                    if r["state"] == "COMPLETE" and r["feasible"]
-                   and all(_num(r.get(n)) is not None for n in names)),
+                   and all(finite_number(r.get(n)) is not None for n in names)),
                   key=lambda r: r["number"])
     if not rows:
         return []

@@ -7,12 +7,12 @@ resets them.
 from __future__ import annotations
 
 import html
-import math
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from hybridlab.storage import views
+from hybridlab.storage.views import finite_number
 
 STUDY_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
                  "#e377c2", "#7f7f7f", "#bcbd22")
@@ -32,16 +32,6 @@ def _empty(message: str, key: str = "empty") -> go.Figure:
     return fig
 
 
-def _num(v):
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _label(metric: str, direction: str | None = None) -> str:
     arrow = {"maximize": " ↑", "minimize": " ↓"}.get(direction or "", "")
     return metric + arrow
@@ -59,7 +49,7 @@ def pareto_points(rows_by_study: dict[str, list[dict]], x: str, y: str,
     out = {}
     for study, rows in rows_by_study.items():
         pts = [r for r in rows if r["state"] == "COMPLETE" and r.get("feasible", True)
-               and _num(r.get(x)) is not None and _num(r.get(y)) is not None]
+               and finite_number(r.get(x)) is not None and finite_number(r.get(y)) is not None]
         if front == "objectives":
             on = {id(r) for r in pts if r.get("pareto")}
         else:
@@ -82,7 +72,7 @@ def pareto_figure(split: dict[str, dict], x: str, y: str, color: str = "study",
         return _empty("no finished trials with both metrics yet", revision)
     by_metric = color not in ("", "study", None)
     cvals = [float(r[color]) for s in split.values() for r in s["front"] + s["dominated"]
-             if by_metric and _num(r.get(color)) is not None]
+             if by_metric and finite_number(r.get(color)) is not None]
     cmin, cmax = (min(cvals), max(cvals)) if cvals else (0.0, 1.0)
     fig = go.Figure()
     colorbar_done = False
@@ -99,7 +89,7 @@ def pareto_figure(split: dict[str, dict], x: str, y: str, color: str = "study",
                                 opacity=1.0 if kind == "front" else 0.45,
                                 line=dict(width=1.5 if kind == "front" else 0, color="#222"))
             if by_metric:
-                marker.update(color=[_num(r.get(color)) for r in rows], colorscale="Viridis",
+                marker.update(color=[finite_number(r.get(color)) for r in rows], colorscale="Viridis",
                               cmin=cmin, cmax=cmax, showscale=not colorbar_done,
                               colorbar=dict(title=dict(text=color)))
                 colorbar_done = True
@@ -219,7 +209,7 @@ def compare_curves_figure(per_trial: dict[str, dict], name: str) -> go.Figure:
 
 
 def scores_figure(scores: dict[str, float], title: str = "per-task scores") -> go.Figure:
-    scores = {k: v for k, v in (scores or {}).items() if _num(v) is not None}
+    scores = {k: v for k, v in (scores or {}).items() if finite_number(v) is not None}
     if not scores:
         return _empty("no task scores (the trial did not finish training)", "scores")
     names = sorted(scores)
@@ -287,5 +277,5 @@ def progress_figure(progress: list[dict]) -> go.Figure:
 
 
 def _fmt(v) -> str:
-    f = _num(v)
+    f = finite_number(v)
     return "-" if f is None else f"{f:.4g}"

@@ -75,7 +75,7 @@ def filter_trials(rows: list[dict], *, states=None, pareto_only: bool = False,
     if pareto_only:
         out = [r for r in out if r.get("pareto")]
     if top_metric and top_pct is not None and float(top_pct) < 100:
-        have = [r for r in out if views._num(r.get(top_metric)) is not None]
+        have = [r for r in out if views.finite_number(r.get(top_metric)) is not None]
         d = views.direction(top_metric, meta)
         have.sort(key=lambda r: float(r[top_metric]), reverse=(d == "maximize"))
         k = max(1, math.ceil(len(have) * float(top_pct) / 100.0)) if have else 0
