@@ -9,7 +9,7 @@ import torch
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
 from hybridlab.kernels.ops.causal_conv1d import fused as conv_fused, reference as conv_ref
 from hybridlab.kernels.ops.selective_scan import fused, reference
-from gpu_helpers import fresh_gen, poison, rel
+from gpu_helpers import block_backends_agree, fresh_gen, poison, rel
 
 pytestmark = pytest.mark.gpu
 BF16_TOL = 1e-2   # relative L2 error: bf16 inputs/outputs, fp32 math on both sides
@@ -120,19 +120,4 @@ def test_gpu_block_triton_path_matches_reference(monkeypatch):
     cls = get_block("mamba1")
     m = cls(cls.Config(), LayerContext(index=0, name="M", d_model=256, n_layers=2)).cuda()
     x = torch.randn(2, 300, 256, device="cuda")
-    outs = []
-    for backend in ("triton", "reference"):
-        monkeypatch.setenv("HYBRIDLAB_KERNELS", backend)
-        m.zero_grad()
-        y = m(x, ForwardContext())
-        y.square().mean().backward()
-        outs.append((y.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}))
-    (y, g), (ry, rg) = outs
-    assert rel(y, ry) <= 1e-4
-    for k in rg:
-        assert rel(g[k], rg[k]) <= 1e-4, k
-    monkeypatch.setenv("HYBRIDLAB_KERNELS", "triton")
-    with torch.no_grad():
-        state = m.init_state(2, 300, dtype=torch.float32)
-        steps = [m.step(x[:, t], state, ForwardContext(position=t))[0] for t in range(40)]
-    assert rel(torch.stack(steps, 1), y[:, :40]) <= 1e-4
+    block_backends_agree(m, x, ForwardContext(), monkeypatch)
