@@ -50,6 +50,11 @@ class TaskSettings:
         """Cross-field checks: (field, message) pairs; empty when valid."""
         return []
 
+    def check_even(self, **minimums: int) -> list[tuple[str, str]]:
+        """Fields that must be even and at least their minimum (key/value halves, pairs)."""
+        return [(name, f"must be even and at least {low}") for name, low in minimums.items()
+                if getattr(self, name) < low or getattr(self, name) % 2]
+
     def check_example_counts(self) -> list[tuple[str, str]]:
         """The check of ``train_examples`` / ``test_examples``, for settings that have both."""
         if self.train_examples < 0 or self.test_examples < 1:

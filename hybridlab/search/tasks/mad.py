@@ -41,11 +41,7 @@ class RecallSettings(TaskSettings):
     test_examples: int = 256
 
     def check(self):
-        out = []
-        if self.vocab_size < 4 or self.vocab_size % 2:
-            out.append(("vocab_size", "must be even and at least 4"))
-        if self.seq_len < 4 or self.seq_len % 2:
-            out.append(("seq_len", "must be even and at least 4"))
+        out = self.check_even(vocab_size=4, seq_len=4)
         if self.train_examples < 0:
             out.append(("train_examples", "must be >= 0 (0: fresh examples every batch)"))
         if self.test_examples < 1:
@@ -285,12 +281,7 @@ class MemorizationSettings(TaskSettings):
     test_examples: int = 256
 
     def check(self):
-        out = []
-        if self.vocab_size < 4 or self.vocab_size % 2:
-            out.append(("vocab_size", "must be even and at least 4"))
-        if self.seq_len < 2 or self.seq_len % 2:
-            out.append(("seq_len", "must be even and at least 2"))
-        return out + self.check_example_counts()
+        return self.check_even(vocab_size=4, seq_len=2) + self.check_example_counts()
 
 
 class Memorization(Task):

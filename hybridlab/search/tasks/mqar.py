@@ -28,9 +28,7 @@ class MQARSettings(TaskSettings):
     test_examples: int = 256
 
     def check(self):
-        out = []
-        if self.vocab_size < 4 or self.vocab_size % 2:
-            out.append(("vocab_size", "must be even and at least 4"))
+        out = self.check_even(vocab_size=4)
         if self.kv_pairs < 1:
             out.append(("kv_pairs", "must be at least 1"))
         elif self.kv_pairs > self.vocab_size // 2:
