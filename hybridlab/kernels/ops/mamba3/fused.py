@@ -24,12 +24,11 @@ import triton
 
 from ... import knobs
 from . import reference
-from .siso import mamba3_siso
+from .siso import angle_offsets, mamba3_siso
 from .triton_bwd import bwd_dstates_kernel, bwd_keys_kernel, bwd_values_kernel
 from .triton_fwd import fwd_out_kernel, fwd_states_kernel
 from .triton_step import state_update_kernel
 
-TWO_PI = 2.0 * math.pi
 MAX_ROWS = 64    # chunk tile rows (Q * R): the T x T score tiles live in registers
 
 
@@ -188,13 +187,6 @@ class _Mamba3Chunked(torch.autograd.Function):
                 dh0 if ctx.has_h0 else None, None)
 
 
-def _chunked(t: torch.Tensor, nc: int, Q: int) -> torch.Tensor:
-    """(b, l, ...) -> (b, nc, Q, ...) with zero padding at the end."""
-    pad = nc * Q - t.shape[1]
-    t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
-    return t.reshape(t.shape[0], nc, Q, *t.shape[2:])
-
-
 def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
            W_x=None, W_z=None, W_o=None, initial_states=None, chunk_size=64,
            return_final_states=False):
@@ -219,7 +211,6 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
         raise ValueError(f"Triton mamba3 needs power-of-two rank and chunk_size and g | h; got R={R}, "
                          f"chunk_size={chunk_size}, h={H}, g={G}")
     Q = min(max(chunk_size, 16 // R), max(1, MAX_ROWS // R))   # rows per chunk tile in [16, MAX_ROWS]
-    nc = triton.cdiv(L, Q)
     S = 0 if angles is None else angles.shape[-1]
     dev = x.device
 
@@ -236,11 +227,7 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
     if S:
         ps = (math.pi * torch.tanh(angles.float())).contiguous()
-        tot = torch.einsum("bcts,bcth->bchs", _chunked(ps, nc, Q), _chunked(dtf, nc, Q)).double()
-        start = (ang0.double() if ang0 is not None else torch.zeros(bsz, H, S, dtype=torch.float64, device=dev))
-        ends = start.unsqueeze(1) + tot.cumsum(1)
-        off = torch.remainder(ends - tot, TWO_PI).float().contiguous()   # offset entering each chunk
-        final_angle = torch.remainder(ends[:, -1], TWO_PI).float()
+        off, final_angle = angle_offsets(ps, dtf, ang0, Q)
     else:
         ps = off = None
         final_angle = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dev)

@@ -135,13 +135,12 @@ def _or(t, dummy):
     return dummy if t is None else t
 
 
-def _angle_offsets(ps, dtf, ang0):
-    """The angle entering each ANGLE_CHUNK-step chunk, (b, nc, h, S) fp32: a float64 cumsum of the
-    chunk totals of ps*dt, kept modulo 2 pi (long sequences keep their precision); and the final
-    angle (b, h, S)."""
+def angle_offsets(ps, dtf, ang0, Q):
+    """The angle entering each Q-step chunk, (b, nc, h, S) fp32: a float64 cumsum of the chunk
+    totals of ps*dt, kept modulo 2 pi (long sequences keep their precision); and the final angle
+    (b, h, S). ps = pi*tanh(angles) (b, l, S), dtf (b, l, h), ang0 (b, h, S) or None."""
     bsz, L, H = dtf.shape
     S = ps.shape[-1]
-    Q = ANGLE_CHUNK
     nc = triton.cdiv(L, Q)
     pad = nc * Q - L
     tot = torch.einsum("bcts,bcth->bchs", F.pad(ps, (0, 0, 0, pad)).view(bsz, nc, Q, S),
@@ -174,7 +173,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
     if S:
         ps = (math.pi * torch.tanh(angles.float())).contiguous()
-        off, final_angle = _angle_offsets(ps, dtf, ang0)
+        off, final_angle = angle_offsets(ps, dtf, ang0, ANGLE_CHUNK)
     else:
         ps = off = None
         final_angle = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dev)
