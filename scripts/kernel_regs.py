@@ -47,7 +47,8 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), warps=4, stages=1) -> str
 
 
 SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_ptr", "dcs_ptr",
-           "dlast_ptr", "dD_ptr", "dDpos_ptr", "dt_ptr", "A_ptr", "dt_bias_ptr", "ld_ptr", "st_ptr")
+           "dlast_ptr", "dD_ptr", "dDpos_ptr", "dt_ptr", "A_ptr", "dt_bias_ptr", "ld_ptr", "st_ptr",
+           "cb_ptr", "rows_ptr", "dcs2_ptr")
 
 
 def cases():
@@ -57,8 +58,12 @@ def cases():
         common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=Q == 64, HAS_Z=Q == 64,
                       HAS_SEQ=False, HAS_STATE=True, PREC="tf32")
         T = min(Q, bt)
-        yield (f"chunk_bwd ({what}, BT {T})", kb.chunk_bwd, dict(Q=Q, BT=T, HPP=hpp, **common),
-               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (8, 2)])
+        dx = {k: v for k, v in common.items() if k != "HAS_STATE"}
+        dbc = {k: v for k, v in common.items() if k not in ("HAS_D", "D_HDIM", "HAS_DPOS")}
+        yield (f"chunk_bwd_dx ({what}, BT {T})", kb.chunk_bwd_dx, dict(Q=Q, BT=T, **dx),
+               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
+        yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
+               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
     rot = dict(QA=64, BN2=64, HAS_BIAS=True, HAS_ROT=True)

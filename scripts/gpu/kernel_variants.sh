@@ -3,7 +3,8 @@
 # (environment knobs read at import, so one process per variant), to pick the defaults.
 #   bash scripts/gpu/kernel_variants.sh            # or CASES="..." VARIANTS_FILE=... to change the set
 # Knobs (hybridlab/kernels/knobs.py): HYBRIDLAB_SSD_BLOCK_T (row block inside a chunk),
-# HYBRIDLAB_MAMBA3_ROTATE_PAIRS (rotation pairs per backward program).
+# HYBRIDLAB_MAMBA3_ROTATE_PAIRS (rotation pairs per backward program). Prints each case's total
+# and its TOP (default 6) kernels.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
@@ -20,5 +21,5 @@ if [[ -n ${VARIANTS_FILE:-} ]]; then mapfile -t variants < "$VARIANTS_FILE"; fi
 for v in "${variants[@]}"; do
   echo "### $v"
   env $v ITERS=${ITERS:-5} timeout "${VARIANT_S:-150}" python3 scripts/gpu/profile_ops.py $CASES 2>&1 \
-    | grep -E "^== |chunk_bwd|rotate_bwd|Error" | cut -c1-120
+    | awk '/^== /{n=0; print; next} /Error/{print} /^ +[0-9]/{if (n++ < TOP) print}' TOP=${TOP:-6} | cut -c1-120
 done

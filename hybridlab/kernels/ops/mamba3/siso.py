@@ -38,10 +38,11 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK
 _NO_LIMIT = (0.0, math.inf)
 ANGLE_CHUNK = 64     # steps per rotation program: the in-chunk angle cumsum happens in registers
-#: rotation pairs per backward program (None: all of them in one). Fewer pairs, fewer live
-#: registers: with all 64 pairs of n=128 the backward spills (scripts/kernel_regs.py); which
-#: width is fastest is for the GPU to say (HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides).
-ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS
+#: rotation pairs per backward program. With all 64 pairs of n=128 in one program the backward
+#: spills 1.4 KB per thread (scripts/kernel_regs.py). Measured on the H100 at b4 l4096
+#: (kernel_variants.sh, 2026-11-22): 64 pairs 0.84 ms, 32 pairs 0.73, 16 pairs 0.82.
+#: HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides it.
+ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 32
 
 
 def _p2(n: int) -> int:
@@ -108,18 +109,18 @@ class _SISOFn(torch.autograd.Function):
         D_pos = -Dps * qk if Dps is not None else None
         dpos = ssd_fused.pad_positions(D_pos, Q)
         A = w.new_zeros(H)                           # unused: the kernels read the log decay
-        out, final, y, delta, cs, E = ssd_fused.forward_pass(
+        out, final, y, delta, cs, E, cb = ssd_fused.forward_pass(
             x, w, A, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
-        ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
+        ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, cb, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
         ctx.cfg = (H, Q, h0 is not None, h0.dtype if h0 is not None else None)
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
+        x, w, A, k, q, D, z, y, delta, cs, E, cb, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
         H, Q, has_init, init_dtype = ctx.cfg
         dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused.backward_pass(
-            dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
+            dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, cb, None, Q, False, _NO_LIMIT,
             has_init, True, dpos)
         dqk = dDps = None
         if Dps is not None:

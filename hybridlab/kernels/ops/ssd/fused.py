@@ -1,6 +1,6 @@
 """Mamba-2 SSD with fused Triton kernels: same signatures and results as ``reference.py``.
 
-Forward: 3 launches (fused_fwd.py); backward: 4 launches (fused_bwd.py) plus small torch sums
+Forward: 4 launches (fused_fwd.py); backward: 5 launches (fused_bwd.py) plus small torch sums
 of per-program partials (deterministic: no atomics). Decode step: fused_step.py.
 
 ``chunk_size`` is a speed knob here: the kernels use it rounded to a power of two in [16, 256]
@@ -61,7 +61,8 @@ def _tuned(kernel, configs):
 _chunk_state_fwd, _CSF = _tuned(kf.chunk_state_fwd, [(4, 1), (8, 1)])
 _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
 _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
-_chunk_bwd, _CB = _tuned(kb.chunk_bwd, [(4, 1), (8, 1), (8, 2)])
+_chunk_bwd_dx, _CBX = _tuned(kb.chunk_bwd_dx, [(4, 1), (8, 1), (4, 2)])
+_chunk_bwd_dbc, _CBBC = _tuned(kb.chunk_bwd_dbc, [(4, 1), (8, 1), (4, 2)])
 
 
 def _pow2(v: int) -> int:
@@ -139,26 +140,32 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
         Q=Q, BLOCK=BLOCK, HAS_INIT=init is not None, HAS_SEQ=seg is not None,
         num_warps=1 if _INTERPRET else 4)
 
+    NB = Q // BT
+    cb = torch.empty(b, nchunks, G, Q, Q, device=dev, dtype=f32)
+    kf.chunk_cb[(NB * NB, nchunks, b * G)](
+        B, C, cb, l, G, N, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        nchunks, Q=Q, BT=BT, BN=BN, PREC=prec, num_warps=1 if _INTERPRET else 4)
+
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if z is not None else None
-    _chunk_scan_fwd[(H, nchunks * (Q // BT), b)](
-        x, z, B, C, D, dpos, delta, cs, seg, E, out, y,
+    _chunk_scan_fwd[(H, nchunks * NB, b)](
+        x, z, cb, C, D, dpos, delta, cs, seg, E, out, y,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
         HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
-    return out, final, y, delta, cs, E
+    return out, final, y, delta, cs, E, cb
 
 
 def _strides3(t):
     return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
 
 
-def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
-              dt_limit, has_init, has_ld, dpos):
+def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, cb, seg, Q, softplus,
+                  dt_limit, has_init, has_ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
@@ -189,32 +196,43 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
         Q=Q, BLOCK=BLOCK, HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, HAS_SEQ=seg is not None,
         num_warps=1 if one else 4)
 
-    hpg = H // G
-    hpp = _heads_per_program(b, nchunks, NB, G, hpg, HEAD_SPLIT_TARGET)
-    nsplit = hpg // hpp
+    has_state = has_init or nchunks > 1
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
-    dBp = torch.empty(nsplit, b, Lp, G, N, device=dev, dtype=f32)
-    dCp = torch.empty_like(dBp)
     ddx = torch.empty(b, H, Lp, device=dev, dtype=f32)
     dcs = torch.empty(b, H, Lp, device=dev, dtype=f32)
+    rows = torch.empty(b, H, NB, Lp, device=dev, dtype=f32)
     dlast = torch.empty(b, H, nchunks, NB, device=dev, dtype=f32)
     d_hdim = D is not None and D.dim() == 2
     dDp = (torch.empty(b, nchunks * NB, H, *((P,) if d_hdim else ()), device=dev, dtype=f32)
            if D is not None else None)
     ddpos = torch.empty(b, H, Lp, device=dev, dtype=f32) if dpos is not None else None
-    _chunk_bwd[(G * nsplit, nchunks * NB, b)](
-        x, z, dout, y, B, C, D, dpos, delta, cs, seg, E, dst,
-        dx, dz, dBp, dCp, ddx, dcs, dlast, dDp, ddpos,
+    _chunk_bwd_dx[(H, nchunks * NB, b)](
+        x, z, dout, y, B, cb, D, dpos, delta, cs, seg, dst,
+        dx, dz, ddx, dcs, rows, dlast, dDp, ddpos,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
         dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(y),
+        B.stride(0), B.stride(1), B.stride(2),
+        dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz), Lp, nchunks,
+        Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=d_hdim,
+        HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CBX)
+
+    hpg = H // G
+    hpp = _heads_per_program(b, nchunks, 2 * NB, G, hpg, HEAD_SPLIT_TARGET)
+    nsplit = hpg // hpp
+    dBp = torch.empty(nsplit, b, Lp, G, N, device=dev, dtype=f32)
+    dCp = torch.empty_like(dBp)
+    dcs2 = torch.empty(b, H, Lp, device=dev, dtype=f32) if has_state else None
+    _chunk_bwd_dbc[(2 * G * nsplit, nchunks * NB, b)](
+        x, z, dout, B, C, delta, cs, seg, E, dst, dBp, dCp, dcs2,
+        l, H, P, N, G,
+        x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
+        dout.stride(0), dout.stride(1), dout.stride(2),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz),
         dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
-        Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_D=D is not None, D_HDIM=d_hdim,
-        HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-        HAS_STATE=has_init or nchunks > 1, PREC=prec, **_CB)
+        Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+        HAS_STATE=has_state, PREC=prec, **_CBBC)
 
     ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
     dld = torch.empty_like(ddt, dtype=f32) if has_ld else None
@@ -222,10 +240,10 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     dbp = torch.empty_like(dAp)
     lo, hi = dt_limit
     kb.dt_bwd[(H, nchunks, b)](
-        dt, dt_bias, A, delta, dcs, ddx, dlast, dlast2, ddt, dAp, dbp, dld,
+        dt, dt_bias, A, delta, dcs, rows, dcs2, ddx, dlast, dlast2, ddt, dAp, dbp, dld,
         l, H, dt.stride(0), dt.stride(1), dt.stride(2), ddt.stride(0), ddt.stride(1), ddt.stride(2),
         float(lo), float(min(hi, 3.0e38)), Lp, nchunks, nblk,
-        Q=Q, NB=NB, BLK2=max(2, _pow2(nblk)), HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+        Q=Q, NB=NB, BLK2=max(2, _pow2(nblk)), HAS_STATE=has_state, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
         HAS_LIMIT=lo > 0.0 or hi < math.inf, HAS_LD=has_ld, num_warps=1 if one else 4)
 
     dB = (dBp[0] if nsplit == 1 else dBp.sum(0))[:, :l]
@@ -242,19 +260,19 @@ class _SSDFn(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, Q, softplus, dt_limit,
                 log_decay, D_pos):
         dpos = pad_positions(D_pos, Q)
-        out, final, y, delta, cs, E = forward_pass(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
-                                               Q, softplus, dt_limit, log_decay, dpos)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos)
+        out, final, y, delta, cs, E, cb = forward_pass(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
+                                                   Q, softplus, dt_limit, log_decay, dpos)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, cb, seg, dpos)
         ctx.cfg = (Q, softplus, dt_limit, initial_states is not None, log_decay is not None)
         ctx.init_dtype = initial_states.dtype if initial_states is not None else None
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos = ctx.saved_tensors
+        x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, cb, seg, dpos = ctx.saved_tensors
         Q, softplus, dt_limit, has_init, has_ld = ctx.cfg
         dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos = backward_pass(
-            dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
+            dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, cb, seg, Q, softplus,
             dt_limit, has_init, has_ld, dpos)
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)  # noqa: E731
         return (dx, ddt, cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz, cast(dbias, dt_bias),

@@ -1,14 +1,18 @@
-"""Triton forward kernels of the chunked SSD (three launches).
+"""Triton forward kernels of the chunked SSD (four launches).
 
 1. ``chunk_state_fwd``: per (b, h, chunk): Δ = softplus(dt + bias) clamped, its in-chunk cumsum
    of Δ·A (both stored for later kernels), and the chunk's own end state (X∘decay)ᵀ B.
 2. ``state_pass_fwd``: per (b, h, slice of P·N): the short recurrence over chunk states; stores
    the state *entering* every chunk (x's dtype) and the final state (fp32).
-3. ``chunk_scan_fwd``: per (b, h, chunk, block of rows): y = C Eᵀ·decay + Σ_blocks (C Bᵀ ∘ L) X
-   + D x, gated by silu(z); C Bᵀ is recomputed here rather than stored (cheaper than the bytes).
+3. ``chunk_cb``: per (b, group, chunk, pair of row blocks on or below the diagonal): C Bᵀ,
+   fp32. It does not depend on the head, so it is computed once per group and every head of the
+   group (here and in the backward) loads it instead of recomputing an N-deep dot.
+4. ``chunk_scan_fwd``: per (b, h, chunk, block of rows): y = C Eᵀ·decay + Σ_blocks (C Bᵀ ∘ L) X
+   + D x, gated by silu(z).
 
 Layouts: x, z, out (b, l, h, p); dt (b, l, h); B, C (b, l, g, n) — any strides with the last
-dim contiguous. Scratch: Δ and cs (b, h, Lp) fp32 with Lp = chunks·Q; states (b, c, h, p, n).
+dim contiguous. Scratch: Δ and cs (b, h, Lp) fp32 with Lp = chunks·Q; states (b, c, h, p, n);
+C Bᵀ (b, c, g, Q, Q) fp32 (kept for the backward: a quarter of x's bytes at Q 256, h·p 2048).
 seg (b, Lp) int32 = segment number (reset points), only read when HAS_SEQ.
 """
 import triton
@@ -104,11 +108,41 @@ def state_pass_fwd(
 
 
 @triton.jit
+def chunk_cb(
+    B_ptr, C_ptr, cb_ptr,
+    L, G, N,
+    sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
+    nchunks,
+    Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    ij = tl.program_id(0)
+    c = tl.program_id(1)
+    bg = tl.program_id(2)
+    b = (bg // G).to(tl.int64)
+    g = bg % G
+    NB: tl.constexpr = Q // BT
+    i = ij // NB
+    j = ij % NB
+    if j <= i:      # blocks above the diagonal are never read (causal)
+        on = tl.arange(0, BN)
+        ot = tl.arange(0, BT)
+        ti = c * Q + i * BT + ot
+        tj = c * Q + j * BT + ot
+        Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
+                     mask=(ti[:, None] < L) & (on[None, :] < N), other=0.0)
+        Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
+                     mask=(tj[:, None] < L) & (on[None, :] < N), other=0.0)
+        cb = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
+        base = ((b * nchunks + c) * G + g) * Q * Q
+        tl.store(cb_ptr + base + (i * BT + ot)[:, None] * Q + (j * BT + ot)[None, :], cb)
+
+
+@triton.jit
 def chunk_scan_fwd(
-    x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
+    x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
     out_ptr, y_ptr,
     L, H, P, N, G,
-    sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
+    sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sC_b, sC_l, sC_g,
     so_b, so_l, so_h,
     Lp, nchunks,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
@@ -128,13 +162,13 @@ def chunk_scan_fwd(
     vi = ti < L
     row = (b * H + h) * Lp
     cs_i = tl.load(cs_ptr + row + ti)
-    Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
-                 mask=vi[:, None] & (on[None, :] < N), other=0.0)
     if HAS_SEQ:
         seg_i = tl.load(seg_ptr + b * Lp + ti)
 
     acc = tl.zeros([BT, BP], dtype=tl.float32)
     if HAS_STATE:
+        Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
+                     mask=vi[:, None] & (on[None, :] < N), other=0.0)
         # the state entering the chunk, read as (n, p)
         E = tl.load(E_ptr + ((b * nchunks + c) * H + h) * P * N + op[None, :] * N + on[:, None],
                     mask=(on[:, None] < N) & (op[None, :] < P), other=0.0)
@@ -144,16 +178,16 @@ def chunk_scan_fwd(
             w = tl.where(seg_i == seg_prev, w, 0.0)
         acc = tl.dot(Ci, E.to(Ci.dtype), input_precision=PREC) * w[:, None]
 
+    ot = tl.arange(0, BT)
+    cb_rows = cb_ptr + ((b * nchunks + c) * G + g) * Q * Q + (i * BT + ot)[:, None] * Q
     for j in range(0, i + 1):
-        tj = c * Q + j * BT + tl.arange(0, BT)
+        tj = c * Q + j * BT + ot
         vj = tj < L
-        Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
-                     mask=vj[:, None] & (on[None, :] < N), other=0.0)
         xj = tl.load(x_ptr + b * sx_b + tj[:, None] * sx_l + h * sx_h + op[None, :],
                      mask=vj[:, None] & (op[None, :] < P), other=0.0)
         cs_j = tl.load(cs_ptr + row + tj)
         dl_j = tl.load(delta_ptr + row + tj)
-        s = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)           # (BT, BT)
+        s = tl.load(cb_rows + (j * BT + ot)[None, :])                  # C Bᵀ (BT, BT), fp32
         keep = ti[:, None] >= tj[None, :]
         if HAS_SEQ:
             keep &= seg_i[:, None] == tl.load(seg_ptr + b * Lp + tj)[None, :]
