@@ -59,12 +59,13 @@ def cases():
                       HAS_SEQ=False, HAS_STATE=True, PREC="tf32")
         T = min(Q, bt)
         dx = {k: v for k, v in common.items() if k != "HAS_STATE"}
+        dx["HAS_CB"] = Q == 256          # Mamba-2 (g 1) shares C Bᵀ across heads; SISO's per-head k, q cannot
         dbc = {k: v for k, v in common.items() if k not in ("HAS_D", "D_HDIM", "HAS_DPOS")}
         yield (f"chunk_bwd_dx ({what}, BT {T})", kb.chunk_bwd_dx, dict(Q=Q, BT=T, **dx),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
         yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
-        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
+        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, HAS_CB=Q == 256, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
     rot = dict(QA=64, BN2=64, HAS_BIAS=True, HAS_ROT=True)
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",

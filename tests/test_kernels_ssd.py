@@ -54,6 +54,7 @@ SHAPES = {
     "l45_c32_g1": (1, 45, 4, 16, 1, 32, 32),     # two blocks per chunk, partial last chunk
     "b2_l32_p4n4": (2, 32, 2, 4, 1, 4, 16),      # p, n far below the 16-wide tiles
     "l36_c32_g3": (1, 36, 6, 8, 3, 16, 32),      # three groups of two heads
+    "l45_c32_g2h2": (1, 45, 2, 8, 2, 16, 32),    # one head per group: C Bᵀ computed in place, not stored
 }
 
 

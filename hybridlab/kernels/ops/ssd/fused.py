@@ -141,22 +141,24 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
         num_warps=1 if _INTERPRET else 4)
 
     NB = Q // BT
-    cb = torch.empty(b, nchunks, G, Q, Q, device=dev, dtype=f32)
-    kf.chunk_cb[(NB * NB, nchunks, b * G)](
-        B, C, cb, l, G, N, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        nchunks, Q=Q, BT=BT, BN=BN, PREC=prec, num_warps=1 if _INTERPRET else 4)
+    cb = None       # C Bᵀ, kept when the heads of a group share it (fused_fwd.chunk_cb)
+    if H > G:
+        cb = torch.empty(b, nchunks, G, Q, Q, device=dev, dtype=f32)
+        kf.chunk_cb[(NB * NB, nchunks, b * G)](
+            B, C, cb, l, G, N, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+            nchunks, Q=Q, BT=BT, BN=BN, PREC=prec, num_warps=1 if _INTERPRET else 4)
 
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if z is not None else None
     _chunk_scan_fwd[(H, nchunks * NB, b)](
-        x, z, cb, C, D, dpos, delta, cs, seg, E, out, y,
+        x, z, cb, B, C, D, dpos, delta, cs, seg, E, out, y,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
-        C.stride(0), C.stride(1), C.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-        HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
+        HAS_STATE=init is not None or nchunks > 1, HAS_CB=cb is not None, PREC=prec, **_CSCF)
     return out, final, y, delta, cs, E, cb
 
 
@@ -208,15 +210,16 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
            if D is not None else None)
     ddpos = torch.empty(b, H, Lp, device=dev, dtype=f32) if dpos is not None else None
     _chunk_bwd_dx[(H, nchunks * NB, b)](
-        x, z, dout, y, B, cb, D, dpos, delta, cs, seg, dst,
+        x, z, dout, y, B, C, cb, D, dpos, delta, cs, seg, dst,
         dx, dz, ddx, dcs, rows, dlast, dDp, ddpos,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
         dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(y),
-        B.stride(0), B.stride(1), B.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=d_hdim,
-        HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CBX)
+        HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+        HAS_CB=cb is not None, PREC=prec, **_CBX)
 
     hpg = H // G
     hpp = _heads_per_program(b, nchunks, 2 * NB, G, hpg, HEAD_SPLIT_TARGET)

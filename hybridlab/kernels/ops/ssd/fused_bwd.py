@@ -2,7 +2,7 @@
 
 Notation per chunk c: X = Δ·x, cs = in-chunk cumsum of Δ·A, E = state entering the chunk,
 dY = dout·silu(z), L_ts = exp(cs_t − cs_s) on the causal, same-segment part, CB = C Bᵀ (stored
-by the forward, once per group).
+by the forward once per group when a group has several heads, else computed where needed).
 
 1. ``chunk_state_bwd``: dE_local = Σ_t exp(cs_t) dY_t ⊗ C_t  (what the chunk's outputs say about E).
 2. ``state_pass_bwd``: reverse recurrence dE_c = dE_local_c + α_c dE_{c+1}; stores dE_{c+1} (the
@@ -108,16 +108,23 @@ def _decay(cs_ptr, seg_ptr, row, b, Lp, tq, tk, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
+def _xdelta(x_ptr, delta_ptr, b, t, h, row, op, mask, sx_b, sx_l, sx_h, DT: tl.constexpr):
+    """X = Δ·x for rows t of head h, in the dot dtype."""
+    xx = tl.load(x_ptr + b * sx_b + t[:, None] * sx_l + h * sx_h + op[None, :], mask=mask, other=0.0).to(tl.float32)
+    return (xx * tl.load(delta_ptr + row + t)[:, None]).to(DT)
+
+
+@triton.jit
 def chunk_bwd_dx(
-    x_ptr, z_ptr, dout_ptr, y_ptr, B_ptr, cb_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr,
+    x_ptr, z_ptr, dout_ptr, y_ptr, B_ptr, C_ptr, cb_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr,
     dst_ptr, dx_ptr, dz_ptr, ddx_ptr, dcs_ptr, rows_ptr, dlast_ptr, dD_ptr, dDpos_ptr,
     L, H, P, N, G,
     sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sdo_b, sdo_l, sdo_h, sy_b, sy_l, sy_h,
-    sB_b, sB_l, sB_g, sdx_b, sdx_l, sdx_h, sdz_b, sdz_l, sdz_h,
+    sB_b, sB_l, sB_g, sC_b, sC_l, sC_g, sdx_b, sdx_l, sdx_h, sdz_b, sdz_l, sdz_h,
     Lp, nchunks,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_SEQ: tl.constexpr, PREC: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_CB: tl.constexpr, PREC: tl.constexpr,
 ):
     h = tl.program_id(0)
     cb = tl.program_id(1)
@@ -136,16 +143,14 @@ def chunk_bwd_dx(
     DT = B_ptr.dtype.element_ty
     cs_k = tl.load(cs_ptr + row + tk)
     dl_k = tl.load(delta_ptr + row + tk)
-    xk = tl.load(x_ptr + b * sx_b + tk[:, None] * sx_l + h * sx_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
-    XkD = (xk * dl_k[:, None]).to(DT)
-    dYk = tl.load(dout_ptr + b * sdo_b + tk[:, None] * sdo_l + h * sdo_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
+    XkD = _xdelta(x_ptr, delta_ptr, b, tk, h, row, op, pmask_k, sx_b, sx_l, sx_h, DT)
     if HAS_Z:
+        dout_k = tl.load(dout_ptr + b * sdo_b + tk[:, None] * sdo_l + h * sdo_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
         zk = tl.load(z_ptr + b * sz_b + tk[:, None] * sz_l + h * sz_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
         yk = tl.load(y_ptr + b * sy_b + tk[:, None] * sy_l + h * sy_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
         sg = tl.sigmoid(zk)
         tl.store(dz_ptr + b * sdz_b + tk[:, None] * sdz_l + h * sdz_h + op[None, :],
-                 (dYk * yk * sg * (1.0 + zk * (1.0 - sg))).to(dz_ptr.dtype.element_ty), mask=pmask_k)
-        dYk = dYk * zk * sg
+                 (dout_k * yk * sg * (1.0 + zk * (1.0 - sg))).to(dz_ptr.dtype.element_ty), mask=pmask_k)
 
     # this block's part of the chunk end state: dX += v (B dSᵀ), and its decay's gradient
     Bk = tl.load(B_ptr + b * sB_b + tk[:, None] * sB_l + g * sB_g + on[None, :],
@@ -164,19 +169,28 @@ def chunk_bwd_dx(
     # inside the chunk, this block as keys s against query blocks i >= k:
     # dX_s += Σ_t (CB ∘ L)[t, s] dY_t, and G = (dY Xᵀ) ∘ CB ∘ L gives d cs: row sums (+, for the
     # queries: stored per key block, summed in dt_bwd) and column sums (−, for this block)
-    cb_cols = cb_ptr + ((b * nchunks + c) * G + g) * Q * Q + (k * BT + ot)[None, :]
     rows_k = rows_ptr + ((b * H + h) * NB + k) * Lp
     for i in range(k, NB):
         ti = c * Q + i * BT + ot
         dYi = _gated_dy(dout_ptr, z_ptr, b, ti, h, op, (ti[:, None] < L) & (op[None, :] < P),
                         sdo_b, sdo_l, sdo_h, sz_b, sz_l, sz_h, HAS_Z).to(DT)
-        S = tl.load(cb_cols + (i * BT + ot)[:, None] * Q) * _decay(cs_ptr, seg_ptr, row, b, Lp, ti, tk, HAS_SEQ)
+        if HAS_CB:
+            CBt = tl.load(cb_ptr + ((b * nchunks + c) * G + g) * Q * Q + (i * BT + ot)[:, None] * Q + (k * BT + ot)[None, :])
+        else:       # one head per group: computed here (see fused_fwd.chunk_cb)
+            Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
+                         mask=(ti[:, None] < L) & (on[None, :] < N), other=0.0)
+            CBt = tl.dot(Ci, tl.trans(Bk), input_precision=PREC)
+        S = CBt * _decay(cs_ptr, seg_ptr, row, b, Lp, ti, tk, HAS_SEQ)
         dXX += tl.dot(tl.trans(S.to(DT)), dYi, input_precision=PREC)
         Gm = tl.dot(dYi, tl.trans(XkD), input_precision=PREC) * S
         dcs -= tl.sum(Gm, axis=0)
         tl.store(rows_k + ti, tl.sum(Gm, axis=1))
 
+    # x and dY of this block again (cache hits), rather than live in registers through the loop
+    xk = tl.load(x_ptr + b * sx_b + tk[:, None] * sx_l + h * sx_h + op[None, :], mask=pmask_k, other=0.0).to(tl.float32)
     dx = dl_k[:, None] * dXX
+    if HAS_D or HAS_DPOS:
+        dYk = _gated_dy(dout_ptr, z_ptr, b, tk, h, op, pmask_k, sdo_b, sdo_l, sdo_h, sz_b, sz_l, sz_h, HAS_Z)
     if HAS_D:
         if D_HDIM:
             Dv = tl.load(D_ptr + h * P + op, mask=op < P, other=0.0).to(tl.float32)
@@ -192,13 +206,6 @@ def chunk_bwd_dx(
              dx.to(dx_ptr.dtype.element_ty), mask=pmask_k)
     tl.store(ddx_ptr + row + tk, tl.sum(xk * dXX, axis=1))     # d loss / dΔ through X = Δ·x
     tl.store(dcs_ptr + row + tk, dcs)
-
-
-@triton.jit
-def _xdelta(x_ptr, delta_ptr, b, t, h, row, op, mask, sx_b, sx_l, sx_h, DT: tl.constexpr):
-    """X = Δ·x for rows t of head h, in the dot dtype."""
-    xx = tl.load(x_ptr + b * sx_b + t[:, None] * sx_l + h * sx_h + op[None, :], mask=mask, other=0.0).to(tl.float32)
-    return (xx * tl.load(delta_ptr + row + t)[:, None]).to(DT)
 
 
 @triton.jit

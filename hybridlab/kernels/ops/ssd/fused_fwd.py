@@ -6,7 +6,9 @@
    the state *entering* every chunk (x's dtype) and the final state (fp32).
 3. ``chunk_cb``: per (b, group, chunk, pair of row blocks on or below the diagonal): C Bᵀ,
    fp32. It does not depend on the head, so it is computed once per group and every head of the
-   group (here and in the backward) loads it instead of recomputing an N-deep dot.
+   group (here and in the backward) loads it instead of recomputing an N-deep dot. With one head
+   per group (Mamba-3 SISO's per-head k, q) there is nothing to share: it is skipped and the
+   consumers compute their tiles (HAS_CB off).
 4. ``chunk_scan_fwd``: per (b, h, chunk, block of rows): y = C Eᵀ·decay + Σ_blocks (C Bᵀ ∘ L) X
    + D x, gated by silu(z).
 
@@ -139,15 +141,15 @@ def chunk_cb(
 
 @triton.jit
 def chunk_scan_fwd(
-    x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
+    x_ptr, z_ptr, cb_ptr, B_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
     out_ptr, y_ptr,
     L, H, P, N, G,
-    sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sC_b, sC_l, sC_g,
+    sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     so_b, so_l, so_h,
     Lp, nchunks,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, HAS_CB: tl.constexpr, PREC: tl.constexpr,
 ):
     h = tl.program_id(0)
     cb = tl.program_id(1)
@@ -166,9 +168,10 @@ def chunk_scan_fwd(
         seg_i = tl.load(seg_ptr + b * Lp + ti)
 
     acc = tl.zeros([BT, BP], dtype=tl.float32)
-    if HAS_STATE:
+    if HAS_STATE or not HAS_CB:
         Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
                      mask=vi[:, None] & (on[None, :] < N), other=0.0)
+    if HAS_STATE:
         # the state entering the chunk, read as (n, p)
         E = tl.load(E_ptr + ((b * nchunks + c) * H + h) * P * N + op[None, :] * N + on[:, None],
                     mask=(on[:, None] < N) & (op[None, :] < P), other=0.0)
@@ -179,7 +182,6 @@ def chunk_scan_fwd(
         acc = tl.dot(Ci, E.to(Ci.dtype), input_precision=PREC) * w[:, None]
 
     ot = tl.arange(0, BT)
-    cb_rows = cb_ptr + ((b * nchunks + c) * G + g) * Q * Q + (i * BT + ot)[:, None] * Q
     for j in range(0, i + 1):
         tj = c * Q + j * BT + ot
         vj = tj < L
@@ -187,7 +189,13 @@ def chunk_scan_fwd(
                      mask=vj[:, None] & (op[None, :] < P), other=0.0)
         cs_j = tl.load(cs_ptr + row + tj)
         dl_j = tl.load(delta_ptr + row + tj)
-        s = tl.load(cb_rows + (j * BT + ot)[None, :])                  # C Bᵀ (BT, BT), fp32
+        if HAS_CB:
+            s = tl.load(cb_ptr + ((b * nchunks + c) * G + g) * Q * Q + (i * BT + ot)[:, None] * Q
+                        + (j * BT + ot)[None, :])                           # C Bᵀ (BT, BT), fp32
+        else:           # one head per group: nothing to share, computing beats storing Q² per head
+            Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
+                         mask=vj[:, None] & (on[None, :] < N), other=0.0)
+            s = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
         keep = ti[:, None] >= tj[None, :]
         if HAS_SEQ:
             keep &= seg_i[:, None] == tl.load(seg_ptr + b * Lp + tj)[None, :]
