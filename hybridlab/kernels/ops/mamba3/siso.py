@@ -33,9 +33,11 @@ from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
 
 TWO_PI = 2.0 * math.pi
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-#: SSD chunk length for SISO (None: the caller's chunk_size). A speed knob only: the SSD result
-#: does not depend on it. HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it (for timing).
-SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK
+#: SSD chunk length for SISO, whatever the caller's chunk_size (a speed knob only: the SSD result
+#: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
+#: 2026-11-22), b4 l4096 / b1 l32768: chunk 64 3.40 / 7.23 ms, 128 3.28 / 6.76, 256 3.59 / 7.29.
+#: HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
+SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK or 128
 _NO_LIMIT = (0.0, math.inf)
 ANGLE_CHUNK = 64     # steps per rotation program: the in-chunk angle cumsum happens in registers
 #: rotation pairs per backward program. With all 64 pairs of n=128 in one program the backward
@@ -109,18 +111,18 @@ class _SISOFn(torch.autograd.Function):
         D_pos = -Dps * qk if Dps is not None else None
         dpos = ssd_fused.pad_positions(D_pos, Q)
         A = w.new_zeros(H)                           # unused: the kernels read the log decay
-        out, final, y, delta, cs, E, cb = ssd_fused.forward_pass(
+        out, final, y, delta, cs, E = ssd_fused.forward_pass(
             x, w, A, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
-        ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, cb, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
+        ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
         ctx.cfg = (H, Q, h0 is not None, h0.dtype if h0 is not None else None)
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, w, A, k, q, D, z, y, delta, cs, E, cb, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
+        x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
         H, Q, has_init, init_dtype = ctx.cfg
         dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused.backward_pass(
-            dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, cb, None, Q, False, _NO_LIMIT,
+            dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, dpos)
         dqk = dDps = None
         if Dps is not None:
