@@ -3,7 +3,7 @@
 it in local-memory traffic; this is the first thing to check when a kernel is far from its floor.
 
     python3 scripts/kernel_regs.py                 # the SSD and Mamba-3 SISO kernels at the bench shapes
-    HYBRIDLAB_SSD_BLOCK_T=32 python3 scripts/kernel_regs.py
+    HYBRIDLAB_SSD_BLOCK_T=32 HYBRIDLAB_MAMBA3_ANGLE_CHUNK=32 python3 scripts/kernel_regs.py
 
 It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
 cubin's resource usage with the cuobjdump that ships inside the Triton wheel.
@@ -18,6 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from hybridlab.kernels.ops.mamba3 import siso
 from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
@@ -54,20 +55,21 @@ SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_
 def cases():
     """(label, kernel, constexprs, fp32 pointers, int pointers, [(warps, stages), ...])."""
     bt = ssd.BLOCK_T_MAX
-    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (64, 1, "Mamba-3 SISO, chunk 64")):
-        common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=Q == 64, HAS_Z=Q == 64,
+    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.SSD_CHUNK, 1, "Mamba-3 SISO")):
+        m3 = hpp == 1
+        common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=m3, HAS_Z=m3,
                       HAS_SEQ=False, HAS_STATE=True, PREC="tf32")
         T = min(Q, bt)
         dx = {k: v for k, v in common.items() if k != "HAS_STATE"}
-        dx["HAS_CB"] = Q == 256          # Mamba-2 (g 1) shares C Bᵀ across heads; SISO's per-head k, q cannot
+        dx["HAS_CB"] = not m3           # Mamba-2 (g 1) shares C Bᵀ across heads; SISO's per-head k, q cannot
         dbc = {k: v for k, v in common.items() if k not in ("HAS_D", "D_HDIM", "HAS_DPOS")}
         yield (f"chunk_bwd_dx ({what}, BT {T})", kb.chunk_bwd_dx, dict(Q=Q, BT=T, **dx),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
         yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
-        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, HAS_CB=Q == 256, **common),
+        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, HAS_CB=False, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
-    rot = dict(QA=64, BN2=64, HAS_BIAS=True, HAS_ROT=True)
+    rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True)
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
            "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")
     yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, rot, f32, (), [(8, 1)]

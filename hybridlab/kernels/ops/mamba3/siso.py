@@ -39,7 +39,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
 SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK or 128
 _NO_LIMIT = (0.0, math.inf)
-ANGLE_CHUNK = 64     # steps per rotation program: the in-chunk angle cumsum happens in registers
+#: steps per rotation program: the in-chunk angle cumsum happens in registers. At 64 steps the
+#: forward kernel needs 254 registers per thread (scripts/kernel_regs.py), at 32 it needs 122.
+#: HYBRIDLAB_MAMBA3_ANGLE_CHUNK overrides it.
+ANGLE_CHUNK = knobs.MAMBA3_ANGLE_CHUNK or 64
 #: rotation pairs per backward program. With all 64 pairs of n=128 in one program the backward
 #: spills 1.4 KB per thread (scripts/kernel_regs.py). Measured on the H100 at b4 l4096
 #: (kernel_variants.sh, 2026-11-22): 64 pairs 0.84 ms, 32 pairs 0.73, 16 pairs 0.82.
