@@ -5,12 +5,15 @@
 For each op/shape: the same inputs as `hybridlab bench kernels`, a few untimed forward+backward
 runs (compile, autotune), then torch.profiler over ITERS runs; prints each GPU kernel's mean
 time per forward+backward, sorted, so the slow pass of a kernel pipeline is plain to see.
-``@dim=value`` after a case overrides one of its dims (e.g. the chunk length).
+``@dim=value`` after a case overrides one of its dims (e.g. the chunk length). FORWARD_ONLY=1
+profiles the forward alone. Each case also prints the wall time per step run back to back: when
+it is well above the kernel sum, the GPU is waiting on the host.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -18,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from hybridlab.kernels import bench
 
 ITERS = int(os.environ.get("ITERS", "5"))
+FORWARD_ONLY = os.environ.get("FORWARD_ONLY", "0") == "1"     # time the forward (no grad) alone
 
 
 def profile_case(op: str, name: str, overrides: dict) -> None:
@@ -31,6 +35,10 @@ def profile_case(op: str, name: str, overrides: dict) -> None:
     dout = draw.normal(bench._output_shape(op, kw))
 
     def step():
+        if FORWARD_ONLY:
+            with torch.no_grad():
+                fn(**args)
+            return
         for t in leaves.values():
             t.grad = None
         bench._first(fn(**args)).backward(dout)
@@ -38,6 +46,13 @@ def profile_case(op: str, name: str, overrides: dict) -> None:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    # wall time per step, back to back (no L2 flush): above the kernel sum when the GPU waits on
+    # the host (launches, torch glue), equal to it when the kernels are the bound
+    t0 = time.perf_counter()
+    for _ in range(ITERS):
+        step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / ITERS * 1e3
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(ITERS):
             step()
@@ -46,7 +61,8 @@ def profile_case(op: str, name: str, overrides: dict) -> None:
             if e.device_time_total > 0]
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
-    print(f"\n== {op} {name} {overrides or ''}: {total:.3f} ms of kernels per forward+backward")
+    what = "forward" if FORWARD_ONLY else "forward+backward"
+    print(f"\n== {op} {name} {overrides or ''}: {total:.3f} ms of kernels per {what}, {wall:.3f} ms wall")
     for ms, n, key in rows[:25]:
         print(f"  {ms:8.3f} ms  x{n:<3d} {100 * ms / total:5.1f}%  {key[:110]}")
 
