@@ -18,7 +18,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 OUT=${OUT:-/tmp/hybridlab-gpu-out}
 mkdir -p "$OUT"
-TOTAL_S=${TOTAL_S:-560}
+TOTAL_S=${TOTAL_S:-590}
 T0=$(date +%s)
 export PYTHONPATH=/tmp/site:$root${PYTHONPATH:+:$PYTHONPATH}
 export HYBRIDLAB_PEER_BUILD=${HYBRIDLAB_PEER_BUILD:-/tmp/hybridlab-peer-build}
@@ -72,7 +72,7 @@ fi
 # 3. GPU tests
 gpu_paths=()
 for p in tests/gpu tests/test_bench.py tests/test_trainer.py tests/test_cost.py; do [[ -e $p ]] && gpu_paths+=("$p"); done
-want tests_gpu && stage tests_gpu "${TESTS_GPU_S:-150}" python3 -m pytest -m gpu "${gpu_paths[@]}" -q -p no:cacheprovider
+want tests_gpu && stage tests_gpu "${TESTS_GPU_S:-450}" python3 -m pytest -m gpu "${gpu_paths[@]}" -q -p no:cacheprovider
 
 # 4. kernel tests, run on this machine as they are
 if [[ -n ${KERNEL_TESTS:-} ]]; then
