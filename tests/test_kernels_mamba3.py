@@ -13,8 +13,8 @@ TOL = 1e-4
 
 @pytest.fixture(autouse=True)
 def caller_chunk(monkeypatch):
-    # the caller's small chunk_size instead of SISO's GPU default (128), so these short sequences
-    # span several SSD chunks and the state-passing paths run
+    # the caller's small chunk_size even when HYBRIDLAB_MAMBA3_SSD_CHUNK is set, so these short
+    # sequences span several SSD chunks and the state-passing paths run
     monkeypatch.setattr(siso, "SSD_CHUNK", None)
 
 
