@@ -55,7 +55,7 @@ SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_
 def cases():
     """(label, kernel, constexprs, fp32 pointers, int pointers, [(warps, stages), ...])."""
     bt = ssd.BLOCK_T_MAX
-    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.SSD_CHUNK, 1, "Mamba-3 SISO")):
+    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.SSD_CHUNK or 64, 1, "Mamba-3 SISO")):
         m3 = hpp == 1
         common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=m3, HAS_Z=m3,
                       HAS_SEQ=False, HAS_STATE=True, PREC="tf32")
@@ -67,7 +67,7 @@ def cases():
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
         yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
-        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, HAS_CB=False, **common),
+        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
     rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True)
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",

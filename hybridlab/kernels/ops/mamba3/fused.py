@@ -16,7 +16,6 @@ float64 inputs run the reference (Triton's tl.dot has no float64 path worth usin
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ import triton
 
 from ... import knobs
 from . import reference
-from .siso import angle_offsets, mamba3_siso
+from .siso import angle_inputs, mamba3_siso
 from .triton_bwd import bwd_dstates_kernel, bwd_keys_kernel, bwd_values_kernel
 from .triton_fwd import fwd_out_kernel, fwd_states_kernel
 from .triton_step import state_update_kernel
@@ -225,12 +224,7 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
         w = (wd + F.pad(bcur[:, 1:], (0, 0, 0, 1))).contiguous()
 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
-    if S:
-        ps = (math.pi * torch.tanh(angles.float())).contiguous()
-        off, final_angle = angle_offsets(ps, dtf, ang0, Q)
-    else:
-        ps = off = None
-        final_angle = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dev)
+    ps, off, final_angle = angle_inputs(angles, dtf, ang0, Q)
 
     wx = reference._rank_weight(W_x, R, H, P, torch.float32, dev)   # (R, h, p)
     h0 = None

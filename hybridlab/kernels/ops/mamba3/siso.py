@@ -159,6 +159,18 @@ def angle_offsets(ps, dtf, ang0, Q):
     return off, torch.remainder(ends[:, -1], TWO_PI).float()
 
 
+def angle_inputs(angles, dtf, ang0, Q):
+    """(ps, off, final_angle) for the rotation kernels: ps = pi*tanh(angles) (b, l, S), the angle
+    entering each Q-step chunk (angle_offsets) and the final angle (b, h, S); ps and off are None
+    without angles, and the final angle is then the initial one (or an empty (b, h, 0))."""
+    if angles is None or angles.shape[-1] == 0:
+        bsz, _, H = dtf.shape
+        final = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dtf.device)
+        return None, None, final
+    ps = (math.pi * torch.tanh(angles.float())).contiguous()
+    return (ps, *angle_offsets(ps, dtf, ang0, Q))
+
+
 def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
                 initial_states=None, chunk_size=64, return_final_states=False):
     """SISO Mamba-3, arguments and results as ``reference.mamba3`` with B, C of shape (b, l, g, n)."""
@@ -179,12 +191,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         w, D_pos_scale = lam * dtf + bnext, bnext
 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
-    if S:
-        ps = (math.pi * torch.tanh(angles.float())).contiguous()
-        off, final_angle = angle_offsets(ps, dtf, ang0, ANGLE_CHUNK)
-    else:
-        ps = off = None
-        final_angle = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dev)
+    ps, off, final_angle = angle_inputs(angles, dtf, ang0, ANGLE_CHUNK)
     if B_bias is not None or C_bias is not None:
         zero = torch.zeros(H, N, device=dev)
         Bb = B_bias.float().reshape(H, N) if B_bias is not None else zero

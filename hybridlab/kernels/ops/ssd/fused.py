@@ -1,7 +1,7 @@
 """Mamba-2 SSD with fused Triton kernels: same signatures and results as ``reference.py``.
 
-Forward: 3 launches (fused_fwd.py); backward: 5 or 6 launches (fused_bwd.py, and fused_fwd.chunk_cb
-when a group has several heads) plus small torch sums
+Forward: 3 launches (fused_fwd.py); backward: 5 launches (fused_bwd.py), 6 when a group has
+several heads (chunk_cb), plus small torch sums
 of per-program partials (deterministic: no atomics). Decode step: fused_step.py.
 
 ``chunk_size`` is a speed knob here: the kernels use it rounded to a power of two in [16, 256]
@@ -145,20 +145,20 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if z is not None else None
     _chunk_scan_fwd[(H, nchunks * NB, b)](
-        x, z, None, B, C, D, dpos, delta, cs, seg, E, out, y,
+        x, z, B, C, D, dpos, delta, cs, seg, E, out, y,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-        HAS_STATE=init is not None or nchunks > 1, HAS_CB=False, PREC=prec, **_CSCF)
+        HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
     return out, final, y, delta, cs, E
 
 
 def _shared_cb(B, C, H, Q, BT, BN, prec):
     """C Bᵀ per (b, chunk, group), (b, nc, g, Q, Q) fp32, for the backward when a group's heads
-    share it (fused_fwd.chunk_cb); None with one head per group (the kernels compute it in place).
+    share it (fused_bwd.chunk_cb); None with one head per group (the kernels compute it in place).
     The forward computes its tiles in place: measured on the H100 at b4 l4096 (2026-11-22), a
     stored C Bᵀ made the forward 0.386 ms instead of 0.320, while the backward gains from it."""
     b, l, G, N = B.shape
@@ -167,7 +167,7 @@ def _shared_cb(B, C, H, Q, BT, BN, prec):
     nchunks = triton.cdiv(l, Q)
     NB = Q // BT
     cb = torch.empty(b, nchunks, G, Q, Q, device=B.device, dtype=torch.float32)
-    kf.chunk_cb[(NB * NB, nchunks, b * G)](
+    kb.chunk_cb[(NB * NB, nchunks, b * G)](
         B, C, cb, l, G, N, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         nchunks, Q=Q, BT=BT, BN=BN, PREC=prec, num_warps=1 if _INTERPRET else 4)
     return cb

@@ -1,9 +1,12 @@
-"""Triton backward kernels of the chunked SSD (five launches).
+"""Triton backward kernels of the chunked SSD (five launches, six with chunk_cb).
 
 Notation per chunk c: X = Δ·x, cs = in-chunk cumsum of Δ·A, E = state entering the chunk,
-dY = dout·silu(z), L_ts = exp(cs_t − cs_s) on the causal, same-segment part, CB = C Bᵀ (stored
-by the forward once per group when a group has several heads, else computed where needed).
+dY = dout·silu(z), L_ts = exp(cs_t − cs_s) on the causal, same-segment part, CB = C Bᵀ.
 
+0. ``chunk_cb``, only when a group has several heads: CB per (b, chunk, group), fp32, the blocks
+   on and below the diagonal. It does not depend on the head, so every head of the group loads
+   its tiles in chunk_bwd_dx instead of recomputing an N-deep dot (HAS_CB; off, the tiles are
+   computed there).
 1. ``chunk_state_bwd``: dE_local = Σ_t exp(cs_t) dY_t ⊗ C_t  (what the chunk's outputs say about E).
 2. ``state_pass_bwd``: reverse recurrence dE_c = dE_local_c + α_c dE_{c+1}; stores dE_{c+1} (the
    gradient of chunk c's own end state), dinitial = dE_0, and α_c (E_c · dE_{c+1}) for dcs.
@@ -17,6 +20,36 @@ by the forward once per group when a group has several heads, else computed wher
 """
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def chunk_cb(
+    B_ptr, C_ptr, cb_ptr,
+    L, G, N,
+    sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
+    nchunks,
+    Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+):
+    ij = tl.program_id(0)
+    c = tl.program_id(1)
+    bg = tl.program_id(2)
+    b = (bg // G).to(tl.int64)
+    g = bg % G
+    NB: tl.constexpr = Q // BT
+    i = ij // NB
+    j = ij % NB
+    if j <= i:      # blocks above the diagonal are never read (causal)
+        on = tl.arange(0, BN)
+        ot = tl.arange(0, BT)
+        ti = c * Q + i * BT + ot
+        tj = c * Q + j * BT + ot
+        Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
+                     mask=(ti[:, None] < L) & (on[None, :] < N), other=0.0)
+        Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
+                     mask=(tj[:, None] < L) & (on[None, :] < N), other=0.0)
+        cb = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
+        base = ((b * nchunks + c) * G + g) * Q * Q
+        tl.store(cb_ptr + base + (i * BT + ot)[:, None] * Q + (j * BT + ot)[None, :], cb)
 
 
 @triton.jit
@@ -176,7 +209,7 @@ def chunk_bwd_dx(
                         sdo_b, sdo_l, sdo_h, sz_b, sz_l, sz_h, HAS_Z).to(DT)
         if HAS_CB:
             CBt = tl.load(cb_ptr + ((b * nchunks + c) * G + g) * Q * Q + (i * BT + ot)[:, None] * Q + (k * BT + ot)[None, :])
-        else:       # one head per group: computed here (see fused_fwd.chunk_cb)
+        else:       # one head per group: computed here (see chunk_cb)
             Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
                          mask=(ti[:, None] < L) & (on[None, :] < N), other=0.0)
             CBt = tl.dot(Ci, tl.trans(Bk), input_precision=PREC)

@@ -1,20 +1,15 @@
-"""Triton forward kernels of the chunked SSD (four launches).
+"""Triton forward kernels of the chunked SSD (three launches).
 
 1. ``chunk_state_fwd``: per (b, h, chunk): Δ = softplus(dt + bias) clamped, its in-chunk cumsum
    of Δ·A (both stored for later kernels), and the chunk's own end state (X∘decay)ᵀ B.
 2. ``state_pass_fwd``: per (b, h, slice of P·N): the short recurrence over chunk states; stores
    the state *entering* every chunk (x's dtype) and the final state (fp32).
-3. ``chunk_cb``: per (b, group, chunk, pair of row blocks on or below the diagonal): C Bᵀ,
-   fp32. It does not depend on the head, so it is computed once per group and every head of the
-   group (here and in the backward) loads it instead of recomputing an N-deep dot. With one head
-   per group (Mamba-3 SISO's per-head k, q) there is nothing to share: it is skipped and the
-   consumers compute their tiles (HAS_CB off).
-4. ``chunk_scan_fwd``: per (b, h, chunk, block of rows): y = C Eᵀ·decay + Σ_blocks (C Bᵀ ∘ L) X
-   + D x, gated by silu(z).
+3. ``chunk_scan_fwd``: per (b, h, chunk, block of rows): y = C Eᵀ·decay + Σ_blocks (C Bᵀ ∘ L) X
+   + D x, gated by silu(z). C Bᵀ tiles are computed here per head: storing them once per group
+   made this forward slower (ssd/NOTES.md); the backward stores them (fused_bwd.chunk_cb).
 
 Layouts: x, z, out (b, l, h, p); dt (b, l, h); B, C (b, l, g, n) — any strides with the last
-dim contiguous. Scratch: Δ and cs (b, h, Lp) fp32 with Lp = chunks·Q; states (b, c, h, p, n);
-C Bᵀ (b, c, g, Q, Q) fp32 (kept for the backward: a quarter of x's bytes at Q 256, h·p 2048).
+dim contiguous. Scratch: Δ and cs (b, h, Lp) fp32 with Lp = chunks·Q; states (b, c, h, p, n).
 seg (b, Lp) int32 = segment number (reset points), only read when HAS_SEQ.
 """
 import triton
@@ -110,38 +105,8 @@ def state_pass_fwd(
 
 
 @triton.jit
-def chunk_cb(
-    B_ptr, C_ptr, cb_ptr,
-    L, G, N,
-    sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
-    nchunks,
-    Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
-):
-    ij = tl.program_id(0)
-    c = tl.program_id(1)
-    bg = tl.program_id(2)
-    b = (bg // G).to(tl.int64)
-    g = bg % G
-    NB: tl.constexpr = Q // BT
-    i = ij // NB
-    j = ij % NB
-    if j <= i:      # blocks above the diagonal are never read (causal)
-        on = tl.arange(0, BN)
-        ot = tl.arange(0, BT)
-        ti = c * Q + i * BT + ot
-        tj = c * Q + j * BT + ot
-        Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
-                     mask=(ti[:, None] < L) & (on[None, :] < N), other=0.0)
-        Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
-                     mask=(tj[:, None] < L) & (on[None, :] < N), other=0.0)
-        cb = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
-        base = ((b * nchunks + c) * G + g) * Q * Q
-        tl.store(cb_ptr + base + (i * BT + ot)[:, None] * Q + (j * BT + ot)[None, :], cb)
-
-
-@triton.jit
 def chunk_scan_fwd(
-    x_ptr, z_ptr, cb_ptr, B_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
+    x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
     out_ptr, y_ptr,
     L, H, P, N, G,
     sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
@@ -149,7 +114,7 @@ def chunk_scan_fwd(
     Lp, nchunks,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, HAS_CB: tl.constexpr, PREC: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
 ):
     h = tl.program_id(0)
     cb = tl.program_id(1)
@@ -168,9 +133,8 @@ def chunk_scan_fwd(
         seg_i = tl.load(seg_ptr + b * Lp + ti)
 
     acc = tl.zeros([BT, BP], dtype=tl.float32)
-    if HAS_STATE or not HAS_CB:
-        Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
-                     mask=vi[:, None] & (on[None, :] < N), other=0.0)
+    Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
+                 mask=vi[:, None] & (on[None, :] < N), other=0.0)
     if HAS_STATE:
         # the state entering the chunk, read as (n, p)
         E = tl.load(E_ptr + ((b * nchunks + c) * H + h) * P * N + op[None, :] * N + on[:, None],
@@ -189,13 +153,9 @@ def chunk_scan_fwd(
                      mask=vj[:, None] & (op[None, :] < P), other=0.0)
         cs_j = tl.load(cs_ptr + row + tj)
         dl_j = tl.load(delta_ptr + row + tj)
-        if HAS_CB:
-            s = tl.load(cb_ptr + ((b * nchunks + c) * G + g) * Q * Q + (i * BT + ot)[:, None] * Q
-                        + (j * BT + ot)[None, :])                           # C Bᵀ (BT, BT), fp32
-        else:           # one head per group: nothing to share, computing beats storing Q² per head
-            Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
-                         mask=vj[:, None] & (on[None, :] < N), other=0.0)
-            s = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)
+        Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
+                     mask=vj[:, None] & (on[None, :] < N), other=0.0)
+        s = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)              # C Bᵀ (BT, BT)
         keep = ti[:, None] >= tj[None, :]
         if HAS_SEQ:
             keep &= seg_i[:, None] == tl.load(seg_ptr + b * Lp + tj)[None, :]
