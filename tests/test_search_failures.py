@@ -16,7 +16,9 @@ import torch
 
 import hybridlab.search.trainer as trainer_mod
 from hybridlab.cli.main import main
-from hybridlab.search.driver import run_search
+from hybridlab.search.driver import prepare_study, run_search
+from hybridlab.search.spec import load_search_spec
+from hybridlab.search.workers import MAX_RESTARTS, WorkerError, launch_workers
 from hybridlab.storage import Store
 from hybridlab.storage.engine import dispose_engines
 from test_search import TINY, tiny_spec
@@ -81,6 +83,72 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, monkeypatc
     assert report.counts == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 2, "RUNNING": 0, "WAITING": 0}
     runs = ui.runs("fails")
     assert {runs[r["trial_id"]]["status"] for r in rows[:2]} == {"failed"}
+
+
+ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
+
+
+def test_a_lost_cuda_context_fails_one_trial_and_a_fresh_process_finishes(tmp_path, monkeypatch):
+    """After an illegal memory access every CUDA call in the process fails: the in-process search
+    records that trial and carries on in a fresh worker process, instead of failing the rest."""
+    db = f"sqlite:///{tmp_path / 'lost.db'}"
+    scripted_trainer(monkeypatch, [RuntimeError(ILLEGAL_ACCESS)])
+    spec = tiny_spec(tmp_path, name="lost", space=GRID8, sampler={"name": "grid"}, trials=3)
+    report = run_search(spec, db=db)
+    rows = Store(db, readonly=True).trials("lost")
+    assert [r["state"] for r in rows] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "illegal memory access" in rows[0]["failure_reason"]
+    assert "fresh worker process" in rows[0]["user_attrs"]["fail_reason"]
+    assert {r["worker"] for r in Store(db, readonly=True).runs("lost").values()} == {0}
+    assert report.counts["COMPLETE"] == 2 and report.counts["FAIL"] == 1
+
+
+def _poisoning_worker(tmp_path, monkeypatch, once: bool) -> None:
+    """Make worker 0's trainer raise an illegal memory access: in its first process only (once)
+    or in every process. A sitecustomize loaded by the worker interpreters does it."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "marker = os.environ.get('HL_TEST_MARKER')\n"
+        "if marker and os.environ.get('HYBRIDLAB_WORKER') == '0' and not os.path.exists(marker):\n"
+        f"    open(marker, 'w').close() if {once!r} else None\n"
+        "    import hybridlab.search.trainer as t\n"
+        "    def boom(*a, **k):\n"
+        f"        raise RuntimeError({ILLEGAL_ACCESS!r})\n"
+        "    t.train_model = boom\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("HL_TEST_MARKER", str(tmp_path / "poisoned-once"))
+
+
+def _launch_one_worker(tmp_path, name, trials):
+    db = f"sqlite:///{tmp_path / (name + '.db')}"
+    spec = load_search_spec(tiny_spec(tmp_path, name=name, space=GRID8,
+                                      sampler={"name": "grid"}, trials=trials))
+    prepare_study(spec, Store(db), trials)
+    log = tmp_path / f"{name}-artifacts" / name / "logs" / "worker-0.log"
+    return spec, db, log
+
+
+def test_a_worker_that_lost_its_cuda_context_is_replaced(tmp_path, monkeypatch):
+    _poisoning_worker(tmp_path, monkeypatch, once=True)
+    spec, db, log = _launch_one_worker(tmp_path, "swap", 3)
+    launch_workers(spec, db, 3, 1)
+    rows = Store(db, readonly=True).trials("swap")
+    assert [r["state"] for r in rows] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "illegal memory access" in rows[0]["failure_reason"]
+    text = log.read_text()
+    assert "CUDA context lost" in text and "worker 0: ran 2 trials" in text   # the fresh one
+
+
+def test_a_worker_that_keeps_losing_its_context_stops_the_search(tmp_path, monkeypatch):
+    _poisoning_worker(tmp_path, monkeypatch, once=False)
+    spec, db, log = _launch_one_worker(tmp_path, "doomed", 8)
+    with pytest.raises(WorkerError, match="CUDA context was lost too often"):
+        launch_workers(spec, db, 8, 1)
+    rows = Store(db, readonly=True).trials("doomed")         # 1 + MAX_RESTARTS processes tried,
+    assert [r["state"] for r in rows] == ["FAIL"] * (1 + MAX_RESTARTS)      # one trial each
+    assert log.read_text().count("CUDA context lost") == 1 + MAX_RESTARTS
 
 
 def test_a_real_nan_is_a_failed_trial(tmp_path):

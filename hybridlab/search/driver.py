@@ -33,6 +33,14 @@ from hybridlab.search.spec import SearchSpec, load_search_spec
 from hybridlab.storage import Store, StudyLock, display_url, optuna_storage
 from hybridlab.storage.repository import counted_finished
 
+class DeviceLost(RuntimeError):
+    """A trial hit a CUDA error that poisons this process's context (its trial is recorded as
+    failed). The process must stop; a fresh one can carry on with the study."""
+
+
+#: a worker's exit status after DeviceLost: the launcher starts a fresh worker in its place
+EXIT_DEVICE_LOST = 75
+
 @dataclasses.dataclass
 class Budget:
     target: int
@@ -189,6 +197,8 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
                     _requeue_interrupted(study, runner.last_trial_id)
                     raise
                 ran += 1
+                if runner.device_lost:
+                    raise DeviceLost(runner.device_lost)
                 continue
         finally:
             lock.release()
@@ -234,11 +244,16 @@ def run_search(spec: SearchSpec | str | Path, *, db: str | None = None, workers:
     start_counted = trial_budget(study, target).counted
     bar = TqdmProgress(spec.name, target, start_counted) if progress else NullProgress()
     try:
+        from hybridlab.search.workers import launch_workers
         if workers <= 1:
-            work(spec, store.url, target, device=device, worker=0, progress=bar,
-                 save_artifacts=save_artifacts)
+            try:
+                work(spec, store.url, target, device=device, worker=0, progress=bar,
+                     save_artifacts=save_artifacts)
+            except DeviceLost as e:     # this process can no longer use CUDA: go on in a fresh one
+                bar.message(f"CUDA context lost ({e}); continuing in a fresh worker process")
+                launch_workers(spec, store.url, target, 1, device=device, progress=bar,
+                               save_artifacts=save_artifacts)
         else:
-            from hybridlab.search.workers import launch_workers
             launch_workers(spec, store.url, target, workers, device=device, progress=bar,
                            save_artifacts=save_artifacts)
     finally:

@@ -118,6 +118,7 @@ class TrialRunner:
         self.save_artifacts = save_artifacts
         self.current: optuna.Trial | None = None   # the trial in progress
         self.last_trial_id: int | None = None      # the latest trial this runner started
+        self.device_lost: str | None = None        # set by a CUDA error that poisons the context
         self.versions = library_versions()
         self._last_db_update = 0.0
 
@@ -147,6 +148,10 @@ class TrialRunner:
             raise
         except Exception as e:
             reason, expected = _failure_reason(e)
+            if is_device_lost(e):
+                # every later CUDA call in this process fails too: this worker must stop
+                self.device_lost = reason
+                reason += " (the CUDA context is lost: a fresh worker process takes over)"
             trial.set_user_attr("fail_reason", reason)
             detail = reason if expected else \
                 reason + "\n\n" + "".join(traceback.format_exception(e)[-6:])
@@ -408,6 +413,13 @@ def _is_oom(e: BaseException) -> bool:
     import torch
     return isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or \
         "out of memory" in str(e).lower()
+
+
+def is_device_lost(e: BaseException) -> bool:
+    """A CUDA error other than out-of-memory (illegal memory access, launch failure, device-side
+    assert ...): CUDA makes these sticky, so every later call in the process fails as well."""
+    text = str(e)
+    return "CUDA error" in text and not _is_oom(e)
 
 
 def _free_memory() -> None:

@@ -6,7 +6,12 @@ of a process holding CUDA or database handles) that loads the same study and run
 round-robin (so N > GPUs puts several workers on one GPU); on the CPU each worker gets an equal
 share of threads. The parent shows progress read from the database and waits for all of them.
 Worker output goes to ``<artifacts>/<study>/logs/worker-<i>.log``.
+
+A worker whose trial hit a context-poisoning CUDA error (an illegal memory access, say) records
+that trial as failed and exits with ``EXIT_DEVICE_LOST``; the parent starts a fresh worker in its
+place, at most ``MAX_RESTARTS`` times per worker, so one bad candidate cannot fail the rest.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,11 +25,16 @@ from pathlib import Path
 
 from hybridlab.interrupts import stop_on_signals  # noqa: F401  (the CLI imports it from here)
 from hybridlab.interrupts import stop_requested
-from hybridlab.search.driver import default_workers_env, storage_for, trial_budget, work
+from hybridlab.search.driver import (EXIT_DEVICE_LOST, DeviceLost, default_workers_env,
+                                     storage_for, trial_budget, work)
 from hybridlab.search.objective import safe_name
 from hybridlab.search.progress import NullProgress
 from hybridlab.search.spec import SearchSpec
 from hybridlab.storage import Store
+
+
+#: fresh processes started in place of one worker that lost its CUDA context
+MAX_RESTARTS = 3
 
 
 class WorkerError(RuntimeError):
@@ -53,16 +63,19 @@ def launch_workers(spec: SearchSpec, url: str, target: int, n_workers: int, *,
                      "save_artifacts": save_artifacts}, f)
         job = f.name
     gpus = visible_gpus(device)
+
+    def start(i: int) -> tuple[subprocess.Popen, Path]:
+        env = default_workers_env(n_workers, i, gpus)
+        log = log_dir / f"worker-{i}.log"
+        with open(log, "ab") as out:
+            p = subprocess.Popen([sys.executable, "-m", "hybridlab.search.workers", job, str(i)],
+                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+        return p, log
+
     procs: list[tuple[subprocess.Popen, Path]] = []
     try:
-        for i in range(n_workers):
-            env = default_workers_env(n_workers, i, gpus)
-            log = log_dir / f"worker-{i}.log"
-            with open(log, "ab") as out:
-                p = subprocess.Popen([sys.executable, "-m", "hybridlab.search.workers", job,
-                                      str(i)], env=env, stdout=out, stderr=subprocess.STDOUT)
-            procs.append((p, log))
-        _watch(spec, url, target, procs, progress, poll_s)
+        procs.extend(start(i) for i in range(n_workers))
+        restarts = _watch(spec, url, target, procs, progress, poll_s, restart=start)
     except KeyboardInterrupt:
         _stop(procs)
         raise
@@ -71,19 +84,32 @@ def launch_workers(spec: SearchSpec, url: str, target: int, n_workers: int, *,
             os.unlink(job)
         except OSError:
             pass
-    bad = [(i, p.returncode, log) for i, (p, log) in enumerate(procs) if p.returncode != 0]
+    # a worker that lost its CUDA context and was not replaced (nothing was left to start) is fine
+    bad = [(i, p.returncode, log) for i, (p, log) in enumerate(procs) if p.returncode != 0
+           and not (p.returncode == EXIT_DEVICE_LOST and restarts[i] < MAX_RESTARTS)]
     if any(rc == 130 for _, rc, _ in bad):
         raise KeyboardInterrupt
     if bad:
         i, rc, log = bad[0]
-        raise WorkerError(f"worker {i} exited with status {rc}; see {log}")
+        why = " (its CUDA context was lost too often)" if rc == EXIT_DEVICE_LOST else ""
+        raise WorkerError(f"worker {i} exited with status {rc}{why}; see {log}")
 
 
-def _watch(spec, url, target, procs, progress, poll_s) -> None:
+def _watch(spec, url, target, procs, progress, poll_s, restart) -> list[int]:
+    """Show progress until every worker has exited; ``restart(i)`` replaces worker i after it
+    lost its CUDA context, while the study still has trials to start. Returns the restarts."""
     import optuna
     store = Store(url, readonly=True)
     study = optuna.load_study(study_name=spec.name, storage=storage_for(spec, url))
+    restarts = [0] * len(procs)
     while True:
+        for i, (p, log) in enumerate(procs):
+            if (p.poll() == EXIT_DEVICE_LOST
+                    and restarts[i] < MAX_RESTARTS and trial_budget(study, target).can_start):
+                restarts[i] += 1
+                progress.message(f"worker {i} lost its CUDA context; starting a fresh one "
+                                 f"({restarts[i]}/{MAX_RESTARTS})")
+                procs[i] = restart(i)
         alive = [p for p, _ in procs if p.poll() is None]
         try:
             progress.set_done(trial_budget(study, target).counted)
@@ -93,7 +119,7 @@ def _watch(spec, url, target, procs, progress, poll_s) -> None:
         except Exception as e:         # a display hiccup must never stop the search
             progress.message(f"(progress unavailable: {type(e).__name__})")
         if not alive:
-            return
+            return restarts
         if stop_requested():             # a signal whose KeyboardInterrupt was swallowed
             raise KeyboardInterrupt
         time.sleep(poll_s)
@@ -134,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"worker {index}: interrupted", flush=True)
         return 130
+    except DeviceLost as e:
+        print(f"worker {index}: CUDA context lost ({e}); exiting for a fresh worker", flush=True)
+        return EXIT_DEVICE_LOST
     print(f"worker {index}: ran {ran} trials", flush=True)
     return 0
 

@@ -21,16 +21,40 @@ y.float().sum().backward()
 torch.cuda.synchronize()
 print('ok')
 """
+SSD_CASE = """
+import torch
+from hybridlab.kernels.ops.ssd import fused
+b, L, H, P, N, G, Q = {b}, {L}, {H}, {P}, {N}, {G}, {Q}
+g = torch.Generator(device='cuda').manual_seed(0)
+rn = lambda *s: torch.randn(*s, device='cuda', generator=g)
+x = rn(b, L, H, P).bfloat16().requires_grad_()
+dt = (torch.rand(b, L, H, device='cuda', generator=g) * 0.1 + 0.01).requires_grad_()
+A = -torch.rand(H, device='cuda', generator=g) - 0.5
+B = rn(b, L, G, N).bfloat16().requires_grad_(); C = rn(b, L, G, N).bfloat16().requires_grad_()
+y = fused.ssd(x, dt, A, B, C, Q, D=torch.ones(H, device='cuda'), z=rn(b, L, H, P).bfloat16())
+y.float().sum().backward()
+torch.cuda.synchronize()
+print('ok')
+"""
 # found 2026-11-22: N 16 at SSD chunk 128 faults in chunk_bwd_dbc, chunk 64 and N 32 pass;
 # ENVS (a Python list of dicts) picks the knob variants to try
 cases = [dict(b=32, L=128, H=8, P=32, N=16, S=4), dict(b=32, L=128, H=8, P=32, N=32, S=8),
          dict(b=2, L=128, H=8, P=32, N=16, S=4), dict(b=32, L=128, H=8, P=32, N=16, S=0)]
 cases = cases[:int(os.environ.get("NCASES", len(cases)))]
+# plain SSD (Mamba-2) at N 16 with one chunk, the same kernels without the Mamba-3 wrapping
+ssd_cases = [dict(b=32, L=128, H=8, P=32, N=16, G=1, Q=128), dict(b=8, L=128, H=8, P=64, N=16, G=8, Q=128),
+             dict(b=8, L=256, H=8, P=64, N=16, G=2, Q=256)] if os.environ.get("SSD", "1") == "1" else []
 envs = eval(os.environ.get("ENVS", "[{}, {'HYBRIDLAB_MAMBA3_SSD_CHUNK': '64'}]"))
-for c in cases:
-    for env in envs:
-        r = subprocess.run([sys.executable, "-c", CASE.format(**c)], env={**os.environ, "CUDA_LAUNCH_BLOCKING": "1", **env},
-                           capture_output=True, text=True, timeout=120)
-        out = (r.stdout + r.stderr).strip().splitlines()
-        tail = [l for l in out if "File" in l and "hybridlab" in l][-2:] + out[-1:]
-        print(c, env, "->", " | ".join(tail)[-400:], flush=True)
+ssd_envs = eval(os.environ.get("SSD_ENVS", "[{}]"))
+ssd_cases = ssd_cases[:int(os.environ.get("NSSD", len(ssd_cases)))]
+runs = [(CASE, c, env) for c in cases for env in envs] + [(SSD_CASE, c, e) for c in ssd_cases for e in ssd_envs]
+# SANITIZE=1: under compute-sanitizer's memcheck, which names the faulting kernel and access
+wrap = ["compute-sanitizer", "--tool", "memcheck", "--print-limit", "4"] if os.environ.get("SANITIZE") == "1" else []
+for code, c, env in runs:
+    r = subprocess.run(wrap + [sys.executable, "-c", code.format(**c)], env={**os.environ, "CUDA_LAUNCH_BLOCKING": "1", **env},
+                       capture_output=True, text=True, timeout=300 if wrap else 120)
+    out = (r.stdout + r.stderr).strip().splitlines()
+    if wrap:
+        print("\n".join([l for l in out if l.startswith("=========")][:40]))
+    tail = [l for l in out if "File" in l and "hybridlab" in l][-2:] + out[-1:]
+    print("ssd" if code is SSD_CASE else "mamba3", c, env, "->", " | ".join(tail)[-400:], flush=True)

@@ -80,6 +80,28 @@ def test_gpu_ssd_bf16(shape):
         assert rel(grads[k], ref) <= BF16_TOL, f"d{k}: {rel(grads[k], ref):.2e} {msg}"
 
 
+@pytest.mark.parametrize("shape", [
+    # b, l, h, p, G, n, chunk: small states, one chunk or several; every launch config is tried
+    (32, 128, 8, 32, 1, 16, 128), (8, 128, 8, 64, 8, 16, 128), (8, 256, 8, 64, 2, 16, 256),
+    (4, 256, 8, 64, 1, 32, 256), (4, 512, 4, 64, 1, 16, 64), (2, 200, 4, 32, 1, 16, 128),
+])
+def test_gpu_ssd_small_state_under_every_launch_config(monkeypatch, shape):
+    """Autotuning runs every (num_warps, num_stages) config of every kernel. At a 16-wide state
+    Triton's wgmma path once read past a kernel's shared memory (an illegal memory access that
+    killed the search's worker), so these shapes run with autotuning on, against the reference."""
+    monkeypatch.setattr(fused, "AUTOTUNE", True)
+    b, l, h, p, G, n, chunk = shape
+    g, seed = fresh_gen()
+    kw, flags = ssd_inputs(g, b, l, h, p, G, n, ("z",))
+    w_out = torch.randn(b, l, h, p, generator=g, device="cuda")
+    w_fin = torch.randn(b, h, p, n, generator=g, device="cuda")
+    out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False)
+    rout, rfin, rgrads = run_ssd(reference.ssd, kw, flags, chunk, w_out, w_fin, upcast=True)
+    assert rel(out, rout) <= BF16_TOL and rel(fin, rfin) <= BF16_TOL, f"seed {seed}"
+    for k, ref in rgrads.items():
+        assert rel(grads[k], ref) <= BF16_TOL, f"d{k}: {rel(grads[k], ref):.2e} seed {seed}"
+
+
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("G", [1, 4])
 def test_gpu_ssd_state_update(state_dtype, G):

@@ -45,7 +45,9 @@ class _Tuned:
         self.kernel = kernel
         self.first = {"num_warps": configs[0][0], "num_stages": configs[0][1]}
         cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in configs]
-        self.tuned = triton.autotune(cfgs, key=["H", "P", "N", "G"])(kernel)
+        # Q and BT (where a kernel has them) change the work per program: tuned per value
+        key = ["H", "P", "N", "G"] + [k for k in ("Q", "BT") if k in kernel.arg_names]
+        self.tuned = triton.autotune(cfgs, key=key)(kernel)
 
     def __getitem__(self, grid):
         if _INTERPRET:
@@ -233,20 +235,27 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
         HAS_CB=cb is not None, PREC=prec, **_CBX)
 
+    # Triton 3.6+ on sm_90 (wgmma) reads past the end of this kernel's shared memory at a
+    # 16- or 32-wide state with 64-row blocks: an illegal memory access on the H100 (compute-
+    # sanitizer: "Invalid __shared__ read" at the dC dot; scripts/gpu/repro_mamba3.py,
+    # 2026-11-22; the same family as triton-lang/triton#11366). 32-row blocks take the mma.sync
+    # path instead. Only dB and dC come from here, so its row block is independent of the others'.
+    BT_bc = min(BT, 32) if BN <= 32 else BT
+    NB_bc = Q // BT_bc
     hpg = H // G
-    hpp = _heads_per_program(b, nchunks, 2 * NB, G, hpg, HEAD_SPLIT_TARGET)
+    hpp = _heads_per_program(b, nchunks, 2 * NB_bc, G, hpg, HEAD_SPLIT_TARGET)
     nsplit = hpg // hpp
     dBp = torch.empty(nsplit, b, Lp, G, N, device=dev, dtype=f32)
     dCp = torch.empty_like(dBp)
     dcs2 = torch.empty(b, H, Lp, device=dev, dtype=f32) if has_state else None
-    _chunk_bwd_dbc[(2 * G * nsplit, nchunks * NB, b)](
+    _chunk_bwd_dbc[(2 * G * nsplit, nchunks * NB_bc, b)](
         x, z, dout, B, C, delta, cs, seg, E, dst, dBp, dCp, dcs2,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
         dout.stride(0), dout.stride(1), dout.stride(2),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
-        Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+        Q=Q, BT=BT_bc, BP=BP, BN=BN, HPP=hpp, HAS_Z=z is not None, HAS_SEQ=seg is not None,
         HAS_STATE=has_state, PREC=prec, **_CBBC)
 
     ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
