@@ -7,7 +7,7 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 |---|---|---|
 | HYBRIDLAB_AUTOTUNE | 0: launch SSD kernels with their first config instead of autotuning | 1 |
 | HYBRIDLAB_SSD_BLOCK_T | SSD row block inside a chunk (16, 32 or 64) | 64 |
-| HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256) | the caller's |
+| HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256) | 128 |
 | HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 32 |
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_HPP | heads summed per MIMO bwd_keys program (divides heads per group) | chosen |

@@ -98,8 +98,25 @@ def test_gpu_ssd_small_state_under_every_launch_config(monkeypatch, shape):
     out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False)
     rout, rfin, rgrads = run_ssd(reference.ssd, kw, flags, chunk, w_out, w_fin, upcast=True)
     assert rel(out, rout) <= BF16_TOL and rel(fin, rfin) <= BF16_TOL, f"seed {seed}"
-    for k, ref in rgrads.items():
-        assert rel(grads[k], ref) <= BF16_TOL, f"d{k}: {rel(grads[k], ref):.2e} seed {seed}"
+    # A, dt_bias and D get per-head sums over every position, whose terms partly cancel: at
+    # b2 l200 h4 the bf16 dt_bias gradient measured 1.41e-2 from the reference (H100,
+    # 2026-11-22) while the fp32 kernels match it to 1e-6 (interpreter). Their bound is the
+    # reference's own movement under bf16-sized input noise, three times over, or BF16_TOL.
+    floor = summed_grads_noise_floor(kw, flags, chunk, w_out, w_fin, rgrads)
+    errs = {k: rel(grads[k], ref) for k, ref in rgrads.items()}
+    print({k: f"{e:.2e}" for k, e in errs.items()}, "noise floor", floor)
+    bad = {k: e for k, e in errs.items() if not e <= max(BF16_TOL, 3 * floor.get(k, 0.0))}
+    assert not bad, f"{errs} floor {floor} seed {seed}"
+
+
+def summed_grads_noise_floor(kw, flags, chunk, w_out, w_fin, rgrads):
+    """How far the fp32 reference's A, dt_bias and D gradients move when x, B, C and z get
+    random 2^-8 relative perturbations (bf16 rounding size): the error no bf16 kernel avoids."""
+    g = torch.Generator(device="cuda").manual_seed(7)
+    jig = lambda t: t.float() * (1 + (torch.rand(t.shape, generator=g, device="cuda") * 2 - 1) * 2 ** -8)  # noqa: E731
+    noisy = dict(kw, **{k: jig(kw[k]) for k in ("x", "B", "C", "z") if k in kw})
+    _, _, moved = run_ssd(reference.ssd, noisy, flags, chunk, w_out, w_fin, upcast=True)
+    return {k: rel(moved[k], rgrads[k]) for k in ("A", "dt_bias", "D")}
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])

@@ -36,11 +36,9 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: SSD chunk length for SISO (None: the caller's chunk_size; a speed knob only, the SSD result
 #: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
 #: 2026-11-22), b4 l4096 / b1 l32768: chunk 64 3.40 / 7.23 ms, 128 3.28 / 6.76, 256 3.59 / 7.29.
-#: 128 is not the default: at d_state 16 with a single 128-step chunk the SSD backward's
-#: chunk_bwd_dbc launch hit an illegal memory access on the H100 (scripts/gpu/repro_mamba3.py;
-#: chunk 64 passed the same case; so did chunk 128 with HYBRIDLAB_SSD_BLOCK_T=32, and it faulted
-#: with autotuning off too, so it is not one launch config). HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
-SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK
+#: (128 once made an illegal memory access at d_state 16: Triton's wgmma path in the SSD
+#: backward, worked around in ssd/fused.py.) HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
+SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK or 128
 _NO_LIMIT = (0.0, math.inf)
 #: steps per rotation program: the in-chunk angle cumsum happens in registers. At 64 steps the
 #: forward kernel needs 254 registers per thread (scripts/kernel_regs.py), at 32 it needs 122.
