@@ -7,7 +7,8 @@ runs (compile, autotune), then torch.profiler over ITERS runs; prints each GPU k
 time per forward+backward, sorted, so the slow pass of a kernel pipeline is plain to see.
 ``@dim=value`` after a case overrides one of its dims (e.g. the chunk length). FORWARD_ONLY=1
 profiles the forward alone. Each case also prints the wall time per step run back to back: when
-it is well above the kernel sum, the GPU is waiting on the host.
+it is well above the kernel sum, the GPU is waiting on the host. HOST=1 adds where: the host's
+time to issue one step, the GPU's idle gaps between kernels, and the host ops by self time.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from hybridlab.kernels import bench
 
 ITERS = int(os.environ.get("ITERS", "5"))
 FORWARD_ONLY = os.environ.get("FORWARD_ONLY", "0") == "1"     # time the forward (no grad) alone
+HOST = os.environ.get("HOST", "0") == "1"                      # where the host time goes
 
 
 def profile_case(op: str, name: str, overrides: dict) -> None:
@@ -65,6 +67,34 @@ def profile_case(op: str, name: str, overrides: dict) -> None:
     print(f"\n== {op} {name} {overrides or ''}: {total:.3f} ms of kernels per {what}, {wall:.3f} ms wall")
     for ms, n, key in rows[:25]:
         print(f"  {ms:8.3f} ms  x{n:<3d} {100 * ms / total:5.1f}%  {key[:110]}")
+    if HOST:
+        host_profile(step)
+
+
+def host_profile(step) -> None:
+    """Host issue time per step, GPU idle between kernels, and the host ops by self CPU time."""
+    torch.cuda.synchronize()
+    issue = []
+    for _ in range(ITERS):
+        t0 = time.perf_counter()
+        step()                        # returns once everything is queued (no sync inside)
+        issue.append((time.perf_counter() - t0) * 1e3)
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(ITERS):
+            step()
+            torch.cuda.synchronize()
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                     if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start)
+    gaps = [b0 - a1 for (_, a1), (b0, _) in zip(kernels, kernels[1:]) if b0 > a1]
+    big = sorted(gaps, reverse=True)
+    print(f"  host issue time per step {sorted(issue)[len(issue) // 2]:.3f} ms (median); GPU idle between "
+          f"kernels {sum(gaps) / ITERS / 1e3:.3f} ms per step over {len(gaps) // ITERS} gaps, largest "
+          f"{', '.join(f'{g:.0f}' for g in big[:6])} us")
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    print("  host ops by self CPU time per step:")
+    for e in rows[:22]:
+        print(f"    {e.self_cpu_time_total / ITERS / 1e3:7.3f} ms  x{e.count // ITERS:<4d} {e.key[:90]}")
 
 
 if __name__ == "__main__":

@@ -39,22 +39,44 @@ AUTOTUNE = knobs.AUTOTUNE
 
 
 class _Tuned:
-    """A kernel launched either through triton.autotune or with its first (num_warps, num_stages)."""
+    """A kernel launched either through triton.autotune or with its first (num_warps, num_stages).
+
+    Once a shape is tuned, later launches skip the autotuner and launch the JIT kernel with the
+    config it chose: Triton's autotune wrapper costs the host ~35 us per launch on top of the
+    JIT launch's ~30 (scripts/gpu/launch_overhead.py, H100 host, 2026-11-22), and these
+    kernels run a dozen times per Mamba-2/3 forward+backward.
+    """
 
     def __init__(self, kernel, configs):
         self.kernel = kernel
         self.first = {"num_warps": configs[0][0], "num_stages": configs[0][1]}
         cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in configs]
         # Q and BT (where a kernel has them) change the work per program: tuned per value
-        key = ["H", "P", "N", "G"] + [k for k in ("Q", "BT") if k in kernel.arg_names]
-        self.tuned = triton.autotune(cfgs, key=key)(kernel)
+        self.key_names = ["H", "P", "N", "G"] + [k for k in ("Q", "BT") if k in kernel.arg_names]
+        self.key_index = [kernel.arg_names.index(k) for k in self.key_names]
+        self.tuned = triton.autotune(cfgs, key=self.key_names)(kernel)
+        self.chosen: dict[tuple, dict] = {}      # autotune key -> the config it picked
 
     def __getitem__(self, grid):
         if _INTERPRET:
             return lambda *a, **k: self.kernel[grid](*a, num_warps=1, **k)
         if AUTOTUNE:
-            return self.tuned[grid]
+            return lambda *a, **k: self._launch_tuned(grid, a, k)
         return lambda *a, **k: self.kernel[grid](*a, **self.first, **k)
+
+    def _launch_tuned(self, grid, args, kwargs):
+        # as the autotuner's own key: the key arguments' values, then the tensors' dtypes (the
+        # tensors are all positional here; dtype objects hash faster than their names)
+        key = tuple(args[i] if i < len(args) else kwargs[n] for i, n in zip(self.key_index, self.key_names)) + \
+            tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
+        cfg = self.chosen.get(key)
+        if cfg is None:
+            out = self.tuned[grid](*args, **kwargs)
+            best = getattr(self.tuned, "best_config", None)
+            self.chosen[key] = ({"num_warps": best.num_warps, "num_stages": best.num_stages}
+                                if best is not None else self.first)
+            return out
+        return self.kernel[grid](*args, **kwargs, **cfg)
 
 
 def _tuned(kernel, configs):

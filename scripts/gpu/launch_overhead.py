@@ -1,0 +1,92 @@
+"""Host time of one kernel launch, per launch path (run ON the GPU machine):
+
+    PYTHONPATH=$PWD python3 scripts/gpu/launch_overhead.py
+
+At a tiny SSD shape (the GPU finishes each kernel long before the next is issued) it times how
+long the host takes to issue: the whole SSD forward / forward+backward, then chunk_scan_fwd
+alone through our autotune wrapper, through Triton's JIT launch, and through the compiled
+kernel's own launcher (no argument binding or specialisation), and a torch.empty for scale.
+"""
+import inspect
+import time
+
+import torch
+
+from hybridlab.kernels.ops.ssd import fused
+
+N_CALLS = 300
+
+
+def issue_us(fn, n=N_CALLS):
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return t
+
+
+def main():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, l, H, P, G, N, Q = 1, 256, 4, 64, 1, 64, 128
+    rn = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x = rn(b, l, H, P).bfloat16().requires_grad_()
+    dt = (rn(b, l, H) * 0.5).requires_grad_()
+    A = -torch.rand(H, device="cuda", generator=g)
+    B, C = rn(b, l, G, N).bfloat16().requires_grad_(), rn(b, l, G, N).bfloat16().requires_grad_()
+    for tuned in (True, False):
+        fused.AUTOTUNE = tuned
+        fwd = issue_us(lambda: fused.ssd(x.detach(), dt.detach(), A, B.detach(), C.detach(), Q))
+        out = fused.ssd(x, dt, A, B, C, Q)
+        dout = torch.randn_like(out)
+
+        def fb():
+            o = fused.ssd(x, dt, A, B, C, Q)
+            o.backward(dout)
+        both = issue_us(fb, 100)
+        print(f"autotune {tuned}: SSD forward issue {fwd:.0f} us, forward+backward {both:.0f} us")
+        if not tuned:          # where the host time of forward+backward goes (Python functions)
+            import cProfile
+            import pstats
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(50):
+                fb()
+            prof.disable()
+            torch.cuda.synchronize()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+    # one kernel, three launch paths; record chunk_scan_fwd's launch from a forward
+    seen = {}
+    real = fused._chunk_scan_fwd
+
+    class Rec:
+        def __getitem__(self, grid):
+            def go(*a, **k):
+                seen.update(grid=grid, args=a, kwargs=k)
+                return real[grid](*a, **k)
+            return go
+    fused._chunk_scan_fwd = Rec()
+    fused.ssd(x.detach(), dt.detach(), A, B.detach(), C.detach(), Q)
+    fused._chunk_scan_fwd = real
+    grid, args, kwargs = seen["grid"], seen["args"], seen["kwargs"]
+    fused.AUTOTUNE = True
+    t_tuned = issue_us(lambda: real[grid](*args, **kwargs))
+    jit = real.kernel
+    cfg = dict(real.first)
+    t_jit = issue_us(lambda: jit[grid](*args, **kwargs, **cfg))
+    compiled = jit[grid](*args, **kwargs, **cfg)
+    bound = inspect.signature(jit.fn).bind(*args, **kwargs)
+    allargs = list(bound.arguments.values())
+    runner = compiled[grid]
+    t_comp = issue_us(lambda: runner(*allargs))
+    t_empty = issue_us(lambda: torch.empty(b, H, 256, device="cuda"))
+    print(f"chunk_scan_fwd ({len(allargs)} args) per launch: autotune wrapper {t_tuned:.0f} us, "
+          f"Triton JIT {t_jit:.0f} us, compiled launcher {t_comp:.0f} us; torch.empty {t_empty:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
