@@ -33,6 +33,7 @@ from hybridlab.search.spec import SearchSpec, load_search_spec
 from hybridlab.storage import Store, StudyLock, display_url, optuna_storage
 from hybridlab.storage.repository import counted_finished
 
+
 class DeviceLost(RuntimeError):
     """A trial hit a CUDA error that poisons this process's context (its trial is recorded as
     failed). The process must stop; a fresh one can carry on with the study."""
@@ -40,6 +41,7 @@ class DeviceLost(RuntimeError):
 
 #: a worker's exit status after DeviceLost: the launcher starts a fresh worker in its place
 EXIT_DEVICE_LOST = 75
+
 
 @dataclasses.dataclass
 class Budget:
