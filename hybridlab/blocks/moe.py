@@ -2,7 +2,10 @@
 
 Dispatch is vectorised: the (token, expert) assignments are sorted by expert, each expert runs
 one matmul over its contiguous group, and the weighted results are scattered back with
-``index_add_``. The only Python loop is over experts.
+``index_add_``. The only Python loop is over experts. That dispatch reads the per-expert counts
+on the host, which a CUDA graph cannot hold; while a graph is being captured (the trainer's
+graphed step) every expert runs on every token instead, weighted by a routing matrix that is
+zero where a token did not pick the expert: the same sum, n_experts / top_k times the matmuls.
 
 Training adds two auxiliary losses, returned by ``aux_loss()`` after each forward:
 * load balancing (Switch Transformer): n_experts * sum_i f_i * P_i, with f_i the share of
@@ -22,6 +25,11 @@ from .mlp import FeedForward, hidden_size
 from .registry import register_block
 
 SCORES = ("softmax", "sigmoid")
+
+
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream (the dense dispatch then)."""
+    return torch.cuda.is_current_stream_capturing()
 
 
 @dataclass
@@ -118,6 +126,8 @@ class MoE(Block):
 
     def experts_forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor):
         """Run every (token, expert) assignment, grouped by expert; returns (T, d)."""
+        if x.is_cuda and capturing():
+            return self.experts_forward_dense(x, weights, experts)
         T, k = experts.shape
         flat_experts = experts.reshape(-1)                        # (T*k,)
         order = flat_experts.argsort(stable=True)                 # assignments grouped by expert
@@ -131,11 +141,22 @@ class MoE(Block):
         y = torch.cat(outs) * weights.reshape(-1)[order, None].to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, y)
 
+    def experts_forward_dense(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor):
+        """Every expert on every token, with no data-dependent shape or host read: (T, d)."""
+        gate, up = torch.matmul(x.unsqueeze(0), self.w_in).chunk(2, dim=-1)      # (E, T, h) each
+        y = torch.matmul(F.silu(gate) * up, self.w_out)                           # (E, T, d)
+        route = torch.zeros(x.shape[0], self.cfg.n_experts, dtype=weights.dtype, device=x.device)
+        route = route.scatter(1, experts, weights)                                # (T, E)
+        return torch.einsum("etd,te->td", y, route.to(y.dtype)).to(x.dtype)
+
     def aux_losses(self, logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         E = self.cfg.n_experts
         probs = logits.softmax(-1) if self.cfg.score == "softmax" else \
             logits.sigmoid() / logits.sigmoid().sum(-1, keepdim=True)
-        f = torch.bincount(experts.reshape(-1), minlength=E).to(probs.dtype) / experts.numel()
+        flat = experts.reshape(-1)         # assignment counts by scatter: bincount reads the host
+        counts = torch.zeros(E, dtype=probs.dtype, device=flat.device).scatter_add_(
+            0, flat, torch.ones_like(flat, dtype=probs.dtype))
+        f = counts / experts.numel()
         load_balance = E * (f * probs.mean(0)).sum()
         z_loss = torch.logsumexp(logits, dim=-1).square().mean()
         return self.cfg.lb_loss_coef * load_balance + self.cfg.z_loss_coef * z_loss

@@ -16,7 +16,7 @@ with one call. This follows torch's "whole network capture" recipe:
   built with ``capturable=True``; the step function sets gradients to None first, so backward
   allocates them in the graph's pool, as torch's docs do.
 
-Fallback: a capture that raises — a host sync such as MoE routing's ``.tolist()``, an operation
+Fallback: a capture that raises — a host sync such as a ``.tolist()``, an operation
 a graph cannot hold — turns graphs off for the rest of the run with one warning, and that step
 and all later ones run eagerly. Nothing runs on the GPU while capturing, so a failed capture
 leaves parameters and optimizer state as they were: no step is lost or repeated. A capture that
