@@ -4,8 +4,9 @@
 
 At a tiny SSD shape (the GPU finishes each kernel long before the next is issued) it times how
 long the host takes to issue: the whole SSD forward / forward+backward, then chunk_scan_fwd
-alone through our autotune wrapper, through Triton's JIT launch, and through the compiled
-kernel's own launcher (no argument binding or specialisation), and a torch.empty for scale.
+alone through our autotune wrapper, through Triton's JIT launch, through hybridlab's FastKernel
+(its plan key, then the compiled kernel's launcher) and through the compiled kernel's own
+launcher alone (no argument binding or specialisation), and a torch.empty for scale.
 """
 import inspect
 import time
@@ -84,8 +85,12 @@ def main():
     runner = compiled[grid]
     t_comp = issue_us(lambda: runner(*allargs))
     t_empty = issue_us(lambda: torch.empty(b, H, 256, device="cuda"))
+    from hybridlab.kernels.launch import FastKernel
+    fast = FastKernel(jit)
+    t_fast = issue_us(lambda: fast[grid](*args, **kwargs, **cfg))
     print(f"chunk_scan_fwd ({len(allargs)} args) per launch: autotune wrapper {t_tuned:.0f} us, "
-          f"Triton JIT {t_jit:.0f} us, compiled launcher {t_comp:.0f} us; torch.empty {t_empty:.1f} us")
+          f"Triton JIT {t_jit:.0f} us, FastKernel {t_fast:.0f} us, compiled launcher {t_comp:.0f} us; "
+          f"torch.empty {t_empty:.1f} us")
 
 
 if __name__ == "__main__":

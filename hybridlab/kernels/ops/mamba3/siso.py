@@ -29,9 +29,12 @@ import triton
 from ... import knobs
 from ..ssd import fused as ssd_fused
 from . import reference
+from ...launch import FastKernel
 from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
 
 TWO_PI = 2.0 * math.pi
+_rotate_fwd = FastKernel(rotate_fwd_kernel)
+_rotate_bwd = FastKernel(rotate_bwd_kernel)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: SSD chunk length for SISO (None: the caller's chunk_size; a speed knob only, the SSD result
 #: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
@@ -65,7 +68,7 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
     q = torch.empty_like(k)
     qk = torch.empty(bsz, L, H, device=B.device, dtype=torch.float32)
     d = qk                                  # stands in for absent inputs (never read)
-    rotate_fwd_kernel[(nc, H, bsz)](
+    _rotate_fwd[(nc, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
@@ -93,7 +96,7 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
     ddt = torch.empty(bsz, L, H, npb, device=dev, dtype=f32) if S else None
     doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
     d = dB
-    rotate_bwd_kernel[(nc, G * npb, bsz)](
+    _rotate_bwd[(nc, G * npb, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d),
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
         L, H, G, N, S, nc, npb, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),

@@ -17,6 +17,7 @@ import torch
 import triton
 
 from ... import knobs
+from ...launch import FastKernel
 from . import fused_bwd as kb
 from . import fused_fwd as kf
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
@@ -49,6 +50,7 @@ class _Tuned:
 
     def __init__(self, kernel, configs):
         self.kernel = kernel
+        self.fast = FastKernel(kernel)
         self.first = {"num_warps": configs[0][0], "num_stages": configs[0][1]}
         cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in configs]
         # Q and BT (where a kernel has them) change the work per program: tuned per value
@@ -62,7 +64,7 @@ class _Tuned:
             return lambda *a, **k: self.kernel[grid](*a, num_warps=1, **k)
         if AUTOTUNE:
             return lambda *a, **k: self._launch_tuned(grid, a, k)
-        return lambda *a, **k: self.kernel[grid](*a, **self.first, **k)
+        return lambda *a, **k: self.fast[grid](*a, **self.first, **k)
 
     def _launch_tuned(self, grid, args, kwargs):
         # as the autotuner's own key: the key arguments' values, then the tensors' dtypes (the
@@ -76,7 +78,7 @@ class _Tuned:
             self.chosen[key] = ({"num_warps": best.num_warps, "num_stages": best.num_stages}
                                 if best is not None else self.first)
             return out
-        return self.kernel[grid](*args, **kwargs, **cfg)
+        return self.fast[grid](*args, **kwargs, **cfg)
 
 
 def _tuned(kernel, configs):
@@ -84,6 +86,10 @@ def _tuned(kernel, configs):
 
 
 _chunk_state_fwd, _CSF = _tuned(kf.chunk_state_fwd, [(4, 1), (8, 1)])
+_state_pass_fwd = FastKernel(kf.state_pass_fwd)
+_state_pass_bwd = FastKernel(kb.state_pass_bwd)
+_chunk_cb = FastKernel(kb.chunk_cb)
+_dt_bwd = FastKernel(kb.dt_bwd)
 _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
 _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
 _chunk_bwd_dx, _CBX = _tuned(kb.chunk_bwd_dx, [(4, 1), (8, 1), (4, 2)])
@@ -160,7 +166,7 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     final = torch.empty(b, H, P, N, device=dev, dtype=f32)
     PN = P * N
     BLOCK = min(1024, _pow2(PN))
-    kf.state_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
+    _state_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
         st, cs, seg, init, E, final, H, PN, Lp, nchunks,
         Q=Q, BLOCK=BLOCK, HAS_INIT=init is not None, HAS_SEQ=seg is not None,
         num_warps=1 if _INTERPRET else 4)
@@ -191,7 +197,7 @@ def _shared_cb(B, C, H, Q, BT, BN, prec):
     nchunks = triton.cdiv(l, Q)
     NB = Q // BT
     cb = torch.empty(b, nchunks, G, Q, Q, device=B.device, dtype=torch.float32)
-    kb.chunk_cb[(NB * NB, nchunks, b * G)](
+    _chunk_cb[(NB * NB, nchunks, b * G)](
         B, C, cb, l, G, N, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         nchunks, Q=Q, BT=BT, BN=BN, PREC=prec, num_warps=1 if _INTERPRET else 4)
     return cb
@@ -228,7 +234,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     dst = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     dinit = torch.empty(b, H, P, N, device=dev, dtype=f32) if has_init else None
     dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
-    kb.state_pass_bwd[(b * H, nblk)](
+    _state_pass_bwd[(b * H, nblk)](
         dloc, E, cs, seg, dfinal, dst, dinit, dlast2, H, PN, Lp, nchunks,
         Q=Q, BLOCK=BLOCK, HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, HAS_SEQ=seg is not None,
         num_warps=1 if one else 4)
@@ -285,7 +291,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     dAp = torch.empty(b, H, nchunks, device=dev, dtype=f32)
     dbp = torch.empty_like(dAp)
     lo, hi = dt_limit
-    kb.dt_bwd[(H, nchunks, b)](
+    _dt_bwd[(H, nchunks, b)](
         dt, dt_bias, A, delta, dcs, rows, dcs2, ddx, dlast, dlast2, ddt, dAp, dbp, dld,
         l, H, dt.stride(0), dt.stride(1), dt.stride(2), ddt.stride(0), ddt.stride(1), ddt.stride(2),
         float(lo), float(min(hi, 3.0e38)), Lp, nchunks, nblk,
