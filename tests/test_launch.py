@@ -41,3 +41,71 @@ def test_fast_kernel_launches_like_the_kernel():
         assert (y[n:] == -1).all()
     # three distinct specializations cached on a GPU; the interpreter returns no compiled kernel
     assert len(fast.plans) == (3 if DEV == "cuda" else 0)
+
+
+class FakeJIT:
+    """Stands in for a @triton.jit function on the CPU: records Triton-side launches and returns
+    a fake compiled kernel that records launches through its own launcher."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.arg_names = list(__import__("inspect").signature(fn).parameters)
+        self.calls = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append(("jit", grid, args, kwargs))
+            return FakeCompiled(self.calls)
+        return launch
+
+
+class FakeCompiled:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getitem__(self, grid):
+        return lambda *args: self.calls.append(("compiled", grid, args))
+
+
+def kernel_sig(x_ptr, H, P, N, G, Q, BT, FLAG=False):
+    pass
+
+
+def test_fast_kernel_compiles_once_per_plan_then_uses_the_launcher(monkeypatch):
+    monkeypatch.setattr("hybridlab.kernels.knobs.FAST_LAUNCH", True)
+    jit = FakeJIT(kernel_sig)
+    fast = FastKernel(jit)
+    x = torch.zeros(64)
+    fast.run((2, 1, 1), (x, 4, 8, 16, 1), {"Q": 64, "BT": 32}, {"num_warps": 8})
+    fast.run((2, 1, 1), (x, 4, 8, 16, 1), {"Q": 64, "BT": 32}, {"num_warps": 8})
+    fast[(3,)](x[1:], 4, 8, 16, 1, Q=64, BT=32)                  # misaligned: a new plan
+    kinds = [c[0] for c in jit.calls]
+    assert kinds == ["jit", "compiled", "jit"]
+    assert jit.calls[0][3] == {"Q": 64, "BT": 32, "num_warps": 8}     # options reach Triton
+    # the launcher gets every parameter in order, constexprs and defaults included
+    assert jit.calls[1][2][1:] == (4, 8, 16, 1, 64, 32, False) and jit.calls[2][1] == (3, 1, 1)
+
+
+def test_tuned_launches_autotune_once_per_key_then_one_plan_key(monkeypatch):
+    from hybridlab.kernels.ops.ssd import fused
+    monkeypatch.setattr(fused, "_INTERPRET", False)
+    monkeypatch.setattr(fused, "AUTOTUNE", True)
+    monkeypatch.setattr("hybridlab.kernels.knobs.FAST_LAUNCH", True)
+    jit = FakeJIT(kernel_sig)
+    tuned = fused._Tuned(jit, [(4, 1), (8, 2)])
+    tuned_calls = []
+
+    class FakeAutotuner:
+        best_config = triton.Config({}, num_warps=8, num_stages=2)
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: tuned_calls.append((a, k))
+    tuned.tuned = FakeAutotuner()
+    x, y = torch.zeros(64), torch.zeros(64)
+    for t in (x, x, y, x[4:]):        # y: same plan as x; x[4:]: 16-byte aligned, same plan too
+        tuned[(1, 1, 1)](t, 4, 8, 16, 1, Q=64, BT=32)
+    tuned[(1, 1, 1)](x, 4, 8, 32, 1, Q=64, BT=32)            # N 32: a new autotune key
+    assert len(tuned_calls) == 2                              # tuned once per autotune key
+    # the first call ran in the autotuner; the second compiled with its choice; then the launcher
+    assert [c[0] for c in jit.calls] == ["jit", "compiled", "compiled"]
+    assert jit.calls[0][3]["num_warps"] == 8 and jit.calls[0][3]["num_stages"] == 2

@@ -88,6 +88,19 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, monkeypatc
 ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
 
 
+@pytest.mark.parametrize("text, lost", [
+    ("CUDA error: an illegal memory access was encountered", True),          # torch
+    ("Triton Error [CUDA]: an illegal memory access was encountered", True),  # Triton's launcher
+    ("CUDA error: unspecified launch failure", True),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", False),                # recoverable
+    ("CUDA error: out of memory", False),
+    ("shapes do not match", False),
+])
+def test_which_errors_lose_the_cuda_context(text, lost):
+    from hybridlab.search.objective import is_device_lost
+    assert is_device_lost(RuntimeError(text)) is lost
+
+
 def test_a_lost_cuda_context_fails_one_trial_and_a_fresh_process_finishes(tmp_path, monkeypatch):
     """After an illegal memory access every CUDA call in the process fails: the in-process search
     records that trial and carries on in a fresh worker process, instead of failing the rest."""

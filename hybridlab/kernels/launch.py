@@ -39,15 +39,20 @@ class FastKernel:
 
     def __getitem__(self, grid):
         grid = tuple(grid) + (1,) * (3 - len(grid))
-        return lambda *args, **kwargs: self._launch(grid, args, kwargs)
+        return lambda *args, **kwargs: self.run(grid, args, kwargs)
 
-    def _launch(self, grid, args, kwargs):
+    def run(self, grid, args, kwargs, options=None, key=None):
+        """Launch on a 3-dim ``grid``. ``options`` (num_warps, num_stages) go to Triton on a miss
+        and are not in the key: a caller passing them must derive them from what the key holds
+        (the autotuner's choice for these arguments does). ``key``: plan_key(args, kwargs), when
+        the caller has it already."""
+        options = options or {}
         if not knobs.FAST_LAUNCH:
-            return self.fn[grid](*args, **kwargs)
-        key = plan_key(args, kwargs)
+            return self.fn[grid](*args, **kwargs, **options)
+        key = plan_key(args, kwargs) if key is None else key
         compiled = self.plans.get(key)
         if compiled is None:
-            compiled = self.fn[grid](*args, **kwargs)      # Triton's own launch (compiles once)
+            compiled = self.fn[grid](*args, **kwargs, **options)   # Triton's own launch
             if compiled is not None and len(self.plans) < MAX_PLANS:   # None: the interpreter
                 self.plans[key] = compiled
             return compiled

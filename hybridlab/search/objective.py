@@ -415,11 +415,15 @@ def _is_oom(e: BaseException) -> bool:
         "out of memory" in str(e).lower()
 
 
+#: how torch ("CUDA error: ...") and Triton ("Triton Error [CUDA]: ...") word a CUDA error
+_CUDA_ERROR_MARKS = ("CUDA error", "Error [CUDA]")
+
+
 def is_device_lost(e: BaseException) -> bool:
     """A CUDA error other than out-of-memory (illegal memory access, launch failure, device-side
     assert ...): CUDA makes these sticky, so every later call in the process fails as well."""
     text = str(e)
-    return "CUDA error" in text and not _is_oom(e)
+    return any(m in text for m in _CUDA_ERROR_MARKS) and not _is_oom(e)
 
 
 def _free_memory() -> None:

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 import triton
 
 from ... import knobs
+from ...launch import FastKernel
 from ..ssd import fused as ssd_fused
 from . import reference
-from ...launch import FastKernel
 from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
 
 TWO_PI = 2.0 * math.pi

@@ -17,7 +17,7 @@ import torch
 import triton
 
 from ... import knobs
-from ...launch import FastKernel
+from ...launch import FastKernel, plan_key
 from . import fused_bwd as kb
 from . import fused_fwd as kf
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
@@ -42,15 +42,14 @@ AUTOTUNE = knobs.AUTOTUNE
 class _Tuned:
     """A kernel launched either through triton.autotune or with its first (num_warps, num_stages).
 
-    Once a shape is tuned, later launches skip the autotuner and launch the JIT kernel with the
-    config it chose: Triton's autotune wrapper costs the host ~35 us per launch on top of the
-    JIT launch's ~30 (scripts/gpu/launch_overhead.py, H100 host, 2026-11-22), and these
-    kernels run a dozen times per Mamba-2/3 forward+backward.
+    Launches go through FastKernel (kernels/launch.py). A launch whose plan is cached costs one
+    plan key; on a miss, the config is the one the autotuner chose for these arguments' autotune
+    key (tuning it first if new), so Triton's autotune wrapper, ~35 us of host time per launch
+    (scripts/gpu/launch_overhead.py, H100 host, 2026-11-22), runs once per shape.
     """
 
     def __init__(self, kernel, configs):
         self.kernel = kernel
-        self.fast = FastKernel(kernel)
         self.first = {"num_warps": configs[0][0], "num_stages": configs[0][1]}
         cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in configs]
         # Q and BT (where a kernel has them) change the work per program: tuned per value
@@ -58,27 +57,32 @@ class _Tuned:
         self.key_index = [kernel.arg_names.index(k) for k in self.key_names]
         self.tuned = triton.autotune(cfgs, key=self.key_names)(kernel)
         self.chosen: dict[tuple, dict] = {}      # autotune key -> the config it picked
+        # one plan cache per mode: a plan holds its launch config
+        self.fast_first, self.fast_tuned = FastKernel(kernel), FastKernel(kernel)
 
     def __getitem__(self, grid):
         if _INTERPRET:
             return lambda *a, **k: self.kernel[grid](*a, num_warps=1, **k)
+        grid = tuple(grid) + (1,) * (3 - len(grid))
         if AUTOTUNE:
             return lambda *a, **k: self._launch_tuned(grid, a, k)
-        return lambda *a, **k: self.fast[grid](*a, **self.first, **k)
+        return lambda *a, **k: self.fast_first.run(grid, a, k, self.first)
 
     def _launch_tuned(self, grid, args, kwargs):
-        # as the autotuner's own key: the key arguments' values, then the tensors' dtypes (the
-        # tensors are all positional here; dtype objects hash faster than their names)
-        key = tuple(args[i] if i < len(args) else kwargs[n] for i, n in zip(self.key_index, self.key_names)) + \
+        key = plan_key(args, kwargs)
+        if key in self.fast_tuned.plans:
+            return self.fast_tuned.run(grid, args, kwargs, key=key)
+        # as the autotuner's own key: the key arguments' values, then the tensors' dtypes
+        tkey = tuple(args[i] if i < len(args) else kwargs[n] for i, n in zip(self.key_index, self.key_names)) + \
             tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
-        cfg = self.chosen.get(key)
+        cfg = self.chosen.get(tkey)
         if cfg is None:
             out = self.tuned[grid](*args, **kwargs)
             best = getattr(self.tuned, "best_config", None)
-            self.chosen[key] = ({"num_warps": best.num_warps, "num_stages": best.num_stages}
-                                if best is not None else self.first)
+            self.chosen[tkey] = ({"num_warps": best.num_warps, "num_stages": best.num_stages}
+                                 if best is not None else self.first)
             return out
-        return self.fast[grid](*args, **kwargs, **cfg)
+        return self.fast_tuned.run(grid, args, kwargs, cfg, key=key)
 
 
 def _tuned(kernel, configs):
