@@ -3,7 +3,7 @@
 it in local-memory traffic; this is the first thing to check when a kernel is far from its floor.
 
     python3 scripts/kernel_regs.py                 # the SSD and Mamba-3 SISO kernels at the bench shapes
-    HYBRIDLAB_SSD_BLOCK_T=32 python3 scripts/kernel_regs.py
+    HYBRIDLAB_SSD_BLOCK_T=32 HYBRIDLAB_MAMBA3_ANGLE_CHUNK=32 python3 scripts/kernel_regs.py
 
 It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
 cubin's resource usage with the cuobjdump that ships inside the Triton wheel.
@@ -19,10 +19,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from hybridlab.kernels.ops.mamba3 import siso
+from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
-from hybridlab.kernels.ops.ssd.fused_bwd_keys import chunk_bwd_dkq
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -49,34 +49,33 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), warps=4, stages=1) -> str
 
 SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_ptr", "dcs_ptr",
            "dlast_ptr", "dD_ptr", "dDpos_ptr", "dt_ptr", "A_ptr", "dt_bias_ptr", "ld_ptr", "st_ptr",
-           "cb_ptr", "rows_ptr", "dcs2_ptr", "Bb_ptr", "Cb_ptr", "ps_ptr", "rdt_ptr", "off_ptr",
-           "dbias_ptr", "doff_ptr", "drdt_ptr", "dps_ptr")
+           "cb_ptr", "rows_ptr", "dcs2_ptr")
 
 
 def cases():
     """(label, kernel, constexprs, fp32 pointers, int pointers, [(warps, stages), ...])."""
     bt = ssd.BLOCK_T_MAX
-    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.SSD_CHUNK or 128, 16, "Mamba-3 SISO")):
-        m3 = what.startswith("Mamba-3")
-        T = min(Q, bt)
-        # Mamba-3 builds per-head keys from the group's B, C: bias and angles (head_keys.py)
-        keys = dict(RA=T, HAS_KBIAS=True, HAS_ROT=True) if m3 else dict(RA=16, HAS_KBIAS=False, HAS_ROT=False)
+    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.SSD_CHUNK or 128, 1, "Mamba-3 SISO")):
+        m3 = hpp == 1
         common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=m3, HAS_Z=m3,
-                      HAS_SEQ=False, HAS_STATE=True, PREC="tf32", **keys)
+                      HAS_SEQ=False, HAS_STATE=True, PREC="tf32")
+        T = min(Q, bt)
         dx = {k: v for k, v in common.items() if k != "HAS_STATE"}
-        dx["HAS_CB"] = not m3           # Mamba-2 (g 1) shares C Bᵀ across heads; per-head keys cannot
+        dx["HAS_CB"] = not m3           # Mamba-2 (g 1) shares C Bᵀ across heads; SISO's per-head k, q cannot
         dbc = {k: v for k, v in common.items() if k not in ("HAS_D", "D_HDIM", "HAS_DPOS")}
         yield (f"chunk_bwd_dx ({what}, BT {T})", kb.chunk_bwd_dx, dict(Q=Q, BT=T, **dx),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
-        if m3:
-            yield (f"chunk_bwd_dkq ({what}, BT {T})", chunk_bwd_dkq, dict(Q=Q, BT=T, HPP=hpp, **dbc),
-                   SSD_F32, ("seg_ptr",), [(8, 1), (4, 1), (8, 2)])
-        else:
-            dbc = {k: v for k, v in dbc.items() if k not in keys}
-            yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
-                   SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
+        yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
+               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
+    rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True)
+    f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
+           "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")
+    yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, rot, f32, (), [(8, 1)]
+    for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
+        yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
+               dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1)])
 
 
 if __name__ == "__main__":

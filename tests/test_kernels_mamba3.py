@@ -101,13 +101,10 @@ def test_triton_matches_reference(name):
 
 
 @pytest.mark.parametrize("name", ["siso-all-init", "siso-g2-fullrot-multiple", "siso-odd-shapes"])
-def test_angle_blocks_smaller_than_tiles(monkeypatch, name):
-    """16-row angle blocks inside 64-row chunk tiles (the in-register cumsum runs per block, from
-    each block's entering angle): same result."""
-    from hybridlab.kernels.ops.ssd import fused as ssd_fused
-    monkeypatch.setattr(ssd_fused, "BLOCK_T_MAX", 16)
-    args, kw, ini = make_case(**{**CASES[name], "L": 70})
-    check(run_both(args, kw, ini, 64))
+def test_rotation_backward_in_pair_blocks(monkeypatch, name):
+    """The SISO rotation backward split over blocks of 2 rotation pairs (a speed knob): same result."""
+    monkeypatch.setattr(siso, "ROTATE_BWD_PAIRS", 2)
+    check(run_both(*make_case(**CASES[name]), CHUNK[name]))
 
 
 def random_siso_case(seed):

@@ -5,85 +5,148 @@ The chunked form in reference.py says, per head (k, q rotated and biased, v = x)
     y_t = sum_{s<=t} exp(cum_t - cum_s) w_s (q_t . k_s) v_s + exp(cum_t) q_t H'_{-1}  -  b_t (q_t . k_t) v_t
 
 with cum the running sum of dt*A, w_s = lam_s dt_s + b_s and b_t = (1 - lam_{t+1}) dt_{t+1}.
-The first two terms are exactly an SSD whose decay (dt*A) and input scale (w) are separate inputs;
-the last is a per-position skip weight -b_t (q_t . k_t) on x, which that SSD also takes (D_pos).
-The SSD kernels build each head's k, q from the group's B, C as they load them (bias added,
-rotated by the head's angles: ssd/head_keys.py), so SISO has no kernels of its own:
+The first two terms are exactly an SSD whose decay (dt*A) and input scale (w) are separate inputs
+(``ssd_decoupled``); the last is a per-position skip weight -b_t (q_t . k_t) on x, which that SSD
+also takes (D_pos). So SISO needs no kernels of its own beyond the rotation (triton_rotate.py):
 
-1. torch: the (b, l, h) scalars, q_t . k_t (a rotation leaves it unchanged, so it is
-   (C_t + C_bias) . (B_t + B_bias), no angles needed) and the angle entering each block of RA
-   steps (float64 cumsum of block totals, modulo 2 pi);
-2. the SSD kernels with per-head keys (``_SISOFn``, one autograd node: its backward gives the
-   biases', angles' and dt's gradients from chunk_bwd_dkq);
-3. torch: the folded initial state and the final (angle, ssm, k, v) states.
-Without biases and angles the keys are the group's, and it is a plain decoupled SSD.
+1. torch: the (b, l, h) scalars and the angle entering each 64-step chunk (float64 cumsum of
+   chunk totals, modulo 2 pi);
+2. ``_rotate`` / ``_rotate_backward``: per-head rotated k, q in x's dtype and q . k, the in-chunk
+   angle cumsum done in registers (Triton kernels in triton_rotate.py);
+3. the decoupled SSD (the Mamba-2 kernels, as ``ssd_decoupled`` runs them) with D, the per-position
+   skip and the z gate; 2 and 3 are one autograd node (``_SISOFn``);
+4. torch: the folded initial state and the final (angle, ssm, k, v) states.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 import triton
 
 from ... import knobs
+from ...launch import FastKernel
 from ..ssd import fused as ssd_fused
 from . import reference
+from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
 
 TWO_PI = 2.0 * math.pi
+_rotate_fwd = FastKernel(rotate_fwd_kernel)
+_rotate_bwd = FastKernel(rotate_bwd_kernel)
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: SSD chunk length for SISO (None: the caller's chunk_size; a speed knob only, the SSD result
 #: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
-#: 2026-11-22, with the rotation in kernels of its own), b4 l4096 / b1 l32768: chunk 64
-#: 3.40 / 7.23 ms, 128 3.28 / 6.76, 256 3.59 / 7.29. HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
+#: 2026-11-22), b4 l4096 / b1 l32768: chunk 64 3.40 / 7.23 ms, 128 3.28 / 6.76, 256 3.59 / 7.29.
+#: (128 once made an illegal memory access at d_state 16: Triton's wgmma path in the SSD
+#: backward, worked around in ssd/fused.py.) HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
 SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK or 128
 _NO_LIMIT = (0.0, math.inf)
+#: steps per rotation program: the in-chunk angle cumsum happens in registers. At 64 steps the
+#: forward kernel needs 254 registers per thread (scripts/kernel_regs.py), at 32 it needs 122.
+#: HYBRIDLAB_MAMBA3_ANGLE_CHUNK overrides it.
+ANGLE_CHUNK = knobs.MAMBA3_ANGLE_CHUNK or 64
+#: rotation pairs per backward program. With all 64 pairs of n=128 in one program the backward
+#: spills 1.4 KB per thread (scripts/kernel_regs.py). Measured on the H100 at b4 l4096
+#: (kernel_variants.sh, 2026-11-22): 64 pairs 0.84 ms, 32 pairs 0.73, 16 pairs 0.82.
+#: HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides it.
+ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 32
+
+
+def _p2(n: int) -> int:
+    return max(2, triton.next_power_of_2(max(int(n), 1)))
+
+
+def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
+    """k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32 from B, C (b, l, g, n), biases (h, n)
+    fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation)."""
+    bsz, L, G, N = B.shape
+    S = ps.shape[-1] if ps is not None else 0
+    nc = triton.cdiv(L, ANGLE_CHUNK)
+    k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
+    q = torch.empty_like(k)
+    qk = torch.empty(bsz, L, H, device=B.device, dtype=torch.float32)
+    d = qk                                  # stands in for absent inputs (never read)
+    _rotate_fwd[(nc, H, bsz)](
+        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
+        L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
+        num_warps=1 if _INTERPRET else 8)
+    return k, q, qk
+
+
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
+    """Gradients of ``_rotate`` for B, C, the biases, ps, dt and off, from fp32 dk, dq, dqk
+    (k: the forward's output, for its head count and dtype)."""
+    bsz, L, G, N = B.shape
+    H = k.shape[2]
+    S = ps.shape[-1] if ps is not None else 0
+    dev, f32 = B.device, torch.float32
+    nc = triton.cdiv(L, ANGLE_CHUNK)
+    pairs = _p2((N + 1) // 2)
+    bp2 = min(pairs, ROTATE_BWD_PAIRS or pairs)
+    npb = pairs // bp2
+    dB = torch.empty(bsz, L, G, N, device=dev, dtype=f32)
+    dC = torch.empty_like(dB)
+    bias = Bb is not None
+    dBb = torch.empty(bsz, nc, H, N, device=dev, dtype=f32) if bias else None
+    dCb = torch.empty_like(dBb) if bias else None
+    dps = torch.empty(bsz, L, G, S, device=dev, dtype=f32) if S else None
+    ddt = torch.empty(bsz, L, H, npb, device=dev, dtype=f32) if S else None
+    doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
+    d = dB
+    _rotate_bwd[(nc, G * npb, bsz)](
+        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d),
+        dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
+        L, H, G, N, S, nc, npb, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
+        num_warps=1 if _INTERPRET else 8)
+    return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if bias else None,
+            dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None,
+            (ddt[..., 0] if npb == 1 else ddt.sum(-1)) if S else None, doff)
 
 
 class _SISOFn(torch.autograd.Function):
-    """The decoupled SSD with per-head keys: one node, so the kernels' gradients of the biases,
-    angles (ps, off) and the angles' dt come back with the rest."""
+    """Rotation + decoupled SSD in one autograd node, so the per-head dk, dq reach the rotation's
+    backward in fp32 (as separate nodes autograd would round them to x's dtype first, and the angle
+    gradient, a long sum of cancelling terms, would lose ~4x in accuracy)."""
 
     @staticmethod
-    def forward(ctx, x, w, adt, B, C, Bb, Cb, ps, rdt, off, D, D_pos, z, h0, Q, RA):
-        keys = ssd_fused.HeadKeys(Bb, Cb, ps, rdt, off, RA) if Bb is not None or ps is not None else None
+    def forward(ctx, x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q):
+        k, q, qk = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype)
+        D_pos = -Dps * qk if Dps is not None else None
         dpos = ssd_fused.pad_positions(D_pos, Q)
-        A = w.new_zeros(x.shape[2])                  # unused: the kernels read the log decay
+        A = w.new_zeros(H)                           # unused: the kernels read the log decay
         out, final, y, delta, cs, E = ssd_fused.forward_pass(
-            x, w, A, B, C, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos, keys)
-        ctx.save_for_backward(x, w, A, B, C, D, z, y, delta, cs, E, dpos, Bb, Cb, ps, rdt, off)
-        ctx.cfg = (Q, RA, h0 is not None, h0.dtype if h0 is not None else None)
+            x, w, A, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
+        ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
+        ctx.cfg = (H, Q, h0 is not None, h0.dtype if h0 is not None else None)
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, w, A, B, C, D, z, y, delta, cs, E, dpos, Bb, Cb, ps, rdt, off = ctx.saved_tensors
-        Q, RA, has_init, init_dtype = ctx.cfg
-        keys = ssd_fused.HeadKeys(Bb, Cb, ps, rdt, off, RA) if Bb is not None or ps is not None else None
-        dx, dw, _, dB, dC, dD, dz, _, dinit, dadt, ddpos, dkeys = ssd_fused.backward_pass(
-            dout, dfinal, x, w, A, B, C, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
-            has_init, True, dpos, keys)
-        dBb, dCb, dps, drdt, doff = dkeys if dkeys is not None else (None,) * 5
-        return (dx, dw, dadt, dB.to(B.dtype), dC.to(C.dtype), dBb, dCb, dps, drdt, doff,
-                None if dD is None else dD.to(D.dtype), ddpos, dz,
-                None if dinit is None else dinit.to(init_dtype), None, None)
+        x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
+        H, Q, has_init, init_dtype = ctx.cfg
+        dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused.backward_pass(
+            dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
+            has_init, True, dpos)
+        dqk = dDps = None
+        if Dps is not None:
+            dqk = -Dps * ddpos
+            dDps = -qk * ddpos
+        dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), dqk)
+        return (dx, dw, dadt, dB, dC, dBb, dCb, dps, ddt, doff, None if dD is None else dD.to(D.dtype),
+                dDps, dz, None if dinit is None else dinit.to(init_dtype), None, None)
 
 
-def head_dots(B, C, Bb, Cb, H):
-    """q_t . k_t per head, (b, l, h) fp32, from the unrotated (C + C_bias) . (B + B_bias): a
-    common rotation of q and k leaves their dot unchanged. Differentiable (torch)."""
-    bsz, L, G, N = B.shape
-    hpg = H // G
-    Bf, Cf = B.float(), C.float()
-    qk = (Bf * Cf).sum(-1).repeat_interleave(hpg, dim=2)
-    if Bb is not None:
-        Bbg, Cbg = Bb.view(G, hpg, N), Cb.view(G, hpg, N)
-        cross = torch.einsum("blgn,gkn->blgk", Cf, Bbg) + torch.einsum("blgn,gkn->blgk", Bf, Cbg)
-        qk = qk + cross.reshape(bsz, L, H) + (Bb * Cb).sum(-1)
-    return qk
+def _or(t, dummy):
+    return dummy if t is None else t
 
 
 def angle_offsets(ps, dtf, ang0, Q):
-    """The angle entering each Q-step block, (b, nc, h, S) fp32: a float64 cumsum of the chunk
+    """The angle entering each Q-step chunk, (b, nc, h, S) fp32: a float64 cumsum of the chunk
     totals of ps*dt, kept modulo 2 pi (long sequences keep their precision); and the final angle
     (b, h, S). ps = pi*tanh(angles) (b, l, S), dtf (b, l, h), ang0 (b, h, S) or None."""
     bsz, L, H = dtf.shape
@@ -99,8 +162,8 @@ def angle_offsets(ps, dtf, ang0, Q):
 
 
 def angle_inputs(angles, dtf, ang0, Q):
-    """(ps, off, final_angle) for the per-head keys: ps = pi*tanh(angles) (b, l, S), the angle
-    entering each Q-step block (angle_offsets) and the final angle (b, h, S); ps and off are None
+    """(ps, off, final_angle) for the rotation kernels: ps = pi*tanh(angles) (b, l, S), the angle
+    entering each Q-step chunk (angle_offsets) and the final angle (b, h, S); ps and off are None
     without angles, and the final angle is then the initial one (or an empty (b, h, 0))."""
     if angles is None or angles.shape[-1] == 0:
         bsz, _, H = dtf.shape
@@ -130,9 +193,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         w, D_pos_scale = lam * dtf + bnext, bnext
 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
-    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
-    RA = ssd_fused.key_rows(Q, x.dtype, N)
-    ps, off, final_angle = angle_inputs(angles, dtf, ang0, RA)
+    ps, off, final_angle = angle_inputs(angles, dtf, ang0, ANGLE_CHUNK)
     if B_bias is not None or C_bias is not None:
         zero = torch.zeros(H, N, device=dev)
         Bb = B_bias.float().reshape(H, N) if B_bias is not None else zero
@@ -147,13 +208,12 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         if bcur is not None and k0 is not None and v0 is not None:
             h0 = h0 + bcur[:, 0, :, None, None] * v0.float().unsqueeze(-1) * k0.float().reshape(bsz, H, N).unsqueeze(-2)
 
-    D_pos = -D_pos_scale * head_dots(B, C, Bb, Cb, H) if D_pos_scale is not None else None
+    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    keys_in = lambda t: t.to(x.dtype).contiguous()  # noqa: E731   (the dots' dtype)
     y, hfin = _SISOFn.apply(
-        ssd_fused.lastdim_contig(x), f32c(w), f32c(adt), keys_in(B), keys_in(C), Bb, Cb, ps,
-        dtf.contiguous() if S else None, off, f32c(D), D_pos,
-        None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0), Q, RA)
+        ssd_fused.lastdim_contig(x), f32c(w), f32c(adt), B.contiguous(), C.contiguous(), Bb, Cb, ps,
+        dtf.contiguous() if S else None, off, f32c(D), f32c(D_pos_scale),
+        None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0), H, Q)
     if not return_final_states:
         return y
     k_last = reference._heads(B[:, L - 1].unsqueeze(1), B_bias, H, torch.float32)[:, 0]     # (b, h, n)

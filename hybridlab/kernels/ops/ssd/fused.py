@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -21,7 +20,6 @@ from ... import knobs
 from ...launch import FastKernel, plan_key
 from . import fused_bwd as kb
 from . import fused_fwd as kf
-from .fused_bwd_keys import chunk_bwd_dkq
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
 from .reference import segment_ids
 from .reference import ssd as _ssd_reference
@@ -100,31 +98,6 @@ _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
 _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
 _chunk_bwd_dx, _CBX = _tuned(kb.chunk_bwd_dx, [(4, 1), (8, 1), (4, 2)])
 _chunk_bwd_dbc, _CBBC = _tuned(kb.chunk_bwd_dbc, [(4, 1), (8, 1), (4, 2)])
-_chunk_bwd_dkq, _CBKQ = _tuned(chunk_bwd_dkq, [(8, 1), (4, 1), (8, 2)])
-
-
-class HeadKeys(NamedTuple):
-    """Per-head keys and queries built inside the kernels (Mamba-3 SISO; head_keys.py):
-    k = Rot(theta_h)(B + Bb_h), q = Rot(theta_h)(C + Cb_h). Bb, Cb (h, n) fp32 or None (no
-    bias); ps (b, l, S), rdt (b, l, h) and off (b, cdiv(l, RA), h, S) fp32, or None (no
-    rotation). RA: rows per angle block, ``key_rows`` of the launch."""
-    Bb: Optional[torch.Tensor]
-    Cb: Optional[torch.Tensor]
-    ps: Optional[torch.Tensor]
-    rdt: Optional[torch.Tensor]
-    off: Optional[torch.Tensor]
-    RA: int
-
-
-def _key_args(keys, dummy):
-    """The kernels' per-head key arguments (Bb, Cb, ps, rdt, off, S, nA) and constexprs; Mamba-2
-    (keys None) passes the same constants every time (one compiled variant, one launch plan)."""
-    if keys is None:
-        return (dummy,) * 5 + (0, 0), dict(RA=16, HAS_KBIAS=False, HAS_ROT=False)
-    bias, rot = keys.Bb is not None, keys.ps is not None
-    S, nA = (keys.ps.shape[-1], keys.off.shape[1]) if rot else (0, 0)
-    ptrs = tuple(dummy if t is None else t for t in (keys.Bb, keys.Cb, keys.ps, keys.rdt, keys.off))
-    return ptrs + (S, nA), dict(RA=keys.RA, HAS_KBIAS=bias, HAS_ROT=rot)
 
 
 def _pow2(v: int) -> int:
@@ -145,23 +118,6 @@ FP32_MAX_CHUNK, FP32_MAX_BLOCK_T = 128, 32
 def _block_t(Q: int, dtype) -> int:
     bt = min(Q, BLOCK_T_MAX)
     return min(bt, FP32_MAX_BLOCK_T) if dtype == torch.float32 and not _INTERPRET else bt
-
-
-def _block_t_dbc(BT: int, BN: int) -> int:
-    """Row block of chunk_bwd_dbc / chunk_bwd_dkq. Triton 3.6+ on sm_90 (wgmma) reads past the
-    end of their shared memory at a 16- or 32-wide state with 64-row blocks: an illegal memory
-    access on the H100 (compute-sanitizer: "Invalid __shared__ read" at the dC dot;
-    scripts/gpu/repro_mamba3.py, 2026-11-22; the same family as triton-lang/triton#11366).
-    32-row blocks take the mma.sync path instead. Only dB and dC come from there, so its row
-    block is independent of the other kernels'."""
-    return min(BT, 32) if BN <= 32 else BT
-
-
-def key_rows(Q: int, dtype, N: int) -> int:
-    """Rows per angle block for per-head keys at chunk Q (HeadKeys.RA): the smallest row block
-    any SSD kernel loads keys in, so every tile is whole angle blocks."""
-    BT = _block_t(Q, dtype)
-    return _block_t_dbc(BT, max(16, _pow2(N)))
 
 
 def _prec(dtype) -> str:
@@ -187,7 +143,7 @@ def _heads_per_program(b, nchunks, nb, G, hpg, target):
     return 1
 
 
-def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos, keys=None):
+def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
@@ -202,14 +158,13 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     cs = torch.empty(b, H, Lp, device=dev, dtype=f32)
     st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
     prec = _prec(x.dtype)
-    kargs, kconst = _key_args(keys, cs)
     _chunk_state_fwd[(H, nchunks, b)](
         x, dt, A, B, dt_bias, seg, ld, delta, cs, st,
         l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
-        B.stride(0), B.stride(1), B.stride(2), Lp, nchunks, *kargs,
+        B.stride(0), B.stride(1), B.stride(2), Lp, nchunks,
         Q=Q, BP=BP, BN=BN, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
-        HAS_SEQ=seg is not None, HAS_LD=ld is not None, PREC=prec, **kconst, **_CSF)
+        HAS_SEQ=seg is not None, HAS_LD=ld is not None, PREC=prec, **_CSF)
 
     E = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     final = torch.empty(b, H, P, N, device=dev, dtype=f32)
@@ -228,21 +183,20 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        out.stride(0), out.stride(1), out.stride(2), Lp, nchunks, *kargs,
+        out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-        HAS_STATE=init is not None or nchunks > 1, PREC=prec, **kconst, **_CSCF)
+        HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
     return out, final, y, delta, cs, E
 
 
-def _shared_cb(B, C, H, Q, BT, BN, prec, per_head):
+def _shared_cb(B, C, H, Q, BT, BN, prec):
     """C Bᵀ per (b, chunk, group), (b, nc, g, Q, Q) fp32, for the backward when a group's heads
     share it (fused_bwd.chunk_cb); None with one head per group (the kernels compute it in place).
     The forward computes its tiles in place: measured on the H100 at b4 l4096 (2026-11-22), a
-    stored C Bᵀ made the forward 0.386 ms instead of 0.320, while the backward gains from it.
-    Per-head keys (``per_head``) have a C Bᵀ per head: None too."""
+    stored C Bᵀ made the forward 0.386 ms instead of 0.320, while the backward gains from it."""
     b, l, G, N = B.shape
-    if H == G or per_head:
+    if H == G:
         return None
     nchunks = triton.cdiv(l, Q)
     NB = Q // BT
@@ -258,9 +212,7 @@ def _strides3(t):
 
 
 def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
-                  dt_limit, has_init, has_ld, dpos, keys=None):
-    """Gradients of forward_pass: (dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos, dkeys),
-    dkeys = (dBb, dCb, dps, drdt, doff) of the per-head keys (None entries where absent), or None."""
+                  dt_limit, has_init, has_ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
@@ -272,14 +224,13 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     prec = _prec(x.dtype)
     one = _INTERPRET
     dout = lastdim_contig(dout)
-    kargs, kconst = _key_args(keys, cs)
 
     dloc = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
     _chunk_state_bwd[(H, nchunks, b)](
         dout, z, C, cs, seg, dloc, l, H, P, N, G,
         dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
-        C.stride(0), C.stride(1), C.stride(2), Lp, nchunks, *kargs,
-        Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **kconst, **_CSB)
+        C.stride(0), C.stride(1), C.stride(2), Lp, nchunks,
+        Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CSB)
 
     PN = P * N
     BLOCK = min(1024, _pow2(PN))
@@ -293,7 +244,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
         num_warps=1 if one else 4)
 
     has_state = has_init or nchunks > 1
-    cb = _shared_cb(B, C, H, Q, BT, BN, prec, keys is not None)
+    cb = _shared_cb(B, C, H, Q, BT, BN, prec)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
     ddx = torch.empty(b, H, Lp, device=dev, dtype=f32)
@@ -311,12 +262,17 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
         x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
         dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(y),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz), Lp, nchunks, *kargs,
+        dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=d_hdim,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-        HAS_CB=cb is not None, PREC=prec, **kconst, **_CBX)
+        HAS_CB=cb is not None, PREC=prec, **_CBX)
 
-    BT_bc = _block_t_dbc(BT, BN)
+    # Triton 3.6+ on sm_90 (wgmma) reads past the end of this kernel's shared memory at a
+    # 16- or 32-wide state with 64-row blocks: an illegal memory access on the H100 (compute-
+    # sanitizer: "Invalid __shared__ read" at the dC dot; scripts/gpu/repro_mamba3.py,
+    # 2026-11-22; the same family as triton-lang/triton#11366). 32-row blocks take the mma.sync
+    # path instead. Only dB and dC come from here, so its row block is independent of the others'.
+    BT_bc = min(BT, 32) if BN <= 32 else BT
     NB_bc = Q // BT_bc
     hpg = H // G
     hpp = _heads_per_program(b, nchunks, 2 * NB_bc, G, hpg, HEAD_SPLIT_TARGET)
@@ -324,20 +280,15 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     dBp = torch.empty(nsplit, b, Lp, G, N, device=dev, dtype=f32)
     dCp = torch.empty_like(dBp)
     dcs2 = torch.empty(b, H, Lp, device=dev, dtype=f32) if has_state else None
-    grid = (2 * G * nsplit, nchunks * NB_bc, b)
-    common = (l, H, P, N, G)
-    strides = (x.stride(0), x.stride(1), x.stride(2), *_strides3(z), dout.stride(0), dout.stride(1), dout.stride(2),
-               B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-               dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks)
-    flags = dict(Q=Q, BT=BT_bc, BP=BP, BN=BN, HPP=hpp, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-                 HAS_STATE=has_state, PREC=prec)
-    dkeys = None
-    if keys is None:
-        _chunk_bwd_dbc[grid](x, z, dout, B, C, delta, cs, seg, E, dst, dBp, dCp, dcs2, *common, *strides,
-                             **flags, **_CBBC)
-    else:
-        dkeys = _dkq(grid, x, z, dout, B, C, delta, cs, seg, E, dst, dBp, dCp, dcs2, common, strides, flags,
-                     keys, kargs, kconst, nsplit, nchunks * NB_bc)
+    _chunk_bwd_dbc[(2 * G * nsplit, nchunks * NB_bc, b)](
+        x, z, dout, B, C, delta, cs, seg, E, dst, dBp, dCp, dcs2,
+        l, H, P, N, G,
+        x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
+        Q=Q, BT=BT_bc, BP=BP, BN=BN, HPP=hpp, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+        HAS_STATE=has_state, PREC=prec, **_CBBC)
 
     ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
     dld = torch.empty_like(ddt, dtype=f32) if has_ld else None
@@ -357,32 +308,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     dbias = dbp.sum((0, 2)) if dt_bias is not None else None
     dD = dDp.sum((0, 1)) if D is not None else None
     ddpos = ddpos[:, :, :l].transpose(1, 2) if dpos is not None else None
-    return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos, dkeys
-
-
-def _dkq(grid, x, z, dout, B, C, delta, cs, seg, E, dst, dBp, dCp, dcs2, common, strides, flags,
-         keys, kargs, kconst, nsplit, nblocks):
-    """chunk_bwd_dkq (per-head keys): dB, dC partials into dBp, dCp; returns (dBb, dCb, dps, drdt, doff)."""
-    b, l, G, N = B.shape
-    H = common[1]
-    dev, f32 = B.device, torch.float32
-    Bb, Cb, ps, rdt, off, S, nA = kargs
-    bias, rot = kconst["HAS_KBIAS"], kconst["HAS_ROT"]
-    dbias = torch.empty(2, b, nblocks, H, N, device=dev, dtype=f32) if bias else None
-    doff = torch.empty(2, b, nA, H, S, device=dev, dtype=f32) if rot else None
-    drdt = torch.empty(2, b, l, H, device=dev, dtype=f32) if rot else None
-    dps = torch.empty(2, nsplit, b, l, G, S, device=dev, dtype=f32) if rot else None
-    d = dBp
-    _chunk_bwd_dkq[grid](
-        x, z, dout, B, C, delta, cs, seg, E, dst, dBp, dCp, dcs2,
-        Bb, Cb, ps, rdt, off, _or(dbias, d), _or(doff, d), _or(drdt, d), _or(dps, d),
-        *common, S, nA, *strides, **flags, **kconst, **_CBKQ)
-    return (dbias[1].sum((0, 1)) if bias else None, dbias[0].sum((0, 1)) if bias else None,
-            dps.sum((0, 1, 4)) if rot else None, drdt.sum(0) if rot else None, doff.sum(0) if rot else None)
-
-
-def _or(t, dummy):
-    return dummy if t is None else t
+    return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos
 
 
 class _SSDFn(torch.autograd.Function):
@@ -401,7 +327,7 @@ class _SSDFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal):
         x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos = ctx.saved_tensors
         Q, softplus, dt_limit, has_init, has_ld = ctx.cfg
-        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos, _ = backward_pass(
+        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos = backward_pass(
             dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
             dt_limit, has_init, has_ld, dpos)
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)  # noqa: E731

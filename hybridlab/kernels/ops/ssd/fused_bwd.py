@@ -21,8 +21,6 @@ dY = dout·silu(z), L_ts = exp(cs_t − cs_s) on the causal, same-segment part, 
 import triton
 import triton.language as tl
 
-from .head_keys import head_tile
-
 
 @triton.jit
 def chunk_cb(
@@ -60,10 +58,8 @@ def chunk_state_bwd(
     L, H, P, N, G,
     sdo_b, sdo_l, sdo_h, sz_b, sz_l, sz_h, sC_b, sC_l, sC_g,
     Lp, nchunks,
-    Bb_ptr, Cb_ptr, ps_ptr, rdt_ptr, off_ptr, S, nA,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr, PREC: tl.constexpr,
-    RA: tl.constexpr, HAS_KBIAS: tl.constexpr, HAS_ROT: tl.constexpr,
 ):
     h = tl.program_id(0)
     c = tl.program_id(1)
@@ -82,8 +78,8 @@ def chunk_state_bwd(
     if HAS_SEQ:
         seg_prev = tl.load(seg_ptr + b * Lp + c * Q - 1, mask=c > 0, other=0)
         w = tl.where(tl.load(seg_ptr + b * Lp + t) == seg_prev, w, 0.0)
-    Ct = head_tile(C_ptr, b * sC_b + g * sC_g, sC_l, Cb_ptr, ps_ptr, rdt_ptr, off_ptr, b, h, t, valid,
-                   L, N, H, S, nA, Q, BN, RA, HAS_KBIAS, HAS_ROT)
+    Ct = tl.load(C_ptr + b * sC_b + t[:, None] * sC_l + g * sC_g + on[None, :],
+                 mask=valid[:, None] & (on[None, :] < N), other=0.0)
     dloc = tl.dot(tl.trans((dy * w[:, None]).to(Ct.dtype)), Ct, input_precision=PREC)   # (BP, BN)
     base = ((b * nchunks + c) * H + h) * P * N
     tl.store(dloc_ptr + base + op[:, None] * N + on[None, :], dloc, mask=(op[:, None] < P) & (on[None, :] < N))
@@ -159,11 +155,9 @@ def chunk_bwd_dx(
     sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sdo_b, sdo_l, sdo_h, sy_b, sy_l, sy_h,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g, sdx_b, sdx_l, sdx_h, sdz_b, sdz_l, sdz_h,
     Lp, nchunks,
-    Bb_ptr, Cb_ptr, ps_ptr, rdt_ptr, off_ptr, S, nA,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_CB: tl.constexpr, PREC: tl.constexpr,
-    RA: tl.constexpr, HAS_KBIAS: tl.constexpr, HAS_ROT: tl.constexpr,
 ):
     h = tl.program_id(0)
     cb = tl.program_id(1)
@@ -192,8 +186,8 @@ def chunk_bwd_dx(
                  (dout_k * yk * sg * (1.0 + zk * (1.0 - sg))).to(dz_ptr.dtype.element_ty), mask=pmask_k)
 
     # this block's part of the chunk end state: dX += v (B dSᵀ), and its decay's gradient
-    Bk = head_tile(B_ptr, b * sB_b + g * sB_g, sB_l, Bb_ptr, ps_ptr, rdt_ptr, off_ptr, b, h, tk, vk,
-                   L, N, H, S, nA, BT, BN, RA, HAS_KBIAS, HAS_ROT)
+    Bk = tl.load(B_ptr + b * sB_b + tk[:, None] * sB_l + g * sB_g + on[None, :],
+                 mask=vk[:, None] & (on[None, :] < N), other=0.0)
     dS = tl.load(dst_ptr + ((b * nchunks + c) * H + h) * P * N + op[:, None] * N + on[None, :],
                  mask=(op[:, None] < P) & (on[None, :] < N), other=0.0).to(DT)
     v = tl.exp(tl.load(cs_ptr + row + c * Q + Q - 1) - cs_k)
@@ -216,12 +210,12 @@ def chunk_bwd_dx(
         if HAS_CB:
             CBt = tl.load(cb_ptr + ((b * nchunks + c) * G + g) * Q * Q + (i * BT + ot)[:, None] * Q + (k * BT + ot)[None, :])
         else:       # one head per group: computed here (see chunk_cb)
-            Ci = head_tile(C_ptr, b * sC_b + g * sC_g, sC_l, Cb_ptr, ps_ptr, rdt_ptr, off_ptr, b, h, ti, ti < L,
-                           L, N, H, S, nA, BT, BN, RA, HAS_KBIAS, HAS_ROT)
+            Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
+                         mask=(ti[:, None] < L) & (on[None, :] < N), other=0.0)
             CBt = tl.dot(Ci, tl.trans(Bk), input_precision=PREC)
-        Sc = CBt * _decay(cs_ptr, seg_ptr, row, b, Lp, ti, tk, HAS_SEQ)
-        dXX += tl.dot(tl.trans(Sc.to(DT)), dYi, input_precision=PREC)
-        Gm = tl.dot(dYi, tl.trans(XkD), input_precision=PREC) * Sc
+        S = CBt * _decay(cs_ptr, seg_ptr, row, b, Lp, ti, tk, HAS_SEQ)
+        dXX += tl.dot(tl.trans(S.to(DT)), dYi, input_precision=PREC)
+        Gm = tl.dot(dYi, tl.trans(XkD), input_precision=PREC) * S
         dcs -= tl.sum(Gm, axis=0)
         tl.store(rows_k + ti, tl.sum(Gm, axis=1))
 

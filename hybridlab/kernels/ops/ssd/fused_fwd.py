@@ -11,13 +11,9 @@
 Layouts: x, z, out (b, l, h, p); dt (b, l, h); B, C (b, l, g, n) — any strides with the last
 dim contiguous. Scratch: Δ and cs (b, h, Lp) fp32 with Lp = chunks·Q; states (b, c, h, p, n).
 seg (b, Lp) int32 = segment number (reset points), only read when HAS_SEQ.
-Per-head keys (Mamba-3 SISO: HAS_KBIAS, HAS_ROT): B and C tiles get the head's bias and rotary
-angles as they are loaded (head_keys.py); Bb, Cb, ps, rdt, off, S, nA are only read then.
 """
 import triton
 import triton.language as tl
-
-from .head_keys import head_tile
 
 
 @triton.jit
@@ -33,11 +29,9 @@ def chunk_state_fwd(
     L, H, P, N, G, dt_lo, dt_hi,
     sx_b, sx_l, sx_h, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g,
     Lp, nchunks,
-    Bb_ptr, Cb_ptr, ps_ptr, rdt_ptr, off_ptr, S, nA,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr,
     HAS_LD: tl.constexpr, PREC: tl.constexpr,
-    RA: tl.constexpr, HAS_KBIAS: tl.constexpr, HAS_ROT: tl.constexpr,
 ):
     h = tl.program_id(0)
     c = tl.program_id(1)
@@ -73,8 +67,8 @@ def chunk_state_fwd(
     on = tl.arange(0, BN)
     xt = tl.load(x_ptr + b * sx_b + t[:, None] * sx_l + h * sx_h + op[None, :],
                  mask=valid[:, None] & (op[None, :] < P), other=0.0)
-    Bt = head_tile(B_ptr, b * sB_b + g * sB_g, sB_l, Bb_ptr, ps_ptr, rdt_ptr, off_ptr, b, h, t, valid,
-                   L, N, H, S, nA, Q, BN, RA, HAS_KBIAS, HAS_ROT)
+    Bt = tl.load(B_ptr + b * sB_b + t[:, None] * sB_l + g * sB_g + on[None, :],
+                 mask=valid[:, None] & (on[None, :] < N), other=0.0)
     xv = (xt.to(tl.float32) * v[:, None]).to(Bt.dtype)
     st = tl.dot(tl.trans(xv), Bt, input_precision=PREC)          # (BP, BN)
     base = ((b * nchunks + c) * H + h) * P * N
@@ -118,11 +112,9 @@ def chunk_scan_fwd(
     sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     so_b, so_l, so_h,
     Lp, nchunks,
-    Bb_ptr, Cb_ptr, ps_ptr, rdt_ptr, off_ptr, S, nA,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
-    RA: tl.constexpr, HAS_KBIAS: tl.constexpr, HAS_ROT: tl.constexpr,
 ):
     h = tl.program_id(0)
     cb = tl.program_id(1)
@@ -141,8 +133,8 @@ def chunk_scan_fwd(
         seg_i = tl.load(seg_ptr + b * Lp + ti)
 
     acc = tl.zeros([BT, BP], dtype=tl.float32)
-    Ci = head_tile(C_ptr, b * sC_b + g * sC_g, sC_l, Cb_ptr, ps_ptr, rdt_ptr, off_ptr, b, h, ti, vi,
-                   L, N, H, S, nA, BT, BN, RA, HAS_KBIAS, HAS_ROT)
+    Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
+                 mask=vi[:, None] & (on[None, :] < N), other=0.0)
     if HAS_STATE:
         # the state entering the chunk, read as (n, p)
         E = tl.load(E_ptr + ((b * nchunks + c) * H + h) * P * N + op[None, :] * N + on[:, None],
@@ -161,8 +153,8 @@ def chunk_scan_fwd(
                      mask=vj[:, None] & (op[None, :] < P), other=0.0)
         cs_j = tl.load(cs_ptr + row + tj)
         dl_j = tl.load(delta_ptr + row + tj)
-        Bj = head_tile(B_ptr, b * sB_b + g * sB_g, sB_l, Bb_ptr, ps_ptr, rdt_ptr, off_ptr, b, h, tj, vj,
-                       L, N, H, S, nA, BT, BN, RA, HAS_KBIAS, HAS_ROT)
+        Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
+                     mask=vj[:, None] & (on[None, :] < N), other=0.0)
         s = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)              # C Bᵀ (BT, BT)
         keep = ti[:, None] >= tj[None, :]
         if HAS_SEQ:

@@ -1,0 +1,164 @@
+"""Triton kernels that turn Mamba-3's group keys/queries into the per-head rotated ones SSD reads.
+
+Forward, per (b, angle chunk c of QA steps, head h of group g):
+    theta_t = off_c + sum_{s in chunk, s<=t} ps_s dt_s          (in registers: never stored)
+    k = Rot(theta) (B_g + B_bias_h),  q = Rot(theta) (C_g + C_bias_h)     (x's dtype, (b, l, h, n))
+    qk = <q, k>  on the rounded values the SSD kernels see                (fp32, (b, l, h))
+ps = pi*tanh(angles) (b, l, S); off (b, nc, h, S) = the angle entering each chunk (torch, float64,
+modulo 2 pi). Rotation pairs are (2i, 2i+1) for i < S; pairs i >= S stay as they are.
+
+Backward, per (b, chunk, group g, block of BN2 rotation pairs), looping over the group's heads so
+dB, dC and d ps are summed in registers (pairs are independent: a block of them is a narrower
+tile, fewer live registers; d dt, a sum over pairs, comes out per block and torch adds the blocks): given dk, dq (from SSD) and dqk, un-rotate to d(B + bias), d(C + bias);
+d theta_i = (k_e dk_o - k_o dk_e) + (q_e dq_o - q_o dq_e); d off = sum over the chunk of d theta,
+d(ps dt) = reverse in-chunk cumsum of d theta. Bias gradients are per-program partial sums
+(summed by torch: deterministic, no atomics).
+Rows are loaded whole and split into (even, odd) columns in registers, so every load and store
+is contiguous.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rows(ptr, base, row_stride, t, on, valid, N):
+    """(QA, BN) rows t of a row-major tensor, fp32, zero outside."""
+    return tl.load(ptr + base + t[:, None] * row_stride + on[None, :],
+                   mask=valid[:, None] & (on[None, :] < N), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _split_pairs(v, QA: tl.constexpr, BN2: tl.constexpr):
+    return tl.split(tl.reshape(v, (QA, BN2, 2)))
+
+
+@triton.jit
+def _join_pairs(e, o, QA: tl.constexpr, BN: tl.constexpr):
+    return tl.reshape(tl.join(e, o), (QA, BN))
+
+
+@triton.jit
+def _theta(ps_ptr, dt_ptr, off_ptr, b, c, h, t, i, valid, L, H, S, nc):
+    """theta (QA, BN2) of head h in chunk c, the ps tile and dt column it came from."""
+    ps = tl.load(ps_ptr + (b * L + t[:, None]) * S + i[None, :], mask=valid[:, None] & (i[None, :] < S), other=0.0)
+    dt = tl.load(dt_ptr + (b * L + t) * H + h, mask=valid, other=0.0)
+    off = tl.load(off_ptr + ((b * nc + c) * H + h) * S + i, mask=i < S, other=0.0)
+    return tl.cumsum(ps * dt[:, None], axis=0) + off[None, :], ps, dt
+
+
+@triton.jit
+def rotate_fwd_kernel(
+    B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, k_ptr, q_ptr, qk_ptr,
+    L, H, G, N, S, nc,
+    sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
+    QA: tl.constexpr, BN2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROT: tl.constexpr,
+):
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    BN: tl.constexpr = 2 * BN2
+    g = h // (H // G)
+    t = c * QA + tl.arange(0, QA)
+    valid = t < L
+    on = tl.arange(0, BN)
+    i = tl.arange(0, BN2)
+    kb = _rows(B_ptr, b * sB_b + g * sB_g, sB_l, t, on, valid, N)
+    qb = _rows(C_ptr, b * sC_b + g * sC_g, sC_l, t, on, valid, N)
+    if HAS_BIAS:
+        kb += tl.load(Bb_ptr + h * N + on, mask=on < N, other=0.0)[None, :]
+        qb += tl.load(Cb_ptr + h * N + on, mask=on < N, other=0.0)[None, :]
+    if HAS_ROT:
+        th, _, _ = _theta(ps_ptr, dt_ptr, off_ptr, b, c, h, t, i, valid, L, H, S, nc)
+        cs, sn = tl.cos(th), tl.sin(th)
+        be, bo = _split_pairs(kb, QA, BN2)
+        ce, co = _split_pairs(qb, QA, BN2)
+        kb = _join_pairs(be * cs - bo * sn, be * sn + bo * cs, QA, BN)
+        qb = _join_pairs(ce * cs - co * sn, ce * sn + co * cs, QA, BN)
+    DT = k_ptr.dtype.element_ty
+    kr, qr = kb.to(DT), qb.to(DT)
+    out = ((b * L + t[:, None]) * H + h) * N + on[None, :]
+    m = valid[:, None] & (on[None, :] < N)
+    tl.store(k_ptr + out, kr, mask=m)
+    tl.store(q_ptr + out, qr, mask=m)
+    tl.store(qk_ptr + (b * L + t) * H + h, tl.sum(kr.to(tl.float32) * qr.to(tl.float32), axis=1), mask=valid)
+
+
+@triton.jit
+def rotate_bwd_kernel(
+    B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, k_ptr, dk_ptr, dq_ptr, dqk_ptr,
+    dB_ptr, dC_ptr, dBb_ptr, dCb_ptr, dps_ptr, ddt_ptr, doff_ptr,
+    L, H, G, N, S, nc, npb,
+    sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
+    QA: tl.constexpr, BN2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROT: tl.constexpr,
+    HAS_QK: tl.constexpr,
+):
+    c = tl.program_id(0)
+    g = tl.program_id(1) // npb
+    pblk = tl.program_id(1) % npb
+    b = tl.program_id(2).to(tl.int64)
+    BN: tl.constexpr = 2 * BN2
+    hpg = H // G
+    t = c * QA + tl.arange(0, QA)
+    valid = t < L
+    on = pblk * BN + tl.arange(0, BN)
+    i = pblk * BN2 + tl.arange(0, BN2)
+    m = valid[:, None] & (on[None, :] < N)
+    B0 = _rows(B_ptr, b * sB_b + g * sB_g, sB_l, t, on, valid, N)
+    C0 = _rows(C_ptr, b * sC_b + g * sC_g, sC_l, t, on, valid, N)
+    dB = tl.zeros([QA, BN], dtype=tl.float32)
+    dC = tl.zeros([QA, BN], dtype=tl.float32)
+    dps = tl.zeros([QA, BN2], dtype=tl.float32)
+    KT = k_ptr.dtype.element_ty         # the dtype SSD read k and q in (only its rounding is used)
+    for hh in range(hpg):
+        h = g * hpg + hh
+        kb, qb = B0, C0
+        if HAS_BIAS:
+            kb += tl.load(Bb_ptr + h * N + on, mask=on < N, other=0.0)[None, :]
+            qb += tl.load(Cb_ptr + h * N + on, mask=on < N, other=0.0)[None, :]
+        off = ((b * L + t[:, None]) * H + h) * N + on[None, :]
+        dk = tl.load(dk_ptr + off, mask=m, other=0.0).to(tl.float32)
+        dq = tl.load(dq_ptr + off, mask=m, other=0.0).to(tl.float32)
+        if HAS_ROT:
+            th, ps, dtv = _theta(ps_ptr, dt_ptr, off_ptr, b, c, h, t, i, valid, L, H, S, nc)
+            cs, sn = tl.cos(th), tl.sin(th)
+            be, bo = _split_pairs(kb, QA, BN2)
+            ce, co = _split_pairs(qb, QA, BN2)
+            # k, q as SSD saw them (rounded): with these, the angle gradient keeps the exact
+            # cancellation of the scores' invariance to a common rotation (q_t.k_s depends on
+            # theta_t - theta_s only), so d angle0, a sum over the whole sequence that is ~0, does
+            # not collect the rounding of every term
+            ke = (be * cs - bo * sn).to(KT).to(tl.float32)
+            ko = (be * sn + bo * cs).to(KT).to(tl.float32)
+            qe = (ce * cs - co * sn).to(KT).to(tl.float32)
+            qo = (ce * sn + co * cs).to(KT).to(tl.float32)
+            dke, dko = _split_pairs(dk, QA, BN2)
+            dqe, dqo = _split_pairs(dq, QA, BN2)
+            if HAS_QK:
+                dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
+                dke += dqk * qe
+                dko += dqk * qo
+                dqe += dqk * ke
+                dqo += dqk * ko
+            dth = tl.where(i[None, :] < S, ke * dko - ko * dke + qe * dqo - qo * dqe, 0.0)
+            tl.store(doff_ptr + ((b * nc + c) * H + h) * S + i, tl.sum(dth, axis=0), mask=i < S)
+            dphi = tl.sum(dth, axis=0)[None, :] - tl.cumsum(dth, axis=0) + dth    # reverse cumsum
+            tl.store(ddt_ptr + ((b * L + t) * H + h) * npb + pblk, tl.sum(dphi * ps, axis=1), mask=valid)
+            dps += dphi * dtv[:, None]
+            dk = _join_pairs(dke * cs + dko * sn, dko * cs - dke * sn, QA, BN)   # Rot(-theta)
+            dq = _join_pairs(dqe * cs + dqo * sn, dqo * cs - dqe * sn, QA, BN)
+        elif HAS_QK:
+            dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
+            dk += dqk * qb.to(KT).to(tl.float32)
+            dq += dqk * kb.to(KT).to(tl.float32)
+        dB += dk
+        dC += dq
+        if HAS_BIAS:
+            pb = ((b * nc + c) * H + h) * N + on
+            tl.store(dBb_ptr + pb, tl.sum(dk, axis=0), mask=on < N)
+            tl.store(dCb_ptr + pb, tl.sum(dq, axis=0), mask=on < N)
+    goff = ((b * L + t[:, None]) * G + g) * N + on[None, :]
+    tl.store(dB_ptr + goff, dB, mask=m)
+    tl.store(dC_ptr + goff, dC, mask=m)
+    if HAS_ROT:
+        tl.store(dps_ptr + ((b * L + t[:, None]) * G + g) * S + i[None, :], dps,
+                 mask=valid[:, None] & (i[None, :] < S))
