@@ -72,7 +72,8 @@ fi
 # 3. GPU tests
 gpu_paths=()
 for p in tests/gpu tests/test_bench.py tests/test_trainer.py tests/test_cost.py; do [[ -e $p ]] && gpu_paths+=("$p"); done
-want tests_gpu && stage tests_gpu "${TESTS_GPU_S:-450}" python3 -m pytest -m gpu "${gpu_paths[@]}" -q -p no:cacheprovider
+# -v: each test's verdict as it ends, so a stage killed at its limit still names a failed test
+want tests_gpu && stage tests_gpu "${TESTS_GPU_S:-450}" python3 -m pytest -m gpu "${gpu_paths[@]}" -v -rf --tb=short -p no:cacheprovider
 
 # 4. kernel tests, run on this machine as they are
 if [[ -n ${KERNEL_TESTS:-} ]]; then
