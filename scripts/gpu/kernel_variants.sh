@@ -17,7 +17,7 @@ variants=(
   "HYBRIDLAB_MAMBA3_ROTATE_PAIRS=32"
   "HYBRIDLAB_MAMBA3_ROTATE_PAIRS=16"
 )
-if [[ -n ${VARIANTS_FILE:-} ]]; then mapfile -t variants < "$VARIANTS_FILE"; fi
+if [[ -n ${VARIANTS_FILE:-} ]]; then mapfile -t variants < <(grep -v "^#" "$VARIANTS_FILE"); fi
 for v in "${variants[@]}"; do
   echo "### $v"
   env $v ITERS=${ITERS:-5} timeout "${VARIANT_S:-150}" python3 scripts/gpu/profile_ops.py $CASES 2>&1 \

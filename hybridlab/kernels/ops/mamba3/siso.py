@@ -52,6 +52,13 @@ ANGLE_CHUNK = knobs.MAMBA3_ANGLE_CHUNK or 64
 #: (kernel_variants.sh, 2026-11-22): 64 pairs 0.84 ms, 32 pairs 0.73, 16 pairs 0.82.
 #: HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides it.
 ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 32
+#: warps per rotation program. The forward at 8 warps needs 254 registers per thread, one
+#: program per SM; at 16 it needs 112 (scripts/kernel_regs.py). H100, b4 l4096, kernel time
+#: (kernel_variants.sh with scripts/gpu/variants-rotate-warps.txt, 2026-11-22): forward 0.304 ms
+#: at 16 warps against 0.358 at 8; the backward 0.922 at 16 against 0.726 at 8 (with 16 or 64
+#: pairs per program at 16 warps: 0.978, 1.045). HYBRIDLAB_MAMBA3_ROTATE_{FWD,BWD}_WARPS.
+ROTATE_FWD_WARPS = knobs.MAMBA3_ROTATE_FWD_WARPS
+ROTATE_BWD_WARPS = knobs.MAMBA3_ROTATE_BWD_WARPS
 
 
 def _p2(n: int) -> int:
@@ -72,7 +79,7 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
-        num_warps=1 if _INTERPRET else 8)
+        num_warps=1 if _INTERPRET else ROTATE_FWD_WARPS)
     return k, q, qk
 
 
@@ -101,7 +108,7 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
         L, H, G, N, S, nc, npb, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
-        num_warps=1 if _INTERPRET else 8)
+        num_warps=1 if _INTERPRET else ROTATE_BWD_WARPS)
     return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if bias else None,
             dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None,
             (ddt[..., 0] if npb == 1 else ddt.sum(-1)) if S else None, doff)
