@@ -20,7 +20,6 @@ from triton.compiler import ASTSource
 
 from hybridlab.kernels.ops.mamba3 import siso
 from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
-from hybridlab.kernels.ops.mamba3 import triton_siso_fwd as ksf
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
@@ -74,12 +73,6 @@ def cases():
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
            "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")
     yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, rot, f32, (), [(16, 1), (8, 1)]  # siso.ROTATE_FWD_WARPS
-    fwd = dict(Q=siso.SSD_CHUNK or 128, BT=siso.ANGLE_CHUNK, BP=64, BN=128, HAS_BIAS=True, HAS_ROT=True,
-               HAS_D=True, D_HDIM=False, HAS_DPOS=True, HAS_Z=True, HAS_INIT=False, PREC="tf32")
-    f32f = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "w_ptr", "ld_ptr", "D_ptr", "Dps_ptr", "h0_ptr",
-            "qk_ptr", "delta_ptr", "cs_ptr", "dpos_ptr", "final_ptr")
-    yield ("siso_fwd_kernel (Mamba-3 fused forward, n 128)", ksf.siso_fwd_kernel, fwd, f32f, (),
-           [(4, 1), (8, 1), (8, 2), (16, 1)])        # siso.FWD_WARPS
     for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
         yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
                dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1)])

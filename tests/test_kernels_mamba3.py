@@ -107,21 +107,6 @@ def test_rotation_backward_in_pair_blocks(monkeypatch, name):
     check(run_both(*make_case(**CASES[name]), CHUNK[name]))
 
 
-@pytest.mark.parametrize("name", ["siso-all-init", "siso-g2-fullrot-multiple", "siso-bare", "siso-odd-shapes"])
-def test_split_forward(monkeypatch, name):
-    """The split SISO forward (rotation kernel + SSD forward kernels), kept as a speed knob: same result."""
-    monkeypatch.setattr(siso, "FORWARD", "split")
-    check(run_both(*make_case(**CASES[name]), CHUNK[name]))
-
-
-@pytest.mark.parametrize("name", ["siso-all-init", "siso-odd-shapes"])
-def test_fused_forward_in_p_tiles(monkeypatch, name):
-    """The fused SISO forward with its state split over several P tiles (each tile rotates k, q
-    again; only the first stores the per-row values): same result."""
-    monkeypatch.setattr(siso, "FWD_MAX_BP", 4)
-    check(run_both(*make_case(**CASES[name]), CHUNK[name]))
-
-
 def random_siso_case(seed):
     """A random SISO configuration: groups, odd sizes, partial rotation, any option subset."""
     r = torch.Generator().manual_seed(seed)

@@ -13,10 +13,6 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS | warps per Mamba-3 forward rotation program (4, 8 or 16) | 16 |
 | HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS | warps per Mamba-3 backward rotation program (4, 8 or 16) | 8 |
-| HYBRIDLAB_MAMBA3_FWD | Mamba-3 SISO forward: fused (one kernel) or split (rotation + SSD kernels) | fused |
-| HYBRIDLAB_MAMBA3_FWD_WARPS | warps per fused Mamba-3 forward program (4, 8 or 16) | 8 |
-| HYBRIDLAB_MAMBA3_FWD_STAGES | software-pipeline stages of the fused Mamba-3 forward's loop (1, 2 or 3) | 1 |
-| HYBRIDLAB_MAMBA3_FWD_BP | state columns (P) per fused Mamba-3 forward program (16..128) | 64 |
 | HYBRIDLAB_MAMBA3_HPP | heads summed per MIMO bwd_keys program (divides heads per group) | chosen |
 
 (HYBRIDLAB_KERNELS, which picks Triton or the reference, belongs to dispatch.py.)
@@ -64,8 +60,4 @@ MAMBA3_ROTATE_PAIRS = env_int("HYBRIDLAB_MAMBA3_ROTATE_PAIRS", None, POWERS_OF_T
 MAMBA3_ANGLE_CHUNK = env_int("HYBRIDLAB_MAMBA3_ANGLE_CHUNK", None, {16, 32, 64})
 MAMBA3_ROTATE_FWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS", 16, {4, 8, 16})
 MAMBA3_ROTATE_BWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS", 8, {4, 8, 16})
-MAMBA3_FWD = env_choice("HYBRIDLAB_MAMBA3_FWD", "fused", ("fused", "split"))
-MAMBA3_FWD_WARPS = env_int("HYBRIDLAB_MAMBA3_FWD_WARPS", 8, {4, 8, 16})
-MAMBA3_FWD_STAGES = env_int("HYBRIDLAB_MAMBA3_FWD_STAGES", 1, {1, 2, 3})
-MAMBA3_FWD_BP = env_int("HYBRIDLAB_MAMBA3_FWD_BP", 64, {16, 32, 64, 128})
 MAMBA3_HPP = env_int("HYBRIDLAB_MAMBA3_HPP", 0)

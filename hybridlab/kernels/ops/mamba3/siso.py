@@ -31,12 +31,10 @@ from ...launch import FastKernel
 from ..ssd import fused as ssd_fused
 from . import reference
 from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
-from .triton_siso_fwd import siso_fwd_kernel
 
 TWO_PI = 2.0 * math.pi
 _rotate_fwd = FastKernel(rotate_fwd_kernel)
 _rotate_bwd = FastKernel(rotate_bwd_kernel)
-_siso_fwd = FastKernel(siso_fwd_kernel)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: SSD chunk length for SISO (None: the caller's chunk_size; a speed knob only, the SSD result
 #: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
@@ -61,26 +59,18 @@ ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 32
 #: pairs per program at 16 warps: 0.978, 1.045). HYBRIDLAB_MAMBA3_ROTATE_{FWD,BWD}_WARPS.
 ROTATE_FWD_WARPS = knobs.MAMBA3_ROTATE_FWD_WARPS
 ROTATE_BWD_WARPS = knobs.MAMBA3_ROTATE_BWD_WARPS
-#: the forward: "fused" (one kernel, triton_siso_fwd.py) or "split" (the rotation kernel, then the
-#: three SSD forward kernels). HYBRIDLAB_MAMBA3_FWD overrides it.
-FORWARD = knobs.MAMBA3_FWD
-FWD_WARPS = knobs.MAMBA3_FWD_WARPS
-FWD_STAGES = knobs.MAMBA3_FWD_STAGES
-#: state columns (P) per fused-forward program: its P x N fp32 state lives in registers, and more
-#: programs (smaller tiles) fill more SMs at small b * h (each tile rotates k, q again)
-FWD_MAX_BP = knobs.MAMBA3_FWD_BP
 
 
 def _p2(n: int) -> int:
     return max(2, triton.next_power_of_2(max(int(n), 1)))
 
 
-def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, QA):
+def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
     """k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32 from B, C (b, l, g, n), biases (h, n)
     fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation)."""
     bsz, L, G, N = B.shape
     S = ps.shape[-1] if ps is not None else 0
-    nc = triton.cdiv(L, QA)
+    nc = triton.cdiv(L, ANGLE_CHUNK)
     k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
     q = torch.empty_like(k)
     qk = torch.empty(bsz, L, H, device=B.device, dtype=torch.float32)
@@ -88,64 +78,19 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, QA):
     _rotate_fwd[(nc, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=QA, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
+        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
         num_warps=1 if _INTERPRET else ROTATE_FWD_WARPS)
     return k, q, qk
 
 
-def _forward_fused(x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q, QA):
-    """The SISO forward in one kernel (triton_siso_fwd.py): the outputs of ``_rotate`` and of
-    ``ssd_fused.forward_pass`` together, as the backward reads them."""
-    bsz, L, _, P = x.shape
-    G, N = B.shape[2:]
-    S = ps.shape[-1] if ps is not None else 0
-    dev, f32 = x.device, torch.float32
-    nq = triton.cdiv(L, Q)
-    Lp = nq * Q
-    BP = min(FWD_MAX_BP, _p2(P))
-    k = torch.empty(bsz, L, H, N, device=dev, dtype=x.dtype)
-    q = torch.empty_like(k)
-    qk = torch.empty(bsz, L, H, device=dev, dtype=f32)
-    out = torch.empty(bsz, L, H, P, device=dev, dtype=x.dtype)
-    y = torch.empty_like(out) if z is not None else None
-    delta = torch.empty(bsz, H, Lp, device=dev, dtype=f32)
-    cs = torch.empty_like(delta)
-    dpos = torch.empty_like(delta) if Dps is not None else None
-    E = torch.empty(bsz, nq, H, P, N, device=dev, dtype=x.dtype)
-    final = torch.empty(bsz, H, P, N, device=dev, dtype=f32)
-    d = qk
-    _siso_fwd[(triton.cdiv(P, BP), H, bsz)](
-        x, _or(z, x), B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), w, adt,
-        _or(D, d), _or(Dps, d), _or(h0, d),
-        k, q, qk, out, _or(y, out), delta, cs, _or(dpos, d), E, final,
-        L, H, G, P, N, S, Lp, nq, triton.cdiv(L, QA),
-        x.stride(0), x.stride(1), x.stride(2), *ssd_fused._strides3(z),
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        Q=Q, BT=QA, BP=BP, BN=_p2(N), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
-        HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2, HAS_DPOS=Dps is not None,
-        HAS_Z=z is not None, HAS_INIT=h0 is not None, PREC=ssd_fused._prec(x.dtype),
-        num_warps=1 if _INTERPRET else FWD_WARPS, num_stages=FWD_STAGES)
-    return k, q, qk, out, final, y, delta, cs, E, dpos
-
-
-def _forward_split(x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q, QA):
-    """The same outputs as ``_forward_fused`` from the rotation kernel and the SSD forward."""
-    k, q, qk = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, QA)
-    dpos = ssd_fused.pad_positions(-Dps * qk if Dps is not None else None, Q)
-    A = w.new_zeros(H)                           # unused: the kernels read the log decay
-    out, final, y, delta, cs, E = ssd_fused.forward_pass(
-        x, w, A, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
-    return k, q, qk, out, final, y, delta, cs, E, dpos
-
-
-def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, QA):
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
     """Gradients of ``_rotate`` for B, C, the biases, ps, dt and off, from fp32 dk, dq, dqk
     (k: the forward's output, for its head count and dtype)."""
     bsz, L, G, N = B.shape
     H = k.shape[2]
     S = ps.shape[-1] if ps is not None else 0
     dev, f32 = B.device, torch.float32
-    nc = triton.cdiv(L, QA)
+    nc = triton.cdiv(L, ANGLE_CHUNK)
     pairs = _p2((N + 1) // 2)
     bp2 = min(pairs, ROTATE_BWD_PAIRS or pairs)
     npb = pairs // bp2
@@ -162,7 +107,7 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, QA):
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d),
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
         L, H, G, N, S, nc, npb, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=QA, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
+        QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
         num_warps=1 if _INTERPRET else ROTATE_BWD_WARPS)
     return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if bias else None,
             dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None,
@@ -175,18 +120,21 @@ class _SISOFn(torch.autograd.Function):
     gradient, a long sum of cancelling terms, would lose ~4x in accuracy)."""
 
     @staticmethod
-    def forward(ctx, x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q, QA):
-        k, q, qk, out, final, y, delta, cs, E, dpos = (_forward_fused if FORWARD == "fused" else _forward_split)(
-            x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q, QA)
+    def forward(ctx, x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q):
+        k, q, qk = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype)
+        D_pos = -Dps * qk if Dps is not None else None
+        dpos = ssd_fused.pad_positions(D_pos, Q)
         A = w.new_zeros(H)                           # unused: the kernels read the log decay
+        out, final, y, delta, cs, E = ssd_fused.forward_pass(
+            x, w, A, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
         ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
-        ctx.cfg = (H, Q, QA, h0 is not None, h0.dtype if h0 is not None else None)
+        ctx.cfg = (H, Q, h0 is not None, h0.dtype if h0 is not None else None)
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
         x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
-        H, Q, QA, has_init, init_dtype = ctx.cfg
+        H, Q, has_init, init_dtype = ctx.cfg
         dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused.backward_pass(
             dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, dpos)
@@ -195,9 +143,9 @@ class _SISOFn(torch.autograd.Function):
             dqk = -Dps * ddpos
             dDps = -qk * ddpos
         dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
-            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), dqk, QA)
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), dqk)
         return (dx, dw, dadt, dB, dC, dBb, dCb, dps, ddt, doff, None if dD is None else dD.to(D.dtype),
-                dDps, dz, None if dinit is None else dinit.to(init_dtype), None, None, None)
+                dDps, dz, None if dinit is None else dinit.to(init_dtype), None, None)
 
 
 def _or(t, dummy):
@@ -252,9 +200,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         w, D_pos_scale = lam * dtf + bnext, bnext
 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
-    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
-    QA = min(ANGLE_CHUNK, Q)                          # rotation steps per program; divides Q
-    ps, off, final_angle = angle_inputs(angles, dtf, ang0, QA)
+    ps, off, final_angle = angle_inputs(angles, dtf, ang0, ANGLE_CHUNK)
     if B_bias is not None or C_bias is not None:
         zero = torch.zeros(H, N, device=dev)
         Bb = B_bias.float().reshape(H, N) if B_bias is not None else zero
@@ -269,11 +215,12 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         if bcur is not None and k0 is not None and v0 is not None:
             h0 = h0 + bcur[:, 0, :, None, None] * v0.float().unsqueeze(-1) * k0.float().reshape(bsz, H, N).unsqueeze(-2)
 
+    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _SISOFn.apply(
         ssd_fused.lastdim_contig(x), f32c(w), f32c(adt), B.contiguous(), C.contiguous(), Bb, Cb, ps,
         dtf.contiguous() if S else None, off, f32c(D), f32c(D_pos_scale),
-        None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0), H, Q, QA)
+        None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0), H, Q)
     if not return_final_states:
         return y
     k_last = reference._heads(B[:, L - 1].unsqueeze(1), B_bias, H, torch.float32)[:, 0]     # (b, h, n)
