@@ -50,8 +50,8 @@ class _Tuned:
 
     def __init__(self, kernel, configs):
         self.kernel = kernel
-        self.first = {"num_warps": configs[0][0], "num_stages": configs[0][1]}
-        cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in configs]
+        self.first = _options(configs[0])
+        cfgs = [triton.Config({}, **_options(c)) for c in configs]
         # Q and BT (where a kernel has them) change the work per program: tuned per value
         self.key_names = ["H", "P", "N", "G"] + [k for k in ("Q", "BT") if k in kernel.arg_names]
         self.key_index = [kernel.arg_names.index(k) for k in self.key_names]
@@ -79,10 +79,19 @@ class _Tuned:
         if cfg is None:
             out = self.tuned[grid](*args, **kwargs)
             best = getattr(self.tuned, "best_config", None)
-            self.chosen[tkey] = ({"num_warps": best.num_warps, "num_stages": best.num_stages}
+            self.chosen[tkey] = (_options((best.num_warps, best.num_stages, best.maxnreg))
                                  if best is not None else self.first)
             return out
         return self.fast_tuned.run(grid, args, kwargs, cfg, key=key)
+
+
+def _options(config) -> dict:
+    """(num_warps, num_stages[, maxnreg]) as launch options; maxnreg None: the compiler's choice."""
+    warps, stages, *rest = config
+    opts = {"num_warps": warps, "num_stages": stages}
+    if rest and rest[0] is not None:
+        opts["maxnreg"] = rest[0]
+    return opts
 
 
 def _tuned(kernel, configs):
@@ -96,8 +105,13 @@ _chunk_cb = FastKernel(kb.chunk_cb)
 _dt_bwd = FastKernel(kb.dt_bwd)
 _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
 _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
-_chunk_bwd_dx, _CBX = _tuned(kb.chunk_bwd_dx, [(4, 1), (8, 1), (4, 2)])
-_chunk_bwd_dbc, _CBBC = _tuned(kb.chunk_bwd_dbc, [(4, 1), (8, 1), (4, 2)])
+#: (4, 1, 168): 4 warps capped at 168 registers per thread fit three programs per SM (12 warps
+#: to hide latency, paid for in spills). H100, 2026-11-22, Mamba-2 b4 l4096 (kernel_variants.sh):
+#: chunk_bwd_dx 0.323 ms with it among the candidates, against 0.393 without; Mamba-3's per-head
+#: kernels were unchanged (the autotuner keeps what is fastest per shape). A cap of 128 (two
+#: 8-warp programs per SM) gave nothing, and made the Mamba-3 rotation backward slower.
+_chunk_bwd_dx, _CBX = _tuned(kb.chunk_bwd_dx, [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
+_chunk_bwd_dbc, _CBBC = _tuned(kb.chunk_bwd_dbc, [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
 
 
 def _pow2(v: int) -> int:
