@@ -72,7 +72,7 @@ def cases():
     rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True)
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
            "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")
-    yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, rot, f32, (), [(16, 1), (8, 1)]  # siso.ROTATE_FWD_WARPS
+    yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, rot, f32, (), [(16, 1), (8, 1)]  # siso.ROTATE_FWD_WARPS (capped: siso.ROTATE_FWD_CAP)
     for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
         yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
                dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1)])

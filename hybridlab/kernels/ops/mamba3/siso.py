@@ -57,7 +57,12 @@ ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 32
 #: (kernel_variants.sh with scripts/gpu/variants-rotate-warps.txt, 2026-11-22): forward 0.304 ms
 #: at 16 warps against 0.358 at 8; the backward 0.922 at 16 against 0.726 at 8 (with 16 or 64
 #: pairs per program at 16 warps: 0.978, 1.045). HYBRIDLAB_MAMBA3_ROTATE_{FWD,BWD}_WARPS.
+#: Capped at 128 registers (HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG), two 8-warp forward programs fit
+#: per SM: 0.224 ms against 0.305 at 16 warps uncapped (same run, H100, 2026-11-22); 4 warps
+#: capped at 168 or 128 gave 0.391 and 0.753. Capping the backward was slower (0.82 ms at 128,
+#: 0.90 at 168, against 0.72).
 ROTATE_FWD_WARPS = knobs.MAMBA3_ROTATE_FWD_WARPS
+ROTATE_FWD_CAP = {"maxnreg": knobs.MAMBA3_ROTATE_FWD_MAXNREG} if knobs.MAMBA3_ROTATE_FWD_MAXNREG else {}
 ROTATE_BWD_WARPS = knobs.MAMBA3_ROTATE_BWD_WARPS
 
 
@@ -79,7 +84,7 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
-        num_warps=1 if _INTERPRET else ROTATE_FWD_WARPS)
+        **({"num_warps": 1} if _INTERPRET else {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
     return k, q, qk
 
 

@@ -104,7 +104,7 @@ _state_pass_bwd = FastKernel(kb.state_pass_bwd)
 _chunk_cb = FastKernel(kb.chunk_cb)
 _dt_bwd = FastKernel(kb.dt_bwd)
 _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
-_chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1)])
+_chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1), (4, 1, 168)])
 #: (4, 1, 168): 4 warps capped at 168 registers per thread fit three programs per SM (12 warps
 #: to hide latency, paid for in spills). H100, 2026-11-22, Mamba-2 b4 l4096 (kernel_variants.sh):
 #: chunk_bwd_dx 0.323 ms with it among the candidates, against 0.393 without; Mamba-3's per-head
