@@ -122,6 +122,13 @@ def _chunk(chunk_size: int) -> int:
     return min(256, max(16, _pow2(chunk_size)))
 
 
+#: state passing (a short recurrence over chunks): elements of the P x N state per program, and its
+#: warps. More, smaller programs hide more latency: H100, 2026-11-22, b1 l32768 (profile_ops.py),
+#: state_pass_bwd 0.328 ms at 256 / 2 warps against 0.369 at 1024 / 4 (Mamba-3), 0.165 against
+#: 0.186 (Mamba-2), the forward 0.183 against 0.194; unchanged at b4; 128 / 1 warp: 0.303, 0.154
+#: but slower at b4 (0.112 against 0.097).
+STATE_BLOCK, STATE_WARPS = 256, 2
+
 #: fp32 inputs on the GPU (tf32x3 dots keep fp32 operand tiles in shared memory): chunks of at
 #: most FP32_MAX_CHUNK steps and row blocks of at most FP32_MAX_BLOCK_T, else chunk_state_fwd /
 #: chunk_state_bwd (Q=256: 256 KB) and chunk_bwd (BT=64: 320 KB) exceed the H100's 227 KB
@@ -183,11 +190,11 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     E = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     final = torch.empty(b, H, P, N, device=dev, dtype=f32)
     PN = P * N
-    BLOCK = min(1024, _pow2(PN))
+    BLOCK = min(STATE_BLOCK, _pow2(PN))
     _state_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
         st, cs, seg, init, E, final, H, PN, Lp, nchunks,
         Q=Q, BLOCK=BLOCK, HAS_INIT=init is not None, HAS_SEQ=seg is not None,
-        num_warps=1 if _INTERPRET else 4)
+        num_warps=1 if _INTERPRET else STATE_WARPS)
 
     NB = Q // BT
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -247,7 +254,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
         Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CSB)
 
     PN = P * N
-    BLOCK = min(1024, _pow2(PN))
+    BLOCK = min(STATE_BLOCK, _pow2(PN))
     nblk = triton.cdiv(PN, BLOCK)
     dst = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     dinit = torch.empty(b, H, P, N, device=dev, dtype=f32) if has_init else None
@@ -255,7 +262,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     _state_pass_bwd[(b * H, nblk)](
         dloc, E, cs, seg, dfinal, dst, dinit, dlast2, H, PN, Lp, nchunks,
         Q=Q, BLOCK=BLOCK, HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, HAS_SEQ=seg is not None,
-        num_warps=1 if one else 4)
+        num_warps=1 if one else STATE_WARPS)
 
     has_state = has_init or nchunks > 1
     cb = _shared_cb(B, C, H, Q, BT, BN, prec)
