@@ -109,3 +109,32 @@ def test_tuned_launches_autotune_once_per_key_then_one_plan_key(monkeypatch):
     # the first call ran in the autotuner; the second compiled with its choice; then the launcher
     assert [c[0] for c in jit.calls] == ["jit", "compiled", "compiled"]
     assert jit.calls[0][3]["num_warps"] == 8 and jit.calls[0][3]["num_stages"] == 2
+
+
+def test_tuned_carries_a_register_cap_from_config_to_launch(monkeypatch):
+    """A (warps, stages, maxnreg) candidate: the first-config launch and the launch after the
+    autotuner picked a capped config both compile with that cap."""
+    from hybridlab.kernels.ops.ssd import fused
+    monkeypatch.setattr(fused, "_INTERPRET", False)
+    monkeypatch.setattr("hybridlab.kernels.knobs.FAST_LAUNCH", True)
+    x = torch.zeros(64)
+
+    monkeypatch.setattr(fused, "AUTOTUNE", False)
+    jit = FakeJIT(kernel_sig)
+    fused._Tuned(jit, [(4, 1, 168), (8, 1)])[(1, 1, 1)](x, 4, 8, 16, 1, Q=64, BT=32)
+    assert jit.calls[0][3] == {"Q": 64, "BT": 32, "num_warps": 4, "num_stages": 1, "maxnreg": 168}
+
+    monkeypatch.setattr(fused, "AUTOTUNE", True)
+    jit = FakeJIT(kernel_sig)
+    tuned = fused._Tuned(jit, [(8, 1), (4, 1, 168)])
+
+    class FakeAutotuner:
+        best_config = triton.Config({}, num_warps=4, num_stages=1, maxnreg=168)
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: None
+    tuned.tuned = FakeAutotuner()
+    for _ in range(2):
+        tuned[(1, 1, 1)](x, 4, 8, 16, 1, Q=64, BT=32)
+    assert [c[0] for c in jit.calls] == ["jit"]              # the autotuner ran first, then one compile
+    assert jit.calls[0][3] == {"Q": 64, "BT": 32, "num_warps": 4, "num_stages": 1, "maxnreg": 168}

@@ -12,7 +12,7 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 32 |
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS | warps per Mamba-3 forward rotation program (4, 8 or 16) | 8 |
-| HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG | register cap per thread of the forward rotation (0: none) | 128 |
+| HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG | register cap per thread of the forward rotation (0: none; 64, 96, 128, 168 or 255) | 128 |
 | HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS | warps per Mamba-3 backward rotation program (4, 8 or 16) | 8 |
 | HYBRIDLAB_MAMBA3_HPP | heads summed per MIMO bwd_keys program (divides heads per group) | chosen |
 
@@ -60,6 +60,6 @@ MAMBA3_SSD_CHUNK = env_int("HYBRIDLAB_MAMBA3_SSD_CHUNK", None, {16, 32, 64, 128,
 MAMBA3_ROTATE_PAIRS = env_int("HYBRIDLAB_MAMBA3_ROTATE_PAIRS", None, POWERS_OF_TWO)
 MAMBA3_ANGLE_CHUNK = env_int("HYBRIDLAB_MAMBA3_ANGLE_CHUNK", None, {16, 32, 64})
 MAMBA3_ROTATE_FWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS", 8, {4, 8, 16})
-MAMBA3_ROTATE_FWD_MAXNREG = env_int("HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG", 128, {0} | set(range(64, 256)))
+MAMBA3_ROTATE_FWD_MAXNREG = env_int("HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG", 128, {0, 64, 96, 128, 168, 255})
 MAMBA3_ROTATE_BWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS", 8, {4, 8, 16})
 MAMBA3_HPP = env_int("HYBRIDLAB_MAMBA3_HPP", 0)
