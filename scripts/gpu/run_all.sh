@@ -72,8 +72,10 @@ fi
 # 3. GPU tests
 gpu_paths=()
 for p in tests/gpu tests/test_bench.py tests/test_trainer.py tests/test_cost.py; do [[ -e $p ]] && gpu_paths+=("$p"); done
-# -v: each test's verdict as it ends, so a stage killed at its limit still names a failed test
-want tests_gpu && stage tests_gpu "${TESTS_GPU_S:-450}" python3 -m pytest -m gpu "${gpu_paths[@]}" -v -rf --tb=short -p no:cacheprovider
+# -v: each test's verdict as it ends, so a stage killed at its limit still names a failed test;
+# -s: the errors the tests print before asserting land in the log at once, not in a summary the
+# limit may cut off
+want tests_gpu && stage tests_gpu "${TESTS_GPU_S:-450}" python3 -m pytest -m gpu "${gpu_paths[@]}" -v -s -rf --tb=short -p no:cacheprovider
 
 # 4. kernel tests, run on this machine as they are
 if [[ -n ${KERNEL_TESTS:-} ]]; then
