@@ -107,6 +107,21 @@ def test_rotation_backward_in_pair_blocks(monkeypatch, name):
     check(run_both(*make_case(**CASES[name]), CHUNK[name]))
 
 
+@pytest.mark.parametrize("name", ["siso-all-init", "mimo2-all-init"])
+def test_final_state_gradients_from_sums(name):
+    """y.sum() and final_state.sum(): autograd hands the backward expanded (stride-0) gradients,
+    which the kernels must not read as dense tensors (SSD's state passing once did)."""
+    args, kw, ini = make_case(**CASES[name])
+    grads = {}
+    for label, fn in (("ref", reference.mamba3), ("tri", fused.mamba3)):
+        a = [t.clone().requires_grad_(True) if t is not None else None for t in args]
+        y, fin = fn(*a, **kw, initial_states=ini, chunk_size=CHUNK[name], return_final_states=True)
+        (y.sum() + sum(t.sum() for t in fin)).backward()
+        grads[label] = [t.grad for t in a if t is not None]
+    for r, t in zip(grads["ref"], grads["tri"]):
+        assert rel(t, r) <= TOL
+
+
 def random_siso_case(seed):
     """A random SISO configuration: groups, odd sizes, partial rotation, any option subset."""
     r = torch.Generator().manual_seed(seed)

@@ -39,6 +39,8 @@ def check(shape, opts, final_grad=True, dtype=torch.float32):
     gy, gs = torch.randn_like(y_ref), torch.randn_like(s_ref)
 
     def loss(yy, ss):
+        if final_grad == "sum":     # autograd hands the backward an expanded (stride-0) gradient
+            return (yy * gy).sum() + ss.sum()
         return (yy * gy).sum() + ((ss * gs).sum() if final_grad else 0.0)
 
     grads = torch.autograd.grad(loss(y, s), list(leaves.values()))
@@ -82,6 +84,12 @@ def test_backward_head_split(monkeypatch, target):
 
 def test_without_final_state_gradient():
     check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "initial_states"), final_grad=False)
+
+
+def test_final_state_gradient_from_a_sum():
+    """final.sum(): the state-passing backward once read that stride-0 gradient as a dense
+    (b, h, p, n) tensor, past its one-element storage (found by scripts/interpret_bounds.py)."""
+    check((2, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "initial_states"), final_grad="sum")
 
 
 def test_chunk_size_not_power_of_two():

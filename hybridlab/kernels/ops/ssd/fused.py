@@ -245,6 +245,9 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     prec = _prec(x.dtype)
     one = _INTERPRET
     dout = lastdim_contig(dout)
+    # the kernels index dfinal as a dense (b, h, p, n); autograd may hand an expanded one
+    # (stride 0: the gradient of final.sum()), which they would read past its storage
+    dfinal = dfinal.contiguous() if dfinal is not None else None
 
     dloc = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
     _chunk_state_bwd[(H, nchunks, b)](
