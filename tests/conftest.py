@@ -1,7 +1,8 @@
 """Shared test set-up.
 
 * Triton kernels run on the CPU through the interpreter, so set TRITON_INTERPRET=1 before any
-  Triton import when there is no CUDA.
+  Triton import when there is no CUDA; every load and store a kernel makes there is checked
+  against its tensor arguments' storage (bounds_check.py), which the interpreter does not do.
 * Tests marked ``gpu`` skip where CUDA is absent (run them on the GPU machine:
   ``python -m pytest -m gpu``).
 """
@@ -17,6 +18,9 @@ except Exception:  # pragma: no cover
 
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ["TRITON_INTERPRET"] == "1":
+        import bounds_check
+        bounds_check.install()
 
 
 def pytest_collection_modifyitems(config, items):

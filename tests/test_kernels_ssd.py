@@ -88,7 +88,7 @@ def test_without_final_state_gradient():
 
 def test_final_state_gradient_from_a_sum():
     """final.sum(): the state-passing backward once read that stride-0 gradient as a dense
-    (b, h, p, n) tensor, past its one-element storage (found by scripts/interpret_bounds.py)."""
+    (b, h, p, n) tensor, past its one-element storage (found by tests/bounds_check.py)."""
     check((2, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "initial_states"), final_grad="sum")
 
 

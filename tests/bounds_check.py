@@ -1,8 +1,9 @@
-"""Run a Python script with the Triton interpreter checking every load and store against the
-storages of the launched kernel's tensor arguments (the interpreter itself does not: an
-out-of-bounds read there silently reads host memory that happens to be mapped).
+"""The Triton interpreter, checking every load and store against the storages of the launched
+kernel's tensor arguments (the interpreter itself does not: an out-of-bounds read there silently
+reads host memory that happens to be mapped). tests/conftest.py installs it for every CPU test
+run; to check a script of your own:
 
-    TRITON_INTERPRET=1 python scripts/interpret_bounds.py SCRIPT.py [ARGS...]
+    TRITON_INTERPRET=1 python tests/bounds_check.py SCRIPT.py [ARGS...]
 
 The first access outside every argument's storage raises with the kernel, the pointer's byte
 offset from the nearest argument, and how many lanes were out of bounds.
@@ -64,10 +65,16 @@ def _store(self, ptrs, value, mask, cache_policy):
 _orig_init = interp.GridExecutor._init_args_hst
 _orig_load = interp.InterpreterBuilder.create_masked_load
 _orig_store = interp.InterpreterBuilder.create_masked_store
-interp.GridExecutor._init_args_hst = _record
-interp.InterpreterBuilder.create_masked_load = _load
-interp.InterpreterBuilder.create_masked_store = _store
+
+
+def install() -> None:
+    """Patch the interpreter (idempotent)."""
+    interp.GridExecutor._init_args_hst = _record
+    interp.InterpreterBuilder.create_masked_load = _load
+    interp.InterpreterBuilder.create_masked_store = _store
+
 
 if __name__ == "__main__":
+    install()
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
