@@ -27,8 +27,9 @@ from hybridlab.kernels.ops.ssd import fused_fwd as kf
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), warps=4, stages=1) -> str:
-    """'REG:n STACK:m' of ``fn`` compiled with ``consts``; pointers bf16 unless listed."""
+def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
+    """'REG:n STACK:m' of ``fn`` compiled with ``consts`` and a launch config (num_warps,
+    num_stages[, maxnreg]) as the ops take it; pointers bf16 unless listed."""
     sig = {}
     for name in fn.arg_names:
         if name in consts:
@@ -38,7 +39,7 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), warps=4, stages=1) -> str
         else:
             sig[name] = "i32"
     src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=ssd._options(config))
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
@@ -64,15 +65,15 @@ def cases():
         dx["HAS_CB"] = not m3           # Mamba-2 (g 1) shares C Bᵀ across heads; SISO's per-head k, q cannot
         dbc = {k: v for k, v in common.items() if k not in ("HAS_D", "D_HDIM", "HAS_DPOS")}
         yield (f"chunk_bwd_dx ({what}, BT {T})", kb.chunk_bwd_dx, dict(Q=Q, BT=T, **dx),
-               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
+               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
-               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2)])
+               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
     rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True)
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
            "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")
-    yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, rot, f32, (), [(16, 1), (8, 1)]  # siso.ROTATE_FWD_WARPS (capped: siso.ROTATE_FWD_CAP)
+    yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, rot, f32, (), [(8, 1, 128), (8, 1), (16, 1)]  # siso.ROTATE_FWD_WARPS, ROTATE_FWD_CAP
     for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
         yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
                dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1)])
@@ -80,5 +81,6 @@ def cases():
 
 if __name__ == "__main__":
     for label, fn, consts, fp32, ints, configs in cases():
-        for warps, stages in configs:
-            print(f"{label:48s} warps {warps} stages {stages}: {usage(fn, consts, fp32, ints, warps, stages)}")
+        for config in configs:
+            cap = f" maxnreg {config[2]}" if len(config) > 2 else ""
+            print(f"{label:48s} warps {config[0]} stages {config[1]}{cap}: {usage(fn, consts, fp32, ints, config)}")

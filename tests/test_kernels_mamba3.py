@@ -43,8 +43,9 @@ def make_case(b=1, L=20, H=2, P=16, G=1, N=16, R=1, S=3, opt=("angles", "B_bias"
     return args, kw, ini
 
 
-def run_both(args, kw, ini, chunk):
-    """Forward + backward of a random loss over y and every final state, for both backends."""
+def run_both(args, kw, ini, chunk, sums=False):
+    """Forward + backward of a random loss over y and every final state, for both backends
+    (sums: their plain sums instead, whose gradients autograd hands over expanded, stride 0)."""
     out = {}
     for name, fn in (("ref", reference.mamba3), ("tri", fused.mamba3)):
         a = [t.clone().requires_grad_(True) if t is not None else None for t in args]
@@ -52,9 +53,10 @@ def run_both(args, kw, ini, chunk):
         i = tuple(t.clone().requires_grad_(True) if t is not None else None for t in ini) if ini else None
         y, fin = fn(*a, **k, initial_states=i, chunk_size=chunk, return_final_states=True)
         g = torch.Generator().manual_seed(7)
-        loss = (y * torch.randn(y.shape, generator=g)).sum()
+        weigh = (lambda t: t) if sums else (lambda t: t * torch.randn(t.shape, generator=g))  # noqa: E731
+        loss = weigh(y).sum()
         for t in fin:
-            loss = loss + (t * torch.randn(t.shape, generator=g)).sum()
+            loss = loss + weigh(t).sum()
         loss.backward()
         leaves = dict(zip(("x", "dt", "A", "trap", "B", "C"), a))
         leaves.update(k)
@@ -111,15 +113,7 @@ def test_rotation_backward_in_pair_blocks(monkeypatch, name):
 def test_final_state_gradients_from_sums(name):
     """y.sum() and final_state.sum(): autograd hands the backward expanded (stride-0) gradients,
     which the kernels must not read as dense tensors (SSD's state passing once did)."""
-    args, kw, ini = make_case(**CASES[name])
-    grads = {}
-    for label, fn in (("ref", reference.mamba3), ("tri", fused.mamba3)):
-        a = [t.clone().requires_grad_(True) if t is not None else None for t in args]
-        y, fin = fn(*a, **kw, initial_states=ini, chunk_size=CHUNK[name], return_final_states=True)
-        (y.sum() + sum(t.sum() for t in fin)).backward()
-        grads[label] = [t.grad for t in a if t is not None]
-    for r, t in zip(grads["ref"], grads["tri"]):
-        assert rel(t, r) <= TOL
+    check(run_both(*make_case(**CASES[name]), CHUNK[name], sums=True))
 
 
 def random_siso_case(seed):
