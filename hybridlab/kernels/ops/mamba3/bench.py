@@ -1,5 +1,6 @@
 """Time the Mamba-3 Triton kernels at the gpu-baselines.md shapes (bf16, chunk 64, rope on N/2,
-D, z gate, g=1): ``python -m hybridlab.kernels.ops.mamba3.bench [--rank R]``."""
+D, z gate, g=1): ``python -m hybridlab.kernels.ops.mamba3.bench [--rank R] [--profile]``
+(--profile: GPU time per kernel and torch op of one forward+backward, torch.profiler)."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def inputs(b, L, H, P, N, R, requires_grad):
     return t
 
 
-def bench(b, L, H=32, P=64, N=128, R=1, chunk=64):
+def bench(b, L, H=32, P=64, N=128, R=1, chunk=64, profile=False):
     t = inputs(b, L, H, P, N, R, True)
     pos = [t.pop(k) for k in ("x", "dt", "A", "trap", "B", "C")]
     fwd = lambda: mamba3(*pos, **t, chunk_size=chunk)  # noqa: E731
@@ -45,12 +46,19 @@ def bench(b, L, H=32, P=64, N=128, R=1, chunk=64):
         ms_f = do_bench(fwd)
     ms_fb = do_bench(fwd_bwd)
     print(f"mamba3 R={R} b{b} l{L} h{H} p{P} n{N} chunk{chunk}: fwd {ms_f:.3f} ms, fwd+bwd {ms_fb:.3f} ms")
+    if profile:
+        from torch.profiler import ProfilerActivity
+        with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fwd_bwd()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, default=1)
     ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
-    bench(4, 4096, R=a.rank, chunk=a.chunk)
-    bench(1, 32768, R=a.rank, chunk=a.chunk)
+    bench(4, 4096, R=a.rank, chunk=a.chunk, profile=a.profile)
+    bench(1, 32768, R=a.rank, chunk=a.chunk, profile=a.profile)

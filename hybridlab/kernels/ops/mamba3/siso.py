@@ -70,9 +70,10 @@ def _p2(n: int) -> int:
     return max(2, triton.next_power_of_2(max(int(n), 1)))
 
 
-def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
+def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1):
     """k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32 from B, C (b, l, g, n), biases (h, n)
-    fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation)."""
+    fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation).
+    MIMO (mimo.py) passes its rows (t, r) as l = steps * ranks rows and biases (ranks, h, n)."""
     bsz, L, G, N = B.shape
     S = ps.shape[-1] if ps is not None else 0
     nc = triton.cdiv(L, ANGLE_CHUNK)
@@ -83,14 +84,14 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype):
     _rotate_fwd[(nc, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0,
+        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks,
         **({"num_warps": 1} if _INTERPRET else {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
     return k, q, qk
 
 
-def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
-    """Gradients of ``_rotate`` for B, C, the biases, ps, dt and off, from fp32 dk, dq, dqk
-    (k: the forward's output, for its head count and dtype)."""
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1):
+    """Gradients of ``_rotate`` for B, C, the biases ((h, n), or (ranks, h, n)), ps, dt and off,
+    from fp32 dk, dq, dqk (k: the forward's output, for its head count and dtype)."""
     bsz, L, G, N = B.shape
     H = k.shape[2]
     S = ps.shape[-1] if ps is not None else 0
@@ -102,7 +103,7 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
     dB = torch.empty(bsz, L, G, N, device=dev, dtype=f32)
     dC = torch.empty_like(dB)
     bias = Bb is not None
-    dBb = torch.empty(bsz, nc, H, N, device=dev, dtype=f32) if bias else None
+    dBb = torch.empty(bsz, nc, ranks, H, N, device=dev, dtype=f32) if bias else None
     dCb = torch.empty_like(dBb) if bias else None
     dps = torch.empty(bsz, L, G, S, device=dev, dtype=f32) if S else None
     ddt = torch.empty(bsz, L, H, npb, device=dev, dtype=f32) if S else None
@@ -112,10 +113,10 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk):
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d),
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
         L, H, G, N, S, nc, npb, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None,
+        QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None, RB=ranks,
         num_warps=1 if _INTERPRET else ROTATE_BWD_WARPS)
-    return (dB.to(B.dtype), dC.to(C.dtype), dBb.sum((0, 1)) if bias else None,
-            dCb.sum((0, 1)) if bias else None, dps.sum(2) if S else None,
+    bias_grad = lambda t: t.sum((0, 1)).view(Bb.shape) if bias else None  # noqa: E731
+    return (dB.to(B.dtype), dC.to(C.dtype), bias_grad(dBb), bias_grad(dCb), dps.sum(2) if S else None,
             (ddt[..., 0] if npb == 1 else ddt.sum(-1)) if S else None, doff)
 
 

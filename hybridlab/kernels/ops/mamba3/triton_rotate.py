@@ -3,6 +3,8 @@
 Forward, per (b, angle chunk c of QA steps, head h of group g):
     theta_t = off_c + sum_{s in chunk, s<=t} ps_s dt_s          (in registers: never stored)
     k = Rot(theta) (B_g + B_bias_h),  q = Rot(theta) (C_g + C_bias_h)     (x's dtype, (b, l, h, n))
+    (MIMO passes rows (t, r) as one sequence of l*R rows: the bias is then (R, h, n), picked by
+    row % RB, and its gradient is summed per rank)
     qk = <q, k>  on the rounded values the SSD kernels see                (fp32, (b, l, h))
 ps = pi*tanh(angles) (b, l, S); off (b, nc, h, S) = the angle entering each chunk (torch, float64,
 modulo 2 pi). Rotation pairs are (2i, 2i+1) for i < S; pairs i >= S stay as they are.
@@ -38,6 +40,16 @@ def _join_pairs(e, o, QA: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def _bias(ptr, h, t, on, H, N, RB: tl.constexpr):
+    """Head h's bias, (1, BN) fp32, or (QA, BN) for ranked rows: bias (RB, H, N), rank = t % RB."""
+    if RB == 1:
+        v = tl.load(ptr + h * N + on, mask=on < N, other=0.0)[None, :]
+    else:
+        v = tl.load(ptr + ((t % RB)[:, None] * H + h) * N + on[None, :], mask=on[None, :] < N, other=0.0)
+    return v
+
+
+@triton.jit
 def _theta(ps_ptr, dt_ptr, off_ptr, b, c, h, t, i, valid, L, H, S, nc):
     """theta (QA, BN2) of head h in chunk c, the ps tile and dt column it came from."""
     ps = tl.load(ps_ptr + (b * L + t[:, None]) * S + i[None, :], mask=valid[:, None] & (i[None, :] < S), other=0.0)
@@ -52,6 +64,7 @@ def rotate_fwd_kernel(
     L, H, G, N, S, nc,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     QA: tl.constexpr, BN2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROT: tl.constexpr,
+    RB: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -65,8 +78,8 @@ def rotate_fwd_kernel(
     kb = _rows(B_ptr, b * sB_b + g * sB_g, sB_l, t, on, valid, N)
     qb = _rows(C_ptr, b * sC_b + g * sC_g, sC_l, t, on, valid, N)
     if HAS_BIAS:
-        kb += tl.load(Bb_ptr + h * N + on, mask=on < N, other=0.0)[None, :]
-        qb += tl.load(Cb_ptr + h * N + on, mask=on < N, other=0.0)[None, :]
+        kb += _bias(Bb_ptr, h, t, on, H, N, RB)
+        qb += _bias(Cb_ptr, h, t, on, H, N, RB)
     if HAS_ROT:
         th, _, _ = _theta(ps_ptr, dt_ptr, off_ptr, b, c, h, t, i, valid, L, H, S, nc)
         cs, sn = tl.cos(th), tl.sin(th)
@@ -90,7 +103,7 @@ def rotate_bwd_kernel(
     L, H, G, N, S, nc, npb,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     QA: tl.constexpr, BN2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROT: tl.constexpr,
-    HAS_QK: tl.constexpr,
+    HAS_QK: tl.constexpr, RB: tl.constexpr,
 ):
     c = tl.program_id(0)
     g = tl.program_id(1) // npb
@@ -113,8 +126,8 @@ def rotate_bwd_kernel(
         h = g * hpg + hh
         kb, qb = B0, C0
         if HAS_BIAS:
-            kb += tl.load(Bb_ptr + h * N + on, mask=on < N, other=0.0)[None, :]
-            qb += tl.load(Cb_ptr + h * N + on, mask=on < N, other=0.0)[None, :]
+            kb += _bias(Bb_ptr, h, t, on, H, N, RB)
+            qb += _bias(Cb_ptr, h, t, on, H, N, RB)
         off = ((b * L + t[:, None]) * H + h) * N + on[None, :]
         dk = tl.load(dk_ptr + off, mask=m, other=0.0).to(tl.float32)
         dq = tl.load(dq_ptr + off, mask=m, other=0.0).to(tl.float32)
@@ -153,9 +166,16 @@ def rotate_bwd_kernel(
         dB += dk
         dC += dq
         if HAS_BIAS:
-            pb = ((b * nc + c) * H + h) * N + on
-            tl.store(dBb_ptr + pb, tl.sum(dk, axis=0), mask=on < N)
-            tl.store(dCb_ptr + pb, tl.sum(dq, axis=0), mask=on < N)
+            if RB == 1:
+                pb = ((b * nc + c) * H + h) * N + on
+                tl.store(dBb_ptr + pb, tl.sum(dk, axis=0), mask=on < N)
+                tl.store(dCb_ptr + pb, tl.sum(dq, axis=0), mask=on < N)
+            else:
+                for r in tl.static_range(RB):
+                    rank_r = (t % RB == r)[:, None]
+                    pb = (((b * nc + c) * RB + r) * H + h) * N + on
+                    tl.store(dBb_ptr + pb, tl.sum(tl.where(rank_r, dk, 0.0), axis=0), mask=on < N)
+                    tl.store(dCb_ptr + pb, tl.sum(tl.where(rank_r, dq, 0.0), axis=0), mask=on < N)
     goff = ((b * L + t[:, None]) * G + g) * N + on[None, :]
     tl.store(dB_ptr + goff, dB, mask=m)
     tl.store(dC_ptr + goff, dC, mask=m)
