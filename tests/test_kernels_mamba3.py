@@ -92,11 +92,11 @@ CASES = {
     "mimo2-all-init": dict(L=20, R=2),
     "mimo4-per-rank": dict(L=10, R=4, opt=("angles", "C_bias", "D", "trap"), mimo_w=("W_x",), init=("angle", "ssm")),
     "mimo2-g2-z-only": dict(L=9, R=2, H=4, G=2, opt=("z", "trap", "D"), mimo_w=("W_z", "W_o"), init=("k", "v", "ssm")),
-    # rank 3 (any rank works), 90 rows: two 64-row angle chunks, SSD chunks of 16 rows that end mid-step
-    "mimo3-long": dict(L=30, R=3, H=4, G=2, S=4),
+    # 120 rows: two 64-row angle chunks and output-kernel tiles, eight 16-row SSD chunks
+    "mimo4-long": dict(L=30, R=4, H=4, G=2, S=4),
 }
 CHUNK = {"siso-all-init": 8, "siso-g2-fullrot-multiple": 16, "siso-bare": 4, "siso-odd-shapes": 8,
-         "mimo2-all-init": 8, "mimo4-per-rank": 4, "mimo2-g2-z-only": 16, "mimo3-long": 16}
+         "mimo2-all-init": 8, "mimo4-per-rank": 4, "mimo2-g2-z-only": 16, "mimo4-long": 16}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -104,7 +104,7 @@ def test_triton_matches_reference(name):
     check(run_both(*make_case(**CASES[name]), CHUNK[name]))
 
 
-@pytest.mark.parametrize("name", ["siso-all-init", "siso-g2-fullrot-multiple", "siso-odd-shapes", "mimo3-long"])
+@pytest.mark.parametrize("name", ["siso-all-init", "siso-g2-fullrot-multiple", "siso-odd-shapes", "mimo4-long"])
 def test_rotation_backward_in_pair_blocks(monkeypatch, name):
     """The rotation backward split over blocks of 2 rotation pairs (a speed knob): same result."""
     monkeypatch.setattr(siso, "ROTATE_BWD_PAIRS", 2)
@@ -145,7 +145,7 @@ def test_mimo_random_configurations(seed):
     and option subsets."""
     dims, chunk = random_siso_case(100 + seed)
     r = torch.Generator().manual_seed(seed)
-    dims["R"] = int(torch.randint(2, 5, (1,), generator=r))
+    dims["R"] = (2, 4, 8)[int(torch.randint(3, (1,), generator=r))]
     dims["mimo_w"] = tuple(w for w in ("W_x", "W_z", "W_o") if torch.rand(1, generator=r) < 0.6)
     check(run_both(*make_case(**dims), chunk))
 
@@ -203,6 +203,13 @@ def test_block_on_triton_backend(monkeypatch):
     assert rel(res["triton"][0], res["reference"][0]) <= TOL
     for n, g in res["reference"][1].items():
         assert rel(res["triton"][1][n], g) <= TOL, n
+
+
+def test_triton_rejects_non_power_of_two_rank():
+    args, kw, ini = make_case(L=4, R=2)
+    B3 = torch.randn(1, 4, 3, 1, 16)
+    with pytest.raises(ValueError, match="power-of-two"):
+        fused.mamba3(args[0], args[1], args[2], args[3], B3, B3, chunk_size=8)
 
 
 @pytest.mark.parametrize("R", [1, 2])

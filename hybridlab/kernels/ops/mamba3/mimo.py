@@ -10,75 +10,98 @@ C, v_{t,r} = x_t * W_x[r]. Read as one sequence of l*R rows, the chunked form of
 once a step's rows share its decay and scale: log decay dt*A on row (t, 0) and 0 on the others,
 input scale w_t on all R, angle steps ps*dt on row (t, 0) only. The causal order of rows leaves
 out (t, u > r) and gives the same step's pairs the weight w_t instead of lam_t dt_t; the last term,
-an R x R block per step (torch, l R^2 (n + p) multiply-adds per head), puts that right. So MIMO
-needs no kernels beyond SISO's: the rotation kernel takes the per-rank biases (``RB``), the SSD
-kernels run unchanged on R times the rows, with D; torch applies the z gate and W_o after.
+an R x R block per step, puts that right. So MIMO runs:
+
+1. the rotation kernel (triton_rotate.py) with per-rank biases, which also writes each step's
+   scores q_{t,r} . k_{t,u} (its ``qk`` output, (b, l*R, h, R));
+2. the SSD kernels, unchanged, on the l*R rows, with D;
+3. triton_mimo.py: the same-step term, the z gate and W_o (or the per-rank rows), and their
+   backward, which hands the SSD its output gradient and the rotation backward the scores' one.
+Steps 1-3 are one autograd node (``_MIMOFn``); torch does the (b, l, h) scalars, v = x W_x and
+the initial and final states. R must be a power of two (a step's rows are a register tile).
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
+import triton
 
 from ..ssd import fused as ssd_fused
 from . import reference
 from .siso import ANGLE_CHUNK, SSD_CHUNK, _NO_LIMIT, _rotate, _rotate_backward, angle_offsets
+from .triton_mimo import mimo_out_bwd_kernel, mimo_out_fwd_kernel
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: rows (t, r) per program of the output kernels
+OUT_ROWS = 64
 
 
-def _steps(t, R):
-    """(b, l*R, h, d) rows -> (b, l, R, h, d) fp32."""
-    return t.unflatten(1, (-1, R)).float()
-
-
-def same_step(q, k, v, coef):
-    """The per-step R x R term: sum_u coef[t, h, r, u] (q_{t,r} . k_{t,u}) v_{t,u}, (b, l*R, h, p) fp32."""
-    R = coef.shape[-1]
-    qs, ks, vs = (_steps(t, R) for t in (q, k, v))
-    m = torch.einsum("btrhn,btuhn->bthru", qs, ks) * coef
-    return torch.einsum("bthru,btuhp->btrhp", m, vs).flatten(1, 2)
-
-
-def same_step_backward(q, k, v, coef, dout):
-    """Gradients of ``same_step`` for q, k, v (fp32, rows) and coef."""
-    R = coef.shape[-1]
-    qs, ks, vs, do = (_steps(t, R) for t in (q, k, v, dout))
-    s = torch.einsum("btrhn,btuhn->bthru", qs, ks)
-    dm = torch.einsum("btrhp,btuhp->bthru", do, vs)
-    dv = torch.einsum("bthru,btrhp->btuhp", s * coef, do)
-    ds = dm * coef
-    dq = torch.einsum("bthru,btuhn->btrhn", ds, ks)
-    dk = torch.einsum("bthru,btrhn->btuhn", ds, qs)
-    return dq.flatten(1, 2), dk.flatten(1, 2), dv.flatten(1, 2), dm * s
+def _out_launch(L, H, P, R, bsz):
+    rows = max(OUT_ROWS, R)
+    grid = (triton.cdiv(L * R, rows), H, bsz)
+    return grid, dict(ROWS=rows, RB=R, BP=max(16, triton.next_power_of_2(P)), num_warps=1 if _INTERPRET else 4)
 
 
 class _MIMOFn(torch.autograd.Function):
-    """Rotation + decoupled SSD + the same-step term in one autograd node (fp32 dk, dq reach the
+    """Rotation + decoupled SSD + the output kernel in one autograd node (fp32 dk, dq reach the
     rotation's backward, as in siso._SISOFn)."""
 
     @staticmethod
-    def forward(ctx, x, w, adt, B, C, Bb, Cb, ps, dt, off, D, coef, h0, H, R, Q):
-        k, q, _ = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, R)
+    def forward(ctx, x, w_rows, adt, B, C, Bb, Cb, ps, dt, off, D, wd, w, z, Wz, Wo, h0, H, R, Q):
+        k, q, s = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, R)
         A = w.new_zeros(H)                           # unused: the kernels read the log decay
-        out, final, _, delta, cs, E = ssd_fused.forward_pass(
-            x, w, A, k, q, D, None, None, h0, None, Q, False, _NO_LIMIT, adt, None)
-        out = (out.float() + same_step(q, k, x, coef)).to(x.dtype)
-        ctx.save_for_backward(x, w, A, k, q, D, delta, cs, E, coef, B, C, Bb, Cb, ps, dt, off)
+        y, final, _, delta, cs, E = ssd_fused.forward_pass(
+            x, w_rows, A, k, q, D, None, None, h0, None, Q, False, _NO_LIMIT, adt, None)
+        bsz, LR, _, P = x.shape
+        L = LR // R
+        out = torch.empty((bsz, L, H, P) if Wo is not None else (bsz, LR, H, P), device=x.device, dtype=x.dtype)
+        grid, meta = _out_launch(L, H, P, R, bsz)
+        mimo_out_fwd_kernel[grid](
+            y, x, s, wd, w, _or(z, y), _or(Wz, wd), _or(Wo, wd), out, L, H, P,
+            HAS_Z=z is not None, HAS_WZ=Wz is not None, HAS_WO=Wo is not None, **meta)
+        ctx.save_for_backward(x, w_rows, A, k, q, D, delta, cs, E, y, s, wd, w, z, Wz, Wo, B, C, Bb, Cb, ps, dt, off)
         ctx.cfg = (R, Q, h0 is not None)
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, w, A, k, q, D, delta, cs, E, coef, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
+        x, w_rows, A, k, q, D, delta, cs, E, y, s, wd, w, z, Wz, Wo, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
         R, Q, has_init = ctx.cfg
-        dx, dw, _, dk, dq, dD, _, _, dinit, dadt, _ = ssd_fused.backward_pass(
-            dout, dfinal, x, w, A, k, q, D, None, None, None, delta, cs, E, None, Q, False, _NO_LIMIT,
+        bsz, LR, H, P = x.shape
+        L = LR // R
+        f32 = dict(device=x.device, dtype=torch.float32)
+        grid, meta = _out_launch(L, H, P, R, bsz)
+        if dout is None:
+            dout = torch.zeros((bsz, L, H, P) if Wo is not None else (bsz, LR, H, P), device=x.device, dtype=x.dtype)
+        dout = dout.contiguous()
+        dy = torch.empty_like(x)
+        dxs = torch.empty(bsz, LR, H, P, **f32)
+        ds = torch.empty_like(s)
+        dwd = torch.empty(bsz, L, H, **f32)
+        dw = torch.empty_like(dwd)
+        dz = torch.empty(bsz, L, H, P, **f32) if z is not None else None
+        part = lambda W: torch.empty(bsz, grid[0], H, R, P, **f32) if W is not None else None  # noqa: E731
+        dWz, dWo = part(Wz), part(Wo)
+        mimo_out_bwd_kernel[grid](
+            dout, y, x, s, wd, w, _or(z, y), _or(Wz, wd), _or(Wo, wd),
+            dy, dxs, ds, dwd, dw, _or(dz, dxs), _or(dWz, dxs), _or(dWo, dxs), L, H, P, grid[0],
+            HAS_Z=z is not None, HAS_WZ=Wz is not None, HAS_WO=Wo is not None, **meta)
+        dx, dw_rows, _, dk, dq, dD, _, _, dinit, dadt, _ = ssd_fused.backward_pass(
+            dy, dfinal, x, w_rows, A, k, q, D, None, None, None, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, None)
-        sq, sk, sx, dcoef = same_step_backward(q, k, x, coef, dout)
         dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
-            B, C, Bb, Cb, ps, dt, off, k, (dk.float() + sk).contiguous(), (dq.float() + sq).contiguous(), None, R)
-        return ((dx.float() + sx).to(x.dtype), dw, dadt, dB, dC, dBb, dCb, dps, ddt, doff,
-                None if dD is None else dD.to(D.dtype), dcoef, dinit, None, None, None)
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ds, R)
+        wsum = lambda t: None if t is None else t.sum((0, 1))  # noqa: E731
+        return ((dx.float() + dxs).to(x.dtype), dw_rows, dadt, dB, dC, dBb, dCb, dps, ddt, doff,
+                None if dD is None else dD.to(D.dtype), dwd, dw, None if dz is None else dz.to(z.dtype),
+                wsum(dWz), wsum(dWo), dinit, None, None, None)
+
+
+def _or(t, dummy):
+    return dummy if t is None else t
 
 
 def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
@@ -88,6 +111,8 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         raise ValueError("mamba3_mimo: float64 runs the reference (fused.mamba3 routes it there)")
     bsz, L, H, P = x.shape
     R, G, N = B.shape[2:]
+    if R & (R - 1) or R > ANGLE_CHUNK:
+        raise ValueError(f"Triton mamba3 needs a power-of-two MIMO rank <= {ANGLE_CHUNK}, got R={R}")
     S = 0 if angles is None else angles.shape[-1]
     dev, f32 = x.device, torch.float32
     LR = L * R
@@ -107,8 +132,6 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         wd = lam * dtf
         bcur = (1 - lam) * dtf
         w = wd + F.pad(bcur[:, 1:], (0, 0, 0, 1))
-    later = torch.ones(R, R, dtype=torch.bool, device=dev).tril()   # [r, u]: u <= r
-    coef = wd[..., None, None] - later * w[..., None, None]          # (b, l, h, R, R)
 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
     if S:
@@ -138,15 +161,10 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _MIMOFn.apply(
         xr, rows(w).contiguous(), first_row(adt).contiguous(), B.contiguous().view(bsz, LR, G, N),
-        C.contiguous().view(bsz, LR, G, N), Bb, Cb, ps, dt_rot, off, f32c(D), coef.contiguous(), h0, H, R, Q)
-    y = y.view(bsz, L, R, H, P)
-    if z is not None or W_o is not None:
-        y = y.float()
-        if z is not None:
-            y = y * F.silu(z.float().unsqueeze(2) * reference._rank_weight(W_z, R, H, P, f32, dev))
-        if W_o is not None:
-            y = (y * reference._rank_weight(W_o, R, H, P, f32, dev)).sum(2)
-        y = y.to(x.dtype)
+        C.contiguous().view(bsz, LR, G, N), Bb, Cb, ps, dt_rot, off, f32c(D), f32c(wd), f32c(w),
+        None if z is None else z.contiguous(), f32c(W_z) if z is not None else None, f32c(W_o), h0, H, R, Q)
+    if W_o is None:
+        y = y.view(bsz, L, R, H, P)
     if not return_final_states:
         return y
     k_last = reference._heads(B[:, L - 1], B_bias, H, f32)          # (b, R, h, n)

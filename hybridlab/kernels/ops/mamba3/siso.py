@@ -73,13 +73,14 @@ def _p2(n: int) -> int:
 def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1):
     """k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32 from B, C (b, l, g, n), biases (h, n)
     fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation).
-    MIMO (mimo.py) passes its rows (t, r) as l = steps * ranks rows and biases (ranks, h, n)."""
+    MIMO (mimo.py) passes its rows (t, r) as l = steps * ranks rows and biases (ranks, h, n); qk is
+    then each step's ranks x ranks block, (b, l, h, ranks)."""
     bsz, L, G, N = B.shape
     S = ps.shape[-1] if ps is not None else 0
     nc = triton.cdiv(L, ANGLE_CHUNK)
     k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
     q = torch.empty_like(k)
-    qk = torch.empty(bsz, L, H, device=B.device, dtype=torch.float32)
+    qk = torch.empty(bsz, L, H, *((ranks,) if ranks > 1 else ()), device=B.device, dtype=torch.float32)
     d = qk                                  # stands in for absent inputs (never read)
     _rotate_fwd[(nc, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,

@@ -4,7 +4,8 @@ Forward, per (b, angle chunk c of QA steps, head h of group g):
     theta_t = off_c + sum_{s in chunk, s<=t} ps_s dt_s          (in registers: never stored)
     k = Rot(theta) (B_g + B_bias_h),  q = Rot(theta) (C_g + C_bias_h)     (x's dtype, (b, l, h, n))
     (MIMO passes rows (t, r) as one sequence of l*R rows: the bias is then (R, h, n), picked by
-    row % RB, and its gradient is summed per rank)
+    row % RB, its gradient is summed per rank, and qk is each step's R x R block (b, l*R, h, R),
+    qk[(t, r), u] = q_(t,r) . k_(t,u))
     qk = <q, k>  on the rounded values the SSD kernels see                (fp32, (b, l, h))
 ps = pi*tanh(angles) (b, l, S); off (b, nc, h, S) = the angle entering each chunk (torch, float64,
 modulo 2 pi). Rotation pairs are (2i, 2i+1) for i < S; pairs i >= S stay as they are.
@@ -20,6 +21,8 @@ is contiguous.
 """
 import triton
 import triton.language as tl
+
+from .triton_mimo import step_mix, step_scores, step_transpose
 
 
 @triton.jit
@@ -47,6 +50,14 @@ def _bias(ptr, h, t, on, H, N, RB: tl.constexpr):
     else:
         v = tl.load(ptr + ((t % RB)[:, None] * H + h) * N + on[None, :], mask=on[None, :] < N, other=0.0)
     return v
+
+
+@triton.jit
+def _step_block(ptr, b, t, h, valid, L, H, QA: tl.constexpr, RB: tl.constexpr):
+    """The gradient of the MIMO step block qk, (QA, RB), and its per-step transpose."""
+    ridx = tl.arange(0, RB)
+    w = tl.load(ptr + ((b * L + t[:, None]) * H + h) * RB + ridx[None, :], mask=valid[:, None], other=0.0)
+    return w, step_transpose(w, QA, RB)
 
 
 @triton.jit
@@ -93,7 +104,12 @@ def rotate_fwd_kernel(
     m = valid[:, None] & (on[None, :] < N)
     tl.store(k_ptr + out, kr, mask=m)
     tl.store(q_ptr + out, qr, mask=m)
-    tl.store(qk_ptr + (b * L + t) * H + h, tl.sum(kr.to(tl.float32) * qr.to(tl.float32), axis=1), mask=valid)
+    if RB == 1:
+        tl.store(qk_ptr + (b * L + t) * H + h, tl.sum(kr.to(tl.float32) * qr.to(tl.float32), axis=1), mask=valid)
+    else:       # MIMO: the step's R x R block, qk[(t, r), u] = q_(t,r) . k_(t,u)
+        ridx = tl.arange(0, RB)
+        tl.store(qk_ptr + ((b * L + t[:, None]) * H + h) * RB + ridx[None, :],
+                 step_scores(qr.to(tl.float32), kr.to(tl.float32), QA, BN, RB), mask=valid[:, None])
 
 
 @triton.jit
@@ -147,11 +163,18 @@ def rotate_bwd_kernel(
             dke, dko = _split_pairs(dk, QA, BN2)
             dqe, dqo = _split_pairs(dq, QA, BN2)
             if HAS_QK:
-                dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
-                dke += dqk * qe
-                dko += dqk * qo
-                dqe += dqk * ke
-                dqo += dqk * ko
+                if RB == 1:
+                    dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
+                    dke += dqk * qe
+                    dko += dqk * qo
+                    dqe += dqk * ke
+                    dqo += dqk * ko
+                else:
+                    w, wt = _step_block(dqk_ptr, b, t, h, valid, L, H, QA, RB)
+                    dke += step_mix(qe, wt, QA, BN2, RB)
+                    dko += step_mix(qo, wt, QA, BN2, RB)
+                    dqe += step_mix(ke, w, QA, BN2, RB)
+                    dqo += step_mix(ko, w, QA, BN2, RB)
             dth = tl.where(i[None, :] < S, ke * dko - ko * dke + qe * dqo - qo * dqe, 0.0)
             tl.store(doff_ptr + ((b * nc + c) * H + h) * S + i, tl.sum(dth, axis=0), mask=i < S)
             dphi = tl.sum(dth, axis=0)[None, :] - tl.cumsum(dth, axis=0) + dth    # reverse cumsum
@@ -160,9 +183,14 @@ def rotate_bwd_kernel(
             dk = _join_pairs(dke * cs + dko * sn, dko * cs - dke * sn, QA, BN)   # Rot(-theta)
             dq = _join_pairs(dqe * cs + dqo * sn, dqo * cs - dqe * sn, QA, BN)
         elif HAS_QK:
-            dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
-            dk += dqk * qb.to(KT).to(tl.float32)
-            dq += dqk * kb.to(KT).to(tl.float32)
+            if RB == 1:
+                dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
+                dk += dqk * qb.to(KT).to(tl.float32)
+                dq += dqk * kb.to(KT).to(tl.float32)
+            else:
+                w, wt = _step_block(dqk_ptr, b, t, h, valid, L, H, QA, RB)
+                dk += step_mix(qb.to(KT).to(tl.float32), wt, QA, BN, RB)
+                dq += step_mix(kb.to(KT).to(tl.float32), w, QA, BN, RB)
         dB += dk
         dC += dq
         if HAS_BIAS:
