@@ -3,6 +3,7 @@
 it in local-memory traffic; this is the first thing to check when a kernel is far from its floor.
 
     python3 scripts/kernel_regs.py                 # the SSD and Mamba-3 SISO kernels at the bench shapes
+    MIMO=1 python3 scripts/kernel_regs.py          # also the Mamba-3 MIMO (rank 4) kernels
     HYBRIDLAB_SSD_BLOCK_T=32 HYBRIDLAB_MAMBA3_ANGLE_CHUNK=32 python3 scripts/kernel_regs.py
 
 It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
@@ -19,6 +20,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from hybridlab.kernels.ops.mamba3 import siso
+from hybridlab.kernels.ops.mamba3 import triton_mimo as km
 from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
@@ -77,6 +79,18 @@ def cases():
     for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
         yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
                dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1)])
+    if os.environ.get("MIMO", "0") == "1":        # MIMO rank 4 (mimo.py): the rotation and output kernels
+        yield "rotate_fwd_kernel (MIMO R4, n 128)", kr.rotate_fwd_kernel, dict(rot, RB=4), f32, (), \
+            [(8, 1, 128), (8, 1), (16, 1), (4, 1)]
+        for pairs in (32, 16, 8):
+            yield (f"rotate_bwd_kernel (MIMO R4, {pairs} pairs)", kr.rotate_bwd_kernel,
+                   dict(rot, BN2=pairs, HAS_QK=True, RB=4), f32, (), [(8, 1), (4, 1)])
+        mf32 = ("s_ptr", "wd_ptr", "w_ptr", "Wz_ptr", "Wo_ptr", "dx_ptr", "ds_ptr", "dwd_ptr", "dw_ptr", "dz_ptr",
+                "dWz_ptr", "dWo_ptr")
+        for rows in (64, 32, 16):
+            flags = dict(ROWS=rows, RB=4, BP=64, HAS_Z=True, HAS_WZ=True, HAS_WO=True)
+            yield f"mimo_out_fwd_kernel (R4, {rows} rows)", km.mimo_out_fwd_kernel, flags, mf32, (), [(4, 1), (8, 1)]
+            yield f"mimo_out_bwd_kernel (R4, {rows} rows)", km.mimo_out_bwd_kernel, flags, mf32, (), [(4, 1), (8, 1)]
 
 
 if __name__ == "__main__":

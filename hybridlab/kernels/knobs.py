@@ -14,6 +14,8 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS | warps per Mamba-3 forward rotation program (4, 8 or 16) | 8 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG | register cap per thread of the forward rotation (0: none; 64, 96, 128, 168 or 255) | 128 |
 | HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS | warps per Mamba-3 backward rotation program (4, 8 or 16) | 8 |
+| HYBRIDLAB_MAMBA3_MIMO_ROWS | rows (step, rank) per Mamba-3 MIMO output-kernel program (16, 32 or 64) | 16 |
+| HYBRIDLAB_MAMBA3_MIMO_WARPS | warps per Mamba-3 MIMO output-kernel program (2, 4 or 8) | 2 |
 
 (HYBRIDLAB_KERNELS, which picks Triton or the reference, belongs to dispatch.py.)
 """
@@ -61,3 +63,5 @@ MAMBA3_ANGLE_CHUNK = env_int("HYBRIDLAB_MAMBA3_ANGLE_CHUNK", None, {16, 32, 64})
 MAMBA3_ROTATE_FWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS", 8, {4, 8, 16})
 MAMBA3_ROTATE_FWD_MAXNREG = env_int("HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG", 128, {0, 64, 96, 128, 168, 255})
 MAMBA3_ROTATE_BWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS", 8, {4, 8, 16})
+MAMBA3_MIMO_ROWS = env_int("HYBRIDLAB_MAMBA3_MIMO_ROWS", None, {16, 32, 64})
+MAMBA3_MIMO_WARPS = env_int("HYBRIDLAB_MAMBA3_MIMO_WARPS", None, {2, 4, 8})

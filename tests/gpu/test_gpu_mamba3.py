@@ -122,7 +122,7 @@ def test_mamba3_bf16_vs_reference(b, L, H, P, N, R, G, chunk):
     assert not bad, errs
 
 
-@pytest.mark.parametrize("R", [1, 2], ids=["siso", "mimo2"])
+@pytest.mark.parametrize("R", [1, 2, 4], ids=["siso", "mimo2", "mimo4"])
 def test_mamba3_fp32_tight(R):
     """fp32 operands on the GPU: same 1e-4 bar as the interpreter tests, so the bf16 differences
     above are rounding, not a wrong formula."""

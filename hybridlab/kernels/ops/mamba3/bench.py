@@ -59,6 +59,8 @@ if __name__ == "__main__":
     ap.add_argument("--rank", type=int, default=1)
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--cases", default="b4,b1", help="b4 (b4 l4096), b1 (b1 l32768) or both")
     a = ap.parse_args()
-    bench(4, 4096, R=a.rank, chunk=a.chunk, profile=a.profile)
-    bench(1, 32768, R=a.rank, chunk=a.chunk, profile=a.profile)
+    for case in a.cases.split(","):
+        b, L = {"b4": (4, 4096), "b1": (1, 32768)}[case]
+        bench(b, L, R=a.rank, chunk=a.chunk, profile=a.profile)

@@ -29,20 +29,31 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from ... import knobs
 from ..ssd import fused as ssd_fused
 from . import reference
 from .siso import ANGLE_CHUNK, SSD_CHUNK, _NO_LIMIT, _rotate, _rotate_backward, angle_offsets
 from .triton_mimo import mimo_out_bwd_kernel, mimo_out_fwd_kernel
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-#: rows (t, r) per program of the output kernels
-OUT_ROWS = 64
+#: rows (t, r) per program of the output kernels, and their warps. At rank 4, 64 rows spilled
+#: 1.9 KB per thread in the backward at 4 warps; 16 rows need 182 registers, no spill
+#: (scripts/kernel_regs.py). H100, b4 l4096 h32 p64 n128 R4, output backward kernel time (2026-11-23,
+#: `HYBRIDLAB_MAMBA3_MIMO_{ROWS,WARPS}=... python -m hybridlab.kernels.ops.mamba3.bench --rank 4
+#: --cases b4 --profile`): 16 rows at 2 warps 1.93 ms, at 4 warps 3.40; 32 rows at 8 warps 4.26; 64
+#: rows at 8 warps 2.63. HYBRIDLAB_MAMBA3_MIMO_ROWS / _MIMO_WARPS override them.
+OUT_ROWS = knobs.MAMBA3_MIMO_ROWS or 16
+OUT_WARPS = knobs.MAMBA3_MIMO_WARPS or 2
+#: the forward rotation for MIMO (each step's score block on top of SISO's work): 16 warps uncapped
+#: 3.81 ms, 8 warps uncapped 3.99, SISO's 8 warps capped at 128 registers 4.74 (same run as above).
+#: The backward keeps SISO's setting: 32 pairs 7.46 ms, 16 pairs 7.64, 8 pairs 8.96.
+ROTATE_FWD = {"num_warps": 16}
 
 
 def _out_launch(L, H, P, R, bsz):
     rows = max(OUT_ROWS, R)
     grid = (triton.cdiv(L * R, rows), H, bsz)
-    return grid, dict(ROWS=rows, RB=R, BP=max(16, triton.next_power_of_2(P)), num_warps=1 if _INTERPRET else 4)
+    return grid, dict(ROWS=rows, RB=R, BP=max(16, triton.next_power_of_2(P)), num_warps=1 if _INTERPRET else OUT_WARPS)
 
 
 class _MIMOFn(torch.autograd.Function):
@@ -51,7 +62,7 @@ class _MIMOFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_rows, adt, B, C, Bb, Cb, ps, dt, off, D, wd, w, z, Wz, Wo, h0, H, R, Q):
-        k, q, s = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, R)
+        k, q, s = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, R, ROTATE_FWD)
         A = w.new_zeros(H)                           # unused: the kernels read the log decay
         y, final, _, delta, cs, E = ssd_fused.forward_pass(
             x, w_rows, A, k, q, D, None, None, h0, None, Q, False, _NO_LIMIT, adt, None)

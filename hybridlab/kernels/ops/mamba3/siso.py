@@ -70,11 +70,11 @@ def _p2(n: int) -> int:
     return max(2, triton.next_power_of_2(max(int(n), 1)))
 
 
-def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1):
+def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None):
     """k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32 from B, C (b, l, g, n), biases (h, n)
     fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation).
     MIMO (mimo.py) passes its rows (t, r) as l = steps * ranks rows and biases (ranks, h, n); qk is
-    then each step's ranks x ranks block, (b, l, h, ranks)."""
+    then each step's ranks x ranks block, (b, l, h, ranks), and its own launch options."""
     bsz, L, G, N = B.shape
     S = ps.shape[-1] if ps is not None else 0
     nc = triton.cdiv(L, ANGLE_CHUNK)
@@ -86,7 +86,7 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1):
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks,
-        **({"num_warps": 1} if _INTERPRET else {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
+        **({"num_warps": 1} if _INTERPRET else launch or {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
     return k, q, qk
 
 

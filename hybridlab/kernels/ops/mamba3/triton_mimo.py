@@ -45,9 +45,16 @@ def step_mix(a, w, ROWS: tl.constexpr, BN: tl.constexpr, RB: tl.constexpr):
 
 
 @triton.jit
-def step_transpose(w, ROWS: tl.constexpr, RB: tl.constexpr):
-    """(ROWS, RB): out[(t, u), r] = w[(t, r), u]."""
-    return tl.reshape(tl.permute(tl.reshape(w, (ROWS // RB, RB, RB)), (0, 2, 1)), (ROWS, RB))
+def step_block(ptr, b, h, row, valid, LR, H, RB: tl.constexpr):
+    """A (b, l*R, h, R) per-step block at a tile's rows, (ROWS, RB) fp32, and its per-step transpose
+    wt[(t, u), r] = w[(t, r), u] (gathered from memory: a register permute of the (steps, R, R)
+    tile gave wrong results on the H100 at R = 4)."""
+    ridx = tl.arange(0, RB)
+    w = tl.load(ptr + ((b * LR + row[:, None]) * H + h) * RB + ridx[None, :], mask=valid[:, None], other=0.0)
+    first = row - row % RB
+    wt = tl.load(ptr + ((b * LR + first[:, None] + ridx[None, :]) * H + h) * RB + (row % RB)[:, None],
+                 mask=valid[:, None], other=0.0)
+    return w, wt
 
 
 @triton.jit
@@ -74,15 +81,14 @@ def _tile(c, b, h, L, H, P, ROWS: tl.constexpr, RB: tl.constexpr, BP: tl.constex
 
 
 @triton.jit
-def _coef(s_ptr, wd_ptr, w_ptr, b, h, row, valid, L, H, RB: tl.constexpr):
-    """s and coef, (ROWS, RB) fp32, of the tile's rows."""
+def _coef(wd_ptr, w_ptr, b, h, row, valid, L, H, RB: tl.constexpr):
+    """coef[(t, r), u] = wd_t - [u <= r] w_t, (ROWS, RB) fp32, and its per-step transpose."""
     ridx = tl.arange(0, RB)
-    s = tl.load(s_ptr + ((b * L * RB + row[:, None]) * H + h) * RB + ridx[None, :], mask=valid[:, None], other=0.0)
     st = (b * L + row // RB) * H + h
-    wd = tl.load(wd_ptr + st, mask=valid, other=0.0)
-    w = tl.load(w_ptr + st, mask=valid, other=0.0)
-    coef = wd[:, None] - tl.where(ridx[None, :] <= (row % RB)[:, None], w[:, None], 0.0)
-    return s, coef
+    wd = tl.load(wd_ptr + st, mask=valid, other=0.0)[:, None]
+    w = tl.load(w_ptr + st, mask=valid, other=0.0)[:, None]
+    rank = (row % RB)[:, None]
+    return wd - tl.where(ridx[None, :] <= rank, w, 0.0), wd - tl.where(rank <= ridx[None, :], w, 0.0)
 
 
 @triton.jit
@@ -102,7 +108,8 @@ def mimo_out_fwd_kernel(
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     row, valid, op, m2, rows_off, steps_off = _tile(c, b, h, L, H, P, ROWS, RB, BP)
-    s, coef = _coef(s_ptr, wd_ptr, w_ptr, b, h, row, valid, L, H, RB)
+    s, _ = step_block(s_ptr, b, h, row, valid, L * RB, H, RB)
+    coef, _ = _coef(wd_ptr, w_ptr, b, h, row, valid, L, H, RB)
     x = tl.load(x_ptr + rows_off, mask=m2, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + rows_off, mask=m2, other=0.0).to(tl.float32) + step_mix(x, s * coef, ROWS, BP, RB)
     if HAS_Z:
@@ -134,7 +141,8 @@ def mimo_out_bwd_kernel(
     TS: tl.constexpr = ROWS // RB
     row, valid, op, m2, rows_off, steps_off = _tile(c, b, h, L, H, P, ROWS, RB, BP)
     ridx = tl.arange(0, RB)
-    s, coef = _coef(s_ptr, wd_ptr, w_ptr, b, h, row, valid, L, H, RB)
+    s, s_t = step_block(s_ptr, b, h, row, valid, L * RB, H, RB)
+    coef, coef_t = _coef(wd_ptr, w_ptr, b, h, row, valid, L, H, RB)
     m = s * coef
     x = tl.load(x_ptr + rows_off, mask=m2, other=0.0).to(tl.float32)
     yf = tl.load(y_ptr + rows_off, mask=m2, other=0.0).to(tl.float32) + step_mix(x, m, ROWS, BP, RB)
@@ -170,7 +178,7 @@ def mimo_out_bwd_kernel(
         dyf = d
     tl.store(dy_ptr + rows_off, dyf.to(dy_ptr.dtype.element_ty), mask=m2)
     # the same-step term: yf += (s * coef) mix v
-    tl.store(dx_ptr + rows_off, step_mix(dyf, step_transpose(m, ROWS, RB), ROWS, BP, RB), mask=m2)
+    tl.store(dx_ptr + rows_off, step_mix(dyf, s_t * coef_t, ROWS, BP, RB), mask=m2)
     dm = step_scores(dyf, x, ROWS, BP, RB)
     tl.store(ds_ptr + ((b * L * RB + row[:, None]) * H + h) * RB + ridx[None, :], dm * coef, mask=valid[:, None])
     dcoef = dm * s

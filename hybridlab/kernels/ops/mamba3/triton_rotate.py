@@ -22,7 +22,7 @@ is contiguous.
 import triton
 import triton.language as tl
 
-from .triton_mimo import step_mix, step_scores, step_transpose
+from .triton_mimo import step_block, step_mix, step_scores
 
 
 @triton.jit
@@ -50,14 +50,6 @@ def _bias(ptr, h, t, on, H, N, RB: tl.constexpr):
     else:
         v = tl.load(ptr + ((t % RB)[:, None] * H + h) * N + on[None, :], mask=on[None, :] < N, other=0.0)
     return v
-
-
-@triton.jit
-def _step_block(ptr, b, t, h, valid, L, H, QA: tl.constexpr, RB: tl.constexpr):
-    """The gradient of the MIMO step block qk, (QA, RB), and its per-step transpose."""
-    ridx = tl.arange(0, RB)
-    w = tl.load(ptr + ((b * L + t[:, None]) * H + h) * RB + ridx[None, :], mask=valid[:, None], other=0.0)
-    return w, step_transpose(w, QA, RB)
 
 
 @triton.jit
@@ -170,7 +162,7 @@ def rotate_bwd_kernel(
                     dqe += dqk * ke
                     dqo += dqk * ko
                 else:
-                    w, wt = _step_block(dqk_ptr, b, t, h, valid, L, H, QA, RB)
+                    w, wt = step_block(dqk_ptr, b, h, t, valid, L, H, RB)
                     dke += step_mix(qe, wt, QA, BN2, RB)
                     dko += step_mix(qo, wt, QA, BN2, RB)
                     dqe += step_mix(ke, w, QA, BN2, RB)
@@ -188,7 +180,7 @@ def rotate_bwd_kernel(
                 dk += dqk * qb.to(KT).to(tl.float32)
                 dq += dqk * kb.to(KT).to(tl.float32)
             else:
-                w, wt = _step_block(dqk_ptr, b, t, h, valid, L, H, QA, RB)
+                w, wt = step_block(dqk_ptr, b, h, t, valid, L, H, RB)
                 dk += step_mix(qb.to(KT).to(tl.float32), wt, QA, BN, RB)
                 dq += step_mix(kb.to(KT).to(tl.float32), w, QA, BN, RB)
         dB += dk
