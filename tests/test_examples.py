@@ -17,7 +17,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PUBLISHED = {"jamba-v0.1.yaml", "nemotron-h-8b.yaml"}
 EXPECTED = {"jamba-tiny.yaml", "zamba2-tiny.yaml", "hymba-tiny.yaml", "nemotron-h-tiny.yaml",
             "granite4-h-tiny.yaml", "mamba1-tiny.yaml", "mamba2-tiny.yaml", "mamba3-tiny.yaml",
-            "transformer-pp-tiny.yaml", "hybrid-small.yaml"} | PUBLISHED
+            "transformer-pp-tiny.yaml", "hybrid-small.yaml", "mamba3-mimo-tiny.yaml"} | PUBLISHED
 MODEL_SPECS = sorted(p.name for p in EXAMPLES.glob("*.yaml") if not p.name.startswith("search-"))
 TINY = [name for name in MODEL_SPECS if name not in PUBLISHED]
 
