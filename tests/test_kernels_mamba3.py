@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hybridlab.kernels.ops.mamba3 import fused, reference, siso
+from hybridlab.kernels.ops.mamba3 import fused, mimo, reference, siso
 
 TOL = 1e-4
 
@@ -108,6 +108,7 @@ def test_triton_matches_reference(name):
 def test_rotation_backward_in_pair_blocks(monkeypatch, name):
     """The rotation backward split over blocks of 2 rotation pairs (a speed knob): same result."""
     monkeypatch.setattr(siso, "ROTATE_BWD_PAIRS", 2)
+    monkeypatch.setattr(mimo, "ROTATE_BWD_PAIRS", 2)
     check(run_both(*make_case(**CASES[name]), CHUNK[name]))
 
 

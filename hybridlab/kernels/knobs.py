@@ -9,7 +9,7 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_FAST_LAUNCH | 0: every launch through Triton's JIT, not the compiled kernel's launcher (launch.py) | 1 |
 | HYBRIDLAB_SSD_BLOCK_T | SSD row block inside a chunk (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256) | 128 |
-| HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 32 |
+| HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 32 SISO, 16 MIMO |
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS | warps per Mamba-3 forward rotation program (4, 8 or 16) | 8 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG | register cap per thread of the forward rotation (0: none; 64, 96, 128, 168 or 255) | 128 |

@@ -46,8 +46,10 @@ OUT_ROWS = knobs.MAMBA3_MIMO_ROWS or 16
 OUT_WARPS = knobs.MAMBA3_MIMO_WARPS or 2
 #: the forward rotation for MIMO (each step's score block on top of SISO's work): 16 warps uncapped
 #: 3.81 ms, 8 warps uncapped 3.99, SISO's 8 warps capped at 128 registers 4.74 (same run as above).
-#: The backward keeps SISO's setting: 32 pairs 7.46 ms, 16 pairs 7.64, 8 pairs 8.96.
 ROTATE_FWD = {"num_warps": 16}
+#: rotation pairs per backward program for MIMO: 16 pairs 6.09-6.14 ms against 32 pairs 6.33 (two
+#: runs, H100, 2026-11-23; SISO keeps 32). HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides both.
+ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 16
 
 
 def _out_launch(L, H, P, R, bsz):
@@ -104,7 +106,7 @@ class _MIMOFn(torch.autograd.Function):
             dy, dfinal, x, w_rows, A, k, q, D, None, None, None, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, None)
         dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
-            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ds, R)
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ds, R, ROTATE_BWD_PAIRS)
         wsum = lambda t: None if t is None else t.sum((0, 1))  # noqa: E731
         return ((dx.float() + dxs).to(x.dtype), dw_rows, dadt, dB, dC, dBb, dCb, dps, ddt, doff,
                 None if dD is None else dD.to(D.dtype), dwd, dw, None if dz is None else dz.to(z.dtype),

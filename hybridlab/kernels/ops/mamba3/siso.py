@@ -90,7 +90,7 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None):
     return k, q, qk
 
 
-def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1):
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_per_program=None):
     """Gradients of ``_rotate`` for B, C, the biases ((h, n), or (ranks, h, n)), ps, dt and off,
     from fp32 dk, dq, dqk (k: the forward's output, for its head count and dtype)."""
     bsz, L, G, N = B.shape
@@ -99,7 +99,7 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1):
     dev, f32 = B.device, torch.float32
     nc = triton.cdiv(L, ANGLE_CHUNK)
     pairs = _p2((N + 1) // 2)
-    bp2 = min(pairs, ROTATE_BWD_PAIRS or pairs)
+    bp2 = min(pairs, pairs_per_program or ROTATE_BWD_PAIRS or pairs)
     npb = pairs // bp2
     dB = torch.empty(bsz, L, G, N, device=dev, dtype=f32)
     dC = torch.empty_like(dB)

@@ -58,7 +58,7 @@ def step_block(ptr, b, h, row, valid, LR, H, RB: tl.constexpr):
 
 
 @triton.jit
-def _per_rank_sum(v, ROWS: tl.constexpr, BP: tl.constexpr, RB: tl.constexpr):
+def per_rank_sum(v, ROWS: tl.constexpr, BP: tl.constexpr, RB: tl.constexpr):
     """(RB, BP): the sum of v's rows of each rank."""
     return tl.sum(tl.reshape(v, (ROWS // RB, RB, BP)), axis=0)
 
@@ -161,19 +161,19 @@ def mimo_out_bwd_kernel(
         sg = tl.sigmoid(a)
         g = a * sg
         if HAS_WO:
-            tl.store(dWo_ptr + wpart, _per_rank_sum(d * yf * g, ROWS, BP, RB), mask=pmask)
+            tl.store(dWo_ptr + wpart, per_rank_sum(d * yf * g, ROWS, BP, RB), mask=pmask)
             d *= _rank_w(Wo_ptr, h, row, op, P, RB)
         da = d * yf * sg * (1.0 + a * (1.0 - sg))
         dyf = d * g
         if HAS_WZ:
-            tl.store(dWz_ptr + wpart, _per_rank_sum(da * z, ROWS, BP, RB), mask=pmask)
+            tl.store(dWz_ptr + wpart, per_rank_sum(da * z, ROWS, BP, RB), mask=pmask)
             da *= wz
         ts = c * TS + tl.arange(0, TS)
         tl.store(dz_ptr + ((b * L + ts[:, None]) * H + h) * P + op[None, :], _per_step_sum(da, ROWS, BP, RB),
                  mask=(ts < L)[:, None] & pmask)
     else:
         if HAS_WO:
-            tl.store(dWo_ptr + wpart, _per_rank_sum(d * yf, ROWS, BP, RB), mask=pmask)
+            tl.store(dWo_ptr + wpart, per_rank_sum(d * yf, ROWS, BP, RB), mask=pmask)
             d *= _rank_w(Wo_ptr, h, row, op, P, RB)
         dyf = d
     tl.store(dy_ptr + rows_off, dyf.to(dy_ptr.dtype.element_ty), mask=m2)

@@ -22,7 +22,7 @@ is contiguous.
 import triton
 import triton.language as tl
 
-from .triton_mimo import step_block, step_mix, step_scores
+from .triton_mimo import per_rank_sum, step_block, step_mix, step_scores
 
 
 @triton.jit
@@ -190,12 +190,11 @@ def rotate_bwd_kernel(
                 pb = ((b * nc + c) * H + h) * N + on
                 tl.store(dBb_ptr + pb, tl.sum(dk, axis=0), mask=on < N)
                 tl.store(dCb_ptr + pb, tl.sum(dq, axis=0), mask=on < N)
-            else:
-                for r in tl.static_range(RB):
-                    rank_r = (t % RB == r)[:, None]
-                    pb = (((b * nc + c) * RB + r) * H + h) * N + on
-                    tl.store(dBb_ptr + pb, tl.sum(tl.where(rank_r, dk, 0.0), axis=0), mask=on < N)
-                    tl.store(dCb_ptr + pb, tl.sum(tl.where(rank_r, dq, 0.0), axis=0), mask=on < N)
+            else:               # per rank: rows (t, r) of the chunk, r = row % RB
+                ridx = tl.arange(0, RB)
+                pb = (((b * nc + c) * RB + ridx[:, None]) * H + h) * N + on[None, :]
+                tl.store(dBb_ptr + pb, per_rank_sum(dk, QA, BN, RB), mask=on[None, :] < N)
+                tl.store(dCb_ptr + pb, per_rank_sum(dq, QA, BN, RB), mask=on[None, :] < N)
     goff = ((b * L + t[:, None]) * G + g) * N + on[None, :]
     tl.store(dB_ptr + goff, dB, mask=m)
     tl.store(dC_ptr + goff, dC, mask=m)
