@@ -32,7 +32,8 @@ import triton
 from ... import knobs
 from ..ssd import fused as ssd_fused
 from . import reference
-from .siso import ANGLE_CHUNK, SSD_CHUNK, _NO_LIMIT, _rotate, _rotate_backward, angle_offsets
+from .siso import (ANGLE_CHUNK, SSD_CHUNK, _NO_LIMIT, _rotate, _rotate_backward, angle_offsets,
+                   folded_initial_state, step_weights)
 from .triton_mimo import mimo_out_bwd_kernel, mimo_out_fwd_kernel
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -136,15 +137,7 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     def first_row(t):                                 # (b, l, h) -> (b, l*R, h), zero on rows r > 0
         return F.pad(t.unsqueeze(2), (0, 0, 0, R - 1)).reshape(bsz, LR, t.shape[-1])
 
-    dtf = dt.float()
-    adt = dtf * A.float()
-    if trap is None:                                  # lam = 1: exponential Euler (Mamba-2)
-        bcur, wd, w = None, dtf, dtf
-    else:
-        lam = torch.sigmoid(trap.float())
-        wd = lam * dtf
-        bcur = (1 - lam) * dtf
-        w = wd + F.pad(bcur[:, 1:], (0, 0, 0, 1))
+    dtf, adt, wd, w, _, bcur = step_weights(dt, A, trap)
 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
     if S:
@@ -162,13 +155,7 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
 
     wx = reference._rank_weight(W_x, R, H, P, f32, dev)              # (R, h, p)
     xr = (x.float().unsqueeze(2) * wx).to(x.dtype).reshape(bsz, LR, H, P)
-    h0 = None                                         # the folded initial state H'_{-1}
-    if ssm0 is not None or (bcur is not None and k0 is not None and v0 is not None):
-        h0 = ssm0.float() if ssm0 is not None else torch.zeros(bsz, H, P, N, device=dev)
-        if bcur is not None and k0 is not None and v0 is not None:
-            vv = v0.float().unsqueeze(1) * wx
-            h0 = h0 + bcur[:, 0, :, None, None] * torch.einsum("brhp,brhn->bhpn", vv, k0.float().reshape(bsz, R, H, N))
-        h0 = h0.contiguous()
+    h0 = folded_initial_state(ssm0, k0, v0, bcur, wx, N)            # H'_{-1}
 
     Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731

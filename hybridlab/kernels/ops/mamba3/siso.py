@@ -187,6 +187,35 @@ def angle_inputs(angles, dtf, ang0, Q):
     return (ps, *angle_offsets(ps, dtf, ang0, Q))
 
 
+def step_weights(dt, A, trap):
+    """The per-step fp32 scalars (b, l, h) of the chunked form (reference.py): dt, dt*A, the
+    diagonal weight wd = lam dt, the input scale w = wd + b, b_t = (1 - lam_{t+1}) dt_{t+1} (0 at
+    the last step; None without trap) and bcur = (1 - lam) dt (None without trap: lam = 1, the
+    exponential Euler rule of Mamba-2)."""
+    dtf = dt.float()
+    adt = dtf * A.float()
+    if trap is None:
+        return dtf, adt, dtf, dtf, None, None
+    lam = torch.sigmoid(trap.float())
+    wd = lam * dtf
+    bcur = (1 - lam) * dtf
+    bnext = F.pad(bcur[:, 1:], (0, 0, 0, 1))
+    return dtf, adt, wd, wd + bnext, bnext, bcur
+
+
+def folded_initial_state(ssm0, k0, v0, bcur, wx, N):
+    """H'_{-1} = H_{-1} + (1 - lam_0) dt_0 sum_r (v_{-1} W_x[r]) k_{-1,r}^T, (b, h, p, n) fp32, or None
+    when nothing is given; wx (R, h, p) is MIMO's W_x (ones for SISO), k0 (b, [R,] h, n)."""
+    if ssm0 is None and (bcur is None or k0 is None or v0 is None):
+        return None
+    bsz, H, P = v0.shape if v0 is not None else ssm0.shape[:3]
+    h0 = ssm0.float() if ssm0 is not None else torch.zeros(bsz, H, P, N, device=wx.device)
+    if bcur is not None and k0 is not None and v0 is not None:
+        vv = v0.float().unsqueeze(1) * wx
+        h0 = h0 + bcur[:, 0, :, None, None] * torch.einsum("brhp,brhn->bhpn", vv, k0.float().reshape(bsz, -1, H, N))
+    return h0.contiguous()
+
+
 def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
                 initial_states=None, chunk_size=64, return_final_states=False):
     """SISO Mamba-3, arguments and results as ``reference.mamba3`` with B, C of shape (b, l, g, n)."""
@@ -196,15 +225,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     G, N = B.shape[2:]
     S = 0 if angles is None else angles.shape[-1]
     dev = x.device
-    dtf = dt.float()
-    adt = dtf * A.float()
-    if trap is None:                                  # lam = 1: exponential Euler (Mamba-2)
-        bcur, w, D_pos_scale = None, dtf, None
-    else:
-        lam = torch.sigmoid(trap.float())
-        bcur = (1 - lam) * dtf
-        bnext = F.pad(bcur[:, 1:], (0, 0, 0, 1))      # b_t, 0 at the last position
-        w, D_pos_scale = lam * dtf + bnext, bnext
+    dtf, adt, _, w, D_pos_scale, bcur = step_weights(dt, A, trap)
 
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
     ps, off, final_angle = angle_inputs(angles, dtf, ang0, ANGLE_CHUNK)
@@ -216,11 +237,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     else:
         Bb = Cb = None
 
-    h0 = None                                         # the folded initial state H'_{-1}
-    if ssm0 is not None or (bcur is not None and k0 is not None and v0 is not None):
-        h0 = ssm0.float() if ssm0 is not None else torch.zeros(bsz, H, P, N, device=dev)
-        if bcur is not None and k0 is not None and v0 is not None:
-            h0 = h0 + bcur[:, 0, :, None, None] * v0.float().unsqueeze(-1) * k0.float().reshape(bsz, H, N).unsqueeze(-2)
+    h0 = folded_initial_state(ssm0, k0, v0, bcur, torch.ones(1, H, P, device=dev), N)
 
     Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
