@@ -9,16 +9,11 @@ path worth using).
 from __future__ import annotations
 
 import torch
-import triton
 
 from . import reference
 from .mimo import mamba3_mimo
-from .siso import mamba3_siso
+from .siso import _p2, mamba3_siso
 from .triton_step import state_update_kernel
-
-
-def _p2(n: int, lo: int) -> int:
-    return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
            W_x=None, W_z=None, W_o=None, initial_states=None, chunk_size=64,
@@ -71,7 +66,7 @@ def mamba3_state_update(state, x, dt, A, trap, B, C, *, angles=None, B_bias=None
         Bm, Cm, angles.contiguous() if S else dummy, Bb, Cb, f32c(D),
         z.contiguous() if z is not None else dummy, f32c(W_x), f32c(W_z), f32c(W_o),
         angle_s, ssm_s, k_s, v_s, out, H, G, P, N, S,
-        R=R, BP=_p2(P, 2), BN2=_p2((N + 1) // 2, 2), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
+        R=R, BP=_p2(P), BN2=_p2((N + 1) // 2), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
         HAS_BIAS=has_bias, HAS_D=D is not None, HAS_Z=z is not None, HAS_WX=W_x is not None,
         HAS_WZ=W_z is not None and z is not None, HAS_WO=W_o is not None and not siso, PER_RANK=per_rank,
         num_warps=8 if P * N >= 4096 else 4)

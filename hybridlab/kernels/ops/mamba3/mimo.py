@@ -23,7 +23,6 @@ the initial and final states. R must be a power of two (a step's rows are a regi
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +31,10 @@ import triton
 from ... import knobs
 from ..ssd import fused as ssd_fused
 from . import reference
-from .siso import (ANGLE_CHUNK, SSD_CHUNK, _NO_LIMIT, _rotate, _rotate_backward, angle_offsets,
-                   folded_initial_state, step_weights)
+from .siso import (_INTERPRET, _NO_LIMIT, ANGLE_CHUNK, SSD_CHUNK, _or, _rotate, _rotate_backward,
+                   angle_offsets, folded_initial_state, step_weights)
 from .triton_mimo import mimo_out_bwd_kernel, mimo_out_fwd_kernel
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: rows (t, r) per program of the output kernels, and their warps. At rank 4, 64 rows spilled
 #: 1.9 KB per thread in the backward at 4 warps; 16 rows need 182 registers, no spill
 #: (scripts/kernel_regs.py). H100, b4 l4096 h32 p64 n128 R4, output backward kernel time (2026-11-23,
@@ -112,10 +110,6 @@ class _MIMOFn(torch.autograd.Function):
         return ((dx.float() + dxs).to(x.dtype), dw_rows, dadt, dB, dC, dBb, dCb, dps, ddt, doff,
                 None if dD is None else dD.to(D.dtype), dwd, dw, None if dz is None else dz.to(z.dtype),
                 wsum(dWz), wsum(dWo), dinit, None, None, None)
-
-
-def _or(t, dummy):
-    return dummy if t is None else t
 
 
 def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,

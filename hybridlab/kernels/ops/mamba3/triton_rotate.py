@@ -53,6 +53,28 @@ def _bias(ptr, h, t, on, H, N, RB: tl.constexpr):
 
 
 @triton.jit
+def _qk_grad(ptr, b, h, t, valid, L, H, RB: tl.constexpr):
+    """The gradient of qk at the tile's rows, as (weights for dq, weights for dk): the (QA, 1)
+    column of q.k for SISO; MIMO's (QA, RB) step block and its per-step transpose."""
+    if RB == 1:
+        w = tl.load(ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
+        wt = w
+    else:
+        w, wt = step_block(ptr, b, h, t, valid, L, H, RB)
+    return w, wt
+
+
+@triton.jit
+def _qk_mix(a, w, QA: tl.constexpr, BN: tl.constexpr, RB: tl.constexpr):
+    """qk's gradient carried to one side: w * a (SISO), or the step mix of a's rows (MIMO)."""
+    if RB == 1:
+        v = w * a
+    else:
+        v = step_mix(a, w, QA, BN, RB)
+    return v
+
+
+@triton.jit
 def _theta(ps_ptr, dt_ptr, off_ptr, b, c, h, t, i, valid, L, H, S, nc):
     """theta (QA, BN2) of head h in chunk c, the ps tile and dt column it came from."""
     ps = tl.load(ps_ptr + (b * L + t[:, None]) * S + i[None, :], mask=valid[:, None] & (i[None, :] < S), other=0.0)
@@ -155,18 +177,11 @@ def rotate_bwd_kernel(
             dke, dko = _split_pairs(dk, QA, BN2)
             dqe, dqo = _split_pairs(dq, QA, BN2)
             if HAS_QK:
-                if RB == 1:
-                    dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
-                    dke += dqk * qe
-                    dko += dqk * qo
-                    dqe += dqk * ke
-                    dqo += dqk * ko
-                else:
-                    w, wt = step_block(dqk_ptr, b, h, t, valid, L, H, RB)
-                    dke += step_mix(qe, wt, QA, BN2, RB)
-                    dko += step_mix(qo, wt, QA, BN2, RB)
-                    dqe += step_mix(ke, w, QA, BN2, RB)
-                    dqo += step_mix(ko, w, QA, BN2, RB)
+                w, wt = _qk_grad(dqk_ptr, b, h, t, valid, L, H, RB)
+                dke += _qk_mix(qe, wt, QA, BN2, RB)
+                dko += _qk_mix(qo, wt, QA, BN2, RB)
+                dqe += _qk_mix(ke, w, QA, BN2, RB)
+                dqo += _qk_mix(ko, w, QA, BN2, RB)
             dth = tl.where(i[None, :] < S, ke * dko - ko * dke + qe * dqo - qo * dqe, 0.0)
             tl.store(doff_ptr + ((b * nc + c) * H + h) * S + i, tl.sum(dth, axis=0), mask=i < S)
             dphi = tl.sum(dth, axis=0)[None, :] - tl.cumsum(dth, axis=0) + dth    # reverse cumsum
@@ -175,14 +190,9 @@ def rotate_bwd_kernel(
             dk = _join_pairs(dke * cs + dko * sn, dko * cs - dke * sn, QA, BN)   # Rot(-theta)
             dq = _join_pairs(dqe * cs + dqo * sn, dqo * cs - dqe * sn, QA, BN)
         elif HAS_QK:
-            if RB == 1:
-                dqk = tl.load(dqk_ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
-                dk += dqk * qb.to(KT).to(tl.float32)
-                dq += dqk * kb.to(KT).to(tl.float32)
-            else:
-                w, wt = step_block(dqk_ptr, b, h, t, valid, L, H, RB)
-                dk += step_mix(qb.to(KT).to(tl.float32), wt, QA, BN, RB)
-                dq += step_mix(kb.to(KT).to(tl.float32), w, QA, BN, RB)
+            w, wt = _qk_grad(dqk_ptr, b, h, t, valid, L, H, RB)
+            dk += _qk_mix(qb.to(KT).to(tl.float32), wt, QA, BN, RB)
+            dq += _qk_mix(kb.to(KT).to(tl.float32), w, QA, BN, RB)
         dB += dk
         dC += dq
         if HAS_BIAS:
