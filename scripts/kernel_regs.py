@@ -24,7 +24,6 @@ from hybridlab.kernels.ops.mamba3 import triton_mimo as km
 from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
-from hybridlab.kernels.ops.ssd import fused_bwd_seq as kbs
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -73,10 +72,6 @@ def cases():
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
-    seq = dict(Q=ssd.SEQ_CHUNK, BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=True, HAS_Z=True,
-               HAS_DFINAL=True, HAS_DINIT=False, PREC="tf32")
-    yield (f"chunk_bwd_seq (Mamba-3 SISO, chunk {ssd.SEQ_CHUNK})", kbs.chunk_bwd_seq, seq,
-           SSD_F32 + ("dfinal_ptr", "ddelta_ptr", "dld_ptr", "dinit_ptr"), (), [(8, 1), (4, 1), (8, 2), (4, 2)])
     rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True, RB=1)
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
            "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")

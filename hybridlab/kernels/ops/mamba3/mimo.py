@@ -151,7 +151,7 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     xr = (x.float().unsqueeze(2) * wx).to(x.dtype).reshape(bsz, LR, H, P)
     h0 = folded_initial_state(ssm0, k0, v0, bcur, wx, N)            # H'_{-1}
 
-    Q = ssd_fused.per_head_chunk(bsz, H, SSD_CHUNK or chunk_size, x.dtype)
+    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _MIMOFn.apply(
         xr, rows(w).contiguous(), first_row(adt).contiguous(), B.contiguous().view(bsz, LR, G, N),
