@@ -233,3 +233,25 @@ def test_half_precision_path(R):
     assert l2(res["tri"][1], res["ref"][1]) <= 5e-3
     for g_t, g_r in zip(res["tri"][2], res["ref"][2]):
         assert torch.isfinite(g_t).all() and l2(g_t, g_r) <= 5e-3
+
+
+@pytest.mark.parametrize("R", [2, 4])
+def test_mimo_v_rows_kernels(R):
+    """v = x W_x as the SSD's rows and its gradient (dx, dW_x from the SSD's part and the
+    same-step term's), against torch: 70 steps span two full blocks of V_STEPS and a partial one."""
+    from hybridlab.kernels.ops.mamba3.triton_mimo import v_rows_bwd_kernel, v_rows_fwd_kernel
+    g = torch.Generator().manual_seed(R)
+    b, L, H, P = 2, 70, 3, 12
+    x = torch.randn(b, L, H, P, generator=g)
+    wx = torch.randn(R, H, P, generator=g)
+    grid, meta = mimo._v_launch(L, H, P, R, b)
+    assert grid[0] == 3
+    v = torch.empty(b, L * R, H, P)
+    v_rows_fwd_kernel[grid](x, wx, v, L, H, P, **meta)
+    assert rel(v, (x.unsqueeze(2) * wx).reshape(b, L * R, H, P)) <= TOL
+    dv, dvs = torch.randn(b, L * R, H, P, generator=g), torch.randn(b, L * R, H, P, generator=g)
+    dx, dwx = torch.empty_like(x), torch.empty(b, grid[0], H, R, P)
+    v_rows_bwd_kernel[grid](x, wx, dv, dvs, dx, dwx, L, H, P, grid[0], **meta)
+    gsum = (dv + dvs).view(b, L, R, H, P)
+    assert rel(dx, (gsum * wx).sum(2)) <= TOL
+    assert rel(dwx.sum((0, 1)).transpose(0, 1), (gsum * x.unsqueeze(2)).sum((0, 1))) <= TOL

@@ -3,6 +3,8 @@ through both kernel backends."""
 import torch
 
 from hybridlab.blocks import ForwardContext
+from hybridlab.kernels.launch import FastKernel
+from hybridlab.kernels.ops.ssd import fused as ssd_fused
 
 
 def poison():
@@ -43,3 +45,16 @@ def block_backends_agree(m, x, ctx, monkeypatch, tol=1e-4, decode_steps=40):
         state = m.init_state(x.shape[0], x.shape[1], dtype=torch.float32)
         steps = [m.step(x[:, t], state, ForwardContext(position=t))[0] for t in range(decode_steps)]
     assert rel(torch.stack(steps, 1), y[:, :decode_steps]) <= tol
+
+
+def each_launch_config(monkeypatch):
+    """Yield once per launch config of the autotuned SSD kernels, with config i (or each kernel's
+    last, where it has fewer) as the one every kernel launches: so a test checks each config's
+    *output* (autotuning runs every config but keeps only the chosen one's)."""
+    tuned = [t for t in vars(ssd_fused).values() if isinstance(t, ssd_fused._Tuned)]
+    monkeypatch.setattr(ssd_fused, "AUTOTUNE", False)
+    for i in range(max(len(t.configs) for t in tuned)):
+        for t in tuned:
+            monkeypatch.setattr(t, "first", t.configs[min(i, len(t.configs) - 1)])
+            monkeypatch.setattr(t, "fast_first", FastKernel(t.kernel))   # its plans hold their config
+        yield i

@@ -11,7 +11,7 @@ import torch
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
 from hybridlab.kernels.ops.rmsnorm_gated import fused as norm_fused, reference as norm_ref
 from hybridlab.kernels.ops.ssd import fused, reference
-from gpu_helpers import block_backends_agree, fresh_gen, poison, rel
+from gpu_helpers import block_backends_agree, each_launch_config, fresh_gen, poison, rel
 
 pytestmark = pytest.mark.gpu
 BF16_TOL = 1e-2   # relative L2 error: bf16 inputs/outputs, fp32 math on both sides
@@ -86,40 +86,48 @@ def test_gpu_ssd_bf16(shape):
     (4, 256, 8, 64, 1, 32, 256), (4, 512, 4, 64, 1, 16, 64), (2, 200, 4, 32, 1, 16, 128),
 ])
 def test_gpu_ssd_small_state_under_every_launch_config(monkeypatch, shape):
-    """Autotuning runs every (num_warps, num_stages) config of every kernel. At a 16-wide state
-    Triton's wgmma path once read past a kernel's shared memory (an illegal memory access that
-    killed the search's worker), so these shapes run with autotuning on, against the reference."""
-    monkeypatch.setattr(fused, "AUTOTUNE", True)
+    """Every (num_warps, num_stages) config of every kernel, each checked against the reference.
+    At a 16-wide state Triton's wgmma path once read past a kernel's shared memory (an illegal
+    memory access that killed the search's worker)."""
     b, l, h, p, G, n, chunk = shape
     g, seed = fresh_gen()
     kw, flags = ssd_inputs(g, b, l, h, p, G, n, ("z",))
     w_out = torch.randn(b, l, h, p, generator=g, device="cuda")
     w_fin = torch.randn(b, h, p, n, generator=g, device="cuda")
-    out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False)
     rout, rfin, rgrads = run_ssd(reference.ssd, kw, flags, chunk, w_out, w_fin, upcast=True)
-    # printed before any assert: this test once failed only inside a cold run of the whole GPU
-    # suite (three times, three shapes), never alone, with its message cut off by the time limit
-    print(f"seed {seed} out {rel(out, rout):.2e} final {rel(fin, rfin):.2e}")
-    assert rel(out, rout) <= BF16_TOL and rel(fin, rfin) <= BF16_TOL, f"seed {seed}"
     # A, dt_bias and D get per-head sums over every position, whose terms partly cancel: at
     # b2 l200 h4 the bf16 dt_bias gradient measured 1.41e-2 from the reference (H100,
     # 2026-11-22) while the fp32 kernels match it to 1e-6 (interpreter). Their bound is the
     # reference's own movement under bf16-sized input noise, three times over, or BF16_TOL.
     floor = summed_grads_noise_floor(kw, flags, chunk, w_out, w_fin, rgrads)
-    errs = {k: rel(grads[k], ref) for k, ref in rgrads.items()}
-    print({k: f"{e:.2e}" for k, e in errs.items()}, "noise floor", floor)
-    bad = {k: e for k, e in errs.items() if not e <= max(BF16_TOL, 3 * floor.get(k, 0.0))}
-    assert not bad, f"{errs} floor {floor} seed {seed}"
+    for config in each_launch_config(monkeypatch):
+        out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False)
+        errs = {k: rel(grads[k], ref) for k, ref in rgrads.items()}
+        errs.update(out=rel(out, rout), final=rel(fin, rfin))
+        # printed before any assert: this test once failed only inside a cold run of the whole GPU
+        # suite (three times, three shapes), never alone, with its message cut off by the time limit
+        print(f"seed {seed} config {config}", {k: f"{e:.2e}" for k, e in errs.items()}, "noise floor", floor)
+        bad = {k: e for k, e in errs.items() if not e <= max(BF16_TOL, 3 * floor.get(k, 0.0))}
+        assert not bad, f"config {config}: {errs} floor {floor} seed {seed}"
 
 
-def summed_grads_noise_floor(kw, flags, chunk, w_out, w_fin, rgrads):
+def summed_grads_noise_floor(kw, flags, chunk, w_out, w_fin, rgrads, draws=4):
     """How far the fp32 reference's A, dt_bias and D gradients move when x, B, C and z get
-    random 2^-8 relative perturbations (bf16 rounding size): the error no bf16 kernel avoids."""
+    random 2^-8 relative perturbations (bf16 rounding size): the error no bf16 kernel avoids.
+    The largest of ``draws`` perturbations: one draw is itself a noisy estimate. On the H100
+    (2026-11-23, six small-state shapes, one draw each) the kernels' A error ran from 0.34x to
+    1.5x that draw's movement (3.1e-3 to 1.1e-2), so with one draw a seed whose draw came out
+    low could fail the 3x bound on rounding alone: the likely cause of this test's earlier
+    failures in cold suite runs (each at another shape; every launch config gives the same
+    errors, so no config is at fault)."""
     g = torch.Generator(device="cuda").manual_seed(7)
     jig = lambda t: t.float() * (1 + (torch.rand(t.shape, generator=g, device="cuda") * 2 - 1) * 2 ** -8)  # noqa: E731
-    noisy = dict(kw, **{k: jig(kw[k]) for k in ("x", "B", "C", "z") if k in kw})
-    _, _, moved = run_ssd(reference.ssd, noisy, flags, chunk, w_out, w_fin, upcast=True)
-    return {k: rel(moved[k], rgrads[k]) for k in ("A", "dt_bias", "D")}
+    floor = dict.fromkeys(("A", "dt_bias", "D"), 0.0)
+    for _ in range(draws):
+        noisy = dict(kw, **{k: jig(kw[k]) for k in ("x", "B", "C", "z") if k in kw})
+        _, _, moved = run_ssd(reference.ssd, noisy, flags, chunk, w_out, w_fin, upcast=True)
+        floor = {k: max(v, rel(moved[k], rgrads[k])) for k, v in floor.items()}
+    return floor
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])

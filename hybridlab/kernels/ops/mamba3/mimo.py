@@ -17,8 +17,9 @@ an R x R block per step, puts that right. So MIMO runs:
 2. the SSD kernels, unchanged, on the l*R rows, with D;
 3. triton_mimo.py: the same-step term, the z gate and W_o (or the per-rank rows), and their
    backward, which hands the SSD its output gradient and the rotation backward the scores' one.
-Steps 1-3 are one autograd node (``_MIMOFn``); torch does the (b, l, h) scalars, v = x W_x and
-the initial and final states. R must be a power of two (a step's rows are a register tile).
+Steps 1-3 are one autograd node (``_MIMOFn``), with the rows v = x W_x and their gradient
+(triton_mimo.py's v-row kernels); torch does the (b, l, h) scalars and the initial and final
+states. R must be a power of two (a step's rows are a register tile).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from ..ssd import fused as ssd_fused
 from . import reference
 from .siso import (_INTERPRET, _NO_LIMIT, ANGLE_CHUNK, SSD_CHUNK, _or, _rotate, _rotate_backward,
                    angle_offsets, folded_initial_state, step_weights)
-from .triton_mimo import mimo_out_bwd_kernel, mimo_out_fwd_kernel
+from .triton_mimo import mimo_out_bwd_kernel, mimo_out_fwd_kernel, v_rows_bwd_kernel, v_rows_fwd_kernel
 
 #: rows (t, r) per program of the output kernels, and their warps. At rank 4, 64 rows spilled
 #: 1.9 KB per thread in the backward at 4 warps; 16 rows need 182 registers, no spill
@@ -51,6 +52,15 @@ ROTATE_FWD = {"num_warps": 16}
 ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 16
 
 
+#: steps per program of the v-row kernels (v = x W_x and its gradient)
+V_STEPS = 32
+
+
+def _v_launch(L, H, P, R, bsz):
+    grid = (triton.cdiv(L, V_STEPS), H, bsz)
+    return grid, dict(RB=R, TS=V_STEPS, BP=max(16, triton.next_power_of_2(P)), num_warps=1 if _INTERPRET else 4)
+
+
 def _out_launch(L, H, P, R, bsz):
     rows = max(OUT_ROWS, R)
     grid = (triton.cdiv(L * R, rows), H, bsz)
@@ -62,25 +72,28 @@ class _MIMOFn(torch.autograd.Function):
     rotation's backward, as in siso._SISOFn)."""
 
     @staticmethod
-    def forward(ctx, x, w_rows, adt, B, C, Bb, Cb, ps, dt, off, D, wd, w, z, Wz, Wo, h0, H, R, Q):
+    def forward(ctx, x1, wx, w_rows, adt, B, C, Bb, Cb, ps, dt, off, D, wd, w, z, Wz, Wo, h0, H, R, Q):
+        bsz, L, _, P = x1.shape
+        LR = L * R
+        x = torch.empty(bsz, LR, H, P, device=x1.device, dtype=x1.dtype)        # the rows v = x W_x
+        grid, meta = _v_launch(L, H, P, R, bsz)
+        v_rows_fwd_kernel[grid](x1, wx, x, L, H, P, **meta)
         k, q, s = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, R, ROTATE_FWD)
         A = w.new_zeros(H)                           # unused: the kernels read the log decay
         y, final, _, delta, cs, E = ssd_fused.forward_pass(
             x, w_rows, A, k, q, D, None, None, h0, None, Q, False, _NO_LIMIT, adt, None)
-        bsz, LR, _, P = x.shape
-        L = LR // R
         out = torch.empty((bsz, L, H, P) if Wo is not None else (bsz, LR, H, P), device=x.device, dtype=x.dtype)
         grid, meta = _out_launch(L, H, P, R, bsz)
         mimo_out_fwd_kernel[grid](
             y, x, s, wd, w, _or(z, y), _or(Wz, wd), _or(Wo, wd), out, L, H, P,
             HAS_Z=z is not None, HAS_WZ=Wz is not None, HAS_WO=Wo is not None, **meta)
-        ctx.save_for_backward(x, w_rows, A, k, q, D, delta, cs, E, y, s, wd, w, z, Wz, Wo, B, C, Bb, Cb, ps, dt, off)
+        ctx.save_for_backward(x1, wx, x, w_rows, A, k, q, D, delta, cs, E, y, s, wd, w, z, Wz, Wo, B, C, Bb, Cb, ps, dt, off)
         ctx.cfg = (R, Q, h0 is not None)
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, w_rows, A, k, q, D, delta, cs, E, y, s, wd, w, z, Wz, Wo, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
+        x1, wx, x, w_rows, A, k, q, D, delta, cs, E, y, s, wd, w, z, Wz, Wo, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
         R, Q, has_init = ctx.cfg
         bsz, LR, H, P = x.shape
         L = LR // R
@@ -106,8 +119,13 @@ class _MIMOFn(torch.autograd.Function):
             has_init, True, None)
         dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
             B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ds, R, ROTATE_BWD_PAIRS)
+        # v = x W_x: dx and dW_x from the SSD's part of dv and the same-step term's (dxs)
+        dx1 = torch.empty_like(x1)
+        vgrid, vmeta = _v_launch(L, H, P, R, bsz)
+        dwx = torch.empty(bsz, vgrid[0], H, R, P, **f32)
+        v_rows_bwd_kernel[vgrid](x1, wx, dx, dxs, dx1, dwx, L, H, P, vgrid[0], **vmeta)
         wsum = lambda t: None if t is None else t.sum((0, 1))  # noqa: E731
-        return ((dx.float() + dxs).to(x.dtype), dw_rows, dadt, dB, dC, dBb, dCb, dps, ddt, doff,
+        return (dx1, wsum(dwx).transpose(0, 1), dw_rows, dadt, dB, dC, dBb, dCb, dps, ddt, doff,
                 None if dD is None else dD.to(D.dtype), dwd, dw, None if dz is None else dz.to(z.dtype),
                 wsum(dWz), wsum(dWo), dinit, None, None, None)
 
@@ -148,13 +166,12 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         Bb, Cb = ranked(B_bias), ranked(C_bias)
 
     wx = reference._rank_weight(W_x, R, H, P, f32, dev)              # (R, h, p)
-    xr = (x.float().unsqueeze(2) * wx).to(x.dtype).reshape(bsz, LR, H, P)
     h0 = folded_initial_state(ssm0, k0, v0, bcur, wx, N)            # H'_{-1}
 
     Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _MIMOFn.apply(
-        xr, rows(w).contiguous(), first_row(adt).contiguous(), B.contiguous().view(bsz, LR, G, N),
+        x.contiguous(), wx.contiguous(), rows(w).contiguous(), first_row(adt).contiguous(), B.contiguous().view(bsz, LR, G, N),
         C.contiguous().view(bsz, LR, G, N), Bb, Cb, ps, dt_rot, off, f32c(D), f32c(wd), f32c(w),
         None if z is None else z.contiguous(), f32c(W_z) if z is not None else None, f32c(W_o), h0, H, R, Q)
     if W_o is None:

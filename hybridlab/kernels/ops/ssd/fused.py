@@ -50,7 +50,8 @@ class _Tuned:
 
     def __init__(self, kernel, configs):
         self.kernel = kernel
-        self.first = _options(configs[0])
+        self.configs = [_options(c) for c in configs]
+        self.first = self.configs[0]
         cfgs = [triton.Config({}, **_options(c)) for c in configs]
         # Q and BT (where a kernel has them) change the work per program: tuned per value
         self.key_names = ["H", "P", "N", "G"] + [k for k in ("Q", "BT") if k in kernel.arg_names]
