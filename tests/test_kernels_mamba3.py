@@ -94,9 +94,12 @@ CASES = {
     "mimo2-g2-z-only": dict(L=9, R=2, H=4, G=2, opt=("z", "trap", "D"), mimo_w=("W_z", "W_o"), init=("k", "v", "ssm")),
     # 120 rows: two 64-row angle chunks and output-kernel tiles, eight 16-row SSD chunks
     "mimo4-long": dict(L=30, R=4, H=4, G=2, S=4),
+    # n 32: the backward's default 16 rotation pairs per program (one block of pairs)
+    "mimo4-n32": dict(L=24, R=4, N=32, S=6),
 }
 CHUNK = {"siso-all-init": 8, "siso-g2-fullrot-multiple": 16, "siso-bare": 4, "siso-odd-shapes": 8,
-         "mimo2-all-init": 8, "mimo4-per-rank": 4, "mimo2-g2-z-only": 16, "mimo4-long": 16}
+         "mimo2-all-init": 8, "mimo4-per-rank": 4, "mimo2-g2-z-only": 16, "mimo4-long": 16,
+         "mimo4-n32": 16}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -213,11 +216,12 @@ def test_triton_rejects_non_power_of_two_rank():
         fused.mamba3(args[0], args[1], args[2], args[3], B3, B3, chunk_size=8)
 
 
-@pytest.mark.parametrize("R", [1, 2])
-def test_half_precision_path(R):
+@pytest.mark.parametrize("R,N", [(1, 16), (2, 16), (4, 32)])
+def test_half_precision_path(R, N):
     """16-bit operands and 16-bit stored chunk states (the GPU bf16 path; the interpreter's bf16
-    tl.dot is broken, fp16 takes the same code). Measured rel-L2 errors ~1e-3; bar 5e-3."""
-    args, kw, ini = make_case(L=40, H=2, R=R)
+    tl.dot is broken, fp16 takes the same code; at R 4 and n 32 the step scores' 16-bit
+    tensor-core product). Measured rel-L2 errors ~1e-3; bar 5e-3."""
+    args, kw, ini = make_case(L=40, H=2, R=R, N=N)
     args = [t.half() if i in (0, 4, 5) else t for i, t in enumerate(args)]
     kw["z"] = kw["z"].half()
     res = {}

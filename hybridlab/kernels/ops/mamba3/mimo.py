@@ -45,7 +45,9 @@ from .triton_mimo import mimo_out_bwd_kernel, mimo_out_fwd_kernel, v_rows_bwd_ke
 OUT_ROWS = knobs.MAMBA3_MIMO_ROWS or 16
 OUT_WARPS = knobs.MAMBA3_MIMO_WARPS or 2
 #: the forward rotation for MIMO (each step's score block on top of SISO's work): 16 warps uncapped
-#: 3.81 ms, 8 warps uncapped 3.99, SISO's 8 warps capped at 128 registers 4.74 (same run as above).
+#: 3.81 ms, 8 warps uncapped 3.99, SISO's 8 warps capped at 128 registers 4.74 (same run as above),
+#: with the scores from (steps, R, n) register tiles; as one tensor-core product per tile
+#: (triton_mimo.step_scores_mma) it takes 1.70 ms at 16 warps (H100, 2026-11-23).
 ROTATE_FWD = {"num_warps": 16}
 #: rotation pairs per backward program for MIMO: 16 pairs 6.09-6.14 ms against 32 pairs 6.33 (two
 #: runs, H100, 2026-11-23; SISO keeps 32). HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides both.

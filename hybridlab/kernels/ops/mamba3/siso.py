@@ -36,6 +36,9 @@ TWO_PI = 2.0 * math.pi
 _rotate_fwd = FastKernel(rotate_fwd_kernel)
 _rotate_bwd = FastKernel(rotate_bwd_kernel)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: the MIMO step scores' tensor-core product (rotation forward) for fp32 k, q: three tf32 passes
+#: on the GPU (~1e-6 relative), exact in the interpreter; 16-bit k, q ignore it
+_MMA_PREC = "ieee" if _INTERPRET else "tf32x3"
 #: SSD chunk length for SISO (None: the caller's chunk_size; a speed knob only, the SSD result
 #: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
 #: 2026-11-22), b4 l4096 / b1 l32768: chunk 64 3.40 / 7.23 ms, 128 3.28 / 6.76, 256 3.59 / 7.29.
@@ -85,7 +88,7 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None):
     _rotate_fwd[(nc, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks,
+        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=_MMA_PREC,
         **({"num_warps": 1} if _INTERPRET else launch or {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
     return k, q, qk
 

@@ -45,6 +45,22 @@ def step_mix(a, w, ROWS: tl.constexpr, BN: tl.constexpr, RB: tl.constexpr):
 
 
 @triton.jit
+def _same_step(ROWS: tl.constexpr, RB: tl.constexpr):
+    """(ROWS, ROWS // RB, 1): row i belongs to step s."""
+    row = tl.arange(0, ROWS)
+    return (row[:, None, None] // RB) == tl.arange(0, ROWS // RB)[None, :, None]
+
+
+@triton.jit
+def step_scores_mma(a, b, ROWS: tl.constexpr, RB: tl.constexpr, PREC: tl.constexpr):
+    """step_scores as one (ROWS x ROWS) tensor-core product a bᵀ, keeping each row's own step:
+    a dot of ROWS x N x ROWS is cheaper than the (steps, RB, N) register tiles (it needs
+    ROWS, N >= 16)."""
+    full = tl.reshape(tl.dot(a, tl.trans(b), input_precision=PREC), (ROWS, ROWS // RB, RB))
+    return tl.sum(tl.where(_same_step(ROWS, RB), full, 0.0), axis=1)
+
+
+@triton.jit
 def step_block(ptr, b, h, row, valid, LR, H, RB: tl.constexpr):
     """A (b, l*R, h, R) per-step block at a tile's rows, (ROWS, RB) fp32, and its per-step transpose
     wt[(t, u), r] = w[(t, r), u] (gathered from memory: a register permute of the (steps, R, R)

@@ -22,7 +22,7 @@ is contiguous.
 import triton
 import triton.language as tl
 
-from .triton_mimo import per_rank_sum, step_block, step_mix, step_scores
+from .triton_mimo import per_rank_sum, step_block, step_mix, step_scores, step_scores_mma
 
 
 @triton.jit
@@ -66,7 +66,9 @@ def _qk_grad(ptr, b, h, t, valid, L, H, RB: tl.constexpr):
 
 @triton.jit
 def _qk_mix(a, w, QA: tl.constexpr, BN: tl.constexpr, RB: tl.constexpr):
-    """qk's gradient carried to one side: w * a (SISO), or the step mix of a's rows (MIMO)."""
+    """qk's gradient carried to one side: w * a (SISO), or the step mix of a's rows (MIMO; in
+    registers: the same mix as tensor-core products, on 16-bit hi/lo parts of w, made the MIMO
+    rank-4 backward slower on the H100, 7.2 ms against 6.1 at b4 l4096, 2026-11-23)."""
     if RB == 1:
         v = w * a
     else:
@@ -89,7 +91,7 @@ def rotate_fwd_kernel(
     L, H, G, N, S, nc,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     QA: tl.constexpr, BN2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROT: tl.constexpr,
-    RB: tl.constexpr,
+    RB: tl.constexpr, PREC: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -122,8 +124,11 @@ def rotate_fwd_kernel(
         tl.store(qk_ptr + (b * L + t) * H + h, tl.sum(kr.to(tl.float32) * qr.to(tl.float32), axis=1), mask=valid)
     else:       # MIMO: the step's R x R block, qk[(t, r), u] = q_(t,r) . k_(t,u)
         ridx = tl.arange(0, RB)
-        tl.store(qk_ptr + ((b * L + t[:, None]) * H + h) * RB + ridx[None, :],
-                 step_scores(qr.to(tl.float32), kr.to(tl.float32), QA, BN, RB), mask=valid[:, None])
+        if BN >= 16:
+            sc = step_scores_mma(qr, kr, QA, RB, PREC)
+        else:
+            sc = step_scores(qr.to(tl.float32), kr.to(tl.float32), QA, BN, RB)
+        tl.store(qk_ptr + ((b * L + t[:, None]) * H + h) * RB + ridx[None, :], sc, mask=valid[:, None])
 
 
 @triton.jit
