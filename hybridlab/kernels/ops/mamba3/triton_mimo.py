@@ -207,9 +207,8 @@ def mimo_out_bwd_kernel(
 
 
 @triton.jit
-def v_rows_fwd_kernel(x_ptr, wx_ptr, v_ptr, L, H, P, RB: tl.constexpr, TS: tl.constexpr, BP: tl.constexpr):
-    """The SSD's input rows v_(t,r) = x_t * W_x[r] in x's dtype, (b, l*R, h, p), from x (b, l, h, p)
-    and wx (R, h, p) fp32: TS steps of one head per program."""
+def _x_steps(x_ptr, L, H, P, TS: tl.constexpr, BP: tl.constexpr):
+    """This program's TS steps of x (b, l, h, p) for one head, fp32, with their indices."""
     c = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -217,6 +216,14 @@ def v_rows_fwd_kernel(x_ptr, wx_ptr, v_ptr, L, H, P, RB: tl.constexpr, TS: tl.co
     op = tl.arange(0, BP)
     m2 = (t[:, None] < L) & (op[None, :] < P)
     xx = tl.load(x_ptr + ((b * L + t[:, None]) * H + h) * P + op[None, :], mask=m2, other=0.0).to(tl.float32)
+    return c, h, b, t, op, m2, xx
+
+
+@triton.jit
+def v_rows_fwd_kernel(x_ptr, wx_ptr, v_ptr, L, H, P, RB: tl.constexpr, TS: tl.constexpr, BP: tl.constexpr):
+    """The SSD's input rows v_(t,r) = x_t * W_x[r] in x's dtype, (b, l*R, h, p), from x (b, l, h, p)
+    and wx (R, h, p) fp32: TS steps of one head per program."""
+    c, h, b, t, op, m2, xx = _x_steps(x_ptr, L, H, P, TS, BP)
     for r in tl.static_range(RB):
         wr = tl.load(wx_ptr + (r * H + h) * P + op, mask=op < P, other=0.0)
         tl.store(v_ptr + ((b * L * RB + t[:, None] * RB + r) * H + h) * P + op[None, :],
@@ -229,13 +236,7 @@ def v_rows_bwd_kernel(x_ptr, wx_ptr, dv_ptr, dvs_ptr, dx_ptr, dwx_ptr, L, H, P, 
     """The backward of v_rows_fwd_kernel for dv = dv_ssd (x's dtype, the SSD's) + dvs (fp32, the
     same-step term's): dx_t = sum_r dv_(t,r) W_x[r] in x's dtype, and per program the partial sums
     sum_t dv_(t,r) x_t of dW_x, (b, nblk, h, R, p) fp32 (summed by torch: deterministic)."""
-    c = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    t = c * TS + tl.arange(0, TS)
-    op = tl.arange(0, BP)
-    m2 = (t[:, None] < L) & (op[None, :] < P)
-    xx = tl.load(x_ptr + ((b * L + t[:, None]) * H + h) * P + op[None, :], mask=m2, other=0.0).to(tl.float32)
+    c, h, b, t, op, m2, xx = _x_steps(x_ptr, L, H, P, TS, BP)
     dx = tl.zeros((TS, BP), dtype=tl.float32)
     for r in tl.static_range(RB):
         off = ((b * L * RB + t[:, None] * RB + r) * H + h) * P + op[None, :]
