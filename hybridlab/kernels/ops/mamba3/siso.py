@@ -43,7 +43,9 @@ _MMA_PREC = "ieee" if _INTERPRET else "tf32x3"
 #: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
 #: 2026-11-22), b4 l4096 / b1 l32768: chunk 64 3.40 / 7.23 ms, 128 3.28 / 6.76, 256 3.59 / 7.29.
 #: (128 once made an illegal memory access at d_state 16: Triton's wgmma path in the SSD
-#: backward, worked around in ssd/fused.py.) HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
+#: backward, worked around in ssd/fused.py.) MIMO's l*R rows take it too: rank 4, f+b at b4 /
+#: b1 l32768 (2026-11-23): 64 17.39 / 36.57 ms, 128 16.82 / 34.60, 256 17.03 / 34.74.
+#: HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
 SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK or 128
 _NO_LIMIT = (0.0, math.inf)
 #: steps per rotation program: the in-chunk angle cumsum happens in registers. At 64 steps the
