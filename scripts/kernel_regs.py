@@ -5,6 +5,7 @@ it in local-memory traffic; this is the first thing to check when a kernel is fa
     python3 scripts/kernel_regs.py                 # the SSD and Mamba-3 SISO kernels at the bench shapes
     MIMO=1 python3 scripts/kernel_regs.py          # also the Mamba-3 MIMO (rank 4) kernels
     HYBRIDLAB_SSD_BLOCK_T=32 HYBRIDLAB_MAMBA3_ANGLE_CHUNK=32 python3 scripts/kernel_regs.py
+    ONLY=rotate python3 scripts/kernel_regs.py     # only the kernels whose label contains ONLY
 
 It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
 cubin's resource usage with the cuobjdump that ships inside the Triton wheel.
@@ -95,7 +96,10 @@ def cases():
 
 
 if __name__ == "__main__":
+    only = os.environ.get("ONLY", "")
     for label, fn, consts, fp32, ints, configs in cases():
+        if only not in label:
+            continue
         for config in configs:
             cap = f" maxnreg {config[2]}" if len(config) > 2 else ""
             print(f"{label:48s} warps {config[0]} stages {config[1]}{cap}: {usage(fn, consts, fp32, ints, config)}")

@@ -6,7 +6,8 @@ For each op/shape: the same inputs as `hybridlab bench kernels`, a few untimed f
 runs (compile, autotune), then torch.profiler over ITERS runs; prints each GPU kernel's mean
 time per forward+backward, sorted, so the slow pass of a kernel pipeline is plain to see.
 ``@dim=value`` after a case overrides one of its dims (e.g. the chunk length). FORWARD_ONLY=1
-profiles the forward alone. Each case also prints the wall time per step run back to back: when
+profiles the forward alone; IMPL=peer (or ours,peer) profiles mamba-ssm's kernels on the same inputs (`.peer/`
+carried). Each case also prints the wall time per step run back to back: when
 it is well above the kernel sum, the GPU is waiting on the host. HOST=1 adds where: the host's
 time to issue one step, the GPU's idle gaps between kernels, and the host ops by self time.
 """
@@ -24,17 +25,23 @@ from hybridlab.kernels import bench
 ITERS = int(os.environ.get("ITERS", "5"))
 FORWARD_ONLY = os.environ.get("FORWARD_ONLY", "0") == "1"     # time the forward (no grad) alone
 HOST = os.environ.get("HOST", "0") == "1"                      # where the host time goes
+IMPLS = os.environ.get("IMPL", "ours").split(",")              # ours, peer or ours,peer
 
 
-def profile_case(op: str, name: str, overrides: dict) -> None:
+def profile_case(op: str, name: str, overrides: dict, impl: str = "ours") -> None:
     shape = next(s for s in bench.SHAPES if s.op == op and s.name == name)
     spec = bench.SPECS[op]
     device = torch.device("cuda")
     draw = bench._Draw(device, torch.bfloat16, 0)
     kw = spec.make({**shape.dims, **overrides}, draw)
-    fn = bench.implementation(op, "triton")
-    args, leaves = bench._with_leaves(kw, bench._grad_names("ours", kw, spec))
     dout = draw.normal(bench._output_shape(op, kw))
+    if impl == "peer":
+        from hybridlab.kernels.peer import load_peer
+        fn = load_peer(ops=[op]).get(op)
+        kw = bench._args_for("peer", kw, spec)
+    else:
+        fn = bench.implementation(op, "triton")
+    args, leaves = bench._with_leaves(kw, bench._grad_names(impl, kw, spec))
 
     def step():
         if FORWARD_ONLY:
@@ -64,11 +71,15 @@ def profile_case(op: str, name: str, overrides: dict) -> None:
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
     what = "forward" if FORWARD_ONLY else "forward+backward"
-    print(f"\n== {op} {name} {overrides or ''}: {total:.3f} ms of kernels per {what}, {wall:.3f} ms wall")
+    print(f"\n== {impl} {op} {name} {overrides or ''}: {total:.3f} ms of kernels per {what}, {wall:.3f} ms wall")
     for ms, n, key in rows[:25]:
         print(f"  {ms:8.3f} ms  x{n:<3d} {100 * ms / total:5.1f}%  {key[:110]}")
     if HOST:
         host_profile(step)
+    from hybridlab.kernels.ops.ssd import fused as ssd_fused     # what the SSD autotuner picked
+    for name, tuned in vars(ssd_fused).items():
+        if isinstance(tuned, ssd_fused._Tuned) and tuned.chosen:
+            print(f"  autotuned {name}: {list(tuned.chosen.values())}")
 
 
 def host_profile(step) -> None:
@@ -101,4 +112,5 @@ if __name__ == "__main__":
     for arg in sys.argv[1:]:
         case, *sets = arg.split("@")
         op, name = case.split("/", 1)
-        profile_case(op, name, {k: int(v) for k, v in (s.split("=") for s in sets)})
+        for impl in IMPLS:
+            profile_case(op, name, {k: int(v) for k, v in (s.split("=") for s in sets)}, impl)
