@@ -148,8 +148,6 @@ def decoupled_inputs(b, l, h, p, g, n, opts, dtype=torch.float32):
               B=r(b, l, g, n).to(dtype), C=r(b, l, g, n).to(dtype))
     if "D" in opts:
         kw["D"] = r(h)
-    if "D_hp" in opts:
-        kw["D"] = r(h, p)
     if "D_pos" in opts:
         kw["D_pos"] = r(b, l, h, scale=0.5)
     if "z" in opts:
@@ -195,10 +193,6 @@ def test_decoupled_reference_is_the_recurrence(shape):
 @pytest.mark.parametrize("opts", [DECOUPLED_ALL, ()], ids=["all", "none"])
 @pytest.mark.parametrize("shape", [(1, 37, 4, 8, 2, 16, 16), (2, 45, 2, 16, 1, 32, 32)], ids=["l37_g2", "b2_l45"])
 def test_decoupled_fused_matches_reference(shape, opts):
-    check_decoupled(shape, opts)
-
-
-def check_decoupled(shape, opts, final_grad=True):
     b, l, h, p, g, n, chunk = shape
     kw = decoupled_inputs(b, l, h, p, g, n, opts)
     leaves = {k: v.requires_grad_(True) for k, v in kw.items()}
@@ -206,57 +200,8 @@ def check_decoupled(shape, opts, final_grad=True):
     y_ref, s_ref = reference.ssd_decoupled(chunk_size=chunk, return_final_states=True, **kw)
     assert rel(y, y_ref) <= TOL and rel(s, s_ref) <= TOL
     gy, gs = torch.randn_like(y_ref), torch.randn_like(s_ref)
-    loss = lambda yy, ss: (yy * gy).sum() + ((ss * gs).sum() if final_grad else 0.0)  # noqa: E731
-    grads = torch.autograd.grad(loss(y, s), list(leaves.values()))
-    grads_ref = torch.autograd.grad(loss(y_ref, s_ref), list(leaves.values()))
+    grads = torch.autograd.grad((y * gy).sum() + (s * gs).sum(), list(leaves.values()))
+    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (s_ref * gs).sum(), list(leaves.values()))
     for name, a, r in zip(leaves, grads, grads_ref):
         assert a.shape == r.shape and torch.isfinite(a).all(), name
         assert rel(a, r) <= TOL, f"d{name}: {rel(a, r):.2e}"
-
-
-# ---- the sequential backward (fused_bwd_seq.py): per-head B, C, one program per (head, batch)
-
-@pytest.fixture
-def sequential(monkeypatch):
-    """Forces the sequential backward and counts its launches (so a test knows it ran)."""
-    calls = []
-    inner = fused._backward_sequential
-    monkeypatch.setattr(fused, "SEQ_BWD", "1")
-    monkeypatch.setattr(fused, "_backward_sequential", lambda *a: calls.append(1) or inner(*a))
-    return calls
-
-
-SEQ_SHAPES = {      # (b, l, h, p, g, n, chunk); n > 32, where the sequential backward runs
-    "l37_c16": (1, 37, 2, 8, 2, 64, 16),          # 3 chunks, the last partial
-    "b2_l64_c32": (2, 64, 3, 16, 3, 64, 32),      # whole chunks, 3 heads
-    "l20_c32_p4n40": (1, 20, 2, 4, 2, 40, 32),    # one partial chunk, p below the 16-wide tiles
-    "l50_c16_p12n48": (1, 50, 2, 12, 2, 48, 16),  # p, n not powers of two
-}
-
-
-@pytest.mark.parametrize("opts", [DECOUPLED_ALL, ("D_hp", "z"), ()], ids=["all", "Dhp_z", "none"])
-@pytest.mark.parametrize("shape", SEQ_SHAPES.values(), ids=SEQ_SHAPES.keys())
-def test_sequential_backward_matches_reference(sequential, shape, opts):
-    check_decoupled(shape, opts)
-    assert sequential, "the sequential backward did not run"
-
-
-def test_sequential_backward_without_final_state_gradient(sequential):
-    check_decoupled(SEQ_SHAPES["l37_c16"], DECOUPLED_ALL, final_grad=False)
-    assert sequential
-
-
-def test_sequential_backward_dispatch(monkeypatch):
-    """auto: only per-head B, C, no seq_idx, enough (head, batch) programs; the chunk follows."""
-    monkeypatch.setattr(fused, "SEQ_BWD", "auto")
-    n = fused.SEQ_MIN_PROGRAMS
-    assert fused.sequential_backward(1, n, n, 64) and fused.sequential_backward(2, n // 2, n // 2, 128)
-    assert not fused.sequential_backward(1, n - 1, n - 1, 64)
-    assert not fused.sequential_backward(1, n, 1, 64)                # shared B, C: the split kernels
-    assert not fused.sequential_backward(1, n, n, 32)                # small states: the split kernels
-    assert not fused.sequential_backward(1, n, n, 64, seg=torch.zeros(1))
-    assert fused.per_head_chunk(1, n, 128, 128, torch.bfloat16) == fused.SEQ_CHUNK
-    assert fused.per_head_chunk(1, n, 16, 128, torch.bfloat16) == 128
-    assert fused.per_head_chunk(1, 4, 128, 128, torch.bfloat16) == 128
-    monkeypatch.setattr(fused, "SEQ_BWD", "0")
-    assert not fused.sequential_backward(1, n, n, 64)

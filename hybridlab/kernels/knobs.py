@@ -8,7 +8,6 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_AUTOTUNE | 0: launch SSD kernels with their first config instead of autotuning | 1 |
 | HYBRIDLAB_FAST_LAUNCH | 0: every launch through Triton's JIT, not the compiled kernel's launcher (launch.py) | 1 |
 | HYBRIDLAB_SSD_BLOCK_T | SSD row block inside a chunk (16, 32 or 64) | 64 |
-| HYBRIDLAB_SSD_SEQ_BWD | sequential SSD backward for per-head B, C (Mamba-3): auto, 1 (whenever it can), 0 (never) | auto |
 | HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256) | 128 |
 | HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 32 SISO, 16 MIMO |
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
@@ -58,7 +57,6 @@ POWERS_OF_TWO = {1 << i for i in range(11)}
 AUTOTUNE = env_choice("HYBRIDLAB_AUTOTUNE", "1", ("0", "1")) == "1"
 FAST_LAUNCH = env_choice("HYBRIDLAB_FAST_LAUNCH", "1", ("0", "1")) == "1"
 SSD_BLOCK_T = env_int("HYBRIDLAB_SSD_BLOCK_T", 64, {16, 32, 64})
-SSD_SEQ_BWD = env_choice("HYBRIDLAB_SSD_SEQ_BWD", "auto", ("auto", "1", "0"))
 MAMBA3_SSD_CHUNK = env_int("HYBRIDLAB_MAMBA3_SSD_CHUNK", None, {16, 32, 64, 128, 256})
 MAMBA3_ROTATE_PAIRS = env_int("HYBRIDLAB_MAMBA3_ROTATE_PAIRS", None, POWERS_OF_TWO)
 MAMBA3_ANGLE_CHUNK = env_int("HYBRIDLAB_MAMBA3_ANGLE_CHUNK", None, {16, 32, 64})

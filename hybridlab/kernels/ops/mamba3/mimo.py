@@ -170,7 +170,7 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     wx = reference._rank_weight(W_x, R, H, P, f32, dev)              # (R, h, p)
     h0 = folded_initial_state(ssm0, k0, v0, bcur, wx, N)            # H'_{-1}
 
-    Q = ssd_fused.per_head_chunk(bsz, H, N, SSD_CHUNK or chunk_size, x.dtype)
+    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _MIMOFn.apply(
         x.contiguous(), wx.contiguous(), rows(w).contiguous(), first_row(adt).contiguous(), B.contiguous().view(bsz, LR, G, N),

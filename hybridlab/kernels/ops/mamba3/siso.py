@@ -244,7 +244,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
 
     h0 = folded_initial_state(ssm0, k0, v0, bcur, torch.ones(1, H, P, device=dev), N)
 
-    Q = ssd_fused.per_head_chunk(bsz, H, N, SSD_CHUNK or chunk_size, x.dtype)
+    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _SISOFn.apply(
         ssd_fused.lastdim_contig(x), f32c(w), f32c(adt), B.contiguous(), C.contiguous(), Bb, Cb, ps,

@@ -19,7 +19,6 @@ import triton
 from ... import knobs
 from ...launch import FastKernel, plan_key
 from . import fused_bwd as kb
-from . import fused_bwd_seq as kbs
 from . import fused_fwd as kf
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
 from .reference import segment_ids
@@ -55,7 +54,7 @@ class _Tuned:
         self.first = self.configs[0]
         cfgs = [triton.Config({}, **_options(c)) for c in configs]
         # Q and BT (where a kernel has them) change the work per program: tuned per value
-        self.key_names = [k for k in ("H", "P", "N", "G", "Q", "BT") if k in kernel.arg_names]
+        self.key_names = ["H", "P", "N", "G"] + [k for k in ("Q", "BT") if k in kernel.arg_names]
         self.key_index = [kernel.arg_names.index(k) for k in self.key_names]
         self.tuned = triton.autotune(cfgs, key=self.key_names)(kernel)
         self.chosen: dict[tuple, dict] = {}      # autotune key -> the config it picked
@@ -114,39 +113,6 @@ _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1), (4, 1, 168)
 #: 8-warp programs per SM) gave nothing, and made the Mamba-3 rotation backward slower.
 _chunk_bwd_dx, _CBX = _tuned(kb.chunk_bwd_dx, [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
 _chunk_bwd_dbc, _CBBC = _tuned(kb.chunk_bwd_dbc, [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
-_gated_dy = FastKernel(kbs.gated_dy)
-GATE_ROWS = 32
-_chunk_bwd_seq, _CBS = _tuned(kbs.chunk_bwd_seq, [(8, 1), (4, 1), (8, 2), (4, 2), (8, 3)])
-
-#: The sequential backward (fused_bwd_seq.py) for per-head B, C (the decoupled form Mamba-3 runs
-#: on): one program per (head, batch) walks the chunks in reverse. It needs chunks of at most
-#: SEQ_CHUNK rows (one tile; fp32 on the GPU: SEQ_CHUNK_FP32) and enough (head, batch) programs
-#: to fill the GPU: "auto" runs it from SEQ_MIN_PROGRAMS programs, "1" whenever it can, "0" never
-#: (HYBRIDLAB_SSD_SEQ_BWD).
-SEQ_BWD = knobs.SSD_SEQ_BWD
-SEQ_MIN_PROGRAMS = 96
-SEQ_CHUNK, SEQ_CHUNK_FP32 = 64, 32
-
-
-def sequential_backward(b: int, H: int, G: int, N: int, seg=None) -> bool:
-    """Whether an SSD with these heads, groups and state size takes the sequential backward
-    (given a chunk of at most ``seq_chunk``): the one place this is decided. Not at N <= 32:
-    Triton's wgmma path gave NaN gradients there on the H100 (2026-11-23), the bug the split
-    backward's dB/dC kernel avoids with 32-row blocks (``backward_pass``)."""
-    if SEQ_BWD == "0" or G != H or N <= 32 or seg is not None:
-        return False
-    return SEQ_BWD == "1" or b * H >= SEQ_MIN_PROGRAMS
-
-
-def seq_chunk(dtype) -> int:
-    return SEQ_CHUNK if dtype != torch.float32 or _INTERPRET else SEQ_CHUNK_FP32
-
-
-def per_head_chunk(b: int, H: int, N: int, chunk_size: int, dtype) -> int:
-    """The chunk the kernels run for an SSD with per-head B, C (Mamba-3's k, q): at most
-    ``seq_chunk`` when the sequential backward will run, else ``kernel_chunk``."""
-    Q = kernel_chunk(chunk_size, dtype)
-    return min(Q, seq_chunk(dtype)) if sequential_backward(b, H, H, N) else Q
 
 
 def _pow2(v: int) -> int:
@@ -271,10 +237,6 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
                   dt_limit, has_init, has_ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
-    if has_ld and Q <= seq_chunk(x.dtype) and sequential_backward(b, H, G, N, seg):
-        grads = _backward_sequential(dout, dfinal, x, dt, B, C, D, z, y, delta, cs, E, Q, has_init, dpos)
-        if grads is not None:
-            return grads
     nchunks = triton.cdiv(l, Q)
     Lp = nchunks * Q
     BT = _block_t(Q, x.dtype)
@@ -372,63 +334,6 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     dD = dDp.sum((0, 1)) if D is not None else None
     ddpos = ddpos[:, :, :l].transpose(1, 2) if dpos is not None else None
     return dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos
-
-
-def _descriptor_ready(*tensors) -> bool:
-    """Whether tensor descriptors (TMA) can address these tensors: a 16-byte aligned start, the
-    last stride 1 and every other stride a multiple of 16 bytes (the copy engine's rules)."""
-    return all(t is None or (t.data_ptr() % 16 == 0 and t.stride(-1) == 1
-                             and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]))
-               for t in tensors)
-
-
-def _descriptor_scratch(size: int, alignment: int, stream):
-    # Triton builds a kernel's tensor descriptors in global scratch that the launch allocates
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-def _backward_sequential(dout, dfinal, x, scale, B, C, D, z, y, delta, cs, E, Q, has_init, dpos):
-    """backward_pass for the decoupled form with per-head B, C: one launch (fused_bwd_seq.py);
-    None when a tensor's layout does not suit the kernel's descriptors (then the split kernels run)."""
-    b, l, H, P = x.shape
-    N = B.shape[-1]
-    nchunks = triton.cdiv(l, Q)
-    dev, f32 = x.device, torch.float32
-    dout = lastdim_contig(dout)
-    dfinal = dfinal.contiguous() if dfinal is not None else None
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dB = torch.empty(b, l, H, N, device=dev, dtype=f32)
-    dC = torch.empty_like(dB)
-    dscale = torch.empty(b, l, H, device=dev, dtype=f32)
-    dld = torch.empty_like(dscale)
-    d_hdim = D is not None and D.dim() == 2
-    dDp = torch.empty(b, H, *((P,) if d_hdim else ()), device=dev, dtype=f32) if D is not None else None
-    ddpos = torch.empty(b, H, nchunks * Q, device=dev, dtype=f32) if dpos is not None else None
-    dinit = torch.empty(b, H, P, N, device=dev, dtype=f32) if has_init else None
-    if not _descriptor_ready(x, dout, B, C, E, dx, dB):
-        return None
-    dz = None
-    if z is not None:                    # dY = dout·silu(z) and dz first, elementwise
-        dy, dz = torch.empty_like(dx), torch.empty_like(dx)
-        _gated_dy[(triton.cdiv(l, GATE_ROWS), H, b)](
-            dout, z, y, dy, dz, l, H, P, dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
-            *_strides3(y), BL=GATE_ROWS, BP=_pow2(P), num_warps=1 if _INTERPRET else 4)
-    else:
-        dy = dout
-    if not _INTERPRET:
-        # a context variable: set here, on the thread that runs the backward (autograd's own)
-        triton.set_allocator(_descriptor_scratch)
-    _chunk_bwd_seq[(H, b)](
-        x, dy, B, C, D, dpos, delta, cs, E, dfinal, dx, dB, dC, dscale, dld, dDp, ddpos, dinit,
-        l, H, P, N, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dx.stride(0), dx.stride(1), dx.stride(2), nchunks * Q, nchunks,
-        Q=Q, BP=max(16, _pow2(P)), BN=max(16, _pow2(N)), HAS_D=D is not None, D_HDIM=d_hdim,
-        HAS_DPOS=dpos is not None, HAS_DFINAL=dfinal is not None,
-        HAS_DINIT=has_init, PREC=_prec(x.dtype), **_CBS)
-    dD = dDp.sum(0) if D is not None else None
-    ddpos = ddpos[:, :, :l].transpose(1, 2) if dpos is not None else None
-    return dx, dscale.to(scale.dtype), None, dB, dC, dD, dz, None, dinit, dld, ddpos
 
 
 class _SSDFn(torch.autograd.Function):
