@@ -73,14 +73,14 @@ def cases():
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
-    rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True, RB=1)
+    rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True, RB=1, FAST_TRIG=True)
     fwd = dict(rot, PREC="tf32x3")                # the forward's MIMO score product
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
            "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")
     yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, fwd, f32, (), [(8, 1, 128), (8, 1), (16, 1)]  # siso.ROTATE_FWD_WARPS, ROTATE_FWD_CAP
     for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
         yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
-               dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1)])
+               dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1), (4, 1)])   # siso: 16 pairs, 4 warps
     if os.environ.get("MIMO", "0") == "1":        # MIMO rank 4 (mimo.py): the rotation and output kernels
         yield "rotate_fwd_kernel (MIMO R4, n 128)", kr.rotate_fwd_kernel, dict(fwd, RB=4), f32, (), \
             [(8, 1, 128), (8, 1), (16, 1), (4, 1)]

@@ -9,11 +9,11 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_FAST_LAUNCH | 0: every launch through Triton's JIT, not the compiled kernel's launcher (launch.py) | 1 |
 | HYBRIDLAB_SSD_BLOCK_T | SSD row block inside a chunk (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256) | 128 |
-| HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 32 SISO, 16 MIMO |
+| HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 16 |
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS | warps per Mamba-3 forward rotation program (4, 8 or 16) | 8 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG | register cap per thread of the forward rotation (0: none; 64, 96, 128, 168 or 255) | 128 |
-| HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS | warps per Mamba-3 backward rotation program (4, 8 or 16) | 8 |
+| HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS | warps per Mamba-3 backward rotation program (4, 8 or 16) | 4 SISO, 8 MIMO |
 | HYBRIDLAB_MAMBA3_MIMO_ROWS | rows (step, rank) per Mamba-3 MIMO output-kernel program (16, 32 or 64) | 16 |
 | HYBRIDLAB_MAMBA3_MIMO_WARPS | warps per Mamba-3 MIMO output-kernel program (2, 4 or 8) | 2 |
 
@@ -62,6 +62,6 @@ MAMBA3_ROTATE_PAIRS = env_int("HYBRIDLAB_MAMBA3_ROTATE_PAIRS", None, POWERS_OF_T
 MAMBA3_ANGLE_CHUNK = env_int("HYBRIDLAB_MAMBA3_ANGLE_CHUNK", None, {16, 32, 64})
 MAMBA3_ROTATE_FWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS", 8, {4, 8, 16})
 MAMBA3_ROTATE_FWD_MAXNREG = env_int("HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG", 128, {0, 64, 96, 128, 168, 255})
-MAMBA3_ROTATE_BWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS", 8, {4, 8, 16})
+MAMBA3_ROTATE_BWD_WARPS = env_int("HYBRIDLAB_MAMBA3_ROTATE_BWD_WARPS", None, {4, 8, 16})
 MAMBA3_MIMO_ROWS = env_int("HYBRIDLAB_MAMBA3_MIMO_ROWS", None, {16, 32, 64})
 MAMBA3_MIMO_WARPS = env_int("HYBRIDLAB_MAMBA3_MIMO_WARPS", None, {2, 4, 8})

@@ -49,9 +49,11 @@ OUT_WARPS = knobs.MAMBA3_MIMO_WARPS or 2
 #: with the scores from (steps, R, n) register tiles; as one tensor-core product per tile
 #: (triton_mimo.step_scores_mma) it takes 1.70 ms at 16 warps (H100, 2026-11-23).
 ROTATE_FWD = {"num_warps": 16}
-#: rotation pairs per backward program for MIMO: 16 pairs 6.09-6.14 ms against 32 pairs 6.33 (two
-#: runs, H100, 2026-11-23; SISO keeps 32). HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides both.
+#: rotation pairs and warps per backward program for MIMO: 16 pairs 6.09-6.14 ms against 32 pairs
+#: 6.33 at 8 warps (two runs, H100, 2026-11-23). HYBRIDLAB_MAMBA3_ROTATE_PAIRS / _ROTATE_BWD_WARPS
+#: override SISO's and MIMO's.
 ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 16
+ROTATE_BWD_WARPS = knobs.MAMBA3_ROTATE_BWD_WARPS or 8
 
 
 #: steps per program of the v-row kernels (v = x W_x and its gradient)
@@ -120,7 +122,7 @@ class _MIMOFn(torch.autograd.Function):
             dy, dfinal, x, w_rows, A, k, q, D, None, None, None, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, None)
         dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
-            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ds, R, ROTATE_BWD_PAIRS)
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ds, R, ROTATE_BWD_PAIRS, ROTATE_BWD_WARPS)
         # v = x W_x: dx and dW_x from the SSD's part of dv and the same-step term's (dxs)
         dx1 = torch.empty_like(x1)
         vgrid, vmeta = _v_launch(L, H, P, R, bsz)

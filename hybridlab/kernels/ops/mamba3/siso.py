@@ -53,22 +53,26 @@ _NO_LIMIT = (0.0, math.inf)
 #: HYBRIDLAB_MAMBA3_ANGLE_CHUNK overrides it.
 ANGLE_CHUNK = knobs.MAMBA3_ANGLE_CHUNK or 64
 #: rotation pairs per backward program. With all 64 pairs of n=128 in one program the backward
-#: spills 1.4 KB per thread (scripts/kernel_regs.py). Measured on the H100 at b4 l4096
-#: (kernel_variants.sh, 2026-11-22): 64 pairs 0.84 ms, 32 pairs 0.73, 16 pairs 0.82.
-#: HYBRIDLAB_MAMBA3_ROTATE_PAIRS overrides it.
-ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 32
-#: warps per rotation program. The forward at 8 warps needs 254 registers per thread, one
+#: spills 1.4 KB per thread (scripts/kernel_regs.py). H100, b4 l4096, the kernel alone (2026-11-23,
+#: BENCHMARKS.md "The rotation backward: 16 pairs at 4 warps, approximate sin and cos"): 16 pairs
+#: at 4 warps 0.581 ms, 32 at 4 warps 0.725, 32 at 8 warps 0.732 (the default before), 64 at 8
+#: 0.931. (In 2026-11-22's f+b runs at 8 warps: 64 pairs 0.84 ms, 32 0.73, 16 0.82.)
+#: HYBRIDLAB_MAMBA3_ROTATE_PAIRS / _ROTATE_BWD_WARPS override them.
+ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 16
+ROTATE_BWD_WARPS = knobs.MAMBA3_ROTATE_BWD_WARPS or 4
+#: warps per forward rotation program. The forward at 8 warps needs 254 registers per thread, one
 #: program per SM; at 16 it needs 112 (scripts/kernel_regs.py). H100, b4 l4096, kernel time
 #: (kernel_variants.sh with scripts/gpu/variants-rotate-warps.txt, 2026-11-22): forward 0.304 ms
-#: at 16 warps against 0.358 at 8; the backward 0.922 at 16 against 0.726 at 8 (with 16 or 64
-#: pairs per program at 16 warps: 0.978, 1.045). HYBRIDLAB_MAMBA3_ROTATE_{FWD,BWD}_WARPS.
+#: at 16 warps against 0.358 at 8. HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS.
 #: Capped at 128 registers (HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG), two 8-warp forward programs fit
 #: per SM: 0.224 ms against 0.305 at 16 warps uncapped (same run, H100, 2026-11-22); 4 warps
-#: capped at 168 or 128 gave 0.391 and 0.753. Capping the backward was slower (0.82 ms at 128,
-#: 0.90 at 168, against 0.72).
+#: capped at 168 or 128 gave 0.391 and 0.753.
 ROTATE_FWD_WARPS = knobs.MAMBA3_ROTATE_FWD_WARPS
 ROTATE_FWD_CAP = {"maxnreg": knobs.MAMBA3_ROTATE_FWD_MAXNREG} if knobs.MAMBA3_ROTATE_FWD_MAXNREG else {}
-ROTATE_BWD_WARPS = knobs.MAMBA3_ROTATE_BWD_WARPS
+#: the rotations' cos and sin from the GPU's approximate instructions (triton_rotate._cos_sin):
+#: the rotation backward alone 0.732 -> 0.568 ms at b4 (H100, 2026-11-23); the interpreter cannot
+#: run inline PTX and takes libdevice's
+FAST_TRIG = not _INTERPRET
 
 
 def _p2(n: int) -> int:
@@ -90,12 +94,12 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None):
     _rotate_fwd[(nc, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=_MMA_PREC,
+        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=_MMA_PREC, FAST_TRIG=FAST_TRIG,
         **({"num_warps": 1} if _INTERPRET else launch or {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
     return k, q, qk
 
 
-def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_per_program=None):
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_per_program=None, warps=None):
     """Gradients of ``_rotate`` for B, C, the biases ((h, n), or (ranks, h, n)), ps, dt and off,
     from fp32 dk, dq, dqk (k: the forward's output, for its head count and dtype)."""
     bsz, L, G, N = B.shape
@@ -120,7 +124,7 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_p
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
         L, H, G, N, S, nc, npb, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None, RB=ranks,
-        num_warps=1 if _INTERPRET else ROTATE_BWD_WARPS)
+        FAST_TRIG=FAST_TRIG, num_warps=1 if _INTERPRET else warps or ROTATE_BWD_WARPS)
     bias_grad = lambda t: t.sum((0, 1)).view(Bb.shape) if bias else None  # noqa: E731
     return (dB.to(B.dtype), dC.to(C.dtype), bias_grad(dBb), bias_grad(dCb), dps.sum(2) if S else None,
             (ddt[..., 0] if npb == 1 else ddt.sum(-1)) if S else None, doff)
