@@ -122,7 +122,8 @@ class _MIMOFn(torch.autograd.Function):
             dy, dfinal, x, w_rows, A, k, q, D, None, None, None, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, None)
         dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
-            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ds, R, ROTATE_BWD_PAIRS, ROTATE_BWD_WARPS)
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ds, R, ROTATE_BWD_PAIRS,
+            ROTATE_BWD_WARPS)
         # v = x W_x: dx and dW_x from the SSD's part of dv and the same-step term's (dxs)
         dx1 = torch.empty_like(x1)
         vgrid, vmeta = _v_launch(L, H, P, R, bsz)

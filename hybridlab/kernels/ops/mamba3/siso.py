@@ -54,7 +54,7 @@ _NO_LIMIT = (0.0, math.inf)
 ANGLE_CHUNK = knobs.MAMBA3_ANGLE_CHUNK or 64
 #: rotation pairs per backward program. With all 64 pairs of n=128 in one program the backward
 #: spills 1.4 KB per thread (scripts/kernel_regs.py). H100, b4 l4096, the kernel alone (2026-11-23,
-#: BENCHMARKS.md "The rotation backward: 16 pairs at 4 warps, approximate sin and cos"): 16 pairs
+#: BENCHMARKS.md "The rotations: approximate sin and cos, 16 pairs at 4 warps"): 16 pairs
 #: at 4 warps 0.581 ms, 32 at 4 warps 0.725, 32 at 8 warps 0.732 (the default before), 64 at 8
 #: 0.931. (In 2026-11-22's f+b runs at 8 warps: 64 pairs 0.84 ms, 32 0.73, 16 0.82.)
 #: HYBRIDLAB_MAMBA3_ROTATE_PAIRS / _ROTATE_BWD_WARPS override them.
@@ -94,7 +94,8 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None):
     _rotate_fwd[(nc, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
         L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=_MMA_PREC, FAST_TRIG=FAST_TRIG,
+        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=_MMA_PREC,
+        FAST_TRIG=FAST_TRIG,
         **({"num_warps": 1} if _INTERPRET else launch or {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
     return k, q, qk
 
