@@ -21,6 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hybridlab.kernels import bench
+from hybridlab.kernels.ops.ssd import fused as ssd_fused
 
 ITERS = int(os.environ.get("ITERS", "5"))
 FORWARD_ONLY = os.environ.get("FORWARD_ONLY", "0") == "1"     # time the forward (no grad) alone
@@ -76,10 +77,9 @@ def profile_case(op: str, name: str, overrides: dict, impl: str = "ours") -> Non
         print(f"  {ms:8.3f} ms  x{n:<3d} {100 * ms / total:5.1f}%  {key[:110]}")
     if HOST:
         host_profile(step)
-    from hybridlab.kernels.ops.ssd import fused as ssd_fused     # what the SSD autotuner picked
-    for name, tuned in vars(ssd_fused).items():
+    for kname, tuned in vars(ssd_fused).items():
         if isinstance(tuned, ssd_fused._Tuned) and tuned.chosen:
-            print(f"  autotuned {name}: {list(tuned.chosen.values())}")
+            print(f"  autotuned {kname}: {list(tuned.chosen.values())}")    # what the SSD autotuner picked
 
 
 def host_profile(step) -> None:

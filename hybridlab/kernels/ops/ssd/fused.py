@@ -52,7 +52,7 @@ class _Tuned:
         self.kernel = kernel
         self.configs = [_options(c) for c in configs]
         self.first = self.configs[0]
-        cfgs = [triton.Config({}, **_options(c)) for c in configs]
+        cfgs = [triton.Config({}, **c) for c in self.configs]
         # Q and BT (where a kernel has them) change the work per program: tuned per value
         self.key_names = ["H", "P", "N", "G"] + [k for k in ("Q", "BT") if k in kernel.arg_names]
         self.key_index = [kernel.arg_names.index(k) for k in self.key_names]
