@@ -22,6 +22,7 @@ from triton.compiler import ASTSource
 
 from hybridlab.kernels.ops.mamba3 import siso
 from hybridlab.kernels.ops.mamba3 import triton_mimo as km
+from hybridlab.kernels.ops.mamba3 import triton_prep as kp
 from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
@@ -74,19 +75,27 @@ def cases():
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
     rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True, RB=1, FAST_TRIG=True)
-    fwd = dict(rot, PREC="tf32x3")                # the forward's MIMO score product
+    fwd = dict(rot, PREC="tf32x3", HAS_DPOS=True)     # PREC: the forward's MIMO score product
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
-           "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr")
+           "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr", "bnext_ptr", "dpos_ptr")
     yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, fwd, f32, (), [(8, 1, 128), (8, 1), (16, 1)]  # siso.ROTATE_FWD_WARPS, ROTATE_FWD_CAP
     for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
         yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
-               dict(rot, BN2=pairs, HAS_QK=True), f32, (), [(8, 1), (4, 1)])   # siso: 16 pairs, 4 warps
+               dict(rot, BN2=pairs, HAS_QK=True, QK_DPOS=True), f32, (), [(8, 1), (4, 1)])   # siso: 16 pairs, 4 warps
+    prep = dict(QA=siso.ANGLE_CHUNK, BH=32, BS=32, HAS_TRAP=True, HAS_ROT=True, PREC="tf32x3")
+    pf32 = tuple(n for fn in (kp.prep_fwd_kernel, kp.prep_bwd_kernel, kp.angle_scan_kernel)
+                 for n in fn.arg_names if n.endswith("_ptr") and n not in ("trap_ptr", "ang_ptr", "dtrap_ptr", "dang_ptr"))
+    yield "prep_fwd_kernel (Mamba-3, h 32, S 32)", kp.prep_fwd_kernel, prep, pf32, (), [(4, 1), (8, 1)]
+    yield "prep_bwd_kernel (Mamba-3, h 32, S 32)", kp.prep_bwd_kernel, dict(prep, HAS_DPOS=True), pf32, (), [(8, 1), (4, 1)]
+    yield "angle_scan_kernel (Mamba-3, S 32)", kp.angle_scan_kernel, dict(CB=siso.SCAN_CHUNKS, BS=32, HAS_INIT=True), pf32, (), [(4, 1)]
+    yield ("angle_scan_bwd_kernel (Mamba-3, S 32)", kp.angle_scan_bwd_kernel,
+           dict(CB=siso.SCAN_CHUNKS, BS=32, HAS_DFIN=True, HAS_INIT=True), pf32 + ("doff_ptr", "dfin_ptr", "dtot_ptr", "dang0_ptr"), (), [(4, 1)])
     if os.environ.get("MIMO", "0") == "1":        # MIMO rank 4 (mimo.py): the rotation and output kernels
-        yield "rotate_fwd_kernel (MIMO R4, n 128)", kr.rotate_fwd_kernel, dict(fwd, RB=4), f32, (), \
+        yield "rotate_fwd_kernel (MIMO R4, n 128)", kr.rotate_fwd_kernel, dict(fwd, RB=4, HAS_DPOS=False), f32, (), \
             [(8, 1, 128), (8, 1), (16, 1), (4, 1)]
         for pairs in (32, 16, 8):
             yield (f"rotate_bwd_kernel (MIMO R4, {pairs} pairs)", kr.rotate_bwd_kernel,
-                   dict(rot, BN2=pairs, HAS_QK=True, RB=4), f32, (), [(8, 1), (4, 1)])
+                   dict(rot, BN2=pairs, HAS_QK=True, RB=4, QK_DPOS=False), f32, (), [(8, 1), (4, 1)])
         mf32 = ("s_ptr", "wd_ptr", "w_ptr", "Wz_ptr", "Wo_ptr", "dx_ptr", "ds_ptr", "dwd_ptr", "dw_ptr", "dz_ptr",
                 "dWz_ptr", "dWo_ptr")
         for rows in (64, 32, 16):

@@ -122,6 +122,37 @@ def test_final_state_gradients_from_sums(name):
     check(run_both(*make_case(**CASES[name]), CHUNK[name], sums=True))
 
 
+def test_siso_angle_scan_over_many_chunk_blocks(monkeypatch):
+    """The angle offsets' float64 scan over several blocks of chunks (triton_prep.py), forward and
+    backward: 16-step angle chunks, two per scan block, so 150 steps make 10 chunks in 5 blocks."""
+    monkeypatch.setattr(siso, "ANGLE_CHUNK", 16)
+    monkeypatch.setattr(siso, "SCAN_CHUNKS", 2)
+    check(run_both(*make_case(b=2, L=150, H=2, S=4), 32))
+
+
+def test_siso_step_prep_against_torch(monkeypatch):
+    """The per-step scalars, angle offsets and the skip weight D_pos = -bnext qk (zero on the SSD's
+    padding rows), from the prep and rotation kernels, against the torch formulas MIMO uses. Every
+    new float tensor starts as NaN, so an element a kernel leaves unwritten shows; 16-step angle
+    chunks cover 160 rows, and the rows up to Lp = 192 come from the rotation's extra programs."""
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(math.nan))
+    monkeypatch.setattr(siso, "ANGLE_CHUNK", 16)
+    (x, dt, A, trap, B, C), kw, ini = make_case(b=2, L=150, H=3, S=5)
+    adt, w, bnext, ps, off, final = siso._step_prep(dt, A, trap, kw["angles"], ini[0])
+    dtf, adt_t, _, w_t, bnext_t, _ = siso.step_weights(dt, A, trap)
+    ps_t = math.pi * torch.tanh(kw["angles"])
+    off_t, final_t = siso.angle_offsets(ps_t, dtf, ini[0], siso.ANGLE_CHUNK)
+    for a, b in ((adt, adt_t), (w, w_t), (bnext, bnext_t), (ps, ps_t), (off, off_t), (final, final_t)):
+        assert a.shape == b.shape and rel(a, b) <= TOL
+    Lp = 192                                                     # whole 64-step SSD chunks
+    k, q, qk, dpos = siso._rotate(B, C, None, None, ps, dt, off, 3, x.dtype, bnext=bnext, Lp=Lp)
+    assert dpos.shape == (2, 3, Lp)
+    assert rel(dpos[:, :, :150], (-bnext * qk).transpose(1, 2)) <= TOL
+    assert (dpos[:, :, 150:] == 0).all()
+    assert torch.isfinite(k).all() and torch.isfinite(q).all()
+
+
 def random_siso_case(seed):
     """A random SISO configuration: groups, odd sizes, partial rotation, any option subset."""
     r = torch.Generator().manual_seed(seed)

@@ -7,14 +7,14 @@ The chunked form in reference.py says, per head (k, q rotated and biased, v = x)
 with cum the running sum of dt*A, w_s = lam_s dt_s + b_s and b_t = (1 - lam_{t+1}) dt_{t+1}.
 The first two terms are exactly an SSD whose decay (dt*A) and input scale (w) are separate inputs
 (``ssd_decoupled``); the last is a per-position skip weight -b_t (q_t . k_t) on x, which that SSD
-also takes (D_pos). So SISO needs no kernels of its own beyond the rotation (triton_rotate.py):
+also takes (D_pos). So SISO needs no kernels of its own beyond the rotation and its inputs:
 
-1. torch: the (b, l, h) scalars and the angle entering each 64-step chunk (float64 cumsum of
-   chunk totals, modulo 2 pi);
-2. ``_rotate`` / ``_rotate_backward``: per-head rotated k, q in x's dtype and q . k, the in-chunk
-   angle cumsum done in registers (Triton kernels in triton_rotate.py);
+1. ``_step_prep``: the (b, l, h) scalars and the angle entering each 64-step chunk (float64 scan
+   of chunk totals, modulo 2 pi): two Triton kernels (triton_prep.py);
+2. ``_rotate`` / ``_rotate_backward``: per-head rotated k, q in x's dtype, q . k and the skip
+   weight D_pos, the in-chunk angle cumsum done in registers (triton_rotate.py);
 3. the decoupled SSD (the Mamba-2 kernels, as ``ssd_decoupled`` runs them) with D, the per-position
-   skip and the z gate; 2 and 3 are one autograd node (``_SISOFn``);
+   skip and the z gate; 1-3 are one autograd node (``_SISOFn``);
 4. torch: the folded initial state and the final (angle, ssm, k, v) states.
 """
 from __future__ import annotations
@@ -30,14 +30,21 @@ from ... import knobs
 from ...launch import FastKernel
 from ..ssd import fused as ssd_fused
 from . import reference
+from .triton_prep import angle_scan_bwd_kernel, angle_scan_kernel, prep_bwd_kernel, prep_fwd_kernel
 from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
 
 TWO_PI = 2.0 * math.pi
 _rotate_fwd = FastKernel(rotate_fwd_kernel)
 _rotate_bwd = FastKernel(rotate_bwd_kernel)
+_prep_fwd = FastKernel(prep_fwd_kernel)
+_prep_bwd = FastKernel(prep_bwd_kernel)
+_angle_scan = FastKernel(angle_scan_kernel)
+_angle_scan_bwd = FastKernel(angle_scan_bwd_kernel)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-#: the MIMO step scores' tensor-core product (rotation forward) for fp32 k, q: three tf32 passes
-#: on the GPU (~1e-6 relative), exact in the interpreter; 16-bit k, q ignore it
+#: the MIMO step scores' tensor-core product (rotation forward) for fp32 k, q, and the fp32 products
+#: of the angle totals (triton_prep.py): three tf32 passes on the GPU (~1e-6 relative), exact in
+#: the interpreter; 16-bit k, q ignore it. (With exact fp32 products prep_bwd_kernel spills 1.4-4.6
+#: KB per thread on sm_90, scripts/kernel_regs.py; with tf32x3 none at 8 warps.)
 _MMA_PREC = "ieee" if _INTERPRET else "tf32x3"
 #: SSD chunk length for SISO (None: the caller's chunk_size; a speed knob only, the SSD result
 #: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
@@ -73,15 +80,25 @@ ROTATE_FWD_CAP = {"maxnreg": knobs.MAMBA3_ROTATE_FWD_MAXNREG} if knobs.MAMBA3_RO
 #: the rotation backward alone 0.732 -> 0.568 ms at b4 (H100, 2026-11-23); the interpreter cannot
 #: run inline PTX and takes libdevice's
 FAST_TRIG = not _INTERPRET
+#: rotation chunks per step of the angle-offset scan (triton_prep.angle_scan_kernel): its float64
+#: cumsum runs over blocks of this many chunks, carrying the running total
+SCAN_CHUNKS = 64
 
 
 def _p2(n: int) -> int:
     return max(2, triton.next_power_of_2(max(int(n), 1)))
 
 
-def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None):
+def _p2_16(n: int) -> int:
+    """A tl.dot operand's side: a power of two >= 16."""
+    return max(16, _p2(n))
+
+
+def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None, bnext=None, Lp=None):
     """k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32 from B, C (b, l, g, n), biases (h, n)
     fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation).
+    With bnext (b, l, h) fp32 (SISO with trap) it also returns the SSD's skip weight
+    D_pos = -bnext qk as (b, h, Lp) fp32, zero-padded to Lp rows (else None).
     MIMO (mimo.py) passes its rows (t, r) as l = steps * ranks rows and biases (ranks, h, n); qk is
     then each step's ranks x ranks block, (b, l, h, ranks), and its own launch options."""
     bsz, L, G, N = B.shape
@@ -90,19 +107,25 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None):
     k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
     q = torch.empty_like(k)
     qk = torch.empty(bsz, L, H, *((ranks,) if ranks > 1 else ()), device=B.device, dtype=torch.float32)
+    dpos = torch.empty(bsz, H, Lp, device=B.device, dtype=torch.float32) if bnext is not None else None
+    grid_c = triton.cdiv(Lp, ANGLE_CHUNK) if bnext is not None else nc    # D_pos's padding rows too
     d = qk                                  # stands in for absent inputs (never read)
-    _rotate_fwd[(nc, H, bsz)](
-        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk,
-        L, H, G, N, S, nc, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+    _rotate_fwd[(grid_c, H, bsz)](
+        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk, _or(bnext, d), _or(dpos, d),
+        L, H, G, N, S, nc, Lp or 0, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=_MMA_PREC,
-        FAST_TRIG=FAST_TRIG,
+        FAST_TRIG=FAST_TRIG, HAS_DPOS=bnext is not None,
         **({"num_warps": 1} if _INTERPRET else launch or {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
-    return k, q, qk
+    return (k, q, qk, dpos) if bnext is not None else (k, q, qk)
 
 
-def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_per_program=None, warps=None):
-    """Gradients of ``_rotate`` for B, C, the biases ((h, n), or (ranks, h, n)), ps, dt and off,
-    from fp32 dk, dq, dqk (k: the forward's output, for its head count and dtype)."""
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_per_program=None, warps=None,
+                     bnext=None, fold=True):
+    """Gradients of ``_rotate`` for B, C (in their dtype), the biases ((h, n), or (ranks, h, n)),
+    ps, dt and off, from fp32 dk, dq, dqk (k: the forward's output, for its head count and dtype).
+    With bnext (SISO with trap), dqk is the gradient of D_pos, (b, h, Lp) with unit last stride.
+    fold=False returns ps's and dt's gradients unsummed, as the kernel wrote them: (b, l, g, S)
+    per group and (b, l, h, blocks) per block of pairs (prep_bwd_kernel adds them)."""
     bsz, L, G, N = B.shape
     H = k.shape[2]
     S = ps.shape[-1] if ps is not None else 0
@@ -111,58 +134,124 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_p
     pairs = _p2((N + 1) // 2)
     bp2 = min(pairs, pairs_per_program or ROTATE_BWD_PAIRS or pairs)
     npb = pairs // bp2
-    dB = torch.empty(bsz, L, G, N, device=dev, dtype=f32)
-    dC = torch.empty_like(dB)
+    dB = torch.empty(bsz, L, G, N, device=dev, dtype=B.dtype)
+    dC = torch.empty(bsz, L, G, N, device=dev, dtype=C.dtype)
     bias = Bb is not None
     dBb = torch.empty(bsz, nc, ranks, H, N, device=dev, dtype=f32) if bias else None
     dCb = torch.empty_like(dBb) if bias else None
     dps = torch.empty(bsz, L, G, S, device=dev, dtype=f32) if S else None
     ddt = torch.empty(bsz, L, H, npb, device=dev, dtype=f32) if S else None
     doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
-    d = dB
+    d = dk
+    sdq = (dqk.stride(0), dqk.stride(1)) if bnext is not None else (0, 0)
     _rotate_bwd[(nc, G * npb, bsz)](
-        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d),
+        B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d), _or(bnext, d),
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
-        L, H, G, N, S, nc, npb, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        L, H, G, N, S, nc, npb, *sdq, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None, RB=ranks,
-        FAST_TRIG=FAST_TRIG, num_warps=1 if _INTERPRET else warps or ROTATE_BWD_WARPS)
+        FAST_TRIG=FAST_TRIG, QK_DPOS=bnext is not None, num_warps=1 if _INTERPRET else warps or ROTATE_BWD_WARPS)
     bias_grad = lambda t: t.sum((0, 1)).view(Bb.shape) if bias else None  # noqa: E731
-    return (dB.to(B.dtype), dC.to(C.dtype), bias_grad(dBb), bias_grad(dCb), dps.sum(2) if S else None,
-            (ddt[..., 0] if npb == 1 else ddt.sum(-1)) if S else None, doff)
+    if S and fold:
+        dps, ddt = dps.sum(2), (ddt[..., 0] if npb == 1 else ddt.sum(-1))
+    return dB, dC, bias_grad(dBb), bias_grad(dCb), dps, ddt, doff
+
+
+def _step_prep(dt, A, trap, angles, ang0):
+    """The per-step fp32 scalars (b, l, h) and angle inputs of the chunked form, in two launches
+    (triton_prep.py): adt = dt A, the SSD's input scale w, bnext (None without trap), ps =
+    pi tanh(angles) (b, l, S), the angle entering each rotation chunk (b, nc, h, S) and the final
+    angle (b, h, S) (ps and the offsets None without angles)."""
+    bsz, L, H = dt.shape
+    S = 0 if angles is None else angles.shape[-1]
+    nc = triton.cdiv(L, ANGLE_CHUNK)
+    dev, f32 = dt.device, torch.float32
+    adt = torch.empty(bsz, L, H, device=dev, dtype=f32)
+    w = torch.empty_like(adt)
+    bnext = torch.empty_like(adt) if trap is not None else None
+    ps = torch.empty(bsz, L, S, device=dev, dtype=f32) if S else None
+    tot = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
+    d = adt
+    _prep_fwd[(nc, bsz)](
+        dt, A, _or(trap, d), _or(angles, d), adt, w, _or(bnext, d), _or(ps, d), _or(tot, d), L, H, S, nc,
+        QA=ANGLE_CHUNK, BH=_p2_16(H), BS=_p2_16(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0, PREC=_MMA_PREC,
+        num_warps=1 if _INTERPRET else 4)
+    if not S:
+        final = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dev)
+        return adt, w, bnext, None, None, final
+    off = torch.empty_like(tot)
+    final = torch.empty(bsz, H, S, device=dev, dtype=f32)
+    _angle_scan[(H, bsz)](tot, _or(ang0, d), off, final, H, S, nc, CB=SCAN_CHUNKS, BS=_p2(S),
+                          HAS_INIT=ang0 is not None, num_warps=1 if _INTERPRET else 4)
+    return adt, w, bnext, ps, off, final
+
+
+def _step_prep_backward(dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, dps_rot, doff, dfinal, has_ang0):
+    """Gradients of ``_step_prep`` (and of D_pos's bnext factor: ddpos, qk) for dt, A, trap,
+    angles and the initial angle, from the SSD's dw, dadt, ddpos and the rotation's unsummed
+    d dt, d ps and d off."""
+    bsz, L, H = dt.shape
+    S = ps.shape[-1] if ps is not None else 0
+    nc = triton.cdiv(L, ANGLE_CHUNK)
+    dev, f32 = dt.device, torch.float32
+    d = dw
+    dtot = dang0 = None
+    if S:
+        dtot = torch.empty_like(doff)
+        dang0 = torch.empty(bsz, H, S, device=dev, dtype=f32) if has_ang0 else None
+        _angle_scan_bwd[(H, bsz)](doff, _or(dfinal, d), dtot, _or(dang0, d), H, S, nc, CB=SCAN_CHUNKS,
+                                  BS=_p2(S), HAS_DFIN=dfinal is not None, HAS_INIT=has_ang0,
+                                  num_warps=1 if _INTERPRET else 4)
+    ddt = torch.empty_like(dt)
+    dA = torch.empty_like(A)
+    dtrap = torch.empty_like(trap) if trap is not None else None
+    dang = torch.empty_like(angles) if S else None
+    sdp = (ddpos.stride(0), ddpos.stride(1)) if ddpos is not None else (0, 0)
+    _prep_bwd[(nc, bsz)](
+        dt, A, _or(trap, d), _or(ps, d), _or(qk, d), dw, dadt, _or(ddpos, d), _or(ddt_rot, d), _or(dps_rot, d),
+        _or(dtot, d), ddt, dA, _or(dtrap, d), _or(dang, d),
+        L, H, dps_rot.shape[2] if S else 1, S, nc, ddt_rot.shape[-1] if S else 1, *sdp,
+        QA=ANGLE_CHUNK, BH=_p2_16(H), BS=_p2_16(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
+        HAS_DPOS=ddpos is not None, PREC=_MMA_PREC, num_warps=1 if _INTERPRET else 8)
+    return ddt, dA, dtrap, dang, dang0
 
 
 class _SISOFn(torch.autograd.Function):
-    """Rotation + decoupled SSD in one autograd node, so the per-head dk, dq reach the rotation's
-    backward in fp32 (as separate nodes autograd would round them to x's dtype first, and the angle
-    gradient, a long sum of cancelling terms, would lose ~4x in accuracy)."""
+    """Step scalars + rotation + decoupled SSD in one autograd node: the per-head dk, dq reach the
+    rotation's backward in fp32 (as separate nodes autograd would round them to x's dtype first,
+    and the angle gradient, a long sum of cancelling terms, would lose ~4x in accuracy), and the
+    ~70 small torch ops the per-step scalars took are four Triton launches (triton_prep.py)."""
 
     @staticmethod
-    def forward(ctx, x, w, adt, B, C, Bb, Cb, ps, dt, off, D, Dps, z, h0, H, Q):
-        k, q, qk = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype)
-        D_pos = -Dps * qk if Dps is not None else None
-        dpos = ssd_fused.pad_positions(D_pos, Q)
-        A = w.new_zeros(H)                           # unused: the kernels read the log decay
+    def forward(ctx, x, dt, A, trap, angles, B, C, Bb, Cb, D, z, h0, ang0, Q):
+        H = x.shape[2]
+        Lp = triton.cdiv(x.shape[1], Q) * Q
+        adt, w, bnext, ps, off, final_angle = _step_prep(dt, A, trap, angles, ang0)
+        rot = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, bnext=bnext, Lp=Lp)
+        k, q, qk = rot[:3]
+        dpos = rot[3] if bnext is not None else None
         out, final, y, delta, cs, E = ssd_fused.forward_pass(
-            x, w, A, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
-        ctx.save_for_backward(x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off)
-        ctx.cfg = (H, Q, h0 is not None, h0.dtype if h0 is not None else None)
-        return out, final
+            x, w, adt, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
+        ctx.save_for_backward(x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
+                              y, delta, cs, E, dpos)
+        ctx.cfg = (Q, h0 is not None, h0.dtype if h0 is not None else None, ang0 is not None)
+        return out, final, final_angle
 
     @staticmethod
-    def backward(ctx, dout, dfinal):
-        x, w, A, k, q, D, z, y, delta, cs, E, dpos, Dps, qk, B, C, Bb, Cb, ps, dt, off = ctx.saved_tensors
-        H, Q, has_init, init_dtype = ctx.cfg
+    def backward(ctx, dout, dfinal, dfinal_angle):
+        (x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
+         y, delta, cs, E, dpos) = ctx.saved_tensors
+        Q, has_init, init_dtype, has_ang0 = ctx.cfg
         dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused.backward_pass(
-            dout, dfinal, x, w, A, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
+            dout, dfinal, x, w, adt, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, dpos)
-        dqk = dDps = None
-        if Dps is not None:
-            dqk = -Dps * ddpos
-            dDps = -qk * ddpos
-        dB, dC, dBb, dCb, dps, ddt, doff = _rotate_backward(
-            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), dqk)
-        return (dx, dw, dadt, dB, dC, dBb, dCb, dps, ddt, doff, None if dD is None else dD.to(D.dtype),
-                dDps, dz, None if dinit is None else dinit.to(init_dtype), None, None)
+        ddpos = ddpos.transpose(1, 2) if ddpos is not None else None        # (b, h, l), stride Lp
+        dB, dC, dBb, dCb, dps, ddt_rot, doff = _rotate_backward(
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ddpos, bnext=bnext, fold=False)
+        ddt, dA, dtrap, dang, dang0 = _step_prep_backward(
+            dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, dps, doff,
+            None if dfinal_angle is None else dfinal_angle.contiguous(), has_ang0)
+        return (dx, ddt, dA, dtrap, dang, dB, dC, dBb, dCb, None if dD is None else dD.to(D.dtype), dz,
+                None if dinit is None else dinit.to(init_dtype), dang0, None)
 
 
 def _or(t, dummy):
@@ -183,18 +272,6 @@ def angle_offsets(ps, dtf, ang0, Q):
     ends = start.unsqueeze(1) + tot.cumsum(1)
     off = torch.remainder(ends - tot, TWO_PI).float().contiguous()
     return off, torch.remainder(ends[:, -1], TWO_PI).float()
-
-
-def angle_inputs(angles, dtf, ang0, Q):
-    """(ps, off, final_angle) for the rotation kernels: ps = pi*tanh(angles) (b, l, S), the angle
-    entering each Q-step chunk (angle_offsets) and the final angle (b, h, S); ps and off are None
-    without angles, and the final angle is then the initial one (or an empty (b, h, 0))."""
-    if angles is None or angles.shape[-1] == 0:
-        bsz, _, H = dtf.shape
-        final = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dtf.device)
-        return None, None, final
-    ps = (math.pi * torch.tanh(angles.float())).contiguous()
-    return (ps, *angle_offsets(ps, dtf, ang0, Q))
 
 
 def step_weights(dt, A, trap):
@@ -235,10 +312,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     G, N = B.shape[2:]
     S = 0 if angles is None else angles.shape[-1]
     dev = x.device
-    dtf, adt, _, w, D_pos_scale, bcur = step_weights(dt, A, trap)
-
     ang0, ssm0, k0, v0 = initial_states if initial_states is not None else (None,) * 4
-    ps, off, final_angle = angle_inputs(angles, dtf, ang0, ANGLE_CHUNK)
     if B_bias is not None or C_bias is not None:
         zero = torch.zeros(H, N, device=dev)
         Bb = B_bias.float().reshape(H, N) if B_bias is not None else zero
@@ -246,15 +320,22 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         Bb, Cb = Bb.contiguous(), Cb.contiguous()
     else:
         Bb = Cb = None
-
-    h0 = folded_initial_state(ssm0, k0, v0, bcur, torch.ones(1, H, P, device=dev), N)
+    # (1 - lam_0) dt_0 folds the initial k, v into the state: torch, on the first step only
+    bcur0 = None
+    if trap is not None and k0 is not None and v0 is not None:
+        bcur0 = ((1 - torch.sigmoid(trap[:, :1].float())) * dt[:, :1].float())
+    h0 = folded_initial_state(ssm0, k0, v0, bcur0, torch.ones(1, H, P, device=dev), N)
 
     Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    y, hfin = _SISOFn.apply(
-        ssd_fused.lastdim_contig(x), f32c(w), f32c(adt), B.contiguous(), C.contiguous(), Bb, Cb, ps,
-        dtf.contiguous() if S else None, off, f32c(D), f32c(D_pos_scale),
-        None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0), H, Q)
+    y, hfin, final_angle = _SISOFn.apply(
+        ssd_fused.lastdim_contig(x), dt.contiguous(), A.expand(dt.shape).contiguous(),
+        None if trap is None else trap.contiguous(), angles.contiguous() if S else None,
+        B.contiguous(), C.contiguous(), Bb, Cb, f32c(D),
+        None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0),
+        None if ang0 is None or not S else ang0.float().contiguous(), Q)
+    if not S and ang0 is not None:
+        final_angle = ang0.float()
     if not return_final_states:
         return y
     k_last = reference._heads(B[:, L - 1].unsqueeze(1), B_bias, H, torch.float32)[:, 0]     # (b, h, n)

@@ -7,6 +7,8 @@ Forward, per (b, angle chunk c of QA steps, head h of group g):
     row % RB, its gradient is summed per rank, and qk is each step's R x R block (b, l*R, h, R),
     qk[(t, r), u] = q_(t,r) . k_(t,u))
     qk = <q, k>  on the rounded values the SSD kernels see                (fp32, (b, l, h))
+    SISO also writes the SSD's per-position skip weight D_pos = -bnext qk in the SSD's layout,
+    (b, h, Lp), zero on the padding rows up to Lp (its grid covers them)
 ps = pi*tanh(angles) (b, l, S); off (b, nc, h, S) = the angle entering each chunk (torch, float64,
 modulo 2 pi). Rotation pairs are (2i, 2i+1) for i < S; pairs i >= S stay as they are.
 
@@ -53,11 +55,16 @@ def _bias(ptr, h, t, on, H, N, RB: tl.constexpr):
 
 
 @triton.jit
-def _qk_grad(ptr, b, h, t, valid, L, H, RB: tl.constexpr):
+def _qk_grad(ptr, bnext_ptr, b, h, t, valid, L, H, sdq_b, sdq_h, RB: tl.constexpr, QK_DPOS: tl.constexpr):
     """The gradient of qk at the tile's rows, as (weights for dq, weights for dk): the (QA, 1)
-    column of q.k for SISO; MIMO's (QA, RB) step block and its per-step transpose."""
+    column of q.k for SISO (QK_DPOS: from the gradient of D_pos = -bnext qk, (b, h, Lp) with
+    strides sdq_b, sdq_h); MIMO's (QA, RB) step block and its per-step transpose."""
     if RB == 1:
-        w = tl.load(ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
+        if QK_DPOS:
+            bn = tl.load(bnext_ptr + (b * L + t) * H + h, mask=valid, other=0.0)
+            w = (-bn * tl.load(ptr + b * sdq_b + h * sdq_h + t, mask=valid, other=0.0))[:, None]
+        else:
+            w = tl.load(ptr + (b * L + t) * H + h, mask=valid, other=0.0)[:, None]
         wt = w
     else:
         w, wt = step_block(ptr, b, h, t, valid, L, H, RB)
@@ -80,7 +87,8 @@ def _qk_mix(a, w, QA: tl.constexpr, BN: tl.constexpr, RB: tl.constexpr):
 def _theta(ps_ptr, dt_ptr, off_ptr, b, c, h, t, i, valid, L, H, S, nc):
     """theta (QA, BN2) of head h in chunk c, the ps tile and dt column it came from."""
     ps = tl.load(ps_ptr + (b * L + t[:, None]) * S + i[None, :], mask=valid[:, None] & (i[None, :] < S), other=0.0)
-    dt = tl.load(dt_ptr + (b * L + t) * H + h, mask=valid, other=0.0)
+    dt = tl.load(dt_ptr + (b * L + t) * H + h, mask=valid, other=0.0).to(tl.float32)
+    c = tl.minimum(c, nc - 1)           # the forward's padding-only programs (HAS_DPOS) read chunk nc-1
     off = tl.load(off_ptr + ((b * nc + c) * H + h) * S + i, mask=i < S, other=0.0)
     return tl.cumsum(ps * dt[:, None], axis=0) + off[None, :], ps, dt
 
@@ -106,11 +114,11 @@ def _cos_sin(th, FAST: tl.constexpr):
 
 @triton.jit
 def rotate_fwd_kernel(
-    B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, k_ptr, q_ptr, qk_ptr,
-    L, H, G, N, S, nc,
+    B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, k_ptr, q_ptr, qk_ptr, bnext_ptr, dpos_ptr,
+    L, H, G, N, S, nc, Lp,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     QA: tl.constexpr, BN2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROT: tl.constexpr,
-    RB: tl.constexpr, PREC: tl.constexpr, FAST_TRIG: tl.constexpr,
+    RB: tl.constexpr, PREC: tl.constexpr, FAST_TRIG: tl.constexpr, HAS_DPOS: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -140,7 +148,11 @@ def rotate_fwd_kernel(
     tl.store(k_ptr + out, kr, mask=m)
     tl.store(q_ptr + out, qr, mask=m)
     if RB == 1:
-        tl.store(qk_ptr + (b * L + t) * H + h, tl.sum(kr.to(tl.float32) * qr.to(tl.float32), axis=1), mask=valid)
+        qk = tl.sum(kr.to(tl.float32) * qr.to(tl.float32), axis=1)
+        tl.store(qk_ptr + (b * L + t) * H + h, qk, mask=valid)
+        if HAS_DPOS:
+            bn = tl.load(bnext_ptr + (b * L + t) * H + h, mask=valid, other=0.0)
+            tl.store(dpos_ptr + (b * H + h) * Lp + t, -bn * qk, mask=t < Lp)
     else:       # MIMO: the step's R x R block, qk[(t, r), u] = q_(t,r) . k_(t,u)
         ridx = tl.arange(0, RB)
         if BN >= 16:
@@ -152,12 +164,12 @@ def rotate_fwd_kernel(
 
 @triton.jit
 def rotate_bwd_kernel(
-    B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, k_ptr, dk_ptr, dq_ptr, dqk_ptr,
+    B_ptr, C_ptr, Bb_ptr, Cb_ptr, ps_ptr, dt_ptr, off_ptr, k_ptr, dk_ptr, dq_ptr, dqk_ptr, bnext_ptr,
     dB_ptr, dC_ptr, dBb_ptr, dCb_ptr, dps_ptr, ddt_ptr, doff_ptr,
-    L, H, G, N, S, nc, npb,
+    L, H, G, N, S, nc, npb, sdq_b, sdq_h,
     sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     QA: tl.constexpr, BN2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ROT: tl.constexpr,
-    HAS_QK: tl.constexpr, RB: tl.constexpr, FAST_TRIG: tl.constexpr,
+    HAS_QK: tl.constexpr, RB: tl.constexpr, FAST_TRIG: tl.constexpr, QK_DPOS: tl.constexpr,
 ):
     c = tl.program_id(0)
     g = tl.program_id(1) // npb
@@ -201,7 +213,7 @@ def rotate_bwd_kernel(
             dke, dko = _split_pairs(dk, QA, BN2)
             dqe, dqo = _split_pairs(dq, QA, BN2)
             if HAS_QK:
-                w, wt = _qk_grad(dqk_ptr, b, h, t, valid, L, H, RB)
+                w, wt = _qk_grad(dqk_ptr, bnext_ptr, b, h, t, valid, L, H, sdq_b, sdq_h, RB, QK_DPOS)
                 dke += _qk_mix(qe, wt, QA, BN2, RB)
                 dko += _qk_mix(qo, wt, QA, BN2, RB)
                 dqe += _qk_mix(ke, w, QA, BN2, RB)
@@ -214,7 +226,7 @@ def rotate_bwd_kernel(
             dk = _join_pairs(dke * cs + dko * sn, dko * cs - dke * sn, QA, BN)   # Rot(-theta)
             dq = _join_pairs(dqe * cs + dqo * sn, dqo * cs - dqe * sn, QA, BN)
         elif HAS_QK:
-            w, wt = _qk_grad(dqk_ptr, b, h, t, valid, L, H, RB)
+            w, wt = _qk_grad(dqk_ptr, bnext_ptr, b, h, t, valid, L, H, sdq_b, sdq_h, RB, QK_DPOS)
             dk += _qk_mix(qb.to(KT).to(tl.float32), wt, QA, BN, RB)
             dq += _qk_mix(kb.to(KT).to(tl.float32), w, QA, BN, RB)
         dB += dk
