@@ -137,8 +137,8 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_p
     dB = torch.empty(bsz, L, G, N, device=dev, dtype=B.dtype)
     dC = torch.empty(bsz, L, G, N, device=dev, dtype=C.dtype)
     bias = Bb is not None
-    dBb = torch.empty(bsz, nc, ranks, H, N, device=dev, dtype=f32) if bias else None
-    dCb = torch.empty_like(dBb) if bias else None
+    dbias = torch.empty(2, bsz, nc, ranks, H, N, device=dev, dtype=f32) if bias else None   # per-chunk sums
+    dBb, dCb = (dbias[0], dbias[1]) if bias else (None, None)
     dps = torch.empty(bsz, L, G, S, device=dev, dtype=f32) if S else None
     ddt = torch.empty(bsz, L, H, npb, device=dev, dtype=f32) if S else None
     doff = torch.empty(bsz, nc, H, S, device=dev, dtype=f32) if S else None
@@ -150,10 +150,11 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_p
         L, H, G, N, S, nc, npb, *sdq, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None, RB=ranks,
         FAST_TRIG=FAST_TRIG, QK_DPOS=bnext is not None, num_warps=1 if _INTERPRET else warps or ROTATE_BWD_WARPS)
-    bias_grad = lambda t: t.sum((0, 1)).view(Bb.shape) if bias else None  # noqa: E731
+    if bias:                                     # both biases' sums in one reduction
+        dBb, dCb = (t.view(Bb.shape) for t in dbias.sum((1, 2)))
     if S and fold:
         dps, ddt = dps.sum(2), (ddt[..., 0] if npb == 1 else ddt.sum(-1))
-    return dB, dC, bias_grad(dBb), bias_grad(dCb), dps, ddt, doff
+    return dB, dC, dBb, dCb, dps, ddt, doff
 
 
 def _step_prep(dt, A, trap, angles, ang0):
@@ -234,6 +235,7 @@ class _SISOFn(torch.autograd.Function):
         ctx.save_for_backward(x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
                               y, delta, cs, E, dpos)
         ctx.cfg = (Q, h0 is not None, h0.dtype if h0 is not None else None, ang0 is not None)
+        ctx.set_materialize_grads(False)         # unused outputs: no zero-filled gradients to read
         return out, final, final_angle
 
     @staticmethod
@@ -241,6 +243,8 @@ class _SISOFn(torch.autograd.Function):
         (x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
          y, delta, cs, E, dpos) = ctx.saved_tensors
         Q, has_init, init_dtype, has_ang0 = ctx.cfg
+        if dout is None:
+            dout = torch.zeros_like(x)
         dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused.backward_pass(
             dout, dfinal, x, w, adt, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
             has_init, True, dpos)
