@@ -34,19 +34,26 @@ def _mod_2pi(v):
 
 
 @triton.jit
-def prep_fwd_kernel(
-    dt_ptr, A_ptr, trap_ptr, ang_ptr, adt_ptr, w_ptr, bnext_ptr, ps_ptr, tot_ptr,
-    L, H, S, nc,
-    QA: tl.constexpr, BH: tl.constexpr, BS: tl.constexpr, HAS_TRAP: tl.constexpr, HAS_ROT: tl.constexpr,
-    PREC: tl.constexpr,
-):
+def _step_tile(L, H, QA: tl.constexpr, BH: tl.constexpr):
+    """This program's (QA steps, BH heads) tile of a (b, l, h) tensor: rows t, their mask, the
+    tile's mask and element offsets, and the batch index."""
     c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     t = c * QA + tl.arange(0, QA)
     hh = tl.arange(0, BH)
     valid = t < L
     m = valid[:, None] & (hh[None, :] < H)
-    idx = (b * L + t[:, None]) * H + hh[None, :]
+    return c, b, t, hh, valid, m, (b * L + t[:, None]) * H + hh[None, :]
+
+
+@triton.jit
+def prep_fwd_kernel(
+    dt_ptr, A_ptr, trap_ptr, ang_ptr, adt_ptr, w_ptr, bnext_ptr, ps_ptr, tot_ptr,
+    L, H, S, nc,
+    QA: tl.constexpr, BH: tl.constexpr, BS: tl.constexpr, HAS_TRAP: tl.constexpr, HAS_ROT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    c, b, t, hh, valid, m, idx = _step_tile(L, H, QA, BH)
     dt = tl.load(dt_ptr + idx, mask=m, other=0.0).to(tl.float32)
     tl.store(adt_ptr + idx, dt * tl.load(A_ptr + idx, mask=m, other=0.0).to(tl.float32), mask=m)
     w = dt
@@ -126,13 +133,7 @@ def prep_bwd_kernel(
     QA: tl.constexpr, BH: tl.constexpr, BS: tl.constexpr, HAS_TRAP: tl.constexpr, HAS_ROT: tl.constexpr,
     HAS_DPOS: tl.constexpr, PREC: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    t = c * QA + tl.arange(0, QA)
-    hh = tl.arange(0, BH)
-    valid = t < L
-    m = valid[:, None] & (hh[None, :] < H)
-    idx = (b * L + t[:, None]) * H + hh[None, :]
+    c, b, t, hh, valid, m, idx = _step_tile(L, H, QA, BH)
     dt = tl.load(dt_ptr + idx, mask=m, other=0.0).to(tl.float32)
     dadt = tl.load(dadt_ptr + idx, mask=m, other=0.0)
     dw = tl.load(dw_ptr + idx, mask=m, other=0.0)
