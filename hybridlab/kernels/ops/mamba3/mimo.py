@@ -82,7 +82,7 @@ class _MIMOFn(torch.autograd.Function):
         x = torch.empty(bsz, LR, H, P, device=x1.device, dtype=x1.dtype)        # the rows v = x W_x
         grid, meta = _v_launch(L, H, P, R, bsz)
         v_rows_fwd_kernel[grid](x1, wx, x, L, H, P, **meta)
-        k, q, s = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, R, ROTATE_FWD)
+        k, q, s, _ = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, R, ROTATE_FWD)
         A = w.new_zeros(H)                           # unused: the kernels read the log decay
         y, final, _, delta, cs, E = ssd_fused.forward_pass(
             x, w_rows, A, k, q, D, None, None, h0, None, Q, False, _NO_LIMIT, adt, None)

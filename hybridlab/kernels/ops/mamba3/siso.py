@@ -95,10 +95,10 @@ def _p2_16(n: int) -> int:
 
 
 def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None, bnext=None, Lp=None):
-    """k, q (b, l, h, n) in ``dtype`` and qk (b, l, h) fp32 from B, C (b, l, g, n), biases (h, n)
-    fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation).
-    With bnext (b, l, h) fp32 (SISO with trap) it also returns the SSD's skip weight
-    D_pos = -bnext qk as (b, h, Lp) fp32, zero-padded to Lp rows (else None).
+    """k, q (b, l, h, n) in ``dtype``, qk (b, l, h) fp32 and D_pos from B, C (b, l, g, n), biases
+    (h, n) fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation).
+    D_pos, the SSD's skip weight -bnext qk as (b, h, Lp) fp32 zero-padded to Lp rows, needs bnext
+    (b, l, h) fp32 (SISO with trap); without it D_pos is None.
     MIMO (mimo.py) passes its rows (t, r) as l = steps * ranks rows and biases (ranks, h, n); qk is
     then each step's ranks x ranks block, (b, l, h, ranks), and its own launch options."""
     bsz, L, G, N = B.shape
@@ -116,7 +116,7 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None, bnext=Non
         QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=_MMA_PREC,
         FAST_TRIG=FAST_TRIG, HAS_DPOS=bnext is not None,
         **({"num_warps": 1} if _INTERPRET else launch or {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
-    return (k, q, qk, dpos) if bnext is not None else (k, q, qk)
+    return k, q, qk, dpos
 
 
 def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_per_program=None, warps=None,
@@ -161,7 +161,7 @@ def _step_prep(dt, A, trap, angles, ang0):
     """The per-step fp32 scalars (b, l, h) and angle inputs of the chunked form, in two launches
     (triton_prep.py): adt = dt A, the SSD's input scale w, bnext (None without trap), ps =
     pi tanh(angles) (b, l, S), the angle entering each rotation chunk (b, nc, h, S) and the final
-    angle (b, h, S) (ps and the offsets None without angles)."""
+    angle (b, h, S) (without angles: ps and the offsets None, the final angle (b, h, 0))."""
     bsz, L, H = dt.shape
     S = 0 if angles is None else angles.shape[-1]
     nc = triton.cdiv(L, ANGLE_CHUNK)
@@ -176,9 +176,8 @@ def _step_prep(dt, A, trap, angles, ang0):
         dt, A, _or(trap, d), _or(angles, d), adt, w, _or(bnext, d), _or(ps, d), _or(tot, d), L, H, S, nc,
         QA=ANGLE_CHUNK, BH=_p2_16(H), BS=_p2_16(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0, PREC=_MMA_PREC,
         num_warps=1 if _INTERPRET else 4)
-    if not S:
-        final = ang0.float() if ang0 is not None else torch.zeros(bsz, H, 0, device=dev)
-        return adt, w, bnext, None, None, final
+    if not S:                                   # no angles: the caller keeps its initial angle
+        return adt, w, bnext, None, None, torch.zeros(bsz, H, 0, device=dev)
     off = torch.empty_like(tot)
     final = torch.empty(bsz, H, S, device=dev, dtype=f32)
     _angle_scan[(H, bsz)](tot, _or(ang0, d), off, final, H, S, nc, CB=SCAN_CHUNKS, BS=_p2(S),
@@ -227,9 +226,7 @@ class _SISOFn(torch.autograd.Function):
         H = x.shape[2]
         Lp = triton.cdiv(x.shape[1], Q) * Q
         adt, w, bnext, ps, off, final_angle = _step_prep(dt, A, trap, angles, ang0)
-        rot = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, bnext=bnext, Lp=Lp)
-        k, q, qk = rot[:3]
-        dpos = rot[3] if bnext is not None else None
+        k, q, qk, dpos = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, bnext=bnext, Lp=Lp)
         out, final, y, delta, cs, E = ssd_fused.forward_pass(
             x, w, adt, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
         ctx.save_for_backward(x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
