@@ -27,6 +27,7 @@ from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
+from hybridlab.kernels.ops.ssd import fused_state as ks
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -42,7 +43,12 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
             sig[name] = "*fp32" if name in fp32_ptrs else ("*i32" if name in int_ptrs else "*bf16")
         else:
             sig[name] = "i32"
-    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    # what Triton's launcher tells the compiler at the bench shapes: pointers, strides and the
+    # large dims are multiples of 16 (lets loads vectorize and the pipeliner use async copies)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if name not in consts and (name.endswith("_ptr") or name.startswith("s") or name in DIVISIBLE)}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                    attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=ssd._options(config))
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -52,9 +58,12 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
     return f"{line.split(' SHARED')[0]}  shared {kernel.metadata.shared} B"
 
 
+#: integer arguments that are multiples of 16 at the bench shapes (L, Lp, P, N, H, P*N, ...)
+DIVISIBLE = ("L", "Lp", "P", "N", "H", "PN", "nchunks")
+
 SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_ptr", "dcs_ptr",
            "dlast_ptr", "dD_ptr", "dDpos_ptr", "dt_ptr", "A_ptr", "dt_bias_ptr", "ld_ptr", "st_ptr",
-           "cb_ptr", "rows_ptr", "dcs2_ptr")
+           "cb_ptr", "rows_ptr", "dcs2_ptr", "init_ptr", "final_ptr", "dfinal_ptr", "dinit_ptr")
 
 
 def cases():
@@ -74,6 +83,14 @@ def cases():
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
+        # fused_state.py (ssd.SEQ_STATE_BN, SEQ_STATE_ROWS): the sequential state kernels
+        for sbn, kb_rows in ((64, 64), (128, 64), (64, 32), (128, 32)):
+            seq = dict(Q=Q, KB=kb_rows, BP=64, BN=sbn, HAS_SEQ=False, PREC="tf32")
+            yield (f"state_fwd_seq ({what}, BN {sbn}, rows {kb_rows})", ks.state_fwd_seq,
+                   dict(seq, HAS_BIAS=not m3, SOFTPLUS=not m3, HAS_LIMIT=False, HAS_LD=m3, HAS_INIT=False),
+                   SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
+            yield (f"state_bwd_seq ({what}, BN {sbn}, rows {kb_rows})", ks.state_bwd_seq,
+                   dict(seq, HAS_Z=m3, HAS_DFINAL=True, HAS_DINIT=False), SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
     rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True, RB=1, FAST_TRIG=True)
     fwd = dict(rot, PREC="tf32x3", HAS_DPOS=True)     # PREC: the forward's MIMO score product
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",

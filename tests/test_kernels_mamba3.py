@@ -115,6 +115,16 @@ def test_rotation_backward_in_pair_blocks(monkeypatch, name):
     check(run_both(*make_case(**CASES[name]), CHUNK[name]))
 
 
+@pytest.mark.parametrize("name", ["siso-all-init", "siso-odd-shapes", "mimo2-all-init"])
+def test_sequential_state_kernels(monkeypatch, name):
+    """The SSD chunk states as one sequential kernel per state tile (ssd/fused_state.py), the
+    path for grids that fill the GPU, with two tiles along N: same result."""
+    from hybridlab.kernels.ops.ssd import fused as ssd_fused
+    monkeypatch.setattr(ssd_fused, "SEQ_STATE_MIN", 1)
+    monkeypatch.setattr(ssd_fused, "SEQ_STATE_BN", 16)
+    check(run_both(*make_case(**dict(CASES[name], N=32)), CHUNK[name]))
+
+
 @pytest.mark.parametrize("name", ["siso-all-init", "mimo2-all-init"])
 def test_final_state_gradients_from_sums(name):
     """y.sum() and final_state.sum(): autograd hands the backward expanded (stride-0) gradients,

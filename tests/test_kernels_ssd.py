@@ -205,3 +205,35 @@ def test_decoupled_fused_matches_reference(shape, opts):
     for name, a, r in zip(leaves, grads, grads_ref):
         assert a.shape == r.shape and torch.isfinite(a).all(), name
         assert rel(a, r) <= TOL, f"d{name}: {rel(a, r):.2e}"
+
+
+SEQ_CASES = {
+    "all_ntiles2": ((2, 40, 4, 8, 2, 32, 16), ALL, 16),          # two N tiles per state
+    "all_Dhp": ((1, 45, 2, 16, 1, 32, 32), ALL_HP, 32),
+    "p80_two_p_tiles": ((1, 37, 2, 80, 1, 16, 16), ("D", "z", "softplus", "initial_states"), 16),
+    "none": ((1, 33, 2, 8, 1, 16, 16), (), 16),
+}
+
+
+@pytest.mark.parametrize("shape, opts, bn", SEQ_CASES.values(), ids=SEQ_CASES.keys())
+def test_sequential_state_kernels(monkeypatch, shape, opts, bn):
+    """fused_state.py's one-program-per-state-tile kernels (the path for grids that fill the GPU)."""
+    monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
+    monkeypatch.setattr(fused, "SEQ_STATE_BN", bn)
+    b, l, h, p, g, n, chunk = shape
+    assert fused._seq_state_tiles(b, h, p, n) is not None
+    check(shape, opts)
+
+
+def test_sequential_state_kernels_decoupled(monkeypatch):
+    monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
+    monkeypatch.setattr(fused, "SEQ_STATE_BN", 16)
+    test_decoupled_fused_matches_reference((2, 45, 2, 16, 1, 32, 32), DECOUPLED_ALL)
+
+
+def test_kernel_chunk_is_capped(monkeypatch):
+    """A caller's chunk_size is a speed hint: rounded up to a power of two, at least 16, at most
+    MAX_CHUNK (longer chunks measured slower on the H100: fused.MAX_CHUNK's comment)."""
+    assert [fused.kernel_chunk(c, torch.bfloat16) for c in (8, 24, 64, 256)] == [16, 32, 64, 128]
+    monkeypatch.setattr(fused, "MAX_CHUNK", 256)
+    assert fused.kernel_chunk(256, torch.bfloat16) == 256

@@ -8,7 +8,11 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_AUTOTUNE | 0: launch SSD kernels with their first config instead of autotuning | 1 |
 | HYBRIDLAB_FAST_LAUNCH | 0: every launch through Triton's JIT, not the compiled kernel's launcher (launch.py) | 1 |
 | HYBRIDLAB_SSD_BLOCK_T | SSD row block inside a chunk (16, 32 or 64) | 64 |
-| HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256) | 128 |
+| HYBRIDLAB_SSD_MAX_CHUNK | longest SSD chunk the kernels run (16..256); a caller's longer chunk_size runs at this | 128 |
+| HYBRIDLAB_SSD_SEQ_STATE | programs (batch x head x state tile) from which the SSD chunk states run as one sequential kernel per direction (fused_state.py); 0: never | 256 |
+| HYBRIDLAB_SSD_SEQ_STATE_BN | state columns per tile of those kernels (32, 64 or 128) | 64 |
+| HYBRIDLAB_SSD_SEQ_STATE_ROWS | rows per step of those kernels (16, 32, 64 or 128; at most the chunk) | 128 |
+| HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256; at most HYBRIDLAB_SSD_MAX_CHUNK) | 128 |
 | HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 16 |
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS | warps per Mamba-3 forward rotation program (4, 8 or 16) | 8 |
@@ -57,6 +61,10 @@ POWERS_OF_TWO = {1 << i for i in range(11)}
 AUTOTUNE = env_choice("HYBRIDLAB_AUTOTUNE", "1", ("0", "1")) == "1"
 FAST_LAUNCH = env_choice("HYBRIDLAB_FAST_LAUNCH", "1", ("0", "1")) == "1"
 SSD_BLOCK_T = env_int("HYBRIDLAB_SSD_BLOCK_T", 64, {16, 32, 64})
+SSD_MAX_CHUNK = env_int("HYBRIDLAB_SSD_MAX_CHUNK", 128, {16, 32, 64, 128, 256})
+SSD_SEQ_STATE = env_int("HYBRIDLAB_SSD_SEQ_STATE", 256)
+SSD_SEQ_STATE_BN = env_int("HYBRIDLAB_SSD_SEQ_STATE_BN", 64, {32, 64, 128})
+SSD_SEQ_STATE_ROWS = env_int("HYBRIDLAB_SSD_SEQ_STATE_ROWS", 128, {16, 32, 64, 128})
 MAMBA3_SSD_CHUNK = env_int("HYBRIDLAB_MAMBA3_SSD_CHUNK", None, {16, 32, 64, 128, 256})
 MAMBA3_ROTATE_PAIRS = env_int("HYBRIDLAB_MAMBA3_ROTATE_PAIRS", None, POWERS_OF_TWO)
 MAMBA3_ANGLE_CHUNK = env_int("HYBRIDLAB_MAMBA3_ANGLE_CHUNK", None, {16, 32, 64})

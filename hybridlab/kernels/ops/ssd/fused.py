@@ -5,7 +5,7 @@ several heads (chunk_cb), plus small torch sums
 of per-program partials (deterministic: no atomics). Decode step: fused_step.py.
 
 ``chunk_size`` is a speed knob here: the kernels use it rounded to a power of two in [16, 256]
-(the result is the same SSD up to rounding). float64 has no tensor-core path and runs the
+and at most MAX_CHUNK (the result is the same SSD up to rounding). float64 has no tensor-core path and runs the
 reference. See NOTES.md for the design.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ... import knobs
 from ...launch import FastKernel, plan_key
 from . import fused_bwd as kb
 from . import fused_fwd as kf
+from . import fused_state as ks
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
 from .reference import segment_ids
 from .reference import ssd as _ssd_reference
@@ -104,6 +105,8 @@ _state_pass_fwd = FastKernel(kf.state_pass_fwd)
 _state_pass_bwd = FastKernel(kb.state_pass_bwd)
 _chunk_cb = FastKernel(kb.chunk_cb)
 _dt_bwd = FastKernel(kb.dt_bwd)
+_state_fwd_seq, _SFS = _tuned(ks.state_fwd_seq, [(4, 2), (4, 3), (8, 2)])
+_state_bwd_seq, _SBS = _tuned(ks.state_bwd_seq, [(4, 2), (4, 3), (8, 2)])
 _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])
 _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1), (4, 1, 168)])
 #: (4, 1, 168): 4 warps capped at 168 registers per thread fit three programs per SM (12 warps
@@ -119,8 +122,16 @@ def _pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 
 
+#: the longest chunk the kernels run (HYBRIDLAB_SSD_MAX_CHUNK). H100, 2026-11-23, kernel time
+#: per forward+backward with a caller's chunk of 256 (`ITERS=10 scripts/gpu/profile_ops.py
+#: ssd/...@chunk=128`): 1.259 -> 1.033 ms at b4 l4096, 2.038 -> 1.582 at b16 l2048 n64,
+#: 2.648 -> 2.408 at b1 l32768: the within-chunk work (chunk_bwd_dbc, chunk_bwd_dx,
+#: chunk_scan_fwd) halves, the chunk-state kernels' rows stay the same. Chunk 64: 1.053 at b4.
+MAX_CHUNK = knobs.SSD_MAX_CHUNK
+
+
 def _chunk(chunk_size: int) -> int:
-    return min(256, max(16, _pow2(chunk_size)))
+    return min(MAX_CHUNK, 256, max(16, _pow2(chunk_size)))
 
 
 #: state passing (a short recurrence over chunks): elements of the P x N state per program, and its
@@ -129,6 +140,20 @@ def _chunk(chunk_size: int) -> int:
 #: 0.186 (Mamba-2), the forward 0.183 against 0.194; unchanged at b4; 128 / 1 warp: 0.303, 0.154
 #: but slower at b4 (0.112 against 0.097).
 STATE_BLOCK, STATE_WARPS = 256, 2
+
+#: the chunk states as one sequential kernel per direction (fused_state.py) once the grid of
+#: (batch, head, state tile) has this many programs (HYBRIDLAB_SSD_SEQ_STATE; 0: never), with
+#: tiles of at most 64 rows (P) and SEQ_STATE_BN columns (N), walking SEQ_STATE_ROWS sequence rows
+#: per step. Below it, the split path's parallel chunk kernels keep the GPU busy.
+SEQ_STATE_MIN, SEQ_STATE_BN, SEQ_STATE_ROWS = knobs.SSD_SEQ_STATE, knobs.SSD_SEQ_STATE_BN, knobs.SSD_SEQ_STATE_ROWS
+
+
+def _seq_state_tiles(b, H, P, N):
+    """(BP, BN, tiles) of the sequential state kernels, or None where the split path runs."""
+    BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
+    tiles = triton.cdiv(P, BP) * triton.cdiv(N, BN)
+    return (BP, BN, tiles) if SEQ_STATE_MIN and b * H * tiles >= SEQ_STATE_MIN else None
+
 
 #: fp32 inputs on the GPU (tf32x3 dots keep fp32 operand tiles in shared memory): chunks of at
 #: most FP32_MAX_CHUNK steps and row blocks of at most FP32_MAX_BLOCK_T, else chunk_state_fwd /
@@ -178,24 +203,30 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     f32 = torch.float32
     delta = torch.empty(b, H, Lp, device=dev, dtype=f32)
     cs = torch.empty(b, H, Lp, device=dev, dtype=f32)
-    st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
-    prec = _prec(x.dtype)
-    _chunk_state_fwd[(H, nchunks, b)](
-        x, dt, A, B, dt_bias, seg, ld, delta, cs, st,
-        l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
-        B.stride(0), B.stride(1), B.stride(2), Lp, nchunks,
-        Q=Q, BP=BP, BN=BN, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
-        HAS_SEQ=seg is not None, HAS_LD=ld is not None, PREC=prec, **_CSF)
-
     E = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     final = torch.empty(b, H, P, N, device=dev, dtype=f32)
-    PN = P * N
-    BLOCK = min(STATE_BLOCK, _pow2(PN))
-    _state_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
-        st, cs, seg, init, E, final, H, PN, Lp, nchunks,
-        Q=Q, BLOCK=BLOCK, HAS_INIT=init is not None, HAS_SEQ=seg is not None,
-        num_warps=1 if _INTERPRET else STATE_WARPS)
+    prec = _prec(x.dtype)
+    dt_args = (l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
+               x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
+               B.stride(0), B.stride(1), B.stride(2), Lp, nchunks)
+    dt_opts = dict(Q=Q, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
+                   HAS_SEQ=seg is not None, HAS_LD=ld is not None, PREC=prec)
+    seq = _seq_state_tiles(b, H, P, N)
+    if seq is not None:
+        SP, SN, tiles = seq
+        _state_fwd_seq[(b * H, tiles)](
+            x, dt, A, B, dt_bias, seg, ld, init, delta, cs, E, final, *dt_args,
+            KB=min(Q, SEQ_STATE_ROWS), BP=SP, BN=SN, HAS_INIT=init is not None, **dt_opts, **_SFS)
+    else:
+        st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
+        _chunk_state_fwd[(H, nchunks, b)](
+            x, dt, A, B, dt_bias, seg, ld, delta, cs, st, *dt_args, BP=BP, BN=BN, **dt_opts, **_CSF)
+        PN = P * N
+        BLOCK = min(STATE_BLOCK, _pow2(PN))
+        _state_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
+            st, cs, seg, init, E, final, H, PN, Lp, nchunks,
+            Q=Q, BLOCK=BLOCK, HAS_INIT=init is not None, HAS_SEQ=seg is not None,
+            num_warps=1 if _INTERPRET else STATE_WARPS)
 
     NB = Q // BT
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -250,23 +281,33 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     # (stride 0: the gradient of final.sum()), which they would read past its storage
     dfinal = dfinal.contiguous() if dfinal is not None else None
 
-    dloc = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
-    _chunk_state_bwd[(H, nchunks, b)](
-        dout, z, C, cs, seg, dloc, l, H, P, N, G,
-        dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
-        C.stride(0), C.stride(1), C.stride(2), Lp, nchunks,
-        Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CSB)
-
-    PN = P * N
-    BLOCK = min(STATE_BLOCK, _pow2(PN))
-    nblk = triton.cdiv(PN, BLOCK)
     dst = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     dinit = torch.empty(b, H, P, N, device=dev, dtype=f32) if has_init else None
-    dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
-    _state_pass_bwd[(b * H, nblk)](
-        dloc, E, cs, seg, dfinal, dst, dinit, dlast2, H, PN, Lp, nchunks,
-        Q=Q, BLOCK=BLOCK, HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, HAS_SEQ=seg is not None,
-        num_warps=1 if one else STATE_WARPS)
+    seq = _seq_state_tiles(b, H, P, N)
+    if seq is not None:
+        SP, SN, nblk = seq
+        dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
+        _state_bwd_seq[(b * H, nblk)](
+            dout, z, C, cs, seg, E, dfinal, dst, dinit, dlast2, l, H, P, N, G,
+            dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
+            C.stride(0), C.stride(1), C.stride(2), Lp, nchunks,
+            Q=Q, KB=min(Q, SEQ_STATE_ROWS), BP=SP, BN=SN, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+            HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, PREC=prec, **_SBS)
+    else:
+        dloc = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
+        _chunk_state_bwd[(H, nchunks, b)](
+            dout, z, C, cs, seg, dloc, l, H, P, N, G,
+            dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
+            C.stride(0), C.stride(1), C.stride(2), Lp, nchunks,
+            Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CSB)
+        PN = P * N
+        BLOCK = min(STATE_BLOCK, _pow2(PN))
+        nblk = triton.cdiv(PN, BLOCK)
+        dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
+        _state_pass_bwd[(b * H, nblk)](
+            dloc, E, cs, seg, dfinal, dst, dinit, dlast2, H, PN, Lp, nchunks,
+            Q=Q, BLOCK=BLOCK, HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, HAS_SEQ=seg is not None,
+            num_warps=1 if one else STATE_WARPS)
 
     has_state = has_init or nchunks > 1
     cb = _shared_cb(B, C, H, Q, BT, BN, prec)
@@ -371,7 +412,7 @@ def pad_positions(v, Q):
 
 
 def kernel_chunk(chunk_size: int, dtype) -> int:
-    """The chunk the kernels run: a power of two in [16, 256], fp32 on the GPU at most FP32_MAX_CHUNK."""
+    """The chunk the kernels run: a power of two in [16, MAX_CHUNK], fp32 on the GPU at most FP32_MAX_CHUNK."""
     Q = _chunk(chunk_size)
     return min(Q, FP32_MAX_CHUNK) if dtype == torch.float32 and not _INTERPRET else Q
 
