@@ -1,12 +1,13 @@
 """Mamba-2 SSD with fused Triton kernels: same signatures and results as ``reference.py``.
 
 Forward: 3 launches (fused_fwd.py); backward: 5 launches (fused_bwd.py), 6 when a group has
-several heads (chunk_cb), plus small torch sums
-of per-program partials (deterministic: no atomics). Decode step: fused_step.py.
+several heads (chunk_cb), plus small torch sums of per-program partials (deterministic: no
+atomics). Where (batch, head, state tile) fills the GPU, the chunk states run as one sequential
+kernel per direction instead of two (fused_state.py): 2 and 4 launches. Decode step: fused_step.py.
 
 ``chunk_size`` is a speed knob here: the kernels use it rounded to a power of two in [16, 256]
-and at most MAX_CHUNK (the result is the same SSD up to rounding). float64 has no tensor-core path and runs the
-reference. See NOTES.md for the design.
+and at most MAX_CHUNK (the result is the same SSD up to rounding). float64 has no tensor-core
+path and runs the reference. See NOTES.md for the design.
 """
 from __future__ import annotations
 
