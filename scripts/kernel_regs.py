@@ -69,7 +69,7 @@ SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_
 def cases():
     """(label, kernel, constexprs, fp32 pointers, int pointers, [(warps, stages), ...])."""
     bt = ssd.BLOCK_T_MAX
-    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.SSD_CHUNK or 128, 1, "Mamba-3 SISO")):
+    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.ssd_chunk(128, seq_states=True), 1, "Mamba-3 SISO")):
         m3 = hpp == 1
         common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=m3, HAS_Z=m3,
                       HAS_SEQ=False, HAS_STATE=True, PREC="tf32")

@@ -300,3 +300,14 @@ def test_mimo_v_rows_kernels(R):
     gsum = (dv + dvs).view(b, L, R, H, P)
     assert rel(dx, (gsum * wx).sum(2)) <= TOL
     assert rel(dwx.sum((0, 1)).transpose(0, 1), (gsum * x.unsqueeze(2)).sum((0, 1))) <= TOL
+
+
+def test_ssd_chunk_choice(monkeypatch):
+    """SISO's SSD chunk: 64 where the sequential chunk-state kernels run, else 128; MIMO 128; a
+    set value wins; None is the caller's (these tests)."""
+    monkeypatch.setattr(siso, "SSD_CHUNK", "auto")
+    assert (siso.ssd_chunk(256, True), siso.ssd_chunk(256, False)) == (64, 128)
+    monkeypatch.setattr(siso, "SSD_CHUNK", 32)
+    assert siso.ssd_chunk(256, True) == 32
+    monkeypatch.setattr(siso, "SSD_CHUNK", None)
+    assert siso.ssd_chunk(16, True) == 16

@@ -19,7 +19,7 @@ def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=Non
            W_x=None, W_z=None, W_o=None, initial_states=None, chunk_size=64,
            return_final_states=False):
     """Fused chunked Mamba-3; arguments, shapes and results as ``reference.mamba3``. The chunk the
-    kernels run is their own choice (siso.SSD_CHUNK): it changes nothing but rounding."""
+    kernels run is their own choice (siso.ssd_chunk): it changes nothing but rounding."""
     if x.dtype == torch.float64:
         return reference.mamba3(x, dt, A, trap, B, C, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D,
                                 z=z, W_x=W_x, W_z=W_z, W_o=W_o, initial_states=initial_states,

@@ -32,7 +32,7 @@ import triton
 from ... import knobs
 from ..ssd import fused as ssd_fused
 from . import reference
-from .siso import (_INTERPRET, _NO_LIMIT, ANGLE_CHUNK, SSD_CHUNK, _or, _rotate, _rotate_backward,
+from .siso import (_INTERPRET, _NO_LIMIT, ANGLE_CHUNK, _or, _rotate, _rotate_backward, ssd_chunk,
                    angle_offsets, folded_initial_state, step_weights)
 from .triton_mimo import mimo_out_bwd_kernel, mimo_out_fwd_kernel, v_rows_bwd_kernel, v_rows_fwd_kernel
 
@@ -173,7 +173,7 @@ def mamba3_mimo(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
     wx = reference._rank_weight(W_x, R, H, P, f32, dev)              # (R, h, p)
     h0 = folded_initial_state(ssm0, k0, v0, bcur, wx, N)            # H'_{-1}
 
-    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
+    Q = ssd_fused.kernel_chunk(ssd_chunk(chunk_size, seq_states=False), x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin = _MIMOFn.apply(
         x.contiguous(), wx.contiguous(), rows(w).contiguous(), first_row(adt).contiguous(), B.contiguous().view(bsz, LR, G, N),

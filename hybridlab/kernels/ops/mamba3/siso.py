@@ -46,14 +46,25 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: the interpreter; 16-bit k, q ignore it. (With exact fp32 products prep_bwd_kernel spills 1.4-4.6
 #: KB per thread on sm_90, scripts/kernel_regs.py; with tf32x3 none at 8 warps.)
 _MMA_PREC = "ieee" if _INTERPRET else "tf32x3"
-#: SSD chunk length for SISO (None: the caller's chunk_size; a speed knob only, the SSD result
+#: SSD chunk length for SISO (None: the caller's chunk_size, for tests; a speed knob only, the SSD result
 #: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
 #: 2026-11-22), b4 l4096 / b1 l32768: chunk 64 3.40 / 7.23 ms, 128 3.28 / 6.76, 256 3.59 / 7.29.
 #: (128 once made an illegal memory access at d_state 16: Triton's wgmma path in the SSD
 #: backward, worked around in ssd/fused.py.) MIMO's l*R rows take it too: rank 4, f+b at b4 /
 #: b1 l32768 (2026-11-23): 64 17.39 / 36.57 ms, 128 16.82 / 34.60, 256 17.03 / 34.74.
-#: HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
-SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK or 128
+#: Since the SSD's chunk states run as sequential kernels on grids that fill the GPU
+#: (ssd/fused_state.py), their cost no longer grows with the number of chunks there, and 64 is
+#: the faster chunk: H100, 2026-11-23, SISO b4 l4096 kernel time 2.515 ms at 128 against 2.377 at
+#: 64; b1 l32768 (split state kernels) 5.549 against 5.765. So "auto": 64 where the sequential
+#: state kernels run, else 128 (MIMO: 128). HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
+SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK or "auto"
+
+
+def ssd_chunk(chunk_size: int, seq_states: bool) -> int:
+    """The SSD chunk the Mamba-3 kernels ask for (seq_states: the grid takes fused_state.py's path)."""
+    if SSD_CHUNK == "auto":
+        return 64 if seq_states else 128
+    return SSD_CHUNK or chunk_size
 _NO_LIMIT = (0.0, math.inf)
 #: steps per rotation program: the in-chunk angle cumsum happens in registers. At 64 steps the
 #: forward kernel needs 254 registers per thread (scripts/kernel_regs.py), at 32 it needs 122.
@@ -327,7 +338,8 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         bcur0 = ((1 - torch.sigmoid(trap[:, :1].float())) * dt[:, :1].float())
     h0 = folded_initial_state(ssm0, k0, v0, bcur0, torch.ones(1, H, P, device=dev), N)
 
-    Q = ssd_fused.kernel_chunk(SSD_CHUNK or chunk_size, x.dtype)
+    seq_states = ssd_fused._seq_state_tiles(bsz, H, P, N) is not None
+    Q = ssd_fused.kernel_chunk(ssd_chunk(chunk_size, seq_states), x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin, final_angle = _SISOFn.apply(
         ssd_fused.lastdim_contig(x), dt.contiguous(), A.expand(dt.shape).contiguous(),
