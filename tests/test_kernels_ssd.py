@@ -221,7 +221,7 @@ def test_sequential_state_kernels(monkeypatch, shape, opts, bn):
     monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
     monkeypatch.setattr(fused, "SEQ_STATE_BN", bn)
     b, l, h, p, g, n, chunk = shape
-    assert fused._seq_state_tiles(b, h, p, n) is not None
+    assert fused.seq_state_tiles(b, h, p, n) is not None
     check(shape, opts)
 
 

@@ -65,6 +65,8 @@ def ssd_chunk(chunk_size: int, seq_states: bool) -> int:
     if SSD_CHUNK == "auto":
         return 64 if seq_states else 128
     return SSD_CHUNK or chunk_size
+
+
 _NO_LIMIT = (0.0, math.inf)
 #: steps per rotation program: the in-chunk angle cumsum happens in registers. At 64 steps the
 #: forward kernel needs 254 registers per thread (scripts/kernel_regs.py), at 32 it needs 122.
@@ -338,7 +340,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         bcur0 = ((1 - torch.sigmoid(trap[:, :1].float())) * dt[:, :1].float())
     h0 = folded_initial_state(ssm0, k0, v0, bcur0, torch.ones(1, H, P, device=dev), N)
 
-    seq_states = ssd_fused._seq_state_tiles(bsz, H, P, N) is not None
+    seq_states = ssd_fused.seq_state_tiles(bsz, H, P, N) is not None
     Q = ssd_fused.kernel_chunk(ssd_chunk(chunk_size, seq_states), x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin, final_angle = _SISOFn.apply(

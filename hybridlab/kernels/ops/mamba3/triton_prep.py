@@ -78,6 +78,13 @@ def prep_fwd_kernel(
 
 
 @triton.jit
+def _chunk_block(c0, nc, b, h, H, S, s, sm, CB: tl.constexpr):
+    """Offsets (CB, BS) into a (b, nc, h, S) tensor for chunks c0 .. c0 + CB - 1, and their mask."""
+    cc = c0 + tl.arange(0, CB)
+    return ((b * nc + cc[:, None]) * H + h) * S + s[None, :], (cc[:, None] < nc) & sm[None, :]
+
+
+@triton.jit
 def angle_scan_kernel(tot_ptr, ang0_ptr, off_ptr, fin_ptr, H, S, nc,
                       CB: tl.constexpr, BS: tl.constexpr, HAS_INIT: tl.constexpr):
     h = tl.program_id(0)
@@ -89,9 +96,7 @@ def angle_scan_kernel(tot_ptr, ang0_ptr, off_ptr, fin_ptr, H, S, nc,
     else:
         carry = tl.zeros([BS], dtype=tl.float64)
     for c0 in range(0, nc, CB):
-        cc = c0 + tl.arange(0, CB)
-        mm = (cc[:, None] < nc) & sm[None, :]
-        p = ((b * nc + cc[:, None]) * H + h) * S + s[None, :]
+        p, mm = _chunk_block(c0, nc, b, h, H, S, s, sm, CB)
         tot = tl.load(tot_ptr + p, mask=mm, other=0.0).to(tl.float64)
         off = carry[None, :] + tl.cumsum(tot, axis=0) - tot              # entering each chunk
         tl.store(off_ptr + p, _mod_2pi(off).to(tl.float32), mask=mm)
@@ -108,16 +113,13 @@ def angle_scan_bwd_kernel(doff_ptr, dfin_ptr, dtot_ptr, dang0_ptr, H, S, nc,
     sm = s < S
     total = tl.zeros([BS], dtype=tl.float64)
     for c0 in range(0, nc, CB):
-        cc = c0 + tl.arange(0, CB)
-        p = ((b * nc + cc[:, None]) * H + h) * S + s[None, :]
-        total += tl.sum(tl.load(doff_ptr + p, mask=(cc[:, None] < nc) & sm[None, :], other=0.0).to(tl.float64), axis=0)
+        p, mm = _chunk_block(c0, nc, b, h, H, S, s, sm, CB)
+        total += tl.sum(tl.load(doff_ptr + p, mask=mm, other=0.0).to(tl.float64), axis=0)
     if HAS_DFIN:                       # the final angle is ang0 + every chunk's total
         total += tl.load(dfin_ptr + (b * H + h) * S + s, mask=sm, other=0.0).to(tl.float64)
     seen = tl.zeros([BS], dtype=tl.float64)
     for c0 in range(0, nc, CB):
-        cc = c0 + tl.arange(0, CB)
-        mm = (cc[:, None] < nc) & sm[None, :]
-        p = ((b * nc + cc[:, None]) * H + h) * S + s[None, :]
+        p, mm = _chunk_block(c0, nc, b, h, H, S, s, sm, CB)
         d = tl.load(doff_ptr + p, mask=mm, other=0.0).to(tl.float64)
         tl.store(dtot_ptr + p, (total - seen[None, :] - tl.cumsum(d, axis=0)).to(tl.float32), mask=mm)
         seen += tl.sum(d, axis=0)

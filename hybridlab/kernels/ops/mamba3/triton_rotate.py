@@ -9,8 +9,9 @@ Forward, per (b, angle chunk c of QA steps, head h of group g):
     qk = <q, k>  on the rounded values the SSD kernels see                (fp32, (b, l, h))
     SISO also writes the SSD's per-position skip weight D_pos = -bnext qk in the SSD's layout,
     (b, h, Lp), zero on the padding rows up to Lp (its grid covers them)
-ps = pi*tanh(angles) (b, l, S); off (b, nc, h, S) = the angle entering each chunk (torch, float64,
-modulo 2 pi). Rotation pairs are (2i, 2i+1) for i < S; pairs i >= S stay as they are.
+ps = pi*tanh(angles) (b, l, S); off (b, nc, h, S) = the angle entering each chunk (float64, modulo
+2 pi: triton_prep.angle_scan_kernel for SISO, torch for MIMO). Rotation pairs are (2i, 2i+1) for
+i < S; pairs i >= S stay as they are.
 
 Backward, per (b, chunk, group g, block of BN2 rotation pairs), looping over the group's heads so
 dB, dC and d ps are summed in registers (pairs are independent: a block of them is a narrower

@@ -149,7 +149,7 @@ STATE_BLOCK, STATE_WARPS = 256, 2
 SEQ_STATE_MIN, SEQ_STATE_BN, SEQ_STATE_ROWS = knobs.SSD_SEQ_STATE, knobs.SSD_SEQ_STATE_BN, knobs.SSD_SEQ_STATE_ROWS
 
 
-def _seq_state_tiles(b, H, P, N):
+def seq_state_tiles(b, H, P, N):
     """(BP, BN, tiles) of the sequential state kernels, or None where the split path runs."""
     BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
     tiles = triton.cdiv(P, BP) * triton.cdiv(N, BN)
@@ -207,21 +207,21 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     E = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     final = torch.empty(b, H, P, N, device=dev, dtype=f32)
     prec = _prec(x.dtype)
-    dt_args = (l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
+    state_args = (l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
                x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
                B.stride(0), B.stride(1), B.stride(2), Lp, nchunks)
-    dt_opts = dict(Q=Q, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
+    state_opts = dict(Q=Q, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
                    HAS_SEQ=seg is not None, HAS_LD=ld is not None, PREC=prec)
-    seq = _seq_state_tiles(b, H, P, N)
+    seq = seq_state_tiles(b, H, P, N)
     if seq is not None:
         SP, SN, tiles = seq
         _state_fwd_seq[(b * H, tiles)](
-            x, dt, A, B, dt_bias, seg, ld, init, delta, cs, E, final, *dt_args,
-            KB=min(Q, SEQ_STATE_ROWS), BP=SP, BN=SN, HAS_INIT=init is not None, **dt_opts, **_SFS)
+            x, dt, A, B, dt_bias, seg, ld, init, delta, cs, E, final, *state_args,
+            KB=min(Q, SEQ_STATE_ROWS), BP=SP, BN=SN, HAS_INIT=init is not None, **state_opts, **_SFS)
     else:
         st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
         _chunk_state_fwd[(H, nchunks, b)](
-            x, dt, A, B, dt_bias, seg, ld, delta, cs, st, *dt_args, BP=BP, BN=BN, **dt_opts, **_CSF)
+            x, dt, A, B, dt_bias, seg, ld, delta, cs, st, *state_args, BP=BP, BN=BN, **state_opts, **_CSF)
         PN = P * N
         BLOCK = min(STATE_BLOCK, _pow2(PN))
         _state_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
@@ -284,7 +284,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
 
     dst = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     dinit = torch.empty(b, H, P, N, device=dev, dtype=f32) if has_init else None
-    seq = _seq_state_tiles(b, H, P, N)
+    seq = seq_state_tiles(b, H, P, N)
     if seq is not None:
         SP, SN, nblk = seq
         dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
