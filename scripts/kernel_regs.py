@@ -2,17 +2,25 @@
 (sm_90) on any machine: no GPU needed. A kernel that spills runs out of registers and pays for
 it in local-memory traffic; this is the first thing to check when a kernel is far from its floor.
 
-    python3 scripts/kernel_regs.py                 # the SSD and Mamba-3 SISO kernels at the bench shapes
+    python3 scripts/kernel_regs.py                 # the Mamba-1, SSD and Mamba-3 SISO kernels at the bench shapes
     MIMO=1 python3 scripts/kernel_regs.py          # also the Mamba-3 MIMO (rank 4) kernels
     HYBRIDLAB_SSD_BLOCK_T=32 HYBRIDLAB_MAMBA3_ANGLE_CHUNK=32 python3 scripts/kernel_regs.py
     ONLY=rotate python3 scripts/kernel_regs.py     # only the kernels whose label contains ONLY
 
 It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
-cubin's resource usage with the cuobjdump that ships inside the Triton wheel.
+cubin's resource usage with the cuobjdump that ships inside the Triton wheel. It also counts the
+SASS instructions of the kernel's longest loop body ("loop N"): where a kernel's loop is
+issue-bound, time per iteration follows that count (one instruction per clock per scheduler).
+
+The launcher's specializations are reproduced: pointers, strides and large dims that are
+multiples of 16 get the divisibility hint, and integer arguments equal to 1 at the bench
+shapes (a contiguous tensor's last stride) are compile-time constants, as Triton's launcher makes
+them; without that, loads along such a stride do not vectorize and the layouts Triton picks differ.
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 
@@ -24,6 +32,7 @@ from hybridlab.kernels.ops.mamba3 import siso
 from hybridlab.kernels.ops.mamba3 import triton_mimo as km
 from hybridlab.kernels.ops.mamba3 import triton_prep as kp
 from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
+from hybridlab.kernels.ops.selective_scan import fused as ss
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
@@ -35,6 +44,7 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
     """'REG:n STACK:m' of ``fn`` compiled with ``consts`` and a launch config (num_warps,
     num_stages[, maxnreg]) as the ops take it; pointers bf16 unless listed."""
+    consts = {k: v for k, v in {**consts, **ONES}.items() if k in fn.arg_names}
     sig = {}
     for name in fn.arg_names:
         if name in consts:
@@ -54,12 +64,26 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
         f.write(kernel.asm["cubin"])
         f.flush()
         out = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True, check=True).stdout
     line = next(l.strip() for l in out.splitlines() if l.strip().startswith("REG:"))
-    return f"{line.split(' SHARED')[0]}  shared {kernel.metadata.shared} B"
+    loop = loop_instructions(sass)
+    return f"{line.split(' SHARED')[0]}  shared {kernel.metadata.shared} B  " + (f"loop {loop}" if loop else "no loop")
+
+
+def loop_instructions(sass: str) -> int:
+    """Instructions in the longest loop body: the span from a backward branch's target to it."""
+    at = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,6})\*/\s+([^;]*);", sass)]
+    spans = [(addr - int(b.group(1), 16)) // 16 + 1 for addr, text in at
+             if (b := re.search(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", text)) and int(b.group(1), 16) < addr]
+    return max(spans, default=0)
 
 
 #: integer arguments that are multiples of 16 at the bench shapes (L, Lp, P, N, H, P*N, ...)
-DIVISIBLE = ("L", "Lp", "P", "N", "H", "PN", "nchunks")
+DIVISIBLE = ("L", "Lp", "P", "N", "H", "PN", "nchunks", "d", "n", "cpg", "CHUNK")
+#: integer arguments equal to 1 at the bench shapes, by kernel argument name: the last stride of
+#: a contiguous dt (b, l, h) and its gradient. Cases add their own (the selective scan's (b, d, l)
+#: and (b, n, l) tensors have unit time strides) to their constexprs.
+ONES = dict(sdt_h=1, sddt_h=1)
 
 SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_ptr", "dcs_ptr",
            "dlast_ptr", "dD_ptr", "dDpos_ptr", "dt_ptr", "A_ptr", "dt_bias_ptr", "ld_ptr", "st_ptr",
@@ -68,6 +92,20 @@ SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_
 
 def cases():
     """(label, kernel, constexprs, fp32 pointers, int pointers, [(warps, stages), ...])."""
+    # Mamba-1 (selective_scan/fused.py) at b4 l4096 d2048, bf16 u/delta/z/B/C, fp32 A/D/bias/states
+    # (one time chunk at b4 d2048 and one B/C group: NC = G = 1, constants like the unit strides)
+    unit = dict(su_l=1, sdt_l=1, sz_l=1, sB_l=1, sC_l=1, sA_n=1, sdo_l=1, NC=1, G=1)
+    opts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_SEQ=False)
+    sf32 = ("A_ptr", "D_ptr", "bias_ptr", "hin_ptr", "last_ptr", "ckpt_ptr", "S_ptr", "P_ptr", "xin_ptr",
+            "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dh0_ptr")
+    for n in (16, 64):
+        NP = ss._np(n)
+        elems, warps = (ss.SEQ_ELEMS, ss.SEQ_WARPS) if NP <= 32 else (ss.SEQ_ELEMS_BIG_N, ss.SEQ_WARPS_BIG_N)
+        fwd = dict(unit, **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False, BLOCK_D=elems // NP, NP=NP, CKPT_T=8)
+        yield f"_fwd_seq_kernel (Mamba-1, n {n}, no grad)", ss._fwd_seq_kernel, fwd, sf32, ("seq_ptr",), [(warps, 1)]
+        bwd = dict(unit, **opts, HAS_XIN=False, WANT_DH0=False, BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP,
+                   PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N)
+        yield f"_bwd_seq_kernel (Mamba-1, n {n})", ss._bwd_seq_kernel, bwd, sf32, ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)]
     bt = ssd.BLOCK_T_MAX
     for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.ssd_chunk(128, seq_states=True), 1, "Mamba-3 SISO")):
         m3 = hpp == 1
