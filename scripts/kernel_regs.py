@@ -107,7 +107,8 @@ def cases():
                    PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N)
         yield f"_bwd_seq_kernel (Mamba-1, n {n})", ss._bwd_seq_kernel, bwd, sf32, ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)]
     bt = ssd.BLOCK_T_MAX
-    for Q, hpp, what in ((256, 8, "Mamba-2, chunk 256"), (siso.ssd_chunk(128, seq_states=True), 1, "Mamba-3 SISO")):
+    q2 = ssd._chunk(256)          # the bench's chunk 256 runs at the cap (ssd.MAX_CHUNK)
+    for Q, hpp, what in ((q2, 8, f"Mamba-2, chunk {q2}"), (siso.ssd_chunk(128, seq_states=True), 1, "Mamba-3 SISO")):
         m3 = hpp == 1
         common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=m3, HAS_Z=m3,
                       HAS_SEQ=False, HAS_STATE=True, PREC="tf32")
@@ -122,7 +123,8 @@ def cases():
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
                SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
         # fused_state.py (ssd.SEQ_STATE_BN, SEQ_STATE_ROWS): the sequential state kernels
-        for sbn, kb_rows in ((64, 64), (128, 64), (64, 32), (128, 32)):
+        tiles = ((ssd.SEQ_STATE_BN, min(Q, ssd.SEQ_STATE_ROWS)), (64, 64), (128, 64), (64, 32), (128, 32))
+        for sbn, kb_rows in dict.fromkeys(tiles):      # the defaults first, then the variants
             seq = dict(Q=Q, KB=kb_rows, BP=64, BN=sbn, HAS_SEQ=False, PREC="tf32")
             yield (f"state_fwd_seq ({what}, BN {sbn}, rows {kb_rows})", ks.state_fwd_seq,
                    dict(seq, HAS_BIAS=not m3, SOFTPLUS=not m3, HAS_LIMIT=False, HAS_LD=m3, HAS_INIT=False),
