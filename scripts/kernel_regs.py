@@ -44,7 +44,7 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
     """'REG:n STACK:m' of ``fn`` compiled with ``consts`` and a launch config (num_warps,
     num_stages[, maxnreg]) as the ops take it; pointers bf16 unless listed."""
-    consts = {k: v for k, v in {**consts, **ONES}.items() if k in fn.arg_names}
+    consts = {**{k: v for k, v in ONES.items() if k in fn.arg_names}, **consts}
     sig = {}
     for name in fn.arg_names:
         if name in consts:
