@@ -44,7 +44,7 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
     """'REG:n STACK:m' of ``fn`` compiled with ``consts`` and a launch config (num_warps,
     num_stages[, maxnreg]) as the ops take it; pointers bf16 unless listed."""
-    consts = {**{k: v for k, v in ONES.items() if k in fn.arg_names}, **consts}
+    consts = {**own(fn, ONES), **consts}
     sig = {}
     for name in fn.arg_names:
         if name in consts:
@@ -68,6 +68,11 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
     line = next(l.strip() for l in out.splitlines() if l.strip().startswith("REG:"))
     loop = loop_instructions(sass)
     return f"{line.split(' SHARED')[0]}  shared {kernel.metadata.shared} B  " + (f"loop {loop}" if loop else "no loop")
+
+
+def own(fn, consts: dict) -> dict:
+    """The entries of ``consts`` that are arguments of ``fn``."""
+    return {k: v for k, v in consts.items() if k in fn.arg_names}
 
 
 def loop_instructions(sass: str) -> int:
@@ -101,9 +106,9 @@ def cases():
     for n in (16, 64):
         NP = ss._np(n)
         elems, warps = (ss.SEQ_ELEMS, ss.SEQ_WARPS) if NP <= 32 else (ss.SEQ_ELEMS_BIG_N, ss.SEQ_WARPS_BIG_N)
-        fwd = dict(unit, **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False, BLOCK_D=elems // NP, NP=NP, CKPT_T=8)
+        fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False, BLOCK_D=elems // NP, NP=NP, CKPT_T=8)
         yield f"_fwd_seq_kernel (Mamba-1, n {n}, no grad)", ss._fwd_seq_kernel, fwd, sf32, ("seq_ptr",), [(warps, 1)]
-        bwd = dict(unit, **opts, HAS_XIN=False, WANT_DH0=False, BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP,
+        bwd = dict(own(ss._bwd_seq_kernel, unit), **opts, HAS_XIN=False, WANT_DH0=False, BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP,
                    PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N)
         yield f"_bwd_seq_kernel (Mamba-1, n {n})", ss._bwd_seq_kernel, bwd, sf32, ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)]
     bt = ssd.BLOCK_T_MAX
