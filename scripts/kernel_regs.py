@@ -126,9 +126,8 @@ def cases():
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
-        for shpp in dict.fromkeys((1, hpp)):      # heads per program sharing C Bᵀ (Mamba-2's g 1)
-            yield (f"chunk_scan_fwd ({what}, BT {T}, HPP {shpp})", kf.chunk_scan_fwd,
-                   dict(Q=Q, BT=T, HPP=shpp, **common), SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
+        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, **common),
+               SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
         # fused_state.py (ssd.SEQ_STATE_BN, SEQ_STATE_ROWS): the sequential state kernels
         tiles = ((ssd.SEQ_STATE_BN, min(Q, ssd.SEQ_STATE_ROWS)), (64, 64), (128, 64), (64, 32), (128, 32))
         for sbn, kb_rows in dict.fromkeys(tiles):      # the defaults first, then the variants

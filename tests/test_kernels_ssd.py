@@ -82,26 +82,6 @@ def test_backward_head_split(monkeypatch, target):
     check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "seq_idx", "initial_states"))
 
 
-@pytest.mark.parametrize("shape", [SHAPES["l45_c32_g1"], SHAPES["l36_c32_g3"], SHAPES["l40_c16_g2"]],
-                         ids=["two_blocks_4_heads", "two_blocks_2_heads", "one_block_2_heads"])
-def test_forward_heads_share_cb(monkeypatch, shape):
-    """chunk_scan_fwd with every head of a group in one program, sharing its C Bᵀ tiles."""
-    monkeypatch.setattr(fused, "HEAD_SPLIT_TARGET", 0)
-    monkeypatch.setattr(fused, "SCAN_HEADS", 64)
-    grids = []
-    real = fused._chunk_scan_fwd
-
-    class Spy:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(fused, "_chunk_scan_fwd", Spy())
-    check(shape, ALL)
-    b, l, h, p, g, n, chunk = shape
-    assert grids and all(grid[0] == g for grid in grids)     # one program per group
-
-
 def test_without_final_state_gradient():
     check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "initial_states"), final_grad=False)
 

@@ -32,8 +32,6 @@ from .reference import ssd_decoupled as _ssd_decoupled_reference
 BLOCK_T_MAX = knobs.SSD_BLOCK_T
 #: the backward splits a group's heads over programs until the grid has this many (~4 waves)
 HEAD_SPLIT_TARGET = 528
-#: most heads of a group per chunk_scan_fwd program (HYBRIDLAB_SSD_SCAN_HEADS; knobs.py)
-SCAN_HEADS = knobs.SSD_SCAN_HEADS
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -184,10 +182,9 @@ def lastdim_contig(t):
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
-def _heads_per_program(b, nchunks, nb, G, hpg, target, most=None):
-    """Largest divisor of the heads per group (at most `most`) whose grid still has >= target
-    programs."""
-    divs = [d for d in range(min(hpg, most or hpg), 0, -1) if hpg % d == 0]
+def _heads_per_program(b, nchunks, nb, G, hpg, target):
+    """Largest divisor of the heads per group whose grid still has >= target programs."""
+    divs = [d for d in range(hpg, 0, -1) if hpg % d == 0]
     for d in divs:
         if b * nchunks * nb * G * (hpg // d) >= target:
             return d
@@ -233,17 +230,15 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
             num_warps=1 if _INTERPRET else STATE_WARPS)
 
     NB = Q // BT
-    # heads of a group per program, sharing its C Bᵀ tiles (held in registers: two row blocks at most)
-    hpp = _heads_per_program(b, nchunks, NB, G, H // G, HEAD_SPLIT_TARGET, SCAN_HEADS) if NB <= 2 else 1
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if z is not None else None
-    _chunk_scan_fwd[(H // hpp, nchunks * NB, b)](
+    _chunk_scan_fwd[(H, nchunks * NB, b)](
         x, z, B, C, D, dpos, delta, cs, seg, E, out, y,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
-        Q=Q, BT=BT, BP=BP, BN=BN, HPP=hpp, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
+        Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
         HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
     return out, final, y, delta, cs, E

@@ -5,9 +5,8 @@
 2. ``state_pass_fwd``: per (b, h, slice of P·N): the short recurrence over chunk states; stores
    the state *entering* every chunk (x's dtype) and the final state (fp32).
 3. ``chunk_scan_fwd``: per (b, h, chunk, block of rows): y = C Eᵀ·decay + Σ_blocks (C Bᵀ ∘ L) X
-   + D x, gated by silu(z). C Bᵀ tiles are computed here, once per program: a program takes
-   HPP heads of a group, which share them. Storing them once per group made this forward slower
-   (ssd/NOTES.md); the backward stores them (fused_bwd.chunk_cb).
+   + D x, gated by silu(z). C Bᵀ tiles are computed here per head: storing them once per group
+   made this forward slower (ssd/NOTES.md); the backward stores them (fused_bwd.chunk_cb).
 
 Layouts: x, z, out (b, l, h, p); dt (b, l, h); B, C (b, l, g, n) — any strides with the last
 dim contiguous. Scratch: Δ and cs (b, h, Lp) fp32 with Lp = chunks·Q; states (b, c, h, p, n).
@@ -113,94 +112,72 @@ def chunk_scan_fwd(
     sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     so_b, so_l, so_h,
     Lp, nchunks,
-    Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
+    Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Program (HPP heads of one group, row block i of chunk c, batch b). With HPP > 1 the
-    group's C Bᵀ tiles of this row block are computed once and reused by every head (at most two
-    row blocks per chunk then: the tiles stay in registers)."""
-    NB: tl.constexpr = Q // BT
-    tl.static_assert(HPP == 1 or NB <= 2)
+    h = tl.program_id(0)
     cb = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
+    NB: tl.constexpr = Q // BT
     c = cb // NB
     i = cb % NB
-    nsplit = H // G // HPP
-    g = tl.program_id(0) // nsplit
-    h0 = g * (H // G) + (tl.program_id(0) % nsplit) * HPP
+    g = h // (H // G)
     op = tl.arange(0, BP)
     on = tl.arange(0, BN)
-    ot = tl.arange(0, BT)
-    ti = c * Q + i * BT + ot
+    ti = c * Q + i * BT + tl.arange(0, BT)
     vi = ti < L
-    pm = vi[:, None] & (op[None, :] < P)
+    row = (b * H + h) * Lp
+    cs_i = tl.load(cs_ptr + row + ti)
     if HAS_SEQ:
         seg_i = tl.load(seg_ptr + b * Lp + ti)
+
+    acc = tl.zeros([BT, BP], dtype=tl.float32)
     Ci = tl.load(C_ptr + b * sC_b + ti[:, None] * sC_l + g * sC_g + on[None, :],
                  mask=vi[:, None] & (on[None, :] < N), other=0.0)
-    if HPP > 1:   # the group's C Bᵀ against row blocks 0 and (for i = 1) 1 of the chunk
-        t0 = c * Q + ot
-        B0 = tl.load(B_ptr + b * sB_b + t0[:, None] * sB_l + g * sB_g + on[None, :],
-                     mask=(t0 < L)[:, None] & (on[None, :] < N), other=0.0)
-        S0 = tl.dot(Ci, tl.trans(B0), input_precision=PREC)
-        S1 = S0
-        if NB > 1:
-            if i > 0:
-                t1 = t0 + BT
-                B1 = tl.load(B_ptr + b * sB_b + t1[:, None] * sB_l + g * sB_g + on[None, :],
-                             mask=(t1 < L)[:, None] & (on[None, :] < N), other=0.0)
-                S1 = tl.dot(Ci, tl.trans(B1), input_precision=PREC)
+    if HAS_STATE:
+        # the state entering the chunk, read as (n, p)
+        E = tl.load(E_ptr + ((b * nchunks + c) * H + h) * P * N + op[None, :] * N + on[:, None],
+                    mask=(on[:, None] < N) & (op[None, :] < P), other=0.0)
+        w = tl.exp(cs_i)
+        if HAS_SEQ:
+            seg_prev = tl.load(seg_ptr + b * Lp + c * Q - 1, mask=c > 0, other=0)
+            w = tl.where(seg_i == seg_prev, w, 0.0)
+        acc = tl.dot(Ci, E.to(Ci.dtype), input_precision=PREC) * w[:, None]
 
-    for hh in range(0, HPP):
-        h = h0 + hh
-        row = (b * H + h) * Lp
-        cs_i = tl.load(cs_ptr + row + ti)
-        acc = tl.zeros([BT, BP], dtype=tl.float32)
-        if HAS_STATE:
-            # the state entering the chunk, read as (n, p)
-            E = tl.load(E_ptr + ((b * nchunks + c) * H + h) * P * N + op[None, :] * N + on[:, None],
-                        mask=(on[:, None] < N) & (op[None, :] < P), other=0.0)
-            w = tl.exp(cs_i)
-            if HAS_SEQ:
-                seg_prev = tl.load(seg_ptr + b * Lp + c * Q - 1, mask=c > 0, other=0)
-                w = tl.where(seg_i == seg_prev, w, 0.0)
-            acc = tl.dot(Ci, E.to(Ci.dtype), input_precision=PREC) * w[:, None]
+    ot = tl.arange(0, BT)
+    for j in range(0, i + 1):
+        tj = c * Q + j * BT + ot
+        vj = tj < L
+        xj = tl.load(x_ptr + b * sx_b + tj[:, None] * sx_l + h * sx_h + op[None, :],
+                     mask=vj[:, None] & (op[None, :] < P), other=0.0)
+        cs_j = tl.load(cs_ptr + row + tj)
+        dl_j = tl.load(delta_ptr + row + tj)
+        Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
+                     mask=vj[:, None] & (on[None, :] < N), other=0.0)
+        s = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)              # C Bᵀ (BT, BT)
+        keep = ti[:, None] >= tj[None, :]
+        if HAS_SEQ:
+            keep &= seg_i[:, None] == tl.load(seg_ptr + b * Lp + tj)[None, :]
+        s = tl.where(keep, s * tl.exp(cs_i[:, None] - cs_j[None, :]) * dl_j[None, :], 0.0)
+        acc += tl.dot(s.to(xj.dtype), xj, input_precision=PREC)
 
-        for j in range(0, i + 1):
-            tj = c * Q + j * BT + ot
-            vj = tj < L
-            xj = tl.load(x_ptr + b * sx_b + tj[:, None] * sx_l + h * sx_h + op[None, :],
-                         mask=vj[:, None] & (op[None, :] < P), other=0.0)
-            cs_j = tl.load(cs_ptr + row + tj)
-            dl_j = tl.load(delta_ptr + row + tj)
-            if HPP > 1:
-                s = tl.where(j == 0, S0, S1)
+    pm = vi[:, None] & (op[None, :] < P)
+    if HAS_D or HAS_DPOS:
+        xi = tl.load(x_ptr + b * sx_b + ti[:, None] * sx_l + h * sx_h + op[None, :], mask=pm, other=0.0)
+        Dv = tl.zeros([BT, BP], dtype=tl.float32)
+        if HAS_D:
+            if D_HDIM:
+                Dv += tl.load(D_ptr + h * P + op, mask=op < P, other=0.0).to(tl.float32)[None, :]
             else:
-                Bj = tl.load(B_ptr + b * sB_b + tj[:, None] * sB_l + g * sB_g + on[None, :],
-                             mask=vj[:, None] & (on[None, :] < N), other=0.0)
-                s = tl.dot(Ci, tl.trans(Bj), input_precision=PREC)          # C Bᵀ (BT, BT)
-            keep = ti[:, None] >= tj[None, :]
-            if HAS_SEQ:
-                keep &= seg_i[:, None] == tl.load(seg_ptr + b * Lp + tj)[None, :]
-            s = tl.where(keep, s * tl.exp(cs_i[:, None] - cs_j[None, :]) * dl_j[None, :], 0.0)
-            acc += tl.dot(s.to(xj.dtype), xj, input_precision=PREC)
-
-        if HAS_D or HAS_DPOS:
-            xi = tl.load(x_ptr + b * sx_b + ti[:, None] * sx_l + h * sx_h + op[None, :], mask=pm, other=0.0)
-            Dv = tl.zeros([BT, BP], dtype=tl.float32)
-            if HAS_D:
-                if D_HDIM:
-                    Dv += tl.load(D_ptr + h * P + op, mask=op < P, other=0.0).to(tl.float32)[None, :]
-                else:
-                    Dv += tl.load(D_ptr + h).to(tl.float32)
-            if HAS_DPOS:    # a skip weight per position (b, h, Lp), added to D
-                Dv += tl.load(Dpos_ptr + row + ti)[:, None]
-            acc += xi.to(tl.float32) * Dv
-        o_off = b * so_b + ti[:, None] * so_l + h * so_h + op[None, :]
-        if HAS_Z:
-            tl.store(y_ptr + o_off, acc.to(y_ptr.dtype.element_ty), mask=pm)   # pre-gate y, for dz
-            zi = tl.load(z_ptr + b * sz_b + ti[:, None] * sz_l + h * sz_h + op[None, :],
-                         mask=pm, other=0.0).to(tl.float32)
-            acc = acc * zi * tl.sigmoid(zi)
-        tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=pm)
+                Dv += tl.load(D_ptr + h).to(tl.float32)
+        if HAS_DPOS:    # a skip weight per position (b, h, Lp), added to D
+            Dv += tl.load(Dpos_ptr + row + ti)[:, None]
+        acc += xi.to(tl.float32) * Dv
+    o_off = b * so_b + ti[:, None] * so_l + h * so_h + op[None, :]
+    if HAS_Z:
+        tl.store(y_ptr + o_off, acc.to(y_ptr.dtype.element_ty), mask=pm)   # pre-gate y, for dz
+        zi = tl.load(z_ptr + b * sz_b + ti[:, None] * sz_l + h * sz_h + op[None, :],
+                     mask=pm, other=0.0).to(tl.float32)
+        acc = acc * zi * tl.sigmoid(zi)
+    tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=pm)
