@@ -106,9 +106,11 @@ def cases():
     for n in (16, 64):
         NP = ss._np(n)
         elems, warps = (ss.SEQ_ELEMS, ss.SEQ_WARPS) if NP <= 32 else (ss.SEQ_ELEMS_BIG_N, ss.SEQ_WARPS_BIG_N)
-        fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,
-                   BLOCK_D=elems // NP, NP=NP, CKPT_T=8)
-        yield f"_fwd_seq_kernel (Mamba-1, n {n}, no grad)", ss._fwd_seq_kernel, fwd, sf32, ("seq_ptr",), [(warps, 1)]
+        for fast in (True, False):
+            fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,
+                       BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast)
+            yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, fast {fast})", ss._fwd_seq_kernel, fwd, sf32,
+                   ("seq_ptr",), [(warps, 1)])
         bwd = dict(own(ss._bwd_seq_kernel, unit), **opts, HAS_XIN=False, WANT_DH0=False,
                    BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N)
         yield f"_bwd_seq_kernel (Mamba-1, n {n})", ss._bwd_seq_kernel, bwd, sf32, ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)]
