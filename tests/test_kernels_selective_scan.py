@@ -189,13 +189,15 @@ def _softplus_fwd_probe(x_ptr, o_ptr, n, FAST: tl.constexpr, BLOCK: tl.constexpr
 
 @pytest.mark.parametrize("fast", [False] + ([True] if DEV == "cuda" else []))
 def test_forward_softplus(fast):
-    """The forward's softplus (series below e = 0.05, log2 above; FAST: lg2.approx on the GPU)
+    """The forward's softplus (series below e = 0.1, log2 above; FAST: lg2.approx on the GPU)
     against float64 torch: relative error <= 2e-6 from -80 to 90 (below ~-87 the GPU flushes exp to
     0), the threshold at 20 exact."""
-    x = torch.cat([torch.linspace(-80, 90, 1001), torch.tensor([-3.0, -2.9957, -2.99, 19.99, 20.0, 20.01])])
+    edges = [-2.3027, -2.302585, -2.3025, 2.3025, 2.302585, 2.3027, 19.99, 20.0, 20.01]
+    x = torch.cat([torch.linspace(-80, 90, 1001), torch.tensor(edges)])
     x = x.to(DEV)
     out = torch.empty_like(x)
     _softplus_fwd_probe[(1,)](x, out, x.numel(), FAST=fast, BLOCK=1024)
     want = torch.nn.functional.softplus(x.double())
-    assert ((out.double() - want).abs() / want).max().item() <= 2e-6
+    err = ((out.double() - want).abs() / want)
+    assert err.max().item() <= 2e-6, f"max relative error {err.max().item():.2e} at x = {x[err.argmax()].item()}"
     assert torch.equal(out[x > 20], x[x > 20])
