@@ -190,18 +190,19 @@ def _softplus_probe(x_ptr, o_ptr, old_ptr, n, FAST: tl.constexpr, BLOCK: tl.cons
 
 @pytest.mark.parametrize("fast", [False] + ([True] if DEV == "cuda" else []))
 def test_forward_softplus(fast):
-    """The forward's softplus (series below e = 0.1, log2 above; FAST: lg2.approx on the GPU)
-    against float64 torch from -80 to 90: within 1e-6 relative of the error of _softplus (the
-    backward's, log(1 + exp(x))) at every x, so the cheaper one loses nothing; = x above 20.
-    Both share the GPU's exp (ex2.approx of x·log2 e, whose fp32 rounding of the argument
-    costs ~|x|·4e-8 relative), so the bound is relative to it, not absolute."""
-    edges = [-2.3027, -2.302585, -2.3025, 2.3025, 2.302585, 2.3027, 19.99, 20.0, 20.01]
+    """The forward's softplus (series below e = 0.05, log2 above; FAST: lg2.approx on the GPU)
+    against float64 torch from -80 to 90: within 2.5e-6 relative of the error of _softplus (the
+    backward's, log(1 + exp(x))) at every x; = x above 20. 2.5e-6: lg2.approx's absolute error,
+    2^-22.6 (PTX ISA), over log2(1.05) where the series hands over. Both share the GPU's exp
+    (ex2.approx of x·log2 e, whose fp32 rounding of the argument costs ~|x|·4e-8 relative), so
+    the bound is relative to it, not absolute."""
+    edges = [-3.0, -2.9957, -2.99, 2.99, 2.9957, 3.0, 19.99, 20.0, 20.01]
     x = torch.cat([torch.linspace(-80, 90, 1001), torch.tensor(edges)]).to(DEV)
     out, old = torch.empty_like(x), torch.empty_like(x)
     _softplus_probe[(1,)](x, out, old, x.numel(), FAST=fast, BLOCK=1024)
     want = torch.nn.functional.softplus(x.double())
     err, err_old = ((out.double() - want).abs() / want), ((old.double() - want).abs() / want)
     worst = (err - err_old).argmax()
-    assert (err <= err_old + 1e-6).all(), (f"x = {x[worst].item()}: relative error {err[worst].item():.2e}, "
+    assert (err <= err_old + 2.5e-6).all(), (f"x = {x[worst].item()}: relative error {err[worst].item():.2e}, "
                                            f"_softplus's {err_old[worst].item():.2e}; max {err.max().item():.2e}")
     assert torch.equal(out[x > 20], x[x > 20])
