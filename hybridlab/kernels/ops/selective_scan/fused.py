@@ -44,7 +44,8 @@ def _softplus_fwd(x, FAST: tl.constexpr):
     FAST: the GPU's lg2.approx (absolute error 2^-22.6, so < 2.4e-6 relative at log2(1.05);
     libdevice's log costs ~25 instructions, a state update ~5); the interpreter cannot run PTX
     and takes tl.log2. = x above 20, as _softplus. The series to e^6 below 0.1 (< 1e-6 relative)
-    made the b4 forward 0.514 ms instead of 0.483 (H100, 2026-11-23, scripts/gpu/ss_bench.py)."""
+    made the b4 forward 0.514 ms, against 0.483-0.487 for this one in other calls (H100,
+    2026-11-23, scripts/gpu/ss_bench.py; selective_scan/NOTES.md)."""
     e = tl.exp(-tl.abs(x))
     w = 1.0 + e
     if FAST:
