@@ -206,3 +206,16 @@ def test_forward_softplus(fast):
     assert (err <= err_old + 2.5e-6).all(), (f"x = {x[worst].item()}: relative error {err[worst].item():.2e}, "
                                            f"_softplus's {err_old[worst].item():.2e}; max {err.max().item():.2e}")
     assert torch.equal(out[x > 20], x[x > 20])
+
+
+def test_big_state_forward_with_and_without_grad(monkeypatch):
+    """n > 32 takes the big-N launch: one block size when checkpoints are saved (grad), another
+    without (no grad); both against the reference."""
+    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 64)           # 1 channel per block
+    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N_NOGRAD", 128)   # 2 channels per block
+    kw, flags = make(1, 3, 40, 11, None, ALL)
+    check(kw, flags)
+    with torch.no_grad():
+        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
+        rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
+    assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4

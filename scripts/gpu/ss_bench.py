@@ -6,7 +6,7 @@ reference, and timings, in one call. Run ON the GPU machine from the repo root:
 A variant is a set of module attributes of hybridlab.kernels.ops.selective_scan.fused
 (SEQ_ELEMS, ...; "v2" = the module defaults; v1, the associative-scan version, is gone from the
 code: docs/kernel-tuning.md keeps its measurements). For every shape and variant: fwd ms (no grad) and
-fwd+bwd ms (median of triton.testing.do_bench), the max relative L2 error of out and every
+fwd+bwd ms (median of triton.testing.do_bench), the max relative L2 error of out (with and without grad) and every
 gradient against the first variant run, and with --ref against the fp32 torch reference on the
 same bf16 inputs. --peer times mamba-ssm's CUDA selective_scan_fn (scripts/gpu/peer_setup.sh
 first, .peer carried). Prints one table line per (shape, variant); --json writes them.
@@ -36,6 +36,7 @@ VARIANTS = {
     "v2_fwd128w1": dict(SEQ_ELEMS_BIG_N=128, SEQ_WARPS_BIG_N=1),
     "v2_big256w2": dict(SEQ_ELEMS_BIG_N=256, SEQ_WARPS_BIG_N=2),
     "v2_big1024w8": dict(SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=8),
+    "v2_nograd1024w8": dict(SEQ_ELEMS_BIG_N_NOGRAD=1024, SEQ_WARPS_BIG_N_NOGRAD=8),
     "v2_mc128": dict(SEQ_MIN_CHUNK=128, SEQ_TARGET_WARPS=32768),
     "v2_cb2048": dict(SEQ_CHUNK_BELOW=2048, SEQ_TARGET_WARPS=8192),
 }
@@ -110,7 +111,10 @@ def main():
                 torch.cuda.synchronize()
                 if base is None:
                     base = (out, grads)
-                errs = {"out": rel(out, base[0]), **{k: rel(grads[k], base[1][k]) for k in grads}}
+                with torch.no_grad():    # the no-grad forward launches differently (no checkpoints)
+                    out_ng = fused.selective_scan(**kw, delta_softplus=True)
+                errs = {"out": rel(out, base[0]), "out_nograd": rel(out_ng, base[0]),
+                        **{k: rel(grads[k], base[1][k]) for k in grads}}
                 errs_ref = ({"out": rel(out, rref[0]), **{k: rel(grads[k], rref[1][k]) for k in grads}}
                             if rref else {})
                 with torch.no_grad():

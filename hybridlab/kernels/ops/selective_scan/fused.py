@@ -574,6 +574,11 @@ def _pow2_divisor(x: int, cap: int) -> int:
 #: ways; at n=64 the forward prefers 4 warps per 8 channels)
 SEQ_ELEMS, SEQ_WARPS = 128, 1
 SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N = 512, 4           # forward, N padded >= 64
+#: the same when no checkpoints are saved (no grad). 1024/8 is faster there and slower when
+#: saving (run 4 of docs/kernel-tuning.md): H100, 2026-11-23, b4 n64 no-grad forward, one call
+#: (`ss_bench.py --variants v2,v2_nograd1024w8,v2`): 2.208 / 2.133 / 2.212 ms. Not the default
+#: yet: that call checked the gradient path's outputs only, not this one's on the GPU.
+SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD = 512, 4
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
@@ -612,7 +617,10 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     out = torch.empty(b, d, L, device=u.device, dtype=u.dtype)
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     zz = z if z is not None else u
-    elems, warps = (SEQ_ELEMS, SEQ_WARPS) if NP <= 32 else (SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N)
+    if NP <= 32:
+        elems, warps = SEQ_ELEMS, SEQ_WARPS
+    else:
+        elems, warps = (SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N) if save else (SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD)
     BDs = _seq_block_d(d, NP, G, elems)
     nd = triton.cdiv(d, BDs)
     CH, NC = _seq_chunks(L, nd * b * warps)
