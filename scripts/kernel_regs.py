@@ -105,7 +105,7 @@ def cases():
             "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dh0_ptr")
     for n in (16, 64):
         NP = ss._np(n)
-        elems, warps = (ss.SEQ_ELEMS, ss.SEQ_WARPS) if NP <= 32 else (ss.SEQ_ELEMS_BIG_N, ss.SEQ_WARPS_BIG_N)
+        elems, warps = ss.fwd_launch(NP, save=False)
         for fast in ((True, False) if NP <= 32 else (False,)):   # n >= 64 keeps the libdevice softplus
             fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,
                        BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast)

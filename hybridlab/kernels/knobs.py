@@ -21,7 +21,9 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_MAMBA3_MIMO_ROWS | rows (step, rank) per Mamba-3 MIMO output-kernel program (16, 32 or 64) | 16 |
 | HYBRIDLAB_MAMBA3_MIMO_WARPS | warps per Mamba-3 MIMO output-kernel program (2, 4 or 8) | 2 |
 
-(HYBRIDLAB_KERNELS, which picks Triton or the reference, belongs to dispatch.py.)
+(HYBRIDLAB_KERNELS, which picks Triton or the reference, belongs to dispatch.py.) Triton's own
+TRITON_INTERPRET is read here too, once, as `INTERPRET`: the ops launch one warp per program
+and exact math instead of PTX approximations under the interpreter.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 POWERS_OF_TWO = {1 << i for i in range(11)}
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 AUTOTUNE = env_choice("HYBRIDLAB_AUTOTUNE", "1", ("0", "1")) == "1"
 FAST_LAUNCH = env_choice("HYBRIDLAB_FAST_LAUNCH", "1", ("0", "1")) == "1"

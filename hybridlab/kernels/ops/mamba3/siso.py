@@ -20,7 +20,6 @@ also takes (D_pos). So SISO needs no kernels of its own beyond the rotation and 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +39,7 @@ _prep_fwd = FastKernel(prep_fwd_kernel)
 _prep_bwd = FastKernel(prep_bwd_kernel)
 _angle_scan = FastKernel(angle_scan_kernel)
 _angle_scan_bwd = FastKernel(angle_scan_bwd_kernel)
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = knobs.INTERPRET
 #: the MIMO step scores' tensor-core product (rotation forward) for fp32 k, q, and the fp32 products
 #: of the angle totals (triton_prep.py): three tf32 passes on the GPU (~1e-6 relative), exact in
 #: the interpreter; 16-bit k, q ignore it. (With exact fp32 products prep_bwd_kernel spills 1.4-4.6

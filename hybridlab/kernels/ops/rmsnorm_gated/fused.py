@@ -5,13 +5,13 @@ and writes a partial weight gradient per strip (summed in torch: deterministic, 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ... import knobs
+
+_INTERPRET = knobs.INTERPRET
 
 
 @triton.jit

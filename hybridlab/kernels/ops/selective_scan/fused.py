@@ -17,13 +17,15 @@ seq_idx (b, l) int marks packed sequences: where the id changes the decay is 0 (
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from hybridlab.kernels import knobs
+
+_INTERPRET = knobs.INTERPRET
+#: the forward's softplus takes the GPU's lg2.approx (PTX: not in the interpreter)
+FAST_LOG2 = not _INTERPRET
 
 
 # ----------------------------------------------------------------------------------------------
@@ -588,6 +590,14 @@ SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 re
 SEQ_CHUNK_BELOW, SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 1024, 16384, 256
 
 
+def fwd_launch(NP: int, save: bool) -> tuple[int, int]:
+    """(elements per program, warps) of the forward for a padded state width NP, saving
+    checkpoints (grad) or not."""
+    if NP <= 32:
+        return SEQ_ELEMS, SEQ_WARPS
+    return (SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N) if save else (SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD)
+
+
 def _np(n: int) -> int:
     """N padded to a power of two (>= 2): the state tile's width."""
     return max(2, triton.next_power_of_2(n))
@@ -617,10 +627,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     out = torch.empty(b, d, L, device=u.device, dtype=u.dtype)
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     zz = z if z is not None else u
-    if NP <= 32:
-        elems, warps = SEQ_ELEMS, SEQ_WARPS
-    else:
-        elems, warps = (SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N) if save else (SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD)
+    elems, warps = fwd_launch(NP, save)
     BDs = _seq_block_d(d, NP, G, elems)
     nd = triton.cdiv(d, BDs)
     CH, NC = _seq_chunks(L, nd * b * warps)
@@ -632,7 +639,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
             *(seq.stride() if seq is not None else (0, 0)))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
-                 CKPT_T=ck_t, FAST=u.is_cuda and not _INTERPRET, num_warps=warps)
+                 CKPT_T=ck_t, FAST=FAST_LOG2, num_warps=warps)
     dummy = last
     P = None
     hin = h0_

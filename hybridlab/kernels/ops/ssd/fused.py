@@ -12,7 +12,6 @@ path and runs the reference. See NOTES.md for the design.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -32,7 +31,7 @@ from .reference import ssd_decoupled as _ssd_decoupled_reference
 BLOCK_T_MAX = knobs.SSD_BLOCK_T
 #: the backward splits a group's heads over programs until the grid has this many (~4 waves)
 HEAD_SPLIT_TARGET = 528
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET = knobs.INTERPRET
 
 
 #: autotune the dot kernels over a few launch configs (GPU only). Off (HYBRIDLAB_AUTOTUNE=0, or
