@@ -105,10 +105,10 @@ def cases():
             "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dh0_ptr")
     for n in (16, 64):
         NP = ss._np(n)
-        elems, warps = ss.fwd_launch(NP, save=False)
+        elems, warps, rows_log = ss.fwd_launch(NP, save=False)
         for fast in ((True, False) if NP <= 32 else (False,)):   # n >= 64 keeps the libdevice softplus
             fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,
-                       BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast)
+                       BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast, ROWS_LOG=rows_log)
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, fast {fast})", ss._fwd_seq_kernel, fwd, sf32,
                    ("seq_ptr",), [(warps, 1)])
         bwd = dict(own(ss._bwd_seq_kernel, unit), **opts, HAS_XIN=False, WANT_DH0=False,

@@ -219,3 +219,22 @@ def test_big_state_forward_with_and_without_grad(monkeypatch):
         out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
         rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
     assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+
+
+@pytest.mark.parametrize("n,rows_log", [(5, 1), (7, 3), (16, 2), (40, 4)])
+def test_forward_state_in_rows(monkeypatch, n, rows_log):
+    """The forward with its state in rows of 2**rows_log states per thread (ROWS_LOG: the state
+    built from joined columns, loaded and stored column by column): every output and gradient
+    against the reference, through time chunks (states-only pass and carry), checkpoints,
+    packed sequences, initial states and masked channels and states, with and without grad."""
+    monkeypatch.setattr(fused, "SEQ_ROWS_LOG", rows_log)
+    monkeypatch.setattr(fused, "SEQ_ROWS_LOG_BIG_N", rows_log)
+    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 128)          # 2 channels per block at n 40
+    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N_NOGRAD", 128)
+    assert fused.fwd_launch(fused._np(n), save=True)[2] == rows_log
+    kw, flags = make(2, 5, n, 19, None, ALL, seq=True)
+    check(kw, flags)
+    with torch.no_grad():
+        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
+        rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
+    assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4

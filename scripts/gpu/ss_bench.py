@@ -37,6 +37,19 @@ VARIANTS = {
     "v2_big256w2": dict(SEQ_ELEMS_BIG_N=256, SEQ_WARPS_BIG_N=2),
     "v2_big1024w8": dict(SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=8),
     "v2_nograd1024w8": dict(SEQ_ELEMS_BIG_N_NOGRAD=1024, SEQ_WARPS_BIG_N_NOGRAD=8),
+    # the state in rows of 2**ROWS_LOG states per thread (fused._to_rows): n <= 32 ...
+    "rows2": dict(SEQ_ROWS_LOG=2),
+    "rows3": dict(SEQ_ROWS_LOG=3, SEQ_ELEMS=256),
+    "rows3w2": dict(SEQ_ROWS_LOG=3, SEQ_ELEMS=512, SEQ_WARPS=2),
+    # ... and n >= 64, with and without grad
+    "big_rows4w1": dict(SEQ_ROWS_LOG_BIG_N=4, SEQ_ELEMS_BIG_N=512, SEQ_WARPS_BIG_N=1,
+                        SEQ_ELEMS_BIG_N_NOGRAD=512, SEQ_WARPS_BIG_N_NOGRAD=1),
+    "big_rows4w2": dict(SEQ_ROWS_LOG_BIG_N=4, SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=2,
+                        SEQ_ELEMS_BIG_N_NOGRAD=1024, SEQ_WARPS_BIG_N_NOGRAD=2),
+    "big_rows4w4": dict(SEQ_ROWS_LOG_BIG_N=4, SEQ_ELEMS_BIG_N=2048, SEQ_WARPS_BIG_N=4,
+                        SEQ_ELEMS_BIG_N_NOGRAD=2048, SEQ_WARPS_BIG_N_NOGRAD=4),
+    "big_rows3w1": dict(SEQ_ROWS_LOG_BIG_N=3, SEQ_ELEMS_BIG_N=256, SEQ_WARPS_BIG_N=1,
+                        SEQ_ELEMS_BIG_N_NOGRAD=256, SEQ_WARPS_BIG_N_NOGRAD=1),
     "v2_mc128": dict(SEQ_MIN_CHUNK=128, SEQ_TARGET_WARPS=32768),
     "v2_cb2048": dict(SEQ_CHUNK_BELOW=2048, SEQ_TARGET_WARPS=8192),
 }

@@ -113,6 +113,94 @@ def _join8(c):
     return tl.reshape(tl.join(e, o), (R, 8))
 
 
+
+# The state in rows (ROWS_LOG > 0): Triton lays a (BLOCK_D, NP) tile out from its n-contiguous
+# loads, 4 states per thread, so at n64 a channel spans 16 lanes: its per-channel math runs 16
+# times and y_t needs 4 shuffle rounds. tl.join makes its new (last) dimension thread-local, so a
+# state built from 2**ROWS_LOG joined (BLOCK_D, K) columns keeps that many states per thread and a
+# channel on K = NP >> ROWS_LOG lanes. The state's loads and stores go column by column.
+@triton.constexpr_function
+def _bitrev(p, bits):
+    """p with its `bits` low bits reversed: the order in which tl.split hands out columns."""
+    return int(format(p, f"0{bits}b")[::-1], 2) if bits else 0
+
+
+@triton.jit
+def _to_rows(cols, LOG_S: tl.constexpr):
+    """2**LOG_S (R, K) columns (column j: states k*S + j) -> (R, K*S), each thread's S in
+    registers."""
+    S: tl.constexpr = 1 << LOG_S
+    R: tl.constexpr = cols[0].shape[0]
+    K: tl.constexpr = cols[0].shape[1]
+    parts = ()
+    for p in tl.static_range(S):
+        parts = parts + (cols[_bitrev(p, LOG_S)],)
+    for lev in tl.static_range(LOG_S):      # each level joins pairs: one more thread-local dim
+        nxt = ()
+        for i in tl.static_range(S >> (lev + 1)):
+            nxt = nxt + (tl.join(parts[2 * i], parts[2 * i + 1]),)
+        parts = nxt
+    return tl.reshape(parts[0], (R, K * S))
+
+
+@triton.jit
+def _from_rows(x, K: tl.constexpr, LOG_S: tl.constexpr):
+    """The inverse of _to_rows: (R, K*S) -> its S (R, K) columns, in order."""
+    S: tl.constexpr = 1 << LOG_S
+    R: tl.constexpr = x.shape[0]
+    if LOG_S == 1:
+        parts = (tl.reshape(x, (R, K, 2)),)
+    elif LOG_S == 2:
+        parts = (tl.reshape(x, (R, K, 2, 2)),)
+    elif LOG_S == 3:
+        parts = (tl.reshape(x, (R, K, 2, 2, 2)),)
+    else:
+        parts = (tl.reshape(x, (R, K, 2, 2, 2, 2)),)
+    for lev in tl.static_range(LOG_S):
+        nxt = ()
+        for i in tl.static_range(1 << lev):
+            a, b = tl.split(parts[i])
+            nxt = nxt + (a, b)
+        parts = nxt
+    cols = ()
+    for j in tl.static_range(S):
+        cols = cols + (parts[_bitrev(j, LOG_S)],)
+    return cols
+
+
+@triton.jit
+def _state_load(ptr, row_off, n, s_n, mask_d, NP: tl.constexpr, ROWS_LOG: tl.constexpr):
+    """(BLOCK_D, NP) fp32 of ptr[row_off[i] + j * s_n] (0 where j >= n or the row is masked),
+    in rows of 2**ROWS_LOG states per thread, or in Triton's layout (ROWS_LOG 0)."""
+    if ROWS_LOG == 0:
+        offs_n = tl.arange(0, NP)
+        return tl.load(ptr + row_off[:, None] + offs_n[None, :] * s_n,
+                       mask=mask_d[:, None] & (offs_n[None, :] < n), other=0.0).to(tl.float32)
+    else:
+        S: tl.constexpr = 1 << ROWS_LOG
+        offs_k = tl.arange(0, NP // S) * S
+        cols = ()
+        for j in tl.static_range(S):
+            cols = cols + (tl.load(ptr + row_off[:, None] + (offs_k + j)[None, :] * s_n,
+                                   mask=mask_d[:, None] & (offs_k + j < n)[None, :], other=0.0).to(tl.float32),)
+        return _to_rows(cols, ROWS_LOG)
+
+
+@triton.jit
+def _state_store(ptr, row_off, x, n, mask_d, NP: tl.constexpr, ROWS_LOG: tl.constexpr):
+    """Store a (BLOCK_D, NP) state as _state_load reads it (unit n stride)."""
+    if ROWS_LOG == 0:
+        offs_n = tl.arange(0, NP)
+        tl.store(ptr + row_off[:, None] + offs_n[None, :], x, mask=mask_d[:, None] & (offs_n[None, :] < n))
+    else:
+        S: tl.constexpr = 1 << ROWS_LOG
+        offs_k = tl.arange(0, NP // S) * S
+        cols = _from_rows(x, NP // S, ROWS_LOG)
+        for j in tl.static_range(S):
+            tl.store(ptr + row_off[:, None] + (offs_k + j)[None, :], cols[j],
+                     mask=mask_d[:, None] & (offs_k + j < n)[None, :])
+
+
 @triton.jit
 def _fwd_seq_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, hin_ptr, seq_ptr,
@@ -124,6 +212,7 @@ def _fwd_seq_kernel(
     HAS_HIN: tl.constexpr, HAS_SEQ: tl.constexpr, SAVE_CKPT: tl.constexpr,
     STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr, FAST: tl.constexpr,
+    ROWS_LOG: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps).
     STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
@@ -142,15 +231,15 @@ def _fwd_seq_kernel(
     mask_dn = mask_d[:, None] & (offs_n[None, :] < n)
     grp = (pid_d * BLOCK_D) // cpg
 
-    A2 = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
-    A2 = A2.to(tl.float32) * LOG2E                                     # exp(x A) = exp2(x A2)
+    # exp(x A) = exp2(x A2)
+    A2 = _state_load(A_ptr, offs_d * sA_d, n, sA_n, mask_d, NP, ROWS_LOG) * LOG2E
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_D else None
-    dn_off = offs_d[:, None] * n + offs_n[None, :]
+    d_off = offs_d * n                          # a (d, n) state's rows
     if HAS_HIN and not STATES_ONLY:
-        h = tl.load(hin_ptr + (b * NC + c) * d * n + dn_off, mask=mask_dn, other=0.0).to(tl.float32)
+        h = _state_load(hin_ptr + (b * NC + c) * d * n, d_off, n, 1, mask_d, NP, ROWS_LOG)
     else:
-        h = tl.zeros((BLOCK_D, NP), tl.float32)
+        h = A2 * 0.0
     sdt = tl.zeros((BLOCK_D,), tl.float32)
     nrestart = tl.zeros((BLOCK_D,), tl.float32)
 
@@ -178,7 +267,7 @@ def _fwd_seq_kernel(
     for t0 in range(t_lo, t_hi, T):
         if SAVE_CKPT:
             if t0 % CKPT_T == 0:
-                tl.store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n + dn_off, h, mask=mask_dn)
+                _state_store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n, d_off, h, n, mask_d, NP, ROWS_LOG)
         u = u_nx.to(tl.float32)
         dt = dt_nx.to(tl.float32)
         Bt = B_nx.to(tl.float32)
@@ -241,15 +330,15 @@ def _fwd_seq_kernel(
                 y = y * zt * tl.sigmoid(zt)
             tl.store(o_base + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
     if STATES_ONLY:
-        cb = (b * NC + c) * d * n + dn_off
-        tl.store(S_ptr + cb, h, mask=mask_dn)
+        cb = (b * NC + c) * d * n
+        _state_store(S_ptr + cb, d_off, h, n, mask_d, NP, ROWS_LOG)
         P = tl.exp2(sdt[:, None] * A2)
         if HAS_SEQ:
             P = tl.where(nrestart[:, None] > 0.0, 0.0, P)
-        tl.store(P_ptr + cb, P, mask=mask_dn)
+        _state_store(P_ptr + cb, d_off, P, n, mask_d, NP, ROWS_LOG)
     else:
         if c == NC - 1:
-            tl.store(last_ptr + b * d * n + dn_off, h, mask=mask_dn)
+            _state_store(last_ptr + b * d * n, d_off, h, n, mask_d, NP, ROWS_LOG)
 
 
 @triton.jit
@@ -581,6 +670,7 @@ SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N = 512, 4           # forward, N padded >= 64
 #: (`ss_bench.py --variants v2,v2_nograd1024w8,v2`): 2.208 / 2.133 / 2.212 ms. Not the default
 #: yet: that call checked the gradient path's outputs only, not this one's on the GPU.
 SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD = 512, 4
+SEQ_ROWS_LOG, SEQ_ROWS_LOG_BIG_N = 0, 0
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
@@ -590,12 +680,14 @@ SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 re
 SEQ_CHUNK_BELOW, SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 1024, 16384, 256
 
 
-def fwd_launch(NP: int, save: bool) -> tuple[int, int]:
-    """(elements per program, warps) of the forward for a padded state width NP, saving
-    checkpoints (grad) or not."""
+def fwd_launch(NP: int, save: bool) -> tuple[int, int, int]:
+    """(elements per program, warps, ROWS_LOG) of the forward for a padded state width NP,
+    saving checkpoints (grad) or not."""
     if NP <= 32:
-        return SEQ_ELEMS, SEQ_WARPS
-    return (SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N) if save else (SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD)
+        return SEQ_ELEMS, SEQ_WARPS, min(SEQ_ROWS_LOG, NP.bit_length() - 1)
+    if save:
+        return SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N
+    return SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD, SEQ_ROWS_LOG_BIG_N
 
 
 def _np(n: int) -> int:
@@ -627,7 +719,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     out = torch.empty(b, d, L, device=u.device, dtype=u.dtype)
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     zz = z if z is not None else u
-    elems, warps = fwd_launch(NP, save)
+    elems, warps, rows_log = fwd_launch(NP, save)
     BDs = _seq_block_d(d, NP, G, elems)
     nd = triton.cdiv(d, BDs)
     CH, NC = _seq_chunks(L, nd * b * warps)
@@ -639,7 +731,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
             *(seq.stride() if seq is not None else (0, 0)))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
-                 CKPT_T=ck_t, FAST=FAST_LOG2, num_warps=warps)
+                 CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log, num_warps=warps)
     dummy = last
     P = None
     hin = h0_
