@@ -105,12 +105,13 @@ def cases():
             "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dh0_ptr")
     for n in (16, 64):
         NP = ss._np(n)
-        elems, warps, rows_log = ss.fwd_launch(NP, save=False)
-        for fast in ((True, False) if NP <= 32 else (False,)):   # n >= 64 keeps the libdevice softplus
+        elems, warps, rows_log = ss.fwd_launch(NP, split=False)
+        cheap = NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP
+        for fast in ((True, False) if cheap else (False,)):
             fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,
-                       BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast, ROWS_LOG=rows_log)
-            yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, fast {fast})", ss._fwd_seq_kernel, fwd, sf32,
-                   ("seq_ptr",), [(warps, 1)])
+                       BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast, ROWS_LOG=rows_log, CHEAP_SP=cheap)
+            yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
+                   fwd, sf32, ("seq_ptr",), [(warps, 1)])
         bwd = dict(own(ss._bwd_seq_kernel, unit), **opts, HAS_XIN=False, WANT_DH0=False,
                    BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N)
         yield f"_bwd_seq_kernel (Mamba-1, n {n})", ss._bwd_seq_kernel, bwd, sf32, ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)]

@@ -209,16 +209,18 @@ def test_forward_softplus(fast):
 
 
 def test_big_state_forward_with_and_without_grad(monkeypatch):
-    """n > 32 takes the big-N launch: one block size when checkpoints are saved (grad), another
-    without (no grad); both against the reference."""
-    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 64)           # 1 channel per block
-    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N_NOGRAD", 128)   # 2 channels per block
+    """n > 32 takes the big-N launch (the state in rows of 16, channels on NP/16 lanes), with and
+    without grad; and in Triton's layout (ROWS_LOG 0), both against the reference."""
+    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 128)           # 2 channels per block
+    assert fused.fwd_launch(64, split=False)[2] == 4
     kw, flags = make(1, 3, 40, 11, None, ALL)
-    check(kw, flags)
-    with torch.no_grad():
-        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
-        rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
-    assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+    for rows in (4, 0):
+        monkeypatch.setattr(fused, "SEQ_ROWS_LOG_BIG_N", rows)
+        check(kw, flags)
+        with torch.no_grad():
+            out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
+            rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
+        assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
 
 
 @pytest.mark.parametrize("n,rows_log", [(5, 1), (7, 3), (16, 2), (40, 4)])
@@ -227,14 +229,25 @@ def test_forward_state_in_rows(monkeypatch, n, rows_log):
     built from joined columns, loaded and stored column by column): every output and gradient
     against the reference, through time chunks (states-only pass and carry), checkpoints,
     packed sequences, initial states and masked channels and states, with and without grad."""
-    monkeypatch.setattr(fused, "SEQ_ROWS_LOG", rows_log)
-    monkeypatch.setattr(fused, "SEQ_ROWS_LOG_BIG_N", rows_log)
+    for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_SPLIT", "SEQ_ROWS_LOG_BIG_N"):
+        monkeypatch.setattr(fused, knob, rows_log)
+    monkeypatch.setattr(fused, "SEQ_ELEMS_SPLIT", 16)           # 2 to 8 channels per block
     monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 128)          # 2 channels per block at n 40
-    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N_NOGRAD", 128)
-    assert fused.fwd_launch(fused._np(n), save=True)[2] == rows_log
+    assert fused.fwd_launch(fused._np(n), split=True)[2] == rows_log
     kw, flags = make(2, 5, n, 19, None, ALL, seq=True)
     check(kw, flags)
     with torch.no_grad():
         out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
         rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
     assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+
+
+def test_forward_launch_choice(monkeypatch):
+    """The forward's launch: Triton's layout unsplit at n <= 32, rows of 8 when time is split
+    (a small grid), rows of 16 at n >= 64; never more states per thread than NP."""
+    monkeypatch.undo()
+    assert fused.fwd_launch(16, split=False) == (128, 1, 0)
+    assert fused.fwd_launch(16, split=True) == (256, 1, 3)
+    assert fused.fwd_launch(4, split=True)[2] == 2
+    assert fused.fwd_launch(64, split=False) == (512, 1, 4)
+    assert fused.fwd_launch(128, split=True) == (512, 1, 4)

@@ -28,32 +28,30 @@ SHAPES = {
     "b4-l4096-d2048-n16": (4, 4096, 2048, 16),
     "b1-l32768-d2048-n16": (1, 32768, 2048, 16),
     "b4-l4096-d2048-n64": (4, 4096, 2048, 64),
+    "b4-l4096-d2048-n32": (4, 4096, 2048, 32),
+    "b4-l4096-d2048-n128": (4, 4096, 2048, 128),
+    "b1-l32768-d2048-n64": (1, 32768, 2048, 64),
 }
 VARIANTS = {
     "v2": dict(),                                           # the module defaults
     "v2_bwd_nopf": dict(SEQ_BWD_PREFETCH_MAX_N=0),          # backward without the prefetch
     "v2_nochunk": dict(SEQ_CHUNK_BELOW=0),
-    "v2_fwd128w1": dict(SEQ_ELEMS_BIG_N=128, SEQ_WARPS_BIG_N=1),
-    "v2_big256w2": dict(SEQ_ELEMS_BIG_N=256, SEQ_WARPS_BIG_N=2),
-    "v2_big1024w8": dict(SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=8),
-    "v2_nograd1024w8": dict(SEQ_ELEMS_BIG_N_NOGRAD=1024, SEQ_WARPS_BIG_N_NOGRAD=8),
-    # the state in rows of 2**ROWS_LOG states per thread (fused._to_rows): n <= 32 ...
+    # the forward in Triton's layout (ROWS_LOG 0), as before 2026-11-23 15:3x
+    "tri_layout": dict(SEQ_ROWS_LOG_SPLIT=0, SEQ_ELEMS_SPLIT=128, SEQ_ROWS_LOG_BIG_N=0, SEQ_WARPS_BIG_N=4),
+    "big_tri1024w8": dict(SEQ_ROWS_LOG_BIG_N=0, SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=8),
+    # the state in rows (fused._to_rows): n <= 32 unsplit (b4) and split (b1 l32768) ...
     "rows2": dict(SEQ_ROWS_LOG=2),
     "rows3": dict(SEQ_ROWS_LOG=3, SEQ_ELEMS=256),
-    "rows3w2": dict(SEQ_ROWS_LOG=3, SEQ_ELEMS=512, SEQ_WARPS=2),
-    # ... and n >= 64, with and without grad
-    "big_rows4w1": dict(SEQ_ROWS_LOG_BIG_N=4, SEQ_ELEMS_BIG_N=512, SEQ_WARPS_BIG_N=1,
-                        SEQ_ELEMS_BIG_N_NOGRAD=512, SEQ_WARPS_BIG_N_NOGRAD=1),
-    "big_rows4w2": dict(SEQ_ROWS_LOG_BIG_N=4, SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=2,
-                        SEQ_ELEMS_BIG_N_NOGRAD=1024, SEQ_WARPS_BIG_N_NOGRAD=2),
-    "big_rows4w4": dict(SEQ_ROWS_LOG_BIG_N=4, SEQ_ELEMS_BIG_N=2048, SEQ_WARPS_BIG_N=4,
-                        SEQ_ELEMS_BIG_N_NOGRAD=2048, SEQ_WARPS_BIG_N_NOGRAD=4),
-    "big_rows3w1": dict(SEQ_ROWS_LOG_BIG_N=3, SEQ_ELEMS_BIG_N=256, SEQ_WARPS_BIG_N=1,
-                        SEQ_ELEMS_BIG_N_NOGRAD=256, SEQ_WARPS_BIG_N_NOGRAD=1),
+    "split_rows3w2": dict(SEQ_ELEMS_SPLIT=512, SEQ_WARPS_SPLIT=2),
+    "split_rows4": dict(SEQ_ELEMS_SPLIT=512, SEQ_ROWS_LOG_SPLIT=4),
+    # ... and n >= 64
+    "big_rows4w2": dict(SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=2),
+    "big_rows3": dict(SEQ_ROWS_LOG_BIG_N=3, SEQ_ELEMS_BIG_N=256),
+    "big_cheap_sp": dict(SEQ_CHEAP_SOFTPLUS_MAX_NP=1 << 20),
     "v2_mc128": dict(SEQ_MIN_CHUNK=128, SEQ_TARGET_WARPS=32768),
     "v2_cb2048": dict(SEQ_CHUNK_BELOW=2048, SEQ_TARGET_WARPS=8192),
 }
-DEFAULT_VARIANTS = "v2,v2_big256w2,v2_big1024w8,v2_mc128,v2_cb2048"
+DEFAULT_VARIANTS = "v2,tri_layout,big_cheap_sp,v2_mc128,v2_cb2048"
 
 
 def inputs(b, l, d, n, seed=0):

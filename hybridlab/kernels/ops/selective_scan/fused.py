@@ -212,7 +212,7 @@ def _fwd_seq_kernel(
     HAS_HIN: tl.constexpr, HAS_SEQ: tl.constexpr, SAVE_CKPT: tl.constexpr,
     STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr, FAST: tl.constexpr,
-    ROWS_LOG: tl.constexpr,
+    ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps).
     STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
@@ -292,7 +292,7 @@ def _fwd_seq_kernel(
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:
-            if NP <= 32:    # n 64: 2.209 -> 2.222-2.279 ms with it (H100, ss_bench.py): left as it was
+            if CHEAP_SP:    # see SEQ_CHEAP_SOFTPLUS_MAX_NP
                 dt = _softplus_fwd(dt, FAST)
             else:
                 dt = _softplus(dt)
@@ -659,18 +659,22 @@ def _pow2_divisor(x: int, cap: int) -> int:
     return p
 
 
-#: Tuning knobs. SEQ_ELEMS / SEQ_BWD_ELEMS: BLOCK_D * N-padded elements per program (sets
-#: BLOCK_D), SEQ_WARPS / SEQ_BWD_WARPS: warps per program.
-#: (measured on the H100, docs/kernel-tuning.md: one warp per 8 channels at n=16 is fastest both
-#: ways; at n=64 the forward prefers 4 warps per 8 channels)
-SEQ_ELEMS, SEQ_WARPS = 128, 1
-SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N = 512, 4           # forward, N padded >= 64
-#: the same when no checkpoints are saved (no grad). 1024/8 is faster there and slower when
-#: saving (run 4 of docs/kernel-tuning.md): H100, 2026-11-23, b4 n64 no-grad forward, one call
-#: (`ss_bench.py --variants v2,v2_nograd1024w8,v2`): 2.208 / 2.133 / 2.212 ms. Not the default
-#: yet: that call checked the gradient path's outputs only, not this one's on the GPU.
-SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD = 512, 4
-SEQ_ROWS_LOG, SEQ_ROWS_LOG_BIG_N = 0, 0
+#: Tuning knobs. *_ELEMS: BLOCK_D * N-padded elements per program (sets BLOCK_D), *_WARPS: warps
+#: per program, *_ROWS_LOG: the forward's state in rows of 2**ROWS_LOG states per thread
+#: (_to_rows; 0: Triton's layout, 4 per thread). Measured on the H100 (docs/kernel-tuning.md,
+#: selective_scan/NOTES.md):
+#: - n <= 32, one warp per 8 channels in Triton's layout (4 lanes per channel), both ways;
+#: - n <= 32 with time split into chunks (small grids: b1 l32768), rows of 8, 16 channels per
+#:   warp: 1.312 ms against 1.420 (2026-11-23 15:3x); unsplit (b4) it lost, 0.641 against 0.487;
+#: - n >= 64, rows of 16 on 4 lanes per channel, one warp per 8 channels: b4 n64 1.287 ms
+#:   against 2.248 in Triton's layout (512 elements, 4 warps; 16 lanes per channel), f+b
+#:   10.260 against 10.578 (the same call).
+SEQ_ELEMS, SEQ_WARPS, SEQ_ROWS_LOG = 128, 1, 0
+SEQ_ELEMS_SPLIT, SEQ_WARPS_SPLIT, SEQ_ROWS_LOG_SPLIT = 256, 1, 3
+SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N = 512, 1, 4   # N padded >= 64
+#: the forward's softplus is _softplus_fwd up to this padded N, _softplus above (n64 in Triton's
+#: layout: 2.209 ms -> 2.222-2.279 with _softplus_fwd)
+SEQ_CHEAP_SOFTPLUS_MAX_NP = 32
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
@@ -680,14 +684,16 @@ SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 re
 SEQ_CHUNK_BELOW, SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 1024, 16384, 256
 
 
-def fwd_launch(NP: int, save: bool) -> tuple[int, int, int]:
-    """(elements per program, warps, ROWS_LOG) of the forward for a padded state width NP,
-    saving checkpoints (grad) or not."""
-    if NP <= 32:
-        return SEQ_ELEMS, SEQ_WARPS, min(SEQ_ROWS_LOG, NP.bit_length() - 1)
-    if save:
-        return SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N
-    return SEQ_ELEMS_BIG_N_NOGRAD, SEQ_WARPS_BIG_N_NOGRAD, SEQ_ROWS_LOG_BIG_N
+def fwd_launch(NP: int, split: bool) -> tuple[int, int, int]:
+    """(elements per program, warps, ROWS_LOG) of the forward for a padded state width NP, with
+    time split into chunks (a small grid) or not."""
+    if NP > 32:
+        elems, warps, rows = SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N
+    elif split:
+        elems, warps, rows = SEQ_ELEMS_SPLIT, SEQ_WARPS_SPLIT, SEQ_ROWS_LOG_SPLIT
+    else:
+        elems, warps, rows = SEQ_ELEMS, SEQ_WARPS, SEQ_ROWS_LOG
+    return elems, warps, min(rows, NP.bit_length() - 1)      # at most NP states per thread
 
 
 def _np(n: int) -> int:
@@ -719,10 +725,15 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     out = torch.empty(b, d, L, device=u.device, dtype=u.dtype)
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     zz = z if z is not None else u
-    elems, warps, rows_log = fwd_launch(NP, save)
+    elems, warps, rows_log = fwd_launch(NP, split=False)
     BDs = _seq_block_d(d, NP, G, elems)
     nd = triton.cdiv(d, BDs)
     CH, NC = _seq_chunks(L, nd * b * warps)
+    if NC > 1:                                  # a small grid: the split launch, its own chunks
+        elems, warps, rows_log = fwd_launch(NP, split=True)
+        BDs = _seq_block_d(d, NP, G, elems)
+        nd = triton.cdiv(d, BDs)
+        CH, NC = _seq_chunks(L, nd * b * warps)
     ck_t = 8                                    # a checkpoint per 8-step tile
     f32 = dict(device=u.device, dtype=torch.float32)
     ckpt = torch.empty(b, triton.cdiv(L, ck_t), d, n, **f32) if save else last
@@ -731,7 +742,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
             *(seq.stride() if seq is not None else (0, 0)))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
-                 CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log, num_warps=warps)
+                 CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
+                 CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, num_warps=warps)
     dummy = last
     P = None
     hin = h0_
