@@ -229,9 +229,9 @@ def test_forward_state_in_rows(monkeypatch, n, rows_log):
     built from joined columns, loaded and stored column by column): every output and gradient
     against the reference, through time chunks (states-only pass and carry), checkpoints,
     packed sequences, initial states and masked channels and states, with and without grad."""
-    for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_SPLIT", "SEQ_ROWS_LOG_BIG_N"):
+    for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID", "SEQ_ROWS_LOG_BIG_N"):
         monkeypatch.setattr(fused, knob, rows_log)
-    monkeypatch.setattr(fused, "SEQ_ELEMS_SPLIT", 16)           # 2 to 8 channels per block
+    monkeypatch.setattr(fused, "SEQ_ELEMS_MID", 16)             # 2 to 8 channels per block
     monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 128)          # 2 channels per block at n 40
     assert fused.fwd_launch(fused._np(n), split=True)[2] == rows_log
     kw, flags = make(2, 5, n, 19, None, ALL, seq=True)
@@ -243,11 +243,19 @@ def test_forward_state_in_rows(monkeypatch, n, rows_log):
 
 
 def test_forward_launch_choice(monkeypatch):
-    """The forward's launch: Triton's layout unsplit at n <= 32, rows of 8 when time is split
-    (a small grid), rows of 16 at n >= 64; never more states per thread than NP."""
+    """The forward's launch: Triton's layout unsplit at n <= 16, rows of 8 at n = 32 or when time
+    is split (a small grid), rows of 16 at n >= 64; never more states per thread than NP. With
+    grad, time is split only when the backward's grid is small too."""
     monkeypatch.undo()
     assert fused.fwd_launch(16, split=False) == (128, 1, 0)
-    assert fused.fwd_launch(16, split=True) == (256, 1, 3)
+    assert fused.fwd_launch(16, split=True) == fused.fwd_launch(32, split=False) == (256, 1, 3)
     assert fused.fwd_launch(4, split=True)[2] == 2
     assert fused.fwd_launch(64, split=False) == (512, 1, 4)
     assert fused.fwd_launch(128, split=True) == (512, 1, 4)
+
+    # (b, d, L, NP, G, save) -> NC: b1 l32768 n16 splits both ways; n64 only without grad (the
+    # backward's grid, 1024 warps, is large); b4 l4096 n16 never
+    assert fused.fwd_grid(1, 2048, 32768, 16, 1, False)[4] > 1 and fused.fwd_grid(1, 2048, 32768, 16, 1, True)[4] > 1
+    assert fused.fwd_grid(1, 2048, 32768, 64, 1, False)[4] > 1 and fused.fwd_grid(1, 2048, 32768, 64, 1, True)[4] == 1
+    assert fused.fwd_grid(4, 2048, 4096, 16, 1, True) == (1, 0, 8, 4096, 1)
+    assert fused.fwd_grid(1, 2048, 32768, 16, 1, True) == (1, 3, 16, 256, 128)

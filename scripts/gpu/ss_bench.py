@@ -31,23 +31,26 @@ SHAPES = {
     "b4-l4096-d2048-n32": (4, 4096, 2048, 32),
     "b4-l4096-d2048-n128": (4, 4096, 2048, 128),
     "b1-l32768-d2048-n64": (1, 32768, 2048, 64),
+    "b1-l32768-d2048-n32": (1, 32768, 2048, 32),
 }
 VARIANTS = {
     "v2": dict(),                                           # the module defaults
     "v2_bwd_nopf": dict(SEQ_BWD_PREFETCH_MAX_N=0),          # backward without the prefetch
     "v2_nochunk": dict(SEQ_CHUNK_BELOW=0),
     # the forward in Triton's layout (ROWS_LOG 0), as before 2026-11-23 15:3x
-    "tri_layout": dict(SEQ_ROWS_LOG_SPLIT=0, SEQ_ELEMS_SPLIT=128, SEQ_ROWS_LOG_BIG_N=0, SEQ_WARPS_BIG_N=4),
+    "tri_layout": dict(SEQ_ROWS_LOG_MID=0, SEQ_ELEMS_MID=128, SEQ_ROWS_LOG_BIG_N=0, SEQ_WARPS_BIG_N=4),
     "big_tri1024w8": dict(SEQ_ROWS_LOG_BIG_N=0, SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=8),
-    # the state in rows (fused._to_rows): n <= 32 unsplit (b4) and split (b1 l32768) ...
+    # the state in rows (fused._to_rows): n <= 16 unsplit (b4) ...
     "rows2": dict(SEQ_ROWS_LOG=2),
     "rows3": dict(SEQ_ROWS_LOG=3, SEQ_ELEMS=256),
-    "split_rows3w2": dict(SEQ_ELEMS_SPLIT=512, SEQ_WARPS_SPLIT=2),
-    "split_rows4": dict(SEQ_ELEMS_SPLIT=512, SEQ_ROWS_LOG_SPLIT=4),
+    # ... n = 32 or split (b1 l32768) ...
+    "mid_rows3w2": dict(SEQ_ELEMS_MID=512, SEQ_WARPS_MID=2),
+    "mid_rows4": dict(SEQ_ELEMS_MID=512, SEQ_ROWS_LOG_MID=4),
     # ... and n >= 64
     "big_rows4w2": dict(SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=2),
     "big_rows3": dict(SEQ_ROWS_LOG_BIG_N=3, SEQ_ELEMS_BIG_N=256),
     "big_cheap_sp": dict(SEQ_CHEAP_SOFTPLUS_MAX_NP=1 << 20),
+    "split_bwd_too": dict(SEQ_BWD_ELEMS=1 << 20),     # the grad path splits on the forward's grid alone
     "v2_mc128": dict(SEQ_MIN_CHUNK=128, SEQ_TARGET_WARPS=32768),
     "v2_cb2048": dict(SEQ_CHUNK_BELOW=2048, SEQ_TARGET_WARPS=8192),
 }

@@ -661,26 +661,28 @@ def _pow2_divisor(x: int, cap: int) -> int:
 
 #: Tuning knobs. *_ELEMS: BLOCK_D * N-padded elements per program (sets BLOCK_D), *_WARPS: warps
 #: per program, *_ROWS_LOG: the forward's state in rows of 2**ROWS_LOG states per thread
-#: (_to_rows; 0: Triton's layout, 4 per thread). Measured on the H100 (docs/kernel-tuning.md,
-#: selective_scan/NOTES.md):
-#: - n <= 32, one warp per 8 channels in Triton's layout (4 lanes per channel), both ways;
-#: - n <= 32 with time split into chunks (small grids: b1 l32768), rows of 8, 16 channels per
-#:   warp: 1.312 ms against 1.420 (2026-11-23 15:3x); unsplit (b4) it lost, 0.641 against 0.487;
-#: - n >= 64, rows of 16 on 4 lanes per channel, one warp per 8 channels: b4 n64 1.287 ms
-#:   against 2.248 in Triton's layout (512 elements, 4 warps; 16 lanes per channel), f+b
-#:   10.260 against 10.578 (the same call).
+#: (_to_rows; 0: Triton's layout, 4 states per thread, channels on NP/4 lanes). Measured on the
+#: H100 (scripts/gpu/ss_bench.py, 2026-11-23 15:3x-16:4x; selective_scan/NOTES.md):
+#: - n <= 16 unsplit: one warp per 8 channels in Triton's layout, both ways (b4: 0.487 ms against
+#:   0.641 in rows of 8 and 0.504 in rows of 4);
+#: - n = 32, and n <= 32 with time split into chunks (small grids: b1 l32768): rows of 8, one warp
+#:   per 8 to 16 channels (b4 n32 0.764 against 1.135; b1 l32768 n16 1.313 against 1.420);
+#: - n >= 64: rows of 16, one warp per 8 channels on 4 lanes each (b4 n64 1.286 against 2.248
+#:   in Triton's layout with 4 warps, 16 lanes per channel; n128 4.322 against 5.843).
 SEQ_ELEMS, SEQ_WARPS, SEQ_ROWS_LOG = 128, 1, 0
-SEQ_ELEMS_SPLIT, SEQ_WARPS_SPLIT, SEQ_ROWS_LOG_SPLIT = 256, 1, 3
-SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N = 512, 1, 4   # N padded >= 64
-#: the forward's softplus is _softplus_fwd up to this padded N, _softplus above (n64 in Triton's
-#: layout: 2.209 ms -> 2.222-2.279 with _softplus_fwd)
+SEQ_ELEMS_MID, SEQ_WARPS_MID, SEQ_ROWS_LOG_MID = 256, 1, 3        # n = 32, or split
+SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N = 512, 1, 4  # N padded >= 64
+#: the forward's softplus is _softplus_fwd up to this padded N, _softplus above (n64 in rows:
+#: 1.299 ms with _softplus_fwd against 1.286)
 SEQ_CHEAP_SOFTPLUS_MAX_NP = 32
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
 #: when the grid has fewer than SEQ_CHUNK_BELOW warps: up to SEQ_TARGET_WARPS warps, chunks of
 #: >= SEQ_MIN_CHUNK steps. (b4 d2048 n16 is faster unsplit, 1024 warps; b1 l32768 wants ~64
-#: chunks.)
+#: chunks.) With grad, only when the backward's grid is that small too: the backward runs the
+#: forward's chunks, and a chunked backward costs more than the split saves (b1 l32768 n64 f+b
+#: 25.1 ms split against 21.7 unsplit).
 SEQ_CHUNK_BELOW, SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 1024, 16384, 256
 
 
@@ -689,11 +691,27 @@ def fwd_launch(NP: int, split: bool) -> tuple[int, int, int]:
     time split into chunks (a small grid) or not."""
     if NP > 32:
         elems, warps, rows = SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N
-    elif split:
-        elems, warps, rows = SEQ_ELEMS_SPLIT, SEQ_WARPS_SPLIT, SEQ_ROWS_LOG_SPLIT
+    elif split or NP == 32:
+        elems, warps, rows = SEQ_ELEMS_MID, SEQ_WARPS_MID, SEQ_ROWS_LOG_MID
     else:
         elems, warps, rows = SEQ_ELEMS, SEQ_WARPS, SEQ_ROWS_LOG
     return elems, warps, min(rows, NP.bit_length() - 1)      # at most NP states per thread
+
+
+def fwd_grid(b: int, d: int, L: int, NP: int, G: int, save: bool) -> tuple[int, int, int, int, int]:
+    """(warps, ROWS_LOG, BLOCK_D, CHUNK, NC) of the forward: time is split into chunks when the
+    grid is small (then with the split launch, and its own chunks); with grad (save) only if the
+    backward's grid, which runs the same chunks, is small too."""
+    elems, warps, rows_log = fwd_launch(NP, split=False)
+    BDs = _seq_block_d(d, NP, G, elems)
+    CH, NC = _seq_chunks(L, triton.cdiv(d, BDs) * b * warps)
+    bwd_warps = triton.cdiv(d, _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)) * b * SEQ_BWD_WARPS
+    if NC == 1 or (save and bwd_warps >= SEQ_CHUNK_BELOW):
+        return warps, rows_log, BDs, triton.cdiv(L, 8) * 8, 1
+    elems, warps, rows_log = fwd_launch(NP, split=True)
+    BDs = _seq_block_d(d, NP, G, elems)
+    CH, NC = _seq_chunks(L, triton.cdiv(d, BDs) * b * warps)
+    return warps, rows_log, BDs, CH, NC
 
 
 def _np(n: int) -> int:
@@ -725,15 +743,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     out = torch.empty(b, d, L, device=u.device, dtype=u.dtype)
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     zz = z if z is not None else u
-    elems, warps, rows_log = fwd_launch(NP, split=False)
-    BDs = _seq_block_d(d, NP, G, elems)
+    warps, rows_log, BDs, CH, NC = fwd_grid(b, d, L, NP, G, save)
     nd = triton.cdiv(d, BDs)
-    CH, NC = _seq_chunks(L, nd * b * warps)
-    if NC > 1:                                  # a small grid: the split launch, its own chunks
-        elems, warps, rows_log = fwd_launch(NP, split=True)
-        BDs = _seq_block_d(d, NP, G, elems)
-        nd = triton.cdiv(d, BDs)
-        CH, NC = _seq_chunks(L, nd * b * warps)
     ck_t = 8                                    # a checkpoint per 8-step tile
     f32 = dict(device=u.device, dtype=torch.float32)
     ckpt = torch.empty(b, triton.cdiv(L, ck_t), d, n, **f32) if save else last
