@@ -259,3 +259,5 @@ def test_forward_launch_choice(monkeypatch):
     assert fused.fwd_grid(1, 2048, 32768, 64, 1, False)[4] > 1 and fused.fwd_grid(1, 2048, 32768, 64, 1, True)[4] == 1
     assert fused.fwd_grid(4, 2048, 4096, 16, 1, True) == (1, 0, 8, 4096, 1)
     assert fused.fwd_grid(1, 2048, 32768, 16, 1, True) == (1, 3, 16, 256, 128)
+    assert fused.fwd_grid(1, 2048, 32768, 64, 1, True) == (4, 0, 8, 32768, 1)     # the wide launch
+    assert fused.fwd_grid(4, 2048, 4096, 64, 1, True) == (1, 4, 8, 4096, 1)

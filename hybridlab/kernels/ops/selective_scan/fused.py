@@ -672,6 +672,9 @@ def _pow2_divisor(x: int, cap: int) -> int:
 SEQ_ELEMS, SEQ_WARPS, SEQ_ROWS_LOG = 128, 1, 0
 SEQ_ELEMS_MID, SEQ_WARPS_MID, SEQ_ROWS_LOG_MID = 256, 1, 3        # n = 32, or split
 SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N = 512, 1, 4  # N padded >= 64
+#: n >= 64 with grad on a grid too small for one warp per 8 channels that may not split (see
+#: below): Triton's layout, 16 lanes per channel (b1 l32768 n64 f+b 21.7 ms against 24.3 in rows)
+SEQ_ELEMS_BIG_N_WIDE, SEQ_WARPS_BIG_N_WIDE = 512, 4
 #: the forward's softplus is _softplus_fwd up to this padded N, _softplus above (n64 in rows:
 #: 1.299 ms with _softplus_fwd against 1.286)
 SEQ_CHEAP_SOFTPLUS_MAX_NP = 32
@@ -682,7 +685,7 @@ SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 re
 #: >= SEQ_MIN_CHUNK steps. (b4 d2048 n16 is faster unsplit, 1024 warps; b1 l32768 wants ~64
 #: chunks.) With grad, only when the backward's grid is that small too: the backward runs the
 #: forward's chunks, and a chunked backward costs more than the split saves (b1 l32768 n64 f+b
-#: 25.1 ms split against 21.7 unsplit).
+#: 25.1 ms split against 21.7 unsplit in Triton's layout).
 SEQ_CHUNK_BELOW, SEQ_TARGET_WARPS, SEQ_MIN_CHUNK = 1024, 16384, 256
 
 
@@ -706,6 +709,10 @@ def fwd_grid(b: int, d: int, L: int, NP: int, G: int, save: bool) -> tuple[int, 
     BDs = _seq_block_d(d, NP, G, elems)
     CH, NC = _seq_chunks(L, triton.cdiv(d, BDs) * b * warps)
     bwd_warps = triton.cdiv(d, _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)) * b * SEQ_BWD_WARPS
+    if NC > 1 and save and bwd_warps >= SEQ_CHUNK_BELOW and NP > 32:
+        # a small grid that may not split: n >= 64 takes more lanes per channel instead
+        warps, rows_log = SEQ_WARPS_BIG_N_WIDE, 0
+        BDs = _seq_block_d(d, NP, G, SEQ_ELEMS_BIG_N_WIDE)
     if NC == 1 or (save and bwd_warps >= SEQ_CHUNK_BELOW):
         return warps, rows_log, BDs, triton.cdiv(L, 8) * 8, 1
     elems, warps, rows_log = fwd_launch(NP, split=True)
