@@ -31,6 +31,8 @@ def run_scan(fn, kw, flags, w_out, w_last, upcast):
     (2, 512, 1000, 16, 2, ("h0", "seq")),              # l not a multiple of the tile, g > 1
     (1, 256, 777, 64, None, ("h0",)),                  # n = 64
     (3, 96, 300, 5, 3, ("h0",)),                       # n not a power of two, small groups
+    (1, 512, 3000, 32, 2, ("h0", "seq")),              # n = 32, time split (the state in rows of 8)
+    (2, 256, 1500, 128, None, ()),                     # n = 128 (rows of 16 on 8 lanes per channel)
 ])
 def test_gpu_selective_scan_bf16(shape):
     b, d, l, n, G, extras = shape
