@@ -5,7 +5,8 @@ NOTES.md has the design; docs/kernel-tuning.md the measurements.
 
 One program per (batch, channel block[, time chunk]) keeps the (BLOCK_D, N) state in registers and walks time in 8-step tiles: (BLOCK_D, 8)
 tile loads one tile ahead, per-channel math on the tile, ``tl.split`` into 8 columns and an
-unrolled recurrence (``_fwd_seq_kernel``). Small grids split time into chunks (a states-only
+unrolled recurrence (``_fwd_seq_kernel``; the state in rows of 8 or 16 states per thread at
+n >= 32 or on split grids, ``_to_rows``). Small grids split time into chunks (a states-only
 pass, ``_chunk_carry_kernel``, the real pass). The backward (``_bwd_seq_kernel``) walks the
 tiles in reverse from per-tile checkpoints, recomputing the 8 states in registers; dB/dC are
 reduced over the channel block per tile and added with fp32 atomics.
@@ -148,6 +149,7 @@ def _from_rows(x, K: tl.constexpr, LOG_S: tl.constexpr):
     """The inverse of _to_rows: (R, K*S) -> its S (R, K) columns, in order."""
     S: tl.constexpr = 1 << LOG_S
     R: tl.constexpr = x.shape[0]
+    tl.static_assert(LOG_S >= 1 and LOG_S <= 4, "rows of 2 to 16 states")
     if LOG_S == 1:
         parts = (tl.reshape(x, (R, K, 2)),)
     elif LOG_S == 2:
@@ -228,7 +230,6 @@ def _fwd_seq_kernel(
     offs_n = tl.arange(0, NP)
     tt = tl.arange(0, T)
     mask_d = offs_d < d
-    mask_dn = mask_d[:, None] & (offs_n[None, :] < n)
     grp = (pid_d * BLOCK_D) // cpg
 
     # exp(x A) = exp2(x A2)
@@ -239,7 +240,7 @@ def _fwd_seq_kernel(
     if HAS_HIN and not STATES_ONLY:
         h = _state_load(hin_ptr + (b * NC + c) * d * n, d_off, n, 1, mask_d, NP, ROWS_LOG)
     else:
-        h = A2 * 0.0
+        h = tl.zeros_like(A2)                   # in A2's layout (rows or Triton's)
     sdt = tl.zeros((BLOCK_D,), tl.float32)
     nrestart = tl.zeros((BLOCK_D,), tl.float32)
 
