@@ -106,14 +106,15 @@ def cases():
     for n in (16, 64):
         NP = ss._np(n)
         elems, warps, rows_log = ss.fwd_launch(NP, split=False)
-        cheap = NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP
+        cheap = NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP or os.environ.get("CHEAP") == "1"
         for fast in ((True, False) if cheap else (False,)):
-            fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,
+            fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False, PIN=os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1",
                        BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast, ROWS_LOG=rows_log, CHEAP_SP=cheap)
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
                    fwd, sf32, ("seq_ptr",), [(warps, 1)])
         bwd = dict(own(ss._bwd_seq_kernel, unit), **opts, HAS_XIN=False, WANT_DH0=False,
-                   BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N)
+                   BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N,
+                   PIN=os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1")
         yield f"_bwd_seq_kernel (Mamba-1, n {n})", ss._bwd_seq_kernel, bwd, sf32, ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)]
     bt = ssd.BLOCK_T_MAX
     q2 = ssd._chunk(256)          # the bench's chunk 256 runs at the cap (ssd.MAX_CHUNK)

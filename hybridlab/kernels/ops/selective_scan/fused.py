@@ -62,6 +62,15 @@ def _softplus_fwd(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _pin(x, PIN: tl.constexpr):
+    """x, through a sum over a new unit-size axis (one add): the layout pass does not carry a
+    conversion back through a reduction, so the math that made x stays in x's own layout."""
+    if PIN:
+        return tl.sum(tl.join(x, tl.zeros_like(x)), axis=len(x.shape))
+    return x
+
+
+@triton.jit
 def _softplus_grad(x):
     return tl.where(x > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-tl.minimum(x, 20.0))))
 
@@ -214,7 +223,7 @@ def _fwd_seq_kernel(
     HAS_HIN: tl.constexpr, HAS_SEQ: tl.constexpr, SAVE_CKPT: tl.constexpr,
     STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr, FAST: tl.constexpr,
-    ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr,
+    ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr, PIN: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps).
     STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
@@ -297,8 +306,8 @@ def _fwd_seq_kernel(
                 dt = _softplus_fwd(dt, FAST)
             else:
                 dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)                 # padded steps: a = 1, no input (identity)
-        dtu = dt * u
+        dt = _pin(tl.where(m2, dt, 0.0), PIN)     # padded steps: a = 1, no input (identity)
+        dtu = _pin(dt * u, PIN)
         dtc = _cols8(dt)
         dtuc = _cols8(dtu)
         Bc = _cols8(Bt)
@@ -396,7 +405,7 @@ def _bwd_seq_kernel(
     sdo_b, sdo_d, sdo_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_XIN: tl.constexpr, WANT_DH0: tl.constexpr,
-    BLOCK_D: tl.constexpr, NP: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_D: tl.constexpr, NP: tl.constexpr, PREFETCH: tl.constexpr, PIN: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps): the adjoint carry entering
     the chunk from the right is xin[b, c] (HAS_XIN; else 0); dA, dD, d bias partials go to row
@@ -504,8 +513,8 @@ def _bwd_seq_kernel(
         dt = raw
         if SOFTPLUS:
             dt = _softplus(raw)
-        dt = tl.where(m2, dt, 0.0)
-        dtu = dt * u
+        dt = _pin(tl.where(m2, dt, 0.0), PIN)
+        dtu = _pin(dt * u, PIN)
         dtc = _cols8(dt)
         dtuc = _cols8(dtu)
         Bc = _cols8(Bt)
@@ -541,7 +550,7 @@ def _bwd_seq_kernel(
             dy = dout
         if HAS_D:
             dD_acc += tl.sum(dy * u, axis=1)
-        dyc = _cols8(dy)
+        dyc = _cols8(_pin(dy, PIN))
 
         # -- adjoint, reverse over the 8 steps
         dCs = ()
@@ -637,7 +646,7 @@ def _bwd_carry_kernel(
             dt = _softplus(dt)
         dt = tl.where(m2, dt, 0.0)
         dtc = _cols8(dt)
-        dyc = _cols8(dy)
+        dyc = _cols8(_pin(dy, PIN))
         Cc = _cols8(Ct)
         if HAS_SEQ:
             cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
@@ -679,6 +688,10 @@ SEQ_ELEMS_BIG_N_WIDE, SEQ_WARPS_BIG_N_WIDE = 512, 4
 #: the forward's softplus is _softplus_fwd up to this padded N, _softplus above (n64 in rows:
 #: 1.299 ms with _softplus_fwd against 1.286)
 SEQ_CHEAP_SOFTPLUS_MAX_NP = 32
+#: the forward's per-channel tile math (softplus, dt*u) passes through _pin: without it Triton
+#: recomputes that math in the state's layout, where a channel's 4 lanes each repeat it, and once
+#: more in the load's layout (n16 tile loop: 509 SASS instructions without, 438 with)
+SEQ_PIN_TILE_MATH = True
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
@@ -762,7 +775,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
                  CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
-                 CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, num_warps=warps)
+                 CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, num_warps=warps)
     dummy = last
     P = None
     hin = h0_
@@ -880,7 +893,7 @@ class _SelectiveScan(torch.autograd.Function):
         _bwd_seq_kernel[(nd, b, NC)](
             *ins, xin if xin is not None else dummy, *outs,
             L, d, n, d // G, G, ctx.chunk, NC, *strides, **flags, HAS_XIN=xin is not None,
-            BLOCK_D=BDs, NP=NP, PREFETCH=NP <= SEQ_BWD_PREFETCH_MAX_N, num_warps=SEQ_BWD_WARPS)
+            BLOCK_D=BDs, NP=NP, PREFETCH=NP <= SEQ_BWD_PREFETCH_MAX_N, PIN=SEQ_PIN_TILE_MATH, num_warps=SEQ_BWD_WARPS)
         dB = dB.to(B.dtype) if B.dim() == 4 else dB[:, 0].to(B.dtype)
         dC = dC.to(C.dtype) if C.dim() == 4 else dC[:, 0].to(C.dtype)
         return (du, ddelta, dA.sum(0).to(A.dtype), dB, dC,
