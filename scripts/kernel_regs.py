@@ -108,10 +108,15 @@ def cases():
         elems, warps, rows_log = ss.fwd_launch(NP, split=False)
         cheap = NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP or os.environ.get("CHEAP") == "1"
         for fast in ((True, False) if cheap else (False,)):
-            fwd = dict(own(ss._fwd_seq_kernel, unit), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False, PIN=os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1",
-                       BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast, ROWS_LOG=rows_log, CHEAP_SP=cheap)
+            pin = os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1"
+            bc_t = rows_log == 0 and os.environ.get("BC_T", str(int(ss.SEQ_BC_TIME_MAJOR))) == "1"
+            # B, C time-major fp32 copies (ss._time_major): unit n stride, l stride NP
+            u_fwd = {**unit, "sB_l": NP, "sC_l": NP, "sB_n": 1, "sC_n": 1} if bc_t else unit
+            fwd = dict(own(ss._fwd_seq_kernel, u_fwd), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,
+                       PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast, ROWS_LOG=rows_log,
+                       CHEAP_SP=cheap)
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
-                   fwd, sf32, ("seq_ptr",), [(warps, 1)])
+                   fwd, sf32 + (("B_ptr", "C_ptr") if bc_t else ()), ("seq_ptr",), [(warps, 1)])
         bwd = dict(own(ss._bwd_seq_kernel, unit), **opts, HAS_XIN=False, WANT_DH0=False,
                    BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N,
                    PIN=os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1")

@@ -172,6 +172,28 @@ def test_v2_without_time_chunks(monkeypatch):
     check(*make(2, 6, 4, 37, None, ALL, seq=True))
 
 
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("bc_t,pin", [(True, True), (False, False)])
+def test_forward_time_major_bc_and_pinned_math(monkeypatch, split, bc_t, pin):
+    """The forward in Triton's layout with B and C read from fp32 time-major copies (one (NP,)
+    vector per step, time padded to whole tiles) and the tile math through _pin, and without
+    either: g = 2 groups, a length off the tile grid, packed sequences, initial states, with and
+    without time chunks; every output and gradient against the reference."""
+    monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR", bc_t)
+    monkeypatch.setattr(fused, "SEQ_PIN_TILE_MATH", pin)
+    for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID"):
+        monkeypatch.setattr(fused, knob, 0)
+    monkeypatch.setattr(fused, "SEQ_ELEMS_MID", 16)
+    if not split:
+        monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 0)
+    kw, flags = make(2, 6, 5, 29, 2, ALL, seq=True)
+    check(kw, flags)
+    with torch.no_grad():
+        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
+        rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
+    assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+
+
 def test_v2_chunk_split(monkeypatch):
     monkeypatch.undo()                                     # the module defaults, not the fixture's
     assert fused._seq_chunks(4096, 1024) == (4096, 1)      # b4 d2048 n16: 1024 one-warp programs

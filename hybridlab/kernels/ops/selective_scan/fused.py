@@ -111,6 +111,17 @@ def _cols8(x):
 
 
 @triton.jit
+def _steps8(row, t0, s_l):
+    """The (NP,) vectors row[t * s_l] of the 8 steps t0..t0+7, unmasked: B or C time-major
+    (SEQ_BC_TIME_MAJOR, _time_major pads time to whole tiles), each step's vector in the state's
+    column layout."""
+    out = ()
+    for j in tl.static_range(8):
+        out = out + (tl.load(row + (t0 + j) * s_l),)
+    return out
+
+
+@triton.jit
 def _join8(c):
     """The inverse of _cols8: 8 (R,) columns -> (R, 8)."""
     e0 = tl.join(c[0], c[4])
@@ -223,7 +234,7 @@ def _fwd_seq_kernel(
     HAS_HIN: tl.constexpr, HAS_SEQ: tl.constexpr, SAVE_CKPT: tl.constexpr,
     STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr, FAST: tl.constexpr,
-    ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr, PIN: tl.constexpr,
+    ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr, PIN: tl.constexpr, BC_T: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps).
     STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
@@ -259,6 +270,8 @@ def _fwd_seq_kernel(
     o_base = out_ptr + b * d * L + offs_d[:, None] * L
     B_base = B_ptr + b * sB_b + grp * sB_g + offs_n[:, None] * sB_n
     C_base = C_ptr + b * sC_b + grp * sC_g + offs_n[:, None] * sC_n
+    B_row = B_ptr + b * sB_b + grp * sB_g + offs_n * sB_n      # BC_T: one step's (NP,) vector
+    C_row = C_ptr + b * sC_b + grp * sC_g + offs_n * sC_n
     mask_nn = offs_n[:, None] < n
     n_ckpt = tl.cdiv(L, CKPT_T)
     t_lo = c * CHUNK
@@ -269,20 +282,26 @@ def _fwd_seq_kernel(
     mnt = mask_nn & (offs_t < t_hi)[None, :]
     u_nx = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0)
     dt_nx = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0)
-    B_nx = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
+    if not BC_T:
+        B_nx = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
     if not STATES_ONLY:
-        C_nx = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
+        if not BC_T:
+            C_nx = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
         if HAS_Z:
             z_nx = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0)
     for t0 in range(t_lo, t_hi, T):
         if SAVE_CKPT:
             if t0 % CKPT_T == 0:
                 _state_store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n, d_off, h, n, mask_d, NP, ROWS_LOG)
+        if BC_T:        # L2-resident (every channel block of the batch reads them): no prefetch
+            B_nx = _steps8(B_row, t0, sB_l)
+            if not STATES_ONLY:
+                C_nx = _steps8(C_row, t0, sC_l)
         u = u_nx.to(tl.float32)
         dt = dt_nx.to(tl.float32)
-        Bt = B_nx.to(tl.float32)
+        Bt = B_nx
         if not STATES_ONLY:
-            Ct = C_nx.to(tl.float32)
+            Ct = C_nx
             if HAS_Z:
                 zt = z_nx.to(tl.float32)
         offs_t1 = t0 + T + tt
@@ -290,9 +309,11 @@ def _fwd_seq_kernel(
         mntn = mask_nn & (offs_t1 < t_hi)[None, :]
         u_nx = tl.load(u_base + offs_t1[None, :] * su_l, mask=m2n, other=0.0)
         dt_nx = tl.load(dt_base + offs_t1[None, :] * sdt_l, mask=m2n, other=0.0)
-        B_nx = tl.load(B_base + offs_t1[None, :] * sB_l, mask=mntn, other=0.0)
+        if not BC_T:
+            B_nx = tl.load(B_base + offs_t1[None, :] * sB_l, mask=mntn, other=0.0)
         if not STATES_ONLY:
-            C_nx = tl.load(C_base + offs_t1[None, :] * sC_l, mask=mntn, other=0.0)
+            if not BC_T:
+                C_nx = tl.load(C_base + offs_t1[None, :] * sC_l, mask=mntn, other=0.0)
             if HAS_Z:
                 z_nx = tl.load(z_base + offs_t1[None, :] * sz_l, mask=m2n, other=0.0)
         offs_t = t0 + tt
@@ -310,9 +331,9 @@ def _fwd_seq_kernel(
         dtu = _pin(dt * u, PIN)
         dtc = _cols8(dt)
         dtuc = _cols8(dtu)
-        Bc = _cols8(Bt)
+        Bc = Bt if BC_T else _cols8(Bt.to(tl.float32))
         if not STATES_ONLY:
-            Cc = _cols8(Ct)
+            Cc = Ct if BC_T else _cols8(Ct.to(tl.float32))
         if HAS_SEQ:
             cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
             keep = _cols8(tl.where(cut[None, :], 0.0, 1.0) + tl.zeros((BLOCK_D, T), tl.float32))
@@ -600,7 +621,7 @@ def _bwd_carry_kernel(
     sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n, sseq_b, sseq_l,
     sdo_b, sdo_d, sdo_l,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEQ: tl.constexpr,
-    BLOCK_D: tl.constexpr, NP: tl.constexpr,
+    BLOCK_D: tl.constexpr, NP: tl.constexpr, PIN: tl.constexpr,
 ):
     """Pass 1 of the chunked backward, program (channel block, batch, chunk c >= 1): the adjoint
     of chunk c alone (zero carry from the right), g_t = C_t dy_t + a_{t+1} g_{t+1}; stores
@@ -644,8 +665,7 @@ def _bwd_carry_kernel(
             dt = dt + bias[:, None]
         if SOFTPLUS:
             dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)
-        dtc = _cols8(dt)
+        dtc = _cols8(_pin(tl.where(m2, dt, 0.0), PIN))
         dyc = _cols8(_pin(dy, PIN))
         Cc = _cols8(Ct)
         if HAS_SEQ:
@@ -692,6 +712,10 @@ SEQ_CHEAP_SOFTPLUS_MAX_NP = 32
 #: recomputes that math in the state's layout, where a channel's 4 lanes each repeat it, and once
 #: more in the load's layout (n16 tile loop: 509 SASS instructions without, 438 with)
 SEQ_PIN_TILE_MATH = True
+#: the forward in Triton's layout (ROWS_LOG 0) reads B and C from fp32 time-major copies
+#: (_time_major), one (NP,) vector per step, instead of (NP, 8) bf16 tiles that Triton passes
+#: through shared memory to split into steps
+SEQ_BC_TIME_MAJOR = True
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
@@ -747,6 +771,19 @@ def _bc_view(M: torch.Tensor):
     return M, M.shape[1], tuple(M.stride())
 
 
+def _time_major(M: torch.Tensor, G: int, NP: int):
+    """B or C (b, n, l) / (b, g, n, l) -> an fp32 (b, G, Lp, NP) copy (zeros past n and l) and its strides
+    b, g, n, l: the forward in Triton's layout loads each step's (NP,) vector in one 16-byte load
+    per lane, straight into the state's layout (see SEQ_BC_TIME_MAJOR)."""
+    b, L = M.shape[0], M.shape[-1]
+    Mt = M.reshape(b, G, -1, L).transpose(-1, -2)
+    Lp = triton.cdiv(L, 8) * 8                  # whole 8-step tiles: the kernel's loads are unmasked
+    padded = Lp != L or NP != Mt.shape[-1]
+    out = (torch.zeros if padded else torch.empty)(b, G, Lp, NP, device=M.device, dtype=torch.float32)
+    out[:, :, :L, : Mt.shape[-1]] = Mt
+    return out, (G * Lp * NP, Lp * NP, 1, NP)
+
+
 def _f32c(t):
     return None if t is None else t.detach().to(torch.float32).contiguous()
 
@@ -765,6 +802,9 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     zz = z if z is not None else u
     warps, rows_log, BDs, CH, NC = fwd_grid(b, d, L, NP, G, save)
+    bc_t = SEQ_BC_TIME_MAJOR and rows_log == 0
+    if bc_t:
+        (B, sB), (C, sC) = _time_major(B, G, NP), _time_major(C, G, NP)
     nd = triton.cdiv(d, BDs)
     ck_t = 8                                    # a checkpoint per 8-step tile
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -775,7 +815,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
                  CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
-                 CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, num_warps=warps)
+                 CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
+                 num_warps=warps)
     dummy = last
     P = None
     hin = h0_
@@ -883,7 +924,8 @@ class _SelectiveScan(torch.autograd.Function):
                 *delta.stride(), *zz.stride(), *sC, *A.stride(),
                 *(seq.stride() if seq is not None else (0, 0)), *dout.stride(),
                 HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.softplus,
-                HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP, num_warps=SEQ_BWD_WARPS)
+                HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP, PIN=SEQ_PIN_TILE_MATH,
+                num_warps=SEQ_BWD_WARPS)
             xin = torch.empty(b, NC, d, n, **f32)
             if dlast_ is not None:
                 xin[:, NC - 1] = dlast_
