@@ -103,13 +103,13 @@ def cases():
     opts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_SEQ=False)
     sf32 = ("A_ptr", "D_ptr", "bias_ptr", "hin_ptr", "last_ptr", "ckpt_ptr", "S_ptr", "P_ptr", "xin_ptr",
             "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dh0_ptr")
-    for n in (16, 64):
+    for n in (16, 32, 64):
         NP = ss._np(n)
         elems, warps, rows_log = ss.fwd_launch(NP, split=False)
         cheap = NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP or os.environ.get("CHEAP") == "1"
         for fast in ((True, False) if cheap else (False,)):
             pin = os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1"
-            bc_t = rows_log == 0 and os.environ.get("BC_T", str(int(ss.SEQ_BC_TIME_MAJOR))) == "1"
+            bc_t = os.environ.get("BC_T", str(int(ss.SEQ_BC_TIME_MAJOR_ROWS if rows_log else ss.SEQ_BC_TIME_MAJOR))) == "1"
             # B, C time-major fp32 copies (ss._time_major): unit n stride, l stride NP
             u_fwd = {**unit, "sB_l": NP, "sC_l": NP, "sB_n": 1, "sC_n": 1} if bc_t else unit
             fwd = dict(own(ss._fwd_seq_kernel, u_fwd), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,

@@ -173,16 +173,18 @@ def test_v2_without_time_chunks(monkeypatch):
 
 
 @pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("rows_log", [0, 2])
 @pytest.mark.parametrize("bc_t,pin", [(True, True), (False, False)])
-def test_forward_time_major_bc_and_pinned_math(monkeypatch, split, bc_t, pin):
-    """The forward in Triton's layout with B and C read from fp32 time-major copies (one (NP,)
-    vector per step, time padded to whole tiles) and the tile math through _pin, and without
-    either: g = 2 groups, a length off the tile grid, packed sequences, initial states, with and
-    without time chunks; every output and gradient against the reference."""
+def test_forward_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_t, pin):
+    """The forward with B and C read from fp32 time-major copies (one (NP,) vector per step, time
+    padded to whole tiles) and the tile math through _pin, and without either, in Triton's layout
+    and in rows: g = 2 groups, a length off the tile grid, packed sequences, initial states, with
+    and without time chunks; every output and gradient against the reference."""
     monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR", bc_t)
+    monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR_ROWS", bc_t)
     monkeypatch.setattr(fused, "SEQ_PIN_TILE_MATH", pin)
     for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID"):
-        monkeypatch.setattr(fused, knob, 0)
+        monkeypatch.setattr(fused, knob, rows_log)
     monkeypatch.setattr(fused, "SEQ_ELEMS_MID", 16)
     if not split:
         monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 0)

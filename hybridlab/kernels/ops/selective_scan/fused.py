@@ -716,6 +716,8 @@ SEQ_PIN_TILE_MATH = True
 #: (_time_major), one (NP,) vector per step, instead of (NP, 8) bf16 tiles that Triton passes
 #: through shared memory to split into steps
 SEQ_BC_TIME_MAJOR = True
+#: the same for the state in rows (n >= 32, split grids; tile loop n32 674 -> 599, n64 1181 -> 1055)
+SEQ_BC_TIME_MAJOR_ROWS = True
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
@@ -802,7 +804,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     zz = z if z is not None else u
     warps, rows_log, BDs, CH, NC = fwd_grid(b, d, L, NP, G, save)
-    bc_t = SEQ_BC_TIME_MAJOR and rows_log == 0
+    bc_t = SEQ_BC_TIME_MAJOR_ROWS if rows_log else SEQ_BC_TIME_MAJOR
     if bc_t:
         (B, sB), (C, sC) = _time_major(B, G, NP), _time_major(C, G, NP)
     nd = triton.cdiv(d, BDs)
