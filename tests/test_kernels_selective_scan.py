@@ -183,6 +183,8 @@ def test_forward_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_
     monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR", bc_t)
     monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR_ROWS", bc_t)
     monkeypatch.setattr(fused, "SEQ_PIN_TILE_MATH", pin)
+    if rows_log and split:     # the measured default: no time-major copies in rows on split grids
+        monkeypatch.setattr(fused, "bc_time_major", lambda r, nc: bc_t)
     for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID"):
         monkeypatch.setattr(fused, knob, rows_log)
     monkeypatch.setattr(fused, "SEQ_ELEMS_MID", 16)
@@ -194,6 +196,13 @@ def test_forward_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_
         out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
         rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
     assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+
+
+def test_bc_time_major_choice(monkeypatch):
+    """B and C time-major: in Triton's layout always, in rows only on grids not split in time."""
+    monkeypatch.undo()
+    assert fused.bc_time_major(0, 1) and fused.bc_time_major(0, 64)
+    assert fused.bc_time_major(4, 1) and not fused.bc_time_major(3, 64)
 
 
 def test_v2_chunk_split(monkeypatch):

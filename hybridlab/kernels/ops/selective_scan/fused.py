@@ -716,7 +716,10 @@ SEQ_PIN_TILE_MATH = True
 #: (_time_major), one (NP,) vector per step, instead of (NP, 8) bf16 tiles that Triton passes
 #: through shared memory to split into steps
 SEQ_BC_TIME_MAJOR = True
-#: the same for the state in rows (n >= 32, split grids; tile loop n32 674 -> 599, n64 1181 -> 1055)
+#: the same for the state in rows on a grid not split in time (tile loop n32 674 -> 599, n64
+#: 1181 -> 1055 SASS instructions; b4 n64 1.487 -> 1.059 ms, n32 0.759 -> 0.702). Split in time
+#: (b1 l32768 n16) it lost, 1.202 -> 2.050 ms (H100, 2026-11-23 18:30, BENCHMARKS.md), so it is
+#: off there (bc_time_major).
 SEQ_BC_TIME_MAJOR_ROWS = True
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
@@ -804,7 +807,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     last = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     zz = z if z is not None else u
     warps, rows_log, BDs, CH, NC = fwd_grid(b, d, L, NP, G, save)
-    bc_t = SEQ_BC_TIME_MAJOR_ROWS if rows_log else SEQ_BC_TIME_MAJOR
+    bc_t = bc_time_major(rows_log, NC)
     if bc_t:
         (B, sB), (C, sC) = _time_major(B, G, NP), _time_major(C, G, NP)
     nd = triton.cdiv(d, BDs)
@@ -849,6 +852,12 @@ def _chunk_carry(P, S, X, reverse):
     BLOCK = min(1024, triton.next_power_of_2(d * n))
     _chunk_carry_kernel[(b, triton.cdiv(d * n, BLOCK))](P, S, X, NC, d * n, REVERSE=reverse,
                                                          BLOCK=BLOCK, num_warps=4)
+
+
+def bc_time_major(rows_log: int, NC: int) -> bool:
+    """Whether the forward reads B and C from time-major copies (SEQ_BC_TIME_MAJOR*): in Triton's
+    layout, and in rows when time is not split into chunks."""
+    return SEQ_BC_TIME_MAJOR_ROWS and NC == 1 if rows_log else SEQ_BC_TIME_MAJOR
 
 
 def _seq_chunks(L, warps):
