@@ -76,6 +76,15 @@ def check(kw, flags, tol=1e-4, tol_A=None):
 ALL = ("D", "z", "bias", "softplus", "h0")
 
 
+def check_with_and_without_grad(kw, flags):
+    """check(), then the no-grad forward (it launches without checkpoints) and its last state."""
+    check(kw, flags)
+    with torch.no_grad():
+        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
+        rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
+    assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+
+
 @pytest.mark.parametrize("shape", [(1, 4, 4, 19, None), (2, 6, 5, 13, 3), (1, 8, 3, 9, 2),
                                    (1, 21, 2, 11, None), (2, 3, 16, 1, None)])
 def test_scan_all_options(shape):
@@ -191,11 +200,7 @@ def test_forward_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_
     if not split:
         monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 0)
     kw, flags = make(2, 6, 5, 29, 2, ALL, seq=True)
-    check(kw, flags)
-    with torch.no_grad():
-        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
-        rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
-    assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+    check_with_and_without_grad(kw, flags)
 
 
 def test_bc_time_major_choice(monkeypatch):
@@ -249,11 +254,7 @@ def test_big_state_forward_with_and_without_grad(monkeypatch):
     kw, flags = make(1, 3, 40, 11, None, ALL)
     for rows in (4, 0):
         monkeypatch.setattr(fused, "SEQ_ROWS_LOG_BIG_N", rows)
-        check(kw, flags)
-        with torch.no_grad():
-            out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
-            rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
-        assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+        check_with_and_without_grad(kw, flags)
 
 
 @pytest.mark.parametrize("n,rows_log", [(5, 1), (7, 3), (16, 2), (40, 4)])
@@ -268,11 +269,7 @@ def test_forward_state_in_rows(monkeypatch, n, rows_log):
     monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 128)          # 2 channels per block at n 40
     assert fused.fwd_launch(fused._np(n), split=True)[2] == rows_log
     kw, flags = make(2, 5, n, 19, None, ALL, seq=True)
-    check(kw, flags)
-    with torch.no_grad():
-        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
-        rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
-    assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
+    check_with_and_without_grad(kw, flags)
 
 
 def test_forward_launch_choice(monkeypatch):
