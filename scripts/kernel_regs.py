@@ -117,6 +117,16 @@ def cases():
                        CHEAP_SP=cheap)
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
                    fwd, sf32 + (("B_ptr", "C_ptr") if bc_t else ()), ("seq_ptr",), [(warps, 1)])
+        if n == 16:     # b1 l32768: time split into 64 chunks, both passes (rows of 8)
+            elems, warps, rows_log = ss.fwd_launch(NP, split=True)
+            bc_t = os.environ.get("BC_T", str(int(ss.bc_time_major(rows_log, 64)))) == "1"
+            u_fwd = {**unit, "NC": 64, **({"sB_l": NP, "sC_l": NP, "sB_n": 1, "sC_n": 1} if bc_t else {})}
+            for states_only in (True, False):
+                fwd = dict(own(ss._fwd_seq_kernel, u_fwd), **opts, HAS_HIN=not states_only, SAVE_CKPT=False,
+                           STATES_ONLY=states_only, PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8,
+                           FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True)
+                yield (f"_fwd_seq_kernel (Mamba-1, n 16, split, pass {1 if states_only else 2}, rows {rows_log})",
+                       ss._fwd_seq_kernel, fwd, sf32 + (("B_ptr", "C_ptr") if bc_t else ()), ("seq_ptr",), [(warps, 1)])
         bwd = dict(own(ss._bwd_seq_kernel, unit), **opts, HAS_XIN=False, WANT_DH0=False,
                    BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N,
                    PIN=os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1")
