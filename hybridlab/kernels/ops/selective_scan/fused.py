@@ -111,13 +111,14 @@ def _cols8(x):
 
 
 @triton.jit
-def _steps8(row, t0, s_l):
+def _steps8(row, t0, s_l: tl.constexpr):
     """The (NP,) vectors row[t * s_l] of the 8 steps t0..t0+7, unmasked: B or C time-major
     (SEQ_BC_TIME_MAJOR, _time_major pads time to whole tiles), each step's vector in the state's
     column layout."""
+    at = row + t0 * s_l                         # then constant offsets: immediates in the loads
     out = ()
     for j in tl.static_range(8):
-        out = out + (tl.load(row + (t0 + j) * s_l),)
+        out = out + (tl.load(at + j * s_l),)
     return out
 
 
@@ -294,9 +295,9 @@ def _fwd_seq_kernel(
             if t0 % CKPT_T == 0:
                 _state_store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n, d_off, h, n, mask_d, NP, ROWS_LOG)
         if BC_T:        # L2-resident (every channel block of the batch reads them): no prefetch
-            B_nx = _steps8(B_row, t0, sB_l)
-            if not STATES_ONLY:
-                C_nx = _steps8(C_row, t0, sC_l)
+            B_nx = _steps8(B_row, t0, NP)       # time-major rows are NP apart (_time_major):
+            if not STATES_ONLY:                 # constant offsets, no address math per load
+                C_nx = _steps8(C_row, t0, NP)
         u = u_nx.to(tl.float32)
         dt = dt_nx.to(tl.float32)
         Bt = B_nx
