@@ -127,10 +127,13 @@ def cases():
                            FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True)
                 yield (f"_fwd_seq_kernel (Mamba-1, n 16, split, pass {1 if states_only else 2}, rows {rows_log})",
                        ss._fwd_seq_kernel, fwd, sf32 + (("B_ptr", "C_ptr") if bc_t else ()), ("seq_ptr",), [(warps, 1)])
-        bwd = dict(own(ss._bwd_seq_kernel, unit), **opts, HAS_XIN=False, WANT_DH0=False,
+        bc_t = os.environ.get("BWD_BC_T", str(int(ss.SEQ_BWD_BC_TIME_MAJOR))) == "1"
+        u_bwd = {**unit, "sB_l": NP, "sC_l": NP, "sB_n": 1, "sC_n": 1} if bc_t else unit
+        bwd = dict(own(ss._bwd_seq_kernel, u_bwd), **opts, HAS_XIN=False, WANT_DH0=False,
                    BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N,
-                   PIN=os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1")
-        yield f"_bwd_seq_kernel (Mamba-1, n {n})", ss._bwd_seq_kernel, bwd, sf32, ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)]
+                   PIN=os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1", BC_T=bc_t)
+        yield (f"_bwd_seq_kernel (Mamba-1, n {n}, B/C time-major {bc_t})", ss._bwd_seq_kernel, bwd,
+               sf32 + (("B_ptr", "C_ptr") if bc_t else ()), ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)])
     bt = ssd.BLOCK_T_MAX
     q2 = ssd._chunk(256)          # the bench's chunk 256 runs at the cap (ssd.MAX_CHUNK)
     for Q, hpp, what in ((q2, 8, f"Mamba-2, chunk {q2}"), (siso.ssd_chunk(128, seq_states=True), 1, "Mamba-3 SISO")):

@@ -184,13 +184,15 @@ def test_v2_without_time_chunks(monkeypatch):
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("rows_log", [0, 2])
 @pytest.mark.parametrize("bc_t,pin", [(True, True), (False, False)])
-def test_forward_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_t, pin):
-    """The forward with B and C read from fp32 time-major copies (one (NP,) vector per step, time
-    padded to whole tiles) and the tile math through _pin, and without either, in Triton's layout
-    and in rows: g = 2 groups, a length off the tile grid, packed sequences, initial states, with
-    and without time chunks; every output and gradient against the reference."""
+def test_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_t, pin):
+    """The forward and the backward with B and C read from fp32 time-major copies (one (NP,)
+    vector per step, time padded to whole tiles) and the tile math through _pin, and without
+    either, the forward in Triton's layout and in rows: g = 2 groups, a length off the tile grid,
+    packed sequences, initial states, with and without time chunks; every output and gradient
+    against the reference."""
     monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR", bc_t)
     monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR_ROWS", bc_t)
+    monkeypatch.setattr(fused, "SEQ_BWD_BC_TIME_MAJOR", bc_t)
     monkeypatch.setattr(fused, "SEQ_PIN_TILE_MATH", pin)
     if rows_log and split:     # the measured default: no time-major copies in rows on split grids
         monkeypatch.setattr(fused, "bc_time_major", lambda r, nc: bc_t)
@@ -199,6 +201,8 @@ def test_forward_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_
     monkeypatch.setattr(fused, "SEQ_ELEMS_MID", 16)
     if not split:
         monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 0)
+    else:       # and the backward without its one-tile-ahead loads
+        monkeypatch.setattr(fused, "SEQ_BWD_PREFETCH_MAX_N", 0)
     kw, flags = make(2, 6, 5, 29, 2, ALL, seq=True)
     check_with_and_without_grad(kw, flags)
 

@@ -55,6 +55,7 @@ VARIANTS = {
     "nopin": dict(SEQ_PIN_TILE_MATH=False, SEQ_BC_TIME_MAJOR=False, SEQ_BC_TIME_MAJOR_ROWS=False),
     "no_bct": dict(SEQ_BC_TIME_MAJOR=False, SEQ_BC_TIME_MAJOR_ROWS=False),
     "no_bct_rows": dict(SEQ_BC_TIME_MAJOR_ROWS=False),
+    "bwd_bct": dict(SEQ_BWD_BC_TIME_MAJOR=True),         # the backward's B, C time-major (off: untimed)
     "nopin_big_cheap_sp": dict(SEQ_PIN_TILE_MATH=False, SEQ_CHEAP_SOFTPLUS_MAX_NP=1 << 20),
     "split_bwd_too": dict(SEQ_BWD_ELEMS=1 << 20),     # the grad path splits on the forward's grid alone
     "v2_mc128": dict(SEQ_MIN_CHUNK=128, SEQ_TARGET_WARPS=32768),

@@ -428,6 +428,7 @@ def _bwd_seq_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_XIN: tl.constexpr, WANT_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, PREFETCH: tl.constexpr, PIN: tl.constexpr,
+    BC_T: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps): the adjoint carry entering
     the chunk from the right is xin[b, c] (HAS_XIN; else 0); dA, dD, d bias partials go to row
@@ -470,6 +471,8 @@ def _bwd_seq_kernel(
     io_base = b * d * L + offs_d[:, None] * L
     B_base = B_ptr + b * sB_b + grp * sB_g + offs_n[:, None] * sB_n
     C_base = C_ptr + b * sC_b + grp * sC_g + offs_n[:, None] * sC_n
+    B_row = B_ptr + b * sB_b + grp * sB_g + offs_n * sB_n          # BC_T: one step's (NP,) vector
+    C_row = C_ptr + b * sC_b + grp * sC_g + offs_n * sC_n
     dBC_base = (b * G + grp) * n * L + offs_n[:, None] * L
     n_tiles = tl.cdiv(L, T)
     tile_lo = c * (CHUNK // T)
@@ -483,8 +486,9 @@ def _bwd_seq_kernel(
         h_nx = tl.load(ckpt_ptr + (b * n_tiles + tile) * d * n + dn_off, mask=mask_dn, other=0.0)
         u_nx = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0)
         dt_nx = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0)
-        B_nx = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
-        C_nx = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
+        if not BC_T:
+            B_nx = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
+            C_nx = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
         do_nx = tl.load(do_base + offs_t[None, :] * sdo_l, mask=m2, other=0.0)
         if HAS_Z:
             z_nx = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0)
@@ -495,8 +499,9 @@ def _bwd_seq_kernel(
             h = h_nx
             u = u_nx.to(tl.float32)
             raw = dt_nx.to(tl.float32)
-            Bt = B_nx.to(tl.float32)
-            Ct = C_nx.to(tl.float32)
+            if not BC_T:
+                Bt = B_nx.to(tl.float32)
+                Ct = C_nx.to(tl.float32)
             dout = do_nx.to(tl.float32)
             if HAS_Z:
                 zt = z_nx.to(tl.float32)
@@ -509,8 +514,9 @@ def _bwd_seq_kernel(
             h_nx = tl.load(ckpt_ptr + (b * n_tiles + pv) * d * n + dn_off, mask=mask_dn & okh, other=0.0)
             u_nx = tl.load(u_base + offs_p[None, :] * su_l, mask=m2p, other=0.0)
             dt_nx = tl.load(dt_base + offs_p[None, :] * sdt_l, mask=m2p, other=0.0)
-            B_nx = tl.load(B_base + offs_p[None, :] * sB_l, mask=mntp, other=0.0)
-            C_nx = tl.load(C_base + offs_p[None, :] * sC_l, mask=mntp, other=0.0)
+            if not BC_T:
+                B_nx = tl.load(B_base + offs_p[None, :] * sB_l, mask=mntp, other=0.0)
+                C_nx = tl.load(C_base + offs_p[None, :] * sC_l, mask=mntp, other=0.0)
             do_nx = tl.load(do_base + offs_p[None, :] * sdo_l, mask=m2p, other=0.0)
             if HAS_Z:
                 z_nx = tl.load(z_base + offs_p[None, :] * sz_l, mask=m2p, other=0.0)
@@ -521,8 +527,9 @@ def _bwd_seq_kernel(
             h = tl.load(ckpt_ptr + (b * n_tiles + tile) * d * n + dn_off, mask=mask_dn, other=0.0)
             u = tl.load(u_base + offs_c[None, :] * su_l, mask=m2c, other=0.0).to(tl.float32)
             raw = tl.load(dt_base + offs_c[None, :] * sdt_l, mask=m2c, other=0.0).to(tl.float32)
-            Bt = tl.load(B_base + offs_c[None, :] * sB_l, mask=mntc, other=0.0).to(tl.float32)
-            Ct = tl.load(C_base + offs_c[None, :] * sC_l, mask=mntc, other=0.0).to(tl.float32)
+            if not BC_T:
+                Bt = tl.load(B_base + offs_c[None, :] * sB_l, mask=mntc, other=0.0).to(tl.float32)
+                Ct = tl.load(C_base + offs_c[None, :] * sC_l, mask=mntc, other=0.0).to(tl.float32)
             dout = tl.load(do_base + offs_c[None, :] * sdo_l, mask=m2c, other=0.0).to(tl.float32)
             if HAS_Z:
                 zt = tl.load(z_base + offs_c[None, :] * sz_l, mask=m2c, other=0.0).to(tl.float32)
@@ -539,8 +546,12 @@ def _bwd_seq_kernel(
         dtu = _pin(dt * u, PIN)
         dtc = _cols8(dt)
         dtuc = _cols8(dtu)
-        Bc = _cols8(Bt)
-        Cc = _cols8(Ct)
+        if BC_T:
+            Bc = _steps8(B_row, t0, NP)
+            Cc = _steps8(C_row, t0, NP)
+        else:
+            Bc = _cols8(Bt)
+            Cc = _cols8(Ct)
         if HAS_SEQ:
             cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
             keep = _cols8(tl.where(cut[None, :], 0.0, 1.0) + tl.zeros((BLOCK_D, T), tl.float32))
@@ -723,6 +734,9 @@ SEQ_BC_TIME_MAJOR = True
 #: off there (bc_time_major).
 SEQ_BC_TIME_MAJOR_ROWS = True
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
+#: the backward reads B and C time-major too (_time_major). Off: not yet timed on the GPU (the
+#: tile loop: see BENCHMARKS.md, "the tile math kept off a channel's repeated lanes")
+SEQ_BWD_BC_TIME_MAJOR = False
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
 #: when the grid has fewer than SEQ_CHUNK_BELOW warps: up to SEQ_TARGET_WARPS warps, chunks of
@@ -923,7 +937,13 @@ class _SelectiveScan(torch.autograd.Function):
         outs = (du, ddelta, dz if dz is not None else dummy, dB, dC, dA,
                 dD if dD is not None else dummy, dbias if dbias is not None else dummy,
                 dh0 if dh0 is not None else dummy)
-        ins = (u, delta, A, Bv, Cv, D_ if D_ is not None else dummy, zz,
+        bc_t = SEQ_BWD_BC_TIME_MAJOR
+        Bk, Ck, sBk, sCk = Bv, Cv, sB, sC
+        if bc_t:
+            (Bk, sBk), (Ck, sCk) = _time_major(B, G, NP), _time_major(C, G, NP)
+            strides = (*u.stride(), *delta.stride(), *zz.stride(), *sBk, *sCk, *A.stride(),
+                       *(seq.stride() if seq is not None else (0, 0)), *dout.stride())
+        ins = (u, delta, A, Bk, Ck, D_ if D_ is not None else dummy, zz,
                bias_ if bias_ is not None else dummy, seq if seq is not None else dummy, ckpt, dout)
         BDs = _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)
         nd = triton.cdiv(d, BDs)
@@ -947,7 +967,8 @@ class _SelectiveScan(torch.autograd.Function):
         _bwd_seq_kernel[(nd, b, NC)](
             *ins, xin if xin is not None else dummy, *outs,
             L, d, n, d // G, G, ctx.chunk, NC, *strides, **flags, HAS_XIN=xin is not None,
-            BLOCK_D=BDs, NP=NP, PREFETCH=NP <= SEQ_BWD_PREFETCH_MAX_N, PIN=SEQ_PIN_TILE_MATH, num_warps=SEQ_BWD_WARPS)
+            BLOCK_D=BDs, NP=NP, PREFETCH=NP <= SEQ_BWD_PREFETCH_MAX_N, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
+            num_warps=SEQ_BWD_WARPS)
         dB = dB.to(B.dtype) if B.dim() == 4 else dB[:, 0].to(B.dtype)
         dC = dC.to(C.dtype) if C.dim() == 4 else dC[:, 0].to(C.dtype)
         return (du, ddelta, dA.sum(0).to(A.dtype), dB, dC,
