@@ -3,11 +3,13 @@
 Same signatures and semantics as ``reference.py`` (math in fp32, also for fp64 inputs).
 NOTES.md has the design; docs/kernel-tuning.md the measurements.
 
-One program per (batch, channel block[, time chunk]) keeps the (BLOCK_D, N) state in registers and walks time in 8-step tiles: (BLOCK_D, 8)
-tile loads one tile ahead, per-channel math on the tile, ``tl.split`` into 8 columns and an
+One program per (batch, channel block[, time chunk]) keeps the (BLOCK_D, N) state in registers
+and walks time in 8-step tiles: (BLOCK_D, 8) tile loads one tile ahead, per-channel math on the
+tile (kept off the state's repeated lanes: ``_pin``), ``tl.split`` into 8 columns and an
 unrolled recurrence (``_fwd_seq_kernel``; the state in rows of 8 or 16 states per thread at
-n >= 32 or on split grids, ``_to_rows``). Small grids split time into chunks (a states-only
-pass, ``_chunk_carry_kernel``, the real pass). The backward (``_bwd_seq_kernel``) walks the
+n >= 32 or on split grids, ``_to_rows``; B and C read per step from time-major copies,
+``_time_major``). Small grids split time into chunks (a states-only pass,
+``_chunk_carry_kernel``, the real pass). The backward (``_bwd_seq_kernel``) walks the
 tiles in reverse from per-tile checkpoints, recomputing the 8 states in registers; dB/dC are
 reduced over the channel block per tile and added with fp32 atomics.
 
@@ -720,13 +722,14 @@ SEQ_ELEMS_BIG_N_WIDE, SEQ_WARPS_BIG_N_WIDE = 512, 4
 #: the forward's softplus is _softplus_fwd up to this padded N, _softplus above (n64 in rows:
 #: 1.299 ms with _softplus_fwd against 1.286)
 SEQ_CHEAP_SOFTPLUS_MAX_NP = 32
-#: the forward's per-channel tile math (softplus, dt*u) passes through _pin: without it Triton
-#: recomputes that math in the state's layout, where a channel's 4 lanes each repeat it, and once
-#: more in the load's layout (n16 tile loop: 509 SASS instructions without, 438 with)
+#: the per-channel tile math (softplus, dt*u; the backward's gated dy) passes through _pin:
+#: without it Triton recomputes that math in the state's layout, where a channel's lanes each
+#: repeat it, and once more in the load's layout (n16 forward tile loop: 509 SASS instructions
+#: without, 438 with; b4 n16 0.487 -> 0.473 ms, n64 1.277 -> 1.216, H100 2026-11-23 18:0x)
 SEQ_PIN_TILE_MATH = True
 #: the forward in Triton's layout (ROWS_LOG 0) reads B and C from fp32 time-major copies
 #: (_time_major), one (NP,) vector per step, instead of (NP, 8) bf16 tiles that Triton passes
-#: through shared memory to split into steps
+#: through shared memory to split into steps (tile loop 438 -> 360; b4 n16 0.487 -> 0.462 ms)
 SEQ_BC_TIME_MAJOR = True
 #: the same for the state in rows on a grid not split in time (tile loop n32 674 -> 599, n64
 #: 1181 -> 1055 SASS instructions; b4 n64 1.487 -> 1.059 ms, n32 0.759 -> 0.702). Split in time
