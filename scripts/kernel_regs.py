@@ -95,6 +95,22 @@ SSD_F32 = ("D_ptr", "Dpos_ptr", "delta_ptr", "cs_ptr", "dB_ptr", "dC_ptr", "ddx_
            "cb_ptr", "rows_ptr", "dcs2_ptr", "init_ptr", "final_ptr", "dfinal_ptr", "dinit_ptr")
 
 
+def flag(name: str, default: bool) -> bool:
+    """A knob as the launcher sets it, unless the environment variable `name` (0/1) overrides it."""
+    return os.environ.get(name, str(int(default))) == "1"
+
+
+def bc_strides(consts: dict, NP: int, bc_t: bool) -> dict:
+    """The Mamba-1 kernels' constant strides, with B and C as ss._time_major copies when bc_t
+    (unit n stride, l stride NP)."""
+    return {**consts, "sB_l": NP, "sC_l": NP, "sB_n": 1, "sC_n": 1} if bc_t else consts
+
+
+def bc_f32(ptrs: tuple, bc_t: bool) -> tuple:
+    """The fp32 pointers, with B and C when they are the fp32 time-major copies."""
+    return ptrs + (("B_ptr", "C_ptr") if bc_t else ())
+
+
 def cases():
     """(label, kernel, constexprs, fp32 pointers, int pointers, [(warps, stages), ...])."""
     # Mamba-1 (selective_scan/fused.py) at b4 l4096 d2048, bf16 u/delta/z/B/C, fp32 A/D/bias/states
@@ -103,37 +119,32 @@ def cases():
     opts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_SEQ=False)
     sf32 = ("A_ptr", "D_ptr", "bias_ptr", "hin_ptr", "last_ptr", "ckpt_ptr", "S_ptr", "P_ptr", "xin_ptr",
             "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dh0_ptr")
+    pin = flag("PIN", ss.SEQ_PIN_TILE_MATH)
     for n in (16, 32, 64):
         NP = ss._np(n)
         elems, warps, rows_log = ss.fwd_launch(NP, split=False)
-        cheap = NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP or os.environ.get("CHEAP") == "1"
+        cheap = flag("CHEAP", NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP)
         for fast in ((True, False) if cheap else (False,)):
-            pin = os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1"
-            bc_t = os.environ.get("BC_T", str(int(ss.SEQ_BC_TIME_MAJOR_ROWS if rows_log else ss.SEQ_BC_TIME_MAJOR))) == "1"
-            # B, C time-major fp32 copies (ss._time_major): unit n stride, l stride NP
-            u_fwd = {**unit, "sB_l": NP, "sC_l": NP, "sB_n": 1, "sC_n": 1} if bc_t else unit
-            fwd = dict(own(ss._fwd_seq_kernel, u_fwd), **opts, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=False,
-                       PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast, ROWS_LOG=rows_log,
-                       CHEAP_SP=cheap)
+            bc_t = flag("BC_T", ss.SEQ_BC_TIME_MAJOR_ROWS if rows_log else ss.SEQ_BC_TIME_MAJOR)
+            fwd = dict(own(ss._fwd_seq_kernel, bc_strides(unit, NP, bc_t)), **opts, HAS_HIN=False, SAVE_CKPT=False,
+                       STATES_ONLY=False, PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast,
+                       ROWS_LOG=rows_log, CHEAP_SP=cheap)
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
-                   fwd, sf32 + (("B_ptr", "C_ptr") if bc_t else ()), ("seq_ptr",), [(warps, 1)])
+                   fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         if n == 16:     # b1 l32768: time split into 64 chunks, both passes (rows of 8)
             elems, warps, rows_log = ss.fwd_launch(NP, split=True)
-            bc_t = os.environ.get("BC_T", str(int(ss.bc_time_major(rows_log, 64)))) == "1"
-            u_fwd = {**unit, "NC": 64, **({"sB_l": NP, "sC_l": NP, "sB_n": 1, "sC_n": 1} if bc_t else {})}
+            bc_t = flag("BC_T", ss.bc_time_major(rows_log, 64))
             for states_only in (True, False):
-                fwd = dict(own(ss._fwd_seq_kernel, u_fwd), **opts, HAS_HIN=not states_only, SAVE_CKPT=False,
-                           STATES_ONLY=states_only, PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8,
-                           FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True)
+                fwd = dict(own(ss._fwd_seq_kernel, bc_strides({**unit, "NC": 64}, NP, bc_t)), **opts,
+                           HAS_HIN=not states_only, SAVE_CKPT=False, STATES_ONLY=states_only, PIN=pin, BC_T=bc_t,
+                           BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True)
                 yield (f"_fwd_seq_kernel (Mamba-1, n 16, split, pass {1 if states_only else 2}, rows {rows_log})",
-                       ss._fwd_seq_kernel, fwd, sf32 + (("B_ptr", "C_ptr") if bc_t else ()), ("seq_ptr",), [(warps, 1)])
-        bc_t = os.environ.get("BWD_BC_T", str(int(ss.SEQ_BWD_BC_TIME_MAJOR))) == "1"
-        u_bwd = {**unit, "sB_l": NP, "sC_l": NP, "sB_n": 1, "sC_n": 1} if bc_t else unit
-        bwd = dict(own(ss._bwd_seq_kernel, u_bwd), **opts, HAS_XIN=False, WANT_DH0=False,
-                   BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N,
-                   PIN=os.environ.get("PIN", str(int(ss.SEQ_PIN_TILE_MATH))) == "1", BC_T=bc_t)
+                       ss._fwd_seq_kernel, fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
+        bc_t = flag("BWD_BC_T", ss.SEQ_BWD_BC_TIME_MAJOR)
+        bwd = dict(own(ss._bwd_seq_kernel, bc_strides(unit, NP, bc_t)), **opts, HAS_XIN=False, WANT_DH0=False,
+                   BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N, PIN=pin, BC_T=bc_t)
         yield (f"_bwd_seq_kernel (Mamba-1, n {n}, B/C time-major {bc_t})", ss._bwd_seq_kernel, bwd,
-               sf32 + (("B_ptr", "C_ptr") if bc_t else ()), ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)])
+               bc_f32(sf32, bc_t), ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)])
     bt = ssd.BLOCK_T_MAX
     q2 = ssd._chunk(256)          # the bench's chunk 256 runs at the cap (ssd.MAX_CHUNK)
     for Q, hpp, what in ((q2, 8, f"Mamba-2, chunk {q2}"), (siso.ssd_chunk(128, seq_states=True), 1, "Mamba-3 SISO")):

@@ -271,10 +271,10 @@ def _fwd_seq_kernel(
     dt_base = delta_ptr + b * sdt_b + offs_d[:, None] * sdt_d
     z_base = z_ptr + b * sz_b + offs_d[:, None] * sz_d
     o_base = out_ptr + b * d * L + offs_d[:, None] * L
-    B_base = B_ptr + b * sB_b + grp * sB_g + offs_n[:, None] * sB_n
-    C_base = C_ptr + b * sC_b + grp * sC_g + offs_n[:, None] * sC_n
     B_row = B_ptr + b * sB_b + grp * sB_g + offs_n * sB_n      # BC_T: one step's (NP,) vector
     C_row = C_ptr + b * sC_b + grp * sC_g + offs_n * sC_n
+    B_base = B_row[:, None]                                     # else (NP, 8) tiles
+    C_base = C_row[:, None]
     mask_nn = offs_n[:, None] < n
     n_ckpt = tl.cdiv(L, CKPT_T)
     t_lo = c * CHUNK
@@ -471,10 +471,10 @@ def _bwd_seq_kernel(
     z_base = z_ptr + b * sz_b + offs_d[:, None] * sz_d
     do_base = dout_ptr + b * sdo_b + offs_d[:, None] * sdo_d
     io_base = b * d * L + offs_d[:, None] * L
-    B_base = B_ptr + b * sB_b + grp * sB_g + offs_n[:, None] * sB_n
-    C_base = C_ptr + b * sC_b + grp * sC_g + offs_n[:, None] * sC_n
-    B_row = B_ptr + b * sB_b + grp * sB_g + offs_n * sB_n          # BC_T: one step's (NP,) vector
+    B_row = B_ptr + b * sB_b + grp * sB_g + offs_n * sB_n      # BC_T: one step's (NP,) vector
     C_row = C_ptr + b * sC_b + grp * sC_g + offs_n * sC_n
+    B_base = B_row[:, None]                                     # else (NP, 8) tiles
+    C_base = C_row[:, None]
     dBC_base = (b * G + grp) * n * L + offs_n[:, None] * L
     n_tiles = tl.cdiv(L, T)
     tile_lo = c * (CHUNK // T)
