@@ -6,6 +6,7 @@ it in local-memory traffic; this is the first thing to check when a kernel is fa
     MIMO=1 python3 scripts/kernel_regs.py          # also the Mamba-3 MIMO (rank 4) kernels
     HYBRIDLAB_SSD_BLOCK_T=32 HYBRIDLAB_MAMBA3_ANGLE_CHUNK=32 python3 scripts/kernel_regs.py
     ONLY=rotate python3 scripts/kernel_regs.py     # only the kernels whose label contains ONLY
+    SASS_DIR=/tmp/sass python3 scripts/kernel_regs.py   # also writes each kernel's SASS there
 
 It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
 cubin's resource usage with the cuobjdump that ships inside the Triton wheel. It also counts the
@@ -65,6 +66,11 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
         f.flush()
         out = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
         sass = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    if os.environ.get("SASS_DIR"):     # keep the SASS for reading: SASS_DIR/<kernel>-<k>.sass
+        os.makedirs(os.environ["SASS_DIR"], exist_ok=True)
+        k = len(os.listdir(os.environ["SASS_DIR"]))
+        with open(os.path.join(os.environ["SASS_DIR"], f"{fn.__name__}-{k}.sass"), "w") as fh:
+            fh.write(sass)
     line = next(l.strip() for l in out.splitlines() if l.strip().startswith("REG:"))
     loop = loop_instructions(sass)
     return f"{line.split(' SHARED')[0]}  shared {kernel.metadata.shared} B  " + (f"loop {loop}" if loop else "no loop")
@@ -128,7 +134,7 @@ def cases():
             bc_t = flag("BC_T", ss.SEQ_BC_TIME_MAJOR_ROWS if rows_log else ss.SEQ_BC_TIME_MAJOR)
             fwd = dict(own(ss._fwd_seq_kernel, bc_strides(unit, NP, bc_t)), **opts, HAS_HIN=False, SAVE_CKPT=False,
                        STATES_ONLY=False, PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast,
-                       ROWS_LOG=rows_log, CHEAP_SP=cheap)
+                       ROWS_LOG=rows_log, CHEAP_SP=cheap, BC_PF=ss.bc_prefetch(bc_t and flag("BC_PF", ss.SEQ_BC_PREFETCH), rows_log, NP, 1))
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
                    fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         if n == 16:     # b1 l32768: time split into 64 chunks, both passes (rows of 8)
@@ -137,7 +143,8 @@ def cases():
             for states_only in (True, False):
                 fwd = dict(own(ss._fwd_seq_kernel, bc_strides({**unit, "NC": 64}, NP, bc_t)), **opts,
                            HAS_HIN=not states_only, SAVE_CKPT=False, STATES_ONLY=states_only, PIN=pin, BC_T=bc_t,
-                           BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True)
+                           BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True,
+                           BC_PF=ss.bc_prefetch(bc_t and flag("BC_PF", ss.SEQ_BC_PREFETCH), rows_log, NP, 64))
                 yield (f"_fwd_seq_kernel (Mamba-1, n 16, split, pass {1 if states_only else 2}, rows {rows_log})",
                        ss._fwd_seq_kernel, fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         bc_t = flag("BWD_BC_T", ss.SEQ_BWD_BC_TIME_MAJOR)

@@ -187,13 +187,15 @@ def test_v2_without_time_chunks(monkeypatch):
 def test_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_t, pin):
     """The forward and the backward with B and C read from fp32 time-major copies (one (NP,)
     vector per step, time padded to whole tiles) and the tile math through _pin, and without
-    either, the forward in Triton's layout and in rows: g = 2 groups, a length off the tile grid,
+    either (time-major B and C loaded a tile ahead: SEQ_BC_PREFETCH), the forward in
+    Triton's layout and in rows: g = 2 groups, a length off the tile grid,
     packed sequences, initial states, with and without time chunks; every output and gradient
     against the reference."""
     monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR", bc_t)
     monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR_ROWS", bc_t)
     monkeypatch.setattr(fused, "SEQ_BWD_BC_TIME_MAJOR", bc_t)
     monkeypatch.setattr(fused, "SEQ_PIN_TILE_MATH", pin)
+    monkeypatch.setattr(fused, "SEQ_BC_PREFETCH", bc_t)        # a tile ahead where not split
     if rows_log and split:     # the measured default: no time-major copies in rows on split grids
         monkeypatch.setattr(fused, "bc_time_major", lambda r, nc: bc_t)
     for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID"):
@@ -269,7 +271,8 @@ def test_forward_state_in_rows(monkeypatch, n, rows_log):
     packed sequences, initial states and masked channels and states, with and without grad."""
     for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID", "SEQ_ROWS_LOG_BIG_N"):
         monkeypatch.setattr(fused, knob, rows_log)
-    monkeypatch.setattr(fused, "SEQ_ELEMS_MID", 16)             # 2 to 8 channels per block
+    for knob in ("SEQ_ELEMS", "SEQ_ELEMS_MID"):
+        monkeypatch.setattr(fused, knob, 16)                    # 2 to 8 channels per block
     monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 128)          # 2 channels per block at n 40
     assert fused.fwd_launch(fused._np(n), split=True)[2] == rows_log
     kw, flags = make(2, 5, n, 19, None, ALL, seq=True)
@@ -277,13 +280,15 @@ def test_forward_state_in_rows(monkeypatch, n, rows_log):
 
 
 def test_forward_launch_choice(monkeypatch):
-    """The forward's launch: Triton's layout unsplit at n <= 16, rows of 8 at n = 32 or when time
-    is split (a small grid), rows of 16 at n >= 64; never more states per thread than NP. With
-    grad, time is split only when the backward's grid is small too."""
+    """The forward's launch: Triton's layout at n <= 16 (time split or not), rows of 8 at n = 32,
+    rows of 16 at n >= 64; never more states per thread than NP. With grad, time is split only
+    when the backward's grid is small too."""
     monkeypatch.undo()
-    assert fused.fwd_launch(16, split=False) == (128, 1, 0)
-    assert fused.fwd_launch(16, split=True) == fused.fwd_launch(32, split=False) == (256, 1, 3)
-    assert fused.fwd_launch(4, split=True)[2] == 2
+    assert fused.fwd_launch(16, split=False) == fused.fwd_launch(16, split=True) == (128, 1, 0)
+    assert fused.fwd_launch(32, split=False) == fused.fwd_launch(32, split=True) == (256, 1, 3)
+    monkeypatch.setattr(fused, "SEQ_SPLIT_IN_ROWS", True)
+    assert fused.fwd_launch(16, split=True) == (256, 1, 3) and fused.fwd_launch(4, split=True)[2] == 2
+    monkeypatch.undo()
     assert fused.fwd_launch(64, split=False) == (512, 1, 4)
     assert fused.fwd_launch(128, split=True) == (512, 1, 4)
 
@@ -292,6 +297,6 @@ def test_forward_launch_choice(monkeypatch):
     assert fused.fwd_grid(1, 2048, 32768, 16, 1, False)[4] > 1 and fused.fwd_grid(1, 2048, 32768, 16, 1, True)[4] > 1
     assert fused.fwd_grid(1, 2048, 32768, 64, 1, False)[4] > 1 and fused.fwd_grid(1, 2048, 32768, 64, 1, True)[4] == 1
     assert fused.fwd_grid(4, 2048, 4096, 16, 1, True) == (1, 0, 8, 4096, 1)
-    assert fused.fwd_grid(1, 2048, 32768, 16, 1, True) == (1, 3, 16, 256, 128)
+    assert fused.fwd_grid(1, 2048, 32768, 16, 1, True) == (1, 0, 8, 512, 64)
     assert fused.fwd_grid(1, 2048, 32768, 64, 1, True) == (4, 0, 8, 32768, 1)     # the wide launch
     assert fused.fwd_grid(4, 2048, 4096, 64, 1, True) == (1, 4, 8, 4096, 1)

@@ -22,6 +22,7 @@ import time
 import torch
 from triton.testing import do_bench
 
+from hybridlab.kernels import knobs
 from hybridlab.kernels.ops.selective_scan import fused, reference
 
 SHAPES = {
@@ -43,6 +44,13 @@ VARIANTS = {
     # the state in rows (fused._to_rows): n <= 16 unsplit (b4) ...
     "rows2": dict(SEQ_ROWS_LOG=2),
     "rows3": dict(SEQ_ROWS_LOG=3, SEQ_ELEMS=256),
+    "rows1": dict(SEQ_ROWS_LOG=1, SEQ_ELEMS=64),         # 2 states per thread, 2048 warps at b4
+    "tri64": dict(SEQ_ELEMS=64),                         # Triton's layout on 4 channels per warp
+    "tri32": dict(SEQ_ELEMS=32),                         # ... on 2 (1 state per thread at n16)
+    # 2026-11-23 (BENCHMARKS.md, "B and C a tile ahead"): the defaults since, one at a time off
+    "no_bc_pf": dict(SEQ_BC_PREFETCH=False),             # time-major B, C not loaded a tile ahead
+    "split_rows": dict(SEQ_SPLIT_IN_ROWS=True),          # split grids at n <= 16 in rows of 8
+    "no_bwd_bct": dict(SEQ_BWD_BC_TIME_MAJOR=False),     # the backward's B, C not time-major
     # ... n = 32 or split (b1 l32768) ...
     "mid_rows3w2": dict(SEQ_ELEMS_MID=512, SEQ_WARPS_MID=2),
     "mid_rows4": dict(SEQ_ELEMS_MID=512, SEQ_ROWS_LOG_MID=4),
@@ -55,7 +63,7 @@ VARIANTS = {
     "nopin": dict(SEQ_PIN_TILE_MATH=False, SEQ_BC_TIME_MAJOR=False, SEQ_BC_TIME_MAJOR_ROWS=False),
     "no_bct": dict(SEQ_BC_TIME_MAJOR=False, SEQ_BC_TIME_MAJOR_ROWS=False),
     "no_bct_rows": dict(SEQ_BC_TIME_MAJOR_ROWS=False),
-    "bwd_bct": dict(SEQ_BWD_BC_TIME_MAJOR=True),         # the backward's B, C time-major (off: untimed)
+    "slow_launch": {"knobs.FAST_LAUNCH": False},         # Triton's JIT launch (before FastKernel)
     "nopin_big_cheap_sp": dict(SEQ_PIN_TILE_MATH=False, SEQ_CHEAP_SOFTPLUS_MAX_NP=1 << 20),
     "split_bwd_too": dict(SEQ_BWD_ELEMS=1 << 20),     # the grad path splits on the forward's grid alone
     "v2_mc128": dict(SEQ_MIN_CHUNK=128, SEQ_TARGET_WARPS=32768),
@@ -76,10 +84,12 @@ def inputs(b, l, d, n, seed=0):
 
 
 def set_variant(v):
+    """Set a variant's attributes (of fused, or of knobs for a "knobs." key); returns the old ones."""
     old = {}
     for k, val in v.items():
-        old[k] = getattr(fused, k)
-        setattr(fused, k, val)
+        mod, attr = (knobs, k[len("knobs."):]) if k.startswith("knobs.") else (fused, k)
+        old[k] = getattr(mod, attr)
+        setattr(mod, attr, val)
     return old
 
 

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from hybridlab.kernels import knobs
+from hybridlab.kernels.launch import FastKernel
 
 _INTERPRET = knobs.INTERPRET
 #: the forward's softplus takes the GPU's lg2.approx (PTX: not in the interpreter)
@@ -238,6 +239,7 @@ def _fwd_seq_kernel(
     STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr, FAST: tl.constexpr,
     ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr, PIN: tl.constexpr, BC_T: tl.constexpr,
+    BC_PF: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps).
     STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
@@ -287,16 +289,21 @@ def _fwd_seq_kernel(
     dt_nx = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0)
     if not BC_T:
         B_nx = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
+    elif BC_PF:     # time-major B and C a tile ahead too (_time_major pads one more tile)
+        B_nx = _steps8(B_row, t_lo, NP)
     if not STATES_ONLY:
         if not BC_T:
             C_nx = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
+        elif BC_PF:
+            C_nx = _steps8(C_row, t_lo, NP)
         if HAS_Z:
             z_nx = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0)
-    for t0 in range(t_lo, t_hi, T):
+    # BC_PF: unrolled by 2, so the two tiles' B, C registers alternate with no moves between them
+    for t0 in tl.range(t_lo, t_hi, T, loop_unroll_factor=2 if BC_PF else 1):
         if SAVE_CKPT:
             if t0 % CKPT_T == 0:
                 _state_store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n, d_off, h, n, mask_d, NP, ROWS_LOG)
-        if BC_T:        # L2-resident (every channel block of the batch reads them): no prefetch
+        if BC_T and not BC_PF:      # L2-resident (every channel block of the batch reads them)
             B_nx = _steps8(B_row, t0, NP)       # time-major rows are NP apart (_time_major):
             if not STATES_ONLY:                 # constant offsets, no address math per load
                 C_nx = _steps8(C_row, t0, NP)
@@ -307,6 +314,10 @@ def _fwd_seq_kernel(
             Ct = C_nx
             if HAS_Z:
                 zt = z_nx.to(tl.float32)
+        if BC_PF:                   # the next tile's, issued a whole tile before their use
+            B_nx = _steps8(B_row, t0 + T, NP)
+            if not STATES_ONLY:
+                C_nx = _steps8(C_row, t0 + T, NP)
         offs_t1 = t0 + T + tt
         m2n = mask_d[:, None] & (offs_t1 < t_hi)[None, :]
         mntn = mask_nn & (offs_t1 < t_hi)[None, :]
@@ -695,6 +706,14 @@ def _bwd_carry_kernel(
 
 # ----------------------------------------------------------------------------------------------
 # host side
+# The launches go through FastKernel (launch.py): a Triton JIT launch takes 28-61 us of host time,
+# and the forward's wall time includes the host time before its one big kernel starts.
+_fast_fwd_seq_kernel = FastKernel(_fwd_seq_kernel)
+_fast_chunk_carry_kernel = FastKernel(_chunk_carry_kernel)
+_fast_bwd_carry_kernel = FastKernel(_bwd_carry_kernel)
+_fast_bwd_seq_kernel = FastKernel(_bwd_seq_kernel)
+
+
 def _pow2_divisor(x: int, cap: int) -> int:
     """Largest power of two <= cap that divides x."""
     p = 1
@@ -709,12 +728,17 @@ def _pow2_divisor(x: int, cap: int) -> int:
 #: H100 (scripts/gpu/ss_bench.py, 2026-11-23 15:3x-16:4x; selective_scan/NOTES.md):
 #: - n <= 16 unsplit: one warp per 8 channels in Triton's layout, both ways (b4: 0.487 ms against
 #:   0.641 in rows of 8 and 0.504 in rows of 4);
-#: - n = 32, and n <= 32 with time split into chunks (small grids: b1 l32768): rows of 8, one warp
-#:   per 8 to 16 channels (b4 n32 0.764 against 1.135; b1 l32768 n16 1.313 against 1.420);
+#: - n = 32: rows of 8, one warp per 8 to 16 channels (b4 n32 0.764 against 1.135); n <= 16 with
+#:   time split into chunks (small grids: b1 l32768) was in rows of 8 too (1.313 against 1.420)
+#:   until B and C were time-major (SEQ_SPLIT_IN_ROWS);
 #: - n >= 64: rows of 16, one warp per 8 channels on 4 lanes each (b4 n64 1.286 against 2.248
 #:   in Triton's layout with 4 warps, 16 lanes per channel; n128 4.322 against 5.843).
 SEQ_ELEMS, SEQ_WARPS, SEQ_ROWS_LOG = 128, 1, 0
-SEQ_ELEMS_MID, SEQ_WARPS_MID, SEQ_ROWS_LOG_MID = 256, 1, 3        # n = 32, or split
+SEQ_ELEMS_MID, SEQ_WARPS_MID, SEQ_ROWS_LOG_MID = 256, 1, 3        # n = 32 (or split, below)
+#: n <= 16 split in time takes the MID launch (rows of 8) instead of Triton's layout: no longer,
+#: since Triton's layout reads B and C time-major there (b1 l32768 n16 forward 1.199 ms in rows,
+#: without time-major B and C, against 1.051; f+b 4.622 against 4.446; H200, 2026-11-23)
+SEQ_SPLIT_IN_ROWS = False
 SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N = 512, 1, 4  # N padded >= 64
 #: n >= 64 with grad on a grid too small for one warp per 8 channels that may not split (see
 #: below): Triton's layout, 16 lanes per channel (b1 l32768 n64 f+b 21.7 ms against 24.3 in rows)
@@ -736,10 +760,16 @@ SEQ_BC_TIME_MAJOR = True
 #: (b1 l32768 n16) it lost, 1.202 -> 2.050 ms (H100, 2026-11-23 18:30, BENCHMARKS.md), so it is
 #: off there (bc_time_major).
 SEQ_BC_TIME_MAJOR_ROWS = True
+#: time-major B and C loaded a tile ahead, like u, dt and z (bc_prefetch). Read a tile at a time
+#: at the top of the loop, they were the stall: 47% of the warp stall samples sat on the first
+#: uses of B and C (Nsight Compute, b4 n16, H100). Ahead, in a second set of 64 registers with
+#: the loop unrolled by 2: b4 n16 0.428 -> 0.407 ms (H200, 2026-11-23; without the unroll the
+#: moves between the sets made it 0.441, each step's loaded after its own use 0.458)
+SEQ_BC_PREFETCH = True
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
-#: the backward reads B and C time-major too (_time_major). Off: not yet timed on the GPU (the
-#: tile loop: see BENCHMARKS.md, "the tile math kept off a channel's repeated lanes")
-SEQ_BWD_BC_TIME_MAJOR = False
+#: the backward reads B and C time-major too (_time_major): f+b b1 l32768 n16 4.622 -> 4.504 ms,
+#: b4 n64 10.064 -> 9.215 (H200, 2026-11-23, scripts/gpu/ss_bench.py)
+SEQ_BWD_BC_TIME_MAJOR = True
 SEQ_BWD_PREFETCH_MAX_N = 32                         # above: no prefetch (255 registers, spills)
 #: v2 splits time into chunks (a pass for each chunk's end state, a carry, then the real pass)
 #: when the grid has fewer than SEQ_CHUNK_BELOW warps: up to SEQ_TARGET_WARPS warps, chunks of
@@ -755,7 +785,7 @@ def fwd_launch(NP: int, split: bool) -> tuple[int, int, int]:
     time split into chunks (a small grid) or not."""
     if NP > 32:
         elems, warps, rows = SEQ_ELEMS_BIG_N, SEQ_WARPS_BIG_N, SEQ_ROWS_LOG_BIG_N
-    elif split or NP == 32:
+    elif NP == 32 or (split and SEQ_SPLIT_IN_ROWS):
         elems, warps, rows = SEQ_ELEMS_MID, SEQ_WARPS_MID, SEQ_ROWS_LOG_MID
     else:
         elems, warps, rows = SEQ_ELEMS, SEQ_WARPS, SEQ_ROWS_LOG
@@ -794,13 +824,14 @@ def _bc_view(M: torch.Tensor):
     return M, M.shape[1], tuple(M.stride())
 
 
-def _time_major(M: torch.Tensor, G: int, NP: int):
+def _time_major(M: torch.Tensor, G: int, NP: int, extra_tile: bool = False):
     """B or C (b, n, l) / (b, g, n, l) -> an fp32 (b, G, Lp, NP) copy (zeros past n and l) and its strides
     b, g, n, l: the forward in Triton's layout loads each step's (NP,) vector in one 16-byte load
     per lane, straight into the state's layout (see SEQ_BC_TIME_MAJOR)."""
     b, L = M.shape[0], M.shape[-1]
     Mt = M.reshape(b, G, -1, L).transpose(-1, -2)
-    Lp = triton.cdiv(L, 8) * 8                  # whole 8-step tiles: the kernel's loads are unmasked
+    Lp = triton.cdiv(L, 8) * 8 + 8 * extra_tile  # whole 8-step tiles: the kernel's loads are unmasked
+    # (extra_tile: one more, of zeros, for a forward that loads a tile ahead, SEQ_BC_PREFETCH)
     padded = Lp != L or NP != Mt.shape[-1]
     out = (torch.zeros if padded else torch.empty)(b, G, Lp, NP, device=M.device, dtype=torch.float32)
     out[:, :, :L, : Mt.shape[-1]] = Mt
@@ -827,7 +858,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     warps, rows_log, BDs, CH, NC = fwd_grid(b, d, L, NP, G, save)
     bc_t = bc_time_major(rows_log, NC)
     if bc_t:
-        (B, sB), (C, sC) = _time_major(B, G, NP), _time_major(C, G, NP)
+        (B, sB), (C, sC) = (_time_major(M, G, NP, extra_tile=bc_prefetch(bc_t, rows_log, NP, NC))
+                            for M in (B, C))
     nd = triton.cdiv(d, BDs)
     ck_t = 8                                    # a checkpoint per 8-step tile
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -839,6 +871,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
                  CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
                  CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
+                 BC_PF=bc_prefetch(bc_t, rows_log, NP, NC),
                  num_warps=warps)
     dummy = last
     P = None
@@ -846,7 +879,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     if NC > 1:      # pass 1: each chunk's own end state and decay; carry; pass 2 below
         S, P = torch.empty(b, NC, d, n, **f32), torch.empty(b, NC, d, n, **f32)
         # the backward's carry needs every chunk's decay, the forward's all but the last
-        _fwd_seq_kernel[(nd, b, NC if save else NC - 1)](
+        _fast_fwd_seq_kernel[(nd, b, NC if save else NC - 1)](
             u, delta, A, B, C, D_ if D_ is not None else dummy, zz,
             bias_ if bias_ is not None else dummy, dummy, seq if seq is not None else dummy,
             out, last, dummy, S, P, *args, HAS_HIN=False, SAVE_CKPT=False, STATES_ONLY=True,
@@ -857,7 +890,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
         else:
             hin[:, 0] = 0.0
         _chunk_carry(P, S, hin, reverse=False)
-    _fwd_seq_kernel[(nd, b, NC)](
+    _fast_fwd_seq_kernel[(nd, b, NC)](
         u, delta, A, B, C, D_ if D_ is not None else dummy, zz,
         bias_ if bias_ is not None else dummy, hin if hin is not None else dummy,
         seq if seq is not None else dummy, out, last, ckpt, dummy, dummy,
@@ -868,7 +901,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
 def _chunk_carry(P, S, X, reverse):
     b, NC, d, n = P.shape
     BLOCK = min(1024, triton.next_power_of_2(d * n))
-    _chunk_carry_kernel[(b, triton.cdiv(d * n, BLOCK))](P, S, X, NC, d * n, REVERSE=reverse,
+    _fast_chunk_carry_kernel[(b, triton.cdiv(d * n, BLOCK))](P, S, X, NC, d * n, REVERSE=reverse,
                                                          BLOCK=BLOCK, num_warps=4)
 
 
@@ -876,6 +909,14 @@ def bc_time_major(rows_log: int, NC: int) -> bool:
     """Whether the forward reads B and C from time-major copies (SEQ_BC_TIME_MAJOR*): in Triton's
     layout, and in rows when time is not split into chunks."""
     return SEQ_BC_TIME_MAJOR_ROWS and NC == 1 if rows_log else SEQ_BC_TIME_MAJOR
+
+
+def bc_prefetch(bc_t: bool, rows_log: int, NP: int, NC: int) -> bool:
+    """Whether the forward loads time-major B and C a tile ahead (SEQ_BC_PREFETCH): where a
+    thread's tile of them is small (at most 4 states per thread: 64 registers), and not on a grid
+    split in time, whose many programs want the registers for occupancy (b1 l32768 n16: 1.222 ms
+    with, 1.051 without)."""
+    return SEQ_BC_PREFETCH and bc_t and NP <= 16 and rows_log <= 2 and NC == 1
 
 
 def _seq_chunks(L, warps):
@@ -953,7 +994,7 @@ class _SelectiveScan(torch.autograd.Function):
         xin = dlast_
         if NC > 1:      # pass 1: each chunk's own adjoint carry; carry right to left
             Y = torch.empty(b, NC, d, n, **f32)
-            _bwd_carry_kernel[(nd, b, NC - 1)](
+            _fast_bwd_carry_kernel[(nd, b, NC - 1)](
                 delta, A, Cv, zz, bias_ if bias_ is not None else dummy,
                 seq if seq is not None else dummy, dout, Y, L, d, n, d // G, ctx.chunk, NC,
                 *delta.stride(), *zz.stride(), *sC, *A.stride(),
@@ -967,7 +1008,7 @@ class _SelectiveScan(torch.autograd.Function):
             else:
                 xin[:, NC - 1] = 0.0
             _chunk_carry(P, Y, xin, reverse=True)
-        _bwd_seq_kernel[(nd, b, NC)](
+        _fast_bwd_seq_kernel[(nd, b, NC)](
             *ins, xin if xin is not None else dummy, *outs,
             L, d, n, d // G, G, ctx.chunk, NC, *strides, **flags, HAS_XIN=xin is not None,
             BLOCK_D=BDs, NP=NP, PREFETCH=NP <= SEQ_BWD_PREFETCH_MAX_N, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
@@ -1029,6 +1070,9 @@ def _update_kernel(
     tl.store(y_ptr + b * d + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
 
 
+_fast_update_kernel = FastKernel(_update_kernel)
+
+
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """Triton decode step; see reference.selective_state_update."""
     b, d = x.shape
@@ -1042,7 +1086,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         BD = _pow2_divisor(d // G, BD)
     y = torch.empty(b, d, device=x.device, dtype=x.dtype)
     zz = z if z is not None else x
-    _update_kernel[(triton.cdiv(d, BD), b)](
+    _fast_update_kernel[(triton.cdiv(d, BD), b)](
         state, x, dt, A, B, C, D if D is not None else x, zz,
         dt_bias if dt_bias is not None else x, y, d, n, d // G,
         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *sB, *sC, *zz.stride(),
