@@ -5,8 +5,8 @@ GPU machine from the repo root:
     ncu --clock-control none -k regex:_fwd_seq -s 2 -c 1 --set full -o $OUT/ss \
         python3 scripts/gpu/run_op.py selective_scan/b4-l4096-d2048-n16 [fwd|fb] [ITERS]
 
-Same inputs as `hybridlab bench kernels` (bench.SPECS); fwd runs the forward without grad, fb the
-forward and backward. ITERS (default 3) calls, so `-s` can skip the compile-time launches.
+Same inputs as `hybridlab bench kernels` (bench.SPECS); fwd runs the forward without grad (on
+inputs that do not require it, as the bench does), fb the forward and backward. ITERS (default 3) calls, so `-s` can skip the compile-time launches.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def main(case: str, mode: str = "fwd", iters: str = "3") -> None:
     dout = draw.normal(bench._output_shape(op, kw))
     args, leaves = bench._with_leaves(kw, bench._grad_names("ours", kw, spec))
     for _ in range(int(iters)):
-        if mode == "fwd":
+        if mode == "fwd":       # as the bench times it: inputs that do not require grad
             with torch.no_grad():
-                fn(**args)
+                fn(**kw)
         else:
             for t in leaves.values():
                 t.grad = None

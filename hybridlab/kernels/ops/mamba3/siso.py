@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import triton
 
 from ... import knobs
+from ...grad_mode import wants_grad
 from ...launch import FastKernel
 from ..ssd import fused as ssd_fused
 from . import reference
@@ -234,13 +235,13 @@ class _SISOFn(torch.autograd.Function):
     ~70 small torch ops the per-step scalars took are four Triton launches (triton_prep.py)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, trap, angles, B, C, Bb, Cb, D, z, h0, ang0, Q):
+    def forward(ctx, x, dt, A, trap, angles, B, C, Bb, Cb, D, z, h0, ang0, Q, grad):
         H = x.shape[2]
         Lp = triton.cdiv(x.shape[1], Q) * Q
         adt, w, bnext, ps, off, final_angle = _step_prep(dt, A, trap, angles, ang0)
         k, q, qk, dpos = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, bnext=bnext, Lp=Lp)
         out, final, y, delta, cs, E = ssd_fused.forward_pass(
-            x, w, adt, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos)
+            x, w, adt, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos, store_y=grad)
         ctx.save_for_backward(x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
                               y, delta, cs, E, dpos)
         ctx.cfg = (Q, h0 is not None, h0.dtype if h0 is not None else None, ang0 is not None)
@@ -264,7 +265,7 @@ class _SISOFn(torch.autograd.Function):
             dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, dps, doff,
             None if dfinal_angle is None else dfinal_angle.contiguous(), has_ang0)
         return (dx, ddt, dA, dtrap, dang, dB, dC, dBb, dCb, None if dD is None else dD.to(D.dtype), dz,
-                None if dinit is None else dinit.to(init_dtype), dang0, None)
+                None if dinit is None else dinit.to(init_dtype), dang0, None, None)
 
 
 def _or(t, dummy):
@@ -347,7 +348,8 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         None if trap is None else trap.contiguous(), angles.contiguous() if S else None,
         B.contiguous(), C.contiguous(), Bb, Cb, f32c(D),
         None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0),
-        None if ang0 is None or not S else ang0.float().contiguous(), Q)
+        None if ang0 is None or not S else ang0.float().contiguous(), Q,
+        wants_grad(x, dt, A, trap, angles, B, C, B_bias, C_bias, D, z, *(initial_states or ())))
     if not S and ang0 is not None:
         final_angle = ang0.float()
     if not return_final_states:

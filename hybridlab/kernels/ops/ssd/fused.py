@@ -17,6 +17,7 @@ import torch
 import triton
 
 from ... import knobs
+from ...grad_mode import wants_grad
 from ...launch import FastKernel, plan_key
 from . import fused_bwd as kb
 from . import fused_fwd as kf
@@ -190,7 +191,9 @@ def _heads_per_program(b, nchunks, nb, G, hpg, target):
     return 1
 
 
-def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos):
+def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos, store_y=True):
+    """out, final state, and for the backward: y (the pre-gate output, with z and store_y only),
+    Δ, its cumsum and the entering states E (the forward's own scratch too)."""
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
@@ -230,7 +233,7 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
 
     NB = Q // BT
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    y = torch.empty_like(out) if z is not None else None
+    y = torch.empty_like(out) if z is not None and store_y else None
     _chunk_scan_fwd[(H, nchunks * NB, b)](
         x, z, B, C, D, dpos, delta, cs, seg, E, out, y,
         l, H, P, N, G,
@@ -238,7 +241,7 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
-        HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+        HAS_DPOS=dpos is not None, HAS_Z=z is not None, STORE_Y=y is not None, HAS_SEQ=seg is not None,
         HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
     return out, final, y, delta, cs, E
 
@@ -441,7 +444,11 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
         pad = nchunks * Q - x.shape[1]     # padding continues the last segment
         seg = torch.cat([seg, seg[:, -1:].expand(-1, pad)], 1).contiguous()
     lim = (float(dt_limit[0]), float(dt_limit[1]))
-    out, final = _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim, None, None)
+    if wants_grad(x, dt, A, B, C, D, z, dt_bias, init):
+        out, final = _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim, None, None)
+    else:       # no autograd node, and no pre-gate y for a backward
+        out, final, *_ = forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim,
+                                      None, None, store_y=False)
     return (out, final) if return_final_states else out
 
 
@@ -457,6 +464,10 @@ def ssd_decoupled(x, scale, log_decay, B, C, chunk_size, D=None, D_pos=None, z=N
     x, B, C, z, D, init = _operands(x, B, C, z, D, initial_states)
     Q = kernel_chunk(chunk_size, x.dtype)
     A = scale.new_zeros(x.shape[2])                  # unused: the kernels read log_decay instead
-    out, final = _SSDFn.apply(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf),
-                              log_decay, D_pos)
+    if wants_grad(x, scale, log_decay, B, C, D, D_pos, z, init):
+        out, final = _SSDFn.apply(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf),
+                                  log_decay, D_pos)
+    else:
+        out, final, *_ = forward_pass(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf),
+                                      log_decay, pad_positions(D_pos, Q), store_y=False)
     return (out, final) if return_final_states else out

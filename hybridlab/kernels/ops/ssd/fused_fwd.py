@@ -114,7 +114,7 @@ def chunk_scan_fwd(
     Lp, nchunks,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
+    STORE_Y: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
 ):
     h = tl.program_id(0)
     cb = tl.program_id(1)
@@ -176,7 +176,8 @@ def chunk_scan_fwd(
         acc += xi.to(tl.float32) * Dv
     o_off = b * so_b + ti[:, None] * so_l + h * so_h + op[None, :]
     if HAS_Z:
-        tl.store(y_ptr + o_off, acc.to(y_ptr.dtype.element_ty), mask=pm)   # pre-gate y, for dz
+        if STORE_Y:     # pre-gate y, for dz (with grad only)
+            tl.store(y_ptr + o_off, acc.to(y_ptr.dtype.element_ty), mask=pm)
         zi = tl.load(z_ptr + b * sz_b + ti[:, None] * sz_l + h * sz_h + op[None, :],
                      mask=pm, other=0.0).to(tl.float32)
         acc = acc * zi * tl.sigmoid(zi)
