@@ -112,7 +112,7 @@ _state_bwd_seq, _SBS = _tuned(ks.state_bwd_seq, [(4, 2), (4, 3), (8, 2)])
 #: instead of two); Nsight Compute (H200, b4) had the two-stage kernel at 8 warps per SM, 36% of
 #: its stall samples waiting on the loads behind its shared-memory stores. The autotuner takes
 #: (4, 1) at every bench shape: forward b4 0.252 -> 0.218 ms, b1 l32768 0.623 -> 0.559, b16
-#: 0.307 -> 0.303, Mamba-3 b1 l32768 1.220 -> 1.113 (H200, scripts/gpu/ab_chunk_scan_stages.py)
+#: 0.307 -> 0.303, Mamba-3 b1 l32768 1.220 -> 1.113 (H200, scripts/gpu/ssd_variants.py)
 _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2), (4, 1), (8, 1)])
 _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1), (4, 1, 168)])
 #: (4, 1, 168): 4 warps capped at 168 registers per thread fit three programs per SM (12 warps
