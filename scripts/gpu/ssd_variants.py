@@ -25,6 +25,8 @@ VARIANTS = {
     "base": {},                                                   # the module's defaults
     # before 2026-11-23 20:5x: chunk_scan_fwd without the one-stage configs
     "old_scan": {"_chunk_scan_fwd": (kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2)])},
+    # ... and with a 4-warp, 128-register one (four programs per SM, 56 B of spill)
+    "scan_cap128": {"_chunk_scan_fwd": (kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2), (4, 1), (8, 1), (4, 1, 128)])},
     "sfs_stage1": {"_state_fwd_seq": (ks.state_fwd_seq, [(4, 2), (4, 3), (8, 2), (4, 1), (8, 1)])},
     "bn32": {"SEQ_STATE_BN": 32},                                 # 4 state tiles per head
     "rows64": {"SEQ_STATE_ROWS": 64},                             # 64-row blocks in the state walk
