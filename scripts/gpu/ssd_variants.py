@@ -30,6 +30,8 @@ VARIANTS = {
     "sfs_stage1": {"_state_fwd_seq": (ks.state_fwd_seq, [(4, 2), (4, 3), (8, 2), (4, 1), (8, 1)])},
     "bn32": {"SEQ_STATE_BN": 32},                                 # 4 state tiles per head
     "rows64": {"SEQ_STATE_ROWS": 64},                             # 64-row blocks in the state walk
+    "chunk256": {"MAX_CHUNK": 256},                               # the SSD's chunks up to 256 (the bench asks 256)
+    "chunk64": {"MAX_CHUNK": 64},
 }
 CASES = ("ssd/b4-l4096-h32-p64-n128", "ssd/b1-l32768-h32-p64-n128", "ssd/b16-l2048-h32-p64-n64",
          "mamba3/b4-l4096-h32-p64-n128", "mamba3/b1-l32768-h32-p64-n128")
