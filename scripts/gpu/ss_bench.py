@@ -51,6 +51,7 @@ VARIANTS = {
     "no_bc_pf": dict(SEQ_BC_PREFETCH=False),             # time-major B, C not loaded a tile ahead
     "split_rows": dict(SEQ_SPLIT_IN_ROWS=True),          # split grids at n <= 16 in rows of 8
     "no_bwd_bct": dict(SEQ_BWD_BC_TIME_MAJOR=False),     # the backward's B, C not time-major
+    "udz2": dict(SEQ_UDZ_TWO_AHEAD=True),                # u, dt, z two tiles ahead (off: untimed)
     # ... n = 32 or split (b1 l32768) ...
     "mid_rows3w2": dict(SEQ_ELEMS_MID=512, SEQ_WARPS_MID=2),
     "mid_rows4": dict(SEQ_ELEMS_MID=512, SEQ_ROWS_LOG_MID=4),

@@ -240,7 +240,7 @@ def _fwd_seq_kernel(
     STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr, FAST: tl.constexpr,
     ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr, PIN: tl.constexpr, BC_T: tl.constexpr,
-    BC_PF: tl.constexpr,
+    BC_PF: tl.constexpr, UDZ2: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps).
     STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
@@ -299,6 +299,13 @@ def _fwd_seq_kernel(
             C_nx = _steps8(C_row, t_lo, NP)
         if HAS_Z:
             z_nx = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0)
+    if UDZ2:        # u, dt and z two tiles ahead (SEQ_UDZ_TWO_AHEAD): the second tile's now
+        offs_t2 = t_lo + T + tt
+        m22 = mask_d[:, None] & (offs_t2 < t_hi)[None, :]
+        u_nx2 = tl.load(u_base + offs_t2[None, :] * su_l, mask=m22, other=0.0)
+        dt_nx2 = tl.load(dt_base + offs_t2[None, :] * sdt_l, mask=m22, other=0.0)
+        if HAS_Z and not STATES_ONLY:
+            z_nx2 = tl.load(z_base + offs_t2[None, :] * sz_l, mask=m22, other=0.0)
     # BC_PF: unrolled by 2, so the two tiles' B, C registers alternate with no moves between them
     for t0 in tl.range(t_lo, t_hi, T, loop_unroll_factor=2 if BC_PF else 1):
         if SAVE_CKPT:
@@ -322,15 +329,27 @@ def _fwd_seq_kernel(
         offs_t1 = t0 + T + tt
         m2n = mask_d[:, None] & (offs_t1 < t_hi)[None, :]
         mntn = mask_nn & (offs_t1 < t_hi)[None, :]
-        u_nx = tl.load(u_base + offs_t1[None, :] * su_l, mask=m2n, other=0.0)
-        dt_nx = tl.load(dt_base + offs_t1[None, :] * sdt_l, mask=m2n, other=0.0)
+        if UDZ2:
+            offs_t2 = t0 + 2 * T + tt
+            m22 = mask_d[:, None] & (offs_t2 < t_hi)[None, :]
+            u_nx = u_nx2
+            dt_nx = dt_nx2
+            u_nx2 = tl.load(u_base + offs_t2[None, :] * su_l, mask=m22, other=0.0)
+            dt_nx2 = tl.load(dt_base + offs_t2[None, :] * sdt_l, mask=m22, other=0.0)
+        else:
+            u_nx = tl.load(u_base + offs_t1[None, :] * su_l, mask=m2n, other=0.0)
+            dt_nx = tl.load(dt_base + offs_t1[None, :] * sdt_l, mask=m2n, other=0.0)
         if not BC_T:
             B_nx = tl.load(B_base + offs_t1[None, :] * sB_l, mask=mntn, other=0.0)
         if not STATES_ONLY:
             if not BC_T:
                 C_nx = tl.load(C_base + offs_t1[None, :] * sC_l, mask=mntn, other=0.0)
             if HAS_Z:
-                z_nx = tl.load(z_base + offs_t1[None, :] * sz_l, mask=m2n, other=0.0)
+                if UDZ2:
+                    z_nx = z_nx2
+                    z_nx2 = tl.load(z_base + offs_t2[None, :] * sz_l, mask=m22, other=0.0)
+                else:
+                    z_nx = tl.load(z_base + offs_t1[None, :] * sz_l, mask=m2n, other=0.0)
         offs_t = t0 + tt
         mask_t = offs_t < L
         m2 = mask_d[:, None] & mask_t[None, :]
@@ -767,6 +786,12 @@ SEQ_BC_TIME_MAJOR_ROWS = True
 #: the loop unrolled by 2: b4 n16 0.428 -> 0.407 ms (H200, 2026-11-23; without the unroll the
 #: moves between the sets made it 0.441, each step's loaded after its own use 0.458)
 SEQ_BC_PREFETCH = True
+#: with SEQ_BC_PREFETCH (its unrolled loop): u, dt and z loaded two tiles ahead instead of one.
+#: ptxas shares its six scoreboards between these loads and MUFU results, so a one-tile-ahead
+#: load is waited on at an exp2's first use ~113 instructions after issue (11.7% of the stall
+#: samples, scripts/sass_scoreboards.py); issued a tile earlier, it has landed by then.
+#: Compiled, not yet timed on a GPU: off
+SEQ_UDZ_TWO_AHEAD = False
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 #: the backward reads B and C time-major too (_time_major): f+b b1 l32768 n16 4.622 -> 4.504 ms,
 #: b4 n64 10.064 -> 9.215 (H200, 2026-11-23, scripts/gpu/ss_bench.py)
@@ -873,6 +898,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
                  CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
                  CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
                  BC_PF=bc_prefetch(bc_t, rows_log, NP, NC),
+                 UDZ2=SEQ_UDZ_TWO_AHEAD and bc_prefetch(bc_t, rows_log, NP, NC),
                  num_warps=warps)
     dummy = last
     P = None
