@@ -127,6 +127,14 @@ def _steps8(row, t0, s_l: tl.constexpr):
 
 
 @triton.jit
+def _tile8(base, t, s_l, mask_rows, t_hi):
+    """The (rows, 8) tile base[row, (t..t+7) * s_l] (base: (rows, 1) pointers), zeros at masked
+    rows and from step t_hi on."""
+    offs = t + tl.arange(0, 8)
+    return tl.load(base + offs[None, :] * s_l, mask=mask_rows[:, None] & (offs < t_hi)[None, :], other=0.0)
+
+
+@triton.jit
 def _join8(c):
     """The inverse of _cols8: 8 (R,) columns -> (R, 8)."""
     e0 = tl.join(c[0], c[4])
@@ -278,34 +286,29 @@ def _fwd_seq_kernel(
     C_row = C_ptr + b * sC_b + grp * sC_g + offs_n * sC_n
     B_base = B_row[:, None]                                     # else (NP, 8) tiles
     C_base = C_row[:, None]
-    mask_nn = offs_n[:, None] < n
     n_ckpt = tl.cdiv(L, CKPT_T)
     t_lo = c * CHUNK
     t_hi = tl.minimum(t_lo + CHUNK, L)
     # the next tile's inputs are loaded one iteration ahead (their latency hides behind a tile)
-    offs_t = t_lo + tt
-    m2 = mask_d[:, None] & (offs_t < t_hi)[None, :]
-    mnt = mask_nn & (offs_t < t_hi)[None, :]
-    u_nx = tl.load(u_base + offs_t[None, :] * su_l, mask=m2, other=0.0)
-    dt_nx = tl.load(dt_base + offs_t[None, :] * sdt_l, mask=m2, other=0.0)
+    mask_n = offs_n < n
+    u_nx = _tile8(u_base, t_lo, su_l, mask_d, t_hi)
+    dt_nx = _tile8(dt_base, t_lo, sdt_l, mask_d, t_hi)
     if not BC_T:
-        B_nx = tl.load(B_base + offs_t[None, :] * sB_l, mask=mnt, other=0.0)
+        B_nx = _tile8(B_base, t_lo, sB_l, mask_n, t_hi)
     elif BC_PF:     # time-major B and C a tile ahead too (_time_major pads one more tile)
         B_nx = _steps8(B_row, t_lo, NP)
     if not STATES_ONLY:
         if not BC_T:
-            C_nx = tl.load(C_base + offs_t[None, :] * sC_l, mask=mnt, other=0.0)
+            C_nx = _tile8(C_base, t_lo, sC_l, mask_n, t_hi)
         elif BC_PF:
             C_nx = _steps8(C_row, t_lo, NP)
         if HAS_Z:
-            z_nx = tl.load(z_base + offs_t[None, :] * sz_l, mask=m2, other=0.0)
+            z_nx = _tile8(z_base, t_lo, sz_l, mask_d, t_hi)
     if UDZ2:        # u, dt and z two tiles ahead (SEQ_UDZ_TWO_AHEAD): the second tile's now
-        offs_t2 = t_lo + T + tt
-        m22 = mask_d[:, None] & (offs_t2 < t_hi)[None, :]
-        u_nx2 = tl.load(u_base + offs_t2[None, :] * su_l, mask=m22, other=0.0)
-        dt_nx2 = tl.load(dt_base + offs_t2[None, :] * sdt_l, mask=m22, other=0.0)
+        u_nx2 = _tile8(u_base, t_lo + T, su_l, mask_d, t_hi)
+        dt_nx2 = _tile8(dt_base, t_lo + T, sdt_l, mask_d, t_hi)
         if HAS_Z and not STATES_ONLY:
-            z_nx2 = tl.load(z_base + offs_t2[None, :] * sz_l, mask=m22, other=0.0)
+            z_nx2 = _tile8(z_base, t_lo + T, sz_l, mask_d, t_hi)
     # BC_PF: unrolled by 2, so the two tiles' B, C registers alternate with no moves between them
     for t0 in tl.range(t_lo, t_hi, T, loop_unroll_factor=2 if BC_PF else 1):
         if SAVE_CKPT:
@@ -326,34 +329,25 @@ def _fwd_seq_kernel(
             B_nx = _steps8(B_row, t0 + T, NP)
             if not STATES_ONLY:
                 C_nx = _steps8(C_row, t0 + T, NP)
-        offs_t1 = t0 + T + tt
-        m2n = mask_d[:, None] & (offs_t1 < t_hi)[None, :]
-        mntn = mask_nn & (offs_t1 < t_hi)[None, :]
         if UDZ2:
-            offs_t2 = t0 + 2 * T + tt
-            m22 = mask_d[:, None] & (offs_t2 < t_hi)[None, :]
-            u_nx = u_nx2
-            dt_nx = dt_nx2
-            u_nx2 = tl.load(u_base + offs_t2[None, :] * su_l, mask=m22, other=0.0)
-            dt_nx2 = tl.load(dt_base + offs_t2[None, :] * sdt_l, mask=m22, other=0.0)
+            u_nx, u_nx2 = u_nx2, _tile8(u_base, t0 + 2 * T, su_l, mask_d, t_hi)
+            dt_nx, dt_nx2 = dt_nx2, _tile8(dt_base, t0 + 2 * T, sdt_l, mask_d, t_hi)
         else:
-            u_nx = tl.load(u_base + offs_t1[None, :] * su_l, mask=m2n, other=0.0)
-            dt_nx = tl.load(dt_base + offs_t1[None, :] * sdt_l, mask=m2n, other=0.0)
+            u_nx = _tile8(u_base, t0 + T, su_l, mask_d, t_hi)
+            dt_nx = _tile8(dt_base, t0 + T, sdt_l, mask_d, t_hi)
         if not BC_T:
-            B_nx = tl.load(B_base + offs_t1[None, :] * sB_l, mask=mntn, other=0.0)
+            B_nx = _tile8(B_base, t0 + T, sB_l, mask_n, t_hi)
         if not STATES_ONLY:
             if not BC_T:
-                C_nx = tl.load(C_base + offs_t1[None, :] * sC_l, mask=mntn, other=0.0)
+                C_nx = _tile8(C_base, t0 + T, sC_l, mask_n, t_hi)
             if HAS_Z:
                 if UDZ2:
-                    z_nx = z_nx2
-                    z_nx2 = tl.load(z_base + offs_t2[None, :] * sz_l, mask=m22, other=0.0)
+                    z_nx, z_nx2 = z_nx2, _tile8(z_base, t0 + 2 * T, sz_l, mask_d, t_hi)
                 else:
-                    z_nx = tl.load(z_base + offs_t1[None, :] * sz_l, mask=m2n, other=0.0)
+                    z_nx = _tile8(z_base, t0 + T, sz_l, mask_d, t_hi)
         offs_t = t0 + tt
         mask_t = offs_t < L
         m2 = mask_d[:, None] & mask_t[None, :]
-        mnt = mask_nn & mask_t[None, :]
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:
