@@ -131,12 +131,11 @@ def cases():
         elems, warps, rows_log = ss.fwd_launch(NP, split=False)
         cheap = flag("CHEAP", NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP)
         for fast in ((True, False) if cheap else (False,)):
-            bc_t = flag("BC_T", ss.SEQ_BC_TIME_MAJOR_ROWS if rows_log else ss.SEQ_BC_TIME_MAJOR)
+            bc_t = flag("BC_T", ss.bc_time_major(rows_log, 1))
+            pf = bc_t and flag("BC_PF", ss.bc_prefetch(bc_t, rows_log, NP, 1))
             fwd = dict(own(ss._fwd_seq_kernel, bc_strides(unit, NP, bc_t)), **opts, HAS_HIN=False, SAVE_CKPT=False,
                        STATES_ONLY=False, PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast,
-                       ROWS_LOG=rows_log, CHEAP_SP=cheap, BC_PF=ss.bc_prefetch(bc_t and flag("BC_PF", ss.SEQ_BC_PREFETCH), rows_log, NP, 1),
-                       UDZ2=flag("UDZ2", ss.SEQ_UDZ_TWO_AHEAD)
-                       and ss.bc_prefetch(bc_t and flag("BC_PF", ss.SEQ_BC_PREFETCH), rows_log, NP, 1))
+                       ROWS_LOG=rows_log, CHEAP_SP=cheap, BC_PF=pf, UDZ2=pf and flag("UDZ2", ss.SEQ_UDZ_TWO_AHEAD))
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
                    fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         if n == 16:     # b1 l32768: time split into 64 chunks, both passes (rows of 8)
@@ -146,8 +145,7 @@ def cases():
                 fwd = dict(own(ss._fwd_seq_kernel, bc_strides({**unit, "NC": 64}, NP, bc_t)), **opts,
                            HAS_HIN=not states_only, SAVE_CKPT=False, STATES_ONLY=states_only, PIN=pin, BC_T=bc_t,
                            BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True,
-                           BC_PF=ss.bc_prefetch(bc_t and flag("BC_PF", ss.SEQ_BC_PREFETCH), rows_log, NP, 64),
-                           UDZ2=False)
+                           BC_PF=False, UDZ2=False)          # no prefetch on split grids (bc_prefetch)
                 yield (f"_fwd_seq_kernel (Mamba-1, n 16, split, pass {1 if states_only else 2}, rows {rows_log})",
                        ss._fwd_seq_kernel, fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         bc_t = flag("BWD_BC_T", ss.SEQ_BWD_BC_TIME_MAJOR)

@@ -877,9 +877,9 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     zz = z if z is not None else u
     warps, rows_log, BDs, CH, NC = fwd_grid(b, d, L, NP, G, save)
     bc_t = bc_time_major(rows_log, NC)
+    bc_pf = bc_prefetch(bc_t, rows_log, NP, NC)
     if bc_t:
-        (B, sB), (C, sC) = (_time_major(M, G, NP, extra_tile=bc_prefetch(bc_t, rows_log, NP, NC))
-                            for M in (B, C))
+        (B, sB), (C, sC) = (_time_major(M, G, NP, extra_tile=bc_pf) for M in (B, C))
     nd = triton.cdiv(d, BDs)
     ck_t = 8                                    # a checkpoint per 8-step tile
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -891,8 +891,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
                  CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
                  CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
-                 BC_PF=bc_prefetch(bc_t, rows_log, NP, NC),
-                 UDZ2=SEQ_UDZ_TWO_AHEAD and bc_prefetch(bc_t, rows_log, NP, NC),
+                 BC_PF=bc_pf, UDZ2=SEQ_UDZ_TWO_AHEAD and bc_pf,
                  num_warps=warps)
     dummy = last
     P = None
@@ -916,7 +915,9 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
         bias_ if bias_ is not None else dummy, hin if hin is not None else dummy,
         seq if seq is not None else dummy, out, last, ckpt, dummy, dummy,
         *args, HAS_HIN=hin is not None, SAVE_CKPT=save, STATES_ONLY=False, **flags)
-    return out, last, (ckpt if save else None), seq, (CH, NC, P)
+    # the time-major B and C copies, for a backward that reads them too (SEQ_BWD_BC_TIME_MAJOR)
+    time_major = (B, sB, C, sC) if bc_t else None
+    return out, last, (ckpt if save else None), seq, (CH, NC, P), time_major
 
 
 def _chunk_carry(P, S, X, reverse):
@@ -958,19 +959,22 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus):
         # selective_scan calls this only when a gradient is wanted (grad_mode.wants_grad)
-        out, last, ckpt, seq, (CH, NC, P) = _fwd(u, delta, A, B, C, D, z, delta_bias,
-                                                 delta_softplus, initial_state, seq_idx, True)
+        out, last, ckpt, seq, (CH, NC, P), time_major = _fwd(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, True)
         ctx.chunk, ctx.nc = CH, NC
+        Bt = Ct = None
+        if time_major is not None and SEQ_BWD_BC_TIME_MAJOR:    # the backward reuses them
+            Bt, ctx.sBt, Ct, ctx.sCt = time_major
         ctx.set_materialize_grads(False)      # no zero-filled dlast when last_state is unused
         ctx.softplus = bool(delta_softplus)
         ctx.has_h0 = initial_state is not None
         ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq, ckpt, P)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq, ckpt, P, Bt, Ct)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, seq, ckpt, P = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, seq, ckpt, P, Bt, Ct = ctx.saved_tensors
         b, d, L = u.shape
         n = A.shape[1]
         if dout is None:
@@ -994,7 +998,13 @@ class _SelectiveScan(torch.autograd.Function):
         dlast_ = _f32c(dlast)
         zz = z if z is not None else u
         dummy = dA
-        strides = (*u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
+        bc_t = SEQ_BWD_BC_TIME_MAJOR
+        Bk, Ck, sBk, sCk = Bv, Cv, sB, sC
+        if bc_t and Bt is not None:         # the forward's copies
+            Bk, Ck, sBk, sCk = Bt, Ct, ctx.sBt, ctx.sCt
+        elif bc_t:
+            (Bk, sBk), (Ck, sCk) = _time_major(B, G, NP), _time_major(C, G, NP)
+        strides = (*u.stride(), *delta.stride(), *zz.stride(), *sBk, *sCk, *A.stride(),
                    *(seq.stride() if seq is not None else (0, 0)), *dout.stride())
         flags = dict(
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
@@ -1002,12 +1012,6 @@ class _SelectiveScan(torch.autograd.Function):
         outs = (du, ddelta, dz if dz is not None else dummy, dB, dC, dA,
                 dD if dD is not None else dummy, dbias if dbias is not None else dummy,
                 dh0 if dh0 is not None else dummy)
-        bc_t = SEQ_BWD_BC_TIME_MAJOR
-        Bk, Ck, sBk, sCk = Bv, Cv, sB, sC
-        if bc_t:
-            (Bk, sBk), (Ck, sCk) = _time_major(B, G, NP), _time_major(C, G, NP)
-            strides = (*u.stride(), *delta.stride(), *zz.stride(), *sBk, *sCk, *A.stride(),
-                       *(seq.stride() if seq is not None else (0, 0)), *dout.stride())
         ins = (u, delta, A, Bk, Ck, D_ if D_ is not None else dummy, zz,
                bias_ if bias_ is not None else dummy, seq if seq is not None else dummy, ckpt, dout)
         BDs = _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)

@@ -409,6 +409,16 @@ class _SSDFn(torch.autograd.Function):
                 None if dinit is None else dinit.to(ctx.init_dtype), None, None, None, None, dld, ddpos)
 
 
+def _run(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, log_decay, D_pos):
+    """(out, final state): through the autograd node when a gradient is wanted
+    (grad_mode.wants_grad), else the forward alone, without the pre-gate y kept for dz."""
+    if wants_grad(x, dt, A, B, C, D, z, dt_bias, init, log_decay, D_pos):
+        return _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, log_decay, D_pos)
+    out, final, *_ = forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit,
+                                  log_decay, pad_positions(D_pos, Q), store_y=False)
+    return out, final
+
+
 def pad_positions(v, Q):
     """(b, l, h) per-position values -> (b, h, Lp) fp32, zero-padded to whole chunks (kernel layout)."""
     if v is None:
@@ -449,11 +459,7 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
         pad = nchunks * Q - x.shape[1]     # padding continues the last segment
         seg = torch.cat([seg, seg[:, -1:].expand(-1, pad)], 1).contiguous()
     lim = (float(dt_limit[0]), float(dt_limit[1]))
-    if wants_grad(x, dt, A, B, C, D, z, dt_bias, init):
-        out, final = _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim, None, None)
-    else:       # no autograd node, and no pre-gate y for a backward
-        out, final, *_ = forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim,
-                                      None, None, store_y=False)
+    out, final = _run(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim, None, None)
     return (out, final) if return_final_states else out
 
 
@@ -469,10 +475,5 @@ def ssd_decoupled(x, scale, log_decay, B, C, chunk_size, D=None, D_pos=None, z=N
     x, B, C, z, D, init = _operands(x, B, C, z, D, initial_states)
     Q = kernel_chunk(chunk_size, x.dtype)
     A = scale.new_zeros(x.shape[2])                  # unused: the kernels read log_decay instead
-    if wants_grad(x, scale, log_decay, B, C, D, D_pos, z, init):
-        out, final = _SSDFn.apply(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf),
-                                  log_decay, D_pos)
-    else:
-        out, final, *_ = forward_pass(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf),
-                                      log_decay, pad_positions(D_pos, Q), store_y=False)
+    out, final = _run(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf), log_decay, D_pos)
     return (out, final) if return_final_states else out
