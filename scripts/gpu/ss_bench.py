@@ -52,6 +52,9 @@ VARIANTS = {
     "split_rows": dict(SEQ_SPLIT_IN_ROWS=True),          # split grids at n <= 16 in rows of 8
     "no_bwd_bct": dict(SEQ_BWD_BC_TIME_MAJOR=False),     # the backward's B, C not time-major
     "udz2": dict(SEQ_UDZ_TWO_AHEAD=True),                # u, dt, z two tiles ahead (off: untimed)
+    # 2026-11-24: B and C made time-major by torch ops (4 launches), as before the one Triton launch
+    "torch_pack": dict(_time_major=lambda B, C, G, NP, extra_tile=False: tuple(
+        _torch_time_major(M, G, NP, extra_tile) for M in (B, C))),
     # ... n = 32 or split (b1 l32768) ...
     "mid_rows3w2": dict(SEQ_ELEMS_MID=512, SEQ_WARPS_MID=2),
     "mid_rows4": dict(SEQ_ELEMS_MID=512, SEQ_ROWS_LOG_MID=4),
@@ -71,6 +74,17 @@ VARIANTS = {
     "v2_cb2048": dict(SEQ_CHUNK_BELOW=2048, SEQ_TARGET_WARPS=8192),
 }
 DEFAULT_VARIANTS = "v2,tri_layout,big_cheap_sp,v2_mc128,v2_cb2048"
+
+
+def _torch_time_major(M, G, NP, extra_tile):
+    """fused._time_major for one of B, C as it was until 2026-11-24: torch.zeros, then a copy."""
+    b, L = M.shape[0], M.shape[-1]
+    Mt = M.reshape(b, G, -1, L).transpose(-1, -2)
+    Lp = -(-L // 8) * 8 + 8 * extra_tile
+    padded = Lp != L or NP != Mt.shape[-1]
+    out = (torch.zeros if padded else torch.empty)(b, G, Lp, NP, device=M.device, dtype=torch.float32)
+    out[:, :, :L, : Mt.shape[-1]] = Mt
+    return out, (G * Lp * NP, Lp * NP, 1, NP)
 
 
 def inputs(b, l, d, n, seed=0):

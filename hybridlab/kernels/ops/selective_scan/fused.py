@@ -844,18 +844,47 @@ def _bc_view(M: torch.Tensor):
     return M, M.shape[1], tuple(M.stride())
 
 
-def _time_major(M: torch.Tensor, G: int, NP: int, extra_tile: bool = False):
-    """B or C (b, n, l) / (b, g, n, l) -> an fp32 (b, G, Lp, NP) copy (zeros past n and l) and its strides
-    b, g, n, l: the forward in Triton's layout loads each step's (NP,) vector in one 16-byte load
-    per lane, straight into the state's layout (see SEQ_BC_TIME_MAJOR)."""
-    b, L = M.shape[0], M.shape[-1]
-    Mt = M.reshape(b, G, -1, L).transpose(-1, -2)
+@triton.jit
+def _pack_one(src, dst, bg, G, n, L, Lp, s_b, s_g, s_n, s_l, pid_t, NP: tl.constexpr,
+              BLOCK_T: tl.constexpr):
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_n = tl.arange(0, NP)
+    x = tl.load(src + (bg // G) * s_b + (bg % G) * s_g + offs_n[None, :] * s_n + offs_t[:, None] * s_l,
+                mask=(offs_t < L)[:, None] & (offs_n < n)[None, :], other=0.0)
+    tl.store(dst + bg * Lp * NP + offs_t[:, None] * NP + offs_n[None, :], x.to(tl.float32),
+             mask=(offs_t < Lp)[:, None])
+
+
+@triton.jit
+def _time_major_kernel(B_ptr, C_ptr, Bt_ptr, Ct_ptr, G, n, L, Lp,
+                       sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                       NP: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Program (time block, batch * group, B or C): its fp32 time-major rows, zeros past n and L."""
+    pid_t, bg = tl.program_id(0), tl.program_id(1)
+    if tl.program_id(2) == 0:
+        _pack_one(B_ptr, Bt_ptr, bg, G, n, L, Lp, sB_b, sB_g, sB_n, sB_l, pid_t, NP, BLOCK_T)
+    else:
+        _pack_one(C_ptr, Ct_ptr, bg, G, n, L, Lp, sC_b, sC_g, sC_n, sC_l, pid_t, NP, BLOCK_T)
+
+
+_fast_time_major_kernel = FastKernel(_time_major_kernel)
+
+
+def _time_major(B: torch.Tensor, C: torch.Tensor, G: int, NP: int, extra_tile: bool = False):
+    """B and C (b, n, l) / (b, g, n, l) -> fp32 (b, G, Lp, NP) copies (zeros past n and l), each
+    with its strides b, g, n, l, in one launch: the forward in Triton's layout loads each step's
+    (NP,) vector in one 16-byte load per lane, straight into the state's layout (see
+    SEQ_BC_TIME_MAJOR)."""
+    (Bv, _, sB), (Cv, _, sC) = _bc_view(B), _bc_view(C)
+    b, n, L = B.shape[0], B.shape[-2], B.shape[-1]
     Lp = triton.cdiv(L, 8) * 8 + 8 * extra_tile  # whole 8-step tiles: the kernel's loads are unmasked
     # (extra_tile: one more, of zeros, for a forward that loads a tile ahead, SEQ_BC_PREFETCH)
-    padded = Lp != L or NP != Mt.shape[-1]
-    out = (torch.zeros if padded else torch.empty)(b, G, Lp, NP, device=M.device, dtype=torch.float32)
-    out[:, :, :L, : Mt.shape[-1]] = Mt
-    return out, (G * Lp * NP, Lp * NP, 1, NP)
+    Bt, Ct = (torch.empty(b, G, Lp, NP, device=B.device, dtype=torch.float32) for _ in range(2))
+    BLOCK_T = max(8, min(128, 2048 // NP))
+    _fast_time_major_kernel[(triton.cdiv(Lp, BLOCK_T), b * G, 2)](
+        Bv, Cv, Bt, Ct, G, n, L, Lp, *sB, *sC, NP=NP, BLOCK_T=BLOCK_T, num_warps=4)
+    strides = (G * Lp * NP, Lp * NP, 1, NP)
+    return (Bt, strides), (Ct, strides)
 
 
 def _f32c(t):
@@ -879,7 +908,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     bc_t = bc_time_major(rows_log, NC)
     bc_pf = bc_prefetch(bc_t, rows_log, NP, NC)
     if bc_t:
-        (B, sB), (C, sC) = (_time_major(M, G, NP, extra_tile=bc_pf) for M in (B, C))
+        (B, sB), (C, sC) = _time_major(B, C, G, NP, extra_tile=bc_pf)
     nd = triton.cdiv(d, BDs)
     ck_t = 8                                    # a checkpoint per 8-step tile
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -1003,7 +1032,7 @@ class _SelectiveScan(torch.autograd.Function):
         if bc_t and Bt is not None:         # the forward's copies
             Bk, Ck, sBk, sCk = Bt, Ct, ctx.sBt, ctx.sCt
         elif bc_t:
-            (Bk, sBk), (Ck, sCk) = _time_major(B, G, NP), _time_major(C, G, NP)
+            (Bk, sBk), (Ck, sCk) = _time_major(B, C, G, NP)
         strides = (*u.stride(), *delta.stride(), *zz.stride(), *sBk, *sCk, *A.stride(),
                    *(seq.stride() if seq is not None else (0, 0)), *dout.stride())
         flags = dict(
