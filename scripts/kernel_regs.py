@@ -38,6 +38,7 @@ from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
 from hybridlab.kernels.ops.ssd import fused_state as ks
+from hybridlab.kernels.ops.ssd import fused_walk as kw
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -135,7 +136,7 @@ def cases():
             pf = bc_t and flag("BC_PF", ss.bc_prefetch(bc_t, rows_log, NP, 1))
             fwd = dict(own(ss._fwd_seq_kernel, bc_strides(unit, NP, bc_t)), **opts, HAS_HIN=False, SAVE_CKPT=False,
                        STATES_ONLY=False, PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast,
-                       ROWS_LOG=rows_log, CHEAP_SP=cheap, BC_PF=pf, UDZ2=pf and flag("UDZ2", ss.SEQ_UDZ_TWO_AHEAD))
+                       ROWS_LOG=rows_log, CHEAP_SP=cheap, BC_PF=pf)
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
                    fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         if n == 16:     # b1 l32768: time split into 64 chunks, both passes (rows of 8)
@@ -145,7 +146,7 @@ def cases():
                 fwd = dict(own(ss._fwd_seq_kernel, bc_strides({**unit, "NC": 64}, NP, bc_t)), **opts,
                            HAS_HIN=not states_only, SAVE_CKPT=False, STATES_ONLY=states_only, PIN=pin, BC_T=bc_t,
                            BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True,
-                           BC_PF=False, UDZ2=False)          # no prefetch on split grids (bc_prefetch)
+                           BC_PF=False)          # no prefetch on split grids (bc_prefetch)
                 yield (f"_fwd_seq_kernel (Mamba-1, n 16, split, pass {1 if states_only else 2}, rows {rows_log})",
                        ss._fwd_seq_kernel, fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         bc_t = flag("BWD_BC_T", ss.SEQ_BWD_BC_TIME_MAJOR)
@@ -169,6 +170,11 @@ def cases():
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, STORE_Y=m3, **common),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 3), (8, 2)])
+        # fused_walk.py: the no-grad forward in one walk per (batch, head), chunks of WALK_CHUNK
+        walk = dict(Q=ssd.WALK_CHUNK, BP=64, BN=128, HAS_BIAS=not m3, SOFTPLUS=not m3, HAS_LIMIT=False,
+                    HAS_LD=m3, HAS_D=True, D_HDIM=False, HAS_DPOS=m3, HAS_Z=m3, HAS_INIT=False, PREC="tf32")
+        yield (f"forward_walk ({what}, chunk {ssd.WALK_CHUNK})", kw.forward_walk, walk,
+               SSD_F32 + ("final_ptr",), (), [(4, 2), (8, 2), (4, 3), (8, 3), (4, 1), (8, 1)])
         # fused_state.py (ssd.SEQ_STATE_BN, SEQ_STATE_ROWS): the sequential state kernels
         tiles = ((ssd.SEQ_STATE_BN, min(Q, ssd.SEQ_STATE_ROWS)), (64, 64), (128, 64), (64, 32), (128, 32))
         for sbn, kb_rows in dict.fromkeys(tiles):      # the defaults first, then the variants

@@ -196,7 +196,6 @@ def test_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_t, pin):
     monkeypatch.setattr(fused, "SEQ_BWD_BC_TIME_MAJOR", bc_t)
     monkeypatch.setattr(fused, "SEQ_PIN_TILE_MATH", pin)
     monkeypatch.setattr(fused, "SEQ_BC_PREFETCH", bc_t)        # a tile ahead where not split
-    monkeypatch.setattr(fused, "SEQ_UDZ_TWO_AHEAD", bc_t)      # and u, dt, z two tiles ahead there
     if rows_log and split:     # the measured default: no time-major copies in rows on split grids
         monkeypatch.setattr(fused, "bc_time_major", lambda r, nc: bc_t)
     for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID"):

@@ -248,7 +248,7 @@ def _fwd_seq_kernel(
     STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr, FAST: tl.constexpr,
     ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr, PIN: tl.constexpr, BC_T: tl.constexpr,
-    BC_PF: tl.constexpr, UDZ2: tl.constexpr,
+    BC_PF: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps).
     STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
@@ -304,90 +304,86 @@ def _fwd_seq_kernel(
             C_nx = _steps8(C_row, t_lo, NP)
         if HAS_Z:
             z_nx = _tile8(z_base, t_lo, sz_l, mask_d, t_hi)
-    if UDZ2:        # u, dt and z two tiles ahead (SEQ_UDZ_TWO_AHEAD): the second tile's now
-        u_nx2 = _tile8(u_base, t_lo + T, su_l, mask_d, t_hi)
-        dt_nx2 = _tile8(dt_base, t_lo + T, sdt_l, mask_d, t_hi)
-        if HAS_Z and not STATES_ONLY:
-            z_nx2 = _tile8(z_base, t_lo + T, sz_l, mask_d, t_hi)
-    # BC_PF: unrolled by 2, so the two tiles' B, C registers alternate with no moves between them
-    for t0 in tl.range(t_lo, t_hi, T, loop_unroll_factor=2 if BC_PF else 1):
-        if SAVE_CKPT:
-            if t0 % CKPT_T == 0:
-                _state_store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n, d_off, h, n, mask_d, NP, ROWS_LOG)
-        if BC_T and not BC_PF:      # L2-resident (every channel block of the batch reads them)
-            B_nx = _steps8(B_row, t0, NP)       # time-major rows are NP apart (_time_major):
-            if not STATES_ONLY:                 # constant offsets, no address math per load
-                C_nx = _steps8(C_row, t0, NP)
-        u = u_nx.to(tl.float32)
-        dt = dt_nx.to(tl.float32)
-        Bt = B_nx
-        if not STATES_ONLY:
-            Ct = C_nx
-            if HAS_Z:
-                zt = z_nx.to(tl.float32)
-        if BC_PF:                   # the next tile's, issued a whole tile before their use
-            B_nx = _steps8(B_row, t0 + T, NP)
+    # BC_PF: unrolled by 2 in the source (static_range), so the two tiles' B, C registers
+    # alternate with no moves between them. The tile count is rounded up to even (a last tile past
+    # t_hi is all masked: a = 1, no input, nothing stored), so there is no remainder loop: with
+    # Triton's loop_unroll_factor=2 the remainder's copy made the main loop load B and C a second
+    # time in its layout (16 scalar loads per pair, 226 registers; scripts/kernel_regs.py).
+    UNROLL: tl.constexpr = 2 if BC_PF else 1
+    t_end = t_lo + tl.cdiv(t_hi - t_lo, UNROLL * T) * (UNROLL * T)
+    for t00 in tl.range(t_lo, t_end, UNROLL * T):
+        for k in tl.static_range(UNROLL):
+            t0 = t00 + k * T
+            if SAVE_CKPT:
+                if (t0 % CKPT_T == 0) & (t0 < t_hi):
+                    _state_store(ckpt_ptr + (b * n_ckpt + t0 // CKPT_T) * d * n, d_off, h, n, mask_d, NP, ROWS_LOG)
+            if BC_T and not BC_PF:      # L2-resident (every channel block of the batch reads them)
+                B_nx = _steps8(B_row, t0, NP)       # time-major rows are NP apart (_time_major):
+                if not STATES_ONLY:                 # constant offsets, no address math per load
+                    C_nx = _steps8(C_row, t0, NP)
+            u = u_nx.to(tl.float32)
+            dt = dt_nx.to(tl.float32)
+            Bt = B_nx
             if not STATES_ONLY:
-                C_nx = _steps8(C_row, t0 + T, NP)
-        if UDZ2:
-            u_nx, u_nx2 = u_nx2, _tile8(u_base, t0 + 2 * T, su_l, mask_d, t_hi)
-            dt_nx, dt_nx2 = dt_nx2, _tile8(dt_base, t0 + 2 * T, sdt_l, mask_d, t_hi)
-        else:
+                Ct = C_nx
+                if HAS_Z:
+                    zt = z_nx.to(tl.float32)
+            if BC_PF:                   # the next tile's, issued a whole tile before their use
+                B_nx = _steps8(B_row, t0 + T, NP)
+                if not STATES_ONLY:
+                    C_nx = _steps8(C_row, t0 + T, NP)
             u_nx = _tile8(u_base, t0 + T, su_l, mask_d, t_hi)
             dt_nx = _tile8(dt_base, t0 + T, sdt_l, mask_d, t_hi)
-        if not BC_T:
-            B_nx = _tile8(B_base, t0 + T, sB_l, mask_n, t_hi)
-        if not STATES_ONLY:
             if not BC_T:
-                C_nx = _tile8(C_base, t0 + T, sC_l, mask_n, t_hi)
-            if HAS_Z:
-                if UDZ2:
-                    z_nx, z_nx2 = z_nx2, _tile8(z_base, t0 + 2 * T, sz_l, mask_d, t_hi)
-                else:
+                B_nx = _tile8(B_base, t0 + T, sB_l, mask_n, t_hi)
+            if not STATES_ONLY:
+                if not BC_T:
+                    C_nx = _tile8(C_base, t0 + T, sC_l, mask_n, t_hi)
+                if HAS_Z:
                     z_nx = _tile8(z_base, t0 + T, sz_l, mask_d, t_hi)
-        offs_t = t0 + tt
-        mask_t = offs_t < L
-        m2 = mask_d[:, None] & mask_t[None, :]
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            if CHEAP_SP:    # see SEQ_CHEAP_SOFTPLUS_MAX_NP
-                dt = _softplus_fwd(dt, FAST)
-            else:
-                dt = _softplus(dt)
-        dt = _pin(tl.where(m2, dt, 0.0), PIN)     # padded steps: a = 1, no input (identity)
-        dtu = _pin(dt * u, PIN)
-        dtc = _cols8(dt)
-        dtuc = _cols8(dtu)
-        Bc = Bt if BC_T else _cols8(Bt.to(tl.float32))
-        if not STATES_ONLY:
-            Cc = Ct if BC_T else _cols8(Ct.to(tl.float32))
-        if HAS_SEQ:
-            cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
-            keep = _cols8(tl.where(cut[None, :], 0.0, 1.0) + tl.zeros((BLOCK_D, T), tl.float32))
+            offs_t = t0 + tt
+            mask_t = offs_t < L
+            m2 = mask_d[:, None] & mask_t[None, :]
+            if HAS_BIAS:
+                dt = dt + bias[:, None]
+            if SOFTPLUS:
+                if CHEAP_SP:    # see SEQ_CHEAP_SOFTPLUS_MAX_NP
+                    dt = _softplus_fwd(dt, FAST)
+                else:
+                    dt = _softplus(dt)
+            dt = _pin(tl.where(m2, dt, 0.0), PIN)     # padded steps: a = 1, no input (identity)
+            dtu = _pin(dt * u, PIN)
+            dtc = _cols8(dt)
+            dtuc = _cols8(dtu)
+            Bc = Bt if BC_T else _cols8(Bt.to(tl.float32))
+            if not STATES_ONLY:
+                Cc = Ct if BC_T else _cols8(Ct.to(tl.float32))
+            if HAS_SEQ:
+                cut = _restarts(seq_ptr + b * sseq_b, offs_t, L, sseq_l)
+                keep = _cols8(tl.where(cut[None, :], 0.0, 1.0) + tl.zeros((BLOCK_D, T), tl.float32))
+                if STATES_ONLY:
+                    nrestart += tl.sum(tl.where(cut[None, :], 1.0, 0.0) + tl.zeros((BLOCK_D, T), tl.float32), axis=1)
             if STATES_ONLY:
-                nrestart += tl.sum(tl.where(cut[None, :], 1.0, 0.0) + tl.zeros((BLOCK_D, T), tl.float32), axis=1)
-        if STATES_ONLY:
-            sdt += tl.sum(dt, axis=1)
-            for j in tl.static_range(T):
-                a = tl.exp2(dtc[j][:, None] * A2)
-                if HAS_SEQ:
-                    a = a * keep[j][:, None]
-                h = a * h + dtuc[j][:, None] * Bc[j][None, :]
-        else:
-            ys = ()
-            for j in tl.static_range(T):
-                a = tl.exp2(dtc[j][:, None] * A2)
-                if HAS_SEQ:
-                    a = a * keep[j][:, None]
-                h = a * h + dtuc[j][:, None] * Bc[j][None, :]
-                ys = ys + (tl.sum(h * Cc[j][None, :], axis=1),)
-            y = _join8(ys)
-            if HAS_D:
-                y += Dv[:, None] * u
-            if HAS_Z:
-                y = y * zt * tl.sigmoid(zt)
-            tl.store(o_base + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+                sdt += tl.sum(dt, axis=1)
+                for j in tl.static_range(T):
+                    a = tl.exp2(dtc[j][:, None] * A2)
+                    if HAS_SEQ:
+                        a = a * keep[j][:, None]
+                    h = a * h + dtuc[j][:, None] * Bc[j][None, :]
+            else:
+                ys = ()
+                for j in tl.static_range(T):
+                    a = tl.exp2(dtc[j][:, None] * A2)
+                    if HAS_SEQ:
+                        a = a * keep[j][:, None]
+                    h = a * h + dtuc[j][:, None] * Bc[j][None, :]
+                    ys = ys + (tl.sum(h * Cc[j][None, :], axis=1),)
+                y = _join8(ys)
+                if HAS_D:
+                    y += Dv[:, None] * u
+                if HAS_Z:
+                    y = y * zt * tl.sigmoid(zt)
+                tl.store(o_base + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
     if STATES_ONLY:
         cb = (b * NC + c) * d * n
         _state_store(S_ptr + cb, d_off, h, n, mask_d, NP, ROWS_LOG)
@@ -780,12 +776,8 @@ SEQ_BC_TIME_MAJOR_ROWS = True
 #: the loop unrolled by 2: b4 n16 0.428 -> 0.407 ms (H200, 2026-11-23; without the unroll the
 #: moves between the sets made it 0.441, each step's loaded after its own use 0.458)
 SEQ_BC_PREFETCH = True
-#: with SEQ_BC_PREFETCH (its unrolled loop): u, dt and z loaded two tiles ahead instead of one.
-#: ptxas shares its six scoreboards between these loads and MUFU results, so a one-tile-ahead
-#: load is waited on at an exp2's first use ~113 instructions after issue (11.7% of the stall
-#: samples, scripts/sass_scoreboards.py); issued a tile earlier, it has landed by then.
-#: Compiled, not yet timed on a GPU: off
-SEQ_UDZ_TWO_AHEAD = False
+#: (u, dt and z two tiles ahead instead of one, SEQ_UDZ_TWO_AHEAD, lost and is gone: b4 n16
+#: forward 0.400 ms against 0.395, f+b 1.814 against 1.838, H100 2026-11-24; NOTES.md)
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 #: the backward reads B and C time-major too (_time_major): f+b b1 l32768 n16 4.622 -> 4.504 ms,
 #: b4 n64 10.064 -> 9.215 (H200, 2026-11-23, scripts/gpu/ss_bench.py)
@@ -877,8 +869,10 @@ def _time_major(B: torch.Tensor, C: torch.Tensor, G: int, NP: int, extra_tile: b
     SEQ_BC_TIME_MAJOR)."""
     (Bv, _, sB), (Cv, _, sC) = _bc_view(B), _bc_view(C)
     b, n, L = B.shape[0], B.shape[-2], B.shape[-1]
-    Lp = triton.cdiv(L, 8) * 8 + 8 * extra_tile  # whole 8-step tiles: the kernel's loads are unmasked
-    # (extra_tile: one more, of zeros, for a forward that loads a tile ahead, SEQ_BC_PREFETCH)
+    # whole 8-step tiles: the kernel's loads are unmasked. extra_tile, for a forward that loads
+    # a tile ahead (SEQ_BC_PREFETCH) over an even number of tiles: zeros up to a whole pair of
+    # tiles, and one tile more
+    Lp = triton.cdiv(L, 16) * 16 + 8 if extra_tile else triton.cdiv(L, 8) * 8
     Bt, Ct = (torch.empty(b, G, Lp, NP, device=B.device, dtype=torch.float32) for _ in range(2))
     BLOCK_T = max(8, min(128, 2048 // NP))
     _fast_time_major_kernel[(triton.cdiv(Lp, BLOCK_T), b * G, 2)](
@@ -920,7 +914,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
                  CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
                  CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
-                 BC_PF=bc_pf, UDZ2=SEQ_UDZ_TWO_AHEAD and bc_pf,
+                 BC_PF=bc_pf,
                  num_warps=warps)
     dummy = last
     P = None
