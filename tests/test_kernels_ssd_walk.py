@@ -43,7 +43,7 @@ def test_walk_matches_reference(walk, shape, opts):
     with torch.no_grad():
         y, s = fused.ssd(chunk_size=chunk, return_final_states=True, **kw)
     y_ref, s_ref = reference.ssd(chunk_size=chunk, return_final_states=True, **kw)
-    assert walk == [(b * h,)]
+    assert walk == [(b * h, 1)]
     assert y.shape == (b, l, h, p) and s.shape == (b, h, p, n) and s.dtype == torch.float32
     assert rel(y, y_ref) <= TOL, f"out {rel(y, y_ref):.2e}"
     assert rel(s, s_ref) <= TOL, f"final {rel(s, s_ref):.2e}"
@@ -56,7 +56,20 @@ def test_walk_decoupled(walk, opts):
     with torch.no_grad():
         y, s = fused.ssd_decoupled(chunk_size=32, return_final_states=True, **kw)
     y_ref, s_ref = reference.ssd_decoupled(chunk_size=32, return_final_states=True, **kw)
-    assert walk == [(b * h,)]
+    assert walk == [(b * h, 1)]
+    assert rel(y, y_ref) <= TOL and rel(s, s_ref) <= TOL
+
+
+@pytest.mark.parametrize("bp", [16, 32])
+def test_walk_split_over_p(walk, monkeypatch, bp):
+    """P split over programs (WALK_BP), the last tile partial (p 40), every option."""
+    monkeypatch.setattr(fused, "WALK_BP", bp)
+    b, l, h, p, g, n = 2, 37, 2, 40, 1, 16
+    kw = on_dev(make_inputs(b, l, h, p, g, n, NO_SEQ_HP, dtype=torch.float32))
+    with torch.no_grad():
+        y, s = fused.ssd(chunk_size=16, return_final_states=True, **kw)
+    y_ref, s_ref = reference.ssd(chunk_size=16, return_final_states=True, **kw)
+    assert walk == [(b * h, -(-p // bp))]
     assert rel(y, y_ref) <= TOL and rel(s, s_ref) <= TOL
 
 
@@ -99,7 +112,7 @@ def test_walk_runs_mamba3_siso_without_grad(walk, name):
                                  return_final_states=True)
     y_ref, fin_ref = m3_reference.mamba3(*args, **kw, initial_states=ini, chunk_size=CHUNK[name],
                                          return_final_states=True)
-    assert walk == [(args[0].shape[0] * args[0].shape[2],)]
+    assert walk == [(args[0].shape[0] * args[0].shape[2], 1)]
     assert m3_rel(y, y_ref) <= TOL
     for a, r in zip(fin[1:], fin_ref[1:]):
         assert a.shape == r.shape and m3_rel(a, r) <= TOL

@@ -36,6 +36,9 @@ VARIANTS = {
     "no_walk": {"WALK_MIN_PROGRAMS": 0},                          # the three-launch forward
     "walk32": {"WALK_CHUNK": 32},
     "walk128": {"WALK_CHUNK": 128},
+    "walk_bp32": {"WALK_BP": 32},                                 # P split over 2 programs
+    "walk_bp16": {"WALK_BP": 16},                                 # ... over 4
+    "walk32_bp16": {"WALK_CHUNK": 32, "WALK_BP": 16},
 }
 CASES = ("ssd/b4-l4096-h32-p64-n128", "ssd/b1-l32768-h32-p64-n128", "ssd/b16-l2048-h32-p64-n64",
          "mamba3/b4-l4096-h32-p64-n128", "mamba3/b1-l32768-h32-p64-n128")

@@ -45,24 +45,48 @@ def _softplus(x):
 
 
 @triton.jit
+def _ex2_ftz(x):
+    """2^x by the GPU's ex2.approx.ftz: one MUFU op. tl.exp's ex2.approx (no ftz) costs three
+    more (a compare and two scalings that keep denormal results), which only ever matter here
+    below 2^-126, where ftz gives 0."""
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
 def _softplus_fwd(x, FAST: tl.constexpr):
     """softplus for the forward's dt, cheaper than _softplus: max(x, 0) + log1p(exp(-|x|)), with
     log1p(e) by its series below e = 0.05 (to e^4: error < e^4/5 relative), else log2(1 + e) ln 2.
-    FAST: the GPU's lg2.approx (absolute error 2^-22.6, so < 2.4e-6 relative at log2(1.05);
-    libdevice's log costs ~25 instructions, a state update ~5); the interpreter cannot run PTX
-    and takes tl.log2. = x above 20, as _softplus. The series to e^6 below 0.1 (< 1e-6 relative)
-    made the b4 forward 0.514 ms, against 0.483-0.487 for this one in other calls (H100,
-    2026-11-23, scripts/gpu/ss_bench.py; selective_scan/NOTES.md)."""
-    e = tl.exp(-tl.abs(x))
-    w = 1.0 + e
+    FAST: the GPU's ex2.approx.ftz and lg2.approx.ftz (absolute error 2^-22.6, so < 2.4e-6
+    relative at log2(1.05); libdevice's log costs ~25 instructions, a state update ~5; 1 + e is
+    never denormal); the interpreter cannot run PTX and takes tl.exp, tl.log2. = x above 20, as
+    _softplus. The series to e^6 below 0.1 (< 1e-6 relative) made the b4 forward 0.514 ms,
+    against 0.483-0.487 for this one in other calls (H100, 2026-11-23, scripts/gpu/ss_bench.py;
+    selective_scan/NOTES.md)."""
     if FAST:
-        lg = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [w], dtype=tl.float32,
+        e = _ex2_ftz(-tl.abs(x) * 1.4426950408889634)
+        w = 1.0 + e
+        lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [w], dtype=tl.float32,
                                        is_pure=True, pack=1)
     else:
+        e = tl.exp(-tl.abs(x))
+        w = 1.0 + e
         lg = tl.log2(w)
     series = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 - 0.25 * e)))
     lp = tl.where(e < 0.05, series, lg * 0.6931471805599453)
     return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
+
+
+@triton.jit
+def _silu(z, FAST: tl.constexpr):
+    """z * sigmoid(z); FAST: as 1 / (1 + 2^(-z log2 e)) by ex2.approx.ftz and rcp.approx.ftz (two
+    MUFU ops; tl.sigmoid adds denormal handling to both, ~6 instructions per element)."""
+    if FAST:
+        r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r",
+                                      [1.0 + _ex2_ftz(z * -1.4426950408889634)], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+        return z * r
+    return z * tl.sigmoid(z)
 
 
 @triton.jit
@@ -382,7 +406,7 @@ def _fwd_seq_kernel(
                 if HAS_D:
                     y += Dv[:, None] * u
                 if HAS_Z:
-                    y = y * zt * tl.sigmoid(zt)
+                    y = y * _silu(zt, FAST)
                 tl.store(o_base + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
     if STATES_ONLY:
         cb = (b * NC + c) * d * n

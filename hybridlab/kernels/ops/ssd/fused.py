@@ -258,6 +258,9 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
 #: never), no sequences are packed, and on the GPU the inputs are 16-bit (fp32 operand tiles
 #: would not fit its shared memory). Elsewhere the three-launch forward runs.
 WALK_MIN_PROGRAMS, WALK_CHUNK = knobs.SSD_WALK, knobs.SSD_WALK_CHUNK
+#: columns of x (P) per walk program: P is split over programs that each recompute the chunk's
+#: C Bᵀ (more programs per SM to hide the walk's latency)
+WALK_BP = 64
 
 
 def walk_applies(b: int, H: int, seg, dtype) -> bool:
@@ -274,14 +277,15 @@ def forward_walk(x, dt, A, B, C, D, z, dt_bias, init, softplus, dt_limit, ld, dp
     lo, hi = dt_limit
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     final = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32)
-    _forward_walk[(b * H,)](
+    BP = min(WALK_BP, max(16, _pow2(P)))
+    _forward_walk[(b * H, triton.cdiv(P, BP))](
         x, dt, A, B, C, D, dt_bias, ld, dpos, z, init, out, final,
         l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         *_strides3(z), out.stride(0), out.stride(1), out.stride(2),
         dpos.shape[-1] if dpos is not None else 0,
-        Q=Q, BP=max(16, _pow2(P)), BN=max(16, _pow2(N)), HAS_BIAS=dt_bias is not None,
+        Q=Q, BP=BP, BN=max(16, _pow2(N)), HAS_BIAS=dt_bias is not None,
         SOFTPLUS=softplus, HAS_LIMIT=lo > 0.0 or hi < math.inf, HAS_LD=ld is not None,
         HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2, HAS_DPOS=dpos is not None,
         HAS_Z=z is not None, HAS_INIT=init is not None, PREC=_prec(x.dtype), **_FW)

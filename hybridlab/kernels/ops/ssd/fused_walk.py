@@ -41,7 +41,7 @@ def forward_walk(
     h = bh % H
     g = h // (H // G)
     oq = tl.arange(0, Q)
-    op = tl.arange(0, BP)
+    op = tl.program_id(1) * BP + tl.arange(0, BP)       # this program's columns of x, out, S
     on = tl.arange(0, BN)
     pmask = op < P
     nmask = on < N
