@@ -38,7 +38,6 @@ from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
 from hybridlab.kernels.ops.ssd import fused_state as ks
-from hybridlab.kernels.ops.ssd import fused_walk as kw
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -170,11 +169,6 @@ def cases():
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, STORE_Y=m3, **common),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 3), (8, 2)])
-        # fused_walk.py: the no-grad forward in one walk per (batch, head), chunks of WALK_CHUNK
-        walk = dict(Q=ssd.WALK_CHUNK, BP=64, BN=128, HAS_BIAS=not m3, SOFTPLUS=not m3, HAS_LIMIT=False,
-                    HAS_LD=m3, HAS_D=True, D_HDIM=False, HAS_DPOS=m3, HAS_Z=m3, HAS_INIT=False, PREC="tf32")
-        yield (f"forward_walk ({what}, chunk {ssd.WALK_CHUNK})", kw.forward_walk, walk,
-               SSD_F32 + ("final_ptr",), (), [(4, 2), (8, 2), (4, 3), (8, 3), (4, 1), (8, 1)])
         # fused_state.py (ssd.SEQ_STATE_BN, SEQ_STATE_ROWS): the sequential state kernels
         tiles = ((ssd.SEQ_STATE_BN, min(Q, ssd.SEQ_STATE_ROWS)), (64, 64), (128, 64), (64, 32), (128, 32))
         for sbn, kb_rows in dict.fromkeys(tiles):      # the defaults first, then the variants

@@ -12,8 +12,6 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_SSD_SEQ_STATE | programs (batch x head x state tile) from which the SSD chunk states run as one sequential kernel per direction (fused_state.py); 0: never | 256 |
 | HYBRIDLAB_SSD_SEQ_STATE_BN | state columns per tile of those kernels (32, 64 or 128) | 64 |
 | HYBRIDLAB_SSD_SEQ_STATE_ROWS | rows per step of those kernels (16, 32, 64 or 128; at most the chunk) | 128 |
-| HYBRIDLAB_SSD_WALK | (batch x head) programs from which the SSD's no-grad forward runs as one walk per (batch, head) over chunks of HYBRIDLAB_SSD_WALK_CHUNK (fused_walk.py); 0: never | 96 |
-| HYBRIDLAB_SSD_WALK_CHUNK | chunk length of that walk (16, 32, 64 or 128) | 64 |
 | HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256; at most HYBRIDLAB_SSD_MAX_CHUNK) | 128 |
 | HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 16 |
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
@@ -71,8 +69,6 @@ SSD_MAX_CHUNK = env_int("HYBRIDLAB_SSD_MAX_CHUNK", 128, {16, 32, 64, 128, 256})
 SSD_SEQ_STATE = env_int("HYBRIDLAB_SSD_SEQ_STATE", 256)
 SSD_SEQ_STATE_BN = env_int("HYBRIDLAB_SSD_SEQ_STATE_BN", 64, {32, 64, 128})
 SSD_SEQ_STATE_ROWS = env_int("HYBRIDLAB_SSD_SEQ_STATE_ROWS", 128, {16, 32, 64, 128})
-SSD_WALK = env_int("HYBRIDLAB_SSD_WALK", 96)
-SSD_WALK_CHUNK = env_int("HYBRIDLAB_SSD_WALK_CHUNK", 64, {16, 32, 64, 128})
 MAMBA3_SSD_CHUNK = env_int("HYBRIDLAB_MAMBA3_SSD_CHUNK", None, {16, 32, 64, 128, 256})
 MAMBA3_ROTATE_PAIRS = env_int("HYBRIDLAB_MAMBA3_ROTATE_PAIRS", None, POWERS_OF_TWO)
 MAMBA3_ANGLE_CHUNK = env_int("HYBRIDLAB_MAMBA3_ANGLE_CHUNK", None, {16, 32, 64})

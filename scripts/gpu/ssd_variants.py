@@ -32,13 +32,6 @@ VARIANTS = {
     "rows64": {"SEQ_STATE_ROWS": 64},                             # 64-row blocks in the state walk
     "chunk256": {"MAX_CHUNK": 256},                               # the SSD's chunks up to 256 (the bench asks 256)
     "chunk64": {"MAX_CHUNK": 64},
-    # 2026-11-24: the no-grad forward as one walk per (batch, head) (fused_walk.py) is the default
-    "no_walk": {"WALK_MIN_PROGRAMS": 0},                          # the three-launch forward
-    "walk32": {"WALK_CHUNK": 32},
-    "walk128": {"WALK_CHUNK": 128},
-    "walk_bp32": {"WALK_BP": 32},                                 # P split over 2 programs
-    "walk_bp16": {"WALK_BP": 16},                                 # ... over 4
-    "walk32_bp16": {"WALK_CHUNK": 32, "WALK_BP": 16},
 }
 CASES = ("ssd/b4-l4096-h32-p64-n128", "ssd/b1-l32768-h32-p64-n128", "ssd/b16-l2048-h32-p64-n64",
          "mamba3/b4-l4096-h32-p64-n128", "mamba3/b1-l32768-h32-p64-n128")
@@ -72,7 +65,7 @@ def time_case(case: str, names: list[str]) -> None:
             bench._first(fn(**args)).backward(dout)
             fb = do_bench(lambda: bench._first(fn(**args)).backward(dout), warmup=25, rep=200,
                           grad_to_none=list(leaves.values()))
-            chosen = {k: list(getattr(F, k).chosen.values())[-1:] for k in ("_chunk_scan_fwd", "_state_fwd_seq", "_forward_walk")
+            chosen = {k: list(getattr(F, k).chosen.values())[-1:] for k in ("_chunk_scan_fwd", "_state_fwd_seq")
                       if getattr(F, k).chosen}
             row.append(f"{vname} {f:.4f}/{fb:.3f} {chosen}")
         finally:

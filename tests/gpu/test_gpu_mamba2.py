@@ -111,32 +111,6 @@ def test_gpu_ssd_small_state_under_every_launch_config(monkeypatch, shape):
         assert not bad, f"config {config}: {errs} floor {floor} seed {seed}"
 
 
-@pytest.mark.parametrize("shape", [
-    # b, l, h, p, G, n, extras: grids of >= fused.WALK_MIN_PROGRAMS (batch, head) programs
-    (4, 4096, 32, 64, 1, 128, ()),                                        # gpu-baselines.md row
-    (16, 2048, 32, 64, 1, 64, ("z", "h0", "limit")),
-    (8, 1000, 16, 48, 2, 40, ("z", "h0", "Dhp")),                          # l off the chunks, g > 1
-])
-def test_gpu_ssd_no_grad_walk_every_launch_config(monkeypatch, shape):
-    """The no-grad forward's one-kernel walk (ssd/fused_walk.py) under each of its launch configs,
-    output and final state against the fp32 reference on the same bf16 inputs."""
-    b, l, h, p, G, n, extras = shape
-    assert fused.walk_applies(b, h, None, torch.bfloat16)
-    g, seed = fresh_gen()
-    kw, flags = ssd_inputs(g, b, l, h, p, G, n, extras)
-    with torch.no_grad():
-        rout, rfin = reference.ssd(**{k: v.float() if v.is_floating_point() else v for k, v in kw.items()},
-                                   **flags, chunk_size=256, return_final_states=True)
-        for config in each_launch_config(monkeypatch):
-            poison()
-            out, fin = fused.ssd(**kw, **flags, chunk_size=256, return_final_states=True)
-            torch.cuda.synchronize()
-            msg = f"config {config} seed {seed}"
-            assert out.dtype == torch.bfloat16 and not out.isnan().any() and not fin.isnan().any(), msg
-            assert rel(out, rout) <= BF16_TOL, f"out {rel(out, rout):.2e} {msg}"
-            assert rel(fin, rfin) <= BF16_TOL, f"final {rel(fin, rfin):.2e} {msg}"
-
-
 def summed_grads_noise_floor(kw, flags, chunk, w_out, w_fin, rgrads, draws=4):
     """How far the fp32 reference's A, dt_bias and D gradients move when x, B, C and z get
     random 2^-8 relative perturbations (bf16 rounding size): the error no bf16 kernel avoids.

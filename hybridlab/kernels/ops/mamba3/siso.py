@@ -240,12 +240,8 @@ class _SISOFn(torch.autograd.Function):
         Lp = triton.cdiv(x.shape[1], Q) * Q
         adt, w, bnext, ps, off, final_angle = _step_prep(dt, A, trap, angles, ang0)
         k, q, qk, dpos = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, bnext=bnext, Lp=Lp)
-        if not grad and ssd_fused.walk_applies(x.shape[0], H, None, x.dtype):   # no scratch to keep
-            (out, final), y, delta, cs, E = ssd_fused.forward_walk(
-                x, w, adt, k, q, D, z, None, h0, False, _NO_LIMIT, adt, dpos), None, None, None, None
-        else:
-            out, final, y, delta, cs, E = ssd_fused.forward_pass(
-                x, w, adt, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos, store_y=grad)
+        out, final, y, delta, cs, E = ssd_fused.forward_pass(
+            x, w, adt, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos, store_y=grad)
         ctx.save_for_backward(x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
                               y, delta, cs, E, dpos)
         ctx.cfg = (Q, h0 is not None, h0.dtype if h0 is not None else None, ang0 is not None)

@@ -22,7 +22,6 @@ from ...launch import FastKernel, plan_key
 from . import fused_bwd as kb
 from . import fused_fwd as kf
 from . import fused_state as ks
-from . import fused_walk as kw
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
 from .reference import segment_ids
 from .reference import ssd as _ssd_reference
@@ -115,7 +114,6 @@ _state_bwd_seq, _SBS = _tuned(ks.state_bwd_seq, [(4, 2), (4, 3), (8, 2)])
 #: (4, 1) at every bench shape: forward b4 0.252 -> 0.218 ms, b1 l32768 0.623 -> 0.559, b16
 #: 0.307 -> 0.303, Mamba-3 b1 l32768 1.220 -> 1.113 (H200, scripts/gpu/ssd_variants.py)
 _chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2), (4, 1), (8, 1)])
-_forward_walk, _FW = _tuned(kw.forward_walk, [(4, 2), (8, 2), (4, 3), (8, 3), (4, 1), (8, 1)])
 _chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1), (4, 1, 168)])
 #: (4, 1, 168): 4 warps capped at 168 registers per thread fit three programs per SM (12 warps
 #: to hide latency, paid for in spills). H100, 2026-11-22, Mamba-2 b4 l4096 (kernel_variants.sh):
@@ -251,45 +249,6 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, STORE_Y=y is not None, HAS_SEQ=seg is not None,
         HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
     return out, final, y, delta, cs, E
-
-
-#: the no-grad forward as one kernel per (batch, head) walking chunks of WALK_CHUNK rows with the
-#: state in registers (fused_walk.py), where b·H >= WALK_MIN_PROGRAMS (HYBRIDLAB_SSD_WALK; 0:
-#: never), no sequences are packed, and on the GPU the inputs are 16-bit (fp32 operand tiles
-#: would not fit its shared memory). Elsewhere the three-launch forward runs.
-WALK_MIN_PROGRAMS, WALK_CHUNK = knobs.SSD_WALK, knobs.SSD_WALK_CHUNK
-#: columns of x (P) per walk program: P is split over programs that each recompute the chunk's
-#: C Bᵀ (more programs per SM to hide the walk's latency)
-WALK_BP = 64
-
-
-def walk_applies(b: int, H: int, seg, dtype) -> bool:
-    return (bool(WALK_MIN_PROGRAMS) and b * H >= WALK_MIN_PROGRAMS and seg is None
-            and (_INTERPRET or dtype in (torch.bfloat16, torch.float16)))
-
-
-def forward_walk(x, dt, A, B, C, D, z, dt_bias, init, softplus, dt_limit, ld, dpos):
-    """(out, final state) of the no-grad forward in one launch (fused_walk.forward_walk); dpos in
-    the kernels' (b, h, Lp >= l) layout (pad_positions)."""
-    b, l, H, P = x.shape
-    G, N = B.shape[-2:]
-    Q = WALK_CHUNK
-    lo, hi = dt_limit
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    final = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32)
-    BP = min(WALK_BP, max(16, _pow2(P)))
-    _forward_walk[(b * H, triton.cdiv(P, BP))](
-        x, dt, A, B, C, D, dt_bias, ld, dpos, z, init, out, final,
-        l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        *_strides3(z), out.stride(0), out.stride(1), out.stride(2),
-        dpos.shape[-1] if dpos is not None else 0,
-        Q=Q, BP=BP, BN=max(16, _pow2(N)), HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=softplus, HAS_LIMIT=lo > 0.0 or hi < math.inf, HAS_LD=ld is not None,
-        HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2, HAS_DPOS=dpos is not None,
-        HAS_Z=z is not None, HAS_INIT=init is not None, PREC=_prec(x.dtype), **_FW)
-    return out, final
 
 
 def _shared_cb(B, C, H, Q, BT, BN, prec):
@@ -452,13 +411,9 @@ class _SSDFn(torch.autograd.Function):
 
 def _run(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, log_decay, D_pos):
     """(out, final state): through the autograd node when a gradient is wanted
-    (grad_mode.wants_grad), else the forward alone: one walk where it applies, else the
-    three-launch forward without the pre-gate y kept for dz."""
+    (grad_mode.wants_grad), else the forward alone, without the pre-gate y kept for dz."""
     if wants_grad(x, dt, A, B, C, D, z, dt_bias, init, log_decay, D_pos):
         return _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, log_decay, D_pos)
-    if walk_applies(x.shape[0], x.shape[2], seg, x.dtype):
-        return forward_walk(x, dt, A, B, C, D, z, dt_bias, init, softplus, dt_limit, log_decay,
-                            pad_positions(D_pos, 1))
     out, final, *_ = forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit,
                                   log_decay, pad_positions(D_pos, Q), store_y=False)
     return out, final
