@@ -71,6 +71,8 @@ def usage(fn, consts: dict, fp32_ptrs=(), int_ptrs=(), config=(4, 1)) -> str:
         k = len(os.listdir(os.environ["SASS_DIR"]))
         with open(os.path.join(os.environ["SASS_DIR"], f"{fn.__name__}-{k}.sass"), "w") as fh:
             fh.write(sass)
+        with open(os.path.join(os.environ["SASS_DIR"], f"{fn.__name__}-{k}.ttgir"), "w") as fh:
+            fh.write(kernel.asm["ttgir"])       # the layouts Triton chose
     line = next(l.strip() for l in out.splitlines() if l.strip().startswith("REG:"))
     loop = loop_instructions(sass)
     return f"{line.split(' SHARED')[0]}  shared {kernel.metadata.shared} B  " + (f"loop {loop}" if loop else "no loop")
@@ -135,7 +137,8 @@ def cases():
             pf = bc_t and flag("BC_PF", ss.bc_prefetch(bc_t, rows_log, NP, 1))
             fwd = dict(own(ss._fwd_seq_kernel, bc_strides(unit, NP, bc_t)), **opts, HAS_HIN=False, SAVE_CKPT=False,
                        STATES_ONLY=False, PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast,
-                       ROWS_LOG=rows_log, CHEAP_SP=cheap, BC_PF=pf)
+                       ROWS_LOG=rows_log, CHEAP_SP=cheap, BC_PF=pf,
+                       RS=flag("RS", ss.reduce_scatter(rows_log, NP, elems // NP, warps)))
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
                    fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         if n == 16:     # b1 l32768: time split into 64 chunks, both passes (rows of 8)
@@ -145,7 +148,7 @@ def cases():
                 fwd = dict(own(ss._fwd_seq_kernel, bc_strides({**unit, "NC": 64}, NP, bc_t)), **opts,
                            HAS_HIN=not states_only, SAVE_CKPT=False, STATES_ONLY=states_only, PIN=pin, BC_T=bc_t,
                            BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True,
-                           BC_PF=False)          # no prefetch on split grids (bc_prefetch)
+                           BC_PF=False, RS=flag("RS", ss.reduce_scatter(rows_log, NP, elems // NP, warps)))  # no prefetch on split grids (bc_prefetch)
                 yield (f"_fwd_seq_kernel (Mamba-1, n 16, split, pass {1 if states_only else 2}, rows {rows_log})",
                        ss._fwd_seq_kernel, fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
         bc_t = flag("BWD_BC_T", ss.SEQ_BWD_BC_TIME_MAJOR)

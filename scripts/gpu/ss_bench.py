@@ -51,6 +51,7 @@ VARIANTS = {
     "no_bc_pf": dict(SEQ_BC_PREFETCH=False),             # time-major B, C not loaded a tile ahead
     "split_rows": dict(SEQ_SPLIT_IN_ROWS=True),          # split grids at n <= 16 in rows of 8
     "no_bwd_bct": dict(SEQ_BWD_BC_TIME_MAJOR=False),     # the backward's B, C not time-major
+    "no_rs": dict(SEQ_REDUCE_SCATTER=False),             # y summed by a shuffle all-reduce per step
     # 2026-11-24: B and C made time-major by torch ops (4 launches), as before the one Triton launch
     "torch_pack": dict(_time_major=lambda B, C, G, NP, extra_tile=False: tuple(
         _torch_time_major(M, G, NP, extra_tile) for M in (B, C))),

@@ -172,6 +172,42 @@ def _join8(c):
 
 
 
+# y_t = sum_n h_n C_tn with a channel's 16 states on 4 lanes (4 per thread): summing each step
+# across the lanes takes 2 shuffle rounds per step (16 per tile), and the 8 results, the same on
+# all 4 lanes, then change layout through shared memory to be stored. A reduce-scatter instead
+# (SEQ_REDUCE_SCATTER): in round 1 lanes trade 4 of their 8 steps' partials with the lane 2
+# away, in round 2 one of the remaining 2 pairs with the lane 1 away: 6 shuffles per tile, and
+# lane k ends with the sums of steps 2k and 2k + 1, the tile's load layout.
+_RS_ASM = tl.constexpr("""{
+.reg .pred p1, p0;
+.reg .b32 l, s, r, k0, k1, k2, k3, w;
+mov.u32 l, %laneid;
+and.b32 s, l, 2; setp.ne.u32 p1, s, 0;
+and.b32 s, l, 1; setp.ne.u32 p0, s, 0;
+selp.b32 s, $2, $6, p1; shfl.sync.bfly.b32 r, s, 2, 31, -1; selp.b32 k0, $6, $2, p1; add.f32 k0, k0, r;
+selp.b32 s, $3, $7, p1; shfl.sync.bfly.b32 r, s, 2, 31, -1; selp.b32 k1, $7, $3, p1; add.f32 k1, k1, r;
+selp.b32 s, $4, $8, p1; shfl.sync.bfly.b32 r, s, 2, 31, -1; selp.b32 k2, $8, $4, p1; add.f32 k2, k2, r;
+selp.b32 s, $5, $9, p1; shfl.sync.bfly.b32 r, s, 2, 31, -1; selp.b32 k3, $9, $5, p1; add.f32 k3, k3, r;
+selp.b32 s, k0, k2, p0; shfl.sync.bfly.b32 r, s, 1, 31, -1; selp.b32 w, k2, k0, p0; add.f32 $0, w, r;
+selp.b32 s, k1, k3, p0; shfl.sync.bfly.b32 r, s, 1, 31, -1; selp.b32 w, k3, k1, p0; add.f32 $1, w, r;
+}""")
+
+
+@triton.jit
+def _sum_lanes8(p, FAST: tl.constexpr):
+    """8 steps' (R, 4) per-lane partial sums -> the (R, 8) tile of their sums over the 4."""
+    if FAST:
+        lo, hi = tl.inline_asm_elementwise(_RS_ASM, "=r,=r,r,r,r,r,r,r,r,r",
+                                           [p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]],
+                                           dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+        R: tl.constexpr = lo.shape[0]
+        return tl.reshape(tl.join(lo, hi), (R, 8))
+    ys = ()
+    for j in tl.static_range(8):
+        ys = ys + (tl.sum(p[j], axis=1),)
+    return _join8(ys)
+
+
 # The state in rows (ROWS_LOG > 0): Triton lays a (BLOCK_D, NP) tile out from its n-contiguous
 # loads, 4 states per thread, so at n64 a channel spans 16 lanes: its per-channel math runs 16
 # times and y_t needs 4 shuffle rounds. tl.join makes its new (last) dimension thread-local, so a
@@ -272,7 +308,7 @@ def _fwd_seq_kernel(
     STATES_ONLY: tl.constexpr,
     BLOCK_D: tl.constexpr, NP: tl.constexpr, CKPT_T: tl.constexpr, FAST: tl.constexpr,
     ROWS_LOG: tl.constexpr, CHEAP_SP: tl.constexpr, PIN: tl.constexpr, BC_T: tl.constexpr,
-    BC_PF: tl.constexpr,
+    BC_PF: tl.constexpr, RS: tl.constexpr,
 ):
     """Program (channel block, batch, time chunk c of CHUNK steps).
     STATES_ONLY (pass 1 of a chunked scan): run chunk c from a zero state, store its end state
@@ -401,8 +437,11 @@ def _fwd_seq_kernel(
                     if HAS_SEQ:
                         a = a * keep[j][:, None]
                     h = a * h + dtuc[j][:, None] * Bc[j][None, :]
-                    ys = ys + (tl.sum(h * Cc[j][None, :], axis=1),)
-                y = _join8(ys)
+                    if RS:      # each thread's partial sum over its own 4 states; lanes next
+                        ys = ys + (tl.sum(tl.reshape(h * Cc[j][None, :], (BLOCK_D, NP // 4, 4)), axis=2),)
+                    else:
+                        ys = ys + (tl.sum(h * Cc[j][None, :], axis=1),)
+                y = _sum_lanes8(ys, FAST) if RS else _join8(ys)
                 if HAS_D:
                     y += Dv[:, None] * u
                 if HAS_Z:
@@ -802,6 +841,9 @@ SEQ_BC_TIME_MAJOR_ROWS = True
 SEQ_BC_PREFETCH = True
 #: (u, dt and z two tiles ahead instead of one, SEQ_UDZ_TWO_AHEAD, lost and is gone: b4 n16
 #: forward 0.400 ms against 0.395, f+b 1.814 against 1.838, H100 2026-11-24; NOTES.md)
+#: y summed across a channel's 4 lanes by a reduce-scatter (_sum_lanes8) instead of a shuffle
+#: all-reduce per step and a layout change (n16, Triton's layout)
+SEQ_REDUCE_SCATTER = True
 SEQ_BWD_ELEMS, SEQ_BWD_WARPS = 128, 1
 #: the backward reads B and C time-major too (_time_major): f+b b1 l32768 n16 4.622 -> 4.504 ms,
 #: b4 n64 10.064 -> 9.215 (H200, 2026-11-23, scripts/gpu/ss_bench.py)
@@ -938,7 +980,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
                  CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
                  CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
-                 BC_PF=bc_pf,
+                 BC_PF=bc_pf, RS=reduce_scatter(rows_log, NP, BDs, warps),
                  num_warps=warps)
     dummy = last
     P = None
@@ -986,6 +1028,12 @@ def bc_prefetch(bc_t: bool, rows_log: int, NP: int, NC: int) -> bool:
     split in time, whose many programs want the registers for occupancy (b1 l32768 n16: 1.222 ms
     with, 1.051 without)."""
     return SEQ_BC_PREFETCH and bc_t and NP <= 16 and rows_log <= 2 and NC == 1
+
+
+def reduce_scatter(rows_log: int, NP: int, BLOCK_D: int, warps: int) -> bool:
+    """Whether the forward sums y across lanes by the reduce-scatter (SEQ_REDUCE_SCATTER): for the
+    layout it is written for, Triton's for a (8, 16) state in one warp (4 lanes per channel)."""
+    return SEQ_REDUCE_SCATTER and rows_log == 0 and NP == 16 and BLOCK_D == 8 and warps == 1
 
 
 def _seq_chunks(L, warps):
