@@ -8,7 +8,8 @@ and walks time in 8-step tiles: (BLOCK_D, 8) tile loads one tile ahead, per-chan
 tile (kept off the state's repeated lanes: ``_pin``), ``tl.split`` into 8 columns and an
 unrolled recurrence (``_fwd_seq_kernel``; the state in rows of 8 or 16 states per thread at
 n >= 32, ``_to_rows``; B and C read per step from time-major copies, ``_time_major``, a tile
-ahead where registers allow, ``bc_prefetch``). Small grids split time into chunks (a states-only pass,
+ahead where registers allow, ``bc_prefetch``; at n16 y is summed across a channel's lanes by a
+reduce-scatter, ``_sum_lanes8``). Small grids split time into chunks (a states-only pass,
 ``_chunk_carry_kernel``, the real pass). The backward (``_bwd_seq_kernel``) walks the
 tiles in reverse from per-tile checkpoints, recomputing the 8 states in registers; dB/dC are
 reduced over the channel block per tile and added with fp32 atomics.
