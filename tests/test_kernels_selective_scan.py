@@ -237,6 +237,18 @@ def test_bc_time_major_choice(monkeypatch):
     assert fused.bc_time_major(4, 1) and not fused.bc_time_major(3, 64)
 
 
+def test_reduce_scatter_choice(monkeypatch):
+    """y by the reduce-scatter only for the layout its PTX is written for: Triton's layout of an
+    (8, 16) state in one warp (4 lanes per channel); the GPU tests check the PTX itself, the
+    interpreter runs its tl.sum twin in every n16 test here."""
+    monkeypatch.undo()
+    assert fused.reduce_scatter(0, 16, 8, 1)
+    assert not fused.reduce_scatter(3, 32, 8, 1) and not fused.reduce_scatter(0, 16, 4, 1)
+    assert not fused.reduce_scatter(0, 8, 16, 1) and not fused.reduce_scatter(0, 16, 8, 2)
+    monkeypatch.setattr(fused, "SEQ_REDUCE_SCATTER", False)
+    assert not fused.reduce_scatter(0, 16, 8, 1)
+
+
 def test_v2_chunk_split(monkeypatch):
     monkeypatch.undo()                                     # the module defaults, not the fixture's
     assert fused._seq_chunks(4096, 1024) == (4096, 1)      # b4 d2048 n16: 1024 one-warp programs
