@@ -71,6 +71,10 @@ def test_gpu_ssd_bf16(shape):
     out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False)
     rout, rfin, rgrads = run_ssd(reference.ssd, kw, flags, chunk, w_out, w_fin, upcast=True)
     msg = f"seed {seed}"
+    # printed before any assert (run_all.sh runs pytest with -s): a run stopped at its time limit
+    # loses pytest's failure summary, as one of shape5 (b3 l300) did on 2026-11-23 23:1x
+    errs = {k: f"{rel(grads[k], ref):.2e}" for k, ref in rgrads.items() if grads[k] is not None}
+    print(msg, {"out": f"{rel(out, rout):.2e}", "final": f"{rel(fin, rfin):.2e}", **errs})
     assert out.dtype == torch.bfloat16 and not out.isnan().any(), msg
     assert rel(out, rout) <= BF16_TOL, f"out {rel(out, rout):.2e} {msg}"
     assert not fin.isnan().any() and rel(fin, rfin) <= BF16_TOL, f"final {rel(fin, rfin):.2e} {msg}"
