@@ -73,15 +73,25 @@ def test_gpu_ssd_bf16(shape):
     msg = f"seed {seed}"
     # printed before any assert (run_all.sh runs pytest with -s): a run stopped at its time limit
     # loses pytest's failure summary, as one of shape5 (b3 l300) did on 2026-11-23 23:1x
-    errs = {k: f"{rel(grads[k], ref):.2e}" for k, ref in rgrads.items() if grads[k] is not None}
-    print(msg, {"out": f"{rel(out, rout):.2e}", "final": f"{rel(fin, rfin):.2e}", **errs})
+    errs = {k: rel(grads[k], ref) for k, ref in rgrads.items() if grads[k] is not None}
+    print(msg, {k: f"{e:.2e}" for k, e in dict(out=rel(out, rout), final=rel(fin, rfin), **errs).items()})
     assert out.dtype == torch.bfloat16 and not out.isnan().any(), msg
     assert rel(out, rout) <= BF16_TOL, f"out {rel(out, rout):.2e} {msg}"
     assert not fin.isnan().any() and rel(fin, rfin) <= BF16_TOL, f"final {rel(fin, rfin):.2e} {msg}"
-    for k, ref in rgrads.items():
+    for k in rgrads:
         assert grads[k] is not None and grads[k].dtype == kw[k].dtype, f"{k} {msg}"
         assert not grads[k].isnan().any(), f"{k} NaN {msg}"
-        assert rel(grads[k], ref) <= BF16_TOL, f"d{k}: {rel(grads[k], ref):.2e} {msg}"
+    bad = {k: e for k, e in errs.items() if not e <= BF16_TOL}
+    if bad.keys() & {"A", "dt_bias", "D"}:
+        # per-head sums over every position whose terms partly cancel: at b3 l300 (shape5) the A
+        # gradient measured 1.2e-3 to 9.6e-3 over 7 seeds (H100, 2026-11-23 23:4x) against 1e-2,
+        # one unprinted failure before that, while the fp32 reference's own A gradient moves by
+        # 5.7e-3 at that shape under bf16-sized input noise (6.2e-3 at b2 l1000). The bound of the
+        # small-state test below: that movement, three times over.
+        floor = summed_grads_noise_floor(kw, flags, chunk, w_out, w_fin, rgrads)
+        print("noise floor", floor)
+        bad = {k: e for k, e in bad.items() if not e <= 3 * floor.get(k, 0.0)}
+    assert not bad, f"{bad} {msg}"
 
 
 @pytest.mark.parametrize("shape", [
