@@ -52,7 +52,7 @@ VARIANTS = {
     "split_rows": dict(SEQ_SPLIT_IN_ROWS=True),          # split grids at n <= 16 in rows of 8
     "no_bwd_bct": dict(SEQ_BWD_BC_TIME_MAJOR=False),     # the backward's B, C not time-major
     "no_rs": dict(SEQ_REDUCE_SCATTER=False),             # y summed by a shuffle all-reduce per step
-    # 2026-11-24: B and C made time-major by torch ops (4 launches), as before the one Triton launch
+    # 2026-11-23 late: B and C made time-major by torch ops (4 launches), as before the one Triton launch
     "torch_pack": dict(_time_major=lambda B, C, G, NP, extra_tile=False: tuple(
         _torch_time_major(M, G, NP, extra_tile) for M in (B, C))),
     # ... n = 32 or split (b1 l32768) ...
@@ -77,7 +77,7 @@ DEFAULT_VARIANTS = "v2,tri_layout,big_cheap_sp,v2_mc128,v2_cb2048"
 
 
 def _torch_time_major(M, G, NP, extra_tile):
-    """fused._time_major for one of B, C as it was until 2026-11-24: torch.zeros, then a copy."""
+    """fused._time_major for one of B, C as it was until late 2026-11-23: torch.zeros, then a copy."""
     b, L = M.shape[0], M.shape[-1]
     Mt = M.reshape(b, G, -1, L).transpose(-1, -2)
     Lp = -(-L // 8) * 8 + 8 * extra_tile

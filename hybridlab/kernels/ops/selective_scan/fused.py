@@ -30,8 +30,9 @@ from hybridlab.kernels.grad_mode import wants_grad
 from hybridlab.kernels.launch import FastKernel
 
 _INTERPRET = knobs.INTERPRET
-#: the forward's softplus takes the GPU's lg2.approx (PTX: not in the interpreter)
-FAST_LOG2 = not _INTERPRET
+#: the forward's inline PTX (softplus, gate, y's reduce-scatter: _ex2_ftz, _silu, _sum_lanes8);
+#: the interpreter cannot run PTX and takes their tl twins
+FAST_PTX = not _INTERPRET
 
 
 # ----------------------------------------------------------------------------------------------
@@ -841,7 +842,7 @@ SEQ_BC_TIME_MAJOR_ROWS = True
 #: moves between the sets made it 0.441, each step's loaded after its own use 0.458)
 SEQ_BC_PREFETCH = True
 #: (u, dt and z two tiles ahead instead of one, SEQ_UDZ_TWO_AHEAD, lost and is gone: b4 n16
-#: forward 0.400 ms against 0.395, f+b 1.814 against 1.838, H100 2026-11-24; NOTES.md)
+#: forward 0.400 ms against 0.395, f+b 1.814 against 1.838, H100 2026-11-23; NOTES.md)
 #: y summed across a channel's 4 lanes by a reduce-scatter (_sum_lanes8) instead of a shuffle
 #: all-reduce per step and a layout change (n16, Triton's layout)
 SEQ_REDUCE_SCATTER = True
@@ -979,7 +980,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
             *(seq.stride() if seq is not None else (0, 0)))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HAS_SEQ=seq is not None, BLOCK_D=BDs, NP=NP,
-                 CKPT_T=ck_t, FAST=FAST_LOG2, ROWS_LOG=rows_log,
+                 CKPT_T=ck_t, FAST=FAST_PTX, ROWS_LOG=rows_log,
                  CHEAP_SP=NP <= SEQ_CHEAP_SOFTPLUS_MAX_NP, PIN=SEQ_PIN_TILE_MATH, BC_T=bc_t,
                  BC_PF=bc_pf, RS=reduce_scatter(rows_log, NP, BDs, warps),
                  num_warps=warps)
