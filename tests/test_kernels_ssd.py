@@ -215,20 +215,51 @@ SEQ_CASES = {
 }
 
 
+def _set_segments(monkeypatch, shape, segments):
+    """Route the forward's state walk through one segment, two, or one per chunk (FILL: the
+    programs the walk is cut until it has); returns the plan's (chunks per segment, segments)."""
+    b, l, h, p, g, n, chunk = shape
+    progs = b * h * fused.seq_state_tiles(b, h, p, n)[2]
+    fill = {"one": 1, "two": 2 * progs, "each_chunk": 10 ** 9}[segments]
+    monkeypatch.setattr(fused, "SEQ_STATE_FILL", fill)
+    nchunks = -(-l // fused.kernel_chunk(chunk, torch.float32))
+    cps, nseg = fused.forward_state_plan(b, h, p, n, nchunks, False)[3:]
+    assert nseg == {"one": 1, "two": 2, "each_chunk": nchunks}[segments] and (nseg - 1) * cps < nchunks
+    return cps, nseg
+
+
+@pytest.mark.parametrize("segments", ["one", "two", "each_chunk"])
 @pytest.mark.parametrize("shape, opts, bn", SEQ_CASES.values(), ids=SEQ_CASES.keys())
-def test_sequential_state_kernels(monkeypatch, shape, opts, bn):
-    """fused_state.py's one-program-per-state-tile kernels (the path for grids that fill the GPU)."""
+def test_sequential_state_kernels(monkeypatch, shape, opts, bn, segments):
+    """fused_state.py's one-program-per-state-tile kernels (the path for grids that fill the GPU),
+    the forward walking the sequence whole or cut into segments (the scan adds what each
+    segment's walk missed, and stores the true entering states for the backward)."""
     monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
     monkeypatch.setattr(fused, "SEQ_STATE_BN", bn)
-    b, l, h, p, g, n, chunk = shape
-    assert fused.seq_state_tiles(b, h, p, n) is not None
+    _set_segments(monkeypatch, shape, segments)
     check(shape, opts)
 
 
-def test_sequential_state_kernels_decoupled(monkeypatch):
+@pytest.mark.parametrize("segments", ["two", "each_chunk"])
+def test_segmented_forward_without_grad(monkeypatch, segments):
+    """No backward to feed: the scan corrects the entering states it reads and stores none."""
+    shape = (2, 45, 2, 16, 1, 32, 16)
+    monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
+    _set_segments(monkeypatch, shape, segments)
+    kw = on_dev(make_inputs(*shape[:6], ALL, dtype=torch.float32))
+    with torch.no_grad():
+        y, s = fused.ssd(chunk_size=shape[-1], return_final_states=True, **kw)
+    y_ref, s_ref = reference.ssd(chunk_size=shape[-1], return_final_states=True, **kw)
+    assert rel(y, y_ref) <= TOL and rel(s, s_ref) <= TOL
+
+
+@pytest.mark.parametrize("segments", ["one", "each_chunk"])
+def test_sequential_state_kernels_decoupled(monkeypatch, segments):
+    shape = (2, 45, 2, 16, 1, 32, 16)
     monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
     monkeypatch.setattr(fused, "SEQ_STATE_BN", 16)
-    test_decoupled_fused_matches_reference((2, 45, 2, 16, 1, 32, 32), DECOUPLED_ALL)
+    _set_segments(monkeypatch, shape, segments)
+    test_decoupled_fused_matches_reference(shape, DECOUPLED_ALL)
 
 
 def test_kernel_chunk_is_capped(monkeypatch):

@@ -10,6 +10,7 @@ exist to be timed against them (scripts/gpu/kernel_variants.sh).
 | HYBRIDLAB_SSD_BLOCK_T | SSD row block inside a chunk (16, 32 or 64) | 64 |
 | HYBRIDLAB_SSD_MAX_CHUNK | longest SSD chunk the kernels run (16..256); a caller's longer chunk_size runs at this | 128 |
 | HYBRIDLAB_SSD_SEQ_STATE | programs (batch x head x state tile) from which the SSD chunk states run as one sequential kernel per direction (fused_state.py); 0: never | 256 |
+| HYBRIDLAB_SSD_SEQ_STATE_FILL | the forward's sequential state walk is cut into segments of chunks, walked in parallel, until (batch x head x state tile x segment) has this many programs | 256 |
 | HYBRIDLAB_SSD_SEQ_STATE_BN | state columns per tile of those kernels (32, 64 or 128) | 64 |
 | HYBRIDLAB_SSD_SEQ_STATE_ROWS | rows per step of those kernels (16, 32, 64 or 128; at most the chunk) | 128 |
 | HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256; at most HYBRIDLAB_SSD_MAX_CHUNK) | 128 |
@@ -67,6 +68,7 @@ FAST_LAUNCH = env_choice("HYBRIDLAB_FAST_LAUNCH", "1", ("0", "1")) == "1"
 SSD_BLOCK_T = env_int("HYBRIDLAB_SSD_BLOCK_T", 64, {16, 32, 64})
 SSD_MAX_CHUNK = env_int("HYBRIDLAB_SSD_MAX_CHUNK", 128, {16, 32, 64, 128, 256})
 SSD_SEQ_STATE = env_int("HYBRIDLAB_SSD_SEQ_STATE", 256)
+SSD_SEQ_STATE_FILL = env_int("HYBRIDLAB_SSD_SEQ_STATE_FILL", 256)
 SSD_SEQ_STATE_BN = env_int("HYBRIDLAB_SSD_SEQ_STATE_BN", 64, {32, 64, 128})
 SSD_SEQ_STATE_ROWS = env_int("HYBRIDLAB_SSD_SEQ_STATE_ROWS", 128, {16, 32, 64, 128})
 MAMBA3_SSD_CHUNK = env_int("HYBRIDLAB_MAMBA3_SSD_CHUNK", None, {16, 32, 64, 128, 256})

@@ -32,6 +32,13 @@ VARIANTS = {
     "rows64": {"SEQ_STATE_ROWS": 64},                             # 64-row blocks in the state walk
     "chunk256": {"MAX_CHUNK": 256},                               # the SSD's chunks up to 256 (the bench asks 256)
     "chunk64": {"MAX_CHUNK": 64},
+    # the sequential state kernels at b1 h32 too, through more, narrower state tiles
+    "bn16": {"SEQ_STATE_BN": 16},                                 # 8 tiles per head: 256 programs at b1
+    "bn32m128": {"SEQ_STATE_BN": 32, "SEQ_STATE_MIN": 128},       # 4 tiles per head: 128 programs at b1
+    # the forward's state walk in segments (fused_state.py): never, or up to 512 / 1024 programs
+    "noseg": {"SEQ_STATE_FILL": 0},
+    "fill512": {"SEQ_STATE_FILL": 512},
+    "fill1024": {"SEQ_STATE_FILL": 1024},
 }
 CASES = ("ssd/b4-l4096-h32-p64-n128", "ssd/b1-l32768-h32-p64-n128", "ssd/b16-l2048-h32-p64-n64",
          "mamba3/b4-l4096-h32-p64-n128", "mamba3/b1-l32768-h32-p64-n128")

@@ -107,6 +107,7 @@ _state_pass_bwd = FastKernel(kb.state_pass_bwd)
 _chunk_cb = FastKernel(kb.chunk_cb)
 _dt_bwd = FastKernel(kb.dt_bwd)
 _state_fwd_seq, _SFS = _tuned(ks.state_fwd_seq, [(4, 2), (4, 3), (8, 2)])
+_segment_pass_fwd = FastKernel(ks.segment_pass_fwd)
 _state_bwd_seq, _SBS = _tuned(ks.state_bwd_seq, [(4, 2), (4, 3), (8, 2)])
 #: (4, 1), (8, 1): one stage, 41 KB of shared memory instead of 82 (three 4-warp programs per SM
 #: instead of two); Nsight Compute (H200, b4) had the two-stage kernel at 8 warps per SM, 36% of
@@ -159,6 +160,23 @@ def seq_state_tiles(b, H, P, N):
     BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
     tiles = triton.cdiv(P, BP) * triton.cdiv(N, BN)
     return (BP, BN, tiles) if SEQ_STATE_MIN and b * H * tiles >= SEQ_STATE_MIN else None
+
+
+#: the forward's state walk is cut into segments of chunks, walked in parallel, until (batch, head,
+#: state tile, segment) has this many programs (fused_state.py; HYBRIDLAB_SSD_SEQ_STATE_FILL).
+SEQ_STATE_FILL = knobs.SSD_SEQ_STATE_FILL
+
+
+def forward_state_plan(b, H, P, N, nchunks, packed):
+    """(BP, BN, tiles, chunks per segment, segments) of the forward's sequential state walk, or
+    None where the split path runs. Packed sequences (seq_idx) walk in one segment."""
+    BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
+    tiles = triton.cdiv(P, BP) * triton.cdiv(N, BN)
+    progs = b * H * tiles
+    nseg = 1 if packed or progs >= SEQ_STATE_FILL else min(nchunks, triton.cdiv(SEQ_STATE_FILL, progs))
+    cps = triton.cdiv(nchunks, nseg)
+    nseg = triton.cdiv(nchunks, cps)
+    return (BP, BN, tiles, cps, nseg) if SEQ_STATE_MIN and progs * nseg >= SEQ_STATE_MIN else None
 
 
 #: fp32 inputs on the GPU (tf32x3 dots keep fp32 operand tiles in shared memory): chunks of at
@@ -219,12 +237,25 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
                B.stride(0), B.stride(1), B.stride(2), Lp, nchunks)
     state_opts = dict(Q=Q, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
                    HAS_SEQ=seg is not None, HAS_LD=ld is not None, PREC=prec)
-    seq = seq_state_tiles(b, H, P, N)
-    if seq is not None:
-        SP, SN, tiles = seq
-        _state_fwd_seq[(b * H, tiles)](
-            x, dt, A, B, dt_bias, seg, ld, init, delta, cs, E, final, *state_args,
+    plan = forward_state_plan(b, H, P, N, nchunks, seg is not None)
+    cps, nseg, sin, dec, E_true = nchunks, 1, None, None, E
+    if plan is not None:
+        SP, SN, tiles, cps, nseg = plan
+        ends = final if nseg == 1 else torch.empty(b, H, nseg, P, N, device=dev, dtype=f32)
+        _state_fwd_seq[(b * H, tiles, nseg)](
+            x, dt, A, B, dt_bias, seg, ld, init, delta, cs, E, ends, *state_args, cps,
             KB=min(Q, SEQ_STATE_ROWS), BP=SP, BN=SN, HAS_INIT=init is not None, **state_opts, **_SFS)
+        if nseg > 1:
+            PN = P * N
+            BLOCK = min(STATE_BLOCK, _pow2(PN))
+            sin = torch.empty_like(ends)
+            dec = torch.empty(b, H, nchunks, device=dev, dtype=f32)
+            _segment_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
+                ends, cs, sin, dec, final, PN, Lp, nchunks, cps, nseg, Q=Q, BLOCK=BLOCK,
+                num_warps=1 if _INTERPRET else STATE_WARPS)
+            # the scan adds what each segment's walk missed; with a backward to feed, it also
+            # stores the true entering states (the backward reads them)
+            E_true = torch.empty_like(E) if store_y else None
     else:
         st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
         _chunk_state_fwd[(H, nchunks, b)](
@@ -240,15 +271,16 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if z is not None and store_y else None
     _chunk_scan_fwd[(H, nchunks * NB, b)](
-        x, z, B, C, D, dpos, delta, cs, seg, E, out, y,
+        x, z, B, C, D, dpos, delta, cs, seg, E, sin, dec, E_true, out, y,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        out.stride(0), out.stride(1), out.stride(2), Lp, nchunks,
+        out.stride(0), out.stride(1), out.stride(2), Lp, nchunks, cps, nseg,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, STORE_Y=y is not None, HAS_SEQ=seg is not None,
-        HAS_STATE=init is not None or nchunks > 1, PREC=prec, **_CSCF)
-    return out, final, y, delta, cs, E
+        HAS_STATE=init is not None or nchunks > 1, HAS_SEGS=nseg > 1, STORE_E=nseg > 1 and store_y,
+        PREC=prec, **_CSCF)
+    return out, final, y, delta, cs, E_true
 
 
 def _shared_cb(B, C, H, Q, BT, BN, prec):

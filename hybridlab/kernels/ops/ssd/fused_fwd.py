@@ -107,14 +107,15 @@ def state_pass_fwd(
 @triton.jit
 def chunk_scan_fwd(
     x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, Dpos_ptr, delta_ptr, cs_ptr, seg_ptr, E_ptr,
-    out_ptr, y_ptr,
+    sin_ptr, dec_ptr, Eout_ptr, out_ptr, y_ptr,
     L, H, P, N, G,
     sx_b, sx_l, sx_h, sz_b, sz_l, sz_h, sB_b, sB_l, sB_g, sC_b, sC_l, sC_g,
     so_b, so_l, so_h,
-    Lp, nchunks,
+    Lp, nchunks, cps, nseg,
     Q: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, D_HDIM: tl.constexpr, HAS_DPOS: tl.constexpr, HAS_Z: tl.constexpr,
-    STORE_Y: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr, PREC: tl.constexpr,
+    STORE_Y: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_STATE: tl.constexpr,
+    HAS_SEGS: tl.constexpr, STORE_E: tl.constexpr, PREC: tl.constexpr,
 ):
     h = tl.program_id(0)
     cb = tl.program_id(1)
@@ -137,8 +138,17 @@ def chunk_scan_fwd(
                  mask=vi[:, None] & (on[None, :] < N), other=0.0)
     if HAS_STATE:
         # the state entering the chunk, read as (n, p)
-        E = tl.load(E_ptr + ((b * nchunks + c) * H + h) * P * N + op[None, :] * N + on[:, None],
-                    mask=(on[:, None] < N) & (op[None, :] < P), other=0.0)
+        e_off = ((b * nchunks + c) * H + h) * P * N + op[None, :] * N + on[:, None]
+        e_mask = (on[:, None] < N) & (op[None, :] < P)
+        E = tl.load(E_ptr + e_off, mask=e_mask, other=0.0)
+        if HAS_SEGS:    # the walk of this chunk's segment began at 0: add what came before it
+            bh = b * H + h
+            s_in = tl.load(sin_ptr + (bh * nseg + c // cps) * P * N + op[None, :] * N + on[:, None],
+                           mask=e_mask, other=0.0)
+            E = E.to(tl.float32) + tl.load(dec_ptr + bh * nchunks + c) * s_in
+            if STORE_E:     # the true entering states, for the backward (one row block writes)
+                if i == 0:
+                    tl.store(Eout_ptr + e_off, E.to(Eout_ptr.dtype.element_ty), mask=e_mask)
         w = tl.exp(cs_i)
         if HAS_SEQ:
             seg_prev = tl.load(seg_ptr + b * Lp + c * Q - 1, mask=c > 0, other=0)

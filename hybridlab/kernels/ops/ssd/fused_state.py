@@ -15,8 +15,13 @@ the same recurrence, so a program holds KB-row operand tiles, not Q-row ones (re
 Chaining the blocks of a chunk gives exactly the chunk's recurrence; the state entering each
 chunk is stored where a chunk starts. Results match the split path's up to fp32 rounding order.
 
-1. ``state_fwd_seq``: per (b, h, tile of the P x N state), rows in order: Δ and the in-chunk cs
-   (stored by the first tile), the state *entering* each chunk (x's dtype), the final state (fp32).
+1. ``state_fwd_seq``: per (b, h, tile of the P x N state, segment of chunks), rows in order: Δ and
+   the in-chunk cs (stored by the first tile), the state *entering* each chunk (x's dtype), the
+   state at the segment's end (fp32). With one segment that is the whole walk and the final state.
+   Where (b, h, tile) alone leaves SMs idle (b1 h32: 64 programs), the sequence is cut into
+   segments walked in parallel, each from a zero state (the first from the initial state):
+   ``segment_pass_fwd`` then carries the segments' end states across segments, and the scan adds
+   each chunk's missing part, dec_c · S_in(segment), to the entering state it reads.
 2. ``state_bwd_seq``: rows in reverse. The gradient G of the state at a block's end goes back as
    G <- exp(cs_end - cs_start) G + sum_t exp(cs_t - cs_start) dY_t ⊗ C_t; at each chunk's end it
    stores dE_{c+1} (x's dtype) and α_c <E_c, dE_{c+1}> for d cs_last (one partial per tile);
@@ -60,21 +65,23 @@ def _carried(cs_end, cs_start, seg_ptr, b, Lp, t_end, t_start, HAS_SEQ: tl.const
 @triton.jit
 def state_fwd_seq(
     x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, seg_ptr, ld_ptr, init_ptr,
-    delta_ptr, cs_ptr, E_ptr, final_ptr,
+    delta_ptr, cs_ptr, E_ptr, end_ptr,
     L, H, P, N, G, dt_lo, dt_hi,
     sx_b, sx_l, sx_h, sdt_b, sdt_l, sdt_h, sB_b, sB_l, sB_g,
-    Lp, nchunks,
+    Lp, nchunks, cps,
     Q: tl.constexpr, KB: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr,
     HAS_LD: tl.constexpr, HAS_INIT: tl.constexpr, PREC: tl.constexpr,
 ):
     bh, tile, b, h, op, on, off, smask = _tile(H, P, N, BP, BN)
+    k = tl.program_id(2)                          # the segment: chunks [k·cps, (k+1)·cps)
     g = h // (H // G)
     NSB: tl.constexpr = Q // KB
     ok = tl.arange(0, KB)
     first = ok < tl.where(tile == 0, KB, 0)      # Δ and cs are the same for every tile: one stores them
-    if HAS_INIT:
+    if HAS_INIT:                                  # the first segment starts from it, the others from 0
         s = tl.load(init_ptr + bh * P * N + off, mask=smask, other=0.0).to(tl.float32)
+        s = tl.where(k == 0, s, 0.0)
     else:
         s = tl.zeros([BP, BN], dtype=tl.float32)
     if HAS_BIAS:
@@ -82,7 +89,8 @@ def state_fwd_seq(
     if not HAS_LD:
         a = tl.load(A_ptr + h).to(tl.float32)
     carry = 0.0                                   # cs at the end of the previous block of the chunk
-    for i in range(nchunks * NSB):                # the launch's num_stages prefetches later blocks
+    # the launch's num_stages prefetches later blocks
+    for i in range(k * cps * NSB, tl.minimum((k + 1) * cps, nchunks) * NSB):
         j = i % NSB
         t0 = i * KB
         t = t0 + ok
@@ -118,7 +126,32 @@ def state_fwd_seq(
                      mask=valid[:, None] & (on[None, :] < N), other=0.0)
         xv = (xt.to(tl.float32) * v[:, None]).to(Bt.dtype)
         s = tl.dot(tl.trans(xv), Bt, acc=s * alpha, input_precision=PREC)
-    tl.store(final_ptr + bh * P * N + off, s, mask=smask)
+    tl.store(end_ptr + (bh * tl.num_programs(2) + k) * P * N + off, s, mask=smask)
+
+
+@triton.jit
+def segment_pass_fwd(
+    end_ptr, cs_ptr, sin_ptr, dec_ptr, final_ptr,
+    PN, Lp, nchunks, cps, nseg,
+    Q: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Per (b·h, slice of P·N): S_in(k) = the true state entering segment k (fp32; 0 for the first,
+    whose walk began at the initial state), S_in(k+1) = exp(cs over segment k) S_in(k) + end(k);
+    the final state; and (first slice) dec_c = exp(cs from chunk c's segment start to c's start)."""
+    bh = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    o = blk * BLOCK + tl.arange(0, BLOCK)
+    m = o < PN
+    s = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(nseg):
+        tl.store(sin_ptr + (bh * nseg + k) * PN + o, s, mask=m)
+        tot = 0.0
+        for c in range(k * cps, tl.minimum((k + 1) * cps, nchunks)):
+            if blk == 0:
+                tl.store(dec_ptr + bh * nchunks + c, tl.exp(tot))
+            tot += tl.load(cs_ptr + bh * Lp + c * Q + Q - 1)
+        s = tl.exp(tot) * s + tl.load(end_ptr + (bh * nseg + k) * PN + o, mask=m, other=0.0)
+    tl.store(final_ptr + bh * PN + o, s, mask=m)
 
 
 @triton.jit
