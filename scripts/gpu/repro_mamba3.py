@@ -37,10 +37,10 @@ torch.cuda.synchronize()
 print('ok')
 """
 # found 2026-11-22: N 16 at SSD chunk 128 faults in chunk_bwd_dbc, chunk 64 and N 32 pass;
-# ENVS (a Python list of dicts) picks the knob variants to try
+# ENVS (a Python list of dicts) picks the knob variants to try, CASES (the same) the shapes
 cases = [dict(b=32, L=128, H=8, P=32, N=16, S=4), dict(b=32, L=128, H=8, P=32, N=32, S=8),
          dict(b=2, L=128, H=8, P=32, N=16, S=4), dict(b=32, L=128, H=8, P=32, N=16, S=0)]
-cases = cases[:int(os.environ.get("NCASES", len(cases)))]
+cases = eval(os.environ["CASES"]) if "CASES" in os.environ else cases[:int(os.environ.get("NCASES", len(cases)))]
 # plain SSD (Mamba-2) at N 16 with one chunk, the same kernels without the Mamba-3 wrapping
 ssd_cases = [dict(b=32, L=128, H=8, P=32, N=16, G=1, Q=128), dict(b=8, L=128, H=8, P=64, N=16, G=8, Q=128),
              dict(b=8, L=256, H=8, P=64, N=16, G=2, Q=256)] if os.environ.get("SSD", "1") == "1" else []

@@ -88,6 +88,8 @@ def run(fn, args, kw, ini, chunk, upcast):
 SHAPES = [  # b, L, H, P, N, R, G, chunk
     pytest.param(4, 4096, 32, 64, 128, 1, 1, 64, id="bench-b4-l4096"),
     pytest.param(2, 1000, 8, 64, 64, 1, 2, 64, id="siso-l1000-g2"),
+    # 8 heads with 32 rotated pairs: the step kernels' dots at a 16-wide head side faulted (siso._p2_32)
+    pytest.param(2, 1024, 8, 64, 128, 1, 1, 64, id="siso-h8-pairs32"),
     pytest.param(2, 777, 8, 64, 128, 4, 1, 16, id="mimo4-l777"),
     pytest.param(1, 300, 4, 32, 32, 2, 2, 32, id="mimo2-small"),
     pytest.param(2, 500, 8, 64, 128, 4, 1, 64, id="mimo4-chunk64-clamped"),

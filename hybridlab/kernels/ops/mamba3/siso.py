@@ -102,9 +102,13 @@ def _p2(n: int) -> int:
     return max(2, triton.next_power_of_2(max(int(n), 1)))
 
 
-def _p2_16(n: int) -> int:
-    """A tl.dot operand's side: a power of two >= 16."""
-    return max(16, _p2(n))
+def _p2_32(n: int) -> int:
+    """The step kernels' dot sides (heads, rotated pairs): a power of two >= 32. With 16 heads or
+    fewer (a 16-wide side) and 32 pairs, Triton 3.6's sm_90 path for prep_bwd_kernel's fp32
+    (tf32x3) dot read past its shared memory: an illegal memory access on the H100 at b2 l1024 h8
+    n128 (compute-sanitizer: "Invalid __shared__ read" at the d ps dot; h16 too, h32 and 16 pairs
+    passed; scripts/gpu/repro_mamba3.py, 2026-11-24). The padded heads and pairs are masked."""
+    return max(32, _p2(n))
 
 
 def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None, bnext=None, Lp=None):
@@ -187,7 +191,7 @@ def _step_prep(dt, A, trap, angles, ang0):
     d = adt
     _prep_fwd[(nc, bsz)](
         dt, A, _or(trap, d), _or(angles, d), adt, w, _or(bnext, d), _or(ps, d), _or(tot, d), L, H, S, nc,
-        QA=ANGLE_CHUNK, BH=_p2_16(H), BS=_p2_16(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0, PREC=_MMA_PREC,
+        QA=ANGLE_CHUNK, BH=_p2_32(H), BS=_p2_32(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0, PREC=_MMA_PREC,
         num_warps=1 if _INTERPRET else 4)
     if not S:                                   # no angles: the caller keeps its initial angle
         return adt, w, bnext, None, None, torch.zeros(bsz, H, 0, device=dev)
@@ -223,7 +227,7 @@ def _step_prep_backward(dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, d
         dt, A, _or(trap, d), _or(ps, d), _or(qk, d), dw, dadt, _or(ddpos, d), _or(ddt_rot, d), _or(dps_rot, d),
         _or(dtot, d), ddt, dA, _or(dtrap, d), _or(dang, d),
         L, H, dps_rot.shape[2] if S else 1, S, nc, ddt_rot.shape[-1] if S else 1, *sdp,
-        QA=ANGLE_CHUNK, BH=_p2_16(H), BS=_p2_16(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
+        QA=ANGLE_CHUNK, BH=_p2_32(H), BS=_p2_32(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
         HAS_DPOS=ddpos is not None, PREC=_MMA_PREC, num_warps=1 if _INTERPRET else 8)
     return ddt, dA, dtrap, dang, dang0
 
