@@ -3,7 +3,9 @@
 Forward: 3 launches (fused_fwd.py); backward: 5 launches (fused_bwd.py), 6 when a group has
 several heads (chunk_cb), plus small torch sums of per-program partials (deterministic: no
 atomics). Where (batch, head, state tile) fills the GPU, the chunk states run as one sequential
-kernel per direction instead of two (fused_state.py): 2 and 4 launches. Decode step: fused_step.py.
+kernel per direction instead of two (fused_state.py): 2 and 4 launches. Where it does not, the
+forward's walk is cut into segments of chunks walked in parallel (3 launches: walk, carry across
+segments, scan); the backward keeps the split kernels there. Decode step: fused_step.py.
 
 ``chunk_size`` is a speed knob here: the kernels use it rounded to a power of two in [16, 256]
 and at most MAX_CHUNK (the result is the same SSD up to rounding). float64 has no tensor-core
