@@ -157,10 +157,15 @@ STATE_BLOCK, STATE_WARPS = 256, 2
 SEQ_STATE_MIN, SEQ_STATE_BN, SEQ_STATE_ROWS = knobs.SSD_SEQ_STATE, knobs.SSD_SEQ_STATE_BN, knobs.SSD_SEQ_STATE_ROWS
 
 
+def _state_tiles(P, N):
+    """(BP, BN, tiles): the sequential state kernels' tiles of the P x N state."""
+    BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
+    return BP, BN, triton.cdiv(P, BP) * triton.cdiv(N, BN)
+
+
 def seq_state_tiles(b, H, P, N):
     """(BP, BN, tiles) of the sequential state kernels, or None where the split path runs."""
-    BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
-    tiles = triton.cdiv(P, BP) * triton.cdiv(N, BN)
+    BP, BN, tiles = _state_tiles(P, N)
     return (BP, BN, tiles) if SEQ_STATE_MIN and b * H * tiles >= SEQ_STATE_MIN else None
 
 
@@ -172,8 +177,7 @@ SEQ_STATE_FILL = knobs.SSD_SEQ_STATE_FILL
 def forward_state_plan(b, H, P, N, nchunks, packed):
     """(BP, BN, tiles, chunks per segment, segments) of the forward's sequential state walk, or
     None where the split path runs. Packed sequences (seq_idx) walk in one segment."""
-    BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
-    tiles = triton.cdiv(P, BP) * triton.cdiv(N, BN)
+    BP, BN, tiles = _state_tiles(P, N)
     progs = b * H * tiles
     nseg = 1 if packed or progs >= SEQ_STATE_FILL else min(nchunks, triton.cdiv(SEQ_STATE_FILL, progs))
     cps = triton.cdiv(nchunks, nseg)
@@ -218,7 +222,8 @@ def _heads_per_program(b, nchunks, nb, G, hpg, target):
 
 def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos, store_y=True):
     """out, final state, and for the backward: y (the pre-gate output, with z and store_y only),
-    Δ, its cumsum and the entering states E (the forward's own scratch too)."""
+    Δ, its cumsum and the entering states E (the forward's own scratch too). store_y: a backward
+    will run; without it a segmented walk's true entering states are not stored (E is None)."""
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = triton.cdiv(l, Q)
