@@ -170,8 +170,10 @@ def cases():
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
         yield (f"chunk_bwd_dbc ({what}, BT {T})", kb.chunk_bwd_dbc, dict(Q=Q, BT=T, HPP=hpp, **dbc),
                SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
-        yield (f"chunk_scan_fwd ({what}, BT {T})", kf.chunk_scan_fwd, dict(Q=Q, BT=T, STORE_Y=m3, **common),
-               SSD_F32, ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 3), (8, 2)])
+        for segs in (False, True):      # True: the entering states of a segmented walk (b1), with grad
+            yield (f"chunk_scan_fwd ({what}, BT {T}{', segments' if segs else ''})", kf.chunk_scan_fwd,
+                   dict(Q=Q, BT=T, STORE_Y=m3, HAS_SEGS=segs, STORE_E=segs, **common),
+                   SSD_F32 + ("sin_ptr", "dec_ptr"), ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 3), (8, 2)])
         # fused_state.py (ssd.SEQ_STATE_BN, SEQ_STATE_ROWS): the sequential state kernels
         tiles = ((ssd.SEQ_STATE_BN, min(Q, ssd.SEQ_STATE_ROWS)), (64, 64), (128, 64), (64, 32), (128, 32))
         for sbn, kb_rows in dict.fromkeys(tiles):      # the defaults first, then the variants
