@@ -121,7 +121,7 @@ def bc_f32(ptrs: tuple, bc_t: bool) -> tuple:
 
 def cases():
     """(label, kernel, constexprs, fp32 pointers, int pointers, [(warps, stages), ...])."""
-    # Mamba-1 (selective_scan/fused.py) at b4 l4096 d2048, bf16 u/delta/z/B/C, fp32 A/D/bias/states
+    # Mamba-1 (selective_scan/fused_fwd.py, fused_bwd.py) at b4 l4096 d2048, bf16 u/delta/z/B/C, fp32 A/D/bias/states
     # (one time chunk at b4 d2048 and one B/C group: NC = G = 1, constants like the unit strides)
     unit = dict(su_l=1, sdt_l=1, sz_l=1, sB_l=1, sC_l=1, sA_n=1, sdo_l=1, NC=1, G=1)
     opts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_SEQ=False)

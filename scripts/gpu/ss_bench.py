@@ -41,7 +41,7 @@ VARIANTS = {
     # the forward in Triton's layout (ROWS_LOG 0), as before 2026-11-23 15:3x
     "tri_layout": dict(SEQ_ROWS_LOG_MID=0, SEQ_ELEMS_MID=128, SEQ_ROWS_LOG_BIG_N=0, SEQ_WARPS_BIG_N=4),
     "big_tri1024w8": dict(SEQ_ROWS_LOG_BIG_N=0, SEQ_ELEMS_BIG_N=1024, SEQ_WARPS_BIG_N=8),
-    # the state in rows (fused._to_rows): n <= 16 unsplit (b4) ...
+    # the state in rows (tiles._to_rows): n <= 16 unsplit (b4) ...
     "rows2": dict(SEQ_ROWS_LOG=2),
     "rows3": dict(SEQ_ROWS_LOG=3, SEQ_ELEMS=256),
     "rows1": dict(SEQ_ROWS_LOG=1, SEQ_ELEMS=64),         # 2 states per thread, 2048 warps at b4
