@@ -138,3 +138,40 @@ def test_tuned_carries_a_register_cap_from_config_to_launch(monkeypatch):
         tuned[(1, 1, 1)](x, 4, 8, 16, 1, Q=64, BT=32)
     assert [c[0] for c in jit.calls] == ["jit"]              # the autotuner ran first, then one compile
     assert jit.calls[0][3] == {"Q": 64, "BT": 32, "num_warps": 4, "num_stages": 1, "maxnreg": 168}
+
+
+class FakeLoaded(FakeCompiled):
+    """A compiled kernel as Triton 3.6 loads one: its launcher ``run`` takes the grid, the stream,
+    the function handle, the packed metadata, the launch metadata and the two hooks, then every
+    parameter."""
+    packed_metadata = ("warps", 4)
+    function = 0xF00
+
+    def __init__(self, calls):
+        super().__init__(calls)
+        self.run = lambda *a: calls.append(("direct", a))
+
+
+def test_launch_compiled_skips_the_runner_unless_a_hook_is_installed(monkeypatch):
+    from hybridlab.kernels import launch
+    monkeypatch.setattr(launch, "_DRIVER", [lambda: 0, lambda device: 1000 + device])
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", None)
+    monkeypatch.setattr(triton.knobs.runtime, "launch_exit_hook", None)
+    calls = []
+    x = torch.zeros(4)
+    launch.launch_compiled(FakeLoaded(calls), (2, 3, 1), (x, 7, 64))
+    assert calls == [("direct", (2, 3, 1, 1000, 0xF00, ("warps", 4), None, None, None, x, 7, 64))]
+    # a profiler's hook installed: Triton's own runner, which calls it
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", lambda metadata: None)
+    launch.launch_compiled(FakeLoaded(calls), (2, 3, 1), (x, 7, 64))
+    assert calls[1] == ("compiled", (2, 3, 1), (x, 7, 64))
+    # a compiled kernel of another shape (no packed metadata): the runner too
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", None)
+    launch.launch_compiled(FakeCompiled(calls), (1, 1, 1), (x,))
+    assert calls[2] == ("compiled", (1, 1, 1), (x,))
+
+
+def test_host_cdiv_and_next_pow2_match_triton():
+    from hybridlab.kernels.launch import cdiv, next_pow2
+    assert [next_pow2(n) for n in range(0, 70)] == [triton.next_power_of_2(n) for n in range(0, 70)]
+    assert all(cdiv(a, b) == triton.cdiv(a, b) for a in range(0, 100) for b in range(1, 17))

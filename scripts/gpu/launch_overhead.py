@@ -6,7 +6,9 @@ At a tiny SSD shape (the GPU finishes each kernel long before the next is issued
 long the host takes to issue: the whole SSD forward / forward+backward, then chunk_scan_fwd
 alone through our autotune wrapper, through Triton's JIT launch, through hybridlab's FastKernel
 (its plan key, then the compiled kernel's launcher) and through the compiled kernel's own
-launcher alone (no argument binding or specialisation), and a torch.empty for scale.
+launcher alone (no argument binding or specialisation) or called directly with no launch hooks
+(launch.launch_compiled), and a torch.empty for scale. Then Mamba-3 SISO's forward+backward at a
+tiny shape: the host time of its 14 launches and glue.
 """
 import inspect
 import time
@@ -88,9 +90,35 @@ def main():
     from hybridlab.kernels.launch import FastKernel
     fast = FastKernel(jit)
     t_fast = issue_us(lambda: fast[grid](*args, **kwargs, **cfg))
+    try:
+        from hybridlab.kernels.launch import launch_compiled
+        t_direct = issue_us(lambda: launch_compiled(compiled, grid, allargs))
+    except ImportError:                      # before 2026-11-24
+        t_direct = float("nan")
     print(f"chunk_scan_fwd ({len(allargs)} args) per launch: autotune wrapper {t_tuned:.0f} us, "
-          f"Triton JIT {t_jit:.0f} us, FastKernel {t_fast:.0f} us, compiled launcher {t_comp:.0f} us; "
-          f"torch.empty {t_empty:.1f} us")
+          f"Triton JIT {t_jit:.0f} us, FastKernel {t_fast:.0f} us, compiled launcher {t_comp:.0f} us, "
+          f"direct {t_direct:.0f} us; torch.empty {t_empty:.1f} us")
+    mamba3_issue()
+
+
+def mamba3_issue():
+    """Host time of a tiny Mamba-3 SISO forward+backward (b1 l256 h4 p64 n64, 16 rotated pairs)."""
+    from hybridlab.kernels import dispatch
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, l, H, P, N = 1, 256, 4, 64, 64
+    rn = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x = rn(b, l, H, P).bfloat16().requires_grad_()
+    dt = (torch.rand(b, l, H, device="cuda", generator=g) * 0.1 + 0.01).requires_grad_()
+    A = (-torch.rand(H, device="cuda", generator=g) - 0.5).requires_grad_()
+    trap = rn(b, l, H).requires_grad_()
+    B, C = (rn(b, l, 1, N).bfloat16().requires_grad_() for _ in range(2))
+    angles = rn(b, l, N // 4).requires_grad_()
+    fn = dispatch.implementation("mamba3", "triton")
+    dout = torch.randn_like(x)
+
+    def fb():
+        fn(x, dt, A, trap, B, C, angles=angles).backward(dout)
+    print(f"Mamba-3 SISO tiny forward+backward issue {issue_us(fb, 100):.0f} us")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ time per forward+backward, sorted, so the slow pass of a kernel pipeline is plai
 profiles the forward alone; IMPL=peer (or ours,peer) profiles mamba-ssm's kernels on the same inputs (`.peer/`
 carried). Each case also prints the wall time per step run back to back: when
 it is well above the kernel sum, the GPU is waiting on the host. HOST=1 adds where: the host's
-time to issue one step, the GPU's idle gaps between kernels, and the host ops by self time.
+time to issue one step, the GPU's idle gaps between kernels, and the host ops by self time;
+CPROFILE=1 the host's Python by function (cProfile).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from hybridlab.kernels.ops.ssd import fused as ssd_fused
 ITERS = int(os.environ.get("ITERS", "5"))
 FORWARD_ONLY = os.environ.get("FORWARD_ONLY", "0") == "1"     # time the forward (no grad) alone
 HOST = os.environ.get("HOST", "0") == "1"                      # where the host time goes
+CPROFILE = os.environ.get("CPROFILE", "0") == "1"              # the host's Python, by function
 IMPLS = os.environ.get("IMPL", "ours").split(",")              # ours, peer or ours,peer
 
 
@@ -77,6 +79,8 @@ def profile_case(op: str, name: str, overrides: dict, impl: str = "ours") -> Non
         print(f"  {ms:8.3f} ms  x{n:<3d} {100 * ms / total:5.1f}%  {key[:110]}")
     if HOST:
         host_profile(step)
+    if CPROFILE:
+        python_profile(step)
     for kname, tuned in vars(ssd_fused).items():
         if isinstance(tuned, ssd_fused._Tuned) and tuned.chosen:
             print(f"  autotuned {kname}: {list(tuned.chosen.values())}")    # what the SSD autotuner picked
@@ -106,6 +110,26 @@ def host_profile(step) -> None:
     print("  host ops by self CPU time per step:")
     for e in rows[:22]:
         print(f"    {e.self_cpu_time_total / ITERS / 1e3:7.3f} ms  x{e.count // ITERS:<4d} {e.key[:90]}")
+
+
+def python_profile(step) -> None:
+    """The host's Python per step by function (cProfile), own time first: what a launch costs."""
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    for _ in range(ITERS):
+        torch.cuda.synchronize()
+        prof.enable()
+        step()
+        prof.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(prof)
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])     # (cc, nc, tottime, cumtime, callers)
+    total = sum(v[2] for _, v in rows)
+    print(f"  python (cProfile) {total / ITERS * 1e3:.3f} ms own time per step; top functions per step:")
+    for (file, line, fn), (cc, nc, tt, ct, _) in rows[:30]:
+        print(f"    {tt / ITERS * 1e3:7.3f} ms own {ct / ITERS * 1e3:7.3f} cum  x{nc // ITERS:<4d} "
+              f"{os.path.basename(file)}:{line} {fn}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...launch import cdiv, next_pow2
+
 
 @triton.jit
 def _x_at(x_ptr, h0_ptr, offs_d, pos, mask_d, L, sx_d, sx_l, sh_d, sh_w,
@@ -151,7 +153,7 @@ class _CausalConv1d(torch.autograd.Function):
         W = weight.shape[1]
         seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
         y = torch.empty(b, d, L, device=x.device, dtype=x.dtype)
-        grid = (triton.cdiv(L, BLOCK_L), triton.cdiv(d, BLOCK_D), b)
+        grid = (cdiv(L, BLOCK_L), cdiv(d, BLOCK_D), b)
         _fwd_kernel[grid](
             x, weight, bias if bias is not None else weight,
             initial_state if initial_state is not None else x, seq if seq is not None else x, y,
@@ -168,7 +170,7 @@ class _CausalConv1d(torch.autograd.Function):
         x, weight, bias, h0, seq = ctx.saved_tensors
         b, d, L = x.shape
         W = weight.shape[1]
-        nl = triton.cdiv(L, BLOCK_L)
+        nl = cdiv(L, BLOCK_L)
         dx = torch.empty(b, d, L, device=x.device, dtype=x.dtype)
         dw = torch.empty(b, nl, d, W, device=x.device, dtype=torch.float32)
         dbias = torch.empty(b, nl, d, device=x.device, dtype=torch.float32) if bias is not None else dw
@@ -176,14 +178,14 @@ class _CausalConv1d(torch.autograd.Function):
                   seq if seq is not None else x, dy)
         flags = dict(HAS_BIAS=bias is not None, HAS_H0=h0 is not None, HAS_SEQ=seq is not None,
                      SILU=ctx.silu, W=W, BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L)
-        _bwd_kernel[(nl, triton.cdiv(d, BLOCK_D), b)](
+        _bwd_kernel[(nl, cdiv(d, BLOCK_D), b)](
             *common, dx, dw, dbias, L, d, 0, L, *_args(x, weight, h0, seq), *dy.stride(),
             *dx.stride(), PARAMS=True, **flags)
         dh0 = None
         if h0 is not None and ctx.needs_input_grad[3]:
             dh0 = torch.empty(b, d, W - 1, device=x.device, dtype=h0.dtype)
             if W > 1:   # the same kernel over positions -(W-1) .. -1
-                _bwd_kernel[(1, triton.cdiv(d, BLOCK_D), b)](
+                _bwd_kernel[(1, cdiv(d, BLOCK_D), b)](
                     *common, dh0, dw, dbias, L, d, 1 - W, W - 1, *_args(x, weight, h0, seq),
                     *dy.stride(), *dh0.stride(), PARAMS=False, **flags)
         return (dx, dw.sum((0, 1)).to(weight.dtype),
@@ -242,10 +244,10 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     W = weight.shape[1]
     y = torch.empty(b, d, device=x.device, dtype=x.dtype)
     BD = 64
-    _update_kernel[(triton.cdiv(d, BD), b)](
+    _update_kernel[(cdiv(d, BD), b)](
         x, conv_state, weight, bias if bias is not None else weight, y, d,
         *x.stride(), *conv_state.stride(), *weight.stride(),
         HAS_BIAS=bias is not None, SILU=_silu(activation), W=W,
-        WP=max(2, triton.next_power_of_2(W)), BLOCK_D=BD,
+        WP=max(2, next_pow2(W)), BLOCK_D=BD,
     )
     return y

@@ -27,9 +27,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-import triton
 
 from ... import knobs
+from ...launch import cdiv, next_pow2
 from ..ssd import fused as ssd_fused
 from . import reference
 from .siso import (_INTERPRET, _NO_LIMIT, ANGLE_CHUNK, _or, _rotate, _rotate_backward, ssd_chunk,
@@ -61,14 +61,14 @@ V_STEPS = 32
 
 
 def _v_launch(L, H, P, R, bsz):
-    grid = (triton.cdiv(L, V_STEPS), H, bsz)
-    return grid, dict(RB=R, TS=V_STEPS, BP=max(16, triton.next_power_of_2(P)), num_warps=1 if _INTERPRET else 4)
+    grid = (cdiv(L, V_STEPS), H, bsz)
+    return grid, dict(RB=R, TS=V_STEPS, BP=max(16, next_pow2(P)), num_warps=1 if _INTERPRET else 4)
 
 
 def _out_launch(L, H, P, R, bsz):
     rows = max(OUT_ROWS, R)
-    grid = (triton.cdiv(L * R, rows), H, bsz)
-    return grid, dict(ROWS=rows, RB=R, BP=max(16, triton.next_power_of_2(P)), num_warps=1 if _INTERPRET else OUT_WARPS)
+    grid = (cdiv(L * R, rows), H, bsz)
+    return grid, dict(ROWS=rows, RB=R, BP=max(16, next_pow2(P)), num_warps=1 if _INTERPRET else OUT_WARPS)
 
 
 class _MIMOFn(torch.autograd.Function):

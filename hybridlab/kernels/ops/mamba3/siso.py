@@ -23,11 +23,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-import triton
 
 from ... import knobs
 from ...grad_mode import wants_grad
-from ...launch import FastKernel
+from ...launch import FastKernel, cdiv, next_pow2
 from ..ssd import fused as ssd_fused
 from . import reference
 from .triton_prep import angle_scan_bwd_kernel, angle_scan_kernel, prep_bwd_kernel, prep_fwd_kernel
@@ -99,7 +98,7 @@ SCAN_CHUNKS = 64
 
 
 def _p2(n: int) -> int:
-    return max(2, triton.next_power_of_2(max(int(n), 1)))
+    return max(2, next_pow2(max(int(n), 1)))
 
 
 def _p2_32(n: int) -> int:
@@ -120,12 +119,12 @@ def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None, bnext=Non
     then each step's ranks x ranks block, (b, l, h, ranks), and its own launch options."""
     bsz, L, G, N = B.shape
     S = ps.shape[-1] if ps is not None else 0
-    nc = triton.cdiv(L, ANGLE_CHUNK)
+    nc = cdiv(L, ANGLE_CHUNK)
     k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
     q = torch.empty_like(k)
     qk = torch.empty(bsz, L, H, *((ranks,) if ranks > 1 else ()), device=B.device, dtype=torch.float32)
     dpos = torch.empty(bsz, H, Lp, device=B.device, dtype=torch.float32) if bnext is not None else None
-    grid_c = triton.cdiv(Lp, ANGLE_CHUNK) if bnext is not None else nc    # D_pos's padding rows too
+    grid_c = cdiv(Lp, ANGLE_CHUNK) if bnext is not None else nc    # D_pos's padding rows too
     d = qk                                  # stands in for absent inputs (never read)
     _rotate_fwd[(grid_c, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk, _or(bnext, d), _or(dpos, d),
@@ -147,7 +146,7 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_p
     H = k.shape[2]
     S = ps.shape[-1] if ps is not None else 0
     dev, f32 = B.device, torch.float32
-    nc = triton.cdiv(L, ANGLE_CHUNK)
+    nc = cdiv(L, ANGLE_CHUNK)
     pairs = _p2((N + 1) // 2)
     bp2 = min(pairs, pairs_per_program or ROTATE_BWD_PAIRS or pairs)
     npb = pairs // bp2
@@ -181,7 +180,7 @@ def _step_prep(dt, A, trap, angles, ang0):
     angle (b, h, S) (without angles: ps and the offsets None, the final angle (b, h, 0))."""
     bsz, L, H = dt.shape
     S = 0 if angles is None else angles.shape[-1]
-    nc = triton.cdiv(L, ANGLE_CHUNK)
+    nc = cdiv(L, ANGLE_CHUNK)
     dev, f32 = dt.device, torch.float32
     adt = torch.empty(bsz, L, H, device=dev, dtype=f32)
     w = torch.empty_like(adt)
@@ -208,7 +207,7 @@ def _step_prep_backward(dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, d
     d dt, d ps and d off."""
     bsz, L, H = dt.shape
     S = ps.shape[-1] if ps is not None else 0
-    nc = triton.cdiv(L, ANGLE_CHUNK)
+    nc = cdiv(L, ANGLE_CHUNK)
     dev, f32 = dt.device, torch.float32
     d = dw
     dtot = dang0 = None
@@ -241,7 +240,7 @@ class _SISOFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, trap, angles, B, C, Bb, Cb, D, z, h0, ang0, Q, grad):
         H = x.shape[2]
-        Lp = triton.cdiv(x.shape[1], Q) * Q
+        Lp = cdiv(x.shape[1], Q) * Q
         adt, w, bnext, ps, off, final_angle = _step_prep(dt, A, trap, angles, ang0)
         k, q, qk, dpos = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, bnext=bnext, Lp=Lp)
         out, final, y, delta, cs, E = ssd_fused.forward_pass(
@@ -282,7 +281,7 @@ def angle_offsets(ps, dtf, ang0, Q):
     (b, h, S). ps = pi*tanh(angles) (b, l, S), dtf (b, l, h), ang0 (b, h, S) or None."""
     bsz, L, H = dtf.shape
     S = ps.shape[-1]
-    nc = triton.cdiv(L, Q)
+    nc = cdiv(L, Q)
     pad = nc * Q - L
     tot = torch.einsum("bcts,bcth->bchs", F.pad(ps, (0, 0, 0, pad)).view(bsz, nc, Q, S),
                        F.pad(dtf, (0, 0, 0, pad)).view(bsz, nc, Q, H)).double()

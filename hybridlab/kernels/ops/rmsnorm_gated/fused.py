@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from ... import knobs
+from ...launch import cdiv, next_pow2
 
 _INTERPRET = knobs.INTERPRET
 
@@ -92,7 +93,7 @@ class _RMSNormGatedFn(torch.autograd.Function):
         M, ng = x2.shape[0], d // gs
         y = torch.empty(M, d, device=x.device, dtype=x.dtype)
         rstd = torch.empty(M, ng, device=x.device, dtype=torch.float32)
-        BLOCK = triton.next_power_of_2(gs)
+        BLOCK = next_pow2(gs)
         _fwd[(M, ng)](x2, z2, weight, y, rstd, gs, ng, x2.stride(0),
                       z2.stride(0) if z2 is not None else 0, y.stride(0), float(eps),
                       BLOCK=BLOCK, HAS_Z=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
@@ -112,10 +113,10 @@ class _RMSNormGatedFn(torch.autograd.Function):
         dz = torch.empty(M, d, device=x2.device, dtype=z2.dtype) if z2 is not None else None
         n_strips = min(M, 4 if _INTERPRET else 4 * torch.cuda.get_device_properties(x2.device).multi_processor_count
                        if x2.is_cuda else 64)
-        rows = triton.cdiv(M, n_strips)
-        n_strips = triton.cdiv(M, rows)
+        rows = cdiv(M, n_strips)
+        n_strips = cdiv(M, rows)
         dw = torch.empty(n_strips, d, device=x2.device, dtype=torch.float32)
-        BLOCK = triton.next_power_of_2(gs)
+        BLOCK = next_pow2(gs)
         _bwd[(n_strips, ng)](x2, z2, weight, dy2, rstd, dx, dz, dw, M, gs, ng, d,
                              x2.stride(0), z2.stride(0) if z2 is not None else 0, dy2.stride(0),
                              dx.stride(0), dz.stride(0) if dz is not None else 0, rows,

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from hybridlab.kernels import knobs
 from hybridlab.kernels.grad_mode import wants_grad
-from hybridlab.kernels.launch import FastKernel
+from hybridlab.kernels.launch import FastKernel, cdiv, next_pow2
 
 from .fused_bwd import _bwd_carry_kernel, _bwd_seq_kernel
 from .fused_fwd import _chunk_carry_kernel, _fwd_seq_kernel
@@ -134,23 +134,23 @@ def fwd_grid(b: int, d: int, L: int, NP: int, G: int, save: bool) -> tuple[int, 
     backward's grid, which runs the same chunks, is small too."""
     elems, warps, rows_log = fwd_launch(NP, split=False)
     BDs = _seq_block_d(d, NP, G, elems)
-    CH, NC = _seq_chunks(L, triton.cdiv(d, BDs) * b * warps)
-    bwd_warps = triton.cdiv(d, _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)) * b * SEQ_BWD_WARPS
+    CH, NC = _seq_chunks(L, cdiv(d, BDs) * b * warps)
+    bwd_warps = cdiv(d, _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)) * b * SEQ_BWD_WARPS
     if NC > 1 and save and bwd_warps >= SEQ_CHUNK_BELOW and NP > 32:
         # a small grid that may not split: n >= 64 takes more lanes per channel instead
         warps, rows_log = SEQ_WARPS_BIG_N_WIDE, 0
         BDs = _seq_block_d(d, NP, G, SEQ_ELEMS_BIG_N_WIDE)
     if NC == 1 or (save and bwd_warps >= SEQ_CHUNK_BELOW):
-        return warps, rows_log, BDs, triton.cdiv(L, 8) * 8, 1
+        return warps, rows_log, BDs, cdiv(L, 8) * 8, 1
     elems, warps, rows_log = fwd_launch(NP, split=True)
     BDs = _seq_block_d(d, NP, G, elems)
-    CH, NC = _seq_chunks(L, triton.cdiv(d, BDs) * b * warps)
+    CH, NC = _seq_chunks(L, cdiv(d, BDs) * b * warps)
     return warps, rows_log, BDs, CH, NC
 
 
 def _np(n: int) -> int:
     """N padded to a power of two (>= 2): the state tile's width."""
-    return max(2, triton.next_power_of_2(n))
+    return max(2, next_pow2(n))
 
 
 def _bc_view(M: torch.Tensor):
@@ -196,10 +196,10 @@ def _time_major(B: torch.Tensor, C: torch.Tensor, G: int, NP: int, extra_tile: b
     # whole 8-step tiles: the kernel's loads are unmasked. extra_tile, for a forward that loads
     # a tile ahead (SEQ_BC_PREFETCH) over an even number of tiles: zeros up to a whole pair of
     # tiles, and one tile more
-    Lp = triton.cdiv(L, 16) * 16 + 8 if extra_tile else triton.cdiv(L, 8) * 8
+    Lp = cdiv(L, 16) * 16 + 8 if extra_tile else cdiv(L, 8) * 8
     Bt, Ct = (torch.empty(b, G, Lp, NP, device=B.device, dtype=torch.float32) for _ in range(2))
     BLOCK_T = max(8, min(128, 2048 // NP))
-    _fast_time_major_kernel[(triton.cdiv(Lp, BLOCK_T), b * G, 2)](
+    _fast_time_major_kernel[(cdiv(Lp, BLOCK_T), b * G, 2)](
         Bv, Cv, Bt, Ct, G, n, L, Lp, *sB, *sC, NP=NP, BLOCK_T=BLOCK_T, num_warps=4)
     strides = (G * Lp * NP, Lp * NP, 1, NP)
     return (Bt, strides), (Ct, strides)
@@ -227,10 +227,10 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
     bc_pf = bc_prefetch(bc_t, rows_log, NP, NC)
     if bc_t:
         (B, sB), (C, sC) = _time_major(B, C, G, NP, extra_tile=bc_pf)
-    nd = triton.cdiv(d, BDs)
+    nd = cdiv(d, BDs)
     ck_t = 8                                    # a checkpoint per 8-step tile
     f32 = dict(device=u.device, dtype=torch.float32)
-    ckpt = torch.empty(b, triton.cdiv(L, ck_t), d, n, **f32) if save else last
+    ckpt = torch.empty(b, cdiv(L, ck_t), d, n, **f32) if save else last
     args = (L, d, n, d // G, CH, NC,
             *u.stride(), *delta.stride(), *zz.stride(), *sB, *sC, *A.stride(),
             *(seq.stride() if seq is not None else (0, 0)))
@@ -269,8 +269,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq
 
 def _chunk_carry(P, S, X, reverse):
     b, NC, d, n = P.shape
-    BLOCK = min(1024, triton.next_power_of_2(d * n))
-    _fast_chunk_carry_kernel[(b, triton.cdiv(d * n, BLOCK))](P, S, X, NC, d * n, REVERSE=reverse,
+    BLOCK = min(1024, next_pow2(d * n))
+    _fast_chunk_carry_kernel[(b, cdiv(d * n, BLOCK))](P, S, X, NC, d * n, REVERSE=reverse,
                                                          BLOCK=BLOCK, num_warps=4)
 
 
@@ -297,14 +297,14 @@ def reduce_scatter(rows_log: int, NP: int, BLOCK_D: int, warps: int) -> bool:
 def _seq_chunks(L, warps):
     """(CHUNK, NC): split time into NC chunks (CHUNK a multiple of 8 steps), see SEQ_CHUNK_BELOW."""
     if warps >= SEQ_CHUNK_BELOW:
-        return triton.cdiv(L, 8) * 8, 1
-    nc = max(1, min(triton.cdiv(SEQ_TARGET_WARPS, max(1, warps)), L // max(8, SEQ_MIN_CHUNK)))
-    ch = triton.cdiv(triton.cdiv(L, nc), 8) * 8
-    return ch, triton.cdiv(L, ch)
+        return cdiv(L, 8) * 8, 1
+    nc = max(1, min(cdiv(SEQ_TARGET_WARPS, max(1, warps)), L // max(8, SEQ_MIN_CHUNK)))
+    ch = cdiv(cdiv(L, nc), 8) * 8
+    return ch, cdiv(L, ch)
 
 
 def _seq_block_d(d, NP, G, elems):
-    bd = max(1, min(elems // NP, triton.next_power_of_2(d)))
+    bd = max(1, min(elems // NP, next_pow2(d)))
     return _pow2_divisor(d // G, bd) if G > 1 else bd
 
 
@@ -368,7 +368,7 @@ class _SelectiveScan(torch.autograd.Function):
         ins = (u, delta, A, Bk, Ck, D_ if D_ is not None else dummy, zz,
                bias_ if bias_ is not None else dummy, seq if seq is not None else dummy, ckpt, dout)
         BDs = _seq_block_d(d, NP, G, SEQ_BWD_ELEMS)
-        nd = triton.cdiv(d, BDs)
+        nd = cdiv(d, BDs)
         xin = dlast_
         if NC > 1:      # pass 1: each chunk's own adjoint carry; carry right to left
             Y = torch.empty(b, NC, d, n, **f32)

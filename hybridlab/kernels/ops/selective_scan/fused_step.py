@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hybridlab.kernels.launch import FastKernel
+from hybridlab.kernels.launch import FastKernel, cdiv, next_pow2
 
 from .tiles import _softplus
 
@@ -66,13 +66,13 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     G = 1 if B.dim() == 2 else B.shape[1]
     sB = (B.stride(0), 0, B.stride(1)) if B.dim() == 2 else tuple(B.stride())
     sC = (C.stride(0), 0, C.stride(1)) if C.dim() == 2 else tuple(C.stride())
-    NP = max(2, triton.next_power_of_2(n))
-    BD = max(1, min(64, 4096 // NP, triton.next_power_of_2(d)))
+    NP = max(2, next_pow2(n))
+    BD = max(1, min(64, 4096 // NP, next_pow2(d)))
     if G > 1:
         BD = _pow2_divisor(d // G, BD)
     y = torch.empty(b, d, device=x.device, dtype=x.dtype)
     zz = z if z is not None else x
-    _fast_update_kernel[(triton.cdiv(d, BD), b)](
+    _fast_update_kernel[(cdiv(d, BD), b)](
         state, x, dt, A, B, C, D if D is not None else x, zz,
         dt_bias if dt_bias is not None else x, y, d, n, d // G,
         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *sB, *sC, *zz.stride(),

@@ -20,7 +20,7 @@ import triton
 
 from ... import knobs
 from ...grad_mode import wants_grad
-from ...launch import FastKernel, plan_key
+from ...launch import FastKernel, cdiv, next_pow2, plan_key
 from . import fused_bwd as kb
 from . import fused_fwd as kf
 from . import fused_state as ks
@@ -160,7 +160,7 @@ SEQ_STATE_MIN, SEQ_STATE_BN, SEQ_STATE_ROWS = knobs.SSD_SEQ_STATE, knobs.SSD_SEQ
 def _state_tiles(P, N):
     """(BP, BN, tiles): the sequential state kernels' tiles of the P x N state."""
     BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
-    return BP, BN, triton.cdiv(P, BP) * triton.cdiv(N, BN)
+    return BP, BN, cdiv(P, BP) * cdiv(N, BN)
 
 
 def seq_state_tiles(b, H, P, N):
@@ -179,9 +179,9 @@ def forward_state_plan(b, H, P, N, nchunks, packed):
     None where the split path runs. Packed sequences (seq_idx) walk in one segment."""
     BP, BN, tiles = _state_tiles(P, N)
     progs = b * H * tiles
-    nseg = 1 if packed or progs >= SEQ_STATE_FILL else min(nchunks, triton.cdiv(SEQ_STATE_FILL, progs))
-    cps = triton.cdiv(nchunks, nseg)
-    nseg = triton.cdiv(nchunks, cps)
+    nseg = 1 if packed or progs >= SEQ_STATE_FILL else min(nchunks, cdiv(SEQ_STATE_FILL, progs))
+    cps = cdiv(nchunks, nseg)
+    nseg = cdiv(nchunks, cps)
     return (BP, BN, tiles, cps, nseg) if SEQ_STATE_MIN and progs * nseg >= SEQ_STATE_MIN else None
 
 
@@ -226,7 +226,7 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     will run; without it a segmented walk's true entering states are not stored (E is None)."""
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
-    nchunks = triton.cdiv(l, Q)
+    nchunks = cdiv(l, Q)
     Lp = nchunks * Q
     BT = _block_t(Q, x.dtype)
     BP, BN = max(16, _pow2(P)), max(16, _pow2(N))
@@ -257,7 +257,7 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
             BLOCK = min(STATE_BLOCK, _pow2(PN))
             sin = torch.empty_like(ends)
             dec = torch.empty(b, H, nchunks, device=dev, dtype=f32)
-            _segment_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
+            _segment_pass_fwd[(b * H, cdiv(PN, BLOCK))](
                 ends, cs, sin, dec, final, PN, Lp, nchunks, cps, nseg, Q=Q, BLOCK=BLOCK,
                 num_warps=1 if _INTERPRET else STATE_WARPS)
             # the scan adds what each segment's walk missed; with a backward to feed, it also
@@ -269,7 +269,7 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
             x, dt, A, B, dt_bias, seg, ld, delta, cs, st, *state_args, BP=BP, BN=BN, **state_opts, **_CSF)
         PN = P * N
         BLOCK = min(STATE_BLOCK, _pow2(PN))
-        _state_pass_fwd[(b * H, triton.cdiv(PN, BLOCK))](
+        _state_pass_fwd[(b * H, cdiv(PN, BLOCK))](
             st, cs, seg, init, E, final, H, PN, Lp, nchunks,
             Q=Q, BLOCK=BLOCK, HAS_INIT=init is not None, HAS_SEQ=seg is not None,
             num_warps=1 if _INTERPRET else STATE_WARPS)
@@ -298,7 +298,7 @@ def _shared_cb(B, C, H, Q, BT, BN, prec):
     b, l, G, N = B.shape
     if H == G:
         return None
-    nchunks = triton.cdiv(l, Q)
+    nchunks = cdiv(l, Q)
     NB = Q // BT
     cb = torch.empty(b, nchunks, G, Q, Q, device=B.device, dtype=torch.float32)
     _chunk_cb[(NB * NB, nchunks, b * G)](
@@ -315,7 +315,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
                   dt_limit, has_init, has_ld, dpos):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
-    nchunks = triton.cdiv(l, Q)
+    nchunks = cdiv(l, Q)
     Lp = nchunks * Q
     BT = _block_t(Q, x.dtype)
     NB = Q // BT
@@ -349,7 +349,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
             Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CSB)
         PN = P * N
         BLOCK = min(STATE_BLOCK, _pow2(PN))
-        nblk = triton.cdiv(PN, BLOCK)
+        nblk = cdiv(PN, BLOCK)
         dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
         _state_pass_bwd[(b * H, nblk)](
             dloc, E, cs, seg, dfinal, dst, dinit, dlast2, H, PN, Lp, nchunks,
@@ -463,7 +463,7 @@ def pad_positions(v, Q):
     if v is None:
         return None
     b, l, h = v.shape
-    out = v.new_zeros(b, h, triton.cdiv(l, Q) * Q, dtype=torch.float32)
+    out = v.new_zeros(b, h, cdiv(l, Q) * Q, dtype=torch.float32)
     out[:, :, :l] = v.transpose(1, 2)
     return out
 
@@ -493,7 +493,7 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
     Q = kernel_chunk(chunk_size, x.dtype)
     seg = None
     if seq_idx is not None:
-        nchunks = triton.cdiv(x.shape[1], Q)
+        nchunks = cdiv(x.shape[1], Q)
         seg = segment_ids(seq_idx).to(torch.int32)
         pad = nchunks * Q - x.shape[1]     # padding continues the last segment
         seg = torch.cat([seg, seg[:, -1:].expand(-1, pad)], 1).contiguous()

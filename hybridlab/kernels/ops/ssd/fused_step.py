@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...launch import cdiv, next_pow2
+
 
 @triton.jit
 def _step_kernel(
@@ -63,11 +65,11 @@ def ssd_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
     z = z if z is None or z.stride(-1) == 1 else z.contiguous()
     D = D.contiguous() if D is not None else None
     y = torch.empty(b, H, P, device=x.device, dtype=x.dtype)
-    BN = triton.next_power_of_2(N)
-    BP = min(triton.next_power_of_2(P), max(1, 8192 // BN))     # keep the state tile <= 8K values
+    BN = next_pow2(N)
+    BP = min(next_pow2(P), max(1, 8192 // BN))     # keep the state tile <= 8K values
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     zs = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
-    _step_kernel[(b, H, triton.cdiv(P, BP))](
+    _step_kernel[(b, H, cdiv(P, BP))](
         state, x, dt, A, B, C, D, z, dt_bias, y, H, P, N, G, lo, min(hi, 3.0e38),
         state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1),
         dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1), *zs,
