@@ -133,6 +133,25 @@ def test_check_catches_a_wrong_kernel(wrong):
     assert r["correct"] is True and r["check"]["ours_vs_ref"]["out"] == 0.0
 
 
+def test_a_disagreement_with_the_peer_alone_is_not_called_wrong():
+    """Ours and the peer disagree: without the reference the verdict is "disagree" (one of the two
+    is off, the run cannot say which) and the case is not counted broken; with the reference
+    beside it, ours matching it makes the speed verdict count again."""
+    shape = next(s for s in bench.SHAPES if s.op == "rmsnorm_gated" and s.group == "tiny")
+    ref = implementation("rmsnorm_gated", "reference")
+    off_peer = _ours_wrong(scale=1.2)
+    peer_fn = lambda bias=None, **kw: off_peer(**kw)  # noqa: E731  (the peer's layout adds bias)
+    r = bench.run_case(shape, {"ours": ref, "peer": peer_fn}, torch.device("cpu"), torch.bfloat16,
+                       bench.Settings.quick(), 0.01)
+    assert r["check"]["ours_vs_peer"]["ok"] is False
+    assert r["correct"] is None and set(r["verdict"].values()) == {"disagree"}
+    notes = bench._notes({"unavailable": {}, "results": [r]})
+    assert any("vs_float64.py" in n for n in notes)
+    r = bench.run_case(shape, {"ours": ref, "ref": ref, "peer": peer_fn}, torch.device("cpu"), torch.bfloat16,
+                       bench.Settings.quick(), 0.01)
+    assert r["correct"] is True and set(r["verdict"].values()) <= {"pass", "miss", "-"}
+
+
 def test_peer_unavailable_when_absent(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(peer, "_REPO", tmp_path)
     monkeypatch.chdir(tmp_path)
