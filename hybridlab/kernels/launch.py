@@ -1,5 +1,7 @@
 """Launch a Triton kernel for less host time: once a call has compiled it, later calls with the
-same specialization go straight to the compiled kernel's own launcher.
+same specialization go straight to the compiled kernel's own launcher (without Triton's runner
+and its empty launch hooks, when no hook is installed). Host code's cdiv and next_pow2 live
+here too: Triton's are constexpr functions, slow to call from the host.
 
 Why: at the bench shapes the Mamba-2/3 forward+backward is partly host-bound. Triton's JIT
 launch (argument binding, specialization, cache lookup, checks) took 28-61 us of host time per
@@ -62,7 +64,7 @@ class FastKernel:
                 self.plans[key] = (compiled, rest)
             return compiled
         compiled, rest = plan
-        launch_compiled(compiled, grid, args + rest)
+        launch_compiled(compiled, grid, (*args, *rest))
         return compiled
 
 
