@@ -8,7 +8,7 @@
 import triton
 import triton.language as tl
 
-from .tiles import _cols8, _join8, _join8_3d, _pin, _restarts, _softplus, _softplus_grad, _steps8
+from .tiles import _channel_block, _cols8, _join8, _join8_3d, _pin, _restarts, _softplus, _softplus_grad, _steps8
 
 
 @triton.jit
@@ -34,16 +34,9 @@ def _bwd_seq_kernel(
     channels) are reduced over the block once per tile and added with one atomic per (n, t)."""
     T: tl.constexpr = 8
     LOG2E: tl.constexpr = 1.4426950408889634
-    pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
-    tt = tl.arange(0, T)
-    mask_d = offs_d < d
-    mask_nn = offs_n[:, None] < n
-    mask_dn = mask_d[:, None] & (offs_n[None, :] < n)
-    grp = (pid_d * BLOCK_D) // cpg
+    offs_d, offs_n, tt, mask_d, mask_nn, mask_dn, grp = _channel_block(d, n, cpg, BLOCK_D, NP)
 
     A = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
     A = A.to(tl.float32)
@@ -235,16 +228,9 @@ def _bwd_carry_kernel(
     Y[b, c] = a_t0 g_t0 at the chunk's first step. The true carry is linear in it (factor P[b, c])."""
     T: tl.constexpr = 8
     LOG2E: tl.constexpr = 1.4426950408889634
-    pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2) + 1
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
-    tt = tl.arange(0, T)
-    mask_d = offs_d < d
-    mask_nn = offs_n[:, None] < n
-    mask_dn = mask_d[:, None] & (offs_n[None, :] < n)
-    grp = (pid_d * BLOCK_D) // cpg
+    offs_d, offs_n, tt, mask_d, mask_nn, mask_dn, grp = _channel_block(d, n, cpg, BLOCK_D, NP)
     A2 = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
     A2 = A2.to(tl.float32) * LOG2E
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) if HAS_BIAS else None

@@ -8,7 +8,7 @@
 import triton
 import triton.language as tl
 
-from .tiles import (_cols8, _join8, _pin, _restarts, _silu, _softplus, _softplus_fwd, _state_load,
+from .tiles import (_channel_block, _cols8, _join8, _pin, _restarts, _silu, _softplus, _softplus_fwd, _state_load,
                     _state_store, _steps8, _sum_lanes8, _tile8)
 
 
@@ -33,14 +33,9 @@ def _fwd_seq_kernel(
     checkpoints), and the last state from the last chunk."""
     T: tl.constexpr = 8
     LOG2E: tl.constexpr = 1.4426950408889634
-    pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
-    tt = tl.arange(0, T)
-    mask_d = offs_d < d
-    grp = (pid_d * BLOCK_D) // cpg
+    offs_d, offs_n, tt, mask_d, _, _, grp = _channel_block(d, n, cpg, BLOCK_D, NP)
 
     # exp(x A) = exp2(x A2)
     A2 = _state_load(A_ptr, offs_d * sA_d, n, sA_n, mask_d, NP, ROWS_LOG) * LOG2E

@@ -81,6 +81,19 @@ def _softplus_grad(x):
 
 
 @triton.jit
+def _channel_block(d, n, cpg, BLOCK_D: tl.constexpr, NP: tl.constexpr):
+    """What a (channel block, ...) program works on: its channels, the state lanes, the 8 steps
+    of a tile, the channel mask, the (NP, 1) state mask, the (BLOCK_D, NP) element mask and the
+    B, C group of its first channel."""
+    pid_d = tl.program_id(0)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    mask_d = offs_d < d
+    return (offs_d, offs_n, tl.arange(0, 8), mask_d, offs_n[:, None] < n,
+            mask_d[:, None] & (offs_n[None, :] < n), (pid_d * BLOCK_D) // cpg)
+
+
+@triton.jit
 def _restarts(seq_ptr, offs_t, L, s_t):
     """(BLOCK_T,) True where a new packed sequence starts at t (t > 0 and the id changes)."""
     m = (offs_t > 0) & (offs_t < L)
