@@ -1,12 +1,24 @@
 """User-facing errors.
 
-Every problem with user input (a spec file, a search spec, a CLI argument) is raised as a
-``SpecError`` holding one or more ``Problem``s, each pointing at file, line and column.
-The CLI prints them as ``file:line:col: message`` (plus a hint) and exits 2 -- never a traceback.
+Every failure a user can cause (a spec file, a search spec, a CLI argument, a database, an export
+folder, an environment setting) is raised as a ``UserError``. The CLI prints its message and exits
+2 -- never a traceback; the UI shows the same message in the page.
+
+``SpecError`` holds one or more ``Problem``s, each pointing at file, line and column, printed as
+``file:line:col: field: message`` (plus a hint). The other kinds carry one message that says what
+is wrong, where, and what to do.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+class UserError(Exception):
+    """Base of every error whose cause is the user's input or environment (exit 2, no traceback)."""
+
+    def lines(self) -> list[str]:
+        """The message as the CLI prints it, one entry per line."""
+        return [str(self)]
 
 
 @dataclass(frozen=True)
@@ -27,13 +39,26 @@ class Problem:
         return text
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """One or more problems found in user input."""
 
     def __init__(self, problems: list[Problem] | Problem):
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__("\n".join(p.format() for p in self.problems))
 
+    def lines(self) -> list[str]:
+        return [p.format() for p in self.problems]
 
-class SettingError(ValueError):
+
+class SettingError(UserError, ValueError):
     """A bad value in an environment variable (HYBRIDLAB_*): the CLI prints the message, exits 2."""
+
+
+class StoreError(UserError):
+    """The database cannot be used as asked: unreadable, corrupt, missing tables, a schema from a
+    newer hybridlab, a study that does not exist."""
+
+
+class ExportError(UserError):
+    """An export folder cannot be written or read: it exists, it is a symlink, its weights are
+    corrupt or do not match the spec."""

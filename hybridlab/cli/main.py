@@ -2,8 +2,9 @@
 
 Each sub-command lives in its own module ``hybridlab/cli/<name>.py`` exposing
 ``register(subparsers)``, which adds its parser and sets ``func`` (args -> exit code).
-User errors (``SpecError``) are printed as ``file:line:col: message`` and exit 2, never a traceback;
-a bad HYBRIDLAB_* environment setting (``SettingError``) is printed with its variable, exit 2.
+Every user error (``hybridlab.errors.UserError``: a bad spec, setting, database or export folder)
+is printed as its message -- specs as ``file:line:col: field: message`` -- with exit 2, never a
+traceback.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from hybridlab.errors import SettingError, SpecError
+from hybridlab.errors import SettingError, UserError
 
 COMMANDS = ["validate", "summary", "convert", "train", "search", "studies", "bench", "ui",
             "export", "generate"]
@@ -39,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except SpecError as e:
-        for problem in e.problems:
-            print(problem.format(), file=sys.stderr)
-        return 2
     except SettingError as e:
         print(f"hybridlab: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:
+        for line in e.lines():
+            print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
