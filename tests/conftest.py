@@ -42,3 +42,27 @@ def _seed_and_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/postgres_server.py). Where it cannot start,
+    CI fails loudly; elsewhere the tests that need it skip, saying why."""
+    import postgres_server as pg
+    try:
+        server = pg.start()
+    except pg.PostgresUnavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL could not be started in CI: {e}", pytrace=False)
+        pytest.skip(f"PostgreSQL could not be started: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh, empty database on the session's server, one per test."""
+    import re
+    import uuid
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    return postgres_server.create_database(name)
