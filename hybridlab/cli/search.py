@@ -11,6 +11,7 @@ import os
 import sys
 
 from hybridlab.errors import Problem, SpecError
+from hybridlab.formatting import fmt_value  # noqa: F401  (cli.studies imports it from here)
 
 
 def register(subparsers) -> None:
@@ -121,19 +122,6 @@ def status(name: str, db: str | None, as_json: bool = False) -> int:
 
 
 # -- formatting ----------------------------------------------------------------------------------
-def fmt_value(metric: str, value) -> str:
-    from hybridlab.composer.summary import human_bytes, human_count
-    if value is None:
-        return "-"
-    if "bytes" in metric:
-        return human_bytes(value)
-    if metric.startswith("params") or metric.startswith("flops"):
-        return human_count(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _counts(counts: dict) -> str:
     labels = (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed"),
               ("RUNNING", "running"), ("WAITING", "waiting"))

@@ -5,6 +5,8 @@ import json
 
 import torch
 
+from hybridlab.formatting import format_summary
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -38,36 +40,3 @@ def run(args) -> int:
     else:
         print(format_summary(info))
     return 0
-
-
-def format_summary(info: dict) -> str:
-    from hybridlab.composer.summary import human_bytes, human_count
-
-    ctxs = [str(c) for c in info["contexts"]]
-    header = ["idx", "sym", "type", "params", "state/seq"] + \
-        [f"KV/seq@{c}" for c in ctxs] + [f"FLOPs/tok@{c}" for c in ctxs]
-    rows = [[str(e["index"]), e["symbol"], e["type"], human_count(e["params"]),
-             human_bytes(e["state_bytes"])] +
-            [human_bytes(e["kv_bytes"][c]) for c in ctxs] +
-            [human_count(e["flops_per_token"][c]) for c in ctxs]
-            for e in info["layers"]]
-    rows.append(["", "", "all layers", human_count(sum(e["params"] for e in info["layers"])),
-                 human_bytes(info["state_bytes"])] +
-                [human_bytes(info["kv_bytes"][c]) for c in ctxs] +
-                [human_count(info["flops_per_token"][c]) for c in ctxs])
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    left = {1, 2}   # symbol and type read better left-aligned
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    rule = "-" * len(line(header))
-    out = [f"{info['name']}  ({len(info['layers'])} layers, {info['dtype']} state/KV)",
-           f"pattern: {info['pattern']}", "", line(header), rule]
-    out += [line(r) for r in rows[:-1]] + [rule, line(rows[-1]), ""]
-    out.append(f"params total      {human_count(info['params_total']):>8}  ({info['params_total']:,})")
-    out.append(f"params active     {human_count(info['params_active']):>8}  ({info['params_active']:,})")
-    out.append(f"  embedding       {human_count(info['params_embedding']):>8}  ({info['params_embedding']:,})")
-    out.append(f"  non-embedding   {human_count(info['params_non_embedding']):>8}  "
-               f"({info['params_non_embedding']:,})")
-    return "\n".join(out)

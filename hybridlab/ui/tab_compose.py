@@ -8,6 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from hybridlab.errors import Problem, SpecError
+from hybridlab.formatting import format_summary
 from hybridlab.ui import figures
 from hybridlab.ui.common import DEFAULT_MODEL_SPEC, find_examples, problems_html
 from hybridlab.ui.strip import spec_layers, strip_html
@@ -79,8 +80,6 @@ class ComposeTab:
         return path.read_text()
 
     def check(self, text, contexts="4096", dtype="bf16"):
-        from hybridlab.cli.summary import format_summary
-
         problems, spec, summary = check_spec_text(text, contexts, dtype)
         if problems:
             strip = strip_html(spec_layers(spec), title=spec.pattern) if spec else ""

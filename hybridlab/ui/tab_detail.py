@@ -6,6 +6,7 @@ import html
 
 import gradio as gr
 
+from hybridlab.formatting import fmt_value
 from hybridlab.storage import views
 from hybridlab.ui import figures, tables
 from hybridlab.ui.common import as_int, trial_choices
@@ -86,8 +87,6 @@ class DetailTab:
 
 
 def header_html(d: dict, row: dict, study: str) -> str:
-    from hybridlab.cli.search import fmt_value
-
     state = d.get("state", "?")
     colour = STATUS_COLOURS.get(state, "#333")
     values = " · ".join(f"{html.escape(k)} <b>{html.escape(fmt_value(k, v))}</b>"

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from hybridlab.formatting import fmt_value
 from hybridlab.storage import views
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -24,7 +25,6 @@ def _round(v):
 
 
 def _human(metric: str, v) -> str:
-    from hybridlab.cli.search import fmt_value
     return fmt_value(metric, v)
 
 
