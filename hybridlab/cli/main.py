@@ -14,7 +14,7 @@ import sys
 
 from hybridlab.errors import SettingError, UserError
 
-COMMANDS = ["validate", "summary", "convert", "train", "search", "studies", "bench", "ui",
+COMMANDS = ["validate", "summary", "convert", "train", "search", "studies", "ui",
             "export", "generate"]
 
 
