@@ -11,6 +11,7 @@ The composer only ever talks to blocks through this interface:
 * ``flops_per_token(context)``   forward FLOPs per token (2 per multiply-add), at a context length
 * ``aux_loss()``                 auxiliary training loss of the last forward (MoE), or None
 * ``num_parameters(active)``     parameters; ``active=True`` counts only what one token uses (MoE)
+* ``no_weight_decay()``          names of the parameters AdamW must not decay (default: 1-D ones)
 
 Each block type has a ``Config`` dataclass whose fields are the YAML keys, with documented
 defaults, and a ``validate`` hook for cross-field checks.
@@ -24,6 +25,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from hybridlab.errors import UserError
 
 
 @dataclass
@@ -119,6 +122,41 @@ class Block(nn.Module, metaclass=abc.ABCMeta):
 
     def num_parameters(self, active: bool = False) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # -- training --------------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """Names, as ``named_parameters()`` gives them, of the parameters the optimizer must not
+        decay. Default: every 1-D parameter (norm weights, biases), and for a block nested
+        inside this one, whatever its own hook names. Override to add what is not 1-D but must
+        not shrink towards zero (Mamba-1's A_log, per-head biases, per-channel scales)."""
+        return _default_no_weight_decay(self)
+
+
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """The parameters of any module tree (a whole model) exempt from weight decay, by name
+    (duplicates of shared weights under every name they have). A module with a
+    ``no_weight_decay()`` method (every Block) decides for its own parameters; elsewhere -- the
+    model's layer norms, final norm, embedding, meta tokens, head -- 1-D parameters are exempt
+    and matrices decay, as in Megatron-LM and nanoGPT."""
+    hook = getattr(module, "no_weight_decay", None)
+    if not callable(hook):
+        return _default_no_weight_decay(module)
+    names = set(hook())
+    known = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+    if names - known:
+        cls = type(module)
+        raise UserError(
+            f"{cls.__module__}.{cls.__qualname__}.no_weight_decay() names "
+            f"{', '.join(sorted(names - known))}: not parameters of the module; return names "
+            f"as its named_parameters() gives them ({', '.join(sorted(known)) or 'it has none'})")
+    return names
+
+
+def _default_no_weight_decay(module: nn.Module) -> set[str]:
+    out = {name for name, p in module.named_parameters(recurse=False) if p.ndim < 2}
+    for child_name, child in module.named_children():
+        out |= {f"{child_name}.{n}" for n in no_weight_decay_names(child)}
+    return out
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:

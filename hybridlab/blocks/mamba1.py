@@ -171,6 +171,12 @@ class Mamba1(Block):
                                    B, C, _f32(self.D), z, _f32(self.dt_proj.bias), dt_softplus=True)
         return self.out_proj(y), state
 
+    # -- training --------------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """mamba-ssm's ``_no_weight_decay``: A_log (a (D, N) matrix the 1-D default would decay)
+        and D; the default adds dt_proj.bias, conv1d.bias and any projection biases."""
+        return super().no_weight_decay() | {"A_log", "D"}
+
     # -- accounting ------------------------------------------------------------------------
     def state_bytes(self, dtype: torch.dtype = torch.bfloat16) -> int:
         conv_dt, ssm_dt = self._state_dtypes(dtype)

@@ -84,9 +84,8 @@ class Mamba2Config(BlockConfig):
         return errs
 
 
-def _keep(p: nn.Parameter, no_wd: bool = True) -> nn.Parameter:
+def _keep(p: nn.Parameter) -> nn.Parameter:
     p._no_reinit = True          # the model builder leaves these inits alone
-    p._no_weight_decay = no_wd
     return p
 
 
@@ -95,7 +94,7 @@ class GatedRMSNorm(nn.Module):
 
     def __init__(self, d: int, eps: float, group_size: int, norm_before_gate: bool):
         super().__init__()
-        self.weight = _keep(nn.Parameter(torch.ones(d)), no_wd=False)
+        self.weight = _keep(nn.Parameter(torch.ones(d)))
         self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
 
     def forward(self, y, z):
@@ -121,9 +120,9 @@ class Mamba2(Block):
         self.in_proj = nn.Linear(d_model, d_in_proj, bias=cfg.bias)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim,
                                 padding=cfg.d_conv - 1, bias=cfg.conv_bias)   # default (kaiming) init, as mamba-ssm
-        _keep(self.conv1d.weight, no_wd=False)
+        _keep(self.conv1d.weight)
         if cfg.conv_bias:
-            _keep(self.conv1d.bias, no_wd=False)
+            _keep(self.conv1d.bias)
 
         # dt_bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]
         dt = torch.exp(torch.rand(self.nheads) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
@@ -200,6 +199,12 @@ class Mamba2(Block):
             z=None if c.rmsnorm else z.reshape(b, self.nheads, c.headdim), dt_bias=self.dt_bias,
             dt_softplus=True, dt_limit=c.dt_limit)
         return self._out(y.reshape(b, self.d_inner), z), state
+
+    # -- training --------------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """mamba-ssm's ``_no_weight_decay``: dt_bias, A_log, D; the default adds the gated norm's
+        weight and conv1d.bias."""
+        return super().no_weight_decay() | {"dt_bias", "A_log", "D"}
 
     # -- accounting ------------------------------------------------------------------------
     def state_bytes(self, dtype: torch.dtype = torch.bfloat16) -> int:

@@ -212,6 +212,17 @@ class Mamba3(Block):
         y = _mamba3_state_update(st, **self._kernel_kwargs(inp))
         return self.out_proj(self._finish(y, z).to(x_t.dtype)), state
 
+    # -- training --------------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """dt_bias and D (the reference marks them ``_no_weight_decay``); the per-head B/C biases
+        (H, R, N) and MIMO's per-channel scales W_x, W_z, W_o (H, R, P), initialised to 1 or 1/R:
+        biases and elementwise scales, not feature-mixing matrices, so decay would only pull them
+        from their init towards 0. The default adds the B/C and output norm weights."""
+        extra = {"dt_bias", "D", "B_bias", "C_bias"}
+        if self.R > 1:
+            extra |= {"W_x", "W_z", "W_o"}
+        return super().no_weight_decay() | extra
+
     # -- accounting ------------------------------------------------------------------------
     def state_bytes(self, dtype: torch.dtype = torch.bfloat16) -> int:
         """Bytes of the decode state per sequence; float32 whatever ``dtype`` (see module doc)."""

@@ -1,6 +1,7 @@
 """Train one model briefly on a mix of proxy tasks and measure how well it learned.
 
-``train_model(model, tasks, cfg, device)`` runs AdamW with linear warm-up and cosine decay,
+``train_model(model, tasks, cfg, device)`` runs AdamW (no weight decay on what each block exempts
+in its ``no_weight_decay()``, nor on norms outside blocks) with linear warm-up and cosine decay,
 gradient clipping and round-robin batches over the tasks; the loss is cross-entropy on the target
 positions plus ``aux_loss_weight * model.aux_loss()`` (MoE balancing). On CUDA the forward runs
 under bf16 autocast while parameters and optimizer state stay fp32; on the CPU everything is fp32.
@@ -65,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hybridlab.blocks.base import no_weight_decay_names
 from hybridlab.errors import Problem, SpecError
 from hybridlab.search.graphed_step import GraphedStep, env_allows_graphs, settled_step
 from hybridlab.search.tasks.base import IGNORE, Task, combine_quality, required_vocab
@@ -84,7 +86,7 @@ class TrainConfig:
     # optimisation
     batch_size: int = 32
     lr: float = 1e-3
-    weight_decay: float = 0.1               # on matrices only (norms, biases, A_log, D: none)
+    weight_decay: float = 0.1               # except what blocks exempt (Block.no_weight_decay)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     warmup_frac: float = 0.1                # of the budget ...
@@ -211,19 +213,28 @@ class LRSchedule:
 
 # -- one step -----------------------------------------------------------------------------------
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
-                   capturable: bool = False) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only, never on params flagged ``_no_weight_decay``.
-    ``capturable``: its step may be captured in a CUDA graph (CUDA only)."""
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed, and exempt. The exempt parameters are exactly those that
+    ``no_weight_decay_names`` gives: each block's ``no_weight_decay()`` hook, and outside blocks
+    the 1-D ones (norms). A weight shared under several names is exempt if any name is."""
+    named = dict(model.named_parameters(remove_duplicate=False))
+    exempt = {id(named[n]) for n in no_weight_decay_names(model)}
     decay, no_decay, seen = [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False) else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+        (no_decay if id(p) in exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW over ``weight_decay_groups``. ``capturable``: its step may be captured in a CUDA
+    graph (CUDA only)."""
+    return torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr,
+                             betas=tuple(cfg.betas), eps=cfg.eps,
                              fused=device.type == "cuda", capturable=capturable)
 
 
