@@ -2,11 +2,11 @@
 (sm_90) on any machine: no GPU needed. A kernel that spills runs out of registers and pays for
 it in local-memory traffic; this is the first thing to check when a kernel is far from its floor.
 
-    python3 scripts/kernel_regs.py                 # the Mamba-1, SSD and Mamba-3 SISO kernels at the bench shapes
-    MIMO=1 python3 scripts/kernel_regs.py          # also the Mamba-3 MIMO (rank 4) kernels
-    HYBRIDLAB_SSD_BLOCK_T=32 HYBRIDLAB_MAMBA3_ANGLE_CHUNK=32 python3 scripts/kernel_regs.py
-    ONLY=rotate python3 scripts/kernel_regs.py     # only the kernels whose label contains ONLY
-    SASS_DIR=/tmp/sass python3 scripts/kernel_regs.py   # also writes each kernel's SASS there
+    python3 -m benchmarks.kernel_regs                 # the Mamba-1, SSD and Mamba-3 SISO kernels at the bench shapes
+    MIMO=1 python3 -m benchmarks.kernel_regs          # also the Mamba-3 MIMO (rank 4) kernels
+    HYBRIDLAB_SSD_BLOCK_T=32 HYBRIDLAB_MAMBA3_ANGLE_CHUNK=32 python3 -m benchmarks.kernel_regs
+    ONLY=rotate python3 -m benchmarks.kernel_regs     # only the kernels whose label contains ONLY
+    SASS_DIR=/tmp/sass python3 -m benchmarks.kernel_regs   # also writes each kernel's SASS there
 
 It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
 cubin's resource usage with the cuobjdump that ships inside the Triton wheel. It also counts the

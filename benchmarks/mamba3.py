@@ -1,15 +1,19 @@
-"""Time the Mamba-3 Triton kernels at the gpu-baselines.md shapes (bf16, chunk 64, rope on N/2,
-D, z gate, g=1): ``python -m hybridlab.kernels.ops.mamba3.bench [--rank R] [--profile]``
-(--profile: GPU time per kernel and torch op of one forward+backward, torch.profiler)."""
+"""Time the Mamba-3 Triton kernels at the target shapes (bf16, chunk 64, rope on N/2, D, z gate,
+g=1), SISO or MIMO of any rank: ``python -m benchmarks.mamba3 [--rank R] [--cases b4,b1] [--profile]``
+(--profile: GPU time per kernel and torch op of one forward+backward, torch.profiler). MIMO has
+no peer to time beside, so this is where its numbers come from (BENCHMARKS.md)."""
 from __future__ import annotations
 
 import argparse
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity
 from triton.testing import do_bench
 
-from .fused import mamba3
+from hybridlab.kernels.dispatch import implementation
+
+mamba3 = implementation("mamba3", "triton")
 
 
 def inputs(b, L, H, P, N, R, requires_grad):
@@ -47,7 +51,6 @@ def bench(b, L, H=32, P=64, N=128, R=1, chunk=64, profile=False):
     ms_fb = do_bench(fwd_bwd)
     print(f"mamba3 R={R} b{b} l{L} h{H} p{P} n{N} chunk{chunk}: fwd {ms_f:.3f} ms, fwd+bwd {ms_fb:.3f} ms")
     if profile:
-        from torch.profiler import ProfilerActivity
         with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
             fwd_bwd()
             torch.cuda.synchronize()

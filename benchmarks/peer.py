@@ -1,6 +1,6 @@
 """The peer, mamba-ssm 2.3.2.post1, loaded from the git-ignored ``.peer/`` for side-by-side timing.
 
-None of the peer's code is part of hybridlab. ``scripts/gpu/prepare_local.sh`` unpacks its source
+None of the peer's code is part of hybridlab. ``benchmarks/gpu/prepare_local.sh`` unpacks its source
 archive into ``.peer/``; on the GPU machine ``load_peer()`` imports its modules from there:
 
 * ``import mamba_ssm`` would run its ``__init__``, which needs the compiled CUDA extension and
@@ -11,7 +11,7 @@ archive into ``.peer/``; on the GPU machine ``load_peer()`` imports its modules 
   skips it when the build folder is current). ``load_peer()`` only imports an existing build,
   so a benchmark never starts a compile by surprise.
 
-``python -m hybridlab.kernels.peer [--build]`` prints what is available and why not.
+``python -m benchmarks.peer [--build]`` prints what is available and why not.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 PEER_VERSION = "2.3.2.post1"
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[1]
 
 # our op -> (peer module, function): the entry points timed against ours
 ENTRY_POINTS = {
@@ -38,9 +38,10 @@ ENTRY_POINTS = {
     "mamba3": ("mamba_ssm.ops.triton.mamba3.mamba3_siso_combined", "mamba3_siso_combined"),
     "rmsnorm_gated": ("mamba_ssm.ops.triton.layernorm_gated", "rmsnorm_fn"),
 }
-NO_PEER = {"causal_conv1d": "the peer's conv is the separate causal-conv1d CUDA package, not carried",
-           "causal_conv1d_update": "the peer's conv is the separate causal-conv1d CUDA package, not carried",
-           "mamba3_state_update": "the peer's Mamba-3 decode step is CuTe DSL (quack-kernels), not carried"}
+_CONV = "the peer's conv is the separate causal-conv1d CUDA package, which this loader does not load"
+NO_PEER = {"causal_conv1d": _CONV, "causal_conv1d_update": _CONV,
+           "mamba3_state_update": "the peer's Mamba-3 decode step is CuTe DSL (quack-kernels), which this "
+                                  "loader does not load"}
 _EXT = "selective_scan_cuda"
 
 
@@ -69,7 +70,7 @@ def peer_root(root: str | Path | None = None) -> Path | None:
 
 
 def build_dir() -> Path:
-    # Outside .peer/: carrying .peer/ to the GPU machine replaces that folder, build and all.
+    # Outside .peer/: copying .peer/ to the GPU machine again replaces that folder, build and all.
     return Path(os.environ.get("HYBRIDLAB_PEER_BUILD", "/tmp/hybridlab-peer-build"))
 
 
@@ -101,7 +102,7 @@ def build_selective_scan(root: Path | None = None, verbose: bool = False):
 
     root = peer_root(root)
     if root is None:
-        raise FileNotFoundError("peer source not found: run scripts/gpu/prepare_local.sh")
+        raise FileNotFoundError("peer source not found: run benchmarks/gpu/prepare_local.sh")
     csrc = root / "csrc" / "selective_scan"
     sources = [str(csrc / "selective_scan.cpp")] + sorted(glob.glob(str(csrc / "*.cu")))
     out = build_dir()
@@ -119,7 +120,7 @@ def _import_built_selective_scan():
         return sys.modules[_EXT]
     built = sorted(build_dir().glob(f"{_EXT}*.so"))
     if not built:
-        raise ImportError(f"Mamba-1 CUDA scan not compiled in {build_dir()}: run scripts/gpu/peer_setup.sh")
+        raise ImportError(f"Mamba-1 CUDA scan not compiled in {build_dir()}: run benchmarks/gpu/peer_setup.sh")
     import torch  # noqa: F401  -- loads the libraries the extension links against
     # a rebuild within one process is named selective_scan_cuda_v1.so; its init function too
     spec = importlib.util.spec_from_file_location(built[-1].name.split(".")[0], built[-1])
@@ -141,7 +142,7 @@ def load_peer(root: str | Path | None = None, ops=None, build: bool = False) -> 
     wanted = [op for op in ops if op in ENTRY_POINTS]
     if found is None:
         why = (f"no mamba_ssm-{PEER_VERSION} source under .peer/ "
-               "(run scripts/gpu/prepare_local.sh here and carry .peer/)")
+               "(run benchmarks/gpu/prepare_local.sh where PyPI is reachable, and bring .peer/ along)")
         peer.unavailable.update({op: why for op in wanted})
         return peer
     try:
@@ -172,7 +173,7 @@ def load_peer(root: str | Path | None = None, ops=None, build: bool = False) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hybridlab.kernels.peer",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer",
                                      description="Load (and with --build compile) the peer mamba-ssm.")
     parser.add_argument("--build", action="store_true", help="compile the Mamba-1 CUDA scan if needed")
     parser.add_argument("--root", default=None, help="unpacked mamba_ssm sdist (default: .peer/...)")

@@ -1,8 +1,8 @@
 """Where a kernel first waits on each of its global loads, read from the SASS control bits
 (no GPU needed):
 
-    SASS_DIR=/tmp/sass ONLY="n 16, no grad, rows 0, fast True" python3 scripts/kernel_regs.py
-    python3 scripts/sass_scoreboards.py /tmp/sass/_fwd_seq_kernel-0.sass
+    SASS_DIR=/tmp/sass ONLY="n 16, no grad, rows 0, fast True" python3 -m benchmarks.kernel_regs
+    python3 -m benchmarks.sass_scoreboards /tmp/sass/_fwd_seq_kernel-0.sass
 
 On sm_70 and later each instruction's upper 64 bits carry its scheduling controls: bits 46-48
 name the scoreboard a variable-latency instruction (a load, MUFU, shared memory, a shuffle)
@@ -11,7 +11,7 @@ scoreboards, so ptxas shares them: a load that shares one with a MUFU is waited 
 MUFU's first use, however far ahead it was issued. For each load in the kernel's last loop, this
 prints its scoreboard and the first instruction after it (around the loop) that waits on that
 scoreboard: a prefetch is only as early as that wait. Indices match Nsight Compute's SASS listing
-(`scripts/gpu/ncu_kernels.sh`) when the compile is the same.
+(`benchmarks/gpu/ncu_kernels.sh`) when the compile is the same.
 """
 from __future__ import annotations
 

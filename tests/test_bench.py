@@ -1,5 +1,6 @@
-"""The kernel benchmark harness (hybridlab/kernels/bench.py, `hybridlab bench kernels`) and the
-peer loader (hybridlab/kernels/peer.py), at tiny shapes on the CPU."""
+"""The kernel benchmark harness (benchmarks/kernels, `python -m benchmarks.kernels`) and the peer
+loader (benchmarks/peer.py), at tiny shapes on the CPU."""
+import ast
 import importlib
 import json
 import re
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridlab.cli.main import main
-from hybridlab.kernels import bench, peer
+from benchmarks import peer
+from benchmarks.kernels import cases, compare, report, runner, timing
+from benchmarks.kernels.cli import main
 from hybridlab.kernels.dispatch import implementation
 
 BASELINES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gpu-baselines.md"
@@ -18,7 +20,7 @@ BASELINES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gpu-
 
 def _run_cli(tmp_path, *extra):
     js, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    rc = main(["bench", "kernels", "--quick", "--json", str(js), "--markdown", str(md), *extra])
+    rc = main(["--quick", "--json", str(js), "--markdown", str(md), *extra])
     return rc, json.loads(js.read_text()), md.read_text()
 
 
@@ -29,13 +31,13 @@ def test_reference_only_end_to_end(tmp_path, capsys):
     meta = report["meta"]
     for key in ("date", "gpu", "torch", "triton", "command", "dtype", "settings"):
         assert key in meta
-    assert meta["command"].startswith("hybridlab bench kernels") and "--impls ref" in meta["command"]
+    assert meta["command"].startswith("python -m benchmarks.kernels") and "--impls ref" in meta["command"]
     assert report["ceilings"]["copy_TBps"] > 0
     assert [r["op"] for r in report["results"]] == ops.split(",")
     for r in report["results"]:
         ref = r["impls"]["ref"]
         assert ref["fwd_ms"] > 0 and ref["fwd_reps"] >= 1
-        if bench.SPECS[r["op"]].grads:
+        if cases.SPECS[r["op"]].grads:
             assert ref["fwdbwd_ms"] > 0
         else:
             assert "fwdbwd_ms" not in ref
@@ -51,14 +53,14 @@ def test_reference_only_end_to_end(tmp_path, capsys):
 
 
 def test_floor_bytes_hand_checked():
-    kw = bench._make_selective_scan(dict(b=1, l=24, d=4, n=4), bench._Draw(torch.device("cpu"), torch.bfloat16, 0))
+    kw = cases.make_inputs(cases.shape("selective_scan", "tiny"), cases.Draw(torch.device("cpu"), torch.bfloat16, 0))
     out = torch.empty(1, 4, 24, dtype=torch.bfloat16)
     # u, delta, z: 3 x 96 bf16; B, C: 2 x 96 bf16; A: 16 fp32; D, delta_bias: 2 x 4 fp32; out: 96 bf16
-    assert bench.floor_bytes(kw, out) == 3 * 192 + 2 * 192 + 64 + 2 * 16 + 192 == 1248
+    assert compare.floor_bytes(kw, out) == 3 * 192 + 2 * 192 + 64 + 2 * 16 + 192 == 1248
     # a broadcast input is read once per stored element, an in-place input is also written
     base = torch.zeros(3, 5)
-    assert bench.stored_bytes(base[:, None].expand(3, 7, 5)) == 60
-    assert bench.floor_bytes({"s": base, "x": base[0]}, base[0], inplace=("s",)) == 60 + 20 + 20 + 60
+    assert compare.stored_bytes(base[:, None].expand(3, 7, 5)) == 60
+    assert compare.floor_bytes({"s": base, "x": base[0]}, base[0], inplace=("s",)) == 60 + 20 + 20 + 60
 
 
 @pytest.mark.parametrize("op,dims,out_shape,table_ms", [
@@ -72,7 +74,7 @@ def test_floor_matches_gpu_baselines(op, dims, out_shape, table_ms):
     kw = {k.removesuffix("32"): torch.empty(s, device="meta", dtype=torch.float32 if k.endswith("32") else torch.bfloat16)
           for k, s in dims.items()}
     out = torch.empty(out_shape, device="meta", dtype=torch.bfloat16)
-    assert bench.floor_bytes(kw, out) / 3.0e12 * 1e3 == pytest.approx(table_ms, abs=6e-4)
+    assert compare.floor_bytes(kw, out) / 3.0e12 * 1e3 == pytest.approx(table_ms, abs=6e-4)
 
 
 def test_table_targets_match_gpu_baselines():
@@ -80,7 +82,7 @@ def test_table_targets_match_gpu_baselines():
         pytest.skip(f"{BASELINES} not present")
     text = BASELINES.read_text()
     rows = re.findall(r"^\| [^|]+ \| (b\d+ l\d+[^|]*?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
-    table = [s for s in bench.SHAPES if s.group == "table"]
+    table = [s for s in cases.SHAPES if s.group == "table"]
     assert len(rows) == len(table) == 8
     for s, (shape, fwd, fb, floor) in zip(table, rows):
         dims = dict(re.findall(r"([a-z]+)(\d+)", shape))
@@ -89,20 +91,68 @@ def test_table_targets_match_gpu_baselines():
 
 
 def test_select_shapes():
-    cases = bench.select_shapes(("ssd", "selective_scan"), ["all"])
-    assert all(c.group != "tiny" for c in cases)
-    groups = [bench.GROUPS.index(c.group) for c in cases]
-    assert groups == sorted(groups) and cases[0].group == "table" and cases[0].op == "ssd"
-    assert [c.name for c in bench.select_shapes(("ssd",), ["tiny"])] == ["tiny"]
+    picked = cases.select_shapes(("ssd", "selective_scan"), ["all"])
+    assert all(c.group != "tiny" for c in picked)
+    groups = [cases.GROUPS.index(c.group) for c in picked]
+    assert groups == sorted(groups) and picked[0].group == "table" and picked[0].op == "ssd"
+    assert [c.name for c in cases.select_shapes(("ssd",), ["tiny"])] == ["tiny"]
     with pytest.raises(ValueError, match="unknown shape"):
-        bench.select_shapes(("ssd",), ["b9-nonsense"])
+        cases.select_shapes(("ssd",), ["b9-nonsense"])
 
 
 def test_list_and_bad_arguments(capsys):
-    assert main(["bench", "kernels", "--list", "--shapes", "table"]) == 0
+    assert main(["--list", "--shapes", "table"]) == 0
     listed = capsys.readouterr().out
     assert "b1-l32768-h32-p64-n128" in listed and "target fwd 0.691 ms" in listed
-    assert main(["bench", "kernels", "--ops", "nope"]) == 2
+    assert main(["--ops", "nope"]) == 2
+    assert "unknown op or impl ['nope']" in capsys.readouterr().err
+    assert main(["--shapes", "b9-nonsense"]) == 2
+    assert "unknown shape(s) ['b9-nonsense']" in capsys.readouterr().err
+
+
+def test_prepare_calls_a_case_as_the_scripts_do():
+    run_ = cases.prepare("rmsnorm_gated", "tiny", "ref", device="cpu", dtype=torch.float32)
+    out = run_.forward()
+    assert out.shape == (2, 8, 16) and not out.requires_grad
+    y = run_.forward_backward()
+    grads = run_.grads()
+    assert set(grads) == {"x", "weight", "z"}
+    # the same gradients as autograd on the same inputs and upstream gradient, by hand
+    ref = implementation("rmsnorm_gated", "reference")
+    leaves = {k: run_.kwargs[k].detach().clone().requires_grad_(True) for k in grads}
+    expect = torch.autograd.grad(ref(**{**run_.kwargs, **leaves}), list(leaves.values()), run_.dout)
+    for (name, g), e in zip(leaves.items(), expect):
+        torch.testing.assert_close(grads[name], e, rtol=0, atol=0)
+    torch.testing.assert_close(y, out)
+    # a second call starts from cleared gradients (no accumulation)
+    run_.forward_backward()
+    torch.testing.assert_close(run_.grads()["x"], grads["x"], rtol=0, atol=0)
+    # kwargs replaces the drawn inputs (vs_float64's float64 reference), the upstream gradient follows
+    up = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in run_.kwargs.items()}
+    r64 = cases.prepare("rmsnorm_gated", "tiny", "ref", device="cpu", dtype=torch.float32, kwargs=up)
+    assert r64.forward_backward().dtype == torch.float64 and r64.grads()["x"].dtype == torch.float64
+
+
+def test_parse_case():
+    s, over = cases.parse_case("mamba3/b4-l4096-h32-p64-n128@chunk=128")
+    assert (s.op, s.name, over) == ("mamba3", "b4-l4096-h32-p64-n128", {"chunk": 128})
+    with pytest.raises(ValueError, match="no case ssd/b9"):
+        cases.parse_case("ssd/b9")
+    with pytest.raises(ValueError, match="dim=integer"):
+        cases.parse_case("ssd/tiny@chunk=big")
+
+
+def test_the_product_never_imports_the_lab():
+    """hybridlab/ is the product: no module there imports benchmarks/ (the lab imports it)."""
+    package = Path(__file__).resolve().parents[1] / "hybridlab"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path}:{node.lineno} {n}" for n in names if n.split(".")[0] == "benchmarks"]
+    assert offenders == []
+    assert not any(package.rglob("bench.py")) and not (package / "kernels" / "peer.py").exists()
 
 
 def _ours_wrong(scale=1.1, nan=False):
@@ -119,9 +169,9 @@ def _ours_wrong(scale=1.1, nan=False):
 
 @pytest.mark.parametrize("wrong", [dict(scale=1.1), dict(scale=1.0, nan=True)])
 def test_check_catches_a_wrong_kernel(wrong):
-    shape = next(s for s in bench.SHAPES if s.op == "rmsnorm_gated" and s.group == "tiny")
+    shape = next(s for s in cases.SHAPES if s.op == "rmsnorm_gated" and s.group == "tiny")
     fns = {"ours": _ours_wrong(**wrong), "ref": implementation("rmsnorm_gated", "reference")}
-    r = bench.run_case(shape, fns, torch.device("cpu"), torch.bfloat16, bench.Settings.quick(), 0.01)
+    r = compare.run_case(shape, fns, torch.device("cpu"), torch.bfloat16, timing.Settings.quick(), 0.01)
     c = r["check"]["ours_vs_ref"]
     assert c["ok"] is False and r["correct"] is False
     assert set(c["grads"]) == {"x", "weight", "z"}
@@ -129,7 +179,7 @@ def test_check_catches_a_wrong_kernel(wrong):
         assert c["out"] == pytest.approx(0.1, rel=1e-2)
     # and the same harness passes the reference against itself
     fns["ours"] = fns["ref"]
-    r = bench.run_case(shape, fns, torch.device("cpu"), torch.bfloat16, bench.Settings.quick(), 0.01)
+    r = compare.run_case(shape, fns, torch.device("cpu"), torch.bfloat16, timing.Settings.quick(), 0.01)
     assert r["correct"] is True and r["check"]["ours_vs_ref"]["out"] == 0.0
 
 
@@ -137,18 +187,18 @@ def test_a_disagreement_with_the_peer_alone_is_not_called_wrong():
     """Ours and the peer disagree: without the reference the verdict is "disagree" (one of the two
     is off, the run cannot say which) and the case is not counted broken; with the reference
     beside it, ours matching it makes the speed verdict count again."""
-    shape = next(s for s in bench.SHAPES if s.op == "rmsnorm_gated" and s.group == "tiny")
+    shape = next(s for s in cases.SHAPES if s.op == "rmsnorm_gated" and s.group == "tiny")
     ref = implementation("rmsnorm_gated", "reference")
     off_peer = _ours_wrong(scale=1.2)
     peer_fn = lambda bias=None, **kw: off_peer(**kw)  # noqa: E731  (the peer's layout adds bias)
-    r = bench.run_case(shape, {"ours": ref, "peer": peer_fn}, torch.device("cpu"), torch.bfloat16,
-                       bench.Settings.quick(), 0.01)
+    r = compare.run_case(shape, {"ours": ref, "peer": peer_fn}, torch.device("cpu"), torch.bfloat16,
+                       timing.Settings.quick(), 0.01)
     assert r["check"]["ours_vs_peer"]["ok"] is False
     assert r["correct"] is None and set(r["verdict"].values()) == {"disagree"}
-    notes = bench._notes({"unavailable": {}, "results": [r]})
+    notes = report.notes({"unavailable": {}, "results": [r]})
     assert any("vs_float64.py" in n for n in notes)
-    r = bench.run_case(shape, {"ours": ref, "ref": ref, "peer": peer_fn}, torch.device("cpu"), torch.bfloat16,
-                       bench.Settings.quick(), 0.01)
+    r = compare.run_case(shape, {"ours": ref, "ref": ref, "peer": peer_fn}, torch.device("cpu"), torch.bfloat16,
+                       timing.Settings.quick(), 0.01)
     assert r["correct"] is True and set(r["verdict"].values()) <= {"pass", "miss", "-"}
 
 
@@ -173,7 +223,7 @@ def test_peer_unavailable_when_absent(tmp_path, monkeypatch, capsys):
 def test_peer_bare_package(monkeypatch):
     root = peer.peer_root()
     if root is None:
-        pytest.skip(".peer/ not prepared (scripts/gpu/prepare_local.sh)")
+        pytest.skip(".peer/ not prepared (benchmarks/gpu/prepare_local.sh)")
     for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
         monkeypatch.delitem(sys.modules, name)
     peer._install_bare_package(root)
@@ -208,8 +258,8 @@ def test_fused_backend_end_to_end(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     op = ops[0]
     # fp32: the CPU interpreter (Triton 3.9) gets tl.dot on bf16 operands wrong
-    report = bench.run(ops=(op,), shapes=("tiny",), impls=("ours", "ref"), dtype=torch.float32,
-                       device=device, settings=bench.Settings.quick(slow_budget_s=0.2), use_peer=False, quick=True)
+    report = runner.run(ops=(op,), shapes=("tiny",), impls=("ours", "ref"), dtype=torch.float32,
+                       device=device, settings=timing.Settings.quick(slow_budget_s=0.2), use_peer=False, quick=True)
     r = report["results"][0]
     assert r["impls"]["ours"]["fwd_ms"] > 0, r
     assert r["check"]["ours_vs_ref"]["ok"], (op, r["check"])
@@ -220,8 +270,8 @@ def test_fused_backend_end_to_end(monkeypatch):
 def test_side_by_side_on_gpu(op):
     # the peer's Triton entry points need no build, so they load while peer_setup.sh still compiles
     if peer.peer_root() is None:
-        pytest.skip(".peer/ not carried (scripts/gpu/prepare_local.sh)")
-    report = bench.run(ops=(op,), shapes=("small", "model"), settings=bench.Settings.quick(), quick=True)
+        pytest.skip(".peer/ not carried (benchmarks/gpu/prepare_local.sh)")
+    report = runner.run(ops=(op,), shapes=("small", "model"), settings=timing.Settings.quick(), quick=True)
     assert report["meta"]["gpu"] and report["ceilings"]["copy_TBps"] > 0.5
     for r in report["results"]:
         assert r["impls"]["peer"]["fwd_ms"] > 0, report["unavailable"].get(op)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run ON the GPU machine (carry .whl): kernel time per forward+backward of each launch variant
+# Run ON the GPU machine (.whl/ present): kernel time per forward+backward of each launch variant
 # (environment knobs read at import, so one process per variant), to pick the defaults.
-#   bash scripts/gpu/kernel_variants.sh            # or CASES="..." VARIANTS_FILE=... to change the set
+#   bash benchmarks/gpu/kernel_variants.sh            # or CASES="..." VARIANTS_FILE=... to change the set
 # Knobs (hybridlab/kernels/knobs.py): HYBRIDLAB_SSD_BLOCK_T (row block inside a chunk),
 # HYBRIDLAB_MAMBA3_ROTATE_PAIRS (rotation pairs per backward program). Prints each case's total
 # and its TOP (default 6) kernels.
@@ -20,6 +20,6 @@ variants=(
 if [[ -n ${VARIANTS_FILE:-} ]]; then mapfile -t variants < <(grep -v "^#" "$VARIANTS_FILE"); fi
 for v in "${variants[@]}"; do
   echo "### $v"
-  env $v ITERS=${ITERS:-5} timeout "${VARIANT_S:-150}" python3 scripts/gpu/profile_ops.py $CASES 2>&1 \
+  env $v ITERS=${ITERS:-5} timeout "${VARIANT_S:-150}" python3 -m benchmarks.gpu.profile_ops $CASES 2>&1 \
     | awk '/^== /{n=0; print; next} /Error/{print} /^ +[0-9]/{if (n++ < TOP) print}' TOP=${TOP:-6} | cut -c1-120
 done

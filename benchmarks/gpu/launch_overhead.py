@@ -1,6 +1,6 @@
 """Host time of one kernel launch, per launch path (run ON the GPU machine):
 
-    PYTHONPATH=$PWD python3 scripts/gpu/launch_overhead.py
+    python3 -m benchmarks.gpu.launch_overhead
 
 At a tiny SSD shape (the GPU finishes each kernel long before the next is issued) it times how
 long the host takes to issue: the whole SSD forward / forward+backward, then chunk_scan_fwd

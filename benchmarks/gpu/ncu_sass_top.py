@@ -1,7 +1,7 @@
 """Where a kernel's warps wait, per SASS instruction, from Nsight Compute's source page:
 
     ncu --import REPORT.ncu-rep --page source --csv --print-source sass > k.csv
-    python3 scripts/gpu/ncu_sass_top.py k.csv [N] [LISTING]
+    python3 -m benchmarks.gpu.ncu_sass_top k.csv [N] [LISTING]
 
 Prints the stall samples by reason over the whole kernel, then the N instructions (default 40)
 with the most samples, each with its index in the SASS listing and its two main reasons

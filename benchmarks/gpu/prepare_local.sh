@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Run HERE (the CPU machine, which can reach PyPI), from anywhere inside the repo.
-# Fills the two git-ignored folders that travel to the GPU machine (no internet there):
+# Run where PyPI is reachable, from anywhere inside the repo. Fills the two git-ignored folders the
+# GPU machine needs beside the working tree (it has no internet):
 #   .peer/  the mamba-ssm 2.3.2.post1 source (the peer we time against; never committed)
-#   .whl/   wheels the GPU image lacks (optuna & co), via ../shared/device/prepare-wheels.sh
-# Cache-aware: a folder already filled is left alone (FORCE=1 refetches).
+#   .whl/   wheels a bare GPU image lacks (optuna & co; Python 3.12, manylinux x86-64)
+# Cache-aware: a folder already filled is left alone (FORCE=1 refetches). The two together must
+# stay under LIMIT_MIB (default 60), what the GPU machine takes beside the working tree.
 set -euo pipefail
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$root"
 PEER_VERSION=2.3.2.post1
 peer_dir=.peer/mamba_ssm-$PEER_VERSION
-limit_mib=60
+limit_mib=${LIMIT_MIB:-60}
 
 if [[ -d $peer_dir/mamba_ssm && -d $peer_dir/csrc/selective_scan && -z ${FORCE:-} ]]; then
   echo "peer: $peer_dir already there"
@@ -29,17 +30,13 @@ fi
 if compgen -G ".whl/optuna-*.whl" >/dev/null && compgen -G ".whl/plotly-*.whl" >/dev/null && [[ -z ${FORCE:-} ]]; then
   echo "wheels: .whl already filled"
 else
-  # tqdm is already in the GPU image (KINDS.md), so only the defaults of the shared script.
-  # That script appends to .git/info/exclude, which a checkout without .git/info lacks; then
-  # run its same download here (same packages, Python 3.12 manylinux x86-64 wheels).
-  if ! ../shared/device/prepare-wheels.sh; then
-    echo "prepare-wheels.sh failed; downloading the same wheels directly" >&2
-    mkdir -p .whl
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
-      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-      -d .whl optuna alembic mako sqlalchemy greenlet colorlog plotly
-  fi
+  # torch, triton and tqdm come with the GPU image; these are the rest of hybridlab's imports
+  mkdir -p .whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+    -d .whl optuna alembic mako sqlalchemy greenlet colorlog plotly
+  echo "wheels: downloaded into .whl"
 fi
 
 peer_kib=$(du -sk .peer | cut -f1)
@@ -47,6 +44,6 @@ whl_kib=$(du -sk .whl | cut -f1)
 total_mib=$(( (peer_kib + whl_kib) / 1024 ))
 echo "sizes: .peer ${peer_kib} KiB, .whl ${whl_kib} KiB, together ${total_mib} MiB (limit ${limit_mib} MiB)"
 if (( total_mib >= limit_mib )); then
-  echo "error: .peer + .whl exceed ${limit_mib} MiB; the carry limit is 64 MiB in all" >&2
+  echo "error: .peer + .whl exceed ${limit_mib} MiB (LIMIT_MIB)" >&2
   exit 1
 fi

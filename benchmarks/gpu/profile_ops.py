@@ -1,27 +1,29 @@
 """Per-kernel GPU time of our fused ops at the bench shapes (run ON the GPU machine).
 
-    PYTHONPATH=$PWD python3 scripts/gpu/profile_ops.py ssd/b1-l32768-h32-p64-n128 mamba3/b4-l4096-h32-p64-n128@chunk=128
+    python3 -m benchmarks.gpu.profile_ops ssd/b1-l32768-h32-p64-n128 mamba3/b4-l4096-h32-p64-n128@chunk=128
 
-For each op/shape: the same inputs as `hybridlab bench kernels`, a few untimed forward+backward
-runs (compile, autotune), then torch.profiler over ITERS runs; prints each GPU kernel's mean
-time per forward+backward, sorted, so the slow pass of a kernel pipeline is plain to see.
-``@dim=value`` after a case overrides one of its dims (e.g. the chunk length). FORWARD_ONLY=1
-profiles the forward alone; IMPL=peer (or ours,peer) profiles mamba-ssm's kernels on the same inputs (`.peer/`
-carried). Each case also prints the wall time per step run back to back: when
-it is well above the kernel sum, the GPU is waiting on the host. HOST=1 adds where: the host's
-time to issue one step, the GPU's idle gaps between kernels, and the host ops by self time;
-CPROFILE=1 the host's Python by function (cProfile).
+For each op/shape: the same inputs as the bench (``benchmarks.kernels.cases``), a few untimed
+forward+backward runs (compile, autotune), then torch.profiler over ITERS runs; prints each GPU
+kernel's mean time per forward+backward, sorted, so the slow pass of a kernel pipeline is plain
+to see. ``@dim=value`` after a case overrides one of its dims (e.g. the chunk length).
+FORWARD_ONLY=1 profiles the forward alone; IMPL=peer (or ours,peer) profiles mamba-ssm's kernels
+on the same inputs (``.peer/`` present). Each case also prints the wall time per step run back to
+back: when it is well above the kernel sum, the GPU is waiting on the host. HOST=1 adds where:
+the host's time to issue one step, the GPU's idle gaps between kernels, and the host ops by self
+time; CPROFILE=1 the host's Python by function (cProfile).
 """
 from __future__ import annotations
 
+import cProfile
 import os
+import pstats
 import sys
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hybridlab.kernels import bench
+from benchmarks.kernels import cases
 from hybridlab.kernels.ops.ssd import fused as ssd_fused
 
 ITERS = int(os.environ.get("ITERS", "5"))
@@ -31,29 +33,10 @@ CPROFILE = os.environ.get("CPROFILE", "0") == "1"              # the host's Pyth
 IMPLS = os.environ.get("IMPL", "ours").split(",")              # ours, peer or ours,peer
 
 
-def profile_case(op: str, name: str, overrides: dict, impl: str = "ours") -> None:
-    shape = next(s for s in bench.SHAPES if s.op == op and s.name == name)
-    spec = bench.SPECS[op]
-    device = torch.device("cuda")
-    draw = bench._Draw(device, torch.bfloat16, 0)
-    kw = spec.make({**shape.dims, **overrides}, draw)
-    dout = draw.normal(bench._output_shape(op, kw))
-    if impl == "peer":
-        from hybridlab.kernels.peer import load_peer
-        fn = load_peer(ops=[op]).get(op)
-        kw = bench._args_for("peer", kw, spec)
-    else:
-        fn = bench.implementation(op, "triton")
-    args, leaves = bench._with_leaves(kw, bench._grad_names(impl, kw, spec))
-
-    def step():
-        if FORWARD_ONLY:
-            with torch.no_grad():
-                fn(**args)
-            return
-        for t in leaves.values():
-            t.grad = None
-        bench._first(fn(**args)).backward(dout)
+def profile_case(case: str, impl: str = "ours") -> None:
+    shape, overrides = cases.parse_case(case)
+    run = cases.prepare(shape.op, shape.name, impl, device="cuda", overrides=overrides)
+    step = run.forward if FORWARD_ONLY else run.forward_backward
 
     for _ in range(3):
         step()
@@ -74,16 +57,17 @@ def profile_case(op: str, name: str, overrides: dict, impl: str = "ours") -> Non
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
     what = "forward" if FORWARD_ONLY else "forward+backward"
-    print(f"\n== {impl} {op} {name} {overrides or ''}: {total:.3f} ms of kernels per {what}, {wall:.3f} ms wall")
+    print(f"\n== {impl} {case}: {total:.3f} ms of kernels per {what}, {wall:.3f} ms wall")
     for ms, n, key in rows[:25]:
         print(f"  {ms:8.3f} ms  x{n:<3d} {100 * ms / total:5.1f}%  {key[:110]}")
     if HOST:
         host_profile(step)
     if CPROFILE:
         python_profile(step)
+    tuned_type = getattr(ssd_fused, "_Tuned", None)      # what the SSD autotuner picked, where it has one
     for kname, tuned in vars(ssd_fused).items():
-        if isinstance(tuned, ssd_fused._Tuned) and tuned.chosen:
-            print(f"  autotuned {kname}: {list(tuned.chosen.values())}")    # what the SSD autotuner picked
+        if tuned_type and isinstance(tuned, tuned_type) and tuned.chosen:
+            print(f"  autotuned {kname}: {list(tuned.chosen.values())}")
 
 
 def host_profile(step) -> None:
@@ -114,8 +98,6 @@ def host_profile(step) -> None:
 
 def python_profile(step) -> None:
     """The host's Python per step by function (cProfile), own time first: what a launch costs."""
-    import cProfile
-    import pstats
     prof = cProfile.Profile()
     for _ in range(ITERS):
         torch.cuda.synchronize()
@@ -134,7 +116,5 @@ def python_profile(step) -> None:
 
 if __name__ == "__main__":
     for arg in sys.argv[1:]:
-        case, *sets = arg.split("@")
-        op, name = case.split("/", 1)
         for impl in IMPLS:
-            profile_case(op, name, {k: int(v) for k, v in (s.split("=") for s in sets)}, impl)
+            profile_case(arg, impl)

@@ -1,12 +1,15 @@
-"""Find the Mamba-3 SISO shape/knob that makes an illegal memory access (run ON the GPU machine).
-Each case runs in its own process (an illegal access poisons the CUDA context)."""
+"""Find the Mamba-3 SISO (or SSD) shape/knob that makes an illegal memory access (run ON the GPU
+machine): ``python3 -m benchmarks.gpu.repro_mamba3``. Each case runs in its own process (an
+illegal access poisons the CUDA context). CASES / SSD_CASES pick shapes (Python lists of dicts),
+ENVS / SSD_ENVS knob variants; SANITIZE=1 runs each under compute-sanitizer's memcheck."""
 import os
 import subprocess
 import sys
 
 CASE = """
 import torch, traceback
-from hybridlab.kernels.ops.mamba3 import siso
+from hybridlab.kernels.dispatch import implementation
+mamba3 = implementation('mamba3', 'triton')
 b, L, H, P, N, S = {b}, {L}, {H}, {P}, {N}, {S}
 g = torch.Generator(device='cuda').manual_seed(0)
 rn = lambda *s: torch.randn(*s, device='cuda', generator=g)
@@ -16,7 +19,7 @@ A = -torch.rand(H, device='cuda') - 0.5
 trap = rn(b, L, H).requires_grad_()
 B = rn(b, L, 1, N).bfloat16().requires_grad_(); C = rn(b, L, 1, N).bfloat16().requires_grad_()
 ang = rn(b, L, S).requires_grad_() if S else None
-y = siso.mamba3_siso(x, dt, A, trap, B, C, angles=ang, D=torch.ones(H, device='cuda'), z=rn(b, L, H, P).bfloat16(), chunk_size=64)
+y = mamba3(x, dt, A, trap, B, C, angles=ang, D=torch.ones(H, device='cuda'), z=rn(b, L, H, P).bfloat16(), chunk_size=64)
 y.float().sum().backward()
 torch.cuda.synchronize()
 print('ok')

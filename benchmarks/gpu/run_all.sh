@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Run ON the GPU machine, from the repo root, with .peer/ and .whl/ carried:
-#   scripts/gpu/run_all.sh
+# Run ON the GPU machine, from the repo root, with .peer/ and .whl/ present
+# (benchmarks/gpu/prepare_local.sh fills both):
+#   bash benchmarks/gpu/run_all.sh
 # Stages (each under `timeout`; each runs whatever happened to the one before):
-#   1. env        install the carried wheels into /tmp/site; versions, GPU
+#   1. env        install the .whl/ wheels into /tmp/site; versions, GPU
 #   2. peer_setup compile the peer's Mamba-1 CUDA scan, in the background during the tests
 #   3. tests_gpu  python3 -m pytest -m gpu tests/gpu tests/test_bench.py
 #   4. tests_kernels  the kernel tests, on this machine (KERNEL_TESTS overrides the file list)
-#   5. bench      hybridlab bench kernels --json $OUT/bench.json --markdown $OUT/bench.md
+#   5. bench      python3 -m benchmarks.kernels --json $OUT/bench.json --markdown $OUT/bench.md
 # Logs go to $OUT (at most 8 files: env.log peer_setup.log tests_gpu.log tests_kernels.log
 # bench.log bench.json bench.md summary.txt). The whole run fits TOTAL_S (default 560 s): the
 # bench gets what is left and stops starting new cases 90 s before the end.
@@ -51,13 +52,13 @@ env_stage() {
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
       && echo "installed: $(ls .whl | tr '\n' ' ')" || echo "wheel install FAILED"
   else
-    echo "no .whl/ carried: optuna & co missing (run scripts/gpu/prepare_local.sh here first)"
+    echo "no .whl/ here: optuna & co missing (run benchmarks/gpu/prepare_local.sh first)"
   fi
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,clocks.mem,temperature.gpu --format=csv
   python3 -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
   nvcc --version | tail -n 2
   python3 -c "import optuna, sqlalchemy, plotly; print('optuna', optuna.__version__)"
-  ls -d .peer/*/ 2>/dev/null || echo "no .peer/ carried: the peer will be unavailable"
+  ls -d .peer/*/ 2>/dev/null || echo "no .peer/ here: the peer will be unavailable"
 }
 want env && stage env 60 bash -c "$(declare -f env_stage); env_stage"
 
@@ -65,7 +66,7 @@ want env && stage env 60 bash -c "$(declare -f env_stage); env_stage"
 s_peer=$(date +%s)
 peer_pid=
 if want peer; then
-  MAX_JOBS=${MAX_JOBS:-12} timeout --kill-after=10 330 bash scripts/gpu/peer_setup.sh >"$OUT/peer_setup.log" 2>&1 &
+  MAX_JOBS=${MAX_JOBS:-12} timeout --kill-after=10 330 bash benchmarks/gpu/peer_setup.sh >"$OUT/peer_setup.log" 2>&1 &
   peer_pid=$!
 fi
 
@@ -106,7 +107,7 @@ fi
 # 5. bench with what is left
 budget=$(( $(left) - 10 ))
 if (( budget < 60 )); then budget=60; fi
-want bench && stage bench "$budget" python3 -m hybridlab.cli.main bench kernels --json "$OUT/bench.json" \
+want bench && stage bench "$budget" python3 -m benchmarks.kernels --json "$OUT/bench.json" \
   --markdown "$OUT/bench.md" --max-seconds $(( budget > 150 ? budget - 90 : budget / 2 )) ${BENCH_ARGS:-}
 
 {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run ON the GPU machine (carry .whl): the 24-trial GPU search with GPU-utilisation sampling,
+# Run ON the GPU machine (.whl/ present): the 24-trial GPU search with GPU-utilisation sampling,
 # then the GPU-only tests. Results under $OUT: search.log, status.txt, gpu_util.csv, gpu24.db,
-# tests_gpu.log. Usage: OUT=... SEARCH_S=330 TESTS_S=200 bash scripts/gpu/search_and_tests.sh
+# tests_gpu.log. Usage: OUT=... SEARCH_S=330 TESTS_S=200 bash benchmarks/gpu/search_and_tests.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/hybridlab-gpu-out}; mkdir -p "$OUT"

@@ -1,15 +1,15 @@
 """Selective-scan (Mamba-1) variants on the GPU: correctness against each other and the torch
 reference, and timings, in one call. Run ON the GPU machine from the repo root:
 
-    PYTHONPATH=$PWD python3 scripts/gpu/ss_bench.py [--variants NAME,...] [--shapes NAME,...] [--peer]
+    python3 -m benchmarks.gpu.ss_bench [--variants NAME,...] [--shapes NAME,...] [--peer]
 
 A variant is a set of module attributes of hybridlab.kernels.ops.selective_scan.fused
 (SEQ_ELEMS, ...; "v2" = the module defaults; v1, the associative-scan version, is gone from the
-code: docs/kernel-tuning.md keeps its measurements). For every shape and variant: fwd ms (no grad) and
+code: selective_scan/DESIGN.md keeps its measurements). For every shape and variant: fwd ms (no grad) and
 fwd+bwd ms (median of triton.testing.do_bench), the max relative L2 error of out (with and without grad) and every
 gradient against the first variant run, and with --ref against the fp32 torch reference on the
-same bf16 inputs. --peer times mamba-ssm's CUDA selective_scan_fn (scripts/gpu/peer_setup.sh
-first, .peer carried). Prints one table line per (shape, variant); --json writes them.
+same bf16 inputs. --peer times mamba-ssm's CUDA selective_scan_fn (benchmarks/gpu/peer_setup.sh
+first, .peer/ present). Prints one table line per (shape, variant); --json writes them.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import time
 import torch
 from triton.testing import do_bench
 
+from benchmarks.peer import load_peer
 from hybridlab.kernels import knobs
 from hybridlab.kernels.ops.selective_scan import fused, reference
 
@@ -132,7 +133,6 @@ def main():
     peer = None
     if args.peer:
         try:
-            from hybridlab.kernels.peer import load_peer
             pr = load_peer(ops=["selective_scan"])
             peer = pr.get("selective_scan")
             if peer is None:

@@ -1,7 +1,7 @@
 """SSD and Mamba-3 SISO launch variants, timed in one process on identical inputs (run ON the
 GPU machine from the repo root):
 
-    PYTHONPATH=$PWD python3 scripts/gpu/ssd_variants.py [--variants base,old_scan,...] [--cases ssd/b4-...,...]
+    python3 -m benchmarks.gpu.ssd_variants [--variants base,old_scan,...] [--cases ssd/b4-...,...]
 
 A variant sets attributes of hybridlab.kernels.ops.ssd.fused for its runs: knobs such as
 SEQ_STATE_BN, or a kernel's autotune config list (``_chunk_scan_fwd`` and such: the launcher is
@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from triton.testing import do_bench
 
-from hybridlab.kernels import bench
+from benchmarks.kernels import cases
 from hybridlab.kernels.ops.ssd import fused as F
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
 from hybridlab.kernels.ops.ssd import fused_state as ks
@@ -54,24 +53,16 @@ def apply(variant: dict) -> dict:
 
 
 def time_case(case: str, names: list[str]) -> None:
-    op, name = case.split("/", 1)
-    shape = next(s for s in bench.SHAPES if s.op == op and s.name == name)
-    spec = bench.SPECS[op]
-    cuda = torch.device("cuda")
-    kw = spec.make(shape.dims, bench._Draw(cuda, torch.bfloat16, 0))
-    fn = bench.implementation(op, "triton")
-    dout = bench._Draw(cuda, torch.bfloat16, 1).normal(bench._output_shape(op, kw))
-    args, leaves = bench._with_leaves(kw, bench._grad_names("ours", kw, spec))
+    shape, overrides = cases.parse_case(case)
+    run = cases.prepare(shape.op, shape.name, "ours", device="cuda", overrides=overrides)
     row = []
     for vname in names:
         old = apply(VARIANTS[vname])
         try:
-            with torch.no_grad():
-                fn(**kw)                                  # compile and tune outside the timing
-                f = do_bench(lambda: fn(**kw), warmup=50, rep=300)
-            bench._first(fn(**args)).backward(dout)
-            fb = do_bench(lambda: bench._first(fn(**args)).backward(dout), warmup=25, rep=200,
-                          grad_to_none=list(leaves.values()))
+            run.forward()                                 # compile and tune outside the timing
+            f = do_bench(run.forward, warmup=50, rep=300)
+            run.forward_backward()
+            fb = do_bench(run.forward_backward, warmup=25, rep=200, grad_to_none=list(run.leaves.values()))
             chosen = {k: list(getattr(F, k).chosen.values())[-1:] for k in ("_chunk_scan_fwd", "_state_fwd_seq")
                       if getattr(F, k).chosen}
             row.append(f"{vname} {f:.4f}/{fb:.3f} {chosen}")

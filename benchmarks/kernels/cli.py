@@ -1,31 +1,35 @@
-"""`hybridlab bench kernels`: time our fused kernels beside the torch reference and the peer.
+"""`python -m benchmarks.kernels`: time our fused kernels beside the torch reference and the peer.
 
-The work is in hybridlab/kernels/bench.py; this module parses arguments, prints each case as it
-finishes and the full table last, and saves JSON / Markdown after every case (a run cut short by
-a time limit keeps what it measured).
+Parses the options, prints each case as it finishes and the full table last, and saves JSON /
+Markdown after every case (a run cut short by a time limit keeps what it measured).
 """
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 
+import torch
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="benchmark kernels (ours vs reference vs peer)",
-                                   description="Benchmarks. See docs/benchmarking.md.")
-    sub = parser.add_subparsers(dest="bench_command", metavar="WHAT")
-    sub.required = True
-    k = sub.add_parser("kernels", help="time each kernel's forward and forward+backward side by side",
-                       description="Times ours (fused Triton), the torch reference and the peer (mamba-ssm, "
-                                   "from .peer/) on identical inputs, checks ours against them first, and "
-                                   "compares with the targets of shared/reference/gpu-baselines.md.")
+from . import report as fmt
+from .cases import DTYPES, IMPLS, SPECS, select_shapes
+from .runner import DEFAULT_OPS, run
+from .timing import Settings
+
+PROG = "python -m benchmarks.kernels"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    k = argparse.ArgumentParser(
+        prog=PROG, description="Times ours (fused Triton), the torch reference and the peer (mamba-ssm, from "
+                               ".peer/) on identical inputs, checks ours against them first, and compares "
+                               "with the targets in benchmarks/kernels/cases.py. See docs/benchmarking.md.")
     k.add_argument("--ops", default=None,
-                   help="comma-separated ops (default: all): selective_scan,ssd,mamba3,causal_conv1d,"
-                        "rmsnorm_gated,selective_state_update,ssd_state_update,mamba3_state_update")
+                   help="comma-separated ops (default: all): " + ",".join(SPECS))
     k.add_argument("--shapes", nargs="+", default=["all"], metavar="NAME",
-                   help="shape names or groups: table (gpu-baselines.md rows), model, small, tiny, "
+                   help="shape names or groups: table (the rows with a target), model, small, tiny, "
                         "all (= table+model+small; the default)")
-    k.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="activation dtype")
+    k.add_argument("--dtype", default="bf16", choices=list(DTYPES), help="activation dtype")
     k.add_argument("--impls", default="ours,ref,peer", help="comma-separated subset of ours,ref,peer")
     k.add_argument("--no-peer", action="store_true", help="do not load the peer")
     k.add_argument("--quick", action="store_true", help="shorter warm-up and timing (25/100 ms)")
@@ -38,23 +42,22 @@ def register(subparsers) -> None:
                    help="start no new case after this many seconds (the rest is listed as not run)")
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--json", metavar="FILE", help="write every number, the GPU, versions, date, command")
-    k.add_argument("--markdown", metavar="FILE", help="write the table section for BENCHMARKS.md")
+    k.add_argument("--markdown", metavar="FILE", help="write the run as a Markdown section")
     k.add_argument("--list", action="store_true", help="list the ops and shapes, run nothing")
-    k.set_defaults(func=run_kernels)
+    return k
 
 
 def _save(report, args) -> None:
-    from hybridlab.kernels import bench
     if args.json:
-        bench.write_json(report, args.json)
+        fmt.write_json(report, args.json)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(bench.format_markdown(report))
+            f.write(fmt.format_markdown(report))
 
 
 def _command(args) -> str:
     """The command line, rebuilt from the parsed options (the same run, whoever called main)."""
-    parts = ["hybridlab", "bench", "kernels"]
+    parts = PROG.split()
     for flag, value in (("--ops", args.ops), ("--impls", None if args.impls == "ours,ref,peer" else args.impls),
                         ("--dtype", None if args.dtype == "bf16" else args.dtype), ("--device", args.device),
                         ("--max-seconds", args.max_seconds), ("--slow-budget", args.slow_budget),
@@ -69,20 +72,19 @@ def _command(args) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def run_kernels(args) -> int:
-    import torch
-
-    from hybridlab.kernels import bench
-
-    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip()) if args.ops else bench.DEFAULT_OPS
+def main(argv=None) -> int:
+    """Exit 0 when every case ran and ours is correct, 1 when one errored or failed its check,
+    2 for bad options."""
+    args = build_parser().parse_args(argv)
+    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip()) if args.ops else DEFAULT_OPS
     impls = tuple(i.strip() for i in args.impls.split(",") if i.strip())
-    bad = [o for o in ops if o not in bench.SPECS] + [i for i in impls if i not in bench.IMPLS]
+    bad = [o for o in ops if o not in SPECS] + [i for i in impls if i not in IMPLS]
     if bad:
-        print(f"error: unknown op or impl {bad}; ops: {', '.join(bench.SPECS)}; impls: {', '.join(bench.IMPLS)}",
+        print(f"error: unknown op or impl {bad}; ops: {', '.join(SPECS)}; impls: {', '.join(IMPLS)}",
               file=sys.stderr)
         return 2
     try:
-        cases = bench.select_shapes(ops, args.shapes)
+        cases = select_shapes(ops, args.shapes)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -98,16 +100,15 @@ def run_kernels(args) -> int:
     if args.no_peer:
         impls = tuple(i for i in impls if i != "peer")
     extra = {} if args.slow_budget is None else {"slow_budget_s": args.slow_budget}
-    settings = (bench.Settings.quick if args.quick else bench.Settings)(
+    settings = (Settings.quick if args.quick else Settings)(
         check=not args.no_check, max_seconds=args.max_seconds, seed=args.seed, **extra)
-    command = _command(args)
     printed = 0
 
     def progress(report):
         nonlocal printed
         _save(report, args)
         for r in report["results"][printed:]:
-            print(bench.progress_line(report, r), flush=True)
+            print(fmt.progress_line(report, r), flush=True)
         printed = len(report["results"])
 
     def starting(shape, running):
@@ -118,12 +119,12 @@ def run_kernels(args) -> int:
               f"first calls compile and autotune{slow} ...", flush=True)
 
     print(f"{len(cases)} case(s): {', '.join(f'{s.op} {s.name}' for s in cases)}", flush=True)
-    report = bench.run(ops=ops, shapes=args.shapes, impls=impls, dtype=bench.DTYPES[args.dtype],
-                       device=args.device, settings=settings, use_peer=not args.no_peer,
-                       command=command, quick=args.quick, on_result=progress, on_start=starting)
+    report = run(ops=ops, shapes=args.shapes, impls=impls, dtype=DTYPES[args.dtype], device=args.device,
+                 settings=settings, use_peer=not args.no_peer, command=_command(args), quick=args.quick,
+                 on_result=progress, on_start=starting)
     _save(report, args)
     print()
-    print(bench.format_table(report))
+    print(fmt.format_table(report))
     if not torch.cuda.is_available():
         print("\n(no CUDA here: these are CPU timings, for testing the harness only)")
         if args.dtype != "fp32" and "ours" in impls:
