@@ -6,10 +6,13 @@ from hybridlab.errors import Problem, SpecError
 __version__ = "0.1.0"
 
 
-def load_spec(path_or_dict, *, source: str | None = None):
-    """YAML path, YAML text or dict -> validated ``ModelSpec``. Raises ``SpecError``."""
+def load_spec(path_or_dict, *, source: str | None = None, allow_plugins: bool = False):
+    """YAML path, YAML text or dict -> validated ``ModelSpec``. Raises ``SpecError``.
+
+    ``allow_plugins=True`` imports the modules a spec lists under ``plugins:`` (runs their code);
+    by default only modules you have already imported are accepted."""
     from hybridlab.composer.loader import load_spec as _load
-    return _load(path_or_dict, source=source)
+    return _load(path_or_dict, source=source, allow_plugins=allow_plugins)
 
 
 def build_model(spec, device=None, dtype=None):

@@ -197,13 +197,39 @@ def test_plugins_register_blocks_before_validation(dummy_blocks, tmp_path):
                          "blocks:\n  C: {type: gated_conv, kernel: 5}\npattern: CMCM\n")
     path_before = list(sys.path)
     try:
-        spec = load_spec(spec_file)      # the module sits next to the spec, not on sys.path
+        # the module sits next to the spec, not on sys.path
+        spec = load_spec(spec_file, allow_plugins=True)
+        # imported now (by the user, as far as the loader knows): accepted without the opt-in
+        assert load_spec(spec_file) == spec
     finally:
         sys.modules.pop(module, None)
     assert sys.path == path_before
     assert spec.plugins == (module,)
     assert spec.layers[0].type == "gated_conv" and spec.layers[0].config.kernel == 5
     assert spec.name == "spec" and spec.source == str(spec_file)
+
+
+def test_plugins_are_not_imported_without_the_opt_in(dummy_blocks, tmp_path):
+    module = f"hl_test_plugin_refused_{tmp_path.name}".replace("-", "_")
+    marker = tmp_path / "imported"
+    (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"model: {{d_model: 64, vocab_size: 16}}\nplugins: [{module}]\n"
+                         "blocks:\n  C: {type: gated_conv}\npattern: CM\n")
+    for spec in (spec_file, spec_file.read_text(), {"model": {"d_model": 64, "vocab_size": 16},
+                                                    "plugins": module, "pattern": "M"}):
+        with pytest.raises(SpecError) as info:
+            load_spec(spec, source="spec.yaml")
+        first = info.value.problems[0]
+        assert first.field == "plugins" and first.message == (
+            f"this spec imports Python modules ({module}), which runs their code: allowed only "
+            "when you ask for it")
+        assert "--allow-plugins" in first.hint and "HYBRIDLAB_PLUGINS=1" in first.hint
+        assert "allow_plugins=True" in first.hint
+    assert (first.line, first.col) == (0, 0)        # the dict has no positions
+    assert problems_of(spec_file, source="spec.yaml")[0].startswith("spec.yaml:2:1: plugins: ")
+    assert "(the plugins this spec names were not imported)" in problems_of(spec_file)[1]
+    assert module not in sys.modules and not marker.exists()
 
 
 def test_path_text_and_dict_inputs_agree(dummy_blocks, tmp_path):
@@ -284,8 +310,10 @@ EXPECTED = {
     "yaml_syntax.yaml": ["5:8: YAML syntax error: expected ',' or '}', but got ':' "
                          "(while parsing a flow mapping that starts at line 4)",
                          "    hint: check indentation, brackets and quotes"],
-    "not_mapping.yaml": ["1:1: the top level of a spec must be a mapping, got a list",
-                         "    hint: " + SPEC_SHAPE],
+    "not_mapping.yaml": ["0:0: not_mapping.yaml is not a hybridlab model spec: it is not a "
+                         "YAML mapping",
+                         "    hint: a model spec is a YAML mapping with model: and pattern: (or "
+                         "layout:); see docs/spec-format.md"],
     "empty.yaml": ["1:1: the spec is empty", "    hint: " + SPEC_SHAPE],
     "unbalanced_parens.yaml": ["3:11: pattern: unbalanced parentheses: '(' is never closed",
                                "    hint: add the missing ')'"],
@@ -299,15 +327,27 @@ EXPECTED = {
         "5:3: blocks.M: duplicate key 'M'",
         "    hint: YAML would silently keep only the last one; remove or rename one"],
     "plugin_missing.yaml": [
-        "2:11: plugins[0]: cannot import plugin 'hybridlab_no_such_plugin_module': no such module",
-        "    hint: plugins are Python module names importable from the spec's folder or the "
-        "current directory"],
+        "2:1: plugins: this spec imports Python modules (hybridlab_no_such_plugin_module), which "
+        "runs their code: allowed only when you ask for it",
+        "    hint: run with --allow-plugins (or HYBRIDLAB_PLUGINS=1), or in Python "
+        "load_spec(..., allow_plugins=True); a module you have already imported yourself is "
+        "accepted without it"],
     "many_problems.yaml": [
         "3:44: model.norm: must be one of rmsnorm, layernorm",
         "5:30: blocks.M.d_state: must be > 0, got -4",
         "6:39: blocks.E.top_k: top_k (3) > n_experts (2)",
         "7:35: blocks.*.n_heads: 5 heads do not divide d_model 64"],
 }
+
+
+def test_missing_plugin_with_the_opt_in(dummy_blocks):
+    with pytest.raises(SpecError) as info:
+        load_spec(BAD / "plugin_missing.yaml", source="plugin_missing.yaml", allow_plugins=True)
+    assert [p.format() for p in info.value.problems] == [
+        "plugin_missing.yaml:2:11: plugins[0]: cannot import plugin "
+        "'hybridlab_no_such_plugin_module': no such module\n"
+        "    hint: plugins are Python module names importable from the spec's folder or the "
+        "current directory"]
 
 
 def test_every_bad_spec_has_expectations():
@@ -334,9 +374,14 @@ def test_missing_file_directory_and_binary(tmp_path):
     assert problems_of(binary, source="weights.bin")[0].startswith(
         "weights.bin:2:1: not a text file (invalid UTF-8)")   # the \\x89 byte
     control = tmp_path / "ctrl.yaml"
-    control.write_text("name: a\x07b\n")
+    control.write_text("model: a\x07b\n")
     assert problems_of(control, source="ctrl.yaml")[0].startswith(
-        "ctrl.yaml:1:8: YAML error: unacceptable character U+0007")
+        "ctrl.yaml:1:9: YAML error: unacceptable character U+0007")
+    control.write_text("title: a\x07b\n")      # no model-spec key: not recognisably a spec
+    assert problems_of(control, source="ctrl.yaml") == [
+        "ctrl.yaml:0:0: ctrl.yaml is not a hybridlab model spec: it is not valid YAML\n"
+        "    hint: a model spec is a YAML mapping with model: and pattern: (or layout:); see "
+        "docs/spec-format.md"]
 
 
 def test_pattern_column_follows_yaml_quoting(dummy_blocks):
@@ -375,7 +420,9 @@ def test_problem_details(dummy_blocks):
         ({"pattern": "M", "blocks": {"7": {"type": "mamba2"}}},
          "blocks.7: block name '7' is reserved in patterns (digits are repeat counts)"),
         ({"pattern": "M", "plugins": "os.nothing_here"},
-         "plugins: cannot import plugin 'os.nothing_here': no such module"),
+         "plugins: this spec imports Python modules (os.nothing_here), which runs their code: "
+         "allowed only when you ask for it"),
+        ({"pattern": "M", "plugins": "os"}, None),          # imported already: nothing to run
         ({"pattern": "M", "name": ""}, "name: name must be a non-empty string, got string ''"),
         ({"pattern": "M", "model": {"d_model": 64}}, "model: missing required field 'vocab_size'"),
         ({"pattern": "M", "model": {"d_model": 64, "vocab_size": 8, "init": {"stdd": 1.0}}},

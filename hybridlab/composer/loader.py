@@ -4,17 +4,16 @@ This is the edge of the product: everything downstream trusts what it returns. E
 found is collected (not just the first) and raised together as one ``SpecError`` whose problems
 point at file:line:col of the offending key, value, or pattern symbol.
 
-Steps: read the YAML -> check the top-level keys -> import ``plugins`` -> ``model`` ->
-``blocks`` (each entry becomes its block's ``Config`` dataclass, type-checked, then
-``Config.validate(d_model)``) -> ``pattern`` or ``layout`` -> one layer per name ->
-``overrides`` (per-layer copies of the Config) -> ``ModelSpec``.
+Steps: read the YAML (bounded: ``limits``) -> check the top-level keys -> ``plugins`` (imported
+only with ``allow_plugins``: ``plugins``) -> ``model`` -> ``blocks`` (each entry becomes its
+block's ``Config`` dataclass, type-checked, then ``Config.validate(d_model)``) -> ``pattern`` or
+``layout`` -> one layer per name -> ``overrides`` (per-layer copies of the Config) -> the sizes
+it would build (``sizes``) -> ``ModelSpec``.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import importlib
 import math
 import os
 import re
@@ -26,13 +25,17 @@ from typing import Any
 from hybridlab.blocks.registry import block_types, get_block
 from hybridlab.composer.canonical import dump_spec_yaml  # noqa: F401  (re-exported: load/dump pair)
 from hybridlab.composer.layout import PLACEMENTS, Layout, LayoutError, expand_layout
-from hybridlab.composer.pattern import (MAX_LAYERS, RESERVED, PatternError, Symbol,
-                                        assign_stages, parse_pattern)
+from hybridlab.composer.limits import MAX_BLOCKS, MAX_LAYERS, MAX_OVERRIDES
+from hybridlab.composer.pattern import (RESERVED, PatternError, Symbol, assign_stages,
+                                        parse_pattern)
+from hybridlab.composer.plugins import read_plugins
+from hybridlab.composer.sizes import check_sizes
 from hybridlab.composer.spec import LayerSpec, ModelConfig, ModelSpec
 from hybridlab.composer.typecheck import (Mismatch, convert, describe, did_you_mean, dotted,
                                           init_fields, is_int, is_required, join_ints, plural,
                                           sorted_problems, type_hints, with_suggestion)
-from hybridlab.composer.yaml_source import Position, SourceMap, parse_yaml, read_text_file
+from hybridlab.composer.yaml_source import (Position, SourceMap, SpecKind, parse_yaml,
+                                             read_text_file)
 from hybridlab.errors import Problem, SpecError
 
 #: Pattern symbols that work without a `blocks` entry, each with its Config defaults.
@@ -41,29 +44,37 @@ TOP_KEYS = ("name", "model", "blocks", "pattern", "layout", "overrides", "plugin
 LAYOUT_KEYS = ("layers", "mix", "place", "ffn")
 OVERRIDE_KEYS = ("at", "set")
 NORMS = ("rmsnorm", "layernorm")
+#: a file read as a model spec must have one of these top-level keys, or it is reported as
+#: "not a hybridlab model spec" without quoting it (``name`` alone is too common elsewhere)
+MODEL_SPEC = SpecKind("model spec", ("model", "blocks", "pattern", "layout", "overrides",
+                                     "plugins"),
+                      "a model spec is a YAML mapping with model: and pattern: (or layout:); "
+                      "see docs/spec-format.md")
 
 
-def load_spec(spec, source: str | None = None) -> ModelSpec:
+def load_spec(spec, source: str | None = None, *, allow_plugins: bool = False) -> ModelSpec:
     """Path, YAML text, dict or ModelSpec -> validated ``ModelSpec``. Raises ``SpecError``.
 
     ``source`` names the input in error messages (and becomes ``ModelSpec.source``); it defaults
-    to the path, or ``<text>`` / ``<dict>``.
+    to the path, or ``<text>`` / ``<dict>``. ``allow_plugins``: import the modules the spec lists
+    under ``plugins:`` (this runs their code); by default a spec naming a module that is not
+    imported already is refused (``hybridlab.composer.plugins``).
     """
     if isinstance(spec, ModelSpec):
         return spec
     if isinstance(spec, dict):
         file = source or "<dict>"
         return _SpecReader(copy.deepcopy(spec), SourceMap.empty(file), source, None,
-                           from_text=False).read()
+                           from_text=False, allow_plugins=allow_plugins).read()
     if isinstance(spec, (str, Path)) and not _looks_like_yaml_text(spec):
         file = source or str(spec)
         text = read_text_file(spec, shown_as=file)
-        data, smap = parse_yaml(text, file)
-        return _SpecReader(data, smap, file, Path(spec)).read()
+        data, smap = parse_yaml(text, file, kind=MODEL_SPEC)
+        return _SpecReader(data, smap, file, Path(spec), allow_plugins=allow_plugins).read()
     if isinstance(spec, str):
         file = source or "<text>"
         data, smap = parse_yaml(spec, file)
-        return _SpecReader(data, smap, source, None).read()
+        return _SpecReader(data, smap, source, None, allow_plugins=allow_plugins).read()
     raise TypeError(f"load_spec expects a path, YAML text, dict or ModelSpec, "
                     f"got {type(spec).__name__}")
 
@@ -93,8 +104,9 @@ class _SpecReader:
     """Reads one spec, collecting problems; ``read()`` returns the ModelSpec or raises."""
 
     def __init__(self, data, smap: SourceMap, source: str | None, path: Path | None,
-                 from_text: bool = True):
+                 from_text: bool = True, allow_plugins: bool = False):
         self.data = data
+        self.allow_plugins = allow_plugins
         self.from_text = from_text
         self.smap = smap
         self.source = source
@@ -104,6 +116,7 @@ class _SpecReader:
         self.missing: set[str] = set()               # used but never defined (reported once)
         self.defined: list[str] = []                 # names written under `blocks:`
         self.d_model: int | None = None
+        self.plugins_refused = False                 # plugins named but not imported
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -147,6 +160,9 @@ class _SpecReader:
         layers = self.apply_overrides(top.get("overrides"), self.make_layers(slots))
         if not self.problems and layers is not None:
             self.check_kv_sharing(layers)
+        if not self.problems and layers is not None and model is not None:
+            for size in check_sizes(model, layers):
+                self.problem(size.path, size.message, size.hint, key=True)
         if self.problems or model is None or layers is None:
             raise SpecError(sorted_problems(self.problems))
         return ModelSpec(name=name, model=model, layers=tuple(layers), plugins=plugins,
@@ -165,56 +181,11 @@ class _SpecReader:
                 self.unknown_key(path, key, list(allowed), what)
 
     def import_plugins(self, plugins) -> tuple[str, ...]:
-        if plugins is None:
-            return ()
-        if isinstance(plugins, str):
-            plugins = [plugins]
-            where = lambda i: ("plugins",)  # noqa: E731
-        elif isinstance(plugins, list):
-            where = lambda i: ("plugins", i)  # noqa: E731
-        else:
-            self.problem(("plugins",), f"plugins must be a list of module names, got "
-                                       f"{describe(plugins)}", "plugins: [my_blocks]")
-            return ()
-        names = []
-        with self.plugin_import_path():
-            for i, module in enumerate(plugins):
-                if not isinstance(module, str) or not module.strip():
-                    self.problem(where(i), f"a plugin is a module name, got {describe(module)}")
-                    continue
-                names.append(module)
-                self.import_plugin(module, where(i))
-        return tuple(names)
-
-    @contextlib.contextmanager
-    def plugin_import_path(self):
-        """Plugins are importable from the spec's folder and the current directory."""
-        extra = [str(self.path.resolve().parent)] if self.path is not None else []
-        extra.append(os.getcwd())
-        added = [p for p in extra if p not in sys.path]
-        sys.path[:0] = added
-        try:
-            yield
-        finally:
-            for p in added:
-                with contextlib.suppress(ValueError):
-                    sys.path.remove(p)
-
-    def import_plugin(self, module: str, path: tuple) -> None:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and module.startswith(e.name):
-                hint = "plugins are Python module names importable from the spec's folder or " \
-                       "the current directory"
-                if module.endswith(".py") or "/" in module:
-                    hint = f"write the module name ('{Path(module).stem}'), not a file path"
-                missing = "no such module" if e.name == module else f"no module named '{e.name}'"
-                self.problem(path, f"cannot import plugin '{module}': {missing}", hint)
-            else:
-                self.problem(path, f"plugin '{module}' failed to import: {e}")
-        except (Exception, SystemExit) as e:
-            self.problem(path, f"plugin '{module}' failed to import: {type(e).__name__}: {e}")
+        spec_dir = self.path.resolve().parent if self.path is not None else None
+        names = read_plugins(plugins, self.problem, allow=self.allow_plugins, spec_dir=spec_dir)
+        self.plugins_refused = not self.allow_plugins and any(sys.modules.get(m) is None
+                                                              for m in names)
+        return names
 
     def read_name(self, top: dict) -> str:
         default = self.path.stem if self.path is not None else "model"
@@ -327,6 +298,11 @@ class _SpecReader:
             self.problem(("blocks",), f"blocks must be a mapping of name -> block, got "
                                       f"{describe(blocks)}", hint)
             return
+        if len(blocks) > MAX_BLOCKS:
+            self.problem(("blocks",), f"{len(blocks)} blocks are defined; the limit is "
+                                      f"{MAX_BLOCKS}", "use overrides for per-layer changes",
+                         key=True)
+            return
         for name, entry in blocks.items():
             path = ("blocks", name)
             problem = block_name_problem(name)
@@ -369,7 +345,10 @@ class _SpecReader:
         try:
             return get_block(type_name)
         except KeyError:
-            self.problem(path, f"unknown block type '{type_name}'", types_hint(type_name))
+            hint = types_hint(type_name)
+            if self.plugins_refused:
+                hint += " (the plugins this spec names were not imported)"
+            self.problem(path, f"unknown block type '{type_name}'", hint)
             return None
 
     def resolve(self, name: str, at: Position, path: tuple) -> _Block | None:
@@ -450,12 +429,16 @@ class _SpecReader:
             self.problem(("pattern",), e.message, e.hint, at=self.smap.char(("pattern",), e.offset))
             return None
         ok = True
-        unbracketed = self.unbracketed_names(pattern)
+        unbracketed = None          # found only when a symbol is unknown (it scans the string)
         for item in flat:
             if not isinstance(item, Symbol):
                 continue
-            span = next((sp for sp in unbracketed if sp[0] <= item.offset < sp[1]), None)
-            if span and item.name not in self.blocks and item.name not in DEFAULT_SYMBOLS:
+            if item.name in self.blocks or item.name in DEFAULT_SYMBOLS:
+                span = None
+            else:
+                unbracketed = self.unbracketed_names(pattern) if unbracketed is None else unbracketed
+                span = next((sp for sp in unbracketed if sp[0] <= item.offset < sp[1]), None)
+            if span:
                 ok = False              # e.g. "M swa M": one problem for 'swa', not for s, w, a
                 self.problem(("pattern",), f"block name '{span[2]}' must be written in brackets "
                                            f"in a pattern string: [{span[2]}]",
@@ -477,12 +460,18 @@ class _SpecReader:
         for name in self.defined:
             if len(name) > 1:
                 spans += [(m.start(), m.end(), name) for m in re.finditer(re.escape(name), pattern)
-                          if not pattern[:m.start()].rstrip().endswith("[")]
+                          if not _after_bracket(pattern, m.start())]
         return spans
 
     def read_pattern_list(self, items: list) -> list[_Slot] | None:
         if not items:
             self.problem(("pattern",), "pattern is empty", "pattern: [mamba, mamba, attn]")
+            return None
+        n_layers = sum(1 for item in items if item != "|")
+        if n_layers > MAX_LAYERS:
+            self.problem(("pattern",), f"pattern lists {n_layers} layers; the limit is "
+                                       f"{MAX_LAYERS}", "write repeats as groups in a pattern "
+                                                        "string: (M-) x 24")
             return None
         slots, stage, ok = [], 0, True
         for i, item in enumerate(items):
@@ -630,6 +619,11 @@ class _SpecReader:
             return None
         if layers is None:          # no layer list to apply them to (already reported)
             return None
+        if len(overrides) > MAX_OVERRIDES:
+            self.problem(("overrides",), f"{len(overrides)} overrides; the limit is "
+                                         f"{MAX_OVERRIDES}", "one override may list many layers "
+                                                             "under at:", key=True)
+            return None
         n_before = len(self.problems)
         set_by: dict[int, dict[str, int]] = {}     # layer -> field -> override that set it last
         for k, entry in enumerate(overrides):
@@ -764,6 +758,14 @@ class _SpecReader:
             self.run_validate(layers[index].config, report)
         for (where, text), indices in found.items():
             self.problem(where, f"{plural('layer', indices)} {join_ints(indices)}: {text}")
+
+def _after_bracket(text: str, index: int) -> bool:
+    """Is the last non-space character before ``index`` a '['? (Linear: no slicing.)"""
+    j = index - 1
+    while j >= 0 and text[j].isspace():
+        j -= 1
+    return j >= 0 and text[j] == "["
+
 
 def types_hint(wrong: str | None = None) -> str:
     listing = "registered types: " + (", ".join(block_types()) or "none")

@@ -18,9 +18,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hybridlab.composer.limits import MAX_LAYERS, MAX_PATTERN_DEPTH
+
 RESERVED = set("()[]|0123456789")
 _NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")   # a repeat count; sign and decimals read to report them
-MAX_LAYERS = 10_000     # far beyond any real model; stops "(M) x 1000000000" from eating memory
+_MAX_COUNT_DIGITS = 9   # a longer repeat count is over MAX_LAYERS anyway (and int() of it is slow)
 
 
 @dataclass
@@ -116,6 +118,9 @@ class _Parser:
             self._skip_space()
             if self.pos >= len(self.text):
                 return tuple(items)
+            if len(items) > MAX_LAYERS:     # each item expands to at least one entry
+                raise PatternError(f"pattern has more than {MAX_LAYERS} entries; the limit is "
+                                   f"{MAX_LAYERS}", 0, "check the repeat counts")
             ch = self.text[self.pos]
             if ch == ")":
                 if depth == 0:
@@ -139,6 +144,9 @@ class _Parser:
 
     def _group(self, depth: int) -> _Group:
         start = self.pos
+        if depth >= MAX_PATTERN_DEPTH:
+            raise PatternError(f"groups are nested more than {MAX_PATTERN_DEPTH} deep", start,
+                               "a pattern needs a few levels of ( ) at most")
         self.pos += 1
         inner = self.sequence(depth + 1)
         if self.pos >= len(self.text):
@@ -164,6 +172,9 @@ class _Parser:
         self.pos += len(number)
         if not number:
             raise PatternError("expected a repeat count after 'x'", x_at, "write (M-) x 4")
+        if len(number.lstrip("+-").split(".")[0]) > _MAX_COUNT_DIGITS:
+            raise PatternError(f"repeat count has {len(number)} digits; a pattern has at most "
+                               f"{MAX_LAYERS} layers", start, "check the repeat counts")
         try:
             count = int(number)
         except ValueError:

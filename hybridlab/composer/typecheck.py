@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -32,10 +33,6 @@ def did_you_mean(word: str, choices) -> str:
 def with_suggestion(word: str, choices, listing: str) -> str:
     """'did you mean 'x'?' when a choice is close, else the listing of choices."""
     return did_you_mean(word, choices) or listing
-
-
-
-
 
 
 def plural(word: str, items) -> str:
@@ -94,11 +91,19 @@ def convert(value, hint):
             return value
         raise Mismatch("an integer", describe(value))
     if hint is float:
+        number = None
         if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise Mismatch("a number", describe(value))
+            number = float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:           # an int beyond any float
+                number = math.inf
+        if number is None:
+            raise Mismatch("a number", describe(value))
+        if not math.isfinite(number):       # .nan, .inf, 1.0e999
+            raise Mismatch("a finite number", describe(value))
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -156,6 +161,8 @@ def describe(value) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, int):
+        if abs(value) >= 10 ** 30:         # don't print (or fail to print) hundreds of digits
+            return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
         return f"integer {value}"
     if isinstance(value, float):
         return f"number {value}"

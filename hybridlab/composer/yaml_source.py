@@ -1,20 +1,30 @@
-"""Line-aware YAML: the loaded data plus a map from field paths to file positions.
+"""Line-aware, bounded YAML: the loaded data plus a map from field paths to file positions.
 
 ``parse_yaml(text, file)`` returns the same data ``yaml.safe_load`` would, and a ``SourceMap``
 that answers "where is ``blocks.M.d_state``?" (1-based line and column), so every problem the
 loader finds can point at the exact spot. A *path* is a tuple of mapping keys and list indices,
 e.g. ``("overrides", 0, "set", "window")``.
 
+Input is bounded before anything walks it (``hybridlab.composer.limits``): a file is read at most
+``MAX_SPEC_BYTES`` + 1 bytes, and the composer counts values as it builds the node graph, every
+use of an alias counted again, so an alias bomb stops at ``MAX_YAML_NODES`` within milliseconds.
+
+A file that is not recognisably a spec (``SpecKind``) is reported without quoting a byte of it:
+pointed at an arbitrary file, the loaders say "FILE is not a hybridlab model spec" and nothing else.
+
 Plain dicts have no positions: ``SourceMap.empty(file)`` answers line 0, column 0 everywhere.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hybridlab.composer.limits import (MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES,
+                                       human_bytes_limit)
 from hybridlab.errors import Problem, SpecError
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -87,8 +97,34 @@ class SourceMap:
         return entry if entry is not None else (None, None)
 
 
-def read_text_file(path: str | Path, shown_as: str) -> str:
-    """File contents as text, or a SpecError that says plainly why it cannot be read."""
+@dataclass(frozen=True)
+class SpecKind:
+    """What a file read as a spec should look like, to tell a spec with typos from any other file.
+
+    ``keys``: top-level keys only this kind of spec has (``name`` alone is too common)."""
+    what: str                     # "model spec"
+    keys: tuple[str, ...]
+    shape: str = ""               # the hint: what such a spec looks like
+
+    def recognises(self, data) -> bool:
+        """An empty mapping, or one with at least one key of this kind."""
+        return isinstance(data, dict) and (not data or any(k in self.keys for k in data
+                                                           if isinstance(k, str)))
+
+    def looks_like(self, text: str) -> bool:
+        """For text that is not valid YAML: does some line start with one of the keys?"""
+        keys = "|".join(re.escape(k) for k in self.keys)
+        return re.search(rf"^[\"']?(?:{keys})[\"']?[ \t]*:", text, re.MULTILINE) is not None
+
+    def problem(self, file: str, reason: str) -> Problem:
+        return Problem(f"{file} is not a hybridlab {self.what}: {reason}", file=file,
+                       hint=self.shape)
+
+
+def read_text_file(path: str | Path, shown_as: str, *, limit: int = MAX_SPEC_BYTES) -> str:
+    """File contents as text, or a SpecError that says plainly why it cannot be read.
+
+    Reads at most ``limit`` + 1 bytes, so /dev/zero or a huge file fails at once."""
     p = Path(path)
     if not p.exists():
         raise SpecError(Problem("file not found", file=shown_as,
@@ -97,9 +133,12 @@ def read_text_file(path: str | Path, shown_as: str) -> str:
         raise SpecError(Problem("is a directory, not a spec file", file=shown_as,
                                 hint="pass the YAML file itself, e.g. specs/model.yaml"))
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            data = f.read(limit + 1)
     except OSError as e:
         raise SpecError(Problem(f"cannot read file: {e.strerror or e}", file=shown_as)) from None
+    if len(data) > limit:
+        raise SpecError(too_large(shown_as, limit))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -109,18 +148,103 @@ def read_text_file(path: str | Path, shown_as: str) -> str:
                                 col=col, hint="a spec is a UTF-8 YAML file")) from None
 
 
-def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
-    """YAML text -> (data as yaml.safe_load gives it, SourceMap). Syntax errors -> SpecError."""
+def too_large(file: str, limit: int = MAX_SPEC_BYTES) -> Problem:
+    return Problem(f"the spec is larger than {human_bytes_limit(limit)}, the limit", file=file,
+                   hint="a spec is a short YAML file; write repeats as groups: (M-) x 24")
+
+
+def check_text_size(text: str, file: str, limit: int = MAX_SPEC_BYTES) -> None:
+    """SpecError when ``text`` is over ``limit`` bytes as UTF-8 (counted only when it may be)."""
+    if len(text) > limit or (len(text) * 4 > limit and
+                             len(text.encode("utf-8", "surrogatepass")) > limit):
+        raise SpecError(too_large(file, limit))
+
+
+def parse_yaml(text: str, file: str, *, kind: SpecKind | None = None) -> tuple[Any, SourceMap]:
+    """YAML text -> (data as yaml.safe_load gives it, SourceMap). Syntax errors -> SpecError.
+
+    ``kind``: the text is a file of unknown content; when it is not recognisably that kind of
+    spec, the only problem is "FILE is not a hybridlab ...", quoting nothing from it."""
+    check_text_size(text, file)
     text = text.replace("\r\n", "\n")
+    try:
+        data, nodes, duplicates = _load(text, file)
+    except SpecError:
+        if kind is not None and not kind.looks_like(text):
+            raise SpecError(kind.problem(file, "it is not valid YAML")) from None
+        raise
+    if kind is not None and data is not None and not kind.recognises(data):
+        reason = ("none of its top-level keys is a spec key" if isinstance(data, dict) else
+                  "it is not a YAML mapping")
+        raise SpecError(kind.problem(file, reason))
+    return data, SourceMap(file, text, nodes, duplicates)
+
+
+class LimitExceeded(Exception):
+    def __init__(self, message: str, mark, hint: str = ""):
+        super().__init__(message)
+        self.message, self.mark, self.hint = message, mark, hint
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader whose composer counts values (each use of an alias counted again) and nesting,
+    and stops at the limits before the document is constructed or walked."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self._sizes: dict[int, int] = {}     # id(finished node) -> values it expands to
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            if id(node) not in self._sizes:          # an alias inside its own anchor
+                raise LimitExceeded("an alias refers to a value that contains it (a recursive "
+                                    "structure)", mark, "remove the alias")
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise LimitExceeded(f"values are nested more than {MAX_YAML_DEPTH} levels deep",
+                                self.peek_event().start_mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._sizes[id(item)] for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+        else:
+            size = 1
+        if size > MAX_YAML_NODES:
+            raise LimitExceeded(f"the document holds more than {MAX_YAML_NODES:,} values "
+                                "(every use of an alias counted again)", node.start_mark,
+                                "a spec is short; a YAML alias bomb ends here")
+        self._sizes[id(node)] = size
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:    # 2020-13-45, a 5000-digit integer ...
+            reason = "too many digits" if "digits" in str(e) else str(e)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({reason})", node.start_mark) from None
+
+
+def _load(text: str, file: str):
+    """(data, path -> nodes, duplicate keys) or SpecError."""
     loader = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _BoundedLoader(text)
         root = loader.get_single_node()
         duplicates = _find_duplicates(root) if root is not None else []
         data = loader.construct_document(root) if root is not None else None
         nodes: dict = {}
         if root is not None:
             _index_nodes(loader, root, (), None, nodes, set())
+    except LimitExceeded as e:
+        raise SpecError(Problem(f"YAML: {e.message}", file=file, line=e.mark.line + 1,
+                                col=e.mark.column + 1, hint=e.hint)) from None
     except yaml.MarkedYAMLError as e:
         raise SpecError(_syntax_problem(e, file)) from None
     except yaml.reader.ReaderError as e:      # a character YAML does not allow (NUL, controls)
@@ -130,14 +254,14 @@ def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
                                 line=pos.line, col=pos.col,
                                 hint="a spec is a plain-text YAML file")) from None
     except yaml.YAMLError as e:
-        raise SpecError(Problem(f"YAML error: {e}", file=file)) from None
+        raise SpecError(Problem(f"YAML error: {type(e).__name__}", file=file)) from None
     except RecursionError:
         raise SpecError(Problem("YAML error: the document is nested too deeply",
                                 file=file)) from None
     finally:
         if loader is not None:
             loader.dispose()
-    return data, SourceMap(file, text, nodes, duplicates)
+    return data, nodes, duplicates
 
 
 # -- helpers -------------------------------------------------------------------------------------
