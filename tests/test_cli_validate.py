@@ -97,24 +97,33 @@ def test_convert_errors_exit_2(capsys, tmp_path):
 
 
 def test_real_command_never_prints_a_traceback(tmp_path, good):
-    """The installed entry point, on garbage of every kind."""
+    """The installed entry point, on garbage of every kind. Files with a model-spec key get the
+    detailed YAML errors; any other file is "not a hybridlab model spec", quoting nothing."""
     (tmp_path / "garbage.yaml").write_text("{{{: : ]]\n\t- *&!\n")
+    (tmp_path / "typo.yaml").write_text("model: {d_model: 8}\n\t- *&!\n")
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)   # \x80 is on line 2, col 118
     (tmp_path / "nul.yaml").write_text("name: a\x00\n")
+    (tmp_path / "nul-spec.yaml").write_text("model: a\x00\n")
     (tmp_path / "scalar.yaml").write_text("42\n")
-    args = [good, tmp_path / "garbage.yaml", tmp_path / "binary.yaml", tmp_path / "nul.yaml",
-            tmp_path / "scalar.yaml", tmp_path / "missing.yaml", tmp_path]
+    args = [good, tmp_path / "garbage.yaml", tmp_path / "typo.yaml", tmp_path / "binary.yaml",
+            tmp_path / "nul.yaml", tmp_path / "nul-spec.yaml", tmp_path / "scalar.yaml",
+            tmp_path / "missing.yaml", tmp_path]
     proc = subprocess.run([sys.executable, "-m", "hybridlab.cli.main", "validate", *map(str, args)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stdout + proc.stderr
     assert proc.stdout == f"ok  {good}  6 layers  M-M-*-\n"
     err = proc.stderr
-    assert f"{tmp_path / 'garbage.yaml'}:2:1: YAML syntax error: found character '\\t'" in err
+    not_a_spec = "is not a hybridlab model spec"
+    assert f"{tmp_path / 'garbage.yaml'}:0:0: {tmp_path / 'garbage.yaml'} {not_a_spec}: it is " \
+           "not valid YAML" in err
+    assert f"{tmp_path / 'typo.yaml'}:2:1: YAML syntax error: found character '\\t'" in err
     assert f"{tmp_path / 'binary.yaml'}:2:118: not a text file (invalid UTF-8)" in err
-    assert f"{tmp_path / 'nul.yaml'}:1:8: YAML error: unacceptable character U+0000" in err
-    assert (f"{tmp_path / 'scalar.yaml'}:1:1: the top level of a spec must be a mapping, "
-            f"got integer 42") in err
+    assert f"{tmp_path / 'nul.yaml'}:0:0: {tmp_path / 'nul.yaml'} {not_a_spec}" in err
+    assert f"{tmp_path / 'nul-spec.yaml'}:1:9: YAML error: unacceptable character U+0000" in err
+    assert f"{tmp_path / 'scalar.yaml'}:0:0: {tmp_path / 'scalar.yaml'} {not_a_spec}: it is not " \
+           "a YAML mapping" in err
+    assert "42" not in err.replace(str(tmp_path), "")
     assert f"{tmp_path / 'missing.yaml'}:0:0: file not found" in err
     assert f"{tmp_path}:0:0: is a directory, not a spec file" in err
 

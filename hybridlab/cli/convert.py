@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from hybridlab.cli.options import add_allow_plugins, allow_plugins
 from hybridlab.errors import Problem, SpecError
 
 TARGETS = ("megatron", "hf", "yaml")
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
                    help="d_model for --from (default %(default)s)")
     p.add_argument("--vocab-size", type=int, default=256,
                    help="vocab_size for --from (default %(default)s)")
+    add_allow_plugins(p)
     p.set_defaults(func=run)
 
 
@@ -49,7 +51,7 @@ def run(args) -> int:
         print(convert.from_megatron(args.source, name=args.name, d_model=args.d_model,
                                     vocab_size=args.vocab_size), end="")
         return 0
-    spec = load_spec(Path(args.source), source=args.source)
+    spec = load_spec(Path(args.source), source=args.source, allow_plugins=allow_plugins(args))
     if args.to == "megatron":
         print(convert.to_megatron(spec))
         for note in convert.megatron_notes(spec):

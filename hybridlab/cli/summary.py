@@ -5,6 +5,8 @@ import json
 
 import torch
 
+from hybridlab.cli.options import add_allow_plugins, allow_plugins
+
 from hybridlab.formatting import format_summary
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -21,14 +23,17 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                    help="element type of the cached state and KV (default bf16)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_allow_plugins(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import hybridlab
+    from pathlib import Path
+
+    from hybridlab.composer.loader import load_spec
     from hybridlab.composer.summary import summarize
 
-    spec = hybridlab.load_spec(args.spec)
+    spec = load_spec(Path(args.spec), source=args.spec, allow_plugins=allow_plugins(args))
     contexts = args.context or [4096]
     bad = [c for c in contexts if c < 1]
     if bad:

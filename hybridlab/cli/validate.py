@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hybridlab.cli.options import add_allow_plugins, allow_plugins
 from hybridlab.errors import SpecError
 
 
@@ -18,35 +19,39 @@ def register(subparsers) -> None:
                     "otherwise each problem as 'file:line:col: field: message' with hints. "
                     "Exit status: 0 all valid, 2 any invalid.")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="model or search spec YAML file(s)")
+    add_allow_plugins(p)
     p.set_defaults(func=run)
 
 
 def _is_search_spec(path: str) -> bool:
-    """Peek at the top-level keys; anything unreadable goes to the model loader for its error."""
-    import yaml
+    """Peek at the top-level keys (bounded reads); anything unreadable goes to the model loader
+    for its error."""
+    from hybridlab.composer.yaml_source import parse_yaml, read_text_file
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except Exception:
+        data, _ = parse_yaml(read_text_file(path, path), path)
+    except SpecError:
         return False
     return isinstance(data, dict) and ("space" in data or "objectives" in data)
 
 
-def _validate_search(path: str) -> str:
+def _validate_search(path: str, plugins: bool) -> str:
     from hybridlab.search.spec import load_search_spec
-    search = load_search_spec(Path(path))
+    search = load_search_spec(Path(path), allow_plugins=plugins)
     return f"ok  {path}  search '{search.name}'  {len(search.space)} parameters  {search.trials} trials"
 
 
 def run(args) -> int:
     from hybridlab.composer.loader import load_spec
 
+    plugins = allow_plugins(args)
     status = 0
     for path in args.specs:
         try:
             if _is_search_spec(path):
-                print(_validate_search(path))
+                print(_validate_search(path, plugins))
                 continue
-            spec = load_spec(Path(path), source=path)   # always a file, never inline YAML
+            # always a file, never inline YAML
+            spec = load_spec(Path(path), source=path, allow_plugins=plugins)
         except SpecError as e:
             for problem in e.problems:
                 print(problem.format(), file=sys.stderr)

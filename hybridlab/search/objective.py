@@ -234,7 +234,8 @@ class TrialRunner:
     def _validate(self, model_dict: dict, train_settings: dict):
         import hybridlab
         try:
-            model_spec = hybridlab.load_spec(model_dict, source="<candidate>")
+            model_spec = hybridlab.load_spec(model_dict, source="<candidate>",
+                                             allow_plugins=self.spec.allow_plugins)
         except SpecError as e:
             raise CandidateInvalid("; ".join(
                 (f"{p.field}: " if p.field else "") + p.message for p in e.problems)) from None

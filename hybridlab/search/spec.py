@@ -16,7 +16,9 @@
     baselines: [{blocks.M.type: mamba2, layout.mix.M: 8}]
 
 Every problem is a ``Problem`` with file, line, column and field; all problems of a file are
-reported together.
+reported together. Input is bounded (``hybridlab.composer.limits``: file size, YAML values, list
+lengths); the base model's ``plugins:`` are imported only with ``allow_plugins``; a caller that
+takes paths from others (the web UI) passes ``allowed_roots`` to confine ``base:`` and task paths.
 """
 from __future__ import annotations
 
@@ -33,11 +35,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridlab.composer.yaml_source import SourceMap, parse_yaml, read_text_file
+from hybridlab.composer.limits import (MAX_BASELINES, MAX_CHOICES, MAX_CONSTRAINTS,
+                                       MAX_OBJECTIVES, MAX_SPACE_DIMS, MAX_TASKS)
+from hybridlab.composer.loader import MODEL_SPEC, load_spec
+from hybridlab.composer.yaml_source import SourceMap, SpecKind, parse_yaml, read_text_file
 from hybridlab.errors import Problem, SpecError
 
 TOP_KEYS = ("name", "base", "space", "tasks", "train", "objectives", "constraints", "sampler",
             "trials", "baselines", "heartbeat", "cost", "description")
+#: a file read as a search spec must have one of these top-level keys (see yaml_source.SpecKind)
+SEARCH_SPEC = SpecKind("search spec", ("base", "space", "objectives", "constraints", "sampler",
+                                       "trials", "baselines", "heartbeat"),
+                       "a search spec is a YAML mapping with name:, base:, space:, tasks: and "
+                       "objectives:; see docs/search.md")
+#: model fields probed per search spec by loading the base with a sampled value (each probe
+#: loads the base once; a space of hostile paths must not cost minutes)
+MAX_PATH_PROBES = 64
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "grid")
 
@@ -194,6 +207,7 @@ class SearchSpec:
     cost: dict = field(default_factory=dict)   # extra settings for search.cost.measure_costs
     source: str | None = None
     text: str = ""                   # the YAML as written (stored with the study)
+    allow_plugins: bool = False      # the user opted in: candidates may import the base's plugins
 
     @property
     def directions(self) -> list[str]:
@@ -321,12 +335,32 @@ def get_path(data: Any, path: tuple) -> Any:
 
 # -- loading -------------------------------------------------------------------------------------
 class _Ctx:
-    """Collects problems with positions from one file."""
+    """Collects problems with positions from one file, and how to read what it names."""
 
-    def __init__(self, file: str, src: SourceMap):
+    def __init__(self, file: str, src: SourceMap, allow_plugins: bool = False,
+                 allowed_roots: tuple[Path, ...] | None = None):
         self.file = file
         self.src = src
         self.problems: list[Problem] = []
+        self.allow_plugins = allow_plugins
+        self.roots = None if allowed_roots is None else tuple(Path(r).resolve()
+                                                              for r in allowed_roots)
+        self.probes_left = MAX_PATH_PROBES
+
+    def confined(self, path: Path) -> Path | None:
+        """``path`` resolved (symlinks followed) when it lies inside an allowed root (or no roots
+        were given), else None."""
+        if self.roots is None:
+            return path
+        resolved = path.resolve()
+        return resolved if any(resolved.is_relative_to(r) for r in self.roots) else None
+
+    def too_many(self, path: tuple, items, limit: int, what: str) -> bool:
+        """Report (and return True) when ``items`` holds more than ``limit`` entries."""
+        if len(items) <= limit:
+            return False
+        self.add(path, f"{len(items)} {what}; the limit is {limit}")
+        return True
 
     def add(self, path: tuple, message: str, hint: str = "", at_key: bool = False, col=None):
         pos = self.src.key(path) if at_key else self.src.value(path)
@@ -363,12 +397,16 @@ def _is_int(v) -> bool:
 
 
 def load_search_spec(source: str | Path | Mapping, *, file: str | None = None,
-                     base_dir: str | Path | None = None) -> SearchSpec:
+                     base_dir: str | Path | None = None, allow_plugins: bool = False,
+                     allowed_roots: tuple[Path, ...] | None = None) -> SearchSpec:
     """Path to a YAML file, YAML text, or a mapping -> ``SearchSpec``. Raises ``SpecError``.
 
     A relative ``base:`` path is read relative to the spec file; for YAML text or a mapping,
     relative to ``base_dir`` (default: the working directory). ``file`` names the source in
-    error messages."""
+    error messages. ``allow_plugins``: the base model spec may import its ``plugins:`` (see
+    ``load_spec``). ``allowed_roots``: a ``base:`` file or a task's ``paths`` entry that resolves
+    outside every root is refused with the same message as a missing one (None: no confinement).
+    """
     base_dir = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     if isinstance(source, Mapping):
         shown = file or "<search spec>"
@@ -380,10 +418,11 @@ def load_search_spec(source: str | Path | Mapping, *, file: str | None = None,
             shown = file or s
             text = read_text_file(path, shown)
             base_dir = path.resolve().parent
+            data, src = parse_yaml(text, shown, kind=SEARCH_SPEC)
         else:
             shown, text = file or "<search spec>", s
-        data, src = parse_yaml(text, shown)
-    ctx = _Ctx(shown, src)
+            data, src = parse_yaml(text, shown)
+    ctx = _Ctx(shown, src, allow_plugins, allowed_roots)
     for dup in src.duplicates:
         ctx.problems.append(Problem(f"key {dup.key!r} is written twice", file=shown,
                                     line=dup.position.line, col=dup.position.col,
@@ -437,7 +476,7 @@ def _build(data: Mapping, ctx: _Ctx, base_dir: Path, text: str, source: str | No
                       tasks=tuple(tasks), train=train, objectives=tuple(objectives),
                       constraints=tuple(constraints), sampler=sampler, trials=trials,
                       baselines=tuple(baselines), heartbeat=heartbeat, cost=cost,
-                      source=source, text=text)
+                      source=source, text=text, allow_plugins=ctx.allow_plugins)
 
 
 def _load_base(data, ctx: _Ctx, base_dir: Path):
@@ -450,9 +489,14 @@ def _load_base(data, ctx: _Ctx, base_dir: Path):
         path = Path(raw)
         if not path.is_absolute():
             path = base_dir / path
+        if ctx.roots is not None:       # outside the roots or missing: one answer, no hint
+            path = ctx.confined(path)
+            if path is None or not path.is_file():
+                ctx.add(("base",), f"no spec file {raw!r} in the allowed folders")
+                return None, None
         try:
             text = read_text_file(path, raw)
-            base, _ = parse_yaml(text, str(path))
+            base, _ = parse_yaml(text, raw, kind=MODEL_SPEC)
         except SpecError as e:
             pos = ctx.src.value(("base",))
             for p in e.problems:
@@ -469,9 +513,9 @@ def _load_base(data, ctx: _Ctx, base_dir: Path):
         ctx.add(("base",), "base is a model spec: a path (relative to this file) or a mapping")
         return None, None
     # The base must itself be a valid model spec.
-    import hybridlab
     try:
-        hybridlab.load_spec(base_source if base_source else base)
+        load_spec(Path(base_source) if base_source else base, source=base_source,
+                  allow_plugins=ctx.allow_plugins)
     except SpecError as e:
         pos = ctx.src.value(("base",))
         for p in e.problems:
@@ -496,6 +540,8 @@ def _tasks(data, ctx: _Ctx) -> list[TaskEntry]:
         raw = [raw]
     if not isinstance(raw, list) or not raw:
         ctx.add(("tasks",), "tasks is a non-empty list of {name: ..., <settings>..., weight: w}")
+        return []
+    if ctx.too_many(("tasks",), raw, MAX_TASKS, "tasks"):
         return []
     from hybridlab.search import tasks as task_mod
     known = _task_names(task_mod)
@@ -522,6 +568,8 @@ def _tasks(data, ctx: _Ctx) -> list[TaskEntry]:
                     "give one of them a distinct 'label:'")
             continue
         seen.add(label)
+        if not _task_paths_confined(item, ctx, i):
+            continue
         try:
             task_mod.get_task(tname, **item)
         except SpecError as e:
@@ -535,6 +583,25 @@ def _tasks(data, ctx: _Ctx) -> list[TaskEntry]:
             continue
         out.append(TaskEntry(name=tname, settings=item, weight=float(weight), label=label))
     return out
+
+
+def _task_paths_confined(settings: dict, ctx: _Ctx, i: int) -> bool:
+    """With allowed roots, every entry of a task's ``paths`` (files it reads, e.g. bytes_lm's
+    corpus) must lie inside them; outside or missing get the same answer."""
+    paths = settings.get("paths")
+    if ctx.roots is None or paths is None:
+        return True
+    entries = [paths] if isinstance(paths, str) else paths if isinstance(paths, list) else []
+    ok = True
+    for k, entry in enumerate(entries):
+        where = ("tasks", i, "paths") if isinstance(paths, str) else ("tasks", i, "paths", k)
+        if not isinstance(entry, str):
+            continue                        # the task's own settings check reports the type
+        found = ctx.confined(Path(entry).expanduser())
+        if found is None or not found.exists():
+            ctx.add(where, f"no file or folder {entry!r} in the allowed folders")
+            ok = False
+    return ok
 
 
 def _check_vocab(base, tasks, space, ctx: _Ctx) -> None:
@@ -623,6 +690,8 @@ def _objectives(data, ctx: _Ctx, labels) -> list[Objective]:
         ctx.add(("objectives",), "objectives is a non-empty list of {metric: ..., direction: "
                 "maximize|minimize}")
         return []
+    if ctx.too_many(("objectives",), raw, MAX_OBJECTIVES, "objectives"):
+        return []
     out, seen = [], set()
     for i, item in enumerate(raw):
         if isinstance(item, str):
@@ -662,6 +731,8 @@ def _constraints(data, ctx: _Ctx, labels) -> list[Constraint]:
     if not isinstance(raw, Mapping):
         ctx.add(("constraints",), "constraints is a mapping like {params_max: 5.0e7, "
                 "quality_min: 0.3}")
+        return []
+    if ctx.too_many(("constraints",), raw, MAX_CONSTRAINTS, "constraints"):
         return []
     out = []
     for key, limit in raw.items():
@@ -771,6 +842,8 @@ def _space(data, ctx: _Ctx, base, base_source, train) -> list[Param]:
         ctx.add(("space",), "space is a mapping {dotted.path: {choice: [...]} | {int: [lo, hi]}"
                 " | {float: [lo, hi], log: true}}")
         return []
+    if ctx.too_many(("space",), raw, MAX_SPACE_DIMS, "dimensions"):
+        return []
     out: list[Param] = []
     seen: dict[tuple, str] = {}
     for key, dist in raw.items():
@@ -799,7 +872,7 @@ def _space(data, ctx: _Ctx, base, base_source, train) -> list[Param]:
                         _did_you_mean(path[-1], list(fields)), at_key=True)
                 continue
         elif base is not None:
-            problem = _check_model_path(base, base_source, param, raw)
+            problem = _check_model_path(base, base_source, param, raw, ctx)
             if problem:
                 ctx.add(where, problem[0], problem[1], at_key=True)
                 continue
@@ -832,6 +905,8 @@ def _distribution(name: str, path: tuple, dist, ctx: _Ctx, where) -> Param | Non
         choices = dist["choice"]
         if not isinstance(choices, list) or not choices:
             ctx.add(where + ("choice",), "choice is a non-empty list")
+            return None
+        if ctx.too_many(where + ("choice",), choices, MAX_CHOICES, "choices"):
             return None
         if "log" in dist or "step" in dist:
             ctx.add(where, "log/step apply to int and float ranges, not choice")
@@ -871,11 +946,14 @@ def _distribution(name: str, path: tuple, dist, ctx: _Ctx, where) -> Param | Non
                  step=step if step is not None else (1 if kind == "int" else None), log=log)
 
 
-def _check_model_path(base: Mapping, base_source: str | None, param: Param, raw_space=None):
+def _check_model_path(base: Mapping, base_source: str | None, param: Param, raw_space=None,
+                      ctx: _Ctx | None = None):
     """(message, hint) if ``param.path`` cannot address a field of the base spec, else None.
 
     The parent must exist in the base; a missing leaf is fine when the model spec accepts it
-    (a field left at its default), which is checked by loading the base with one value set.
+    (a field left at its default), which is checked by loading the base with one value set:
+    a few values, for each registered block type the space samples, at most ``MAX_PATH_PROBES``
+    loads per search spec (past that a path is taken as written; its trials report it).
     """
     path = param.path
     try:
@@ -901,8 +979,8 @@ def _check_model_path(base: Mapping, base_source: str | None, param: Param, raw_
     # Not written in the base: accepted if the loader takes the field with a sampled value.
     import copy
 
-    import hybridlab
-    candidates = list(param.choices) if param.kind == "choice" else [param.low, param.high]
+    from hybridlab.blocks.registry import block_types
+    candidates = list(param.choices)[:4] if param.kind == "choice" else [param.low, param.high]
     # A block field may belong to only some of the block types the space samples.
     types = [None]
     if len(path) == 3 and path[0] == "blocks" and isinstance(raw_space, Mapping):
@@ -913,15 +991,22 @@ def _check_model_path(base: Mapping, base_source: str | None, param: Param, raw_
                 continue
             if other == ("blocks", path[1], "type") and isinstance(dist, Mapping) and \
                     isinstance(dist.get("choice"), list):
-                types = list(dist["choice"])
+                known = block_types()
+                types = list(dict.fromkeys(t for t in dist["choice"]
+                                           if isinstance(t, str) and t in known)) or [None]
     messages = []
+    allow = ctx.allow_plugins if ctx is not None else False
     for value, type_name in itertools.product(candidates, types):
+        if ctx is not None:
+            if ctx.probes_left <= 0:
+                return None
+            ctx.probes_left -= 1
         trial = copy.deepcopy(base)
         set_path(trial, path, value)
         if type_name is not None:
             trial["blocks"][path[1]]["type"] = type_name
         try:
-            hybridlab.load_spec(trial)
+            load_spec(trial, allow_plugins=allow)
             return None
         except SpecError as e:
             dotted = ".".join(str(k) for k in path)
@@ -965,6 +1050,8 @@ def _baselines(data, ctx: _Ctx, space: list[Param], trials: int) -> list[dict]:
     if not isinstance(raw, list):
         ctx.add(("baselines",), "baselines is a list of {space path: value} mappings")
         return []
+    if ctx.too_many(("baselines",), raw, MAX_BASELINES, "baselines"):
+        return []
     if len(raw) > trials:
         ctx.add(("baselines",), f"{len(raw)} baselines but only {trials} trials")
     by_path = {p.path: p for p in space}
@@ -996,9 +1083,10 @@ def _baselines(data, ctx: _Ctx, space: list[Param], trials: int) -> list[dict]:
 
 def _value_problem(p: Param, value) -> str | None:
     if p.kind == "choice":
-        keys = [json.dumps(c, sort_keys=True) for c in p.choices]
-        if json.dumps(value, sort_keys=True) not in keys:
-            return f"{value!r} is not one of the choices {list(p.choices)!r}"
+        keys = [json.dumps(c, sort_keys=True, default=str) for c in p.choices]
+        if json.dumps(value, sort_keys=True, default=str) not in keys:
+            shown = list(p.choices[:8]) + (["..."] if len(p.choices) > 8 else [])
+            return f"{value!r} is not one of the choices {shown!r}"
         return None
     check = _is_int if p.kind == "int" else _is_number
     if not check(value):
