@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from hybridlab.cli.options import add_allow_plugins, allow_plugins
 from hybridlab.errors import Problem, SpecError
 from hybridlab.formatting import fmt_value  # noqa: F401  (cli.studies imports it from here)
 
@@ -37,6 +38,7 @@ def register(subparsers) -> None:
                    help="where trials train (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final report / status as JSON")
+    add_allow_plugins(p)
     p.set_defaults(func=run)
 
 
@@ -61,7 +63,7 @@ def run(args) -> int:
     from hybridlab.search.workers import WorkerError, stop_on_signals
     from hybridlab.storage import display_url, resolve_url
 
-    spec = load_search_spec(args.spec)
+    spec = load_search_spec(args.spec, allow_plugins=allow_plugins(args))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = resolve_url(args.db)
     try:

@@ -11,6 +11,8 @@ import json
 import signal
 from pathlib import Path
 
+from hybridlab.cli.options import add_allow_plugins, allow_plugins
+
 CLI = "<command line>"
 
 
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
                    help="train eagerly on CUDA instead of replaying each step as a CUDA graph")
     p.add_argument("--save", metavar="DIR",
                    help="write model.safetensors, spec.yaml and train.json to DIR")
+    add_allow_plugins(p)
     p.set_defaults(func=run)
     p.epilog = ("tasks: " + ", ".join(_task_names()) +
                 ". Settings: --task mqar:seq_len=128,kv_pairs=16")
@@ -98,7 +101,8 @@ def run(args) -> int:
     from hybridlab.search.tasks import get_task, required_vocab
     from hybridlab.search.trainer import NonFiniteLoss, TrainConfig, train_model
 
-    spec = hybridlab.load_spec(args.spec)
+    spec = hybridlab.load_spec(Path(args.spec), source=args.spec,
+                               allow_plugins=allow_plugins(args))
     try:
         tasks = [get_task(name, **settings) for name, settings in map(parse_task_arg, args.task)]
         no_budget = args.steps is None and args.tokens is None and args.time_limit is None
