@@ -80,21 +80,18 @@ def run(args) -> int:
     if args.json:
         print(_json(report.__dict__))
     else:
-        print(f"study {report.study_name}: {_counts(report.counts)}  "
+        print(f"study {_shown(report.study_name)}: {_counts(report.counts)}  "
               f"(ran {report.ran} now; db {display_url(url)})")
         _print_best_and_pareto(report.best, report.pareto)
     return 0
 
 
 def status(name: str, db: str | None, as_json: bool = False) -> int:
-    from hybridlab.storage import Store, display_url
+    """Reads only (a damaged, newer or missing database, or an unknown study: StoreError)."""
+    from hybridlab.storage import Store, display_url, printable
+    from hybridlab.storage.health import require_database
     store = Store(db, readonly=True)
-    if name not in store.study_names():
-        known = store.study_names()
-        raise SpecError(Problem(f"no study {name!r} in {display_url(store.url)}",
-                                file="<command line>",
-                                hint=("studies: " + ", ".join(known)) if known else
-                                "no studies yet; run 'hybridlab search SPEC' first"))
+    require_database(store.url)
     summary = store.study_summary(name)
     pareto = store.pareto(name)
     running = [r for r in store.trials(name, states=["RUNNING"])]
@@ -104,8 +101,8 @@ def status(name: str, db: str | None, as_json: bool = False) -> int:
         return 0
     target = summary.get("target_trials")
     done = summary["finished"]
-    print(f"study {name}  ({display_url(store.url)})")
-    print(f"  objectives: " + ", ".join(f"{m} ({d})" for m, d in
+    print(f"study {printable(name)}  ({display_url(store.url)})")
+    print("  objectives: " + ", ".join(f"{printable(m)} ({d})" for m, d in
                                          zip(summary["metric_names"], summary["directions"])))
     print(f"  progress:   {done}/{target if target else '?'} finished  "
           f"[{_counts(summary['counts'])}]  compute {summary['compute_s'] / 60:.1f} min")
@@ -113,17 +110,28 @@ def status(name: str, db: str | None, as_json: bool = False) -> int:
         run = runs.get(r["trial_id"], {})
         step, total = run.get("step"), run.get("total_steps")
         where = f"step {step}/{total}" if step is not None and total else "starting"
-        print(f"  running:    trial {r['number']} {r['pattern'] or ''} {where}")
+        print(f"  running:    trial {r['number']} {printable(r['pattern'] or '')} {where}")
     stopped = store.trials(name, states=["PRUNED", "FAIL"])
     if stopped:
         print(f"  stopped early or failed ({len(stopped)}):")
         for r in stopped:
-            print(f"    #{r['number']:<4} {r['state'].lower():<7} {r['failure_reason'] or 'no reason recorded'}")
+            print(f"    #{r['number']:<4} {r['state'].lower():<7} {_first_line(r['failure_reason'])}")
     _print_best_and_pareto(summary["best"], pareto)
     return 0
 
 
 # -- formatting ----------------------------------------------------------------------------------
+def _shown(name) -> str:
+    from hybridlab.storage import printable
+    return printable(name)
+
+
+def _first_line(text) -> str:
+    from hybridlab.storage import printable
+    lines = str(text or "").strip().splitlines()
+    return printable(lines[0]) if lines else "no reason recorded"
+
+
 def _counts(counts: dict) -> str:
     labels = (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed"),
               ("RUNNING", "running"), ("WAITING", "waiting"))
@@ -132,19 +140,22 @@ def _counts(counts: dict) -> str:
 
 
 def _print_best_and_pareto(best: dict, pareto: list[dict]) -> None:
+    from hybridlab.storage import printable
     if best:
         print("  best per objective:")
         for metric, b in best.items():
-            print(f"    {metric:<24} {fmt_value(metric, b['value']):>12}  trial {b['trial_number']}")
+            print(f"    {printable(metric):<24} {fmt_value(metric, b['value']):>12}  "
+                  f"trial {b['trial_number']}")
     if pareto:
         print(f"  Pareto front ({len(pareto)} trials):")
         for r in sorted(pareto, key=lambda r: r["number"]):
-            vals = "  ".join(f"{k}={fmt_value(k, v)}" for k, v in r["values"].items())
+            vals = "  ".join(f"{printable(k)}={fmt_value(k, v)}" for k, v in r["values"].items())
             reused = f"  (reuses trial {r['reused_from']})" if r.get("reused_from") is not None \
                 else ""
-            print(f"    #{r['number']:<4} {r['pattern'] or '?':<20} {vals}{reused}")
+            print(f"    #{r['number']:<4} {printable(r['pattern'] or '?'):<20} {vals}{reused}")
             if r.get("params"):
-                print("          " + "  ".join(f"{k}={v}" for k, v in r["params"].items()))
+                print("          " + "  ".join(f"{printable(k)}={printable(v)}"
+                                              for k, v in r["params"].items()))
     else:
         print("  no completed trials yet")
 

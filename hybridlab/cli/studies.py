@@ -9,7 +9,8 @@ def register(subparsers) -> None:
         "studies", help="list the searches (Optuna studies) in a database",
         description="One line per study: name, trials complete/running/failed/pruned, compute "
                     "time, and the best value of each objective (with its trial number). Reads "
-                    "only: safe while searches are running.")
+                    "only: safe while searches are running, and never changes the database. "
+                    "Names with control characters are printed escaped.")
     p.add_argument("--db", default=None, metavar="URL",
                    help="database URL or SQLite file (default: sqlite:///hybridlab.db here)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -18,9 +19,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from hybridlab.cli.search import fmt_value
-    from hybridlab.storage import Store, display_url
+    from hybridlab.storage import Store, display_url, printable
+    from hybridlab.storage.health import require_database
 
     store = Store(args.db, readonly=True)
+    require_database(store.url)
     rows = store.list_studies()
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -37,11 +40,11 @@ def run(args) -> int:
         done = s["finished"]
         target = s.get("target_trials") or "?"
         best = "  ".join(
-            f"{m}{'↑' if d == 'maximize' else '↓'} "
+            f"{printable(m)}{'↑' if d == 'maximize' else '↓'} "
             f"{fmt_value(m, s['best'][m]['value']) if m in s['best'] else '-'}"
             + (f" (#{s['best'][m]['trial_number']})" if m in s["best"] else "")
             for m, d in zip(s["metric_names"], s["directions"]))
-        print(f"{s['name']:<28} {f'{done}/{target}':>11} {c.get('COMPLETE', 0):>8} "
+        print(f"{printable(s['name']):<28} {f'{done}/{target}':>11} {c.get('COMPLETE', 0):>8} "
               f"{c.get('RUNNING', 0):>7} {c.get('FAIL', 0):>6} {c.get('PRUNED', 0):>6} "
               f"{s['compute_s'] / 60:>7.1f}m  {best}")
     return 0

@@ -10,7 +10,13 @@
   Optuna's ``RetryHeartbeatStaleTrialCallback``; an interrupted trial (Ctrl-C) is re-queued the
   same way. Either way the original does not count, its retry does.
 * Workers take a short per-study lock to count the budget and start a trial, so a study never
-  runs more than ``trials`` trials, however many workers share it.
+  runs more than ``trials`` trials, however many workers share it. The study is created under
+  the same lock (and the tables under the database's schema lock), so processes started at
+  once on a new database all succeed.
+* Every worker -- a process of ``--workers N``, or another ``hybridlab search`` joining the
+  study -- samples with its own seed: the spec's seed plus the number of workers that joined
+  the study before it (a random seed without one), so no two draw the same candidates. Each
+  trial records it as the user attributes ``sampler_seed`` and ``sampler_join``.
 """
 from __future__ import annotations
 
@@ -81,7 +87,13 @@ def storage_for(spec: SearchSpec, url: str):
 
 
 def prepare_study(spec: SearchSpec, store: Store, target: int) -> optuna.Study:
-    """Create the study or check that the existing one is this search; enqueue baselines."""
+    """Create the study or check that the existing one is this search; enqueue baselines.
+    Under the study lock: processes starting together create it (and its baselines) once."""
+    with StudyLock(store.url, spec.name):
+        return _prepare_study(spec, store, target)
+
+
+def _prepare_study(spec: SearchSpec, store: Store, target: int) -> optuna.Study:
     storage = storage_for(spec, store.url)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(
         storage, include_best_trial=False)}.get(spec.name)
@@ -146,6 +158,37 @@ def reconcile_runs(study: optuna.Study, store: Store) -> None:
             store.finish_run(r["trial_id"], "failed", failure_reason=reason)
 
 
+#: study system attribute counting the workers that joined the study
+JOINS_ATTR = "hybridlab_joins"
+
+
+def join_study(storage, study_name: str) -> int:
+    """This worker's join number: 0 for the first worker ever to join the study, then 1, 2...
+    Call under the study lock."""
+    study_id = storage.get_study_id_from_name(study_name)
+    joined = int(storage.get_study_system_attrs(study_id).get(JOINS_ATTR, 0) or 0)
+    storage.set_study_system_attr(study_id, JOINS_ATTR, joined + 1)
+    return joined
+
+
+def worker_seed(base: int | None, join: int) -> int:
+    """The sampler seed of the ``join``-th worker: the spec's seed for the first (a search
+    run once, by one process, draws as its seed says), then the next ones; without a seed in
+    the spec, a fresh random one (recorded, like any other)."""
+    if base is None:
+        return int.from_bytes(os.urandom(4), "little")
+    return (int(base) + int(join)) % 2**32
+
+
+def _recording_seed(runner, seed: int, join: int):
+    """The objective Optuna calls: records the worker's seed on the trial, then runs it."""
+    def objective(trial):
+        trial.set_user_attr("sampler_seed", seed)
+        trial.set_user_attr("sampler_join", join)
+        return runner(trial)
+    return objective
+
+
 def _fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -163,18 +206,20 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
     _cpu_threads(device)
     store = Store(url)
     storage = storage_for(spec, url)
-    sampler_cfg = spec.sampler
-    if worker and sampler_cfg.seed is not None:      # different draws per worker
-        sampler_cfg = dataclasses.replace(sampler_cfg, seed=sampler_cfg.seed + worker)
+    lock = StudyLock(url, spec.name)
+    with lock:                           # every worker, here or elsewhere, draws differently
+        join = join_study(storage, spec.name)
+    seed = worker_seed(spec.sampler.seed, join)
+    sampler_cfg = dataclasses.replace(spec.sampler, seed=seed)
     study = optuna.load_study(study_name=spec.name, storage=storage,
                               sampler=make_sampler(sampler_cfg, spec.space))
-    lock = StudyLock(url, spec.name)
     def should_stop() -> bool:          # polled by the trainer every step
         return stop_requested() or (stop is not None and stop.is_set())
 
     runner = TrialRunner(spec, store, device=device, worker=worker,
                          on_event=progress.event, should_stop=should_stop,
                          before_trial=lock.release, save_artifacts=save_artifacts)
+    objective = _recording_seed(runner, seed, join)
     poll = max(0.5, min(5.0, spec.heartbeat.interval_s))
     ran = 0
     while not (stop is not None and stop.is_set()):
@@ -192,7 +237,7 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
                     # a stop signal during Optuna's own bookkeeping (ask, tell) waits for it to
                     # finish; the runner lets it interrupt the training itself at once
                     with deferred():
-                        study.optimize(runner, n_trials=1, catch=(Exception,))
+                        study.optimize(objective, n_trials=1, catch=(Exception,))
                     if stop_requested():
                         raise KeyboardInterrupt
                 except KeyboardInterrupt:

@@ -10,8 +10,8 @@ One place decides how hybridlab talks to a database:
   for, instead of failing with "database is locked" when a read transaction tries to upgrade).
   Readers use deferred transactions with ``PRAGMA query_only``: in WAL mode they never block or
   break a writer.
-* ``optuna_storage`` builds Optuna's ``RDBStorage`` on the same database with the same pragmas,
-  the heartbeat and the retry callback for trials whose worker died.
+
+Optuna's ``RDBStorage`` on the same database is built by ``optuna_db.optuna_storage``.
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def sqlite_engine_kwargs() -> dict:
     return {"connect_args": {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}}
 
 
-def _readonly_sqlite_url(url: str) -> str:
+def readonly_sqlite_url(url: str) -> str:
     path = sqlite_path(url)
     if path is None:
         return url
@@ -142,7 +142,7 @@ def _make_engine(url: str, readonly: bool) -> Engine:
         path = sqlite_path(url)
         if path is not None and not readonly:
             path.parent.mkdir(parents=True, exist_ok=True)
-        target = _readonly_sqlite_url(url) if readonly else url
+        target = readonly_sqlite_url(url) if readonly else url
         engine = sqlalchemy.create_engine(target, **sqlite_engine_kwargs())
         return configure_sqlite_engine(engine, readonly=readonly)
     kwargs: dict = {"pool_pre_ping": True}
@@ -189,41 +189,3 @@ def database_exists(url: str) -> bool:
         path = sqlite_path(url)
         return path is None or path.exists()
     return True
-
-
-# -- Optuna -----------------------------------------------------------------------------------
-def optuna_storage(url: str | None = None, *, heartbeat_interval: int | None = None,
-                   grace_period: int | None = None, max_retry: int | None = 2,
-                   readonly: bool = False):
-    """Optuna ``RDBStorage`` on the same database, with our SQLite pragmas on its engine.
-
-    With ``heartbeat_interval`` set, a trial whose process stopped beating for ``grace_period``
-    seconds is marked FAIL by the next worker and re-queued (WAITING, same parameters) by
-    ``RetryHeartbeatStaleTrialCallback`` up to ``max_retry`` times.
-    """
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    url = resolve_url(url)
-    sqlite = is_sqlite(url)
-    if sqlite and not readonly:
-        # Create the file in WAL mode (WAL is persistent) before Optuna's engine first connects.
-        with writer_engine(url).connect():
-            pass
-    import warnings
-    kwargs: dict = {}
-    engine_kwargs = sqlite_engine_kwargs() if sqlite else {"pool_pre_ping": True}
-    target = _readonly_sqlite_url(url) if (sqlite and readonly) else url
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if heartbeat_interval:
-            kwargs["heartbeat_interval"] = int(heartbeat_interval)
-            kwargs["grace_period"] = int(grace_period or 2 * heartbeat_interval)
-            kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(
-                max_retry=max_retry)
-        storage = RDBStorage(target, engine_kwargs=engine_kwargs,
-                             skip_table_creation=readonly, skip_compatibility_check=readonly,
-                             **kwargs)
-    if sqlite:
-        configure_sqlite_engine(storage.engine, readonly=readonly)
-    return storage

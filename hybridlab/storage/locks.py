@@ -1,13 +1,18 @@
-"""A short, cross-process lock per study, so workers agree on how many trials are left.
+"""Short cross-process locks on one database: per study, and for creating the schema.
 
-Workers hold it only while they count the study's trials and start the next one (a fraction of
-a second), never while training. SQLite: an advisory file lock beside the database file (SQLite
-already requires all writers to be on one machine). PostgreSQL: ``pg_advisory_lock`` on a
-dedicated connection, which works across machines. Other back-ends: an in-process lock only.
+* ``StudyLock(url, study)``: workers hold it only while they count the study's trials and start
+  the next one (a fraction of a second), never while training; the search also holds it while
+  it creates the study, so two processes never create it (or enqueue its baselines) twice.
+* ``schema_lock(url)``: held while a writer creates or checks the tables (Optuna's and ours),
+  so two processes started at once on a new database do not both create them.
 
-    lock = StudyLock(url, "my-study")
-    lock.acquire(); ...; lock.release()      # release is idempotent
+SQLite: an advisory file lock beside the database file (SQLite already requires all writers to
+be on one machine); the kernel drops it when its process dies, so a stale lock file blocks
+nothing. PostgreSQL: ``pg_advisory_lock`` on a dedicated connection, which works across
+machines. Other back-ends: an in-process lock only.
+
     with StudyLock(url, "my-study"): ...
+    lock = StudyLock(url, "my-study"); lock.acquire(); ...; lock.release()  # idempotent release
 """
 from __future__ import annotations
 
@@ -18,19 +23,30 @@ import time
 
 from sqlalchemy import text
 
-from .engine import is_sqlite, resolve_url, sqlite_path, writer_engine
+from hybridlab.errors import StoreError
+
+from .engine import display_url, is_sqlite, resolve_url, sqlite_path, writer_engine
 
 _local_locks: dict[str, threading.Lock] = {}
 _local_guard = threading.Lock()
 
 
-class StudyLock:
-    def __init__(self, url: str, study_name: str, timeout_s: float = 300.0):
+class LockTimeout(StoreError, TimeoutError):
+    """Another process held a database lock for longer than the timeout."""
+
+
+class DatabaseLock:
+    """A named lock on one database: ``file_tag`` names the SQLite lock file
+    (``<db>.<file_tag>.lock``), ``key`` the PostgreSQL advisory lock."""
+
+    def __init__(self, url: str, what: str, key: str, file_tag: str, timeout_s: float = 300.0):
         self.url = resolve_url(url)
-        self.study_name = study_name
+        self.what = what
+        self.key = key
+        self.file_tag = file_tag
         self.timeout_s = timeout_s
         with _local_guard:
-            self._local = _local_locks.setdefault(f"{self.url}\0{study_name}", threading.Lock())
+            self._local = _local_locks.setdefault(f"{self.url}\0{key}", threading.Lock())
         self._fd: int | None = None
         self._conn = None
         self._held = False
@@ -38,7 +54,8 @@ class StudyLock:
     # -- public ----------------------------------------------------------------------------
     def acquire(self) -> None:
         if not self._local.acquire(timeout=self.timeout_s):
-            raise TimeoutError(f"could not lock study {self.study_name!r}")
+            raise LockTimeout(f"could not lock {self.what} of {display_url(self.url)} within "
+                              f"{self.timeout_s:.0f} s: another thread of this process holds it")
         try:
             if is_sqlite(self.url) and sqlite_path(self.url) is not None:
                 self._acquire_file()
@@ -55,13 +72,14 @@ class StudyLock:
         self._held = False
         try:
             if self._fd is not None:
-                import fcntl
+                import fcntl            # Unix only: imported where SQLite locks are taken
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 os.close(self._fd)
                 self._fd = None
             if self._conn is not None:
                 try:
-                    self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key()})
+                    self._conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                       {"k": self._pg_key()})
                     self._conn.commit()
                 finally:
                     self._conn.close()
@@ -77,16 +95,23 @@ class StudyLock:
         self.release()
 
     # -- back-ends -------------------------------------------------------------------------
-    def _key(self) -> int:
-        digest = hashlib.sha1(f"hybridlab:{self.study_name}".encode()).digest()
+    def _pg_key(self) -> int:
+        digest = hashlib.sha1(self.key.encode()).digest()
         return int.from_bytes(digest[:8], "big", signed=True)
 
-    def _acquire_file(self) -> None:
-        import fcntl
+    def lock_path(self) -> str:
+        return f"{sqlite_path(self.url)}.{self.file_tag}.lock"
 
-        digest = hashlib.sha1(self.study_name.encode()).hexdigest()[:12]
-        lock_path = f"{sqlite_path(self.url)}.{digest}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _acquire_file(self) -> None:
+        import fcntl                    # Unix only: imported where SQLite locks are taken
+
+        lock_path = self.lock_path()
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot create the lock file {lock_path} ({e.strerror}): writing "
+                             f"to {display_url(self.url)} needs a writable folder beside it; "
+                             f"give --db a path in a folder you can write") from None
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
@@ -95,14 +120,17 @@ class StudyLock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     os.close(fd)
-                    raise TimeoutError(f"could not lock {lock_path} within {self.timeout_s:.0f} s")
-                time.sleep(0.05)
+                    raise LockTimeout(
+                        f"could not lock {self.what} of {display_url(self.url)} within "
+                        f"{self.timeout_s:.0f} s ({lock_path} is held by another process); "
+                        f"wait for it to finish, or stop it") from None
+                time.sleep(0.02)
         self._fd = fd
 
     def _acquire_pg(self) -> None:
         conn = writer_engine(self.url).connect()
         try:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key()})
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._pg_key()})
             conn.commit()
         except BaseException:
             conn.close()
@@ -110,5 +138,19 @@ class StudyLock:
         self._conn = conn
 
 
+class StudyLock(DatabaseLock):
+    def __init__(self, url: str, study_name: str, timeout_s: float = 300.0):
+        super().__init__(url, f"study {study_name!r}", key=f"hybridlab:{study_name}",
+                         file_tag=hashlib.sha1(study_name.encode()).hexdigest()[:12],
+                         timeout_s=timeout_s)
+        self.study_name = study_name
+
+
 def study_lock(url: str, study_name: str, timeout_s: float = 300.0) -> StudyLock:
     return StudyLock(url, study_name, timeout_s)
+
+
+def schema_lock(url: str, timeout_s: float = 300.0) -> DatabaseLock:
+    """The lock writers hold while they create or check the tables of a database."""
+    return DatabaseLock(url, "the schema", key="hybridlab-schema", file_tag="schema",
+                        timeout_s=timeout_s)

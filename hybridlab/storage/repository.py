@@ -24,16 +24,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import table as sa_table
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from hybridlab.interrupts import deferred
 
 from . import pareto as _pareto
-from .engine import (artifact_root, database_exists, optuna_storage, reader_engine,
-                     resolve_url, writer_engine)
+from .engine import (artifact_root, database_exists, display_url, reader_engine, resolve_url,
+                     writer_engine)
+from .health import (TableState, UnknownStudy, UnknownTrial, check_file, printable, reads,
+                     table_state, translated)
+from .locks import schema_lock
+from .optuna_db import optuna_storage
 from .schema import (Architecture, Artifact, MetricPoint, Run, Scalar, ensure_schema,
                      schema_version, utcnow)
 
@@ -66,11 +68,16 @@ class Store:
         self.url = resolve_url(url)
         self.readonly = readonly
         self._optuna = None
-        if readonly:
+        self._state: TableState | None = None     # a reader's checked, complete database
+        if readonly:      # checked on first read: a reader never fails before it is used
             self.engine = reader_engine(self.url) if database_exists(self.url) else None
         else:
+            check_file(self.url)
             self.engine = writer_engine(self.url)
-            ensure_schema(self.engine)
+            # serialised: processes started at once on a new database create the tables once
+            with schema_lock(self.url), translated(self.url):
+                table_state(self.engine, self.url)    # refuses half sets and newer schemas
+                ensure_schema(self.engine)
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -85,12 +92,30 @@ class Store:
             self._optuna = optuna_storage(self.url, readonly=self.readonly)
         return self._optuna
 
+    @reads
     def schema_version(self) -> int | None:
         return None if self.engine is None else schema_version(self.engine)
 
+    def tables(self) -> TableState:
+        """Which tables the database holds (a reader checks the file and the tables; a
+        ``StoreError`` says what is wrong with a damaged or newer database)."""
+        if self._state is not None:
+            return self._state
+        if self.engine is None:
+            if not database_exists(self.url):
+                return TableState(hybridlab=False, optuna=False, version=None)
+            self.engine = reader_engine(self.url)       # it appeared since (first search)
+        check_file(self.url)
+        state = table_state(self.engine, self.url)
+        if state.complete:
+            self._state = state
+        return state
+
     def _ready(self) -> bool:
         """A reader on a database without our tables (or without a file) sees nothing."""
-        return self.engine is not None and self.schema_version() is not None
+        if not self.readonly:
+            return True                                   # the constructor made the tables
+        return self.tables().hybridlab
 
     @contextlib.contextmanager
     def _write(self):
@@ -218,6 +243,7 @@ class Store:
                     created_at=utcnow()))
 
     # -- lookups used while searching --------------------------------------------------------
+    @reads
     def find_reusable(self, study_name: str, arch_hash: str, train_hash: str,
                       exclude_trial_id: int | None = None) -> dict | None:
         """The earliest finished (complete or pruned) run of the same architecture and training
@@ -235,6 +261,7 @@ class Store:
             row = conn.execute(q).first()
         return None if row is None else dict(row._mapping)
 
+    @reads
     def run(self, trial_id: int) -> dict | None:
         if not self._ready():
             return None
@@ -243,6 +270,7 @@ class Store:
                                ).mappings().first()
             return None if row is None else _row_dict(row)
 
+    @reads
     def runs(self, study_name: str) -> dict[int, dict]:
         """hl_runs rows of a study by trial_id."""
         if not self._ready():
@@ -252,6 +280,7 @@ class Store:
                                 ).mappings().all()
             return {r["trial_id"]: _row_dict(r) for r in rows}
 
+    @reads
     def architecture(self, arch_hash: str) -> dict | None:
         if not self._ready():
             return None
@@ -260,6 +289,7 @@ class Store:
                 Architecture.hash == arch_hash)).mappings().first()
             return None if row is None else _row_dict(row)
 
+    @reads
     def series(self, trial_id: int, names: Iterable[str] | None = None
                ) -> dict[str, list[tuple[int, float | None]]]:
         if not self._ready():
@@ -275,6 +305,7 @@ class Store:
                 out.setdefault(name, []).append((step, value))
         return out
 
+    @reads
     def scalars(self, trial_id: int) -> dict[str, float | None]:
         if not self._ready():
             return {}
@@ -282,6 +313,7 @@ class Store:
             return {n: v for n, v in conn.execute(
                 select(Scalar.name, Scalar.value).where(Scalar.trial_id == trial_id))}
 
+    @reads
     def artifacts(self, trial_id: int) -> list[dict]:
         if not self._ready():
             return []
@@ -293,21 +325,11 @@ class Store:
     # -- studies and trials (the UI's read API) ----------------------------------------------
     def _has_optuna_tables(self) -> bool:
         """Whether Optuna has initialised this database (a reader must not try to)."""
-        if self.engine is None:
-            return False
         if self._optuna is not None or not self.readonly:
             return True
-        try:
-            with self.engine.connect() as conn:
-                names = set(sa_inspect(conn).get_table_names())
-                if not {"version_info", "alembic_version", "studies", "trials"} <= names:
-                    return False
-                return bool(conn.execute(select(func.count()).select_from(
-                    sa_table("version_info"))).scalar()) and bool(conn.execute(
-                    select(func.count()).select_from(sa_table("alembic_version"))).scalar())
-        except (OperationalError, ProgrammingError):
-            return False
+        return self.tables().optuna
 
+    @reads
     def study_names(self) -> list[str]:
         if not self._has_optuna_tables():
             return []
@@ -315,10 +337,28 @@ class Store:
         return [s.study_name for s in optuna.get_all_study_summaries(
             self.optuna_storage(), include_best_trial=False)]
 
+    @reads
     def load_study(self, study_name: str):
+        """Optuna's study; ``UnknownStudy`` (a StoreError) names the studies there are."""
         import optuna
-        return optuna.load_study(study_name=study_name, storage=self.optuna_storage())
+        if not self._has_optuna_tables():
+            raise self.unknown_study(study_name)
+        try:
+            return optuna.load_study(study_name=study_name, storage=self.optuna_storage())
+        except KeyError:
+            raise self.unknown_study(study_name) from None
 
+    def unknown_study(self, study_name: str) -> UnknownStudy:
+        names = self.study_names()
+        where = display_url(self.url)
+        if names:
+            known = ", ".join(printable(n) for n in names[:30]) + (" ..." if len(names) > 30
+                                                                    else "")
+            return UnknownStudy(f"no study {study_name!r} in {where}; its studies: {known}")
+        return UnknownStudy(f"no study {study_name!r} in {where}: it holds no studies yet "
+                            f"(run 'hybridlab search SPEC --db ...' first, or check --db)")
+
+    @reads
     def list_studies(self) -> list[dict]:
         """One row per study: name, directions, metric names, trial counts per state,
         best value per objective (with trial number), compute time, start/last update."""
@@ -327,6 +367,7 @@ class Store:
             out.append(self.study_summary(name))
         return out
 
+    @reads
     def study_summary(self, study_name: str) -> dict:
         study = self.load_study(study_name)
         trials = study.get_trials(deepcopy=False)
@@ -361,6 +402,7 @@ class Store:
             "user_attrs": dict(study.user_attrs),
         }
 
+    @reads
     def trials(self, study_name: str, states: Iterable[str] | None = None) -> list[dict]:
         """One row per trial: number, state, params, values (by metric name), user attrs,
         scalar metrics, pattern, feasibility, duration, failure reason, reuse."""
@@ -378,6 +420,7 @@ class Store:
                                    scal.get(t._trial_id, {})))
         return rows
 
+    @reads
     def _all_scalars(self, trial_ids: list[int]) -> dict[int, dict[str, float | None]]:
         if not self._ready() or not trial_ids:
             return {}
@@ -389,13 +432,14 @@ class Store:
                 out.setdefault(tid, {})[name] = value
         return out
 
+    @reads
     def trial_detail(self, study_name: str, number: int) -> dict:
         """Everything about one trial: the row of ``trials`` plus spec YAML, curves, scores,
         costs, failure reason and artifact files."""
         study = self.load_study(study_name)
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
         if not matches:
-            raise KeyError(f"study {study_name!r} has no trial {number}")
+            raise UnknownTrial(f"study {study_name!r} has no trial {number}")
         t = matches[0]
         directions = [d.name.lower() for d in study.directions]
         names = _metric_names(study)
@@ -417,12 +461,14 @@ class Store:
         })
         return row
 
+    @reads
     def pareto(self, study_name: str) -> list[dict]:
         """Feasible non-dominated COMPLETE trials (Optuna's ``best_trials``), as trial rows."""
         study = self.load_study(study_name)
         best = {t.number for t in study.best_trials}
         return [r for r in self.trials(study_name, states=["COMPLETE"]) if r["number"] in best]
 
+    @reads
     def hypervolume_history(self, study_name: str,
                             reference_point: Sequence[float] | None = None) -> list[dict]:
         """Hypervolume of the feasible front after each finished trial (in trial order).

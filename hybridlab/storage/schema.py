@@ -18,6 +18,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from hybridlab.errors import StoreError
+
 SCHEMA_VERSION = 1
 
 
@@ -113,8 +115,18 @@ class Artifact(Base):
     __table_args__ = (UniqueConstraint("trial_id", "kind", name="uq_hl_artifacts_trial_kind"),)
 
 
-class SchemaError(RuntimeError):
-    pass
+class SchemaError(StoreError, RuntimeError):
+    """The database's schema is not one this hybridlab can use (e.g. from a newer version)."""
+
+
+def check_version(version: int, where: str) -> None:
+    """Refuse a schema written by a newer hybridlab; ``where`` names the database."""
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{where} was written by a newer hybridlab (database schema version {version}; "
+            f"this hybridlab knows versions up to {SCHEMA_VERSION}). Nothing was changed. "
+            f"Upgrade hybridlab to use it (pip install -U hybridlab), or give --db another "
+            f"database")
 
 
 # Migrations: version -> function(connection) bringing the schema from `version` to `version+1`.
@@ -134,10 +146,7 @@ def ensure_schema(engine: Engine) -> int:
                         id=1, version=SCHEMA_VERSION, updated_at=utcnow()))
                     return SCHEMA_VERSION
                 version = row.version
-                if version > SCHEMA_VERSION:
-                    raise SchemaError(
-                        f"database schema version {version} is newer than this hybridlab "
-                        f"supports ({SCHEMA_VERSION}); upgrade hybridlab")
+                check_version(version, engine.url.render_as_string(hide_password=True))
                 while version < SCHEMA_VERSION:
                     MIGRATIONS[version](conn)  # type: ignore[operator]
                     version += 1

@@ -235,10 +235,8 @@ def trial_numbers(store: Store, study: str) -> list[int]:
 
 
 def study_names(store: Store) -> list[str]:
-    try:
-        return store.study_names()
-    except (OperationalError, ProgrammingError):
-        return []
+    """The studies; a damaged or newer database raises ``StoreError`` (never "no studies")."""
+    return store.study_names()
 
 
 def progress(store: Store, study: str) -> dict:
