@@ -8,7 +8,10 @@ The page only reads the database (``Store(url, readonly=True)``, short transacti
 refreshes on a ``gr.Timer`` while a search writes; each refresh is skipped when the database
 has not changed, and plots keep the user's zoom and hidden traces across refreshes (per
 ``uirevision``, restored by the page script in ``page_js``). Every event has an API name,
-so ``gradio_client`` can drive everything the page does.
+so ``gradio_client`` can drive everything the page does -- and so can anyone who reaches the
+page: every path a caller names is confined to ``ctx.roots`` (``paths``), no spec's plugins are
+imported, spec text is size-limited, and every failure reaches the caller as its message
+(``errors``). ``enable_launch=False`` builds no Launch tab and no Launch endpoints.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from types import SimpleNamespace
 import gradio as gr
 
 from hybridlab.storage import views
+from hybridlab.ui.common import study_choices
 from hybridlab.ui.context import UIContext
+from hybridlab.ui.errors import guard_app
 from hybridlab.ui.tab_compare import CompareTab
 from hybridlab.ui.tab_compose import ComposeTab
 from hybridlab.ui.tab_detail import DetailTab
@@ -54,8 +59,10 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
                 compare = CompareTab(ctx)
             with gr.Tab("Compose", id="compose"):
                 compose = ComposeTab(ctx)
-            with gr.Tab("Launch", id="launch", visible=enable_launch):
-                launch_tab = LaunchTab(ctx)
+            launch_tab = None
+            if enable_launch:           # --no-launch: no tab and no endpoints, not a hidden tab
+                with gr.Tab("Launch", id="launch"):
+                    launch_tab = LaunchTab(ctx)
             with gr.Tab("Export", id="export"):
                 export = ExportTab(ctx)
 
@@ -67,7 +74,8 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
                               launch=launch_tab, export=export, open_trial=open_trial,
                               open_outputs=detail.outputs + [tabs])
         for tab in (studies, pareto, trials, detail, compare, compose, launch_tab, export):
-            tab.wire(app)
+            if tab is not None:
+                tab.wire(app)
 
         live_box.input(lambda on: gr.Timer(active=bool(on)), [live_box], [timer],
                        api_name="set_live")
@@ -98,14 +106,17 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
             trials_out = trials.select_study(trial_study, None, False, 100, None, [])
             export_out = export.select_study(trial_study)
             return (tuple(studies_out) + tuple(pareto_out)
-                    + (gr.Dropdown(choices=names, value=trial_study),) + tuple(trials_out)
-                    + (gr.Dropdown(choices=names, value=trial_study),
+                    + (gr.Dropdown(choices=study_choices(names), value=trial_study),)
+                    + tuple(trials_out)
+                    + (gr.Dropdown(choices=study_choices(names), value=trial_study),
                        gr.Dropdown(choices=compare.choices()),
-                       gr.Dropdown(choices=names, value=trial_study)) + tuple(export_out)
+                       gr.Dropdown(choices=study_choices(names), value=trial_study))
+                    + tuple(export_out)
                     + tuple(compose.check(compose.editor.value, "4096, 32768", "bf16")))
 
         demo.load(on_load, None, load_outputs, api_name="load_page")
         demo.load(None, None, None, js=PAGE_JS, api_visibility="private")
+    guard_app(demo)             # every failure reaches the page as its message
     demo.queue(default_concurrency_limit=4)
     demo.hybridlab = app        # for tests and embedding
     return demo

@@ -1,22 +1,37 @@
 """Small helpers shared by the tabs: choices for trial pickers, problem lists as HTML, spec
-examples found beside the package."""
+examples found beside the package. Names from the database are shown with ``shown_name``
+(control characters escaped) wherever they are text for people, never where they are values."""
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
-import yaml
-
-from hybridlab.errors import Problem
-
-import hybridlab
+from hybridlab.composer.yaml_source import parse_yaml
+from hybridlab.errors import Problem, UserError
+from hybridlab.formatting import shown_name
+from hybridlab.ui.paths import shipped_examples
 
 
 def trial_label(row: dict) -> str:
-    pattern = row.get("pattern") or "?"
+    pattern = shown_name(row.get("pattern") or "?")
     if len(pattern) > 40:
         pattern = pattern[:37] + "..."
     return f"#{row['number']} · {row['state'].lower()} · {pattern}"
+
+
+def study_choices(names: list[str]) -> list[tuple[str, str]]:
+    """Dropdown choices: each study's name as shown (control characters escaped), as value the
+    name itself."""
+    return [(shown_name(n), n) for n in names]
+
+
+def match_study(names: list[str], text) -> str:
+    """The study a table cell names: the cell shows ``shown_name(study)``, which is the study's
+    own name unless it holds control characters."""
+    text = str(text)
+    if text in names:
+        return text
+    return next((n for n in names if shown_name(n) == text), text)
 
 
 def trial_choices(rows: list[dict]) -> list[tuple[str, int]]:
@@ -37,7 +52,7 @@ def as_int(value) -> int | None:
         return None
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):    # "inf", 10**400, a list
         return None
 
 
@@ -48,43 +63,51 @@ def problems_html(problems: list[Problem], ok_text: str = "") -> str:
     items = []
     for p in problems:
         where = f"line {p.line}, col {p.col}" if p.line else "(no line)"
-        field = f"<code>{html.escape(p.field)}</code>: " if p.field else ""
-        hint = (f"<div style='color:#555;margin-left:1em'>hint: {html.escape(p.hint)}</div>"
+        field = f"<code>{_text(p.field)}</code>: " if p.field else ""
+        hint = (f"<div style='color:#555;margin-left:1em'>hint: {_text(p.hint)}</div>"
                 if p.hint else "")
-        items.append(f"<li class='hl-problem' data-line='{p.line}'><b>{where}</b> — {field}"
-                     f"{html.escape(p.message)}{hint}</li>")
+        items.append(f"<li class='hl-problem' data-line='{int(p.line)}'><b>{where}</b> — "
+                     f"{field}{_text(p.message)}{hint}</li>")
     n = len(problems)
     return (f"<div class='hl-errors' style='color:#b42318'><b>{n} problem"
             f"{'s' if n != 1 else ''}</b><ul style='margin:4px 0'>{''.join(items)}</ul></div>")
 
 
 def error_html(message: str) -> str:
-    return f"<div class='hl-errors' style='color:#b42318'>{html.escape(message)}</div>"
+    lines = "<br>".join(_text(line) for line in str(message).splitlines())
+    return f"<div class='hl-errors' style='color:#b42318'>{lines}</div>"
+
+
+def _text(text) -> str:
+    """Text for HTML: escaped, control characters visible."""
+    return html.escape(shown_name(text))
 
 
 def example_dirs(base_dir: Path) -> list[Path]:
-    dirs = [Path(hybridlab.__file__).resolve().parents[1] / "examples", base_dir / "examples"]
-    out = []
-    for d in dirs:
-        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
+    """The shipped examples, then ``examples/`` of the folder the UI was started in."""
+    out: list[Path] = []
+    for d in (shipped_examples(), Path(base_dir) / "examples"):
+        if d.is_dir() and d.resolve() not in out:
+            out.append(d.resolve())
     return out
 
 
-def find_examples(base_dir: Path, kind: str) -> dict[str, Path]:
+def find_examples(ctx, kind: str) -> dict[str, Path]:
     """Example YAML files by name: ``kind="model"`` (have ``model:``) or ``"search"`` (have
-    ``space:``)."""
+    ``space:``). Read like any path from a caller (inside the roots, size-limited): a symlink
+    in ``examples/`` that leads elsewhere is skipped."""
     found: dict[str, Path] = {}
-    for d in example_dirs(base_dir):
+    for d in example_dirs(ctx.base_dir):
         for path in sorted(d.glob("*.yaml")):
             try:
-                data = yaml.safe_load(path.read_text())
-            except (OSError, yaml.YAMLError):
+                real, text = ctx.roots.read_spec(path)
+                data, _ = parse_yaml(text, path.name)
+            except UserError:
                 continue
             if not isinstance(data, dict):
                 continue
             if (kind == "model" and "model" in data) or (kind == "search" and "space" in data):
-                found.setdefault(path.name, path)
+                found.setdefault(path.name, real)
     return found
 
 

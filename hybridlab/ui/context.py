@@ -1,5 +1,6 @@
 """What every tab of the web UI shares: the database (read through ``hybridlab.storage`` only,
-read-only), a scratch folder for downloads, and the launcher of background searches."""
+read-only), the folders callers may name (``roots``: the folder the UI was started in and the
+shipped examples), a scratch folder for downloads, and the launcher of background searches."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from hybridlab.storage import Store, display_url, resolve_url
 from hybridlab.storage.engine import database_exists
+from hybridlab.ui.paths import Roots, shipped_examples
 
 
 class UIContext:
@@ -26,8 +28,9 @@ class UIContext:
         self.work_dir = Path(work_dir).resolve()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir = Path(base_dir or Path.cwd()).resolve()
+        self.roots = Roots([self.base_dir, shipped_examples()])
         self.enable_launch = enable_launch
-        self.launcher = Launcher(self.url, self.work_dir / "launches")
+        self.launcher = Launcher(self.url, self.work_dir / "launches", self.roots)
         self._store: Store | None = None
         self._lock = threading.Lock()
 

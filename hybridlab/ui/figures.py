@@ -11,6 +11,7 @@ import html
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from hybridlab.formatting import shown_name
 from hybridlab.storage import views
 from hybridlab.storage.views import finite_number
 
@@ -77,7 +78,7 @@ def pareto_figure(split: dict[str, dict], x: str, y: str, color: str = "study",
     fig = go.Figure()
     colorbar_done = False
     for i, (study, s) in enumerate(split.items()):
-        col = study_colour(i)
+        col, label = study_colour(i), shown_name(study)
         symbol = SYMBOLS[i % len(SYMBOLS)] if by_metric else "circle"
         groups = [("front", s["front"])]
         if show_dominated:
@@ -95,9 +96,11 @@ def pareto_figure(split: dict[str, dict], x: str, y: str, color: str = "study",
                 colorbar_done = True
             else:
                 marker["color"] = col
+            # customdata[0] is the study itself (a click opens it), [4] its name for people
             custom = [[study, r["number"], r.get("pattern") or "?",
-                       "" if not by_metric else _fmt(r.get(color))] for r in rows]
-            hover = ("<b>%{customdata[0]} · trial %{customdata[1]}</b><br>"
+                       "" if not by_metric else _fmt(r.get(color)), html.escape(label)]
+                      for r in rows]
+            hover = ("<b>%{customdata[4]} · trial %{customdata[1]}</b><br>"
                      "pattern <b>%{customdata[2]}</b><br>"
                      f"{html.escape(x)}: %{{x:.4g}}<br>{html.escape(y)}: %{{y:.4g}}")
             if by_metric:
@@ -106,14 +109,14 @@ def pareto_figure(split: dict[str, dict], x: str, y: str, color: str = "study",
                      "<br><i>click to open</i><extra></extra>"
             fig.add_trace(go.Scatter(
                 x=[float(r[x]) for r in rows], y=[float(r[y]) for r in rows],
-                mode="markers", name=f"{study} · {'front' if kind == 'front' else 'dominated'}",
+                mode="markers", name=f"{label} · {'front' if kind == 'front' else 'dominated'}",
                 legendgroup=study, marker=marker, customdata=custom, hovertemplate=hover,
                 meta="points"))
         if len(s["front"]) > 1:
             fig.add_trace(go.Scatter(
                 x=[float(r[x]) for r in s["front"]], y=[float(r[y]) for r in s["front"]],
                 mode="lines", line=dict(color=col, width=2, shape="linear"),
-                name=f"{study} · front line", legendgroup=study, hoverinfo="skip",
+                name=f"{label} · front line", legendgroup=study, hoverinfo="skip",
                 showlegend=False, meta="front-line"))
     fig.update_layout(
         xaxis=dict(title=dict(text=_label(x, directions[0])), type="log" if log_x else "linear"),
@@ -133,8 +136,10 @@ def hypervolume_figure(histories: dict[str, list[dict]], revision: str = "hv") -
             continue
         fig.add_trace(go.Scatter(
             x=[h["trial_number"] for h in hist], y=[h["hypervolume"] for h in hist],
-            mode="lines+markers", line=dict(color=study_colour(i), shape="hv"), name=study,
-            hovertemplate=f"{html.escape(study)}<br>after trial %{{x}}: %{{y:.4g}}<extra></extra>"))
+            mode="lines+markers", line=dict(color=study_colour(i), shape="hv"),
+            name=shown_name(study),
+            hovertemplate=f"{html.escape(shown_name(study))}<br>after trial %{{x}}: "
+                          f"%{{y:.4g}}<extra></extra>"))
     fig.update_layout(xaxis_title="trial number", yaxis_title="hypervolume (normalised)",
                       height=300, uirevision=revision, margin=dict(l=60, r=20, t=40, b=40),
                       title=dict(text="Hypervolume of each study's front over its objectives",
@@ -150,7 +155,7 @@ STATE_COLOURS = {"COMPLETE": "#2ca02c", "PRUNED": "#ff7f0e", "FAIL": "#d62728",
 def studies_figure(summaries: list[dict]) -> go.Figure:
     if not summaries:
         return _empty("no studies in this database yet", "studies")
-    names = [s["name"] for s in summaries]
+    names = [shown_name(s["name"]) for s in summaries]
     fig = go.Figure()
     for state, colour in STATE_COLOURS.items():
         fig.add_trace(go.Bar(y=names, x=[s["counts"].get(state, 0) for s in summaries],
@@ -258,7 +263,7 @@ def progress_figure(progress: list[dict]) -> go.Figure:
     if not progress:
         return _empty("no search launched from this page yet", "progress")
     fig = go.Figure()
-    names = [p["study"] for p in progress]
+    names = [shown_name(p["study"]) for p in progress]
     done = [p["done"] for p in progress]
     left = [max(0, (p.get("target") or p["done"]) - p["done"]) for p in progress]
     fig.add_trace(go.Bar(y=names, x=done, orientation="h", name="finished",
@@ -267,7 +272,8 @@ def progress_figure(progress: list[dict]) -> go.Figure:
     for p in progress:
         for r in p.get("running", []):
             if r.get("total_steps"):
-                fig.add_annotation(y=p["study"], x=p["done"], xanchor="left", showarrow=False,
+                fig.add_annotation(y=shown_name(p["study"]), x=p["done"], xanchor="left",
+                                   showarrow=False,
                                    text=f"trial {r['trial_number']}: step {r.get('step') or 0}"
                                         f"/{r['total_steps']}", font=dict(size=11))
     fig.update_layout(barmode="stack", height=140 + 40 * len(names), xaxis_title="trials",

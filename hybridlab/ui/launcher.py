@@ -2,8 +2,10 @@
 
     python -m hybridlab.cli.main search SPEC --db URL --no-progress [--trials N] ...
 
-``Launcher.start`` validates the search spec first (the same ``load_search_spec`` as the CLI),
-writes it to a file, and starts that process in a new session with its output in a log file.
+``Launcher.start`` validates the search spec first (the same ``load_search_spec`` as the CLI,
+with every path confined to the page's roots and plugins refused), writes it to a file, and
+starts that process in a new session with its output in a log file; the process gets no plugin
+opt-in (``HYBRIDLAB_PLUGINS`` is dropped from its environment), so a spec naming plugins fails.
 ``stop`` sends SIGTERM to the process group (the search records and re-queues the trial in
 progress, as on Ctrl-C) and SIGKILL if it has not exited after ``grace_s``.
 The jobs are remembered by this server only; the searches themselves are in the database.
@@ -23,7 +25,17 @@ from pathlib import Path
 
 import yaml
 
+from hybridlab.errors import UserError
 from hybridlab.export.safe import safe_component
+from hybridlab.ui.paths import Roots, check_text_size, quoted
+
+#: At most this many searches started from the page run at once (each may start workers).
+MAX_RUNNING = 4
+MAX_WORKERS = 64
+MAX_TRIALS = 1_000_000
+DEVICES = ("auto", "cpu", "cuda")
+#: Environment variables that would let a launched search import a spec's plugins.
+PLUGIN_ENV = ("HYBRIDLAB_PLUGINS",)
 
 
 @dataclass
@@ -62,30 +74,37 @@ class Job:
 
 
 class Launcher:
-    def __init__(self, url: str, folder: str | os.PathLike, grace_s: float = 30.0):
+    def __init__(self, url: str, folder: str | os.PathLike, roots: Roots, grace_s: float = 30.0):
         self.url = url
         self.folder = Path(folder)
+        self.roots = roots
         self.grace_s = grace_s
         self.jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def start(self, spec_text: str, *, base_dir: str | os.PathLike | None = None,
+    def running(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.returncode is None]
+
+    def start(self, spec_text: str, *, base_dir: str | os.PathLike,
               spec_path: str | os.PathLike | None = None, trials: int | None = None,
               workers: int = 1, device: str = "auto") -> Job:
         """Validate and launch. ``spec_path``: run that file as it is (when the editor holds
         its unchanged text); otherwise the editor text is written to a file, with a relative
-        ``base:`` path made absolute against ``base_dir`` (default: the server's directory).
-        Raises ``SpecError`` for an invalid spec."""
-        from hybridlab.search.spec import load_search_spec
-
-        base_dir = Path(base_dir or Path.cwd()).resolve()
+        ``base:`` path made absolute against ``base_dir``. Every path is confined to the roots.
+        Raises ``SpecError`` for an invalid spec, ``UserError`` for bad settings."""
+        trials, workers, device = check_settings(trials, workers, device)
+        if len(self.running()) >= MAX_RUNNING:
+            raise UserError(f"{MAX_RUNNING} searches started from this page are still running; "
+                            f"stop one before starting another")
         if spec_path is not None:
-            spec = load_search_spec(Path(spec_path))
-            target = Path(spec_path).resolve()
+            target, text = self.roots.read_spec(spec_path)
+            spec = validate_search_text(text, target.parent, self.roots, shown=str(target))
         else:
+            check_text_size(spec_text or "", "the search spec")
             text = spec_text if spec_text.endswith("\n") else spec_text + "\n"
-            spec = _validate_text(text, base_dir)
+            base_dir = self.roots.resolve(base_dir)
+            spec = validate_search_text(text, base_dir, self.roots)
             self.folder.mkdir(parents=True, exist_ok=True)
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             target = self.folder / f"{safe_component(spec.name, 'search')}-{stamp}.yaml"
@@ -93,15 +112,15 @@ class Launcher:
         log = self.folder / f"{target.stem}.log"
         self.folder.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "hybridlab.cli.main", "search", str(target), "--db",
-               self.url, "--no-progress", "--workers", str(int(workers)), "--device", device]
+               self.url, "--no-progress", "--workers", str(workers), "--device", device]
         if trials:
-            cmd += ["--trials", str(int(trials))]
+            cmd += ["--trials", str(trials)]
         with open(log, "ab") as out:
             out.write(f"$ {' '.join(cmd)}\n".encode())
             out.flush()
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=str(base_dir),
-                                    start_new_session=True)
+                                    stdin=subprocess.DEVNULL, cwd=str(self.roots.roots[0]),
+                                    env=child_env(), start_new_session=True)
         with self._lock:
             job = Job(id=next(self._ids), study=spec.name, spec_file=target, log_file=log,
                       command=cmd, proc=proc)
@@ -144,20 +163,47 @@ def _signal_group(proc: subprocess.Popen, sig) -> None:
             pass
 
 
-def _validate_text(text: str, base_dir: Path):
-    """``load_search_spec`` on editor text, with relative paths read from ``base_dir``."""
+def check_settings(trials, workers, device) -> tuple[int | None, int, str]:
+    """The launch settings a caller sent, as the command line takes them, or ``UserError``."""
+    def whole(value, name, low, high):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"{name} must be a whole number, got {quoted(value)}") from None
+        if not number.is_integer() or not low <= number <= high:
+            raise UserError(f"{name} must be a whole number from {low} to {high:,}, "
+                            f"got {quoted(value)}")
+        return int(number)
+
+    trials = None if trials in (None, "", 0) else whole(trials, "trials", 1, MAX_TRIALS)
+    workers = 1 if workers in (None, "") else whole(workers, "worker processes", 1, MAX_WORKERS)
+    device = device or "auto"
+    if device not in DEVICES:
+        raise UserError(f"device must be one of {', '.join(DEVICES)}, got {quoted(device)}")
+    return trials, workers, device
+
+
+def child_env() -> dict[str, str]:
+    """The server's environment for a launched search, without the plugin opt-in: a search
+    started from the page never imports a spec's plugins, whatever the server was started
+    with."""
+    return {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+
+
+def validate_search_text(text: str, base_dir: Path, roots: Roots, shown: str = "<editor>"):
+    """``load_search_spec`` on spec text: a relative ``base:`` is read from ``base_dir``, only
+    inside the roots; plugins are never imported. Raises ``SpecError``."""
     from hybridlab.search.spec import load_search_spec
 
-    cwd = Path.cwd()
-    if cwd.resolve() == base_dir:
-        return load_search_spec(text, file="<editor>")
-    # load_search_spec resolves a relative `base:` of YAML text against the working directory
-    return load_search_spec(_absolute_base(text, base_dir), file="<editor>")
+    check_text_size(text, "the search spec")
+    return load_search_spec(text if text.endswith("\n") else text + "\n", file=shown,
+                            base_dir=base_dir, allowed_roots=roots.roots, allow_plugins=False)
 
 
 def _absolute_base(text: str, base_dir: Path) -> str:
     """The spec text with a relative ``base:`` path made absolute (everything else as typed;
-    the text is rewritten only in that case, losing comments)."""
+    the text is rewritten only in that case, losing comments). Only for text that passed
+    ``validate_search_text`` (its size and YAML aliases are bounded)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:

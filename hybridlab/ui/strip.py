@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import html
 
+from hybridlab.composer.loader import load_spec
+from hybridlab.errors import UserError
+
 #: One colour per built-in block type; plugin types get a stable colour from their name.
 TYPE_COLOURS = {
     "mamba1": "#4e79a7",
@@ -34,15 +37,15 @@ def spec_layers(spec) -> list[tuple[int, str, str, int]]:
 
 
 def layers_from_yaml(spec_yaml: str) -> list[tuple[int, str, str, int]]:
-    """Layers of a spec given as YAML text ([] when it does not load)."""
-    if not spec_yaml:
+    """Layers of a spec given as YAML text, e.g. read back from a database ([] when it does not
+    load -- also when it names plugins: the web server never imports them)."""
+    if not spec_yaml or not isinstance(spec_yaml, str):
         return []
-    import hybridlab
-    from hybridlab.errors import SpecError
     try:
-        return spec_layers(hybridlab.load_spec(spec_yaml if spec_yaml.endswith("\n")
-                                               else spec_yaml + "\n", source="<stored spec>"))
-    except SpecError:
+        return spec_layers(load_spec(spec_yaml if spec_yaml.endswith("\n")
+                                     else spec_yaml + "\n", source="<stored spec>",
+                                     allow_plugins=False))
+    except UserError:
         return []
 
 

@@ -6,7 +6,10 @@ import gradio as gr
 
 from hybridlab.storage import views
 from hybridlab.ui import figures, tables
-from hybridlab.ui.common import compare_key, parse_compare_key, trial_label
+from hybridlab.errors import UserError
+from hybridlab.formatting import shown_name
+from hybridlab.ui.common import as_int, compare_key, parse_compare_key, trial_label
+from hybridlab.ui.paths import quoted
 from hybridlab.ui.strip import layers_from_yaml, strip_html
 
 MAX_TRIALS = 4
@@ -42,31 +45,35 @@ class CompareTab:
         out = []
         for study in views.study_names(store):
             for r in views.flat_trials(store, study):
-                out.append((f"{study} {trial_label(r)}", compare_key(study, r["number"])))
+                out.append((f"{shown_name(study)} {trial_label(r)}",
+                            compare_key(study, r["number"])))
         return out
 
     def _details(self, keys):
         store = self.ctx.store()
         out = []
-        for key in (keys or [])[:MAX_TRIALS]:
+        keys = keys if isinstance(keys, list) else []
+        for key in keys[:MAX_TRIALS]:
             try:
                 study, number = parse_compare_key(key)
-                out.append((f"{study} #{number}", store.trial_detail(study, number)))
-            except (ValueError, KeyError):
-                raise gr.Error(f"no such trial: {key!r}") from None
+                out.append((f"{shown_name(study)} #{number}", store.trial_detail(study, number)))
+            except (ValueError, KeyError, OverflowError):
+                raise UserError(f"no such trial: {quoted(shown_name(key))}") from None
         return out
 
     def compare(self, keys, curve):
         details = self._details(keys)
-        trials_dd = gr.Dropdown(choices=self.choices(), value=list(keys or [])[:MAX_TRIALS])
+        keys = keys if isinstance(keys, list) else []
+        trials_dd = gr.Dropdown(choices=self.choices(), value=keys[:MAX_TRIALS])
         if not details:
             return (trials_dd, "<div style='color:#888'>pick 2 to 4 trials</div>",
                     tables.compare_frame([]), gr.Dropdown(), figures._empty("no trials"))
         strips = "".join(strip_html(layers_from_yaml(d.get("spec_yaml") or ""), title=label)
                          for label, d in details)
         names = sorted({n for _, d in details for n in (d.get("curves") or {})})
-        if curve not in names:
-            curve = next((c for c in DEFAULT_CURVES if c in names), names[0] if names else curve)
+        if not isinstance(curve, str) or curve not in names:
+            curve = next((c for c in DEFAULT_CURVES if c in names),
+                         names[0] if names else _curve_name(curve))
         fig = figures.compare_curves_figure({label: d.get("curves") or {} for label, d in details},
                                             curve)
         return (trials_dd, strips, tables.compare_frame(details),
@@ -75,14 +82,19 @@ class CompareTab:
     def curve_only(self, keys, curve):
         details = self._details(keys)
         return figures.compare_curves_figure(
-            {label: d.get("curves") or {} for label, d in details}, curve)
+            {label: d.get("curves") or {} for label, d in details}, _curve_name(curve))
 
     def add(self, keys, study, trial):
         """Add one trial (from the detail tab) and show the comparison."""
-        from hybridlab.ui.common import as_int
         number = as_int(trial)
-        if not study or number is None:
-            raise gr.Error("open a trial first")
-        keys = [k for k in (keys or []) if k != compare_key(study, number)]
+        if not isinstance(study, str) or not study or number is None:
+            raise UserError("open a trial first")
+        keys = [k for k in (keys if isinstance(keys, list) else [])
+                if k != compare_key(study, number)]
         keys = (keys + [compare_key(study, number)])[-MAX_TRIALS:]
         return self.compare(keys, None)
+
+
+def _curve_name(curve) -> str:
+    """A curve name a caller sent (any string it typed, within reason)."""
+    return shown_name(curve)[:200] if isinstance(curve, str) else ""

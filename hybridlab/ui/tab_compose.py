@@ -7,42 +7,64 @@ from __future__ import annotations
 
 import gradio as gr
 
-from hybridlab.errors import Problem, SpecError
+from hybridlab.composer.loader import load_spec
+from hybridlab.composer.summary import human_bytes, human_count, summarize
+from hybridlab.errors import Problem, SpecError, UserError
 from hybridlab.formatting import format_summary
 from hybridlab.ui import figures
-from hybridlab.ui.common import DEFAULT_MODEL_SPEC, find_examples, problems_html
+from hybridlab.ui.common import DEFAULT_MODEL_SPEC, error_html, find_examples, problems_html
+from hybridlab.ui.paths import check_text_size, quoted
 from hybridlab.ui.strip import spec_layers, strip_html
 
 DTYPES = ["bf16", "fp16", "fp32"]
 
 
-def check_spec_text(text: str, contexts: str = "4096", dtype: str = "bf16"):
-    """(problems, summary dict or None) for spec YAML text -- the CLI's code path."""
-    import hybridlab
-    from hybridlab.composer.summary import summarize
+#: Context lengths the summary takes at once, and the longest one.
+MAX_CONTEXTS = 8
+MAX_CONTEXT = 1 << 40
 
-    text = text or ""
+
+def check_spec_text(text: str, contexts: str = "4096", dtype: str = "bf16"):
+    """(problems, spec or None, summary dict or None) for spec YAML text -- the CLI's code path,
+    except that plugins are never imported (the web server runs no code from a spec)."""
+    text = text if isinstance(text, str) else ""
     if not text.strip():
         return [Problem("the spec is empty", file="<editor>", line=1, col=1)], None, None
+    check_text_size(text)
     try:
-        spec = hybridlab.load_spec(text if text.endswith("\n") else text + "\n",
-                                   source="<editor>")
+        spec = load_spec(text if text.endswith("\n") else text + "\n", source="<editor>",
+                         allow_plugins=False)
     except SpecError as e:
         return list(e.problems), None, None
+    ctxs, dtype = parse_contexts(contexts), dtype or "bf16"
+    if ctxs is None:
+        return [Problem(f"context lengths must be up to {MAX_CONTEXTS} whole numbers from 1 to "
+                        f"{MAX_CONTEXT:,}, got {quoted(contexts)}", file="<contexts>")], \
+            spec, None
+    if dtype not in DTYPES:
+        return [Problem(f"the state / KV dtype must be one of {', '.join(DTYPES)}, got "
+                        f"{quoted(dtype)}", file="<dtype>")], spec, None
+    return [], spec, summarize(spec, contexts=ctxs, dtype=dtype)
+
+
+def parse_contexts(contexts) -> list[int] | None:
+    """"4096, 32768" -> [4096, 32768]; None when it is not a short list of lengths."""
+    text = str(contexts if contexts not in (None, "") else "4096")
+    if len(text) > 200:
+        return None
     try:
-        ctxs = [int(c) for c in str(contexts or "4096").replace(",", " ").split()]
-        if not ctxs or min(ctxs) < 1:
-            raise ValueError
+        ctxs = [int(c) for c in text.replace(",", " ").split()]
     except ValueError:
-        return [Problem(f"context lengths must be whole numbers >= 1, got {contexts!r}",
-                        file="<contexts>")], spec, None
-    return [], spec, summarize(spec, contexts=ctxs, dtype=dtype or "bf16")
+        return None
+    if not ctxs or len(ctxs) > MAX_CONTEXTS or not all(1 <= c <= MAX_CONTEXT for c in ctxs):
+        return None
+    return ctxs
 
 
 class ComposeTab:
     def __init__(self, ctx):
         self.ctx = ctx
-        self.examples = find_examples(ctx.base_dir, "model")
+        self.examples = find_examples(ctx, "model")
         with gr.Row():
             self.example = gr.Dropdown(label="Start from an example", scale=2,
                                        choices=list(self.examples), value=None,
@@ -74,18 +96,20 @@ class ComposeTab:
                            api_name="compose_example")
 
     def load_example(self, name):
-        path = self.examples.get(name)
+        path = self.examples.get(name) if isinstance(name, str) else None
         if path is None:
-            raise gr.Error(f"no example {name!r}")
-        return path.read_text()
+            raise UserError(f"no example {quoted(name)}; pick one of the list")
+        return self.ctx.roots.read_spec(path)[1]
 
     def check(self, text, contexts="4096", dtype="bf16"):
-        problems, spec, summary = check_spec_text(text, contexts, dtype)
+        try:
+            problems, spec, summary = check_spec_text(text, contexts, dtype)
+        except UserError as e:          # too large: said in the status box, nothing drawn
+            return error_html(str(e)), "", "", figures._empty("fix the spec first", "layers")
         if problems:
             strip = strip_html(spec_layers(spec), title=spec.pattern) if spec else ""
             return problems_html(problems), strip, "", figures._empty("fix the spec first",
                                                                        "layers")
-        from hybridlab.composer.summary import human_bytes, human_count
         ok = (f"valid: {len(spec.layers)} layers, {human_count(summary['params_total'])} "
               f"parameters, decode state {human_bytes(summary['state_bytes'])}")
         return (problems_html([], ok), strip_html(spec_layers(spec), title=spec.pattern),

@@ -6,10 +6,12 @@ import html
 
 import gradio as gr
 
-from hybridlab.formatting import fmt_value
+from hybridlab.errors import UserError
+from hybridlab.formatting import fmt_value, shown_name
 from hybridlab.storage import views
 from hybridlab.ui import figures, tables
-from hybridlab.ui.common import as_int, trial_choices
+from hybridlab.ui.common import as_int, match_study, study_choices, trial_choices
+from hybridlab.ui.paths import quoted
 from hybridlab.ui.strip import layers_from_yaml, strip_html
 
 STATUS_COLOURS = {"COMPLETE": "#1a7f37", "PRUNED": "#b35900", "FAIL": "#b42318",
@@ -51,7 +53,7 @@ class DetailTab:
     # -- handlers --------------------------------------------------------------------------------
     def trial_list(self, study):
         store = self.ctx.store()
-        if not study or study not in views.study_names(store):
+        if not isinstance(study, str) or study not in views.study_names(store):
             return gr.Dropdown(choices=[], value=None)
         rows = views.flat_trials(store, study)
         choices = trial_choices(rows)
@@ -61,19 +63,21 @@ class DetailTab:
         """All outputs for trial ``trial`` of ``study`` (gr.Error when there is none)."""
         store = self.ctx.store()
         number = as_int(trial)
-        if not study or number is None:
-            raise gr.Error("pick a study and a trial")
-        if study not in views.study_names(store):
-            raise gr.Error(f"no study {study!r} in {self.ctx.shown_url}")
+        if not isinstance(study, str) or not study or number is None:
+            raise UserError("pick a study and a trial")
+        names = views.study_names(store)
+        study = match_study(names, study)
+        if study not in names:
+            raise UserError(f"no study {quoted(shown_name(study))} in {self.ctx.shown_url}")
         try:
             d = store.trial_detail(study, number)
         except KeyError as e:
-            raise gr.Error(str(e.args[0])) from None
+            raise UserError(shown_name(e.args[0])) from None
         rows = views.flat_trials(store, study)
         row = next((r for r in rows if r["number"] == number), {})
-        title = f"{study} · trial {number}"
+        title = f"{shown_name(study)} · trial {number}"
         return (
-            gr.Dropdown(choices=views.study_names(store), value=study),
+            gr.Dropdown(choices=study_choices(names), value=study),
             gr.Dropdown(choices=trial_choices(rows), value=number),
             header_html(d, row, study),
             gr.HTML(failure_html(d), visible=bool(d.get("failure_reason"))),
@@ -89,7 +93,7 @@ class DetailTab:
 def header_html(d: dict, row: dict, study: str) -> str:
     state = d.get("state", "?")
     colour = STATUS_COLOURS.get(state, "#333")
-    values = " · ".join(f"{html.escape(k)} <b>{html.escape(fmt_value(k, v))}</b>"
+    values = " · ".join(f"{html.escape(shown_name(k))} <b>{html.escape(fmt_value(k, v))}</b>"
                         for k, v in (d.get("values") or {}).items()) or "no objective values"
     extra = []
     if row.get("pareto"):
@@ -104,10 +108,10 @@ def header_html(d: dict, row: dict, study: str) -> str:
     if (d.get("run") or {}).get("device"):
         extra.append(f"on {html.escape(str(d['run']['device']))}")
     return (f"<div class='hl-trial-header'><span style='font-size:1.2em;font-weight:600'>"
-            f"{html.escape(study)} · trial {d['number']}</span> "
+            f"{html.escape(shown_name(study))} · trial {d['number']}</span> "
             f"<span style='color:#fff;background:{colour};padding:1px 8px;border-radius:8px'>"
             f"{html.escape(state.lower())}</span> "
-            f"<code>{html.escape(d.get('pattern') or '')}</code><br>{values}<br>"
+            f"<code>{html.escape(shown_name(d.get('pattern') or ''))}</code><br>{values}<br>"
             f"<span style='color:#555'>{' · '.join(extra)}</span></div>")
 
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import gradio as gr
 
-from hybridlab.errors import SpecError
+from hybridlab.composer.pattern import MAX_LAYERS
+from hybridlab.errors import UserError
+from hybridlab.formatting import shown_name
 from hybridlab.storage import views
-from hybridlab.ui.common import as_int, trial_choices
+from hybridlab.ui.common import as_int, study_choices, trial_choices
+from hybridlab.ui.paths import quoted
 
 MODES = [("best trial by an objective", "best"), ("a trial I pick", "trial")]
 FORMATS = [("native (spec + safetensors + model card)", "native"),
            ("Hugging Face transformers folder", "hf"),
            ("layout only, scaled (no weights)", "layout")]
+FORMAT_NAMES = tuple(value for _, value in FORMATS)
+#: The widest scaled layout the page exports (the layout's own checks apply below this).
+MAX_D_MODEL = 1 << 16
 
 
 class ExportTab:
@@ -48,7 +54,7 @@ class ExportTab:
     def _options(self, study, objective=None):
         """(metrics, objective, trial choices) of a study."""
         store = self.ctx.store()
-        if not study or study not in views.study_names(store):
+        if not isinstance(study, str) or study not in views.study_names(store):
             return [], None, []
         meta = views.study_meta(store, study)
         rows = views.flat_trials(store, study)
@@ -67,10 +73,11 @@ class ExportTab:
         """Outputs that preset this tab for one trial (from the detail tab)."""
         metrics, objective, choices = self._options(study)
         store = self.ctx.store()
-        return (gr.Dropdown(choices=views.study_names(store), value=study),
+        names = views.study_names(store)
+        return (gr.Dropdown(choices=study_choices(names), value=study),
                 gr.Radio(value="trial"), gr.Dropdown(choices=metrics, value=objective),
                 gr.Dropdown(choices=trial_choices(views.flat_trials(store, study))
-                            if study in views.study_names(store) else choices,
+                            if isinstance(study, str) and study in names else choices,
                             value=as_int(trial)))
 
     @property
@@ -81,29 +88,40 @@ class ExportTab:
         from hybridlab.export.bundle import build_bundle
 
         store = self.ctx.store()
-        if not study:
-            raise gr.Error("pick a study")
+        if not isinstance(study, str) or not study:
+            raise UserError("pick a study")
+        if study not in views.study_names(store):
+            raise UserError(f"no study {quoted(shown_name(study))} in {self.ctx.shown_url}")
+        mode, fmt = mode or "best", fmt or "native"
+        if mode not in ("best", "trial") or fmt not in FORMAT_NAMES:
+            raise UserError("pick which trial and a format from the lists")
+        if objective is not None and not isinstance(objective, str):
+            raise UserError("pick the objective from the list")
         number = as_int(trial)
         kwargs = {"best": objective} if mode == "best" else {"trial": number}
         if mode == "best" and not objective:
-            raise gr.Error("pick the objective to choose the best trial by")
+            raise UserError("pick the objective to choose the best trial by")
         if mode != "best" and number is None:
-            raise gr.Error("pick a trial")
+            raise UserError("pick a trial")
         if fmt == "hf":
             try:
                 import transformers  # noqa: F401
             except ImportError:
-                raise gr.Error("the Hugging Face format needs transformers installed") from None
-        try:
-            zip_path, result = build_bundle(store, study, self.ctx.scratch("exports"),
-                                            fmt=fmt or "native", d_model=as_int(d_model),
-                                            layers=as_int(layers), **kwargs)
-        except SpecError as e:
-            raise gr.Error("; ".join(p.message + (f" ({p.hint})" if p.hint else "")
-                                     for p in e.problems)) from None
+                raise UserError("the Hugging Face format needs transformers installed") \
+                    from None
+        if fmt == "layout":
+            d_model, layers = as_int(d_model), as_int(layers)
+            if d_model is None or not 1 <= d_model <= MAX_D_MODEL:
+                raise UserError(f"d_model must be a whole number from 1 to {MAX_D_MODEL:,}")
+            if layers is None or not 1 <= layers <= MAX_LAYERS:
+                raise UserError(f"mixer layers must be a whole number from 1 to {MAX_LAYERS:,}")
+        # a SpecError, StoreError or ExportError reaches the page as its message (ui.errors)
+        zip_path, result = build_bundle(store, study, self.ctx.scratch("exports"),
+                                        fmt=fmt, d_model=as_int(d_model),
+                                        layers=as_int(layers), **kwargs)
         files = "\n".join(f"- `{p.name}` ({p.stat().st_size:,} bytes)" for p in result.files)
         notes = "\n".join(f"- {n}" for n in result.notes)
-        summary = (f"**{study} · trial {result.trial}** exported ({result.format}) → "
+        summary = (f"**{shown_name(study)} · trial {result.trial}** exported ({result.format}) → "
                    f"`{zip_path.name}`\n\n{files}" + (f"\n\nNotes:\n{notes}" if notes else ""))
         card_file = result.path / "README.md"
         card = card_file.read_text() if card_file.is_file() else \

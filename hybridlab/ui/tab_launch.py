@@ -8,16 +8,19 @@ from pathlib import Path
 
 import gradio as gr
 
-from hybridlab.errors import SpecError
+from hybridlab.errors import SpecError, UserError
+from hybridlab.formatting import shown_name
 from hybridlab.storage import views
 from hybridlab.ui import figures
-from hybridlab.ui.common import error_html, find_examples, problems_html
+from hybridlab.ui.common import as_int, error_html, find_examples, problems_html
+from hybridlab.ui.launcher import validate_search_text
+from hybridlab.ui.paths import check_text_size, quoted
 
 
 class LaunchTab:
     def __init__(self, ctx):
         self.ctx = ctx
-        self.examples = find_examples(ctx.base_dir, "search")
+        self.examples = find_examples(ctx, "search")
         gr.Markdown("Searches started here run as separate `hybridlab search` processes "
                     "writing to this page's database. Anyone who can open this page can start "
                     "them: keep the server on localhost or use `--auth`.")
@@ -67,69 +70,69 @@ class LaunchTab:
 
     # -- handlers --------------------------------------------------------------------------------
     def _base_dir(self, loaded) -> Path:
+        """Where a relative ``base:`` of the editor's text is read from: the loaded file's
+        folder (it was confined when loaded), else the folder the UI was started in."""
         path = (loaded or {}).get("path")
-        return Path(path).resolve().parent if path else self.ctx.base_dir
+        return Path(path).parent if path else self.ctx.base_dir
 
     def load_file(self, path):
-        p = Path(str(path or "")).expanduser()
-        if not p.is_absolute():
-            p = self.ctx.base_dir / p
-        if not p.is_file():
-            return gr.skip(), error_html(f"no file {path!r}"), gr.skip()
-        text = p.read_text()
-        return text, self.check(text, {"path": str(p), "text": text}), \
-            {"path": str(p), "text": text}
+        """A search spec file inside the roots into the editor (``PathRefused`` otherwise)."""
+        p, text = self.ctx.roots.read_spec(path, relative_to=self.ctx.base_dir)
+        loaded = {"path": str(p), "text": text}
+        return text, self.check(text, loaded), loaded
 
     def load_example(self, name):
-        p = self.examples.get(name)
+        p = self.examples.get(name) if isinstance(name, str) else None
         if p is None:
-            raise gr.Error(f"no example {name!r}")
+            raise UserError(f"no example {quoted(name)}; pick one of the list")
         text, check, loaded = self.load_file(str(p))
         return str(p), text, check, loaded
 
     def check(self, text, loaded=None):
-        from hybridlab.ui.launcher import _validate_text
-        if not (text or "").strip():
+        if not isinstance(text, str) or not text.strip():
             return "<div style='color:#888'>load a search spec or type one</div>"
-        text = text if text.endswith("\n") else text + "\n"
         try:
-            spec = _validate_text(text, self._base_dir(loaded))
+            check_text_size(text, "the search spec")
+            spec = validate_search_text(text, self._base_dir(loaded), self.ctx.roots)
         except SpecError as e:
             return problems_html(list(e.problems))
-        return problems_html([], f"valid search spec: study {spec.name!r}, {spec.trials} trials, "
-                                 f"{len(spec.space)} parameters, objectives "
-                                 + ", ".join(f"{o.metric} ({o.direction})"
-                                             for o in spec.objectives))
+        except UserError as e:
+            return error_html(str(e))
+        return problems_html([], f"valid search spec: study {shown_name(spec.name)!r}, "
+                                 f"{spec.trials} trials, {len(spec.space)} parameters, "
+                                 "objectives " + ", ".join(f"{shown_name(o.metric)} "
+                                                           f"({o.direction})"
+                                                           for o in spec.objectives))
 
     def start(self, text, loaded, trials, workers, device):
-        if not self.ctx.enable_launch:
-            raise gr.Error("launching is switched off for this server (--no-launch)")
+        if not self.ctx.enable_launch:       # never wired then; kept as a second lock
+            raise UserError("launching is switched off for this server (--no-launch)")
         loaded = loaded or {}
+        text = text if isinstance(text, str) else ""
         same_file = bool(loaded.get("path")) and \
-            (loaded.get("text") or "").rstrip() == (text or "").rstrip()
+            (loaded.get("text") or "").rstrip() == text.rstrip()
         try:
             job = self.ctx.launcher.start(
-                text or "", base_dir=self._base_dir(loaded),
+                text, base_dir=self._base_dir(loaded),
                 spec_path=loaded["path"] if same_file else None,
-                trials=int(trials) if trials else None, workers=int(workers or 1),
-                device=device or "auto")
+                trials=trials, workers=workers, device=device)
         except SpecError as e:
             return (gr.skip(), problems_html(list(e.problems)), gr.skip(), gr.skip())
+        except UserError as e:          # too large, a bad setting, too many running
+            return (gr.skip(), error_html(str(e)), gr.skip(), gr.skip())
         return self.show(job.id)
 
     def stop(self, job_id):
-        from hybridlab.ui.common import as_int
         number = as_int(job_id)
         if number is None or number not in self.ctx.launcher.jobs:
-            raise gr.Error("no such launched search")
+            raise UserError("no such launched search")
         self.ctx.launcher.stop(number)
         return self.show(number)
 
     def show(self, job_id=None):
-        from hybridlab.ui.common import as_int
         launcher = self.ctx.launcher
         jobs = launcher.jobs
-        choices = [(f"#{j.id} {j.study} ({j.state})", j.id) for j in jobs.values()]
+        choices = [(f"#{j.id} {shown_name(j.study)} ({j.state})", j.id) for j in jobs.values()]
         number = as_int(job_id)
         job = jobs.get(number) if number is not None else launcher.latest()
         if job is None:
@@ -145,7 +148,7 @@ class LaunchTab:
         colour = "#0b5cad" if rc is None else ("#1a7f37" if rc == 0 and not job.stop_requested
                                                else "#b42318")
         status = (f"<div class='hl-job' data-state='{html.escape(job.state)}'>"
-                  f"<b>#{job.id}</b> study <code>{html.escape(job.study)}</code> — "
+                  f"<b>#{job.id}</b> study <code>{html.escape(shown_name(job.study))}</code> — "
                   f"<span style='color:{colour};font-weight:600'>{html.escape(job.state)}</span>"
                   f" · pid {job.proc.pid} · started {job.started}<br><span style='color:#555'>"
                   f"spec {html.escape(str(job.spec_file))}</span></div>")

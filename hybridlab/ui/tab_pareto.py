@@ -9,8 +9,11 @@ import json
 
 import gradio as gr
 
+from hybridlab.errors import UserError
 from hybridlab.storage import views
 from hybridlab.ui import figures, tables
+from hybridlab.ui.common import match_study, study_choices
+from hybridlab.ui.paths import quoted
 
 DIRECTIONS = ["auto", "minimize", "maximize"]
 FRONTS = [("x & y axes", "axes"), ("all study objectives", "objectives")]
@@ -71,7 +74,9 @@ class ParetoTab:
                              app.open_outputs, api_name="open_clicked_point")
 
         def open_row(evt: gr.SelectData):
-            return app.open_trial(*row_trial(evt))
+            study, number = row_trial(evt)
+            return app.open_trial(match_study(views.study_names(self.ctx.store()), study),
+                                  number)
 
         self.table.select(open_row, None, app.open_outputs, api_name="pareto_table_open")
 
@@ -79,7 +84,8 @@ class ParetoTab:
     def _data(self, studies):
         store = self.ctx.store()
         names = views.study_names(store)
-        studies = [s for s in (studies or []) if s in names]
+        studies = [s for s in (studies if isinstance(studies, list) else [])
+                   if isinstance(s, str) and s in names]
         token = views.change_token(store)
         rows = {s: views.flat_trials(store, s, token) for s in studies}
         metas = {s: views.study_meta(store, s) for s in studies}
@@ -103,7 +109,8 @@ class ParetoTab:
         if color not in metrics:
             color = "study"
         out = self.render(studies, x, y, color, *rest)
-        return (gr.Dropdown(choices=views.study_names(self.ctx.store()), value=studies),
+        return (gr.Dropdown(choices=study_choices(views.study_names(self.ctx.store())),
+                            value=studies),
                 gr.Dropdown(choices=metrics, value=x), gr.Dropdown(choices=metrics, value=y),
                 gr.Dropdown(choices=["study"] + metrics, value=color)) + out
 
@@ -114,14 +121,18 @@ class ParetoTab:
             empty = figures._empty("pick one or more studies")
             return empty, figures._empty("pick one or more studies", "hv"), \
                 tables.pareto_table({}, "x", "y", None), "Pick one or more studies."
-        if not x or not y:
-            empty = figures._empty("these studies have no metrics yet")
+        metrics, _ = self.metric_choices(rows, metas)
+        if x not in metrics or y not in metrics:       # none yet, or not this study's metrics
+            empty = figures._empty("these studies have no such metrics yet")
             return empty, empty, tables.pareto_table({}, "x", "y", None), "No metrics yet."
+        if color not in metrics:
+            color = "study"
+        front = front if front in ("axes", "objectives") else "axes"
         meta = next(iter(metas.values()))
         dirs = (xdir if xdir in ("minimize", "maximize") else views.direction(x, meta),
                 ydir if ydir in ("minimize", "maximize") else views.direction(y, meta))
         split = figures.pareto_points(rows, x, y, dirs, front=front or "axes")
-        revision = json.dumps([sorted(studies), x, y, front, logx, logy])
+        revision = json.dumps([sorted(studies), x, y, front, bool(logx), bool(logy)])
         fig = figures.pareto_figure(split, x, y, color or "study", dirs, bool(dominated),
                                     bool(logx), bool(logy), revision=revision)
         hv = figures.hypervolume_figure(
@@ -146,12 +157,15 @@ def parse_click(text: str) -> tuple[str, int]:
     try:
         data = json.loads(text)
         return str(data["study"]), int(data["trial"])
-    except (ValueError, KeyError, TypeError):
-        raise gr.Error(f"not a plot point: {text!r}") from None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise UserError(f"not a plot point: {quoted(text)}") from None
 
 
 def row_trial(evt: gr.SelectData) -> tuple[str, int]:
     row = evt.row_value or []
     if len(row) < 2:
-        raise gr.Error("select a row of the table")
-    return str(row[0]), int(float(row[1]))
+        raise UserError("select a row of the table")
+    try:
+        return str(row[0]), int(float(row[1]))
+    except (TypeError, ValueError, OverflowError):
+        raise UserError("select a row of the table") from None

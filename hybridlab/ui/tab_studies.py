@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from hybridlab.errors import UserError
 from hybridlab.storage import views
 from hybridlab.ui import figures, tables
+from hybridlab.ui.common import match_study
 
 
 class StudiesTab:
@@ -35,8 +37,9 @@ class StudiesTab:
         def open_study(evt: gr.SelectData, *inputs):
             row = evt.row_value or []
             if not row:
-                raise gr.Error("select a study row")
-            out = pareto.select_studies([str(row[0])], *inputs[1:])
+                raise UserError("select a study row")
+            study = match_study(views.study_names(self.ctx.store()), row[0])
+            out = pareto.select_studies([study], *inputs[1:])
             return tuple(out) + (gr.Tabs(selected="pareto"),)
 
         self.table.select(open_study, pareto.render_inputs, pareto.select_outputs + [app.tabs],
@@ -51,7 +54,8 @@ class StudiesTab:
                    + (f", **{running}** trial{'s' if running != 1 else ''} running" if running
                       else "") + ".")
         if not summaries:
-            caption += " Start one with `hybridlab search SPEC` or the Launch tab."
+            caption += " Start one with `hybridlab search SPEC`" + \
+                (" or the Launch tab." if self.ctx.enable_launch else ".")
         return tables.studies_frame(summaries), figures.studies_figure(summaries), caption
 
     def tick(self, token):

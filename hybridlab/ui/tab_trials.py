@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from hybridlab.errors import UserError
 from hybridlab.export.safe import safe_component
+from hybridlab.formatting import shown_name
 from hybridlab.storage import views
 from hybridlab.ui import tables
 
@@ -56,7 +58,7 @@ class TrialsTab:
         def open_row(study, evt: gr.SelectData):
             row = evt.row_value or []
             if not row:
-                raise gr.Error("select a trial row")
+                raise UserError("select a trial row")
             return app.open_trial(study, int(float(row[0])))
 
         self.table.select(open_row, [self.study], app.open_outputs, api_name="trials_open")
@@ -78,15 +80,22 @@ class TrialsTab:
 
     def render(self, study, states, pareto_only, top_pct, top_metric, columns):
         store = self.ctx.store()
-        if not study or study not in views.study_names(store):
+        if not isinstance(study, str) or study not in views.study_names(store):
             return tables.trials_frame([], ["number"]), None, "Pick a study."
         meta = views.study_meta(store, study)
         rows = views.flat_trials(store, study)
+        # what a caller sends is only ever a choice among this study's own states and metrics
+        metrics = views.metric_columns(rows, meta["metric_names"])
+        states = [s for s in states if s in tables.STATES] if isinstance(states, list) else None
+        top_metric = top_metric if isinstance(top_metric, str) and top_metric in metrics \
+            else None
+        top_pct = _percent(top_pct)
+        columns = [c for c in columns if isinstance(c, str) and c in metrics] \
+            if isinstance(columns, list) else []
         shown = tables.filter_trials(rows, states=states or None, pareto_only=bool(pareto_only),
-                                     top_pct=float(top_pct or 100), top_metric=top_metric,
-                                     meta=meta)
+                                     top_pct=top_pct, top_metric=top_metric, meta=meta)
         cols = tables.default_columns(meta["metric_names"])
-        cols += [c for c in (columns or []) if c not in cols]
+        cols += [c for c in columns if c not in cols]
         frame = tables.trials_frame(shown, cols)
         path = self.ctx.scratch("csv") / f"{safe_component(study, 'study')}-trials.csv"
         frame.to_csv(path, index=False)
@@ -95,8 +104,8 @@ class TrialsTab:
             filters.append("states " + ", ".join(s.lower() for s in states))
         if pareto_only:
             filters.append("Pareto front only")
-        if top_metric and float(top_pct or 100) < 100:
-            filters.append(f"top {float(top_pct):g}% by {top_metric} "
+        if top_metric and top_pct < 100:
+            filters.append(f"top {top_pct:g}% by {shown_name(top_metric)} "
                            f"({views.direction(top_metric, meta)})")
         caption = f"**{len(shown)}** of {len(rows)} trials" + \
             (f" — {'; '.join(filters)}" if filters else "")
@@ -107,3 +116,12 @@ class TrialsTab:
         if new == token:
             return (token,) + tuple(gr.skip() for _ in self.table_outputs)
         return (new,) + tuple(self.render(*inputs))
+
+
+def _percent(value) -> float:
+    """The top-k% slider's value, 1 to 100 (100 when it is not a number)."""
+    try:
+        pct = float(value)
+    except (TypeError, ValueError):
+        return 100.0
+    return min(100.0, max(1.0, pct)) if pct == pct else 100.0

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from hybridlab.formatting import fmt_value
+from hybridlab.formatting import fmt_value, shown_name
 from hybridlab.storage import views
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -48,11 +48,11 @@ def studies_frame(summaries: list[dict]) -> pd.DataFrame:
         else:
             status = "done"
         best = "; ".join(
-            f"{m}{'↑' if d == 'maximize' else '↓'} "
+            f"{shown_name(m)}{'↑' if d == 'maximize' else '↓'} "
             + (f"{_human(m, s['best'][m]['value'])} (#{s['best'][m]['trial_number']})"
                if m in s["best"] else "-")
             for m, d in zip(s["metric_names"], s["directions"]))
-        rows.append([s["name"], status, f"{done}/{target if target else '?'}",
+        rows.append([shown_name(s["name"]), status, f"{done}/{target if target else '?'}",
                      c.get("COMPLETE", 0), c.get("RUNNING", 0), c.get("FAIL", 0),
                      c.get("PRUNED", 0), c.get("WAITING", 0), best,
                      round((s.get("compute_s") or 0.0) / 60, 2),
@@ -98,7 +98,8 @@ def pareto_table(split: dict[str, dict], x: str, y: str, color: str | None) -> p
     data = []
     for study, s in split.items():
         for r in s["front"]:
-            row = [study, r["number"], r.get("pattern") or "", _round(r.get(x)), _round(r.get(y))]
+            row = [shown_name(study), r["number"], shown_name(r.get("pattern") or ""),
+                   _round(r.get(x)), _round(r.get(y))]
             if len(cols) == 6:
                 row.append(_round(r.get(color)))
             data.append(row)
