@@ -3,6 +3,10 @@
 Task settings go after a colon: ``--task mqar:seq_len=128,kv_pairs=16`` (values are YAML, so
 ``--task bytes_lm:paths=[docs,README.md]`` works). Ctrl-C once stops training cleanly (final
 evaluation, then saving); twice aborts.
+
+``--nproc N`` (or running under ``torchrun --nproc-per-node N -m hybridlab.cli.main train ...``)
+trains the one model data-parallel across N processes (hybridlab.search.distributed): the same
+global batch as one process, rank 0 alone prints and saves.
 """
 from __future__ import annotations
 
@@ -40,6 +44,13 @@ def register(subparsers) -> None:
                    help="train eagerly on CUDA instead of replaying each step as a CUDA graph")
     p.add_argument("--save", metavar="DIR",
                    help="write model.safetensors, spec.yaml and train.json to DIR")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel (DistributedDataParallel) across N processes on this "
+                        "host: one GPU each on CUDA, gloo on the CPU; the global batch stays "
+                        "--batch-size (or run the command under torchrun instead)")
+    p.add_argument("--shard", action="store_true",
+                   help="with --nproc or torchrun: shard parameters, gradients and optimizer "
+                        "state with FSDP2 (chosen anyway on CUDA when the model does not fit one GPU)")
     add_allow_plugins(p)
     p.set_defaults(func=run)
     p.epilog = ("tasks: " + ", ".join(_task_names()) +
@@ -93,13 +104,50 @@ def _on_command_line(e):
 
 
 def run(args) -> int:
-    import torch
-    from tqdm import tqdm
+    from hybridlab.errors import Problem, SpecError
+    from hybridlab.search import distributed
 
+    prepared = _prepare(args)               # user errors surface here, before any process starts
+    nproc, torchrun = getattr(args, "nproc", None), distributed.launched()
+    if nproc is not None:
+        if torchrun:
+            raise SpecError(Problem("--nproc under torchrun: torchrun already started the processes",
+                                    file=CLI, field="--nproc", hint="drop --nproc"))
+        distributed.check_nproc(nproc, args.device)
+        if prepared[2].batch_size < nproc:
+            raise SpecError(Problem(f"--batch-size {prepared[2].batch_size} cannot be split over "
+                                    f"{nproc} processes", file=CLI, field="--batch-size",
+                                    hint=f"use at least {nproc}"))
+        try:
+            distributed.run_ranks(nproc, _train_rank, args)
+        except distributed.RankFailed as e:
+            return e.exit_code
+        return 0
+    if torchrun:        # errors as under --nproc: the first failing rank's message, its exit code
+        return distributed.rank_main(_train_rank, (args, prepared))
+    if getattr(args, "shard", False):
+        raise SpecError(Problem("--shard trains across processes", file=CLI, field="--shard",
+                                hint="add --nproc N, or run under torchrun"))
+    return _train(args, *prepared, parallel=None)
+
+
+def _train_rank(args, prepared=None) -> int:
+    """One rank of a data-parallel run (started by --nproc or torchrun)."""
+    from hybridlab.search.distributed import Parallel
+    prepared = prepared or _prepare(args)
+    parallel = Parallel.from_env(args.device, shard=True if args.shard else None)
+    try:
+        return _train(args, *prepared, parallel=parallel)
+    finally:
+        parallel.close()
+
+
+def _prepare(args):
+    """-> (spec, tasks, TrainConfig) from the command line."""
     import hybridlab
     from hybridlab.errors import Problem, SpecError
     from hybridlab.search.tasks import get_task, required_vocab
-    from hybridlab.search.trainer import NonFiniteLoss, TrainConfig, train_model
+    from hybridlab.search.trainer import TrainConfig
 
     spec = hybridlab.load_spec(Path(args.spec), source=args.spec,
                                allow_plugins=allow_plugins(args))
@@ -119,11 +167,28 @@ def run(args) -> int:
             f"vocab_size {spec.model.vocab_size} is smaller than the {needed} tokens the tasks need",
             file=spec.source or "<spec>", field="model.vocab_size",
             hint=f"set model.vocab_size: {needed} (or more)"))
-    device = _pick_device(args.device)
+    return spec, tasks, cfg
 
+
+def _train(args, spec, tasks, cfg, parallel) -> int:
+    import torch
+    from tqdm import tqdm
+
+    import hybridlab
+    from hybridlab.search.trainer import NonFiniteLoss, train_model
+
+    rank0 = parallel is None or parallel.is_rank0       # rank 0 alone prints and saves
+    if parallel is None:
+        device = place = _pick_device(args.device)
+    else:
+        device = parallel.device
+        place = parallel.build_device(hybridlab.build_model(spec, device="meta").num_parameters())
+        if rank0:
+            print(parallel.describe(), flush=True)
     torch.manual_seed(args.seed)
-    model = hybridlab.build_model(spec, device=device)
-    bar = tqdm(desc=f"train {spec.name}", total=cfg.steps, unit="step", dynamic_ncols=True)
+    model = hybridlab.build_model(spec, device=place)
+    bar = tqdm(desc=f"train {spec.name}", total=cfg.steps, unit="step", dynamic_ncols=True,
+               disable=not rank0)
 
     def on_step(step, total, loss):
         if bar.total != total:
@@ -134,14 +199,23 @@ def run(args) -> int:
     stop = _StopOnCtrlC()
     try:
         with stop:
-            result = train_model(model, tasks, cfg, device, on_step=on_step, should_stop=stop)
+            result = train_model(model, tasks, cfg, device, on_step=on_step, should_stop=stop,
+                                 parallel=parallel)
     except NonFiniteLoss as e:
         bar.close()
-        print(f"training failed: {e.result.stop_reason} (try a lower --lr)")
+        if rank0:
+            print(f"training failed: {e.result.stop_reason} (try a lower --lr)")
         return 1
     finally:
         bar.close()
 
+    if parallel is not None and parallel.sharded and args.save:
+        weights = parallel.full_state_dict(model)     # a collective: every rank gathers
+        if rank0:
+            model = hybridlab.build_model(spec, device="cpu")
+            model.load_state_dict(weights)
+    if not rank0:
+        return 0
     print(format_result(result, tasks, device))
     if args.save:
         for line in save_run(Path(args.save), model, spec, result):

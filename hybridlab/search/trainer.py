@@ -51,6 +51,11 @@ syncs with the host). Steps that capture a graph (or fail to) count like the war
 towards the step and token budgets, not towards time or throughput. ``TrainResult.cuda_graph``
 says whether steps replayed graphs (``None``: not tried), ``cuda_graph_fallback`` why capture
 failed.
+
+Data parallelism (``parallel``, see ``hybridlab.search.distributed``): every rank draws the same
+global batch and trains on its shard under DDP or FSDP2, so losses and updates are those of one
+process with the same batch; steps run eagerly (no CUDA graphs); cost numbers are rank 0's, with
+tokens counted over the global batch.
 """
 from __future__ import annotations
 
@@ -68,6 +73,7 @@ from torch import nn
 
 from hybridlab.blocks.base import no_weight_decay_names
 from hybridlab.errors import Problem, SpecError
+from hybridlab.search.distributed import Parallel
 from hybridlab.search.graphed_step import GraphedStep, env_allows_graphs, settled_step
 from hybridlab.search.tasks.base import IGNORE, Task, combine_quality, required_vocab
 
@@ -240,22 +246,27 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                targets: torch.Tensor, cfg: TrainConfig, device: torch.device,
-               graphed: bool = False):
+               graphed: bool = False, parallel: Parallel | None = None):
     """Forward, backward, clip, update. Returns detached (ce, aux, grad_norm before clipping).
     ``graphed``: the step is being captured in a CUDA graph. Nothing here reads a value on the
-    host, so the whole step can be captured (given a model that does not either)."""
+    host, so the whole step can be captured (given a model that does not either). ``parallel``:
+    ``inputs``/``targets`` are this rank's shard; the returned losses are the global batch's."""
     optimizer.zero_grad(set_to_none=True)
     # torch advises against autocast's weight-cast cache inside graphs; the casts are the same
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda",
                         cache_enabled=not graphed):
-        logits = model(inputs)
+        logits = (model if parallel is None else parallel.module)(inputs)   # DDP syncs grads
     flat = targets.reshape(-1)
     count = (flat != IGNORE).sum().clamp(min=1)       # a batch without targets gives 0, not NaN
     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat,
-                         ignore_index=IGNORE, reduction="sum") / count
+                         ignore_index=IGNORE, reduction="sum")
     aux_fn = getattr(model, "aux_loss", None)
     aux = aux_fn().float() if aux_fn is not None else torch.zeros((), device=device)
-    (ce + cfg.aux_loss_weight * aux).backward()
+    if parallel is None:
+        ce = ce_term = ce / count
+    else:                       # normalised by the global batch's target count (see distributed)
+        ce, ce_term, aux_mean = parallel.reduce_loss(ce, (flat != IGNORE).sum(), aux)
+    (ce_term + cfg.aux_loss_weight * aux).backward()
     params = [p for p in model.parameters() if p.grad is not None]
     if cfg.grad_clip is not None:
         # foreach (torch's default on CUDA, explicit for graphs): one launch, no host sync
@@ -264,6 +275,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch
     else:
         grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
     optimizer.step()
+    if parallel is not None:
+        aux, grad_norm = aux_mean, parallel.local_value(grad_norm)
     return ce.detach(), aux.detach(), grad_norm.detach()
 
 
@@ -325,8 +338,11 @@ class _Pending:
 def train_model(model: nn.Module, tasks: Sequence[Task], cfg: TrainConfig,
                 device: torch.device | str = "cpu",
                 on_step: Callable[[int, int | None, float], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Train ``model`` on ``tasks`` within ``cfg``'s budget; see the module docstring."""
+                should_stop: Callable[[], bool] | None = None,
+                parallel: Parallel | None = None) -> TrainResult:
+    """Train ``model`` on ``tasks`` within ``cfg``'s budget; see the module docstring.
+    ``parallel``: train data-parallel across ranks (hybridlab.search.distributed); call this on
+    every rank with the same arguments."""
     device = torch.device(device)
     tasks = list(tasks)
     if not tasks:
@@ -340,15 +356,25 @@ def train_model(model: nn.Module, tasks: Sequence[Task], cfg: TrainConfig,
         raise ValueError(f"train_model expects fp32 parameters (bf16 comes from autocast); "
                          f"not fp32: {bad[:3]}")
     needed = required_vocab(tasks)
+    if parallel is not None:
+        if device != parallel.device:
+            raise ValueError(f"train_model on {device}, but this rank's device is {parallel.device}")
+        if cfg.batch_size < parallel.world_size:
+            raise SpecError(Problem(
+                f"batch_size {cfg.batch_size} cannot be split over {parallel.world_size} processes",
+                field="train.batch_size", hint=f"use at least {parallel.world_size}"))
+        if should_stop is not None:
+            should_stop = parallel.rank0_decides(should_stop)
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        return _Loop(model, tasks, cfg, device, on_step, should_stop, needed).run()
+        return _Loop(model, tasks, cfg, device, on_step, should_stop, needed, parallel).run()
 
 
 class _Loop:
-    def __init__(self, model, tasks, cfg, device, on_step, should_stop, needed_vocab):
+    def __init__(self, model, tasks, cfg, device, on_step, should_stop, needed_vocab, parallel=None):
         self.model, self.tasks, self.cfg, self.device = model, tasks, cfg, device
+        self.parallel = parallel
         self.on_step, self.should_stop, self.needed_vocab = on_step, should_stop, needed_vocab
         self.curves: dict[str, Curve] = {}
         self.schedule = LRSchedule(cfg)
@@ -381,7 +407,10 @@ class _Loop:
         cfg, device, model = self.cfg, self.device, self.model
         self._check_vocab()
         model.train()
-        graphs = device.type == "cuda" and cfg.cuda_graphs and env_allows_graphs()
+        graphs = device.type == "cuda" and cfg.cuda_graphs and env_allows_graphs() and \
+            self.parallel is None       # data-parallel steps run eagerly
+        if self.parallel is not None:
+            self.parallel.wrap(model)   # before the optimizer: FSDP2 replaces the parameters
         optimizer = make_optimizer(model, cfg, device, capturable=graphs)
         if graphs:
             self.graphed = GraphedStep(optimizer, lambda i, t, graphed: train_step(
@@ -400,6 +429,7 @@ class _Loop:
         status, reason, last = "complete", "", None   # last: (metrics, scores, quality) at the stop
         last_frac_step = 0.0
         while True:
+            self._same_clock()
             frac_now = self.frac(self.steps, self.tokens, self.train_s)
             if frac_now >= 1.0:
                 reason = self._budget_reason()
@@ -436,6 +466,7 @@ class _Loop:
             if prof is not None and self.steps == profile_steps[1]:
                 self._stop_profiler(prof)
                 prof = None
+            self._same_clock()
             frac_done = self.frac(self.steps, self.tokens, self.train_s)
             last_frac_step = max(0.0, frac_done - frac_now)
             if frac_done >= 1.0:
@@ -471,8 +502,17 @@ class _Loop:
             return self.graphed(inputs, targets, lr)    # copies the batch to the GPU itself
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if self.parallel is not None:                   # every rank drew the same global batch
+            inputs, targets = self.parallel.shard(inputs, targets)
         return train_step(self.model, optimizer, inputs.to(self.device, non_blocking=True),
-                          targets.to(self.device, non_blocking=True), self.cfg, self.device)
+                          targets.to(self.device, non_blocking=True), self.cfg, self.device,
+                          parallel=self.parallel)
+
+    def _same_clock(self):
+        """Data-parallel time budgets follow rank 0's clock, so every rank stops, evaluates and
+        sets the learning rate at the same step."""
+        if self.parallel is not None and self.cfg.time_limit_s:
+            self.train_s, = self.parallel.agree(self.train_s)
 
     def _check_vocab(self):
         """Fail clearly (not with an index error deep in cross-entropy) if the vocab is too small.
@@ -529,6 +569,8 @@ class _Loop:
     def _evaluate(self):
         t0 = time.perf_counter()
         metrics, scores, quality = evaluate_tasks(self.model, self.tasks, self.device, self.cfg)
+        if self.parallel is not None:   # every rank evaluates (FSDP2 needs them); rank 0's count
+            metrics, scores, quality = self.parallel.from_rank0((metrics, scores, quality))
         for label, m in metrics.items():
             for key, value in m.items():
                 self.log(f"eval/{label}/{key}", self.steps, value)
