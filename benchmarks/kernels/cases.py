@@ -370,6 +370,8 @@ class Run:
 
     def forward_backward(self):
         """Gradients reset, then the forward and its backward from the fixed upstream gradient."""
+        if self.dout is None:
+            raise ValueError(f"{self.op} has no backward (a decode step): call forward()")
         for t in self.leaves.values():
             t.grad = None
         out = first(self.fn(**self.args))
