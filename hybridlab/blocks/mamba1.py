@@ -3,6 +3,7 @@
     xz = in_proj(h); x, z = split(xz)                  D = expand * d_model channels each
     x  = silu(causal_conv1d(x))                         depthwise, width d_conv
     dt_raw, B, C = split(x_proj(x))                     dt_rank, d_state, d_state
+    (dt_raw, B, C = rmsnorm each, with dt_bc_norm: Jamba's dt/B/C layernorms)
     y  = selective_scan(x, dt_proj.weight @ dt_raw, A=-exp(A_log), B, C, D, z,
                         delta_bias=dt_proj.bias, delta_softplus=True)
     out = out_proj(y)
@@ -20,6 +21,7 @@ from torch import nn
 
 from hybridlab.kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 from .base import Block, BlockConfig, ForwardContext, LayerContext, dtype_bytes
+from .norms import RMSNorm
 from .registry import register_block
 
 
@@ -39,6 +41,8 @@ class Mamba1Config(BlockConfig):
     dt_init_floor: float = 1e-4   # lower clamp of the initial dt
     conv_bias: bool = True        # bias in the causal conv
     bias: bool = False            # bias in in_proj / out_proj
+    dt_bc_norm: bool = False      # RMSNorm on dt_raw, B and C before the scan (Jamba)
+    dt_bc_norm_eps: float = 1e-6  # their eps (Jamba uses the model's rms_norm_eps)
 
     def validate(self, d_model: int) -> list[tuple[str, str]]:
         errs = []
@@ -59,6 +63,8 @@ class Mamba1Config(BlockConfig):
             errs.append(("dt_init", f"must be 'random' or 'constant', got {self.dt_init!r}"))
         if self.dt_init_floor <= 0:
             errs.append(("dt_init_floor", f"must be > 0, got {self.dt_init_floor}"))
+        if self.dt_bc_norm_eps <= 0:
+            errs.append(("dt_bc_norm_eps", f"must be > 0, got {self.dt_bc_norm_eps}"))
         return errs
 
     def inner(self, d_model: int) -> tuple[int, int]:
@@ -102,6 +108,10 @@ class Mamba1(Block):
         A = torch.arange(1, N + 1, dtype=torch.float32).repeat(D, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(D))
+        if cfg.dt_bc_norm:      # named as in transformers' JambaMambaMixer
+            self.dt_layernorm = RMSNorm(R, cfg.dt_bc_norm_eps)
+            self.b_layernorm = RMSNorm(N, cfg.dt_bc_norm_eps)
+            self.c_layernorm = RMSNorm(N, cfg.dt_bc_norm_eps)
         self._init_weights(ctx)
 
     def _init_weights(self, ctx: LayerContext) -> None:
@@ -142,6 +152,10 @@ class Mamba1(Block):
         xs = causal_conv1d(xs, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",
                            seq_idx=ctx.seq_idx)
         dt_raw, B, C = torch.matmul(self.x_proj.weight, xs).split([R, N, N], dim=1)
+        if self.cfg.dt_bc_norm:        # the norms act on the channel dim: (B, ch, L) -> ... -> back
+            dt_raw, B, C = (n(t.transpose(1, 2)).transpose(1, 2) for n, t in
+                            ((self.dt_layernorm, dt_raw), (self.b_layernorm, B),
+                             (self.c_layernorm, C)))
         dt = torch.matmul(self.dt_proj.weight, dt_raw)                     # (B, D, L), no bias
         y = selective_scan(xs, dt, -torch.exp(_f32(self.A_log)), B, C, _f32(self.D), z,
                            _f32(self.dt_proj.bias), delta_softplus=True, seq_idx=ctx.seq_idx)
@@ -166,6 +180,8 @@ class Mamba1(Block):
         xs = causal_conv1d_update(xs, state["conv_state"], self.conv1d.weight[:, 0],
                                   self.conv1d.bias, activation="silu")
         dt_raw, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.cfg.dt_bc_norm:
+            dt_raw, B, C = self.dt_layernorm(dt_raw), self.b_layernorm(B), self.c_layernorm(C)
         dt = dt_raw @ self.dt_proj.weight.t()                               # bias goes in the update
         y = selective_state_update(state["ssm_state"], xs, dt, -torch.exp(_f32(self.A_log)),
                                    B, C, _f32(self.D), z, _f32(self.dt_proj.bias), dt_softplus=True)

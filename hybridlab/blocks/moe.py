@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Block, BlockConfig, ForwardContext, LayerContext
-from .mlp import FeedForward, hidden_size
+from .mlp import ACTIVATIONS, FeedForward, hidden_size
 from .registry import register_block
 
 SCORES = ("softmax", "sigmoid")
@@ -42,6 +42,8 @@ class MoEConfig(BlockConfig):
     multiple_of: 1            round hidden widths up to a multiple of this
     n_shared_experts: 0       always-on SwiGLU experts added to every token (DeepSeek/Granite)
     shared_hidden_mult: None  shared expert width multiplier; None = hidden_mult
+    activation: "swiglu"      experts (routed and shared): swiglu, or relu2 / gelu (not gated,
+                              Nemotron-H's experts)
     score: "softmax"          router scores: softmax (Mixtral/Jamba) or sigmoid (DeepSeek-V3)
     normalize_top_k: True     rescale the chosen k scores to sum to 1
     lb_loss_coef: 0.01        weight of the load-balancing loss in aux_loss()
@@ -55,6 +57,7 @@ class MoEConfig(BlockConfig):
     n_shared_experts: int = 0
     shared_hidden_mult: float | None = None
     score: str = "softmax"
+    activation: str = "swiglu"
     normalize_top_k: bool = True
     lb_loss_coef: float = 0.01
     z_loss_coef: float = 0.001
@@ -75,6 +78,9 @@ class MoEConfig(BlockConfig):
             problems.append(("n_shared_experts", f"must be >= 0, got {self.n_shared_experts}"))
         if self.shared_hidden_mult is not None and self.shared_hidden_mult <= 0:
             problems.append(("shared_hidden_mult", f"must be > 0, got {self.shared_hidden_mult}"))
+        if self.activation not in ACTIVATIONS:
+            problems.append(("activation", f"unknown activation {self.activation!r}; "
+                                           f"expected one of {', '.join(ACTIVATIONS)}"))
         if self.score not in SCORES:
             problems.append(("score", f"unknown score {self.score!r}; expected one of {', '.join(SCORES)}"))
         for name in ("lb_loss_coef", "z_loss_coef"):
@@ -96,13 +102,14 @@ class MoE(Block):
         self.hidden = hidden_size(d, cfg.hidden_mult, cfg.multiple_of)
         self.router = nn.Linear(d, E, bias=False)
         # expert weights stacked: w_in[e] = [gate | up] (d, 2h), w_out[e] (h, d)
-        self.w_in = nn.Parameter(torch.empty(E, d, 2 * self.hidden))
+        gated = 2 if cfg.activation == "swiglu" else 1
+        self.w_in = nn.Parameter(torch.empty(E, d, gated * self.hidden))
         self.w_out = nn.Parameter(torch.empty(E, self.hidden, d))
         self.shared = None
         if cfg.n_shared_experts:
             # n shared SwiGLU experts summed == one SwiGLU of n times the width
             shared_h = hidden_size(d, cfg.shared_hidden_mult or cfg.hidden_mult, cfg.multiple_of)
-            self.shared = FeedForward(d, cfg.n_shared_experts * shared_h, "swiglu",
+            self.shared = FeedForward(d, cfg.n_shared_experts * shared_h, cfg.activation,
                                       init_std=ctx.init_std, out_std=ctx.init_std * ctx.residual_scale)
         nn.init.normal_(self.router.weight, std=ctx.init_std)
         nn.init.normal_(self.w_in, std=ctx.init_std)
@@ -124,6 +131,13 @@ class MoE(Block):
             weights = weights / weights.sum(-1, keepdim=True)
         return weights, experts, logits
 
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        """The experts' activation on their first projection (gate | up for swiglu)."""
+        if self.cfg.activation == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            return F.silu(gate) * up
+        return F.gelu(h) if self.cfg.activation == "gelu" else F.relu(h).square()
+
     def experts_forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor):
         """Run every (token, expert) assignment, grouped by expert; returns (T, d)."""
         if x.is_cuda and capturing():
@@ -136,15 +150,13 @@ class MoE(Block):
         groups = x[token_of].split(counts)
         outs = []
         for e, xe in enumerate(groups):                           # loop over experts, not tokens
-            gate, up = (xe @ self.w_in[e]).chunk(2, dim=-1)
-            outs.append((F.silu(gate) * up) @ self.w_out[e])
+            outs.append(self._act(xe @ self.w_in[e]) @ self.w_out[e])
         y = torch.cat(outs) * weights.reshape(-1)[order, None].to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, y)
 
     def experts_forward_dense(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor):
         """Every expert on every token, with no data-dependent shape or host read: (T, d)."""
-        gate, up = torch.matmul(x.unsqueeze(0), self.w_in).chunk(2, dim=-1)      # (E, T, h) each
-        y = torch.matmul(F.silu(gate) * up, self.w_out)                           # (E, T, d)
+        y = torch.matmul(self._act(torch.matmul(x.unsqueeze(0), self.w_in)), self.w_out)  # (E, T, d)
         route = torch.zeros(x.shape[0], self.cfg.n_experts, dtype=weights.dtype, device=x.device)
         route = route.scatter(1, experts, weights)                                # (T, E)
         return torch.einsum("etd,te->td", y, route.to(y.dtype)).to(x.dtype)

@@ -181,7 +181,8 @@ _registered = False
 
 
 def register() -> None:
-    """Register the config and model with transformers' Auto classes (idempotent)."""
+    """Register the config and model with transformers' Auto classes (idempotent; runs when
+    this module is imported, and from ``hybridlab.export.hf_hook``)."""
     global _registered
     if _registered:
         return
@@ -209,31 +210,41 @@ def export_hf(store, study: str, out_dir: str | os.PathLike, *, trial: int | Non
 
 
 def _save(wrapper: HybridLabForCausalLM, folder: str) -> None:
-    """config.json, generation_config.json and model.safetensors with one entry per parameter
-    name. Weights shared inside the model (tied embeddings, shared attention blocks) are
-    written under each of their names, so loading needs no knowledge of the sharing; the
-    model's own construction re-shares them."""
+    """config.json and model.safetensors with one entry per parameter name. Weights shared
+    inside the model (tied embeddings, shared attention blocks) are written under each of their
+    names, so loading needs no knowledge of the sharing; the model's own construction re-shares
+    them."""
     from safetensors.torch import save_file
 
     config = wrapper.config
     config.architectures = [type(wrapper).__name__]
     config.dtype = next(wrapper.parameters()).dtype
     config.save_pretrained(folder)
-    if wrapper.generation_config is not None:
-        wrapper.generation_config.save_pretrained(folder)
     state = {k: v.detach().cpu().clone().contiguous()
              for k, v in wrapper.state_dict(keep_vars=False).items()}
     save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
 
 
-def write_hf(out_dir: str | os.PathLike, model, *, source=None):
-    """Write ``model`` (HybridModel) as a transformers folder: first into a private temporary
-    folder inside ``out_dir``, then each file moved into place (nothing written outside)."""
+def _fallback_note(misfits) -> str:
+    """Why no transformers class fits, one line: each class with its first reasons."""
+    parts = [f"{m.class_name}: {'; '.join(m.reasons[:2])}"
+             + (f" (+{len(m.reasons) - 2} more)" if len(m.reasons) > 2 else "")
+             for m in misfits]
+    return "no transformers class fits (" + " | ".join(parts) + ")"
+
+
+def write_hf(out_dir: str | os.PathLike, model, *, source=None, native: bool = True):
+    """Write ``model`` (HybridModel) as a transformers folder: the matching transformers class
+    when one fits (``native``; loads with transformers alone), else hybridlab's own classes.
+    Files go first into a private temporary folder inside ``out_dir``, then each is moved into
+    place (nothing written outside)."""
     import json
     import shutil
     import tempfile
 
     from hybridlab.composer.canonical import dump_spec_yaml
+    from hybridlab.export import hf_tokenizer
+    from hybridlab.export.hf_classes import find_class, write_native
     from hybridlab.export.native import (CARD_FILE, METRICS_FILE, SPEC_FILE, ExportResult,
                                          export_metrics, model_card)
     from hybridlab.export.safe import ExportDir
@@ -241,11 +252,26 @@ def write_hf(out_dir: str | os.PathLike, model, *, source=None):
 
     register()
     out = ExportDir(out_dir)
-    wrapper = from_hybrid_model(model.cpu())
+    model = model.cpu().eval()
+    vocab = model.spec.model.vocab_size
+    found, misfits = find_class(model) if native else (None, [])
+    notes: list[str] = []
     tmp = tempfile.mkdtemp(prefix=".hf-", dir=out.path)
     files = []
     try:
-        _save(wrapper, tmp)
+        if found is not None:
+            write_native(found, tmp, extra_config=hf_tokenizer.special_ids(vocab))
+            notes += found.notes
+        else:
+            wrapper = from_hybrid_model(model)
+            wrapper.config.update({k: v for k, v in hf_tokenizer.special_ids(vocab).items()})
+            _save(wrapper, tmp)
+            if misfits:
+                notes.append(_fallback_note(misfits))
+        hf_tokenizer.generation_config(vocab).save_pretrained(tmp)
+        if hf_tokenizer.write_tokenizer(tmp, vocab):
+            notes.append("byte-level tokenizer: token id = byte value; byte 0 (NUL) is "
+                         "bos/eos/pad")
         for name in sorted(os.listdir(tmp)):
             path = os.path.join(tmp, name)
             if os.path.isfile(path) and not os.path.islink(path):
@@ -257,15 +283,29 @@ def write_hf(out_dir: str | os.PathLike, model, *, source=None):
     if weights.is_file():
         metrics["weights_sha256"] = file_sha256(weights)[0]
     metrics["format"] = "hf"
+    metrics["hf_architecture"] = found.architecture if found else HybridLabForCausalLM.__name__
+    metrics["hf_notes"] = notes
     files.append(out.write_text(SPEC_FILE, dump_spec_yaml(model.spec)))
     files.append(out.write_text(METRICS_FILE, json.dumps(metrics, indent=2, default=str) + "\n"))
-    card = model_card(metrics).replace(
-        "## How to load\n",
-        "## How to load\n\n```python\nimport hybridlab\nfrom transformers import "
-        "AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"path/to/this/"
-        "folder\")\nout = model.generate(input_ids, max_new_tokens=32)\n```\n\nOr natively:\n",
-        1)
-    files.append(out.write_text(CARD_FILE, card))
+    files.append(out.write_text(CARD_FILE, _card(model_card(metrics), found)))
     return ExportResult(path=out.path, files=sorted(set(files)),
                         study=source.study if source else "",
-                        trial=source.number if source else None, format="hf")
+                        trial=source.number if source else None, format="hf", notes=notes)
+
+
+def _card(card: str, found) -> str:
+    if found is not None:
+        how = (f"A `{found.architecture}` folder: transformers loads it alone, no hybridlab "
+               "and no remote code.\n\n```python\nfrom transformers import "
+               "AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"path/to/"
+               "this/folder\")\nout = model.generate(input_ids, max_new_tokens=32)\n```\n\n"
+               "Or natively:\n")
+    else:
+        how = ("```python\nimport hybridlab\nfrom transformers import "
+               "AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"path/to/"
+               "this/folder\")\nout = model.generate(input_ids, max_new_tokens=32)\n```\n\n"
+               "Or natively:\n")
+    return card.replace("## How to load\n", "## How to load\n\n" + how, 1)
+
+
+register()      # importing this module means transformers is here: register now

@@ -4,7 +4,9 @@
 
 * transformers already imported  -> register now;
 * not imported yet               -> a ``sys.meta_path`` finder waits for ``import transformers``
-  and registers right after that import finishes, then removes itself.
+  and registers right after that import finishes, then removes itself;
+* transformers first imported by ``hybridlab.export.hf`` itself -> that module registers when
+  its own import finishes (the hook never reads a half-imported module).
 
 So ``AutoModelForCausalLM.from_pretrained(export_dir)`` works after ``import hybridlab``, in
 either import order, and a process that never imports transformers pays nothing.
@@ -20,8 +22,19 @@ _lock = threading.Lock()
 _done = False
 
 
+def _importing(name: str) -> bool:
+    """Whether module ``name`` is being imported right now (its body has not finished)."""
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None),
+                                               "_initializing", False))
+
+
 def _register() -> None:
     global _done
+    if _importing("hybridlab.export.hf"):
+        # `import hybridlab.export.hf` itself imported transformers: hf registers at the end
+        # of its own import (registering now would read a half-made module)
+        return
     with _lock:
         if _done:
             return

@@ -1,0 +1,188 @@
+"""What every native transformers mapping shares: fit checks that name the hybridlab option a
+class cannot express, and the weight maps of the blocks several classes reuse.
+
+A class module's ``fit(model)`` returns a ``NativeExport`` (the transformers config fields and
+the weights under transformers' names) or raises ``Misfit`` with one reason per option that has
+no equivalent in that class. Nothing here imports transformers: the mapping is plain tensors,
+checked against the class itself by ``hybridlab.export.hf_native`` when the folder is written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from hybridlab.blocks.mlp import hidden_size
+
+
+class Misfit(Exception):
+    """The model has options a transformers class cannot express; ``reasons`` names each."""
+
+    def __init__(self, class_name: str, reasons: list[str]):
+        self.class_name = class_name
+        self.reasons = list(reasons)
+        super().__init__(f"{class_name}: " + "; ".join(self.reasons))
+
+
+@dataclass
+class NativeExport:
+    model_type: str                       # transformers' model_type, e.g. "nemotron_h"
+    architecture: str                     # the causal-LM class, e.g. "NemotronHForCausalLM"
+    config: dict                          # keyword arguments of the class's config
+    weights: dict[str, torch.Tensor]      # transformers parameter name -> tensor
+    tied: bool = False                    # lm_head shares the embedding (omitted from weights)
+    notes: list[str] = field(default_factory=list)
+
+
+class Check:
+    """Collects the reasons a model does not fit one class."""
+
+    def __init__(self, class_name: str):
+        self.class_name = class_name
+        self.reasons: list[str] = []
+
+    def need(self, ok, reason: str) -> bool:
+        if not ok and reason not in self.reasons:
+            self.reasons.append(reason)
+        return bool(ok)
+
+    def done(self) -> None:
+        if self.reasons:
+            raise Misfit(self.class_name, self.reasons)
+
+
+# -- the model as a whole ------------------------------------------------------------------------
+def check_model(check: Check, spec, norm: str = "rmsnorm") -> None:
+    """Settings no supported class has: meta tokens, a LayerNorm stack, plugin blocks, KV
+    sharing across layers."""
+    m = spec.model
+    name = check.class_name
+    check.need(m.meta_tokens == 0, f"model.meta_tokens = {m.meta_tokens}: {name} prepends no "
+                                   "learned tokens")
+    check.need(m.norm == norm, f"model.norm = {m.norm}: {name} uses {norm}")
+    builtin = {"mamba1", "mamba2", "mamba3", "attention", "mlp", "moe", "shared_attention",
+               "parallel"}
+    for layer in spec.layers:
+        if layer.type not in builtin:
+            check.need(False, f"layer {layer.index} is a '{layer.type}' block (a plugin): "
+                              f"{name} has no such layer")
+        elif getattr(layer.config, "share_kv", False):
+            check.need(False, f"blocks.{layer.name}.share_kv: {name} has no cross-layer KV "
+                              "sharing")
+
+
+def uniform(check: Check, layers, what: str):
+    """The one config every layer in ``layers`` shares (transformers classes have one setting
+    per layer kind), or None after naming the first field that differs."""
+    if not layers:
+        return None
+    first = layers[0]
+    for layer in layers[1:]:
+        if layer.config != first.config:
+            diff = [f.name for f in fields(first.config)
+                    if getattr(first.config, f.name) != getattr(layer.config, f.name, None)]
+            check.need(False, f"layers {first.index} and {layer.index} ({what}) differ in "
+                              f"{', '.join(diff) or 'type'}: {check.class_name} has one "
+                              f"{what} setting for every layer")
+            return None
+    return first.config
+
+
+def types_only(check: Check, spec, allowed: set[str]) -> None:
+    for layer in spec.layers:
+        if layer.type not in allowed:
+            check.need(False, f"layer {layer.index} is '{layer.type}' ('{layer.name}'): "
+                              f"{check.class_name} has {', '.join(sorted(allowed))} layers only")
+
+
+def pairs(check: Check, spec, mixers: set[str], ffns: set[str]):
+    """(mixer layer, ffn layer) pairs when the stack alternates mixer, FFN (one transformers
+    decoder layer each), else None."""
+    layers = list(spec.layers)
+    ok = len(layers) % 2 == 0 and all(
+        (layer.type in mixers) if i % 2 == 0 else (layer.type in ffns)
+        for i, layer in enumerate(layers))
+    if not check.need(ok, f"the layers must alternate mixer ({'/'.join(sorted(mixers))}) and "
+                          f"feed-forward ({'/'.join(sorted(ffns))}): a {check.class_name} "
+                          f"decoder layer is one of each; got {spec.pattern}"):
+        return None
+    return list(zip(layers[0::2], layers[1::2]))
+
+
+def int_expand(check: Check, name: str, expand) -> int | None:
+    if check.need(float(expand).is_integer(), f"blocks.{name}.expand = {expand}: "
+                                                f"{check.class_name} needs a whole number"):
+        return int(expand)
+    return None
+
+
+# -- weights -------------------------------------------------------------------------------------
+def prefixed(state: dict, prefix: str) -> dict:
+    """The entries of ``state`` under ``prefix`` with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def mamba_weights(block_state: dict) -> dict:
+    """Mamba-1 and Mamba-2 mixers: hybridlab keeps mamba-ssm's names, as transformers does."""
+    return dict(block_state)
+
+
+def attention_weights(block_state: dict, attn, out_bias: bool = False) -> dict:
+    """Fused wqkv -> q_proj, k_proj, v_proj; wo -> o_proj (a zero bias where the class puts one
+    on o_proj too, e.g. Llama-style attention_bias)."""
+    sizes = [attn.q_size, attn.kv_size, attn.kv_size]
+    out = {}
+    for name, part in zip(("q_proj", "k_proj", "v_proj"),
+                          block_state["wqkv.weight"].split(sizes, dim=0)):
+        out[f"{name}.weight"] = part
+    if "wqkv.bias" in block_state:
+        for name, part in zip(("q_proj", "k_proj", "v_proj"),
+                              block_state["wqkv.bias"].split(sizes, dim=0)):
+            out[f"{name}.bias"] = part
+    out["o_proj.weight"] = block_state["wo.weight"]
+    if out_bias:
+        out["o_proj.bias"] = torch.zeros(block_state["wo.weight"].shape[0],
+                                         dtype=block_state["wo.weight"].dtype)
+    return out
+
+
+def mlp_weights(ffn_state: dict, gated: bool, bias: bool = False) -> dict:
+    """FeedForward (w_in, w_out) -> gate_proj/up_proj/down_proj (SwiGLU) or up_proj/down_proj."""
+    w_in, w_out = ffn_state["w_in.weight"], ffn_state["w_out.weight"]
+    out = {"down_proj.weight": w_out}
+    if gated:
+        gate, up = w_in.chunk(2, dim=0)
+        out.update({"gate_proj.weight": gate, "up_proj.weight": up})
+        if bias:
+            b_gate, b_up = ffn_state["w_in.bias"].chunk(2, dim=0)
+            out.update({"gate_proj.bias": b_gate, "up_proj.bias": b_up})
+    else:
+        out["up_proj.weight"] = w_in
+        if bias:
+            out["up_proj.bias"] = ffn_state["w_in.bias"]
+    if bias:
+        out["down_proj.bias"] = ffn_state["w_out.bias"]
+    return out
+
+
+def experts_gate_up(block_state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoE experts stacked as transformers stores them: gate_up_proj (E, 2h, d) with gate rows
+    first, down_proj (E, d, h) -- hybridlab keeps (E, d, 2h) and (E, h, d)."""
+    return (block_state["w_in"].transpose(1, 2).contiguous(),
+            block_state["w_out"].transpose(1, 2).contiguous())
+
+
+def mlp_hidden(cfg, d_model: int) -> int:
+    return hidden_size(d_model, cfg.hidden_mult, cfg.multiple_of)
+
+
+def head_weights(state: dict, embed_name: str, head_name: str, tied: bool) -> dict:
+    out = {embed_name: state["embed.weight"]}
+    if not tied:
+        out[head_name] = state["head.weight"]
+    return out
+
+
+def contiguous(weights: dict) -> dict:
+    """Fresh contiguous CPU copies (safetensors refuses views sharing storage)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in weights.items()}

@@ -1,0 +1,44 @@
+"""A stack of Mamba-1 mixers (no FFN layers) as transformers' ``MambaForCausalLM``."""
+from __future__ import annotations
+
+from hybridlab.export.hf_classes.common import (Check, NativeExport, check_model, contiguous,
+                                                head_weights, int_expand, prefixed, types_only,
+                                                uniform)
+
+MODEL_TYPE = "mamba"
+ARCHITECTURE = "MambaForCausalLM"
+
+
+def fit(model) -> NativeExport:
+    spec = model.spec
+    check = Check("Mamba")
+    check_model(check, spec)
+    types_only(check, spec, {"mamba1"})
+    c = uniform(check, [la for la in spec.layers if la.type == "mamba1"], "mamba1")
+    if c is not None:
+        check.need(not getattr(c, "dt_bc_norm", False),
+                   f"blocks.{spec.layers[0].name}.dt_bc_norm: Mamba has no dt/B/C norms "
+                   "(Jamba has)")
+        expand = int_expand(check, spec.layers[0].name, c.expand)
+    check.done()
+    m = spec.model
+    d_inner, dt_rank = c.inner(m.d_model)
+    config = dict(
+        vocab_size=m.vocab_size, hidden_size=m.d_model, state_size=c.d_state,
+        num_hidden_layers=len(spec.layers), layer_norm_epsilon=m.norm_eps, expand=expand,
+        conv_kernel=c.d_conv, use_bias=c.bias, use_conv_bias=c.conv_bias, hidden_act="silu",
+        time_step_rank=dt_rank, time_step_scale=c.dt_scale, time_step_min=c.dt_min,
+        time_step_max=c.dt_max, time_step_init_scheme=c.dt_init, time_step_floor=c.dt_init_floor,
+        residual_in_fp32=False,           # hybridlab keeps the residual in the model's dtype
+        initializer_range=m.init.std, tie_word_embeddings=bool(m.tie_embeddings))
+    state = model.state_dict()
+    weights = head_weights(state, "backbone.embeddings.weight", "lm_head.weight",
+                           m.tie_embeddings)
+    for layer in spec.layers:
+        i = layer.index
+        weights[f"backbone.layers.{i}.norm.weight"] = state[f"layers.{i}.norm.weight"]
+        for k, v in prefixed(state, f"layers.{i}.block.").items():
+            weights[f"backbone.layers.{i}.mixer.{k}"] = v
+    weights["backbone.norm_f.weight"] = state["norm_f.weight"]
+    return NativeExport(MODEL_TYPE, ARCHITECTURE, config, contiguous(weights),
+                        tied=bool(m.tie_embeddings))
