@@ -8,7 +8,7 @@ from __future__ import annotations
 #: bytes of one spec file or spec text (a file is read at most this + 1 bytes)
 MAX_SPEC_BYTES = 1 << 20
 #: values in one YAML document, every use of an alias counted again ("billion laughs")
-MAX_YAML_NODES = 100_000
+MAX_YAML_NODES = 50_000
 #: nesting of YAML mappings and lists
 MAX_YAML_DEPTH = 64
 #: layers of a model, however the pattern is written (string, list or layout)

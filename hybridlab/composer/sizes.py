@@ -67,8 +67,8 @@ def check_sizes(model: ModelConfig, layers: list[LayerSpec]) -> list[SizeProblem
 
 def _block_parameters(layer: LayerSpec, model: ModelConfig, n_layers: int,
                       problems: list[SizeProblem]) -> int | None:
-    """Parameters of one layer's block, built on the meta device; None when it cannot be built
-    for a reason that is not its size (the builder reports that when it builds for real)."""
+    """Parameters of one layer's block, built on the meta device; None (and a problem) when it
+    cannot be built. An abstract class (no forward/step yet) is not checked."""
     cls = get_block(layer.type)
     if inspect.isabstract(cls):
         return None
@@ -80,16 +80,14 @@ def _block_parameters(layer: LayerSpec, model: ModelConfig, n_layers: int,
     try:
         with torch.device("meta"):
             block = cls(layer.config, ctx)
-    except (OverflowError, MemoryError) as e:
-        problems.append(SizeProblem(where, f"{who} cannot be built: its sizes overflow ({e})"))
-        return None
-    except RuntimeError as e:
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "overflow" in text.lower() or "size" in text.lower():
-            problems.append(SizeProblem(where, f"{who} cannot be built: its sizes overflow "
-                                               f"({text})"))
-        return None
-    except Exception:            # not a size problem; building it for real will say what is wrong
+    except Exception as e:          # a config its validate() let through, or absurd sizes
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if isinstance(e, (OverflowError, MemoryError)) or "overflow" in text.lower():
+            problems.append(SizeProblem(where, f"{who} cannot be built: a tensor size "
+                                               "overflows", "check its sizes and model.d_model"))
+        else:
+            problems.append(SizeProblem(where, f"{who} cannot be built with these settings: "
+                                               f"{type(e).__name__}: {text}"))
         return None
     biggest = max((t.numel() for t in [*block.parameters(), *block.buffers()]), default=0)
     if biggest > MAX_ELEMENTS:

@@ -186,27 +186,35 @@ class LimitExceeded(Exception):
         self.message, self.mark, self.hint = message, mark, hint
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader whose composer counts values (each use of an alias counted again) and nesting,
-    and stops at the limits before the document is constructed or walked."""
+class _Counting(yaml.composer.Composer):
+    """A composer that counts values (each use of an alias counted again) and nesting, and stops
+    at the limits before the document is constructed or walked."""
 
-    def __init__(self, text: str):
-        super().__init__(text)
+    def _start_counting(self):
         self._sizes: dict[int, int] = {}     # id(finished node) -> values it expands to
+        self._total = 0                      # values so far, aliases expanded: fails fast
         self._depth = 0
 
+    def _count(self, n: int, mark) -> None:
+        self._total += n
+        if self._total > MAX_YAML_NODES:
+            raise LimitExceeded(f"the document holds more than {MAX_YAML_NODES:,} values "
+                                "(every use of an alias counted again)", mark,
+                                "a spec is short; write repeats as groups: (M-) x 24")
+
     def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
         if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
             node = super().compose_node(parent, index)
             if id(node) not in self._sizes:          # an alias inside its own anchor
                 raise LimitExceeded("an alias refers to a value that contains it (a recursive "
                                     "structure)", mark, "remove the alias")
+            self._count(self._sizes[id(node)], mark)
             return node
         self._depth += 1
         if self._depth > MAX_YAML_DEPTH:
-            raise LimitExceeded(f"values are nested more than {MAX_YAML_DEPTH} levels deep",
-                                self.peek_event().start_mark)
+            raise LimitExceeded(f"values are nested more than {MAX_YAML_DEPTH} levels deep", mark)
+        self._count(1, mark)
         node = super().compose_node(parent, index)
         self._depth -= 1
         if isinstance(node, yaml.SequenceNode):
@@ -215,10 +223,6 @@ class _BoundedLoader(yaml.SafeLoader):
             size = 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
         else:
             size = 1
-        if size > MAX_YAML_NODES:
-            raise LimitExceeded(f"the document holds more than {MAX_YAML_NODES:,} values "
-                                "(every use of an alias counted again)", node.start_mark,
-                                "a spec is short; a YAML alias bomb ends here")
         self._sizes[id(node)] = size
         return node
 
@@ -231,22 +235,54 @@ class _BoundedLoader(yaml.SafeLoader):
                 None, None, f"cannot read this value ({reason})", node.start_mark) from None
 
 
+#: a text up to this long is read again by the pure-Python parser after a syntax error
+_PY_REREAD_CHARS = 64 << 10
+
+
+class _PyLoader(_Counting, yaml.SafeLoader):
+    """Pure-Python scanner and parser: slower, and the source of our syntax messages."""
+
+    def __init__(self, text: str):
+        yaml.SafeLoader.__init__(self, text)
+        self._start_counting()
+
+
+try:        # libyaml's scanner and parser, our composer: the same nodes, several times faster
+    from yaml._yaml import CParser as _CParser
+
+    class _CLoader(_Counting, _CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        def __init__(self, text: str):
+            _CParser.__init__(self, text)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            self._start_counting()
+except ImportError:                  # PyYAML built without libyaml
+    _CLoader = None
+
+
 def _load(text: str, file: str):
-    """(data, path -> nodes, duplicate keys) or SpecError."""
-    loader = None
+    """(data, path -> nodes, duplicate keys) or SpecError. libyaml scans and parses when it is
+    there; on a syntax error in a text of normal size the pure-Python parser reads it again, for
+    its messages (and to accept what ``yaml.safe_load`` accepts). A large text keeps libyaml's
+    message: the pure-Python scanner would take seconds over it."""
+    syntax = (yaml.scanner.ScannerError, yaml.parser.ParserError, yaml.reader.ReaderError)
     try:
-        loader = _BoundedLoader(text)
-        root = loader.get_single_node()
-        duplicates = _find_duplicates(root) if root is not None else []
-        data = loader.construct_document(root) if root is not None else None
-        nodes: dict = {}
-        if root is not None:
-            _index_nodes(loader, root, (), None, nodes, set())
+        if _CLoader is not None:
+            try:
+                return _compose(_CLoader, text)
+            except syntax as e:
+                if "maximum nesting depth" in str(getattr(e, "problem", "")):
+                    raise LimitExceeded(f"values are nested more than {MAX_YAML_DEPTH} levels "
+                                        "deep", e.problem_mark) from None
+                if len(text) > _PY_REREAD_CHARS and isinstance(e, yaml.MarkedYAMLError):
+                    raise
+        return _compose(_PyLoader, text)
     except LimitExceeded as e:
         raise SpecError(Problem(f"YAML: {e.message}", file=file, line=e.mark.line + 1,
                                 col=e.mark.column + 1, hint=e.hint)) from None
     except yaml.MarkedYAMLError as e:
-        raise SpecError(_syntax_problem(e, file)) from None
+        raise SpecError(_syntax_problem(e, file, text)) from None
     except yaml.reader.ReaderError as e:      # a character YAML does not allow (NUL, controls)
         pos = _position_of_offset(text, e.position)
         code = e.character if isinstance(e.character, int) else ord(e.character)
@@ -258,10 +294,20 @@ def _load(text: str, file: str):
     except RecursionError:
         raise SpecError(Problem("YAML error: the document is nested too deeply",
                                 file=file)) from None
+
+
+def _compose(loader_class, text: str):
+    loader = loader_class(text)
+    try:
+        root = loader.get_single_node()
+        duplicates = _find_duplicates(root) if root is not None else []
+        data = loader.construct_document(root) if root is not None else None
+        nodes: dict = {}
+        if root is not None:
+            _index_nodes(loader, root, (), None, nodes, set())
+        return data, nodes, duplicates
     finally:
-        if loader is not None:
-            loader.dispose()
-    return data, nodes, duplicates
+        loader.dispose()
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -270,9 +316,12 @@ def _mark(mark) -> Position:
     return Position(mark.line + 1, mark.column + 1)
 
 
-def _syntax_problem(e: yaml.MarkedYAMLError, file: str) -> Problem:
+def _syntax_problem(e: yaml.MarkedYAMLError, file: str, text: str = "") -> Problem:
     mark = e.problem_mark or e.context_mark
     what = e.problem or e.context or "invalid YAML"
+    if mark is not None and "cannot start any token" in what and "'" not in what and \
+            0 <= mark.index < len(text):        # libyaml's wording names no character
+        what = what.replace("character", f"character {text[mark.index]!r}")
     if e.problem and e.context:
         ctx_mark = e.context_mark
         where = f" that starts at line {ctx_mark.line + 1}" if ctx_mark and mark and \
