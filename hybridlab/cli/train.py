@@ -196,7 +196,7 @@ def _train(args, spec, tasks, cfg, parallel) -> int:
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-    stop = _StopOnCtrlC()
+    stop = _StopOnCtrlC(announce=rank0)     # every rank hears Ctrl-C; rank 0's decides
     try:
         with stop:
             result = train_model(model, tasks, cfg, device, on_step=on_step, should_stop=stop,
@@ -237,8 +237,8 @@ def _pick_device(choice: str):
 class _StopOnCtrlC:
     """should_stop() for the trainer: the first Ctrl-C asks for a clean stop, a second aborts."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, announce: bool = True):
+        self.requested, self.announce = False, announce
         self._previous = None
 
     def __call__(self) -> bool:
@@ -248,7 +248,8 @@ class _StopOnCtrlC:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step (Ctrl-C again to abort)", flush=True)
+        if self.announce:
+            print("\nstopping after this step (Ctrl-C again to abort)", flush=True)
 
     def __enter__(self):
         try:
