@@ -16,7 +16,7 @@ import yaml
 
 import hybridlab
 from hybridlab.cli.main import main
-from hybridlab.errors import SpecError
+from hybridlab.errors import ExportError, SpecError
 from hybridlab.storage import Store
 
 from ui_fixtures import MALICIOUS, REPO, ui_database
@@ -93,9 +93,9 @@ def test_load_model_refuses_weights_of_another_model(db, tmp_path):
     spec = yaml.safe_load((tmp_path / "a" / "spec.yaml").read_text())
     spec["model"]["d_model"] = 48
     (tmp_path / "a" / "spec.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(Exception, match="size|shape|match"):
+    with pytest.raises(ExportError, match="does not match.*shape"):
         load_model(tmp_path / "a")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ExportError, match="no spec.yaml"):
         load_model(tmp_path)
 
 
@@ -276,7 +276,10 @@ def test_malicious_study_name_never_escapes(db, tmp_path):
     victim.write_text("keep me")
     (out / "spec.yaml").symlink_to(victim)            # a trap: must be replaced, not followed
     before = tree(root)
-    result = export_native(db["store"], MALICIOUS, out, trial=0)
+    with pytest.raises(ExportError, match="not empty"):     # never clobbered without force
+        export_native(db["store"], MALICIOUS, out, trial=0)
+    assert tree(root) == before
+    result = export_native(db["store"], MALICIOUS, out, trial=0, force=True)
     after = tree(root)
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed and all(k == "a/b/out" or k.startswith("a/b/out/") for k in changed), changed
@@ -285,9 +288,9 @@ def test_malicious_study_name_never_escapes(db, tmp_path):
     assert all(p.parent == out.resolve() for p in result.files)
     assert "study `../../x`" in (out / "README.md").read_text()     # shown as text only
     with pytest.raises(UnsafePath):
-        ExportDir(out).write_text("../evil.txt", "x")
+        ExportDir(out, force=True).write_text("../evil.txt", "x")
     with pytest.raises(UnsafePath):
-        ExportDir(out).write_text("sub/evil.txt", "x")
+        ExportDir(out, force=True).write_text("sub/evil.txt", "x")
     # the zipped bundle: one safe top folder, nothing else
     before = tree(root)
     zip_path, _ = build_bundle(db["store"], MALICIOUS, root / "work", trial=0)

@@ -4,6 +4,7 @@
     hybridlab export --study search-quick --trial 3 --out exports/t3 --format hf
     hybridlab export --study search-quick --best quality --out exports/big \\
         --layout-only --d-model 2048 --layers 48
+    hybridlab export --study search-quick --trial 3 --out exports/t3 --force   # replace files
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def register(subparsers) -> None:
                     "folder transformers loads with AutoModelForCausalLM.from_pretrained(DIR) "
                     "after 'import hybridlab'. --layout-only: the layout scaled to --d-model and "
                     "--layers (mixer layers), with its Megatron pattern and HF layer_types; no "
-                    "weights needed. Nothing is written outside DIR. Reads the database only.")
+                    "weights needed. Nothing is written outside DIR, and nothing in DIR is "
+                    "overwritten without --force. Reads the database only, and never imports "
+                    "plugins a stored spec names.")
     p.add_argument("--db", default=None, metavar="URL",
                    help="database URL or SQLite file (default: sqlite:///hybridlab.db here)")
     p.add_argument("--study", required=True, metavar="NAME", help="study name")
@@ -28,7 +31,11 @@ def register(subparsers) -> None:
     which.add_argument("--trial", type=int, metavar="N", help="trial number")
     which.add_argument("--best", metavar="OBJECTIVE",
                        help="the best feasible finished trial by this objective or metric")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to write (created; must be new or empty, and no symlink)")
+    p.add_argument("--force", action="store_true",
+                   help="export into a folder that already holds files: the export's files are "
+                        "replaced, other files are kept")
     p.add_argument("--format", choices=["native", "hf"], default="native",
                    help="native (default) or hf (needs transformers)")
     p.add_argument("--layout-only", action="store_true",
@@ -40,8 +47,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from hybridlab.storage import Store, display_url
-    from hybridlab.storage.engine import database_exists
+    from hybridlab.export.safe import ExportDir, check_out_dir
+    from hybridlab.storage import Store
+    from hybridlab.storage.health import require_database
 
     if args.layout_only:
         if args.d_model is None or args.layers is None:
@@ -53,14 +61,14 @@ def run(args) -> int:
         raise SpecError(Problem("--d-model and --layers go with --layout-only",
                                 file="<command line>",
                                 hint="add --layout-only to export the layout at another size"))
+    check_out_dir(args.out, args.force)            # before any work: never clobber
     store = Store(args.db, readonly=True)
-    if not database_exists(store.url):
-        raise SpecError(Problem(f"no database at {display_url(store.url)}", file="<command line>",
-                                field="--db"))
+    require_database(store.url)
     if args.layout_only:
         from hybridlab.export.layout import export_layout
         result = export_layout(store, args.study, args.out, d_model=args.d_model,
-                               layers=args.layers, trial=args.trial, best=args.best)
+                               layers=args.layers, trial=args.trial, best=args.best,
+                               force=args.force)
     elif args.format == "hf":
         try:
             import transformers  # noqa: F401
@@ -68,9 +76,11 @@ def run(args) -> int:
             raise SpecError(Problem("--format hf needs transformers", file="<command line>",
                                     hint="pip install transformers (or hybridlab[hf])")) from None
         from hybridlab.export.hf import export_hf
-        result = export_hf(store, args.study, args.out, trial=args.trial, best=args.best)
+        out = ExportDir(args.out, force=True) if args.force else args.out    # force decided
+        result = export_hf(store, args.study, out, trial=args.trial, best=args.best)
     else:
         from hybridlab.export.native import export_native
-        result = export_native(store, args.study, args.out, trial=args.trial, best=args.best)
+        result = export_native(store, args.study, args.out, trial=args.trial, best=args.best,
+                               force=args.force)
     print(result.describe())
     return 0

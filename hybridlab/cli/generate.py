@@ -9,6 +9,22 @@ import sys
 from hybridlab.errors import Problem, SpecError
 
 
+#: longest generation: the decode cache (KV, state) is allocated for prompt + new tokens
+MAX_NEW_TOKENS = 100_000
+
+
+def _check_device(device: str) -> None:
+    import torch
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise SpecError(Problem(f"--device {device!r} is not a device", file="<command line>",
+                                hint="cpu, cuda or cuda:N")) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SpecError(Problem("--device cuda, but no CUDA GPU is available here",
+                                file="<command line>", hint="use --device cpu"))
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="generate text from an exported byte-level model (vocab >= 256)",
@@ -39,13 +55,15 @@ def run(args) -> int:
         raise SpecError(Problem("--max-new-tokens must be >= 1", file="<command line>"))
     if args.temperature < 0:
         raise SpecError(Problem("--temperature must be >= 0", file="<command line>"))
-    if not (Path(args.model_dir) / SPEC_FILE).is_file():
-        raise SpecError(Problem(f"{args.model_dir} is not a hybridlab export (no {SPEC_FILE})",
-                                file="<command line>",
-                                hint="make one with 'hybridlab export ... --out DIR'"))
+    if args.max_new_tokens > MAX_NEW_TOKENS:
+        raise SpecError(Problem(f"--max-new-tokens is at most {MAX_NEW_TOKENS:,} (the decode "
+                                f"cache is sized for the whole sequence)", file="<command line>"))
+    if args.top_k is not None and args.top_k < 1:
+        raise SpecError(Problem("--top-k must be >= 1", file="<command line>"))
     if not args.prompt:
         raise SpecError(Problem("--prompt is empty", file="<command line>"))
-    model = load_model(args.model_dir, device=args.device)
+    _check_device(args.device)
+    model = load_model(args.model_dir, device=args.device)     # ExportError: what is wrong
     vocab = model.spec.model.vocab_size
     if vocab < BYTE_VOCAB:
         raise SpecError(Problem(f"the model's vocabulary has {vocab} tokens; byte-level "

@@ -20,8 +20,9 @@ def build_bundle(store, study: str, work_dir: str | os.PathLike, *, trial: int |
     """Export into a fresh folder under ``work_dir`` and zip it; returns (zip path, result)."""
     from hybridlab.export.native import bundle_name
 
-    work = ExportDir(work_dir).path
-    folder = Path(tempfile.mkdtemp(prefix="export-", dir=work)) / "bundle"
+    work = Path(work_dir).resolve()                # the app's scratch folder, not the user's
+    work.mkdir(parents=True, exist_ok=True)
+    folder = ExportDir(Path(tempfile.mkdtemp(prefix="export-", dir=work)) / "bundle")
     if fmt == "hf":
         from hybridlab.export.hf import export_hf
         result = export_hf(store, study, folder, trial=trial, best=best)
@@ -35,5 +36,5 @@ def build_bundle(store, study: str, work_dir: str | os.PathLike, *, trial: int |
     name = bundle_name(study, result.trial, "hf" if fmt == "hf" else "native")
     if fmt == "layout":
         name += f"-layout-{int(d_model or 0)}x{int(layers or 0)}"
-    zip_path = zip_dir(folder, folder.parent / f"{name}.zip", root=name)
+    zip_path = zip_dir(folder.path, folder.path.parent / f"{name}.zip", root=name)
     return zip_path, result

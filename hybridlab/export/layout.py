@@ -26,6 +26,7 @@ import yaml
 
 from hybridlab.blocks.registry import get_block
 from hybridlab.composer.layout import PLACEMENTS, Layout, mixer_sequence
+from hybridlab.composer.loader import load_spec
 from hybridlab.errors import Problem, SpecError
 
 
@@ -159,7 +160,6 @@ def _scale_block(cfg: dict, old: int, new: int) -> dict:
 
 def scale_spec(spec, d_model: int, layers: int) -> tuple[str, dict]:
     """(YAML text of the scaled spec, info dict with pattern, notations, sizes and notes)."""
-    import hybridlab
     from hybridlab.composer import convert
     from hybridlab.composer.canonical import dump_spec_yaml
     from hybridlab.composer.summary import summarize
@@ -182,7 +182,7 @@ def scale_spec(spec, d_model: int, layers: int) -> tuple[str, dict]:
     header = (f"# {spec.name} scaled to d_model {d_model} and {layers} mixer layers by "
               f"'hybridlab export --layout-only'\n")
     text = header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
-    scaled = hybridlab.load_spec(text, source="<scaled layout>")
+    scaled = load_spec(text, source="<scaled layout>")
     info: dict = {"d_model": int(d_model), "mixer_layers": int(layers),
                   "n_layers": len(scaled.layers), "pattern": scaled.pattern, "notes": notes}
     try:
@@ -202,20 +202,23 @@ def scale_spec(spec, d_model: int, layers: int) -> tuple[str, dict]:
 
 
 def export_layout(store, study: str, out_dir: str | os.PathLike, *, d_model: int, layers: int,
-                  trial: int | None = None, best: str | None = None):
+                  trial: int | None = None, best: str | None = None, force: bool = False):
     """Write the scaled spec, the Megatron pattern and the HF layer types of a trial's layout
-    (no weights needed: any trial that built its model will do)."""
+    (no weights needed: any trial that built its model will do). ``out_dir`` must be new or
+    empty unless ``force``."""
     import json
 
     from hybridlab.export.native import ExportResult
-    from hybridlab.export.safe import ExportDir
+    from hybridlab.export.safe import ExportDir, check_out_dir
     from hybridlab.export.source import find_trial
 
+    check_out_dir(out_dir, force)                  # refuse before any work
     src = find_trial(store, study, trial=trial, best=best, need_weights=False)
-    text, info = scale_spec(src.spec, d_model, layers)
+    spec = src.spec
+    text, info = scale_spec(spec, d_model, layers)
     info.update({"study": study, "trial": src.number, "chosen_by": src.chosen_by,
-                 "source_pattern": src.spec.pattern, "objectives": src.objectives})
-    out = ExportDir(out_dir)
+                 "source_pattern": spec.pattern, "objectives": src.objectives})
+    out = ExportDir(out_dir, force=force)
     files = [out.write_text("spec.yaml", text)]
     if info.get("megatron"):
         files.append(out.write_text("megatron_pattern.txt", info["megatron"] + "\n"))

@@ -8,7 +8,10 @@
     model = hybridlab.load_model(DIR)       # HybridModel in eval mode, identical logits
 
 ``load_model`` also reads the Hugging Face export (``--format hf``), whose weights carry a
-``model.`` prefix.
+``model.`` prefix. It never runs code: a spec.yaml naming ``plugins`` is refused unless you
+imported those modules yourself; weights are checked against the spec (names, shapes, kinds of
+dtype) on the meta device before anything is allocated. Every problem with the folder is an
+``ExportError`` naming the file.
 """
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridlab.export.safe import ExportDir, safe_component
-from hybridlab.export.source import TrialSource, find_trial
+from hybridlab.composer.builder import build_model
+from hybridlab.errors import ExportError
+from hybridlab.export.safe import ExportDir, check_out_dir, safe_component
+from hybridlab.export.source import TrialSource, find_trial, load_stored_spec
 
 SPEC_FILE = "spec.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -49,23 +54,35 @@ class ExportResult:
 # -- loading -------------------------------------------------------------------------------------
 def load_model(path: str | os.PathLike, device=None, dtype=None):
     """Rebuild a model exported by ``hybridlab export`` (native or hf): spec + weights ->
-    ``HybridModel`` in eval mode, on ``device`` (default CPU), optionally cast to ``dtype``."""
-    import hybridlab
+    ``HybridModel`` in eval mode, on ``device`` (default CPU), optionally cast to ``dtype``.
+    Raises ``ExportError`` for anything wrong with the folder (see the module docstring)."""
     from safetensors.torch import load_file
 
     folder = Path(path)
-    spec_file = folder / SPEC_FILE
+    spec_file, weights = folder / SPEC_FILE, folder / WEIGHTS_FILE
+    if not folder.is_dir():
+        raise ExportError(f"{folder} is not a folder: give the folder 'hybridlab export ... "
+                          f"--out DIR' wrote")
+    for f in (spec_file, weights):
+        if f.is_symlink():    # a downloaded folder must not read files from elsewhere
+            raise ExportError(f"{f} is a symlink (to {os.readlink(f)}); an export's files are "
+                              f"plain files: put a copy of the file in its place")
     if not spec_file.is_file():
-        raise FileNotFoundError(f"{folder} holds no {SPEC_FILE}: not a hybridlab export")
-    weights = folder / WEIGHTS_FILE
+        raise ExportError(f"{folder} holds no {SPEC_FILE}: not a hybridlab export (make one "
+                          f"with 'hybridlab export ... --out DIR')")
     if not weights.is_file():
-        raise FileNotFoundError(f"{folder} holds no {WEIGHTS_FILE}")
-    spec = hybridlab.load_spec(spec_file)
-    model = hybridlab.build_model(spec, device="cpu")
-    state = load_file(str(weights), device="cpu")
-    if state and all(k.startswith(HF_PREFIX) for k in state):
-        state = {k[len(HF_PREFIX):]: v for k, v in state.items()}
-    _load_state(model, state)
+        raise ExportError(f"{folder} holds no {WEIGHTS_FILE}: the export is incomplete; export "
+                          f"the model again")
+    spec = load_export_spec(spec_file)
+    prefix = check_weights(spec, weights)
+    model = build_model(spec, device="cpu")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as e:           # changed on disk since the check
+        raise _unreadable(weights, e) from None
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    _load_state(model, state, weights)
     if dtype is not None:
         model = model.to(dtype=dtype)
     if device is not None:
@@ -73,51 +90,145 @@ def load_model(path: str | os.PathLike, device=None, dtype=None):
     return model.eval()
 
 
-def _load_state(model, state: dict) -> None:
-    """Load ``state`` strictly, allowing only tied copies to be absent from the file."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+def load_export_spec(spec_file: Path):
+    """An export's spec.yaml: validated, plugins never imported (``ExportError``)."""
+    from hybridlab.composer.yaml_source import read_text_file
+
+    try:
+        text = read_text_file(spec_file, shown_as=str(spec_file))
+    except Exception as e:
+        raise ExportError(f"cannot read {spec_file}: {_first(e)}") from None
+    return load_stored_spec(text, str(spec_file), where=str(spec_file), origin="an export",
+                            then="call load_model again")
+
+
+def _unreadable(weights: Path, e: Exception) -> ExportError:
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return ExportError(f"{weights} is not a readable safetensors file ({detail}): it is "
+                       f"damaged, truncated or not this export's weights. Export the model "
+                       f"again, or copy the file again")
+
+
+def check_weights(spec, weights: Path) -> str:
+    """Compare the tensors in ``weights`` (header only: nothing loaded) with what ``spec``
+    builds (on the meta device: nothing allocated). Returns the name prefix to strip ("" or
+    the HF export's ``model.``); raises ``ExportError`` naming what does not match."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                      for k in f.keys()}
+    except Exception as e:
+        raise _unreadable(weights, e) from None
+    prefix = HF_PREFIX if stored and all(k.startswith(HF_PREFIX) for k in stored) else ""
+    stored = {k[len(prefix):]: v for k, v in stored.items()}
+    meta = build_model(spec, device="meta")
+    own = meta.state_dict()
+    missing = _really_missing(meta, [k for k in own if k not in stored], stored)
+    unexpected = [k for k in stored if k not in own]
+    problems = []
+    if missing:
+        problems.append(f"missing {_names(missing)}")
+    if unexpected:
+        problems.append(f"not in the model: {_names(unexpected)}")
+    for k, (shape, dt) in stored.items():
+        want = own.get(k)
+        if want is None:
+            continue
+        if tuple(want.shape) != shape:
+            problems.append(f"{k} has shape {list(shape)}, the spec makes {list(want.shape)}")
+        elif _kind(dt) != _kind(str(want.dtype)):
+            problems.append(f"{k} is {dt}, the spec makes {str(want.dtype).replace('torch.', '')}")
+        if len(problems) >= 6:
+            break
+    if problems:
+        raise ExportError(f"{weights} does not match {weights.parent / SPEC_FILE}: "
+                          + "; ".join(problems) + ". The spec or the weights were changed "
+                          "after export; export the model again")
+    return prefix
+
+
+def _kind(dtype: str) -> str:
+    """float / int / bool / complex, from a safetensors ("F32", "BF16", "I64") or torch name."""
+    d = dtype.lower().replace("torch.", "")
+    if d.startswith(("f", "bf")) or d in ("half", "double"):
+        return "float"
+    if d.startswith("c"):
+        return "complex"
+    if d.startswith("bool"):
+        return "bool"
+    return "int"
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _really_missing(model, missing: list[str], present) -> list[str]:
+    """Missing names that are not tied copies of a present parameter (tied weights are
+    stored once)."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    ids = {}
+    ids: dict[int, list[str]] = {}
     for name, p in params.items():
         ids.setdefault(id(p), []).append(name)
-    really_missing = [k for k in missing
-                      if not any(o in state for o in ids.get(id(params.get(k)), []) if o != k)]
-    if really_missing or unexpected:
-        raise ValueError(f"weights do not match the spec: missing {really_missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    model.load_state_dict(state, strict=False)
+    return [k for k in missing
+            if not any(o in present for o in ids.get(id(params.get(k)), []) if o != k)]
+
+
+def _load_state(model, state: dict, source: Path | str = WEIGHTS_FILE) -> None:
+    """Load ``state`` strictly, allowing only tied copies to be absent from the file."""
+    own = model.state_dict()
+    missing = _really_missing(model, [k for k in own if k not in state], state)
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ExportError(f"{source}: the weights do not match the spec: missing "
+                          f"{_names(missing) or 'nothing'}, not in the model "
+                          f"{_names(unexpected) or 'nothing'}")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ExportError(f"{source}: the weights do not match the spec: "
+                          f"{_first(e)}") from None
 
 
 # -- writing -------------------------------------------------------------------------------------
 def export_native(store, study: str, out_dir: str | os.PathLike, *, trial: int | None = None,
-                  best: str | None = None) -> ExportResult:
-    """Export a trained trial (``trial`` number, or ``best`` by a metric) into ``out_dir``."""
+                  best: str | None = None, force: bool = False) -> ExportResult:
+    """Export a trained trial (``trial`` number, or ``best`` by a metric) into ``out_dir``,
+    which must be new or empty unless ``force`` (then the export's files are replaced)."""
+    check_out_dir(out_dir, force)                  # refuse before any work
     src = find_trial(store, study, trial=trial, best=best)
     model = load_trial_model(src)
-    return write_native(out_dir, model, source=src)
+    return write_native(out_dir, model, source=src, force=force)
 
 
 def load_trial_model(src: TrialSource):
-    import hybridlab
+    """The trial's trained model (its spec read without plugins, its weights checked)."""
     from safetensors.torch import load_file
 
-    model = hybridlab.build_model(src.spec, device="cpu")
-    _load_state(model, load_file(str(src.weights), device="cpu"))
+    spec = src.spec
+    prefix = check_weights(spec, src.weights)
+    model = build_model(spec, device="cpu")
+    state = load_file(str(src.weights), device="cpu")
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    _load_state(model, state, src.weights)
     return model.eval()
 
 
 def write_native(out_dir: str | os.PathLike, model, *, source: TrialSource | None = None,
-                 extra_metrics: dict | None = None) -> ExportResult:
+                 extra_metrics: dict | None = None, force: bool = False) -> ExportResult:
     """Write ``model`` (a HybridModel) as a native export; ``source`` adds the trial's metrics
-    and provenance to metrics.json and the model card."""
+    and provenance to metrics.json and the model card. ``out_dir`` must be new or empty
+    unless ``force``."""
     from safetensors.torch import save_model
 
     from hybridlab.composer.canonical import dump_spec_yaml
 
     spec = model.spec
-    out = ExportDir(out_dir)
+    out = ExportDir(out_dir, force=force)
     metrics = export_metrics(model, source)
     if extra_metrics:
         metrics.update(extra_metrics)

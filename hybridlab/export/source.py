@@ -9,11 +9,14 @@ the conventional place ``<artifact root>/<study>/trial-NNNNN/model.safetensors``
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridlab.errors import Problem, SpecError
-from hybridlab.storage import Store
+from hybridlab.composer.loader import load_spec
+from hybridlab.composer.yaml_source import parse_yaml
+from hybridlab.errors import ExportError, Problem, SpecError
+from hybridlab.storage import Store, printable
 from hybridlab.storage import views
 from hybridlab.storage.repository import file_sha256
 
@@ -31,8 +34,44 @@ class TrialSource:
 
     @property
     def spec(self):
-        import hybridlab
-        return hybridlab.load_spec(self.spec_yaml, source=f"<{self.study} trial {self.number}>")
+        """The trial's model spec, read back from the database: never imports plugins."""
+        return load_stored_spec(
+            self.spec_yaml, f"<{self.study} trial {self.number}>",
+            where=f"the spec of trial {self.number} of study {self.study!r}",
+            origin="a database",
+            then="export from Python: hybridlab.export.native.export_native(Store(URL, "
+                 f"readonly=True), {self.study!r}, OUT, trial={self.number})")
+
+
+def load_stored_spec(text: str, shown_as: str, *, where: str, origin: str, then: str):
+    """A model spec that hybridlab wrote (an export's spec.yaml, a spec in a database), loaded
+    without ever importing its ``plugins`` (modules already imported are accepted). Problems
+    become one ``ExportError``: ``where`` names the spec, ``origin`` says where it came from
+    and ``then`` what to do once the plugin modules are imported."""
+    try:
+        return load_spec(text, source=shown_as)          # allow_plugins=False: imports nothing
+    except SpecError as e:
+        if any(p.field.split(".")[0].split("[")[0] == "plugins" for p in e.problems):
+            missing = [m for m in _plugin_names(text, shown_as) if sys.modules.get(m) is None]
+            if missing:
+                raise ExportError(
+                    f"{where} names plugins ({', '.join(printable(m) for m in missing)}): "
+                    f"Python modules whose code would run. hybridlab never imports code named "
+                    f"by {origin}. If you trust them, import them yourself first (import "
+                    f"{printable(missing[0])}), then {then}"
+                ) from None
+        raise ExportError(f"{where} is not a valid model spec (edited, or written by another "
+                          f"version of hybridlab):\n" + "\n".join(e.lines())) from None
+
+
+def _plugin_names(text: str, shown_as: str) -> list[str]:
+    try:
+        data, _ = parse_yaml(text, shown_as)
+    except SpecError:
+        return []
+    names = data.get("plugins") if isinstance(data, dict) else None
+    names = [names] if isinstance(names, str) else names
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 def _problem(message: str, hint: str = "", field_: str = "") -> SpecError:

@@ -35,15 +35,15 @@ def optuna_storage(url: str | None = None, *, heartbeat_interval: int | None = N
     kwargs: dict = {}
     engine_kwargs = sqlite_engine_kwargs() if sqlite else {"pool_pre_ping": True}
     target = readonly_sqlite_url(url) if (sqlite and readonly) else url
-    if heartbeat_interval:
-        kwargs["heartbeat_interval"] = int(heartbeat_interval)
-        kwargs["grace_period"] = int(grace_period or 2 * heartbeat_interval)
-        kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(
-            max_retry=max_retry)
 
     def build():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat_interval:
+                kwargs["heartbeat_interval"] = int(heartbeat_interval)
+                kwargs["grace_period"] = int(grace_period or 2 * heartbeat_interval)
+                kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(
+                    max_retry=max_retry)
             return RDBStorage(target, engine_kwargs=engine_kwargs,
                               skip_table_creation=readonly, skip_compatibility_check=readonly,
                               **kwargs)
