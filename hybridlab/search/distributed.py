@@ -34,7 +34,7 @@ import traceback
 import uuid
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -164,7 +164,12 @@ class Parallel:
         sharded in place). Build the optimizer afterwards, from ``model``."""
         if self.sharded:
             from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
+            try:
+                from torch.distributed.fsdp import fully_shard
+            except ImportError:         # public from torch 2.6
+                raise SpecError(Problem(f"FSDP2 (fully_shard) needs torch >= 2.6; this is "
+                                        f"{torch.__version__}", file=CLI, field="--shard",
+                                        hint="upgrade torch, or train without --shard")) from None
             mesh = init_device_mesh(self.device.type, (self.world_size,))
             for unit in _own_units(model):     # one all-gather per layer, not one for the model
                 fully_shard(unit, mesh=mesh)
@@ -270,10 +275,13 @@ def run_ranks(nproc: int, fn: Callable, *args) -> dict[int, Any]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # every signal torch's launcher stops the ranks on, but Ctrl-C (older torch: it stops them)
+    keep_sigint = {"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"} \
+        if "signals_to_handle" in {f.name for f in fields(LaunchConfig)} else {}
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
                           run_id=f"hybridlab-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn",
-                          signals_to_handle="SIGTERM,SIGHUP,SIGQUIT")
+                          **keep_sigint)
     try:
         with _quiet_launcher(), _ignore_sigint():
             return elastic_launch(config, rank_main)(fn, args)
