@@ -4,23 +4,22 @@ On a CPU machine these run through the Triton interpreter (conftest sets TRITON_
 tiles are shrunk (8 steps, a few channels) so that small shapes cross several time tiles,
 checkpoints and channel blocks, with a masked tail.
 """
+from dataclasses import replace
+
 import pytest
 import torch
 import triton
 import triton.language as tl
 
 from hybridlab.kernels.ops.selective_scan import fused, reference
+from hybridlab.kernels.ops.selective_scan.plan import DEFAULT_PLAN, Layout
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
-
-@pytest.fixture(autouse=True)
-def _small_tiles(monkeypatch):
-    monkeypatch.setattr(fused, "SEQ_ELEMS", 16)     # v2, n <= 4: 4 channels per forward block
-    monkeypatch.setattr(fused, "SEQ_BWD_ELEMS", 8)  # v2, n <= 4: 2 channels per backward block
-    monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 1 << 20)    # v2 splits time into chunks ...
-    monkeypatch.setattr(fused, "SEQ_TARGET_WARPS", 1 << 20)
-    monkeypatch.setattr(fused, "SEQ_MIN_CHUNK", 8)            # ... of 8 steps (l > 8: carries)
+#: small tiles: n <= 4 has 4 channels per forward block and 2 per backward block, and time is
+#: split into chunks of 8 steps (l > 8: carries)
+SMALL = replace(DEFAULT_PLAN, small=Layout(16, 1, 0), bwd_elems=8, chunk_below=1 << 20, target_warps=1 << 20,
+                min_chunk=8)
 
 
 def rel(a, b):
@@ -49,20 +48,20 @@ def make(b, d, n, l, g, opts, dtype=torch.float32, seq=False):
     return kw, dict(delta_softplus="softplus" in opts)
 
 
-def run(fn, kw, flags, w_out, w_last):
+def run(fn, kw, flags, w_out, w_last, **plan):
     leaves = {k: (v.clone().requires_grad_() if v.is_floating_point() else v) for k, v in kw.items()}
-    out, last = fn(**leaves, **flags, return_last_state=True)
+    out, last = fn(**leaves, **flags, **plan, return_last_state=True)
     loss = (out.float() * w_out).sum() + (last * w_last).sum()
     loss.backward()
     return out, last, {k: v.grad for k, v in leaves.items() if v.is_floating_point()}
 
 
-def check(kw, flags, tol=1e-4, tol_A=None):
+def check(kw, flags, tol=1e-4, tol_A=None, plan=SMALL):
     b, d, l = kw["u"].shape
     n = kw["A"].shape[1]
     w_out = torch.randn(b, d, l, device=DEV)
     w_last = torch.randn(b, d, n, device=DEV)
-    out, last, g = run(fused.selective_scan, kw, flags, w_out, w_last)
+    out, last, g = run(fused.selective_scan, kw, flags, w_out, w_last, plan=plan)
     rout, rlast, rg = run(reference.selective_scan, kw, flags, w_out, w_last)
     assert out.dtype == kw["u"].dtype and out.shape == rout.shape
     assert rel(out, rout) <= tol, "out"
@@ -76,11 +75,11 @@ def check(kw, flags, tol=1e-4, tol_A=None):
 ALL = ("D", "z", "bias", "softplus", "h0")
 
 
-def check_with_and_without_grad(kw, flags):
+def check_with_and_without_grad(kw, flags, plan):
     """check(), then the no-grad forward (it launches without checkpoints) and its last state."""
-    check(kw, flags)
+    check(kw, flags, plan=plan)
     with torch.no_grad():
-        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
+        out, last = fused.selective_scan(**kw, **flags, plan=plan, return_last_state=True)
         rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
     assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
 
@@ -134,9 +133,9 @@ def test_scan_grad_through_last_state_only():
     """Only last_state feeds the loss (dout is None in the backward); h0 gets a gradient too."""
     kw, flags = make(1, 4, 3, 19, 2, ALL)
     grads = []
-    for fn in (fused.selective_scan, reference.selective_scan):
+    for fn, plan in ((fused.selective_scan, {"plan": SMALL}), (reference.selective_scan, {})):
         leaves = {k: v.clone().requires_grad_() for k, v in kw.items()}
-        _, last = fn(**leaves, **flags, return_last_state=True)
+        _, last = fn(**leaves, **flags, **plan, return_last_state=True)
         last.square().sum().backward()
         grads.append({k: v.grad for k, v in leaves.items()})
     for k in ("u", "delta", "A", "B", "delta_bias", "initial_state"):
@@ -147,10 +146,10 @@ def test_scan_grad_through_last_state_only():
 def test_scan_no_grad_path():
     kw, flags = make(1, 4, 4, 10, None, ALL)
     with torch.no_grad():
-        out, last = fused.selective_scan(**kw, **flags, return_last_state=True)
+        out, last = fused.selective_scan(**kw, **flags, plan=SMALL, return_last_state=True)
     rout, rlast = reference.selective_scan(**kw, **flags, return_last_state=True)
     assert rel(out, rout) <= 1e-4 and rel(last, rlast) <= 1e-4
-    assert torch.equal(fused.selective_scan(**kw, **flags), out)
+    assert torch.equal(fused.selective_scan(**kw, **flags, plan=SMALL), out)
 
 
 @pytest.mark.parametrize("g", [None, 2])
@@ -172,41 +171,32 @@ def test_state_update(g, opts, state_dtype):
     assert rel(s1.float(), s2.float()) <= tol and not torch.equal(s1, s0)
 
 
-def test_v2_without_time_chunks(monkeypatch):
+def test_v2_without_time_chunks():
     """v2 with the whole sequence in one chunk (no carry passes), l spanning several tiles; the
     backward without its prefetch (the path for n > 32)."""
-    monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 0)
-    monkeypatch.setattr(fused, "SEQ_BWD_PREFETCH_MAX_N", 0)
-    assert fused._seq_chunks(37, 1)[1] == 1
-    check(*make(2, 6, 4, 37, None, ALL, seq=True))
+    plan = replace(SMALL, chunk_below=0, bwd_prefetch_max_n=0)
+    assert plan.chunks(37, 1)[1] == 1
+    check(*make(2, 6, 4, 37, None, ALL, seq=True), plan=plan)
 
 
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("rows_log", [0, 2])
 @pytest.mark.parametrize("bc_t,pin", [(True, True), (False, False)])
-def test_time_major_bc_and_pinned_math(monkeypatch, split, rows_log, bc_t, pin):
+def test_time_major_bc_and_pinned_math(split, rows_log, bc_t, pin):
     """The forward and the backward with B and C read from fp32 time-major copies (one (NP,)
-    vector per step, time padded to whole tiles) and the tile math through _pin, and without
-    either (time-major B and C loaded a tile ahead: SEQ_BC_PREFETCH), the forward in
-    Triton's layout and in rows: g = 2 groups, a length off the tile grid,
-    packed sequences, initial states, with and without time chunks; every output and gradient
-    against the reference."""
-    monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR", bc_t)
-    monkeypatch.setattr(fused, "SEQ_BC_TIME_MAJOR_ROWS", bc_t)
-    monkeypatch.setattr(fused, "SEQ_BWD_BC_TIME_MAJOR", bc_t)
-    monkeypatch.setattr(fused, "SEQ_PIN_TILE_MATH", pin)
-    monkeypatch.setattr(fused, "SEQ_BC_PREFETCH", bc_t)        # a tile ahead where not split
-    if rows_log and split:     # the measured default: no time-major copies in rows on split grids
-        monkeypatch.setattr(fused, "bc_time_major", lambda r, nc: bc_t)
-    for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID"):
-        monkeypatch.setattr(fused, knob, rows_log)
-    monkeypatch.setattr(fused, "SEQ_ELEMS_MID", 16)
+    vector per step, time padded to whole tiles, loaded a tile ahead where not split) and the
+    tile math through _pin, and without either; the forward in Triton's layout and in rows (in
+    rows on a split grid the forward loads tiles either way): g = 2 groups, a length off the tile
+    grid, packed sequences, initial states, with and without time chunks; every output and
+    gradient against the reference."""
+    plan = replace(SMALL, bc_time_major=bc_t, bc_time_major_rows=bc_t, bwd_bc_time_major=bc_t, bc_prefetch=bc_t,
+                   pin_tile_math=pin, small=Layout(16, 1, rows_log))
     if not split:
-        monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 0)
+        plan = replace(plan, chunk_below=0)
     else:       # and the backward without its one-tile-ahead loads
-        monkeypatch.setattr(fused, "SEQ_BWD_PREFETCH_MAX_N", 0)
+        plan = replace(plan, bwd_prefetch_max_n=0)
     kw, flags = make(2, 6, 5, 29, 2, ALL, seq=True)
-    check_with_and_without_grad(kw, flags)
+    check_with_and_without_grad(kw, flags, plan)
 
 
 def test_backward_reuses_the_forwards_time_major_copies(monkeypatch):
@@ -217,44 +207,37 @@ def test_backward_reuses_the_forwards_time_major_copies(monkeypatch):
     made = []
     original = fused._time_major
     monkeypatch.setattr(fused, "_time_major", lambda *a, **k: made.append(1) or original(*a, **k))
-    monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 0)              # one chunk: time-major forward
     kw, flags = make(2, 6, 5, 29, 2, ALL)
-    check(kw, flags)
+    check(kw, flags, plan=replace(SMALL, chunk_below=0))                # one chunk: time-major forward
     assert len(made) == 1
     made.clear()
-    monkeypatch.setattr(fused, "SEQ_CHUNK_BELOW", 1 << 20)        # split grid ...
-    monkeypatch.setattr(fused, "SEQ_SPLIT_IN_ROWS", True)         # ... in rows: tiles forward
-    monkeypatch.setattr(fused, "SEQ_ROWS_LOG_MID", 2)
-    monkeypatch.setattr(fused, "SEQ_ELEMS_MID", 16)
-    check(kw, flags)
+    check(kw, flags, plan=replace(SMALL, small=Layout(16, 1, 2)))        # split grid in rows: tiles forward
     assert len(made) == 1
 
 
-def test_bc_time_major_choice(monkeypatch):
+def test_bc_time_major_choice():
     """B and C time-major: in Triton's layout always, in rows only on grids not split in time."""
-    monkeypatch.undo()
-    assert fused.bc_time_major(0, 1) and fused.bc_time_major(0, 64)
-    assert fused.bc_time_major(4, 1) and not fused.bc_time_major(3, 64)
+    assert DEFAULT_PLAN.reads_bc_time_major(0, 1) and DEFAULT_PLAN.reads_bc_time_major(0, 64)
+    assert DEFAULT_PLAN.reads_bc_time_major(4, 1) and not DEFAULT_PLAN.reads_bc_time_major(3, 64)
 
 
-def test_reduce_scatter_choice(monkeypatch):
+def test_reduce_scatter_choice():
     """y by the reduce-scatter only for the layout its PTX is written for: Triton's layout of an
     (8, 16) state in one warp (4 lanes per channel); the GPU tests check the PTX itself, the
     interpreter runs its tl.sum twin in every n16 test here."""
-    monkeypatch.undo()
-    assert fused.reduce_scatter(0, 16, 8, 1)
-    assert not fused.reduce_scatter(3, 32, 8, 1) and not fused.reduce_scatter(0, 16, 4, 1)
-    assert not fused.reduce_scatter(0, 8, 16, 1) and not fused.reduce_scatter(0, 16, 8, 2)
-    monkeypatch.setattr(fused, "SEQ_REDUCE_SCATTER", False)
-    assert not fused.reduce_scatter(0, 16, 8, 1)
+    rs = DEFAULT_PLAN.reduces_by_scatter
+    assert rs(0, 16, 8, 1)
+    assert not rs(3, 32, 8, 1) and not rs(0, 16, 4, 1)
+    assert not rs(0, 8, 16, 1) and not rs(0, 16, 8, 2)
+    assert not replace(DEFAULT_PLAN, reduce_scatter=False).reduces_by_scatter(0, 16, 8, 1)
 
 
-def test_v2_chunk_split(monkeypatch):
-    monkeypatch.undo()                                     # the module defaults, not the fixture's
-    assert fused._seq_chunks(4096, 1024) == (4096, 1)      # b4 d2048 n16: 1024 one-warp programs
-    assert fused._seq_chunks(32768, 256) == (512, 64)      # b1: 64 chunks
-    assert fused._seq_chunks(1000, 1) == (336, 3)          # chunks >= 256 steps
-    assert fused._seq_chunks(20, 1) == (24, 1)
+def test_v2_chunk_split():
+    chunks = DEFAULT_PLAN.chunks
+    assert chunks(4096, 1024) == (4096, 1)      # b4 d2048 n16: 1024 one-warp programs
+    assert chunks(32768, 256) == (512, 64)      # b1: 64 chunks
+    assert chunks(1000, 1) == (336, 3)          # chunks >= 256 steps
+    assert chunks(20, 1) == (24, 1)
 
 
 @triton.jit
@@ -285,51 +268,44 @@ def test_forward_softplus(fast):
     assert torch.equal(out[x > 20], x[x > 20])
 
 
-def test_big_state_forward_with_and_without_grad(monkeypatch):
+def test_big_state_forward_with_and_without_grad():
     """n > 32 takes the big-N launch (the state in rows of 16, channels on NP/16 lanes), with and
     without grad; and in Triton's layout (ROWS_LOG 0), both against the reference."""
-    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 128)           # 2 channels per block
-    assert fused.fwd_launch(64, split=False)[2] == 4
+    plan = replace(SMALL, big=Layout(128, 1, 4))                        # 2 channels per block
+    assert plan.layout(64)[2] == 4
     kw, flags = make(1, 3, 40, 11, None, ALL)
     for rows in (4, 0):
-        monkeypatch.setattr(fused, "SEQ_ROWS_LOG_BIG_N", rows)
-        check_with_and_without_grad(kw, flags)
+        check_with_and_without_grad(kw, flags, replace(plan, big=Layout(128, 1, rows)))
 
 
 @pytest.mark.parametrize("n,rows_log", [(5, 1), (7, 3), (16, 2), (40, 4)])
-def test_forward_state_in_rows(monkeypatch, n, rows_log):
+def test_forward_state_in_rows(n, rows_log):
     """The forward with its state in rows of 2**rows_log states per thread (ROWS_LOG: the state
     built from joined columns, loaded and stored column by column): every output and gradient
     against the reference, through time chunks (states-only pass and carry), checkpoints,
     packed sequences, initial states and masked channels and states, with and without grad."""
-    for knob in ("SEQ_ROWS_LOG", "SEQ_ROWS_LOG_MID", "SEQ_ROWS_LOG_BIG_N"):
-        monkeypatch.setattr(fused, knob, rows_log)
-    for knob in ("SEQ_ELEMS", "SEQ_ELEMS_MID"):
-        monkeypatch.setattr(fused, knob, 16)                    # 2 to 8 channels per block
-    monkeypatch.setattr(fused, "SEQ_ELEMS_BIG_N", 128)          # 2 channels per block at n 40
-    assert fused.fwd_launch(fused._np(n), split=True)[2] == rows_log
+    plan = replace(SMALL, small=Layout(16, 1, rows_log), mid=Layout(16, 1, rows_log),   # 2 to 8 channels per block
+                   big=Layout(128, 1, rows_log))                                         # 2 at n 40
+    assert plan.layout(fused._np(n))[2] == rows_log
     kw, flags = make(2, 5, n, 19, None, ALL, seq=True)
-    check_with_and_without_grad(kw, flags)
+    check_with_and_without_grad(kw, flags, plan)
 
 
-def test_forward_launch_choice(monkeypatch):
-    """The forward's launch: Triton's layout at n <= 16 (time split or not), rows of 8 at n = 32,
-    rows of 16 at n >= 64; never more states per thread than NP. With grad, time is split only
-    when the backward's grid is small too."""
-    monkeypatch.undo()
-    assert fused.fwd_launch(16, split=False) == fused.fwd_launch(16, split=True) == (128, 1, 0)
-    assert fused.fwd_launch(32, split=False) == fused.fwd_launch(32, split=True) == (256, 1, 3)
-    monkeypatch.setattr(fused, "SEQ_SPLIT_IN_ROWS", True)
-    assert fused.fwd_launch(16, split=True) == (256, 1, 3) and fused.fwd_launch(4, split=True)[2] == 2
-    monkeypatch.undo()
-    assert fused.fwd_launch(64, split=False) == (512, 1, 4)
-    assert fused.fwd_launch(128, split=True) == (512, 1, 4)
+def test_forward_launch_choice():
+    """The forward's launch: Triton's layout at n <= 16, rows of 8 at n = 32, rows of 16 at
+    n >= 64; never more states per thread than NP. With grad, time is split only when the
+    backward's grid is small too."""
+    plan = DEFAULT_PLAN
+    assert plan.layout(16) == (128, 1, 0) and plan.layout(32) == (256, 1, 3)
+    assert plan.layout(64) == plan.layout(128) == (512, 1, 4)
+    assert replace(plan, small=Layout(16, 1, 3)).layout(4)[2] == 2
 
     # (b, d, L, NP, G, save) -> NC: b1 l32768 n16 splits both ways; n64 only without grad (the
     # backward's grid, 1024 warps, is large); b4 l4096 n16 never
-    assert fused.fwd_grid(1, 2048, 32768, 16, 1, False)[4] > 1 and fused.fwd_grid(1, 2048, 32768, 16, 1, True)[4] > 1
-    assert fused.fwd_grid(1, 2048, 32768, 64, 1, False)[4] > 1 and fused.fwd_grid(1, 2048, 32768, 64, 1, True)[4] == 1
-    assert fused.fwd_grid(4, 2048, 4096, 16, 1, True) == (1, 0, 8, 4096, 1)
-    assert fused.fwd_grid(1, 2048, 32768, 16, 1, True) == (1, 0, 8, 512, 64)
-    assert fused.fwd_grid(1, 2048, 32768, 64, 1, True) == (4, 0, 8, 32768, 1)     # the wide launch
-    assert fused.fwd_grid(4, 2048, 4096, 64, 1, True) == (1, 4, 8, 4096, 1)
+    grid = plan.forward_grid
+    assert grid(1, 2048, 32768, 16, 1, False)[4] > 1 and grid(1, 2048, 32768, 16, 1, True)[4] > 1
+    assert grid(1, 2048, 32768, 64, 1, False)[4] > 1 and grid(1, 2048, 32768, 64, 1, True)[4] == 1
+    assert grid(4, 2048, 4096, 16, 1, True) == (1, 0, 8, 4096, 1)
+    assert grid(1, 2048, 32768, 16, 1, True) == (1, 0, 8, 512, 64)
+    assert grid(1, 2048, 32768, 64, 1, True) == (4, 0, 8, 32768, 1)     # the wide launch
+    assert grid(4, 2048, 4096, 64, 1, True) == (1, 4, 8, 4096, 1)

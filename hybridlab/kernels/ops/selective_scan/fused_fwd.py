@@ -118,7 +118,7 @@ def _fwd_seq_kernel(
             if HAS_BIAS:
                 dt = dt + bias[:, None]
             if SOFTPLUS:
-                if CHEAP_SP:    # see SEQ_CHEAP_SOFTPLUS_MAX_NP
+                if CHEAP_SP:    # see the plan's cheap_softplus_max_np
                     dt = _softplus_fwd(dt, FAST)
                 else:
                     dt = _softplus(dt)

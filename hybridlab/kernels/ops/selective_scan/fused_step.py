@@ -6,15 +6,8 @@ import triton.language as tl
 
 from hybridlab.kernels.launch import FastKernel, cdiv, next_pow2
 
+from .plan import pow2_divisor
 from .tiles import _softplus
-
-
-def _pow2_divisor(x: int, cap: int) -> int:
-    """Largest power of two <= cap that divides x."""
-    p = 1
-    while p * 2 <= cap and x % (p * 2) == 0:
-        p *= 2
-    return p
 
 
 @triton.jit
@@ -69,7 +62,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     NP = max(2, next_pow2(n))
     BD = max(1, min(64, 4096 // NP, next_pow2(d)))
     if G > 1:
-        BD = _pow2_divisor(d // G, BD)
+        BD = pow2_divisor(d // G, BD)
     y = torch.empty(b, d, device=x.device, dtype=x.dtype)
     zz = z if z is not None else x
     _fast_update_kernel[(cdiv(d, BD), b)](

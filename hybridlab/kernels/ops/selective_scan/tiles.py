@@ -37,9 +37,7 @@ def _softplus_fwd(x, FAST: tl.constexpr):
     FAST: the GPU's ex2.approx.ftz and lg2.approx.ftz (absolute error 2^-22.6, so < 2.4e-6
     relative at log2(1.05); libdevice's log costs ~25 instructions, a state update ~5; 1 + e is
     never denormal); the interpreter cannot run PTX and takes tl.exp, tl.log2. = x above 20, as
-    _softplus. The series to e^6 below 0.1 (< 1e-6 relative) made the b4 forward 0.514 ms,
-    against 0.483-0.487 for this one in other calls (H100, 2026-11-23, scripts/gpu/ss_bench.py;
-    selective_scan/NOTES.md)."""
+    _softplus. (A longer series, to e^6 below 0.1, measured slower: DESIGN.md.)"""
     if FAST:
         e = _ex2_ftz(-tl.abs(x) * 1.4426950408889634)
         w = 1.0 + e
@@ -129,7 +127,7 @@ def _cols8(x):
 @triton.jit
 def _steps8(row, t0, s_l: tl.constexpr):
     """The (NP,) vectors row[t * s_l] of the 8 steps t0..t0+7, unmasked: B or C time-major
-    (SEQ_BC_TIME_MAJOR, _time_major pads time to whole tiles), each step's vector in the state's
+    (the plan's bc_time_major; _time_major pads time to whole tiles), each step's vector in the state's
     column layout."""
     at = row + t0 * s_l                         # then constant offsets: immediates in the loads
     out = ()
@@ -163,7 +161,7 @@ def _join8(c):
 # y_t = sum_n h_n C_tn with a channel's 16 states on 4 lanes (4 per thread): summing each step
 # across the lanes takes 2 shuffle rounds per step (16 per tile), and the 8 results, the same on
 # all 4 lanes, then change layout through shared memory to be stored. A reduce-scatter instead
-# (SEQ_REDUCE_SCATTER): in round 1 lanes trade 4 of their 8 steps' partials with the lane 2
+# (the plan's reduce_scatter): in round 1 lanes trade 4 of their 8 steps' partials with the lane 2
 # away, in round 2 one of the remaining 2 pairs with the lane 1 away: 6 shuffles per tile, and
 # lane k ends with the sums of steps 2k and 2k + 1, the tile's load layout.
 _RS_ASM = tl.constexpr("""{
