@@ -42,7 +42,8 @@ SPECS = {
         "model": {"d_model": 64, "vocab_size": 256, "tie_embeddings": False, "norm_eps": 1e-6,
                   "init": INIT},
         "blocks": {"M": {"type": "mamba1", "d_state": 8, "expand": 2, "dt_bc_norm": True},
-                   "*": {"type": "attention", "n_heads": 4, "n_kv_heads": 2, "rope": False},
+                   "*": {"type": "attention", "n_heads": 4, "n_kv_heads": 2, "rope": False,
+                         "head_dim": 20},
                    "-": {"type": "mlp", "hidden_mult": 2.0},
                    "E": {"type": "moe", "n_experts": 4, "top_k": 2, "hidden_mult": 2.0,
                          "normalize_top_k": False}},
@@ -57,6 +58,37 @@ SPECS = {
                    "E": {"type": "moe", "n_experts": 4, "top_k": 2, "hidden_mult": 1.0,
                          "activation": "relu2", "score": "sigmoid", "n_shared_experts": 1}},
         "pattern": "ME M*- ME M-"},
+    "BambaForCausalLM": {
+        "model": {"d_model": 64, "vocab_size": 256, "norm_eps": 1e-6, "init": INIT},
+        "blocks": {"M": {"type": "mamba2", "d_state": 16, "headdim": 16, "ngroups": 2,
+                         "chunk_size": 8, "norm_eps": 1e-6},
+                   "*": {"type": "attention", "n_heads": 4, "n_kv_heads": 2, "head_dim": 24,
+                         "rope_fraction": 0.5, "rope_theta": 500.0, "qkv_bias": True},
+                   "-": {"type": "mlp", "hidden_mult": 2.0, "bias": True}},
+        "pattern": "M- M- *- M-"},
+    "GraniteMoeHybridForCausalLM": {
+        "model": {"d_model": 64, "vocab_size": 256, "init": INIT},
+        "blocks": {"M": {"type": "mamba2", "d_state": 16, "headdim": 16, "chunk_size": 8},
+                   "*": {"type": "attention", "n_heads": 4, "n_kv_heads": 1, "head_dim": 24,
+                         "rope_theta": 500.0},
+                   "E": {"type": "moe", "n_experts": 4, "top_k": 2, "hidden_mult": 1.0,
+                         "n_shared_experts": 1}},
+        "pattern": "ME ME *E ME"},
+    "FalconH1ForCausalLM": {
+        "model": {"d_model": 64, "vocab_size": 256, "init": INIT},
+        "blocks": {"P": {"type": "parallel", "combine": "sum", "branch_norm": False,
+                         "attention": {"n_heads": 4, "n_kv_heads": 2, "head_dim": 24,
+                                       "rope_theta": 1000.0},
+                         "ssm": {"type": "mamba2", "d_state": 16, "headdim": 16, "ngroups": 2,
+                                 "d_ssm": 96, "chunk_size": 8, "norm_before_gate": True}},
+                   "-": {"type": "mlp", "hidden_mult": 2.0}},
+        "pattern": "P- P- P-"},
+    "GraniteMoeHybridForCausalLM/dense-nope": {
+        "model": {"d_model": 64, "vocab_size": 256, "init": INIT},
+        "blocks": {"M": {"type": "mamba2", "d_state": 16, "headdim": 16, "chunk_size": 8},
+                   "*": {"type": "attention", "n_heads": 4, "n_kv_heads": 1, "rope": False},
+                   "-": {"type": "mlp", "hidden_mult": 2.0}},
+        "pattern": "M- *- M-"},
 }
 
 
@@ -87,23 +119,24 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf-native")
     jobs, models = [], {}
     gen = torch.Generator().manual_seed(1)
-    for arch, data in SPECS.items():
+    for key, data in SPECS.items():
         model = build(data)
-        folder = root / arch
+        folder = root / key.replace("/", "-")
         result = write_hf(folder, model)
         x = torch.randint(0, 256, (2, 24), generator=gen)
         prompt = torch.randint(0, 256, (2, 6), generator=gen)
-        models[arch] = (model, x, prompt, result)
+        models[key] = (model, x, prompt, result)
         jobs.append({"dir": str(folder), "inputs": x.tolist(), "prompt": prompt.tolist(),
-                     "new_tokens": 12, "pipeline": "def f(x):" if arch == "JambaForCausalLM"
+                     "new_tokens": 12, "pipeline": "def f(x):" if key == "JambaForCausalLM"
                      else None})
     done = run_isolated(jobs)
-    return {arch: (models[arch], job) for arch, job in zip(SPECS, done)}
+    return {key: (models[key], job) for key, job in zip(SPECS, done)}
 
 
-@pytest.mark.parametrize("arch", list(SPECS))
-def test_native_class_loads_alone_with_same_logits_and_tokens(exported, arch):
-    (model, x, prompt, result), job = exported[arch]
+@pytest.mark.parametrize("key", list(SPECS))
+def test_native_class_loads_alone_with_same_logits_and_tokens(exported, key):
+    (model, x, prompt, result), job = exported[key]
+    arch = key.split("/")[0]
     assert job["class"] == arch and job["module"].startswith("transformers.models.")
     config = json.loads((result.path / "config.json").read_text())
     assert config["architectures"] == [arch] and "auto_map" not in config

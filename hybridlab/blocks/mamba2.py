@@ -42,6 +42,7 @@ class Mamba2Config(BlockConfig):
     d_state: int = 128                 # N, state size per head
     d_conv: int = 4                    # short causal conv width
     expand: int = 2                    # d_inner = expand * d_model
+    d_ssm: int | None = None           # d_inner set directly (FalconH1's mamba_d_ssm); None: expand
     headdim: int = 64                  # P; nheads = d_inner / headdim
     ngroups: int = 1                   # G, heads share B/C within a group
     A_init_range: tuple = (1.0, 16.0)  # A = -U(lo, hi), stored as A_log
@@ -68,9 +69,13 @@ class Mamba2Config(BlockConfig):
                 errs.append((f, f"must be > 0, got {getattr(self, f)}"))
         if errs:
             return errs
-        d_inner = self.expand * d_model
+        if self.d_ssm is not None and (isinstance(self.d_ssm, bool) or not isinstance(self.d_ssm, int)
+                                       or self.d_ssm <= 0):
+            return [("d_ssm", f"must be a positive integer or null, got {self.d_ssm!r}")]
+        d_inner = self.inner(d_model)
         if d_inner % self.headdim:
-            errs.append(("headdim", f"must divide expand*d_model = {d_inner}, got {self.headdim}"))
+            width = "d_ssm" if self.d_ssm is not None else "expand*d_model"
+            errs.append(("headdim", f"must divide {width} = {d_inner}, got {self.headdim}"))
         elif (d_inner // self.headdim) % self.ngroups:
             errs.append(("ngroups", f"must divide nheads = {d_inner // self.headdim}, got {self.ngroups}"))
         lo, hi = self.A_init_range
@@ -82,6 +87,10 @@ class Mamba2Config(BlockConfig):
         if not 0 <= lo < hi:
             errs.append(("dt_limit", f"need 0 <= lo < hi, got {self.dt_limit}"))
         return errs
+
+    def inner(self, d_model: int) -> int:
+        """The SSM width d_inner (nheads * headdim)."""
+        return self.d_ssm if self.d_ssm is not None else self.expand * d_model
 
 
 def _keep(p: nn.Parameter) -> nn.Parameter:
@@ -112,7 +121,7 @@ class Mamba2(Block):
     def __init__(self, cfg: Mamba2Config, ctx: LayerContext):
         super().__init__(cfg, ctx)
         d_model = ctx.d_model
-        self.d_inner = cfg.expand * d_model
+        self.d_inner = cfg.inner(d_model)
         self.nheads = self.d_inner // cfg.headdim
         self.conv_dim = self.d_inner + 2 * cfg.ngroups * cfg.d_state
         d_in_proj = 2 * self.d_inner + 2 * cfg.ngroups * cfg.d_state + self.nheads

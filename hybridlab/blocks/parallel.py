@@ -35,11 +35,14 @@ class ParallelConfig(BlockConfig):
     ssm: {type: mamba1}         ``type`` (a registered mixer: mamba1 | mamba2 | mamba3 | plugin)
                                 plus that block's fields (d_state, expand, ...)
     combine: "mean"             mean | sum of the two normalised, scaled branch outputs
+    branch_norm: True           RMS-normalise and scale each branch (Hymba); false: combine the
+                                raw outputs (FalconH1's parallel hybrid: attn(x) + ssm(x))
     """
 
     attention: dict = field(default_factory=dict)
     ssm: dict = field(default_factory=_default_ssm)
     combine: str = "mean"
+    branch_norm: bool = True
 
     def branches(self) -> dict[str, tuple[str, BlockConfig]]:
         """{"attention": (type, Config), "ssm": (type, Config)}; raises TypeError on unknown keys."""
@@ -91,11 +94,15 @@ class Parallel(Block):
         d = ctx.d_model
         self.attn = get_block("attention")(attn_cfg, dataclasses.replace(ctx, name=f"{ctx.name}.attention"))
         self.ssm = get_block(ssm_type)(ssm_cfg, dataclasses.replace(ctx, name=f"{ctx.name}.ssm"))
-        self.norm_attn, self.norm_ssm = RMSNorm(d), RMSNorm(d)
-        self.beta_attn = nn.Parameter(torch.ones(d))
-        self.beta_ssm = nn.Parameter(torch.ones(d))
+        if cfg.branch_norm:
+            self.norm_attn, self.norm_ssm = RMSNorm(d), RMSNorm(d)
+            self.beta_attn = nn.Parameter(torch.ones(d))
+            self.beta_ssm = nn.Parameter(torch.ones(d))
 
     def _combine(self, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.branch_norm:
+            y = a + s
+            return y / 2 if self.cfg.combine == "mean" else y
         y = self.beta_attn * self.norm_attn(a) + self.beta_ssm * self.norm_ssm(s)
         return y / 2 if self.cfg.combine == "mean" else y
 
@@ -113,6 +120,8 @@ class Parallel(Block):
 
     # -- accounting ------------------------------------------------------------------------
     def _glue_parameters(self) -> int:
+        if not self.cfg.branch_norm:
+            return 0
         return sum(p.numel() for m in (self.norm_attn, self.norm_ssm) for p in m.parameters()) + \
             self.beta_attn.numel() + self.beta_ssm.numel()
 

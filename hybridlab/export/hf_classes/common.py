@@ -186,3 +186,37 @@ def head_weights(state: dict, embed_name: str, head_name: str, tied: bool) -> di
 def contiguous(weights: dict) -> dict:
     """Fresh contiguous CPU copies (safetensors refuses views sharing storage)."""
     return {k: v.detach().cpu().clone().contiguous() for k, v in weights.items()}
+
+
+def rope_parameters(check: Check, c, name: str, head_dim: int, partial: bool = True,
+                    nope: bool = False) -> dict | None:
+    """transformers' ``rope_parameters`` for an attention config: default RoPE with hybridlab's
+    theta and rotated share (``partial_rotary_factor`` where the class applies one); None for
+    NoPE where the class allows it."""
+    from hybridlab.blocks.rope import rotary_dim
+
+    cls = check.class_name
+    if not c.rope:
+        check.need(nope, f"blocks.{name}.rope: false: {cls} attention always uses RoPE")
+        return None
+    rot = rotary_dim(head_dim, c.rope_fraction)
+    factor = rot / head_dim
+    if partial:
+        check.need(int(head_dim * factor) == rot, f"blocks.{name}.rope_fraction = "
+                   f"{c.rope_fraction}: {cls} cannot rotate exactly {rot} of {head_dim} dims")
+    else:
+        check.need(rot == head_dim, f"blocks.{name}.rope_fraction = {c.rope_fraction}: {cls} "
+                                    "rotates every dimension of a head")
+    params = {"rope_type": "default", "rope_theta": float(c.rope_theta)}
+    if partial:
+        params["partial_rotary_factor"] = factor
+    return params
+
+
+def mamba2_fields(c, block, prefix: str = "mamba_") -> dict:
+    """The ``mamba_*`` config fields Bamba and GraniteMoeHybrid share."""
+    return {f"{prefix}n_heads": block.nheads, f"{prefix}d_head": c.headdim,
+            f"{prefix}n_groups": c.ngroups, f"{prefix}d_state": c.d_state,
+            f"{prefix}d_conv": c.d_conv, f"{prefix}expand": block.d_inner // block.layer.d_model,
+            f"{prefix}chunk_size": c.chunk_size, f"{prefix}conv_bias": c.conv_bias,
+            f"{prefix}proj_bias": c.bias, "time_step_limit": list(c.dt_limit)}

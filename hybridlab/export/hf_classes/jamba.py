@@ -27,8 +27,7 @@ def period_offset(marked: list[int], n: int) -> tuple[int, int] | None:
 
 
 def check_attention(check: Check, c, name: str, d_model: int) -> None:
-    """Jamba's (and NemotronH's) attention: no positional encoding, no window, no q/k/v bias,
-    head_dim d_model / n_heads."""
+    """Jamba's (and NemotronH's) attention: no positional encoding, no window, no biases."""
     cls = check.class_name
     check.need(not c.rope, f"blocks.{name}.rope: {cls} attention has no positional encoding "
                            "(set rope: false)")
@@ -66,8 +65,6 @@ def fit(model) -> NativeExport:
     if ac is not None:
         name = attns[0].name
         check_attention(check, ac, name, m.d_model)
-        check.need(ac.head_dim in (None, m.d_model // ac.n_heads),
-                   f"blocks.{name}.head_dim: Jamba's head_dim is d_model / n_heads")
     if fc is not None:
         check.need(fc.activation == "swiglu", f"blocks.{mlps[0].name}.activation = "
                                               f"{fc.activation}: Jamba's MLP is SwiGLU")
@@ -92,6 +89,7 @@ def fit(model) -> NativeExport:
         rms_norm_eps=m.norm_eps, attn_layer_period=attn_po[0], attn_layer_offset=attn_po[1],
         expert_layer_period=moe_po[0], expert_layer_offset=moe_po[1],
         num_attention_heads=ac.n_heads if ac else 1, num_key_value_heads=ac.kv_heads if ac else 1,
+        head_dim=ac.dim_per_head(m.d_model) if ac else m.d_model,
         num_experts=ec.n_experts if ec else 1, num_experts_per_tok=ec.top_k if ec else 1,
         router_aux_loss_coef=ec.lb_loss_coef if ec else 0.001,
         max_position_embeddings=262144)
