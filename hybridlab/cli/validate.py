@@ -25,13 +25,20 @@ def register(subparsers) -> None:
 
 def _is_search_spec(path: str) -> bool:
     """Peek at the top-level keys (bounded reads); anything unreadable goes to the model loader
-    for its error."""
+    for its error, and so does what can be read only once (a pipe such as /dev/stdin)."""
     from hybridlab.composer.yaml_source import parse_yaml, read_text_file
+    from hybridlab.search.spec import SEARCH_MARKS
+    if not Path(path).is_file():
+        return False
     try:
-        data, _ = parse_yaml(read_text_file(path, path), path)
+        text = read_text_file(path, path)
     except SpecError:
         return False
-    return isinstance(data, dict) and ("space" in data or "objectives" in data)
+    try:
+        data, _ = parse_yaml(text, path)
+    except SpecError:               # broken YAML: its lines say which loader reports it better
+        return SEARCH_MARKS.looks_like(text)
+    return isinstance(data, dict) and any(key in data for key in SEARCH_MARKS.keys)
 
 
 def _validate_search(path: str, plugins: bool) -> str:

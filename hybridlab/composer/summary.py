@@ -34,8 +34,8 @@ def summarize(spec, contexts=(4096,), dtype: torch.dtype = torch.bfloat16) -> di
     type of cached state and KV, a torch dtype or a name (bf16, fp16, fp32).
     """
     if not isinstance(spec, ModelSpec):
-        import hybridlab
-        spec = hybridlab.load_spec(spec)
+        from hybridlab.composer.loader import load_spec     # the loader imports this package
+        spec = load_spec(spec)
     model: HybridModel = build_model(spec, device="meta")
     contexts = (contexts,) if isinstance(contexts, int) else tuple(int(c) for c in contexts)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype

@@ -16,6 +16,7 @@ Plain dicts have no positions: ``SourceMap.empty(file)`` answers line 0, column 
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,16 +125,19 @@ class SpecKind:
 def read_text_file(path: str | Path, shown_as: str, *, limit: int = MAX_SPEC_BYTES) -> str:
     """File contents as text, or a SpecError that says plainly why it cannot be read.
 
-    Reads at most ``limit`` + 1 bytes, so /dev/zero or a huge file fails at once."""
+    Reads at most ``limit`` + 1 bytes, so /dev/zero or a huge file fails at once; a named pipe
+    nobody writes to reads as empty instead of blocking."""
     p = Path(path)
-    if not p.exists():
+    if "\0" in str(p) or not p.exists():
         raise SpecError(Problem("file not found", file=shown_as,
-                                hint=f"looked for {p.resolve()}"))
+                                hint=f"looked for {p.resolve()}" if "\0" not in str(p) else ""))
     if p.is_dir():
         raise SpecError(Problem("is a directory, not a spec file", file=shown_as,
                                 hint="pass the YAML file itself, e.g. specs/model.yaml"))
     try:
-        with p.open("rb") as f:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # no wait for a writer
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
             data = f.read(limit + 1)
     except OSError as e:
         raise SpecError(Problem(f"cannot read file: {e.strerror or e}", file=shown_as)) from None
@@ -169,6 +173,8 @@ def parse_yaml(text: str, file: str, *, kind: SpecKind | None = None) -> tuple[A
     text = text.replace("\r\n", "\n")
     try:
         data, nodes, duplicates = _load(text, file)
+    except _OverLimit:
+        raise                       # says which limit, quotes nothing
     except SpecError:
         if kind is not None and not kind.looks_like(text):
             raise SpecError(kind.problem(file, "it is not valid YAML")) from None
@@ -178,6 +184,10 @@ def parse_yaml(text: str, file: str, *, kind: SpecKind | None = None) -> tuple[A
                   "it is not a YAML mapping")
         raise SpecError(kind.problem(file, reason))
     return data, SourceMap(file, text, nodes, duplicates)
+
+
+class _OverLimit(SpecError):
+    """A YAML limit (values, nesting): the message quotes nothing from the text."""
 
 
 class LimitExceeded(Exception):
@@ -271,6 +281,8 @@ def _load(text: str, file: str):
         if _CLoader is not None:
             try:
                 return _compose(_CLoader, text)
+            except UnicodeEncodeError:          # a lone surrogate: the reader below names it
+                pass
             except syntax as e:
                 if "maximum nesting depth" in str(getattr(e, "problem", "")):
                     raise LimitExceeded(f"values are nested more than {MAX_YAML_DEPTH} levels "
@@ -279,8 +291,8 @@ def _load(text: str, file: str):
                     raise
         return _compose(_PyLoader, text)
     except LimitExceeded as e:
-        raise SpecError(Problem(f"YAML: {e.message}", file=file, line=e.mark.line + 1,
-                                col=e.mark.column + 1, hint=e.hint)) from None
+        raise _OverLimit(Problem(f"YAML: {e.message}", file=file, line=e.mark.line + 1,
+                                 col=e.mark.column + 1, hint=e.hint)) from None
     except yaml.MarkedYAMLError as e:
         raise SpecError(_syntax_problem(e, file, text)) from None
     except yaml.reader.ReaderError as e:      # a character YAML does not allow (NUL, controls)

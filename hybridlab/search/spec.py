@@ -48,6 +48,8 @@ SEARCH_SPEC = SpecKind("search spec", ("base", "space", "objectives", "constrain
                                        "trials", "baselines", "heartbeat"),
                        "a search spec is a YAML mapping with name:, base:, space:, tasks: and "
                        "objectives:; see docs/search.md")
+#: what tells ``hybridlab validate`` that a file is a search spec, not a model spec
+SEARCH_MARKS = SpecKind("search spec", ("space", "objectives"))
 #: model fields probed per search spec by loading the base with a sampled value (each probe
 #: loads the base once; a space of hostile paths must not cost minutes)
 MAX_PATH_PROBES = 64
