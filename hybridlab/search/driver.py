@@ -37,6 +37,7 @@ from hybridlab.search.progress import NullProgress, TqdmProgress
 from hybridlab.search.space import make_sampler
 from hybridlab.search.spec import SearchSpec, load_search_spec
 from hybridlab.storage import Store, StudyLock, display_url, optuna_storage
+from hybridlab.storage.health import translated
 from hybridlab.storage.repository import counted_finished
 
 
@@ -89,7 +90,7 @@ def storage_for(spec: SearchSpec, url: str):
 def prepare_study(spec: SearchSpec, store: Store, target: int) -> optuna.Study:
     """Create the study or check that the existing one is this search; enqueue baselines.
     Under the study lock: processes starting together create it (and its baselines) once."""
-    with StudyLock(store.url, spec.name):
+    with translated(store.url), StudyLock(store.url, spec.name):
         return _prepare_study(spec, store, target)
 
 
@@ -201,7 +202,14 @@ def work(spec: SearchSpec, url: str, target: int, *, device: str = "auto",
     """One worker: start trials while the budget allows, until the study is done.
 
     Returns the number of trials this worker ran. Raises KeyboardInterrupt after recording an
-    interrupted trial (and re-queueing it)."""
+    interrupted trial (and re-queueing it), ``StoreError`` when the database fails."""
+    with translated(url):
+        return _work(spec, url, target, device=device, worker=worker, progress=progress,
+                     stop=stop, save_artifacts=save_artifacts)
+
+
+def _work(spec: SearchSpec, url: str, target: int, *, device: str, worker: int | None,
+          progress, stop: threading.Event | None, save_artifacts: bool) -> int:
     progress = progress or NullProgress()
     _cpu_threads(device)
     store = Store(url)

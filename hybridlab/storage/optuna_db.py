@@ -4,7 +4,9 @@
   with ``query_only`` for readers) on Optuna's engine too;
 * a writer creates Optuna's tables under the database's schema lock, so two processes started
   at once on a new database do not both create them (Optuna's own creation is not safe against
-  that: "table studies already exists", "UNIQUE constraint failed: alembic_version");
+  that: "table studies already exists", "UNIQUE constraint failed: alembic_version"); it first
+  refuses a database with half of Optuna's or hybridlab's tables, or a newer hybridlab schema,
+  rather than create what is missing;
 * a reader never creates or migrates anything;
 * with ``heartbeat_interval`` set, a trial whose process stopped beating for ``grace_period``
   seconds is marked FAIL by the next worker and re-queued (WAITING, same parameters) by
@@ -18,7 +20,7 @@ import warnings
 
 from .engine import (readonly_sqlite_url, configure_sqlite_engine, is_sqlite, resolve_url,
                      sqlite_engine_kwargs, writer_engine)
-from .health import check_file, translated
+from .health import check_file, table_state, translated
 from .locks import schema_lock
 
 
@@ -53,9 +55,9 @@ def optuna_storage(url: str | None = None, *, heartbeat_interval: int | None = N
             storage = build()
         else:
             with schema_lock(url):
-                if sqlite:   # create the file in WAL mode (persistent) before Optuna connects
-                    with writer_engine(url).connect():
-                        pass
+                # refuse a half-built or newer database instead of "repairing" it; our
+                # writer engine also creates a new SQLite file in WAL mode before Optuna's
+                table_state(writer_engine(url), url)
                 storage = build()
     if sqlite:
         configure_sqlite_engine(storage.engine, readonly=readonly)

@@ -75,7 +75,7 @@ class Store:
             check_file(self.url)
             self.engine = writer_engine(self.url)
             # serialised: processes started at once on a new database create the tables once
-            with schema_lock(self.url), translated(self.url):
+            with translated(self.url), schema_lock(self.url):
                 table_state(self.engine, self.url)    # refuses half sets and newer schemas
                 ensure_schema(self.engine)
 
