@@ -498,6 +498,17 @@ def test_search_list_limits():
     assert "17 objectives; the limit is 16" in [p.message for p in got]
 
 
+def test_grid_and_heartbeat_bounds():
+    got = search_problems(search_text("  train.steps: {int: [1, 1000000000000]}\n",
+                                      extra="sampler: grid\n"), within_s=FAST_S * 5)
+    assert got[0].message == "the grid has 1000000000000 values here; the limit is 1024"
+    three = "".join(f"  train.{k}: {{int: [1, 1000]}}\n" for k in ("steps", "batch_size", "seed"))
+    got = search_problems(search_text(three, extra="sampler: grid\n"), within_s=FAST_S * 5)
+    assert got[0].message == "the grid has 1,000,000,000 points; the limit is 1,000,000"
+    got = search_problems(search_text(extra="heartbeat: {interval_s: 100000000000000000000}\n"))
+    assert got[0].message == "interval_s must be at most 86400, got 100000000000000000000"
+
+
 def test_hostile_space_paths_are_checked_in_bounded_time(monkeypatch):
     """Every dimension names a field the base lacks: each is checked by loading the base with a
     sampled value, within a budget per search spec, so a 10,000-layer base and 64 such

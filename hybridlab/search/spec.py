@@ -53,6 +53,8 @@ SEARCH_MARKS = SpecKind("search spec", ("space", "objectives"))
 #: model fields probed per search spec by loading the base with a sampled value (each probe
 #: loads the base once; a space of hostile paths must not cost minutes)
 MAX_PATH_PROBES = 64
+#: points the grid sampler lists up front
+MAX_GRID_POINTS = 1_000_000
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "grid")
 
@@ -468,10 +470,7 @@ def _build(data: Mapping, ctx: _Ctx, base_dir: Path, text: str, source: str | No
     baselines = _baselines(data, ctx, space, trials)
     _check_vocab(base, tasks, space, ctx)
     if sampler is not None and sampler.name == "grid":
-        for p in space:
-            if p.kind == "float" and p.step is None:
-                ctx.add(("space", p.name), "the grid sampler needs finite values: use choice, "
-                        "int, or float with step", at_key=True)
+        _check_grid(space, ctx)
     if ctx.problems:
         return None
     return SearchSpec(name=name.strip(), base=base, base_source=base_source, space=tuple(space),
@@ -792,6 +791,30 @@ def _trials(data, ctx: _Ctx) -> int:
     return raw
 
 
+def _check_grid(space: list[Param], ctx: _Ctx) -> None:
+    """The grid sampler lists every point up front: finite values, and not too many of them."""
+    points = 1
+    for p in space:
+        if p.kind == "float" and p.step is None:
+            ctx.add(("space", p.name), "the grid sampler needs finite values: use choice, "
+                    "int, or float with step", at_key=True)
+            return
+        n = len(p.choices) if p.kind == "choice" else \
+            int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
+        if n > MAX_CHOICES:
+            ctx.add(("space", p.name), f"the grid has {n} values here; the limit is "
+                    f"{MAX_CHOICES}", "raise step, or narrow the range", at_key=True)
+            return
+        points *= n
+    if points > MAX_GRID_POINTS:
+        ctx.add(("sampler",), f"the grid has {points:,} points; the limit is {MAX_GRID_POINTS:,}",
+                "fewer dimensions or values, or another sampler")
+
+
+#: heartbeat settings beyond these are typos (and overflow the timers that use them)
+HEARTBEAT_MAX = {"interval_s": 86_400, "grace_s": 7 * 86_400, "max_retry": 1_000}
+
+
 def _heartbeat(data, ctx: _Ctx) -> HeartbeatConfig:
     raw = data.get("heartbeat") or {}
     if not isinstance(raw, Mapping):
@@ -805,6 +828,8 @@ def _heartbeat(data, ctx: _Ctx) -> HeartbeatConfig:
                     at_key=True)
         elif not _is_int(value) or value < (0 if key == "max_retry" else 1):
             ctx.add(("heartbeat", key), f"{key} must be a positive integer, got {value!r}")
+        elif value > HEARTBEAT_MAX[key]:
+            ctx.add(("heartbeat", key), f"{key} must be at most {HEARTBEAT_MAX[key]}, got {value}")
         else:
             vals[key] = value
     return HeartbeatConfig(**vals)
