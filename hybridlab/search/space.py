@@ -15,7 +15,8 @@ from typing import Any
 
 import optuna
 
-from hybridlab.search.spec import Param, SamplerConfig, SearchSpec, set_path
+from hybridlab.search.paths import set_path
+from hybridlab.search.spec import Param, SamplerConfig, SearchSpec
 
 
 def sampler_class(name: str):

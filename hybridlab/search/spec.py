@@ -40,6 +40,12 @@ from hybridlab.composer.limits import (MAX_BASELINES, MAX_CHOICES, MAX_CONSTRAIN
 from hybridlab.composer.loader import MODEL_SPEC, load_spec
 from hybridlab.composer.yaml_source import SourceMap, SpecKind, parse_yaml, read_text_file
 from hybridlab.errors import Problem, SpecError
+from hybridlab.search.metrics import (ALIASES, ANALYTIC, ANALYTIC_CONTEXT,  # noqa: F401
+                                      CONTEXT_METRICS, COST_METRICS, TRAIN_METRICS,
+                                      canonical_metric, check_metric, is_analytic,
+                                      known_metric_names, metric_context)
+from hybridlab.search.paths import (PathSyntaxError, _deepest, format_path,  # noqa: F401
+                                    get_path, parse_path, set_path)
 
 TOP_KEYS = ("name", "base", "space", "tasks", "train", "objectives", "constraints", "sampler",
             "trials", "baselines", "heartbeat", "cost", "description")
@@ -57,63 +63,6 @@ MAX_PATH_PROBES = 64
 MAX_GRID_POINTS = 1_000_000
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random", "grid")
-
-# -- metrics -------------------------------------------------------------------------------------
-# What a trial measures. Names with "@" take a context length: state_bytes@32768.
-TRAIN_METRICS = ("quality", "train_tokens_per_s", "peak_mem_bytes", "train_wall_s", "final_loss",
-                 "train_steps", "train_tokens")
-COST_METRICS = ("params_total", "params_active", "params_embedding", "params_non_embedding",
-                "recurrent_state_bytes", "decode_tokens_per_s", "prefill_latency_s")
-CONTEXT_METRICS = ("state_bytes", "kv_bytes", "flops_per_token")
-ALIASES = {"params": "params_total", "wall_s": "train_wall_s"}
-# Known before training, from the analytic summary (so constraints on them skip training).
-ANALYTIC = ("params_total", "params_active", "params_embedding", "params_non_embedding",
-            "recurrent_state_bytes")
-ANALYTIC_CONTEXT = ("state_bytes", "kv_bytes", "flops_per_token")
-_METRIC_RE = re.compile(r"^([a-z_]+)@(\d+)$")
-
-
-def canonical_metric(name: str) -> str:
-    return ALIASES.get(name, name)
-
-
-def metric_context(name: str) -> int | None:
-    m = _METRIC_RE.match(name)
-    return int(m.group(2)) if m else None
-
-
-def is_analytic(name: str) -> bool:
-    name = canonical_metric(name)
-    m = _METRIC_RE.match(name)
-    return (m.group(1) in ANALYTIC_CONTEXT) if m else name in ANALYTIC
-
-
-def check_metric(name: Any, task_labels: list[str]) -> str | None:
-    """None if ``name`` is a metric a trial produces, else a message."""
-    if not isinstance(name, str):
-        return f"a metric name is a string, got {name!r}"
-    name = canonical_metric(name)
-    if name in TRAIN_METRICS or name in COST_METRICS:
-        return None
-    if name.startswith("score/"):
-        label = name[len("score/"):]
-        if label in task_labels:
-            return None
-        return f"no task labelled {label!r} (tasks: {', '.join(task_labels) or 'none'})"
-    m = _METRIC_RE.match(name)
-    if m and m.group(1) in CONTEXT_METRICS:
-        if int(m.group(2)) < 1:
-            return "the context length after '@' must be >= 1"
-        return None
-    if name in CONTEXT_METRICS:
-        return f"{name} needs a context length, e.g. {name}@32768"
-    return "unknown metric"
-
-
-def known_metric_names(task_labels: list[str]) -> list[str]:
-    return (list(TRAIN_METRICS) + list(COST_METRICS) + list(ALIASES)
-            + [f"{m}@32768" for m in CONTEXT_METRICS] + [f"score/{t}" for t in task_labels])
-
 
 # -- typed objects -------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -242,99 +191,8 @@ class SearchSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# -- paths ---------------------------------------------------------------------------------------
-class PathSyntaxError(ValueError):
-    def __init__(self, message: str, offset: int):
-        super().__init__(message)
-        self.offset = offset
-
-
-def parse_path(text: str) -> tuple:
-    """``blocks."*".n_heads`` / ``blocks['*'].n_heads`` / ``layout.ffn[0]`` -> key tuple.
-
-    Segments are separated by '.'; a segment in quotes (or in ``['...']``) is taken literally,
-    so it may hold '.', '*', '[' or spaces. ``[N]`` (and a bare all-digit segment) is a list
-    index. Bare ``*`` is also accepted as the key "*".
-    """
-    keys: list = []
-    i, n = 0, len(text)
-    expect_key = True
-    if not text:
-        raise PathSyntaxError("empty path", 0)
-    while i < n:
-        ch = text[i]
-        if ch in "\"'":
-            end = text.find(ch, i + 1)
-            if end < 0:
-                raise PathSyntaxError(f"unclosed quote {ch}", i)
-            if not expect_key:
-                raise PathSyntaxError("expected '.' before a quoted key", i)
-            keys.append(text[i + 1:end])
-            i = end + 1
-            expect_key = False
-        elif ch == "[":
-            end = text.find("]", i + 1)
-            inner = text[i + 1:end] if end >= 0 else ""
-            if end < 0:
-                raise PathSyntaxError("unclosed '['", i)
-            if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "\"'":
-                keys.append(inner[1:-1])
-            elif re.fullmatch(r"\d+", inner):
-                keys.append(int(inner))
-            else:
-                raise PathSyntaxError("inside [...] write a list index or a quoted key: "
-                                      "[0] or ['*']", i)
-            i = end + 1
-            expect_key = False
-        elif ch == ".":
-            if expect_key:
-                raise PathSyntaxError("empty segment (two dots, or a leading dot)", i)
-            expect_key = True
-            i += 1
-        else:
-            if not expect_key:
-                raise PathSyntaxError("expected '.' or '[' here", i)
-            j = i
-            while j < n and text[j] not in ".[\"'":
-                j += 1
-            seg = text[i:j]
-            keys.append(int(seg) if seg.isdigit() else seg)
-            i = j
-            expect_key = False
-    if expect_key:
-        raise PathSyntaxError("the path ends with '.'", n - 1)
-    return tuple(keys)
-
-
-def format_path(path: tuple) -> str:
-    out = []
-    for k in path:
-        if isinstance(k, int):
-            out.append(f"[{k}]")
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*|\*", k):
-            out.append(("." if out else "") + k)
-        else:
-            out.append(("." if out else "") + json.dumps(k))
-    return "".join(out)
-
-
 def _primitive(v) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
-
-
-def get_path(data: Any, path: tuple) -> Any:
-    """Value at ``path``; raises KeyError/IndexError/TypeError naming the failing depth."""
-    cur = data
-    for depth, key in enumerate(path):
-        if isinstance(cur, Mapping):
-            if key not in cur and isinstance(key, int) and str(key) in cur:
-                key = str(key)
-            cur = cur[key]
-        elif isinstance(cur, list) and isinstance(key, int):
-            cur = cur[key]
-        else:
-            raise TypeError(depth)
-    return cur
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -1044,32 +902,6 @@ def _check_model_path(base: Mapping, base_source: str | None, param: Param, raw_
             messages.extend(p.message + (f" ({p.hint})" if p.hint else "") for p in mine)
     return (f"{format_path(path)!r} does not exist in the base spec",
             messages[0] if messages else "")
-
-
-def _deepest(base, path):
-    cur, prefix = base, ()
-    for key in path:
-        if isinstance(cur, Mapping) and key in cur:
-            cur, prefix = cur[key], prefix + (key,)
-        elif isinstance(cur, list) and isinstance(key, int) and key < len(cur):
-            cur, prefix = cur[key], prefix + (key,)
-        else:
-            break
-    options = list(cur.keys()) if isinstance(cur, Mapping) else []
-    return prefix, options
-
-
-def set_path(data: dict, path: tuple, value: Any) -> None:
-    """Set ``value`` at ``path`` inside ``data`` (in place), creating the last key."""
-    cur = data
-    for key in path[:-1]:
-        if isinstance(cur, Mapping) and key not in cur and isinstance(key, int) and str(key) in cur:
-            key = str(key)
-        cur = cur[key]
-    leaf = path[-1]
-    if isinstance(cur, Mapping) and leaf not in cur and isinstance(leaf, int) and str(leaf) in cur:
-        leaf = str(leaf)
-    cur[leaf] = value
 
 
 def _baselines(data, ctx: _Ctx, space: list[Param], trials: int) -> list[dict]:
