@@ -264,6 +264,8 @@ def test_directory_fifo_and_odd_paths(tmp_path, capsys):
     with within(FAST_S):
         assert first(fifo, source="pipe.yaml").startswith("pipe.yaml:1:1: the spec is empty")
     assert first(Path("a\0b")).endswith("file not found")
+    assert "File name too long" in first(Path("M" * 5000))
+    assert "File name too long" in search_problems("x" * 300 + "/y")[0].message
     code, _, err = cli(capsys, "validate", tmp_path, fifo, "/dev/zero")
     assert code == 2 and "Traceback" not in err and err.count("\n    hint:") >= 2
 
@@ -448,9 +450,10 @@ def test_allowed_roots_refuse_outside_and_missing_alike(secrets, tmp_path):
     ok = load_search_spec(search_text(base="model.yaml"), base_dir=root, allowed_roots=roots)
     assert ok.base_source == str(root / "model.yaml")
     answers = {}
+    (root / "loop.yaml").symlink_to(root / "loop.yaml")
     for base in (str(secrets["yaml"]), str(secrets["shadow"]), "../outside/yaml.txt",
                  "escape.yaml", "missing.yaml", "folder", "/etc/passwd", "/dev/zero",
-                 str(tmp_path / "nowhere" / "x.yaml")):
+                 str(tmp_path / "nowhere" / "x.yaml"), "loop.yaml", "M" * 5000):
         got = search_problems(search_text(base=base), base_dir=root, allowed_roots=roots,
                               within_s=FAST_S * 5)
         assert len(got) == 1 and got[0].field == "base", base

@@ -128,13 +128,13 @@ def read_text_file(path: str | Path, shown_as: str, *, limit: int = MAX_SPEC_BYT
     Reads at most ``limit`` + 1 bytes, so /dev/zero or a huge file fails at once; a named pipe
     nobody writes to reads as empty instead of blocking."""
     p = Path(path)
-    if "\0" in str(p) or not p.exists():
-        raise SpecError(Problem("file not found", file=shown_as,
-                                hint=f"looked for {p.resolve()}" if "\0" not in str(p) else ""))
-    if p.is_dir():
-        raise SpecError(Problem("is a directory, not a spec file", file=shown_as,
-                                hint="pass the YAML file itself, e.g. specs/model.yaml"))
     try:
+        if "\0" in str(p) or not p.exists():
+            raise SpecError(Problem("file not found", file=shown_as,
+                                    hint="" if "\0" in str(p) else f"looked for {p.resolve()}"))
+        if p.is_dir():
+            raise SpecError(Problem("is a directory, not a spec file", file=shown_as,
+                                    hint="pass the YAML file itself, e.g. specs/model.yaml"))
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # no wait for a writer
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as f:

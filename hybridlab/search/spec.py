@@ -214,7 +214,10 @@ class _Ctx:
         were given), else None."""
         if self.roots is None:
             return path
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except (OSError, ValueError, RuntimeError):   # a NUL, a loop, a name too long
+            return None
         return resolved if any(resolved.is_relative_to(r) for r in self.roots) else None
 
     def too_many(self, path: tuple, items, limit: int, what: str) -> bool:
@@ -350,7 +353,7 @@ def _load_base(data, ctx: _Ctx, base_dir: Path):
             path = base_dir / path
         if ctx.roots is not None:       # outside the roots or missing: one answer, no hint
             path = ctx.confined(path)
-            if path is None or not path.is_file():
+            if path is None or not _is_file(path):
                 ctx.add(("base",), f"no spec file {raw!r} in the allowed folders")
                 return None, None
         try:
@@ -444,6 +447,20 @@ def _tasks(data, ctx: _Ctx) -> list[TaskEntry]:
     return out
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _task_paths_confined(settings: dict, ctx: _Ctx, i: int) -> bool:
     """With allowed roots, every entry of a task's ``paths`` (files it reads, e.g. bytes_lm's
     corpus) must lie inside them; outside or missing get the same answer."""
@@ -457,7 +474,7 @@ def _task_paths_confined(settings: dict, ctx: _Ctx, i: int) -> bool:
         if not isinstance(entry, str):
             continue                        # the task's own settings check reports the type
         found = ctx.confined(Path(entry).expanduser())
-        if found is None or not found.exists():
+        if found is None or not _exists(found):
             ctx.add(where, f"no file or folder {entry!r} in the allowed folders")
             ok = False
     return ok
