@@ -206,3 +206,21 @@ def test_pareto_compares_two_studies(page, server):  # noqa: F811
     assert {name.split(" ")[0] for name, _ in fronts} == {"ui-a", "ui-b"}
     assert len({str(color) for _, color in fronts}) == 2          # one colour per study
     shot(page, "2c-pareto-two-studies")
+
+
+def test_a_refused_path_shows_its_message_as_text(page, server):  # noqa: F811
+    """A UserError reaches the browser as Gradio's error toast with the message exactly as
+    written: markup in what the caller typed is shown, not rendered."""
+    open_tab(page, "Launch")
+    typed = "<b>bold</b>/../../etc/shadow.yaml"
+    page.get_by_label("Search spec file").fill(typed)
+    page.get_by_role("button", name="Load file").click()
+    toast = page.locator("[data-testid='toast-body']").first
+    toast.wait_for(timeout=30_000)
+    text = toast.inner_text()
+    assert f"cannot open {typed!r}" in text, text
+    assert "this page opens only .yaml spec files inside" in text
+    assert toast.locator("b").count() == 0                    # the caller's markup is text
+    assert page.locator("#launch-editor .cm-content").inner_text().strip() == ""
+    page.wait_for_timeout(600)                                 # its fade-in
+    page.screenshot(path=str(output_dir(SHOTS) / "6-refused-path.png"))   # the toast is fixed
