@@ -2,20 +2,21 @@
 forward, final states, and the gradient of every input, incl. initial states and final-state
 gradients; plus the decode-step kernel and the block running on the Triton backend."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from hybridlab.kernels.ops.mamba3 import fused, mimo, reference, siso
+from hybridlab.kernels.ops.mamba3 import fused, fused_mimo, fused_siso, reference
+from hybridlab.kernels.ops.mamba3.plan import DEFAULT_PLAN
 
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def caller_chunk(monkeypatch):
-    # the caller's small chunk_size even when HYBRIDLAB_MAMBA3_SSD_CHUNK is set, so these short
-    # sequences span several SSD chunks and the state-passing paths run
-    monkeypatch.setattr(siso, "SSD_CHUNK", None)
+def chunked(chunk, plan=DEFAULT_PLAN, **changes):
+    """``plan`` running SSD chunks of ``chunk`` steps (whatever HYBRIDLAB_MAMBA3_SSD_CHUNK says), so
+    these short sequences span several SSD chunks and the state-passing paths run."""
+    return replace(plan, ssd_chunk=chunk, **changes)
 
 
 def rel(a, b):
@@ -43,11 +44,13 @@ def make_case(b=1, L=20, H=2, P=16, G=1, N=16, R=1, S=3, opt=("angles", "B_bias"
     return args, kw, ini
 
 
-def run_both(args, kw, ini, chunk, sums=False):
+def run_both(args, kw, ini, chunk, sums=False, plan=None):
     """Forward + backward of a random loss over y and every final state, for both backends
-    (sums: their plain sums instead, whose gradients autograd hands over expanded, stride 0)."""
+    (sums: their plain sums instead, whose gradients autograd hands over expanded, stride 0);
+    Triton with ``plan``, by default the default plan at SSD chunks of ``chunk`` steps."""
     out = {}
-    for name, fn in (("ref", reference.mamba3), ("tri", fused.mamba3)):
+    plan = plan or chunked(chunk)
+    for name, fn in (("ref", reference.mamba3), ("tri", lambda *a, **k: fused.mamba3(*a, **k, plan=plan))):
         a = [t.clone().requires_grad_(True) if t is not None else None for t in args]
         k = {n: (t.clone().requires_grad_(True) if t is not None else None) for n, t in kw.items()}
         i = tuple(t.clone().requires_grad_(True) if t is not None else None for t in ini) if ini else None
@@ -108,21 +111,17 @@ def test_triton_matches_reference(name):
 
 
 @pytest.mark.parametrize("name", ["siso-all-init", "siso-g2-fullrot-multiple", "siso-odd-shapes", "mimo4-long"])
-def test_rotation_backward_in_pair_blocks(monkeypatch, name):
+def test_rotation_backward_in_pair_blocks(name):
     """The rotation backward split over blocks of 2 rotation pairs (a speed knob): same result."""
-    monkeypatch.setattr(siso, "ROTATE_BWD_PAIRS", 2)
-    monkeypatch.setattr(mimo, "ROTATE_BWD_PAIRS", 2)
-    check(run_both(*make_case(**CASES[name]), CHUNK[name]))
+    check(run_both(*make_case(**CASES[name]), CHUNK[name], plan=chunked(CHUNK[name], rotate_bwd_pairs=2)))
 
 
 @pytest.mark.parametrize("name", ["siso-all-init", "siso-odd-shapes", "mimo2-all-init"])
-def test_sequential_state_kernels(monkeypatch, name):
+def test_sequential_state_kernels(name):
     """The SSD chunk states as one sequential kernel per state tile (ssd/fused_state.py), the
     path for grids that fill the GPU, with two tiles along N: same result."""
-    from hybridlab.kernels.ops.ssd import fused as ssd_fused
-    monkeypatch.setattr(ssd_fused, "SEQ_STATE_MIN", 1)
-    monkeypatch.setattr(ssd_fused, "SEQ_STATE_BN", 16)
-    check(run_both(*make_case(**dict(CASES[name], N=32)), CHUNK[name]))
+    plan = chunked(CHUNK[name], ssd=replace(DEFAULT_PLAN.ssd, seq_state_min=1, seq_state_bn=16))
+    check(run_both(*make_case(**dict(CASES[name], N=32)), CHUNK[name], plan=plan))
 
 
 @pytest.mark.parametrize("name", ["siso-all-init", "mimo2-all-init"])
@@ -132,12 +131,10 @@ def test_final_state_gradients_from_sums(name):
     check(run_both(*make_case(**CASES[name]), CHUNK[name], sums=True))
 
 
-def test_siso_angle_scan_over_many_chunk_blocks(monkeypatch):
-    """The angle offsets' float64 scan over several blocks of chunks (triton_prep.py), forward and
+def test_siso_angle_scan_over_many_chunk_blocks():
+    """The angle offsets' float64 scan over several blocks of chunks (fused_prep.py), forward and
     backward: 16-step angle chunks, two per scan block, so 150 steps make 10 chunks in 5 blocks."""
-    monkeypatch.setattr(siso, "ANGLE_CHUNK", 16)
-    monkeypatch.setattr(siso, "SCAN_CHUNKS", 2)
-    check(run_both(*make_case(b=2, L=150, H=2, S=4), 32))
+    check(run_both(*make_case(b=2, L=150, H=2, S=4), 32, plan=chunked(32, angle_chunk=16, scan_chunks=2)))
 
 
 def test_siso_step_prep_against_torch(monkeypatch):
@@ -147,16 +144,16 @@ def test_siso_step_prep_against_torch(monkeypatch):
     chunks cover 160 rows, and the rows up to Lp = 192 come from the rotation's extra programs."""
     empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(math.nan))
-    monkeypatch.setattr(siso, "ANGLE_CHUNK", 16)
+    plan = replace(DEFAULT_PLAN, angle_chunk=16)
     (x, dt, A, trap, B, C), kw, ini = make_case(b=2, L=150, H=3, S=5)
-    adt, w, bnext, ps, off, final = siso._step_prep(dt, A, trap, kw["angles"], ini[0])
-    dtf, adt_t, _, w_t, bnext_t, _ = siso.step_weights(dt, A, trap)
+    adt, w, bnext, ps, off, final = fused_siso._step_prep(dt, A, trap, kw["angles"], ini[0], plan)
+    dtf, adt_t, _, w_t, bnext_t, _ = fused_siso.step_weights(dt, A, trap)
     ps_t = math.pi * torch.tanh(kw["angles"])
-    off_t, final_t = siso.angle_offsets(ps_t, dtf, ini[0], siso.ANGLE_CHUNK)
+    off_t, final_t = fused_siso.angle_offsets(ps_t, dtf, ini[0], plan.angle_chunk)
     for a, b in ((adt, adt_t), (w, w_t), (bnext, bnext_t), (ps, ps_t), (off, off_t), (final, final_t)):
         assert a.shape == b.shape and rel(a, b) <= TOL
     Lp = 192                                                     # whole 64-step SSD chunks
-    k, q, qk, dpos = siso._rotate(B, C, None, None, ps, dt, off, 3, x.dtype, bnext=bnext, Lp=Lp)
+    k, q, qk, dpos = fused_siso._rotate(B, C, None, None, ps, dt, off, 3, x.dtype, plan, bnext=bnext, Lp=Lp)
     assert dpos.shape == (2, 3, Lp)
     assert rel(dpos[:, :, :150], (-bnext * qk).transpose(1, 2)) <= TOL
     assert (dpos[:, :, 150:] == 0).all()
@@ -199,9 +196,9 @@ def test_only_final_state_used():
     """Backward with no gradient for y (None): only the final state feeds the loss."""
     args, kw, ini = make_case(L=12)
     grads = []
-    for fn in (reference.mamba3, fused.mamba3):
+    for fn, plan in ((reference.mamba3, {}), (fused.mamba3, {"plan": chunked(8)})):
         x = args[0].clone().requires_grad_(True)
-        _, fin = fn(x, *args[1:], **kw, initial_states=ini, chunk_size=8, return_final_states=True)
+        _, fin = fn(x, *args[1:], **kw, **plan, initial_states=ini, chunk_size=8, return_final_states=True)
         fin[1].square().sum().backward()
         grads.append(x.grad)
     assert rel(grads[1], grads[0]) <= TOL
@@ -269,7 +266,8 @@ def test_half_precision_path(R, N):
     for name, fn, up in (("tri", fused.mamba3, False), ("ref", reference.mamba3, True)):
         a = [(t.float() if up else t).detach().requires_grad_(True) for t in args]
         k = {n: (v.float() if up else v).detach().requires_grad_(True) for n, v in kw.items() if v is not None}
-        y, fin = fn(*a, **k, initial_states=ini, chunk_size=16, return_final_states=True)
+        plan = {} if up else {"plan": chunked(16)}
+        y, fin = fn(*a, **k, **plan, initial_states=ini, chunk_size=16, return_final_states=True)
         (y.float() * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
         res[name] = (y, fin[1], [t.grad for t in a] + [v.grad for v in k.values()])
     l2 = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
@@ -283,13 +281,13 @@ def test_half_precision_path(R, N):
 @pytest.mark.parametrize("R", [2, 4])
 def test_mimo_v_rows_kernels(R):
     """v = x W_x as the SSD's rows and its gradient (dx, dW_x from the SSD's part and the
-    same-step term's), against torch: 70 steps span two full blocks of V_STEPS and a partial one."""
-    from hybridlab.kernels.ops.mamba3.triton_mimo import v_rows_bwd_kernel, v_rows_fwd_kernel
+    same-step term's), against torch: 70 steps span two full blocks of 32 steps and a partial one."""
+    from hybridlab.kernels.ops.mamba3.fused_mimo_rows import v_rows_bwd_kernel, v_rows_fwd_kernel
     g = torch.Generator().manual_seed(R)
     b, L, H, P = 2, 70, 3, 12
     x = torch.randn(b, L, H, P, generator=g)
     wx = torch.randn(R, H, P, generator=g)
-    grid, meta = mimo._v_launch(L, H, P, R, b)
+    grid, meta = fused_mimo._v_launch(L, H, P, R, b, replace(DEFAULT_PLAN, mimo_v_steps=32))
     assert grid[0] == 3
     v = torch.empty(b, L * R, H, P)
     v_rows_fwd_kernel[grid](x, wx, v, L, H, P, **meta)
@@ -302,12 +300,10 @@ def test_mimo_v_rows_kernels(R):
     assert rel(dwx.sum((0, 1)).transpose(0, 1), (gsum * x.unsqueeze(2)).sum((0, 1))) <= TOL
 
 
-def test_ssd_chunk_choice(monkeypatch):
+def test_ssd_chunk_choice():
     """SISO's SSD chunk: 64 where the sequential chunk-state kernels run, else 128; MIMO 128; a
-    set value wins; None is the caller's (these tests)."""
-    monkeypatch.setattr(siso, "SSD_CHUNK", "auto")
-    assert (siso.ssd_chunk(256, True), siso.ssd_chunk(256, False)) == (64, 128)
-    monkeypatch.setattr(siso, "SSD_CHUNK", 32)
-    assert siso.ssd_chunk(256, True) == 32
-    monkeypatch.setattr(siso, "SSD_CHUNK", None)
-    assert siso.ssd_chunk(16, True) == 16
+    set value wins for both."""
+    auto = replace(DEFAULT_PLAN, ssd_chunk=None)
+    assert (auto.siso_chunk(True), auto.siso_chunk(False), auto.mimo_chunk()) == (64, 128, 128)
+    fixed = replace(DEFAULT_PLAN, ssd_chunk=32)
+    assert (fixed.siso_chunk(True), fixed.siso_chunk(False), fixed.mimo_chunk()) == (32, 32, 32)

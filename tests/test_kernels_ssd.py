@@ -1,10 +1,12 @@
 """Triton SSD (interpreted on CPU) against the torch reference: forward and every gradient."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from hybridlab.kernels.ops.ssd import fused, reference
+from hybridlab.kernels.ops.ssd.plan import DEFAULT_PLAN
 
 from test_mamba2 import make_inputs, rel
 
@@ -20,18 +22,16 @@ def on_dev(kw):
     return {k: (v.to(DEV) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    # 16-row blocks so a chunk of 32 has two blocks (the off-diagonal block paths run)
-    monkeypatch.setattr(fused, "BLOCK_T_MAX", 16)
+#: 16-row blocks so a chunk of 32 has two blocks (the off-diagonal block paths run)
+SMALL = replace(DEFAULT_PLAN, block_t_max=16)
 
 
-def check(shape, opts, final_grad=True, dtype=torch.float32):
+def check(shape, opts, final_grad=True, dtype=torch.float32, plan=SMALL):
     b, l, h, p, g, n, chunk = shape
     kw = on_dev(make_inputs(b, l, h, p, g, n, opts, dtype=dtype))
     leaves = {k: v.requires_grad_(True) for k, v in kw.items()
               if isinstance(v, torch.Tensor) and v.is_floating_point()}
-    y, s = fused.ssd(chunk_size=chunk, return_final_states=True, **kw)
+    y, s = fused.ssd(chunk_size=chunk, return_final_states=True, plan=plan, **kw)
     y_ref, s_ref = reference.ssd(chunk_size=chunk, return_final_states=True, **kw)
     assert y.dtype == dtype and y.shape == (b, l, h, p) and s.shape == (b, h, p, n)
     assert rel(y, y_ref) <= TOL, "out"
@@ -77,9 +77,9 @@ def test_each_option_alone(opt):
 
 
 @pytest.mark.parametrize("target", [0, 10**9], ids=["all_heads_in_one_program", "one_head_per_program"])
-def test_backward_head_split(monkeypatch, target):
-    monkeypatch.setattr(fused, "HEAD_SPLIT_TARGET", target)
-    check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "seq_idx", "initial_states"))
+def test_backward_head_split(target):
+    check((1, 40, 4, 8, 2, 16, 16), ("D", "z", "softplus", "seq_idx", "initial_states"),
+          plan=replace(SMALL, head_split_target=target))
 
 
 def test_without_final_state_gradient():
@@ -105,7 +105,7 @@ def test_strided_inputs_like_the_block():
     A = -torch.rand(h, device=DEV) - 0.5
     args = (x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), 16)
     kw = dict(D=torch.randn(h, device=DEV), dt_softplus=True)
-    y = fused.ssd(*args, **kw)
+    y = fused.ssd(*args, **kw, plan=SMALL)
     y_ref = reference.ssd(*args, **kw)
     assert rel(y, y_ref) <= TOL
     gy = torch.randn_like(y)
@@ -192,11 +192,11 @@ def test_decoupled_reference_is_the_recurrence(shape):
 
 @pytest.mark.parametrize("opts", [DECOUPLED_ALL, ()], ids=["all", "none"])
 @pytest.mark.parametrize("shape", [(1, 37, 4, 8, 2, 16, 16), (2, 45, 2, 16, 1, 32, 32)], ids=["l37_g2", "b2_l45"])
-def test_decoupled_fused_matches_reference(shape, opts):
+def test_decoupled_fused_matches_reference(shape, opts, plan=SMALL):
     b, l, h, p, g, n, chunk = shape
     kw = decoupled_inputs(b, l, h, p, g, n, opts)
     leaves = {k: v.requires_grad_(True) for k, v in kw.items()}
-    y, s = fused.ssd_decoupled(chunk_size=chunk, return_final_states=True, **kw)
+    y, s = fused.ssd_decoupled(chunk_size=chunk, return_final_states=True, plan=plan, **kw)
     y_ref, s_ref = reference.ssd_decoupled(chunk_size=chunk, return_final_states=True, **kw)
     assert rel(y, y_ref) <= TOL and rel(s, s_ref) <= TOL
     gy, gs = torch.randn_like(y_ref), torch.randn_like(s_ref)
@@ -215,56 +215,49 @@ SEQ_CASES = {
 }
 
 
-def _set_segments(monkeypatch, shape, segments):
-    """Route the forward's state walk through one segment, two, or one per chunk (FILL: the
-    programs the walk is cut until it has); returns the plan's (chunks per segment, segments)."""
+def segmented(plan, shape, segments):
+    """``plan`` with the forward's state walk in one segment, two, or one per chunk (its fill: the
+    programs the walk is cut until it has)."""
     b, l, h, p, g, n, chunk = shape
-    progs = b * h * fused.seq_state_tiles(b, h, p, n)[2]
-    fill = {"one": 1, "two": 2 * progs, "each_chunk": 10 ** 9}[segments]
-    monkeypatch.setattr(fused, "SEQ_STATE_FILL", fill)
-    nchunks = -(-l // fused.kernel_chunk(chunk, torch.float32))
-    cps, nseg = fused.forward_state_plan(b, h, p, n, nchunks, False)[3:]
+    progs = b * h * plan.seq_state_tiles(b, h, p, n)[2]
+    plan = replace(plan, seq_state_fill={"one": 1, "two": 2 * progs, "each_chunk": 10 ** 9}[segments])
+    nchunks = -(-l // plan.kernel_chunk(chunk, torch.float32))
+    cps, nseg = plan.state_walk(b, h, p, n, nchunks, False)[3:]
     assert nseg == {"one": 1, "two": 2, "each_chunk": nchunks}[segments] and (nseg - 1) * cps < nchunks
-    return cps, nseg
+    return plan
 
 
 @pytest.mark.parametrize("segments", ["one", "two", "each_chunk"])
 @pytest.mark.parametrize("shape, opts, bn", SEQ_CASES.values(), ids=SEQ_CASES.keys())
-def test_sequential_state_kernels(monkeypatch, shape, opts, bn, segments):
+def test_sequential_state_kernels(shape, opts, bn, segments):
     """fused_state.py's one-program-per-state-tile kernels (the path for grids that fill the GPU),
     the forward walking the sequence whole or cut into segments (the scan adds what each
     segment's walk missed, and stores the true entering states for the backward)."""
-    monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
-    monkeypatch.setattr(fused, "SEQ_STATE_BN", bn)
-    _set_segments(monkeypatch, shape, segments)
-    check(shape, opts)
+    plan = segmented(replace(SMALL, seq_state_min=1, seq_state_bn=bn), shape, segments)
+    check(shape, opts, plan=plan)
 
 
 @pytest.mark.parametrize("segments", ["two", "each_chunk"])
-def test_segmented_forward_without_grad(monkeypatch, segments):
+def test_segmented_forward_without_grad(segments):
     """No backward to feed: the scan corrects the entering states it reads and stores none."""
     shape = (2, 45, 2, 16, 1, 32, 16)
-    monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
-    _set_segments(monkeypatch, shape, segments)
+    plan = segmented(replace(SMALL, seq_state_min=1), shape, segments)
     kw = on_dev(make_inputs(*shape[:6], ALL, dtype=torch.float32))
     with torch.no_grad():
-        y, s = fused.ssd(chunk_size=shape[-1], return_final_states=True, **kw)
+        y, s = fused.ssd(chunk_size=shape[-1], return_final_states=True, plan=plan, **kw)
     y_ref, s_ref = reference.ssd(chunk_size=shape[-1], return_final_states=True, **kw)
     assert rel(y, y_ref) <= TOL and rel(s, s_ref) <= TOL
 
 
 @pytest.mark.parametrize("segments", ["one", "each_chunk"])
-def test_sequential_state_kernels_decoupled(monkeypatch, segments):
+def test_sequential_state_kernels_decoupled(segments):
     shape = (2, 45, 2, 16, 1, 32, 16)
-    monkeypatch.setattr(fused, "SEQ_STATE_MIN", 1)
-    monkeypatch.setattr(fused, "SEQ_STATE_BN", 16)
-    _set_segments(monkeypatch, shape, segments)
-    test_decoupled_fused_matches_reference(shape, DECOUPLED_ALL)
+    plan = segmented(replace(SMALL, seq_state_min=1, seq_state_bn=16), shape, segments)
+    test_decoupled_fused_matches_reference(shape, DECOUPLED_ALL, plan)
 
 
-def test_kernel_chunk_is_capped(monkeypatch):
+def test_kernel_chunk_is_capped():
     """A caller's chunk_size is a speed hint: rounded up to a power of two, at least 16, at most
-    MAX_CHUNK (longer chunks measured slower on the H100: fused.MAX_CHUNK's comment)."""
-    assert [fused.kernel_chunk(c, torch.bfloat16) for c in (8, 24, 64, 256)] == [16, 32, 64, 128]
-    monkeypatch.setattr(fused, "MAX_CHUNK", 256)
-    assert fused.kernel_chunk(256, torch.bfloat16) == 256
+    the plan's max_chunk (longer chunks measured slower: DESIGN.md)."""
+    assert [DEFAULT_PLAN.kernel_chunk(c, torch.bfloat16) for c in (8, 24, 64, 256)] == [16, 32, 64, 128]
+    assert replace(DEFAULT_PLAN, max_chunk=256).kernel_chunk(256, torch.bfloat16) == 256

@@ -1,11 +1,18 @@
 """hybridlab.kernels.launch: the plan key holds what Triton specializes on, and a FastKernel
 launches like the kernel it wraps. Under the interpreter every call takes Triton's own path; on a
 GPU the repeats take the compiled kernel's launcher (the same test, run there)."""
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
 
 from hybridlab.kernels.launch import FastKernel, plan_key
+from hybridlab.kernels.ops.ssd import fused
+from hybridlab.kernels.ops.ssd.plan import DEFAULT_PLAN
+
+#: the SSD plan of a GPU launch (tuned or not), here driving fakes of Triton's kernels
+GPU_PLAN = replace(DEFAULT_PLAN, interpret=False)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"   # CPU: the interpreter (conftest)
 
@@ -71,10 +78,9 @@ def kernel_sig(x_ptr, H, P, N, G, Q, BT, FLAG=False):
     pass
 
 
-def test_fast_kernel_compiles_once_per_plan_then_uses_the_launcher(monkeypatch):
-    monkeypatch.setattr("hybridlab.kernels.knobs.FAST_LAUNCH", True)
+def test_fast_kernel_compiles_once_per_plan_then_uses_the_launcher():
     jit = FakeJIT(kernel_sig)
-    fast = FastKernel(jit)
+    fast = FastKernel(jit, enabled=True)
     x = torch.zeros(64)
     fast.run((2, 1, 1), (x, 4, 8, 16, 1), {"Q": 64, "BT": 32}, {"num_warps": 8})
     fast.run((2, 1, 1), (x, 4, 8, 16, 1), {"Q": 64, "BT": 32}, {"num_warps": 8})
@@ -86,13 +92,19 @@ def test_fast_kernel_compiles_once_per_plan_then_uses_the_launcher(monkeypatch):
     assert jit.calls[1][2][1:] == (4, 8, 16, 1, 64, 32, False) and jit.calls[2][1] == (3, 1, 1)
 
 
-def test_tuned_launches_autotune_once_per_key_then_one_plan_key(monkeypatch):
-    from hybridlab.kernels.ops.ssd import fused
-    monkeypatch.setattr(fused, "_INTERPRET", False)
-    monkeypatch.setattr(fused, "AUTOTUNE", True)
-    monkeypatch.setattr("hybridlab.kernels.knobs.FAST_LAUNCH", True)
+def test_fast_kernel_disabled_launches_through_triton_every_time():
     jit = FakeJIT(kernel_sig)
-    tuned = fused._Tuned(jit, [(4, 1), (8, 2)])
+    fast = FastKernel(jit, enabled=False)
+    x = torch.zeros(64)
+    for _ in range(2):
+        fast.run((2, 1, 1), (x, 4, 8, 16, 1), {"Q": 64, "BT": 32}, {"num_warps": 8})
+    assert [c[0] for c in jit.calls] == ["jit", "jit"] and not fast.plans
+
+
+def test_tuned_launches_autotune_once_per_key_then_one_plan_key():
+    jit = FakeJIT(kernel_sig)
+    tuned = fused._Tuned(jit, [(4, 1), (8, 2)], fast=True)
+    plan = replace(GPU_PLAN, autotune=True)
     tuned_calls = []
 
     class FakeAutotuner:
@@ -103,30 +115,26 @@ def test_tuned_launches_autotune_once_per_key_then_one_plan_key(monkeypatch):
     tuned.tuned = FakeAutotuner()
     x, y = torch.zeros(64), torch.zeros(64)
     for t in (x, x, y, x[4:]):        # y: same plan as x; x[4:]: 16-byte aligned, same plan too
-        tuned[(1, 1, 1)](t, 4, 8, 16, 1, Q=64, BT=32)
-    tuned[(1, 1, 1)](x, 4, 8, 32, 1, Q=64, BT=32)            # N 32: a new autotune key
+        tuned[plan, (1, 1, 1)](t, 4, 8, 16, 1, Q=64, BT=32)
+    tuned[plan, (1, 1, 1)](x, 4, 8, 32, 1, Q=64, BT=32)            # N 32: a new autotune key
     assert len(tuned_calls) == 2                              # tuned once per autotune key
     # the first call ran in the autotuner; the second compiled with its choice; then the launcher
     assert [c[0] for c in jit.calls] == ["jit", "compiled", "compiled"]
     assert jit.calls[0][3]["num_warps"] == 8 and jit.calls[0][3]["num_stages"] == 2
 
 
-def test_tuned_carries_a_register_cap_from_config_to_launch(monkeypatch):
+def test_tuned_carries_a_register_cap_from_config_to_launch():
     """A (warps, stages, maxnreg) candidate: the first-config launch and the launch after the
     autotuner picked a capped config both compile with that cap."""
-    from hybridlab.kernels.ops.ssd import fused
-    monkeypatch.setattr(fused, "_INTERPRET", False)
-    monkeypatch.setattr("hybridlab.kernels.knobs.FAST_LAUNCH", True)
     x = torch.zeros(64)
 
-    monkeypatch.setattr(fused, "AUTOTUNE", False)
     jit = FakeJIT(kernel_sig)
-    fused._Tuned(jit, [(4, 1, 168), (8, 1)])[(1, 1, 1)](x, 4, 8, 16, 1, Q=64, BT=32)
+    fused._Tuned(jit, [(4, 1, 168), (8, 1)], fast=True)[replace(GPU_PLAN, autotune=False), (1, 1, 1)](
+        x, 4, 8, 16, 1, Q=64, BT=32)
     assert jit.calls[0][3] == {"Q": 64, "BT": 32, "num_warps": 4, "num_stages": 1, "maxnreg": 168}
 
-    monkeypatch.setattr(fused, "AUTOTUNE", True)
     jit = FakeJIT(kernel_sig)
-    tuned = fused._Tuned(jit, [(8, 1), (4, 1, 168)])
+    tuned = fused._Tuned(jit, [(8, 1), (4, 1, 168)], fast=True)
 
     class FakeAutotuner:
         best_config = triton.Config({}, num_warps=4, num_stages=1, maxnreg=168)
@@ -135,9 +143,25 @@ def test_tuned_carries_a_register_cap_from_config_to_launch(monkeypatch):
             return lambda *a, **k: None
     tuned.tuned = FakeAutotuner()
     for _ in range(2):
-        tuned[(1, 1, 1)](x, 4, 8, 16, 1, Q=64, BT=32)
+        tuned[replace(GPU_PLAN, autotune=True), (1, 1, 1)](x, 4, 8, 16, 1, Q=64, BT=32)
     assert [c[0] for c in jit.calls] == ["jit"]              # the autotuner ran first, then one compile
     assert jit.calls[0][3] == {"Q": 64, "BT": 32, "num_warps": 4, "num_stages": 1, "maxnreg": 168}
+
+
+def test_tuned_without_autotune_launches_the_plans_config():
+    """Autotuning off: config i of the kernel's candidates (its last where it has fewer), each
+    config with its own cached plans; the interpreter launches one warp whatever the config."""
+    x = torch.zeros(64)
+    jit = FakeJIT(kernel_sig)
+    tuned = fused._Tuned(jit, [(4, 1), (8, 2), (4, 1, 168)], fast=True)
+    for i in (0, 1, 2, 7, 1):
+        tuned[replace(GPU_PLAN, autotune=False, config=i), (1, 1, 1)](x, 4, 8, 16, 1, Q=64, BT=32)
+    assert [c[0] for c in jit.calls] == ["jit", "jit", "jit", "compiled", "compiled"]
+    assert [(c[3]["num_warps"], c[3]["num_stages"], c[3].get("maxnreg")) for c in jit.calls[:3]] == [
+        (4, 1, None), (8, 2, None), (4, 1, 168)]
+    jit.calls.clear()
+    tuned[replace(GPU_PLAN, interpret=True, config=1), (1,)](x, 4, 8, 16, 1, Q=64, BT=32)
+    assert jit.calls == [("jit", (1,), (x, 4, 8, 16, 1), {"num_warps": 1, "Q": 64, "BT": 32})]
 
 
 class FakeLoaded(FakeCompiled):

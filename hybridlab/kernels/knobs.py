@@ -1,7 +1,8 @@
 """Kernel tuning knobs read from the environment, in one place, each checked once at import.
 
-They change speed, never results. The defaults are the measured best (BENCHMARKS.md); the others
-exist to be timed against them (scripts/gpu/kernel_variants.sh).
+They change speed, never results. Each op's launch plan (ops/<op>/plan.py, ``DEFAULT_PLAN``) is
+built from them once at import; the defaults are the measured best (BENCHMARKS.md), the others
+exist to be timed against them.
 
 | variable | meaning | default |
 |---|---|---|

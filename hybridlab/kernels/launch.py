@@ -3,11 +3,9 @@ same specialization go straight to the compiled kernel's own launcher (without T
 and its empty launch hooks, when no hook is installed). Host code's cdiv and next_pow2 live
 here too: Triton's are constexpr functions, slow to call from the host.
 
-Why: at the bench shapes the Mamba-2/3 forward+backward is partly host-bound. Triton's JIT
-launch (argument binding, specialization, cache lookup, checks) took 28-61 us of host time per
-launch on the H100 machines, against 10-20 us for the compiled kernel's launcher
-(scripts/gpu/launch_overhead.py, 2026-11-22), and a Mamba-3 forward+backward launches a dozen
-kernels.
+Why: at the benchmark shapes the Mamba-2/3 forward+backward is partly host-bound. Triton's JIT
+launch (argument binding, specialization, cache lookup, checks) takes a few times the host time
+of the compiled kernel's own launcher, and a Mamba-3 forward+backward launches a dozen kernels.
 
 What Triton specializes a compiled kernel on, and so what the plan key holds: each tensor's dtype
 and whether its address is 16-byte aligned, every other argument's value (integers: == 1 and
@@ -17,7 +15,8 @@ call with a new key goes through Triton as usual and keeps the compiled kernel i
     fast = FastKernel(my_kernel)          # a @triton.jit function
     fast[grid](*args, **constexprs)       # as my_kernel[grid](...)
 
-Off (plain Triton launches) under the interpreter, or with HYBRIDLAB_FAST_LAUNCH=0.
+Off (plain Triton launches) under the interpreter, or with HYBRIDLAB_FAST_LAUNCH=0 (``enabled``,
+chosen once at import).
 """
 from __future__ import annotations
 
@@ -33,8 +32,9 @@ MAX_PLANS = 256
 
 
 class FastKernel:
-    def __init__(self, jit_fn):
+    def __init__(self, jit_fn, enabled: bool = knobs.FAST_LAUNCH):
         self.fn = jit_fn
+        self.enabled = enabled
         params = list(inspect.signature(jit_fn.fn).parameters.values())
         self.names = [p.name for p in params]
         self.defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
@@ -51,7 +51,7 @@ class FastKernel:
         (the autotuner's choice for these arguments does). ``key``: plan_key(args, kwargs), when
         the caller has it already."""
         options = options or {}
-        if not knobs.FAST_LAUNCH:
+        if not self.enabled:
             return self.fn[grid](*args, **kwargs, **options)
         key = plan_key(args, kwargs) if key is None else key
         plan = self.plans.get(key)
@@ -83,9 +83,8 @@ def launch_compiled(compiled, grid, args) -> None:
     """Launch a compiled kernel with every parameter in ``args``, as ``compiled[grid](*args)``
     does, for less host time where it can: with no launch hooks installed (a profiler such as
     Proton installs them), call the kernel's launcher directly with none. Triton 3.6's runner
-    otherwise builds the launch metadata and calls two empty hook chains on every launch, and the
-    host's Python per launch was ~40% of a Mamba-3 forward+backward's host time on an H100
-    machine (cProfile, scripts/gpu/profile_ops.py CPROFILE=1, 2026-11-24)."""
+    otherwise builds the launch metadata and calls two empty hook chains on every launch, a large
+    share of a Mamba-3 forward+backward's host time."""
     if not hasattr(compiled, "packed_metadata") or not _hooks_idle():
         compiled[grid](*args)
         return
@@ -113,8 +112,8 @@ def _idle(hook) -> bool:
 
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for host code. (triton.cdiv and next_power_of_2 are constexpr functions since
-    Triton 3.5; a host call goes through the constexpr machinery, ~6 us each on an H100 machine,
-    and a Mamba-3 forward+backward made two dozen of them.)"""
+    Triton 3.5; a host call goes through the constexpr machinery, microseconds each, and a Mamba-3
+    forward+backward made two dozen of them.)"""
     return -(-a // b)
 
 

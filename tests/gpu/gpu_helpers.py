@@ -1,9 +1,10 @@
 """Helpers shared by the GPU kernel tests: poisoned outputs, fresh seeds, relative error, a block
 through both kernel backends."""
+from dataclasses import replace
+
 import torch
 
 from hybridlab.blocks import ForwardContext
-from hybridlab.kernels.launch import FastKernel
 from hybridlab.kernels.ops.ssd import fused as ssd_fused
 
 
@@ -47,14 +48,9 @@ def block_backends_agree(m, x, ctx, monkeypatch, tol=1e-4, decode_steps=40):
     assert rel(torch.stack(steps, 1), y[:, :decode_steps]) <= tol
 
 
-def each_launch_config(monkeypatch):
-    """Yield once per launch config of the autotuned SSD kernels, with config i (or each kernel's
-    last, where it has fewer) as the one every kernel launches: so a test checks each config's
-    *output* (autotuning runs every config but keeps only the chosen one's)."""
-    tuned = [t for t in vars(ssd_fused).values() if isinstance(t, ssd_fused._Tuned)]
-    monkeypatch.setattr(ssd_fused, "AUTOTUNE", False)
-    for i in range(max(len(t.configs) for t in tuned)):
-        for t in tuned:
-            monkeypatch.setattr(t, "first", t.configs[min(i, len(t.configs) - 1)])
-            monkeypatch.setattr(t, "fast_first", FastKernel(t.kernel))   # its plans hold their config
-        yield i
+def each_launch_config(plan):
+    """``plan`` (an SSD plan) once per launch config of the autotuned SSD kernels, with config i
+    (or each kernel's last, where it has fewer) as the one every kernel launches: so a test
+    checks each config's *output* (autotuning runs every config but keeps only the chosen one's)."""
+    for i in range(max(len(t.configs) for t in ssd_fused.TUNED)):
+        yield replace(plan, autotune=False, config=i)

@@ -4,6 +4,7 @@ Triton path. Outputs come from memory poisoned with NaN (an unwritten element sh
 fresh random tensors on every run (the seed is in the failure message).
 Run on the GPU machine: python -m pytest -m gpu tests/gpu/test_gpu_mamba2.py"""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,17 +12,14 @@ import torch
 from hybridlab.blocks import ForwardContext, LayerContext, get_block
 from hybridlab.kernels.ops.rmsnorm_gated import fused as norm_fused, reference as norm_ref
 from hybridlab.kernels.ops.ssd import fused, reference
+from hybridlab.kernels.ops.ssd.plan import DEFAULT_PLAN
 from gpu_helpers import block_backends_agree, each_launch_config, fresh_gen, poison, rel
 
 pytestmark = pytest.mark.gpu
 BF16_TOL = 1e-2   # relative L2 error: bf16 inputs/outputs, fp32 math on both sides
-
-
-@pytest.fixture(autouse=True)
-def _no_autotune(monkeypatch):
-    """One launch config per kernel: autotuning every new shape benchmarks every config (seconds
-    per shape); the configs change speed, not results. The bench keeps autotuning on."""
-    monkeypatch.setattr(fused, "AUTOTUNE", False)
+#: one launch config per kernel: autotuning every new shape benchmarks every config (seconds per
+#: shape); the configs change speed, not results. The bench and the blocks keep autotuning on.
+PLAN = replace(DEFAULT_PLAN, autotune=False)
 
 
 def ssd_inputs(g, b, l, h, p, G, n, extras):
@@ -43,11 +41,11 @@ def ssd_inputs(g, b, l, h, p, G, n, extras):
     return kw, flags
 
 
-def run_ssd(fn, kw, flags, chunk, w_out, w_fin, upcast):
+def run_ssd(fn, kw, flags, chunk, w_out, w_fin, upcast, **plan):
     leaves = {k: ((v.float() if upcast else v).detach().requires_grad_() if v.is_floating_point() else v)
               for k, v in kw.items()}
     poison()
-    out, fin = fn(**leaves, **flags, chunk_size=chunk, return_final_states=True)
+    out, fin = fn(**leaves, **flags, **plan, chunk_size=chunk, return_final_states=True)
     ((out.float() * w_out).sum() + (fin.float() * w_fin).sum()).backward()
     torch.cuda.synchronize()
     return out, fin, {k: v.grad for k, v in leaves.items() if v.is_floating_point()}
@@ -68,7 +66,7 @@ def test_gpu_ssd_bf16(shape):
     kw, flags = ssd_inputs(g, b, l, h, p, G, n, extras)
     w_out = torch.randn(b, l, h, p, generator=g, device="cuda")
     w_fin = torch.randn(b, h, p, n, generator=g, device="cuda")
-    out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False)
+    out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False, plan=PLAN)
     rout, rfin, rgrads = run_ssd(reference.ssd, kw, flags, chunk, w_out, w_fin, upcast=True)
     msg = f"seed {seed}"
     # printed before any assert (run_all.sh runs pytest with -s): a run stopped at its time limit
@@ -99,7 +97,7 @@ def test_gpu_ssd_bf16(shape):
     (32, 128, 8, 32, 1, 16, 128), (8, 128, 8, 64, 8, 16, 128), (8, 256, 8, 64, 2, 16, 256),
     (4, 256, 8, 64, 1, 32, 256), (4, 512, 4, 64, 1, 16, 64), (2, 200, 4, 32, 1, 16, 128),
 ])
-def test_gpu_ssd_small_state_under_every_launch_config(monkeypatch, shape):
+def test_gpu_ssd_small_state_under_every_launch_config(shape):
     """Every (num_warps, num_stages) config of every kernel, each checked against the reference.
     At a 16-wide state Triton's wgmma path once read past a kernel's shared memory (an illegal
     memory access that killed the search's worker)."""
@@ -114,8 +112,8 @@ def test_gpu_ssd_small_state_under_every_launch_config(monkeypatch, shape):
     # 2026-11-22) while the fp32 kernels match it to 1e-6 (interpreter). Their bound is the
     # reference's own movement under bf16-sized input noise, three times over, or BF16_TOL.
     floor = summed_grads_noise_floor(kw, flags, chunk, w_out, w_fin, rgrads)
-    for config in each_launch_config(monkeypatch):
-        out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False)
+    for config, plan in enumerate(each_launch_config(PLAN)):
+        out, fin, grads = run_ssd(fused.ssd, kw, flags, chunk, w_out, w_fin, upcast=False, plan=plan)
         errs = {k: rel(grads[k], ref) for k, ref in rgrads.items()}
         errs.update(out=rel(out, rout), final=rel(fin, rfin))
         # printed before any assert: this test once failed only inside a cold run of the whole GPU

@@ -2,11 +2,13 @@
 same (bf16-rounded) inputs. Outputs are allocated from memory poisoned with NaN, inputs are fresh
 random tensors per test. Run on the GPU machine: python -m pytest -m gpu tests/gpu/test_gpu_mamba3.py"""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from hybridlab.kernels.ops.mamba3 import fused, reference
+from hybridlab.kernels.ops.mamba3.plan import DEFAULT_PLAN
 from gpu_helpers import each_launch_config
 
 pytestmark = pytest.mark.gpu
@@ -67,13 +69,13 @@ def make(b, L, H, P, N, R=1, G=1, S=None, seed=0):
     return args, kw, ini
 
 
-def run(fn, args, kw, ini, chunk, upcast):
+def run(fn, args, kw, ini, chunk, upcast, **plan):
     cast = (lambda t: t.float()) if upcast else (lambda t: t)
     a = [cast(t).detach().requires_grad_(True) for t in args]
     k = {n: cast(t).detach().requires_grad_(True) for n, t in kw.items()}
     i = tuple(t.detach().clone().requires_grad_(True) for t in ini)
     poison()
-    y, fin = fn(*a, **k, initial_states=i, chunk_size=chunk, return_final_states=True)
+    y, fin = fn(*a, **k, **plan, initial_states=i, chunk_size=chunk, return_final_states=True)
     g = torch.Generator(device="cuda").manual_seed(123)
     loss = (y.float() * torch.randn(y.shape, generator=g, device="cuda")).sum()
     loss = loss + (fin[1] * torch.randn(fin[1].shape, generator=g, device="cuda")).sum() * 0.01
@@ -88,7 +90,7 @@ def run(fn, args, kw, ini, chunk, upcast):
 SHAPES = [  # b, L, H, P, N, R, G, chunk
     pytest.param(4, 4096, 32, 64, 128, 1, 1, 64, id="bench-b4-l4096"),
     pytest.param(2, 1000, 8, 64, 64, 1, 2, 64, id="siso-l1000-g2"),
-    # 8 heads with 32 rotated pairs: the step kernels' dots at a 16-wide head side faulted (siso._p2_32)
+    # 8 heads with 32 rotated pairs: the step kernels' dots at a 16-wide head side faulted (fused_siso._p2_32)
     pytest.param(2, 1024, 8, 64, 128, 1, 1, 64, id="siso-h8-pairs32"),
     pytest.param(2, 777, 8, 64, 128, 4, 1, 16, id="mimo4-l777"),
     pytest.param(1, 300, 4, 32, 32, 2, 2, 32, id="mimo2-small"),
@@ -145,13 +147,12 @@ def test_mamba3_fp32_tight(R):
 
 
 @pytest.mark.parametrize("R", [1, 4], ids=["siso", "mimo4"])
-def test_fast_trig_matches_libdevice_at_large_angles(monkeypatch, R):
-    """The rotations' approximate cos/sin (triton_rotate._cos_sin) reduce theta modulo 2 pi
+def test_fast_trig_matches_libdevice_at_large_angles(R):
+    """The rotations' approximate cos/sin (fused_rotate._cos_sin) reduce theta modulo 2 pi
     themselves: with steps of dt ~ 5-20 the in-chunk angles reach thousands of radians, and the
     result must still match libdevice's cos/sin (fp32 operands, so the comparison sees the
     trigonometry, not bf16 rounding). Measured on the H100 (2026-11-23): largest difference
     5.7e-6 (the angle0 gradient, a nearly cancelling sum), every other tensor <= 8.6e-7."""
-    from hybridlab.kernels.ops.mamba3 import siso
     args, kw, ini = make(2, 200, 4, 32, 32, R, 2)
     args = [t.float() for t in args]
     args[1] = 5 + 15 * torch.rand(args[1].shape, device="cuda")         # dt: 5..20
@@ -159,8 +160,7 @@ def test_fast_trig_matches_libdevice_at_large_angles(monkeypatch, R):
     kw = {n: t.float() for n, t in kw.items()}
     out = {}
     for fast in (True, False):
-        monkeypatch.setattr(siso, "FAST_TRIG", fast)
-        out[fast] = run(fused.mamba3, args, kw, ini, 32, upcast=False)
+        out[fast] = run(fused.mamba3, args, kw, ini, 32, upcast=False, plan=replace(DEFAULT_PLAN, fast_trig=fast))
     (yf, _, gf), (ya, _, ga) = out[True], out[False]
     errs = {n: rel_max(gf[n], g) for n, g in ga.items()}
     errs["out"] = rel_max(yf, ya)
@@ -201,16 +201,15 @@ def test_decode_matches_chunked_bf16():
 
 
 @pytest.mark.parametrize("ssd_chunk", [64, 128])
-def test_mamba3_small_state_one_chunk_every_launch_config(monkeypatch, ssd_chunk):
+def test_mamba3_small_state_one_chunk_every_launch_config(ssd_chunk):
     """The search's case that made an illegal memory access (d_state 16, one 128-step SSD chunk,
     Triton's wgmma path reading past the SSD backward's shared memory): every launch config of
     every SSD kernel, each checked against the reference."""
-    from hybridlab.kernels.ops.mamba3 import siso
-    monkeypatch.setattr(siso, "SSD_CHUNK", ssd_chunk)
+    plan = replace(DEFAULT_PLAN, ssd_chunk=ssd_chunk)
     args, kw, ini = make(32, 128, 8, 32, 16, S=4)
     yr, _, gr = run(reference.mamba3, args, kw, ini, 64, upcast=True)
-    for config in each_launch_config(monkeypatch):
-        yt, _, gt = run(fused.mamba3, args, kw, ini, 64, upcast=False)
+    for config, ssd_plan in enumerate(each_launch_config(plan.ssd)):
+        yt, _, gt = run(fused.mamba3, args, kw, ini, 64, upcast=False, plan=replace(plan, ssd=ssd_plan))
         errs = {n: rel_l2(gt[n], g) for n, g in gr.items()}
         errs["out"] = rel_l2(yt, yr)
         bad = {n: e for n, e in errs.items() if not e <= ANGLE_GRAD_TOL.get(n, BF16_TOL)}

@@ -1,35 +1,44 @@
 """Mamba-3 with fused Triton kernels: same signatures and results as reference.py.
 
 SISO (B, C of shape (b, l, g, n)) and MIMO (b, l, R, g, n) both run on the Mamba-2 SSD kernels
-after a rotation kernel: SISO is an SSD whose decay and input scale are separate inputs (siso.py),
-MIMO the same SSD over l*R rows (t, r) plus an R x R term per step (mimo.py). The decode step has
-its own kernel (triton_step.py). float64 inputs run the reference (Triton's tl.dot has no float64
-path worth using).
+after a rotation kernel: SISO is an SSD whose decay and input scale are separate inputs, MIMO the
+same SSD over l*R rows (t, r) plus an R x R term per step. The files:
+
+- fused.py (here): the ops, routing SISO and MIMO, and the decode step's launch;
+- plan.py: the launch plan (``plan=``), chosen once at import;
+- fused_siso.py, fused_mimo.py: SISO's and MIMO's launches and autograd functions;
+- the Triton kernels: fused_prep.py (per-step scalars, angle offsets), fused_rotate.py (rotated
+  per-head keys and queries), fused_mimo_rows.py (MIMO's rank rows: v = x W_x, the same-step
+  term, the output gate), fused_step.py (the decode step).
+
+float64 inputs run the reference (Triton's tl.dot has no float64 path worth using).
 """
 from __future__ import annotations
 
 import torch
 
 from . import reference
-from .mimo import mamba3_mimo
-from .siso import _p2, mamba3_siso
-from .triton_step import state_update_kernel
+from .fused_mimo import mamba3_mimo
+from .fused_siso import _p2, mamba3_siso
+from .fused_step import state_update_kernel
+from .plan import DEFAULT_PLAN, Mamba3Plan
+
 
 def mamba3(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
            W_x=None, W_z=None, W_o=None, initial_states=None, chunk_size=64,
-           return_final_states=False):
+           return_final_states=False, plan: Mamba3Plan = DEFAULT_PLAN):
     """Fused chunked Mamba-3; arguments, shapes and results as ``reference.mamba3``. The chunk the
-    kernels run is their own choice (siso.ssd_chunk): it changes nothing but rounding."""
+    kernels run is the plan's choice (plan.Mamba3Plan.ssd_chunk): it changes nothing but
+    rounding. ``plan``: the launch settings (plan.py), which change speed, not results."""
     if x.dtype == torch.float64:
         return reference.mamba3(x, dt, A, trap, B, C, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D,
                                 z=z, W_x=W_x, W_z=W_z, W_o=W_o, initial_states=initial_states,
                                 chunk_size=chunk_size, return_final_states=return_final_states)
-    if B.dim() == 4:         # SISO is an SSD with a decoupled decay (siso.py): the Mamba-2 kernels
-        return mamba3_siso(x, dt, A, trap, B, C, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D, z=z,
-                           initial_states=initial_states, chunk_size=chunk_size,
-                           return_final_states=return_final_states)
-    return mamba3_mimo(x, dt, A, trap, B, C, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D, z=z,
-                       W_x=W_x, W_z=W_z, W_o=W_o, initial_states=initial_states, chunk_size=chunk_size,
+    if B.dim() == 4:         # SISO is an SSD with a decoupled decay: the Mamba-2 kernels
+        return mamba3_siso(x, dt, A, trap, B, C, plan, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D, z=z,
+                           initial_states=initial_states, return_final_states=return_final_states)
+    return mamba3_mimo(x, dt, A, trap, B, C, plan, angles=angles, B_bias=B_bias, C_bias=C_bias, D=D, z=z,
+                       W_x=W_x, W_z=W_z, W_o=W_o, initial_states=initial_states,
                        return_final_states=return_final_states)
 
 

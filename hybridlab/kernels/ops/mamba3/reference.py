@@ -20,7 +20,7 @@ exp(cum_t - cum_s) w_s for s < t and lam_t dt_t on the diagonal; between chunks 
 plus the decayed incoming H'. An initial state folds in as H'_{-1} = H_{-1} + (1 - lam_0) dt_0 v_{-1} k_{-1}^T,
 and at the sequence end b = 0, so the last folded state is the true final state.
 
-Choices (Mamba-3 paper / mamba-ssm leave these open, see NOTES.md):
+Choices (Mamba-3 paper / mamba-ssm leave these open, see DESIGN.md):
 * The caller applies the activations of dt (softplus + bias) and A (negative, floored) and the
   RMSNorm of B and C; this op adds the per-head B/C biases after that norm, applies
   lam = sigmoid(trap) and tanh of the raw angles itself.

@@ -7,9 +7,10 @@ kernel per direction instead of two (fused_state.py): 2 and 4 launches. Where it
 forward's walk is cut into segments of chunks walked in parallel (3 launches: walk, carry across
 segments, scan); the backward keeps the split kernels there. Decode step: fused_step.py.
 
-``chunk_size`` is a speed knob here: the kernels use it rounded to a power of two in [16, 256]
-and at most MAX_CHUNK (the result is the same SSD up to rounding). float64 has no tensor-core
-path and runs the reference. See NOTES.md for the design.
+``chunk_size`` is a speed hint here: the kernels use it rounded to a power of two in [16, 256]
+and at most the plan's max_chunk (the result is the same SSD up to rounding). The launch
+settings come from the launch plan (plan.py, ``plan=``). float64 has no tensor-core path and
+runs the reference. See DESIGN.md for the design.
 """
 from __future__ import annotations
 
@@ -18,60 +19,52 @@ import math
 import torch
 import triton
 
-from ... import knobs
 from ...grad_mode import wants_grad
-from ...launch import FastKernel, cdiv, next_pow2, plan_key
+from ...launch import FastKernel, cdiv, plan_key
 from . import fused_bwd as kb
 from . import fused_fwd as kf
 from . import fused_state as ks
 from .fused_step import ssd_state_update  # noqa: F401  (the decode op lives beside)
+from .plan import DEFAULT_PLAN, SSDPlan, _pow2
 from .reference import segment_ids
 from .reference import ssd as _ssd_reference
 from .reference import ssd_decoupled as _ssd_decoupled_reference
 
-#: largest row block inside a chunk (BT); tests lower it to exercise the multi-block paths.
-#: HYBRIDLAB_SSD_BLOCK_T overrides it (to time 32 / 16: chunk_bwd spills at 64, see NOTES.md)
-BLOCK_T_MAX = knobs.SSD_BLOCK_T
-#: the backward splits a group's heads over programs until the grid has this many (~4 waves)
-HEAD_SPLIT_TARGET = 528
-_INTERPRET = knobs.INTERPRET
-
-
-#: autotune the dot kernels over a few launch configs (GPU only). Off (HYBRIDLAB_AUTOTUNE=0, or
-#: tests setting ``fused.AUTOTUNE = False``) launches each kernel with its first config: every
-#: new (H, P, N, G) otherwise costs a benchmark of every config (seconds per shape).
-AUTOTUNE = knobs.AUTOTUNE
-
 
 class _Tuned:
-    """A kernel launched either through triton.autotune or with its first (num_warps, num_stages).
+    """A dot kernel launched through triton.autotune, or with one of its (num_warps, num_stages
+    [, maxnreg]) configs: ``tuned[plan, grid](*args, **kwargs)``, as the plan says (``autotune``,
+    ``config``; the interpreter: one warp).
 
-    Launches go through FastKernel (kernels/launch.py). A launch whose plan is cached costs one
-    plan key; on a miss, the config is the one the autotuner chose for these arguments' autotune
-    key (tuning it first if new), so Triton's autotune wrapper, ~35 us of host time per launch
-    (scripts/gpu/launch_overhead.py, H100 host, 2026-11-22), runs once per shape.
+    Launches go through FastKernel (kernels/launch.py). A launch whose plan key is cached costs
+    one key; on a miss, the config is the one the autotuner chose for these arguments' autotune
+    key (tuning it first if new), so Triton's autotune wrapper, with its own host time per
+    launch, runs once per shape.
     """
 
-    def __init__(self, kernel, configs):
+    def __init__(self, kernel, configs, fast=None):
         self.kernel = kernel
         self.configs = [_options(c) for c in configs]
-        self.first = self.configs[0]
         cfgs = [triton.Config({}, **c) for c in self.configs]
         # Q and BT (where a kernel has them) change the work per program: tuned per value
         self.key_names = ["H", "P", "N", "G"] + [k for k in ("Q", "BT") if k in kernel.arg_names]
         self.key_index = [kernel.arg_names.index(k) for k in self.key_names]
         self.tuned = triton.autotune(cfgs, key=self.key_names)(kernel)
         self.chosen: dict[tuple, dict] = {}      # autotune key -> the config it picked
-        # one plan cache per mode: a plan holds its launch config
-        self.fast_first, self.fast_tuned = FastKernel(kernel), FastKernel(kernel)
+        # one FastKernel per fixed config and one for the tuned launches: a cached launch holds its config
+        opts = {} if fast is None else {"enabled": fast}
+        self.fast_fixed = [FastKernel(kernel, **opts) for _ in self.configs]
+        self.fast_tuned = FastKernel(kernel, **opts)
 
-    def __getitem__(self, grid):
-        if _INTERPRET:
+    def __getitem__(self, plan_grid):
+        plan, grid = plan_grid
+        if plan.interpret:
             return lambda *a, **k: self.kernel[grid](*a, num_warps=1, **k)
         grid = tuple(grid) + (1,) * (3 - len(grid))
-        if AUTOTUNE:
+        if plan.autotune:
             return lambda *a, **k: self._launch_tuned(grid, a, k)
-        return lambda *a, **k: self.fast_first.run(grid, a, k, self.first)
+        i = min(plan.config, len(self.configs) - 1)
+        return lambda *a, **k: self.fast_fixed[i].run(grid, a, k, self.configs[i])
 
     def _launch_tuned(self, grid, args, kwargs):
         key = plan_key(args, kwargs)
@@ -85,7 +78,7 @@ class _Tuned:
             out = self.tuned[grid](*args, **kwargs)
             best = getattr(self.tuned, "best_config", None)
             self.chosen[tkey] = (_options((best.num_warps, best.num_stages, best.maxnreg))
-                                 if best is not None else self.first)
+                                 if best is not None else self.configs[0])
             return out
         return self.fast_tuned.run(grid, args, kwargs, cfg, key=key)
 
@@ -99,128 +92,32 @@ def _options(config) -> dict:
     return opts
 
 
-def _tuned(kernel, configs):
-    return _Tuned(kernel, configs), {}
-
-
-_chunk_state_fwd, _CSF = _tuned(kf.chunk_state_fwd, [(4, 1), (8, 1)])
+_chunk_state_fwd = _Tuned(kf.chunk_state_fwd, [(4, 1), (8, 1)])
 _state_pass_fwd = FastKernel(kf.state_pass_fwd)
 _state_pass_bwd = FastKernel(kb.state_pass_bwd)
 _chunk_cb = FastKernel(kb.chunk_cb)
 _dt_bwd = FastKernel(kb.dt_bwd)
-_state_fwd_seq, _SFS = _tuned(ks.state_fwd_seq, [(4, 2), (4, 3), (8, 2)])
+_state_fwd_seq = _Tuned(ks.state_fwd_seq, [(4, 2), (4, 3), (8, 2)])
 _segment_pass_fwd = FastKernel(ks.segment_pass_fwd)
-_state_bwd_seq, _SBS = _tuned(ks.state_bwd_seq, [(4, 2), (4, 3), (8, 2)])
-#: (4, 1), (8, 1): one stage, 41 KB of shared memory instead of 82 (three 4-warp programs per SM
-#: instead of two); Nsight Compute (H200, b4) had the two-stage kernel at 8 warps per SM, 36% of
-#: its stall samples waiting on the loads behind its shared-memory stores. The autotuner takes
-#: (4, 1) at every bench shape: forward b4 0.252 -> 0.218 ms, b1 l32768 0.623 -> 0.559, b16
-#: 0.307 -> 0.303, Mamba-3 b1 l32768 1.220 -> 1.113 (H200, scripts/gpu/ssd_variants.py)
-_chunk_scan_fwd, _CSCF = _tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2), (4, 1), (8, 1)])
-_chunk_state_bwd, _CSB = _tuned(kb.chunk_state_bwd, [(4, 1), (8, 1), (4, 1, 168)])
+_state_bwd_seq = _Tuned(ks.state_bwd_seq, [(4, 2), (4, 3), (8, 2)])
+#: (4, 1), (8, 1): one stage halves the shared memory, so three 4-warp programs fit per SM
+#: instead of two (the two-stage kernel waited on the loads behind its shared-memory stores)
+_chunk_scan_fwd = _Tuned(kf.chunk_scan_fwd, [(4, 2), (4, 3), (8, 2), (4, 1), (8, 1)])
+_chunk_state_bwd = _Tuned(kb.chunk_state_bwd, [(4, 1), (8, 1), (4, 1, 168)])
 #: (4, 1, 168): 4 warps capped at 168 registers per thread fit three programs per SM (12 warps
-#: to hide latency, paid for in spills). H100, 2026-11-22, Mamba-2 b4 l4096 (kernel_variants.sh):
-#: chunk_bwd_dx 0.323 ms with it among the candidates, against 0.393 without; Mamba-3's per-head
-#: kernels were unchanged (the autotuner keeps what is fastest per shape). A cap of 128 (two
-#: 8-warp programs per SM) gave nothing, and made the Mamba-3 rotation backward slower.
-_chunk_bwd_dx, _CBX = _tuned(kb.chunk_bwd_dx, [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
-_chunk_bwd_dbc, _CBBC = _tuned(kb.chunk_bwd_dbc, [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
-
-
-def _pow2(v: int) -> int:
-    return 1 << max(0, (int(v) - 1).bit_length())
-
-
-#: the longest chunk the kernels run (HYBRIDLAB_SSD_MAX_CHUNK). H100, 2026-11-23, kernel time
-#: per forward+backward with a caller's chunk of 256 (`ITERS=10 scripts/gpu/profile_ops.py
-#: ssd/...@chunk=128`): 1.259 -> 1.033 ms at b4 l4096, 2.038 -> 1.582 at b16 l2048 n64,
-#: 2.648 -> 2.408 at b1 l32768: the within-chunk work (chunk_bwd_dbc, chunk_bwd_dx,
-#: chunk_scan_fwd) halves, the chunk-state kernels' rows stay the same. Chunk 64: 1.053 at b4.
-MAX_CHUNK = knobs.SSD_MAX_CHUNK
-
-
-def _chunk(chunk_size: int) -> int:
-    return min(MAX_CHUNK, 256, max(16, _pow2(chunk_size)))
-
-
-#: state passing (a short recurrence over chunks): elements of the P x N state per program, and its
-#: warps. More, smaller programs hide more latency: H100, 2026-11-22, b1 l32768 (profile_ops.py),
-#: state_pass_bwd 0.328 ms at 256 / 2 warps against 0.369 at 1024 / 4 (Mamba-3), 0.165 against
-#: 0.186 (Mamba-2), the forward 0.183 against 0.194; unchanged at b4; 128 / 1 warp: 0.303, 0.154
-#: but slower at b4 (0.112 against 0.097).
-STATE_BLOCK, STATE_WARPS = 256, 2
-
-#: the chunk states as one sequential kernel per direction (fused_state.py) once the grid of
-#: (batch, head, state tile) has this many programs (HYBRIDLAB_SSD_SEQ_STATE; 0: never), with
-#: tiles of at most 64 rows (P) and SEQ_STATE_BN columns (N), walking SEQ_STATE_ROWS sequence rows
-#: per step. Below it, the split path's parallel chunk kernels keep the GPU busy.
-SEQ_STATE_MIN, SEQ_STATE_BN, SEQ_STATE_ROWS = knobs.SSD_SEQ_STATE, knobs.SSD_SEQ_STATE_BN, knobs.SSD_SEQ_STATE_ROWS
-
-
-def _state_tiles(P, N):
-    """(BP, BN, tiles): the sequential state kernels' tiles of the P x N state."""
-    BP, BN = max(16, min(64, _pow2(P))), max(16, min(SEQ_STATE_BN, _pow2(N)))
-    return BP, BN, cdiv(P, BP) * cdiv(N, BN)
-
-
-def seq_state_tiles(b, H, P, N):
-    """(BP, BN, tiles) of the sequential state kernels, or None where the split path runs."""
-    BP, BN, tiles = _state_tiles(P, N)
-    return (BP, BN, tiles) if SEQ_STATE_MIN and b * H * tiles >= SEQ_STATE_MIN else None
-
-
-#: the forward's state walk is cut into segments of chunks, walked in parallel, until (batch, head,
-#: state tile, segment) has this many programs (fused_state.py; HYBRIDLAB_SSD_SEQ_STATE_FILL).
-SEQ_STATE_FILL = knobs.SSD_SEQ_STATE_FILL
-
-
-def forward_state_plan(b, H, P, N, nchunks, packed):
-    """(BP, BN, tiles, chunks per segment, segments) of the forward's sequential state walk, or
-    None where the split path runs. Packed sequences (seq_idx) walk in one segment."""
-    BP, BN, tiles = _state_tiles(P, N)
-    progs = b * H * tiles
-    nseg = 1 if packed or progs >= SEQ_STATE_FILL else min(nchunks, cdiv(SEQ_STATE_FILL, progs))
-    cps = cdiv(nchunks, nseg)
-    nseg = cdiv(nchunks, cps)
-    return (BP, BN, tiles, cps, nseg) if SEQ_STATE_MIN and progs * nseg >= SEQ_STATE_MIN else None
-
-
-#: fp32 inputs on the GPU (tf32x3 dots keep fp32 operand tiles in shared memory): chunks of at
-#: most FP32_MAX_CHUNK steps and row blocks of at most FP32_MAX_BLOCK_T, else chunk_state_fwd /
-#: chunk_state_bwd (Q=256: 256 KB) and chunk_bwd (BT=64: 320 KB) exceed the H100's 227 KB
-#: (compiled for sm_90 here: 128 / 32 need 128 KB and 144 KB). bf16 is unaffected.
-FP32_MAX_CHUNK, FP32_MAX_BLOCK_T = 128, 32
-
-
-def _block_t(Q: int, dtype) -> int:
-    bt = min(Q, BLOCK_T_MAX)
-    return min(bt, FP32_MAX_BLOCK_T) if dtype == torch.float32 and not _INTERPRET else bt
-
-
-def _prec(dtype) -> str:
-    """fp32 operands: "tf32x3" on the GPU (three tensor-core passes, ~1e-6 relative, so the fp32
-    tests' 1e-4 holds; "ieee" compiles each 64x128 dot to unrolled FMAs, and the GPU tests
-    stalled on the first fp32 call at such tiles); "ieee" in the interpreter. 16-bit operands
-    ignore the setting."""
-    if dtype == torch.float32:
-        return "ieee" if _INTERPRET else "tf32x3"
-    return "tf32"
+#: to hide latency, paid for in spills); the autotuner keeps it where it is the fastest
+_chunk_bwd_dx = _Tuned(kb.chunk_bwd_dx, [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
+_chunk_bwd_dbc = _Tuned(kb.chunk_bwd_dbc, [(4, 1), (8, 1), (4, 2), (4, 1, 168)])
+#: every autotuned kernel (the GPU tests run each of their configs)
+TUNED = (_chunk_state_fwd, _state_fwd_seq, _state_bwd_seq, _chunk_scan_fwd, _chunk_state_bwd, _chunk_bwd_dx,
+         _chunk_bwd_dbc)
 
 
 def lastdim_contig(t):
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
-def _heads_per_program(b, nchunks, nb, G, hpg, target):
-    """Largest divisor of the heads per group whose grid still has >= target programs."""
-    divs = [d for d in range(hpg, 0, -1) if hpg % d == 0]
-    for d in divs:
-        if b * nchunks * nb * G * (hpg // d) >= target:
-            return d
-    return 1
-
-
-def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos, store_y=True):
+def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, ld, dpos, plan, store_y=True):
     """out, final state, and for the backward: y (the pre-gate output, with z and store_y only),
     Δ, its cumsum and the entering states E (the forward's own scratch too). store_y: a backward
     will run; without it a segmented walk's true entering states are not stored (E is None)."""
@@ -228,7 +125,7 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     G, N = B.shape[-2:]
     nchunks = cdiv(l, Q)
     Lp = nchunks * Q
-    BT = _block_t(Q, x.dtype)
+    BT = plan.block_t(Q, x.dtype)
     BP, BN = max(16, _pow2(P)), max(16, _pow2(N))
     dev = x.device
     lo, hi = dt_limit
@@ -238,46 +135,46 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
     cs = torch.empty(b, H, Lp, device=dev, dtype=f32)
     E = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     final = torch.empty(b, H, P, N, device=dev, dtype=f32)
-    prec = _prec(x.dtype)
+    prec = plan.prec(x.dtype)
     state_args = (l, H, P, N, G, float(lo), float(min(hi, 3.0e38)),
                x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
                B.stride(0), B.stride(1), B.stride(2), Lp, nchunks)
     state_opts = dict(Q=Q, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_LIMIT=has_limit,
                    HAS_SEQ=seg is not None, HAS_LD=ld is not None, PREC=prec)
-    plan = forward_state_plan(b, H, P, N, nchunks, seg is not None)
+    walk = plan.state_walk(b, H, P, N, nchunks, seg is not None)
     cps, nseg, sin, dec, E_true = nchunks, 1, None, None, E
-    if plan is not None:
-        SP, SN, tiles, cps, nseg = plan
+    if walk is not None:
+        SP, SN, tiles, cps, nseg = walk
         ends = final if nseg == 1 else torch.empty(b, H, nseg, P, N, device=dev, dtype=f32)
-        _state_fwd_seq[(b * H, tiles, nseg)](
+        _state_fwd_seq[plan, (b * H, tiles, nseg)](
             x, dt, A, B, dt_bias, seg, ld, init, delta, cs, E, ends, *state_args, cps,
-            KB=min(Q, SEQ_STATE_ROWS), BP=SP, BN=SN, HAS_INIT=init is not None, **state_opts, **_SFS)
+            KB=min(Q, plan.seq_state_rows), BP=SP, BN=SN, HAS_INIT=init is not None, **state_opts)
         if nseg > 1:
             PN = P * N
-            BLOCK = min(STATE_BLOCK, _pow2(PN))
+            BLOCK = min(plan.state_block, _pow2(PN))
             sin = torch.empty_like(ends)
             dec = torch.empty(b, H, nchunks, device=dev, dtype=f32)
             _segment_pass_fwd[(b * H, cdiv(PN, BLOCK))](
                 ends, cs, sin, dec, final, PN, Lp, nchunks, cps, nseg, Q=Q, BLOCK=BLOCK,
-                num_warps=1 if _INTERPRET else STATE_WARPS)
+                num_warps=plan.warps(plan.state_warps))
             # the scan adds what each segment's walk missed; with a backward to feed, it also
             # stores the true entering states (the backward reads them)
             E_true = torch.empty_like(E) if store_y else None
     else:
         st = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
-        _chunk_state_fwd[(H, nchunks, b)](
-            x, dt, A, B, dt_bias, seg, ld, delta, cs, st, *state_args, BP=BP, BN=BN, **state_opts, **_CSF)
+        _chunk_state_fwd[plan, (H, nchunks, b)](
+            x, dt, A, B, dt_bias, seg, ld, delta, cs, st, *state_args, BP=BP, BN=BN, **state_opts)
         PN = P * N
-        BLOCK = min(STATE_BLOCK, _pow2(PN))
+        BLOCK = min(plan.state_block, _pow2(PN))
         _state_pass_fwd[(b * H, cdiv(PN, BLOCK))](
             st, cs, seg, init, E, final, H, PN, Lp, nchunks,
             Q=Q, BLOCK=BLOCK, HAS_INIT=init is not None, HAS_SEQ=seg is not None,
-            num_warps=1 if _INTERPRET else STATE_WARPS)
+            num_warps=plan.warps(plan.state_warps))
 
     NB = Q // BT
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     y = torch.empty_like(out) if z is not None and store_y else None
-    _chunk_scan_fwd[(H, nchunks * NB, b)](
+    _chunk_scan_fwd[plan, (H, nchunks * NB, b)](
         x, z, B, C, D, dpos, delta, cs, seg, E, sin, dec, E_true, out, y,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *(_strides3(z)),
@@ -286,15 +183,15 @@ def forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=D is not None and D.dim() == 2,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, STORE_Y=y is not None, HAS_SEQ=seg is not None,
         HAS_STATE=init is not None or nchunks > 1, HAS_SEGS=nseg > 1, STORE_E=nseg > 1 and store_y,
-        PREC=prec, **_CSCF)
+        PREC=prec)
     return out, final, y, delta, cs, E_true
 
 
-def _shared_cb(B, C, H, Q, BT, BN, prec):
+def _shared_cb(B, C, H, Q, BT, BN, prec, plan):
     """C Bᵀ per (b, chunk, group), (b, nc, g, Q, Q) fp32, for the backward when a group's heads
     share it (fused_bwd.chunk_cb); None with one head per group (the kernels compute it in place).
-    The forward computes its tiles in place: measured on the H100 at b4 l4096 (2026-11-22), a
-    stored C Bᵀ made the forward 0.386 ms instead of 0.320, while the backward gains from it."""
+    The forward computes its tiles in place: a stored C Bᵀ measured slower there, while the
+    backward gains from it."""
     b, l, G, N = B.shape
     if H == G:
         return None
@@ -303,7 +200,7 @@ def _shared_cb(B, C, H, Q, BT, BN, prec):
     cb = torch.empty(b, nchunks, G, Q, Q, device=B.device, dtype=torch.float32)
     _chunk_cb[(NB * NB, nchunks, b * G)](
         B, C, cb, l, G, N, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        nchunks, Q=Q, BT=BT, BN=BN, PREC=prec, num_warps=1 if _INTERPRET else 4)
+        nchunks, Q=Q, BT=BT, BN=BN, PREC=prec, num_warps=plan.warps(4))
     return cb
 
 
@@ -312,17 +209,16 @@ def _strides3(t):
 
 
 def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
-                  dt_limit, has_init, has_ld, dpos):
+                  dt_limit, has_init, has_ld, dpos, plan):
     b, l, H, P = x.shape
     G, N = B.shape[-2:]
     nchunks = cdiv(l, Q)
     Lp = nchunks * Q
-    BT = _block_t(Q, x.dtype)
+    BT = plan.block_t(Q, x.dtype)
     NB = Q // BT
     BP, BN = max(16, _pow2(P)), max(16, _pow2(N))
     dev, f32 = x.device, torch.float32
-    prec = _prec(x.dtype)
-    one = _INTERPRET
+    prec = plan.prec(x.dtype)
     dout = lastdim_contig(dout)
     # the kernels index dfinal as a dense (b, h, p, n); autograd may hand an expanded one
     # (stride 0: the gradient of final.sum()), which they would read past its storage
@@ -330,34 +226,34 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
 
     dst = torch.empty(b, nchunks, H, P, N, device=dev, dtype=x.dtype)
     dinit = torch.empty(b, H, P, N, device=dev, dtype=f32) if has_init else None
-    seq = seq_state_tiles(b, H, P, N)
+    seq = plan.seq_state_tiles(b, H, P, N)
     if seq is not None:
         SP, SN, nblk = seq
         dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
-        _state_bwd_seq[(b * H, nblk)](
+        _state_bwd_seq[plan, (b * H, nblk)](
             dout, z, C, cs, seg, E, dfinal, dst, dinit, dlast2, l, H, P, N, G,
             dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
             C.stride(0), C.stride(1), C.stride(2), Lp, nchunks,
-            Q=Q, KB=min(Q, SEQ_STATE_ROWS), BP=SP, BN=SN, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-            HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, PREC=prec, **_SBS)
+            Q=Q, KB=min(Q, plan.seq_state_rows), BP=SP, BN=SN, HAS_Z=z is not None, HAS_SEQ=seg is not None,
+            HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, PREC=prec)
     else:
         dloc = torch.empty(b, nchunks, H, P, N, device=dev, dtype=f32)
-        _chunk_state_bwd[(H, nchunks, b)](
+        _chunk_state_bwd[plan, (H, nchunks, b)](
             dout, z, C, cs, seg, dloc, l, H, P, N, G,
             dout.stride(0), dout.stride(1), dout.stride(2), *_strides3(z),
             C.stride(0), C.stride(1), C.stride(2), Lp, nchunks,
-            Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec, **_CSB)
+            Q=Q, BP=BP, BN=BN, HAS_Z=z is not None, HAS_SEQ=seg is not None, PREC=prec)
         PN = P * N
-        BLOCK = min(STATE_BLOCK, _pow2(PN))
+        BLOCK = min(plan.state_block, _pow2(PN))
         nblk = cdiv(PN, BLOCK)
         dlast2 = torch.empty(b, H, nchunks, nblk, device=dev, dtype=f32)
         _state_pass_bwd[(b * H, nblk)](
             dloc, E, cs, seg, dfinal, dst, dinit, dlast2, H, PN, Lp, nchunks,
             Q=Q, BLOCK=BLOCK, HAS_DFINAL=dfinal is not None, HAS_DINIT=has_init, HAS_SEQ=seg is not None,
-            num_warps=1 if one else STATE_WARPS)
+            num_warps=plan.warps(plan.state_warps))
 
     has_state = has_init or nchunks > 1
-    cb = _shared_cb(B, C, H, Q, BT, BN, prec)
+    cb = _shared_cb(B, C, H, Q, BT, BN, prec, plan)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else None
     ddx = torch.empty(b, H, Lp, device=dev, dtype=f32)
@@ -368,7 +264,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
     dDp = (torch.empty(b, nchunks * NB, H, *((P,) if d_hdim else ()), device=dev, dtype=f32)
            if D is not None else None)
     ddpos = torch.empty(b, H, Lp, device=dev, dtype=f32) if dpos is not None else None
-    _chunk_bwd_dx[(H, nchunks * NB, b)](
+    _chunk_bwd_dx[plan, (H, nchunks * NB, b)](
         x, z, dout, y, B, C, cb, D, dpos, delta, cs, seg, dst,
         dx, dz, ddx, dcs, rows, dlast, dDp, ddpos,
         l, H, P, N, G,
@@ -378,22 +274,22 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
         dx.stride(0), dx.stride(1), dx.stride(2), *_strides3(dz), Lp, nchunks,
         Q=Q, BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_HDIM=d_hdim,
         HAS_DPOS=dpos is not None, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-        HAS_CB=cb is not None, PREC=prec, **_CBX)
+        HAS_CB=cb is not None, PREC=prec)
 
     # Triton 3.6+ on sm_90 (wgmma) reads past the end of this kernel's shared memory at a
-    # 16- or 32-wide state with 64-row blocks: an illegal memory access on the H100 (compute-
-    # sanitizer: "Invalid __shared__ read" at the dC dot; scripts/gpu/repro_mamba3.py,
-    # 2026-11-22; the same family as triton-lang/triton#11366). 32-row blocks take the mma.sync
-    # path instead. Only dB and dC come from here, so its row block is independent of the others'.
+    # 16- or 32-wide state with 64-row blocks: an illegal memory access (compute-sanitizer:
+    # "Invalid __shared__ read" at the dC dot; the same family as triton-lang/triton#11366).
+    # 32-row blocks take the mma.sync path instead. Only dB and dC come from here, so its row
+    # block is independent of the others'.
     BT_bc = min(BT, 32) if BN <= 32 else BT
     NB_bc = Q // BT_bc
     hpg = H // G
-    hpp = _heads_per_program(b, nchunks, 2 * NB_bc, G, hpg, HEAD_SPLIT_TARGET)
+    hpp = plan.heads_per_program(b, nchunks, 2 * NB_bc, G, hpg)
     nsplit = hpg // hpp
     dBp = torch.empty(nsplit, b, Lp, G, N, device=dev, dtype=f32)
     dCp = torch.empty_like(dBp)
     dcs2 = torch.empty(b, H, Lp, device=dev, dtype=f32) if has_state else None
-    _chunk_bwd_dbc[(2 * G * nsplit, nchunks * NB_bc, b)](
+    _chunk_bwd_dbc[plan, (2 * G * nsplit, nchunks * NB_bc, b)](
         x, z, dout, B, C, delta, cs, seg, E, dst, dBp, dCp, dcs2,
         l, H, P, N, G,
         x.stride(0), x.stride(1), x.stride(2), *_strides3(z),
@@ -401,7 +297,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         dBp.stride(0), dBp.stride(1), dBp.stride(2), dBp.stride(3), Lp, nchunks,
         Q=Q, BT=BT_bc, BP=BP, BN=BN, HPP=hpp, HAS_Z=z is not None, HAS_SEQ=seg is not None,
-        HAS_STATE=has_state, PREC=prec, **_CBBC)
+        HAS_STATE=has_state, PREC=prec)
 
     ddt = torch.empty_like(dt, memory_format=torch.contiguous_format)
     dld = torch.empty_like(ddt, dtype=f32) if has_ld else None
@@ -413,7 +309,7 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
         l, H, dt.stride(0), dt.stride(1), dt.stride(2), ddt.stride(0), ddt.stride(1), ddt.stride(2),
         float(lo), float(min(hi, 3.0e38)), Lp, nchunks, nblk,
         Q=Q, NB=NB, BLK2=max(2, _pow2(nblk)), HAS_STATE=has_state, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        HAS_LIMIT=lo > 0.0 or hi < math.inf, HAS_LD=has_ld, num_warps=1 if one else 4)
+        HAS_LIMIT=lo > 0.0 or hi < math.inf, HAS_LD=has_ld, num_warps=plan.warps(4))
 
     dB = (dBp[0] if nsplit == 1 else dBp.sum(0))[:, :l]
     dC = (dCp[0] if nsplit == 1 else dCp.sum(0))[:, :l]
@@ -427,34 +323,35 @@ def backward_pass(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, 
 class _SSDFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, Q, softplus, dt_limit,
-                log_decay, D_pos):
+                log_decay, D_pos, plan):
         dpos = pad_positions(D_pos, Q)
         out, final, y, delta, cs, E = forward_pass(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
-                                                   Q, softplus, dt_limit, log_decay, dpos)
+                                                   Q, softplus, dt_limit, log_decay, dpos, plan)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos)
-        ctx.cfg = (Q, softplus, dt_limit, initial_states is not None, log_decay is not None)
+        ctx.cfg = (Q, softplus, dt_limit, initial_states is not None, log_decay is not None, plan)
         ctx.init_dtype = initial_states.dtype if initial_states is not None else None
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
         x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, dpos = ctx.saved_tensors
-        Q, softplus, dt_limit, has_init, has_ld = ctx.cfg
+        Q, softplus, dt_limit, has_init, has_ld, plan = ctx.cfg
         dx, ddt, dA, dB, dC, dD, dz, dbias, dinit, dld, ddpos = backward_pass(
             dout, dfinal, x, dt, A, B, C, D, z, dt_bias, y, delta, cs, E, seg, Q, softplus,
-            dt_limit, has_init, has_ld, dpos)
+            dt_limit, has_init, has_ld, dpos, plan)
         cast = lambda g, ref: None if g is None or ref is None else g.to(ref.dtype)  # noqa: E731
         return (dx, ddt, cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz, cast(dbias, dt_bias),
-                None if dinit is None else dinit.to(ctx.init_dtype), None, None, None, None, dld, ddpos)
+                None if dinit is None else dinit.to(ctx.init_dtype), None, None, None, None, dld, ddpos, None)
 
 
-def _run(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, log_decay, D_pos):
+def _run(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, log_decay, D_pos, plan):
     """(out, final state): through the autograd node when a gradient is wanted
     (grad_mode.wants_grad), else the forward alone, without the pre-gate y kept for dz."""
     if wants_grad(x, dt, A, B, C, D, z, dt_bias, init, log_decay, D_pos):
-        return _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, log_decay, D_pos)
+        return _SSDFn.apply(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit, log_decay, D_pos,
+                            plan)
     out, final, *_ = forward_pass(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, softplus, dt_limit,
-                                  log_decay, pad_positions(D_pos, Q), store_y=False)
+                                  log_decay, pad_positions(D_pos, Q), plan, store_y=False)
     return out, final
 
 
@@ -468,12 +365,6 @@ def pad_positions(v, Q):
     return out
 
 
-def kernel_chunk(chunk_size: int, dtype) -> int:
-    """The chunk the kernels run: a power of two in [16, MAX_CHUNK], fp32 on the GPU at most FP32_MAX_CHUNK."""
-    Q = _chunk(chunk_size)
-    return min(Q, FP32_MAX_CHUNK) if dtype == torch.float32 and not _INTERPRET else Q
-
-
 def _operands(x, B, C, z, D, initial_states):
     """x, B, C, z in x's dtype with a contiguous last dim; D and the initial states contiguous."""
     cast = lambda t: None if t is None else lastdim_contig(t if t.dtype == x.dtype else t.to(x.dtype))  # noqa: E731
@@ -482,15 +373,17 @@ def _operands(x, B, C, z, D, initial_states):
 
 
 def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
-        dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, return_final_states=False):
-    """Same contract as ``reference.ssd`` (see there); fused Triton forward and backward."""
+        dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, return_final_states=False,
+        plan: SSDPlan = DEFAULT_PLAN):
+    """Same contract as ``reference.ssd`` (see there); fused Triton forward and backward.
+    ``plan``: the launch settings (plan.py), which change speed, not results."""
     if x.dtype == torch.float64:
         return _ssd_reference(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                               dt_softplus=dt_softplus, dt_limit=dt_limit, initial_states=initial_states,
                               seq_idx=seq_idx, return_final_states=return_final_states)
     dt = lastdim_contig(dt)
     x, B, C, z, D, init = _operands(x, B, C, z, D, initial_states)
-    Q = kernel_chunk(chunk_size, x.dtype)
+    Q = plan.kernel_chunk(chunk_size, x.dtype)
     seg = None
     if seq_idx is not None:
         nchunks = cdiv(x.shape[1], Q)
@@ -498,12 +391,12 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=Fa
         pad = nchunks * Q - x.shape[1]     # padding continues the last segment
         seg = torch.cat([seg, seg[:, -1:].expand(-1, pad)], 1).contiguous()
     lim = (float(dt_limit[0]), float(dt_limit[1]))
-    out, final = _run(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim, None, None)
+    out, final = _run(x, dt, A, B, C, D, z, dt_bias, init, seg, Q, bool(dt_softplus), lim, None, None, plan)
     return (out, final) if return_final_states else out
 
 
 def ssd_decoupled(x, scale, log_decay, B, C, chunk_size, D=None, D_pos=None, z=None,
-                  initial_states=None, return_final_states=False):
+                  initial_states=None, return_final_states=False, plan: SSDPlan = DEFAULT_PLAN):
     """Same contract as ``reference.ssd_decoupled``: the decay exp(log_decay) and the input scale
     are separate (b, l, h) inputs, plus a per-position skip D_pos. The same kernels as ``ssd``."""
     if x.dtype == torch.float64:
@@ -512,7 +405,8 @@ def ssd_decoupled(x, scale, log_decay, B, C, chunk_size, D=None, D_pos=None, z=N
     scale = scale.float().contiguous()
     log_decay = log_decay.float().contiguous()
     x, B, C, z, D, init = _operands(x, B, C, z, D, initial_states)
-    Q = kernel_chunk(chunk_size, x.dtype)
+    Q = plan.kernel_chunk(chunk_size, x.dtype)
     A = scale.new_zeros(x.shape[2])                  # unused: the kernels read log_decay instead
-    out, final = _run(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf), log_decay, D_pos)
+    out, final = _run(x, scale, A, B, C, D, z, None, init, None, Q, False, (0.0, math.inf), log_decay, D_pos,
+                      plan)
     return (out, final) if return_final_states else out

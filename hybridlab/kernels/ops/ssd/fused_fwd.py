@@ -6,7 +6,7 @@
    the state *entering* every chunk (x's dtype) and the final state (fp32).
 3. ``chunk_scan_fwd``: per (b, h, chunk, block of rows): y = C Eᵀ·decay + Σ_blocks (C Bᵀ ∘ L) X
    + D x, gated by silu(z). C Bᵀ tiles are computed here per head: storing them once per group
-   made this forward slower (ssd/NOTES.md); the backward stores them (fused_bwd.chunk_cb).
+   made this forward slower (DESIGN.md); the backward stores them (fused_bwd.chunk_cb).
 
 Layouts: x, z, out (b, l, h, p); dt (b, l, h); B, C (b, l, g, n) — any strides with the last
 dim contiguous. Scratch: Δ and cs (b, h, Lp) fp32 with Lp = chunks·Q; states (b, c, h, p, n).

@@ -1,5 +1,5 @@
-"""Triton kernels for what MIMO adds around the SSD kernels (mimo.py): the per-step R x R term and
-the output gate, forward and backward.
+"""Triton kernels for what MIMO adds around the SSD kernels (fused_mimo.py): the rows v = x W_x,
+the per-step R x R term and the output gate, forward and backward.
 
 A tile holds ROWS = TS * RB rows (t, r): TS steps of RB ranks. Per step, with s[(t,r), u] =
 q_(t,r) . k_(t,u) (from the rotation kernel) and m = s * coef, coef[(t,r), u] = wd_t - [u <= r] w_t:
@@ -64,7 +64,7 @@ def step_scores_mma(a, b, ROWS: tl.constexpr, RB: tl.constexpr, PREC: tl.constex
 def step_block(ptr, b, h, row, valid, LR, H, RB: tl.constexpr):
     """A (b, l*R, h, R) per-step block at a tile's rows, (ROWS, RB) fp32, and its per-step transpose
     wt[(t, u), r] = w[(t, r), u] (gathered from memory: a register permute of the (steps, R, R)
-    tile gave wrong results on the H100 at R = 4)."""
+    tile gave wrong results on the GPU at R = 4)."""
     ridx = tl.arange(0, RB)
     w = tl.load(ptr + ((b * LR + row[:, None]) * H + h) * RB + ridx[None, :], mask=valid[:, None], other=0.0)
     first = row - row % RB

@@ -9,13 +9,15 @@ The first two terms are exactly an SSD whose decay (dt*A) and input scale (w) ar
 (``ssd_decoupled``); the last is a per-position skip weight -b_t (q_t . k_t) on x, which that SSD
 also takes (D_pos). So SISO needs no kernels of its own beyond the rotation and its inputs:
 
-1. ``_step_prep``: the (b, l, h) scalars and the angle entering each 64-step chunk (float64 scan
-   of chunk totals, modulo 2 pi): two Triton kernels (triton_prep.py);
+1. ``_step_prep``: the (b, l, h) scalars and the angle entering each angle chunk (float64 scan
+   of chunk totals, modulo 2 pi): two Triton kernels (fused_prep.py);
 2. ``_rotate`` / ``_rotate_backward``: per-head rotated k, q in x's dtype, q . k and the skip
-   weight D_pos, the in-chunk angle cumsum done in registers (triton_rotate.py);
+   weight D_pos, the in-chunk angle cumsum done in registers (fused_rotate.py);
 3. the decoupled SSD (the Mamba-2 kernels, as ``ssd_decoupled`` runs them) with D, the per-position
    skip and the z gate; 1-3 are one autograd node (``_SISOFn``);
 4. torch: the folded initial state and the final (angle, ssm, k, v) states.
+
+The launch settings come from the plan (plan.py): every function here takes it.
 """
 from __future__ import annotations
 
@@ -24,13 +26,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ... import knobs
 from ...grad_mode import wants_grad
 from ...launch import FastKernel, cdiv, next_pow2
 from ..ssd import fused as ssd_fused
 from . import reference
-from .triton_prep import angle_scan_bwd_kernel, angle_scan_kernel, prep_bwd_kernel, prep_fwd_kernel
-from .triton_rotate import rotate_bwd_kernel, rotate_fwd_kernel
+from .fused_prep import angle_scan_bwd_kernel, angle_scan_kernel, prep_bwd_kernel, prep_fwd_kernel
+from .fused_rotate import rotate_bwd_kernel, rotate_fwd_kernel
 
 TWO_PI = 2.0 * math.pi
 _rotate_fwd = FastKernel(rotate_fwd_kernel)
@@ -39,62 +40,7 @@ _prep_fwd = FastKernel(prep_fwd_kernel)
 _prep_bwd = FastKernel(prep_bwd_kernel)
 _angle_scan = FastKernel(angle_scan_kernel)
 _angle_scan_bwd = FastKernel(angle_scan_bwd_kernel)
-_INTERPRET = knobs.INTERPRET
-#: the MIMO step scores' tensor-core product (rotation forward) for fp32 k, q, and the fp32 products
-#: of the angle totals (triton_prep.py): three tf32 passes on the GPU (~1e-6 relative), exact in
-#: the interpreter; 16-bit k, q ignore it. (With exact fp32 products prep_bwd_kernel spills 1.4-4.6
-#: KB per thread on sm_90, scripts/kernel_regs.py; with tf32x3 none at 8 warps.)
-_MMA_PREC = "ieee" if _INTERPRET else "tf32x3"
-#: SSD chunk length for SISO (None: the caller's chunk_size, for tests; a speed knob only, the SSD result
-#: does not depend on it). Kernel time per forward+backward on the H100 (kernel_variants.sh,
-#: 2026-11-22), b4 l4096 / b1 l32768: chunk 64 3.40 / 7.23 ms, 128 3.28 / 6.76, 256 3.59 / 7.29.
-#: (128 once made an illegal memory access at d_state 16: Triton's wgmma path in the SSD
-#: backward, worked around in ssd/fused.py.) MIMO's l*R rows take it too: rank 4, f+b at b4 /
-#: b1 l32768 (2026-11-23): 64 17.39 / 36.57 ms, 128 16.82 / 34.60, 256 17.03 / 34.74.
-#: Since the SSD's chunk states run as sequential kernels on grids that fill the GPU
-#: (ssd/fused_state.py), their cost no longer grows with the number of chunks there, and 64 is
-#: the faster chunk: H100, 2026-11-23, SISO b4 l4096 kernel time 2.515 ms at 128 against 2.377 at
-#: 64; b1 l32768 (split state kernels) 5.549 against 5.765. So "auto": 64 where the sequential
-#: state kernels run, else 128 (MIMO: 128). HYBRIDLAB_MAMBA3_SSD_CHUNK overrides it.
-SSD_CHUNK = knobs.MAMBA3_SSD_CHUNK or "auto"
-
-
-def ssd_chunk(chunk_size: int, seq_states: bool) -> int:
-    """The SSD chunk the Mamba-3 kernels ask for (seq_states: the grid takes fused_state.py's path)."""
-    if SSD_CHUNK == "auto":
-        return 64 if seq_states else 128
-    return SSD_CHUNK or chunk_size
-
-
 _NO_LIMIT = (0.0, math.inf)
-#: steps per rotation program: the in-chunk angle cumsum happens in registers. At 64 steps the
-#: forward kernel needs 254 registers per thread (scripts/kernel_regs.py), at 32 it needs 122.
-#: HYBRIDLAB_MAMBA3_ANGLE_CHUNK overrides it.
-ANGLE_CHUNK = knobs.MAMBA3_ANGLE_CHUNK or 64
-#: rotation pairs per backward program. With all 64 pairs of n=128 in one program the backward
-#: spills 1.4 KB per thread (scripts/kernel_regs.py). H100, b4 l4096, the kernel alone (2026-11-23,
-#: BENCHMARKS.md "The rotations: approximate sin and cos, 16 pairs at 4 warps"): 16 pairs
-#: at 4 warps 0.581 ms, 32 at 4 warps 0.725, 32 at 8 warps 0.732 (the default before), 64 at 8
-#: 0.931. (In 2026-11-22's f+b runs at 8 warps: 64 pairs 0.84 ms, 32 0.73, 16 0.82.)
-#: HYBRIDLAB_MAMBA3_ROTATE_PAIRS / _ROTATE_BWD_WARPS override them.
-ROTATE_BWD_PAIRS = knobs.MAMBA3_ROTATE_PAIRS or 16
-ROTATE_BWD_WARPS = knobs.MAMBA3_ROTATE_BWD_WARPS or 4
-#: warps per forward rotation program. The forward at 8 warps needs 254 registers per thread, one
-#: program per SM; at 16 it needs 112 (scripts/kernel_regs.py). H100, b4 l4096, kernel time
-#: (kernel_variants.sh with scripts/gpu/variants-rotate-warps.txt, 2026-11-22): forward 0.304 ms
-#: at 16 warps against 0.358 at 8. HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS.
-#: Capped at 128 registers (HYBRIDLAB_MAMBA3_ROTATE_FWD_MAXNREG), two 8-warp forward programs fit
-#: per SM: 0.224 ms against 0.305 at 16 warps uncapped (same run, H100, 2026-11-22); 4 warps
-#: capped at 168 or 128 gave 0.391 and 0.753.
-ROTATE_FWD_WARPS = knobs.MAMBA3_ROTATE_FWD_WARPS
-ROTATE_FWD_CAP = {"maxnreg": knobs.MAMBA3_ROTATE_FWD_MAXNREG} if knobs.MAMBA3_ROTATE_FWD_MAXNREG else {}
-#: the rotations' cos and sin from the GPU's approximate instructions (triton_rotate._cos_sin):
-#: the rotation backward alone 0.732 -> 0.568 ms at b4 (H100, 2026-11-23); the interpreter cannot
-#: run inline PTX and takes libdevice's
-FAST_TRIG = not _INTERPRET
-#: rotation chunks per step of the angle-offset scan (triton_prep.angle_scan_kernel): its float64
-#: cumsum runs over blocks of this many chunks, carrying the running total
-SCAN_CHUNKS = 64
 
 
 def _p2(n: int) -> int:
@@ -104,51 +50,53 @@ def _p2(n: int) -> int:
 def _p2_32(n: int) -> int:
     """The step kernels' dot sides (heads, rotated pairs): a power of two >= 32. With 16 heads or
     fewer (a 16-wide side) and 32 pairs, Triton 3.6's sm_90 path for prep_bwd_kernel's fp32
-    (tf32x3) dot read past its shared memory: an illegal memory access on the H100 at b2 l1024 h8
-    n128 (compute-sanitizer: "Invalid __shared__ read" at the d ps dot; h16 too, h32 and 16 pairs
-    passed; scripts/gpu/repro_mamba3.py, 2026-11-24). The padded heads and pairs are masked."""
+    (tf32x3) dot read past its shared memory: an illegal memory access at 8 heads and n128
+    (compute-sanitizer: "Invalid __shared__ read" at the d ps dot; 16 heads too; 32 heads and 16
+    pairs passed). The padded heads and pairs are masked."""
     return max(32, _p2(n))
 
 
-def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, ranks=1, launch=None, bnext=None, Lp=None):
+def _rotate(B, C, Bb, Cb, ps, dt, off, H, dtype, plan, ranks=1, launch=None, bnext=None, Lp=None):
     """k, q (b, l, h, n) in ``dtype``, qk (b, l, h) fp32 and D_pos from B, C (b, l, g, n), biases
     (h, n) fp32 or None, ps (b, l, S), dt (b, l, h), off (b, nc, h, S) fp32 or None (no rotation).
     D_pos, the SSD's skip weight -bnext qk as (b, h, Lp) fp32 zero-padded to Lp rows, needs bnext
     (b, l, h) fp32 (SISO with trap); without it D_pos is None.
-    MIMO (mimo.py) passes its rows (t, r) as l = steps * ranks rows and biases (ranks, h, n); qk is
-    then each step's ranks x ranks block, (b, l, h, ranks), and its own launch options."""
+    MIMO (fused_mimo.py) passes its rows (t, r) as l = steps * ranks rows and biases (ranks, h, n);
+    qk is then each step's ranks x ranks block, (b, l, h, ranks), and its own launch options."""
     bsz, L, G, N = B.shape
     S = ps.shape[-1] if ps is not None else 0
-    nc = cdiv(L, ANGLE_CHUNK)
+    QA = plan.angle_chunk
+    nc = cdiv(L, QA)
     k = torch.empty(bsz, L, H, N, device=B.device, dtype=dtype)
     q = torch.empty_like(k)
     qk = torch.empty(bsz, L, H, *((ranks,) if ranks > 1 else ()), device=B.device, dtype=torch.float32)
     dpos = torch.empty(bsz, H, Lp, device=B.device, dtype=torch.float32) if bnext is not None else None
-    grid_c = cdiv(Lp, ANGLE_CHUNK) if bnext is not None else nc    # D_pos's padding rows too
+    grid_c = cdiv(Lp, QA) if bnext is not None else nc    # D_pos's padding rows too
     d = qk                                  # stands in for absent inputs (never read)
     _rotate_fwd[(grid_c, H, bsz)](
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, q, qk, _or(bnext, d), _or(dpos, d),
         L, H, G, N, S, nc, Lp or 0, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=ANGLE_CHUNK, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=_MMA_PREC,
-        FAST_TRIG=FAST_TRIG, HAS_DPOS=bnext is not None,
-        **({"num_warps": 1} if _INTERPRET else launch or {"num_warps": ROTATE_FWD_WARPS, **ROTATE_FWD_CAP}))
+        QA=QA, BN2=_p2((N + 1) // 2), HAS_BIAS=Bb is not None, HAS_ROT=S > 0, RB=ranks, PREC=plan.mma_prec,
+        FAST_TRIG=plan.fast_trig, HAS_DPOS=bnext is not None,
+        **({"num_warps": 1} if plan.interpret else launch or plan.rotate_fwd_options()))
     return k, q, qk, dpos
 
 
-def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_per_program=None, warps=None,
-                     bnext=None, fold=True):
+def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, plan, ranks=1, warps=None, bnext=None,
+                     fold=True):
     """Gradients of ``_rotate`` for B, C (in their dtype), the biases ((h, n), or (ranks, h, n)),
     ps, dt and off, from fp32 dk, dq, dqk (k: the forward's output, for its head count and dtype).
     With bnext (SISO with trap), dqk is the gradient of D_pos, (b, h, Lp) with unit last stride.
     fold=False returns ps's and dt's gradients unsummed, as the kernel wrote them: (b, l, g, S)
-    per group and (b, l, h, blocks) per block of pairs (prep_bwd_kernel adds them)."""
+    per group and (b, l, h, blocks) per block of pairs (prep_bwd_kernel adds them). ``warps``:
+    MIMO's (default: SISO's)."""
     bsz, L, G, N = B.shape
     H = k.shape[2]
     S = ps.shape[-1] if ps is not None else 0
     dev, f32 = B.device, torch.float32
-    nc = cdiv(L, ANGLE_CHUNK)
+    nc = cdiv(L, plan.angle_chunk)
     pairs = _p2((N + 1) // 2)
-    bp2 = min(pairs, pairs_per_program or ROTATE_BWD_PAIRS or pairs)
+    bp2 = min(pairs, plan.rotate_bwd_pairs or pairs)
     npb = pairs // bp2
     dB = torch.empty(bsz, L, G, N, device=dev, dtype=B.dtype)
     dC = torch.empty(bsz, L, G, N, device=dev, dtype=C.dtype)
@@ -164,8 +112,8 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_p
         B, C, _or(Bb, d), _or(Cb, d), _or(ps, d), _or(dt, d), _or(off, d), k, dk, dq, _or(dqk, d), _or(bnext, d),
         dB, dC, _or(dBb, d), _or(dCb, d), _or(dps, d), _or(ddt, d), _or(doff, d),
         L, H, G, N, S, nc, npb, *sdq, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        QA=ANGLE_CHUNK, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None, RB=ranks,
-        FAST_TRIG=FAST_TRIG, QK_DPOS=bnext is not None, num_warps=1 if _INTERPRET else warps or ROTATE_BWD_WARPS)
+        QA=plan.angle_chunk, BN2=bp2, HAS_BIAS=bias, HAS_ROT=S > 0, HAS_QK=dqk is not None, RB=ranks,
+        FAST_TRIG=plan.fast_trig, QK_DPOS=bnext is not None, num_warps=plan.warps(warps or plan.rotate_bwd_warps))
     if bias:                                     # both biases' sums in one reduction
         dBb, dCb = (t.view(Bb.shape) for t in dbias.sum((1, 2)))
     if S and fold:
@@ -173,14 +121,14 @@ def _rotate_backward(B, C, Bb, Cb, ps, dt, off, k, dk, dq, dqk, ranks=1, pairs_p
     return dB, dC, dBb, dCb, dps, ddt, doff
 
 
-def _step_prep(dt, A, trap, angles, ang0):
+def _step_prep(dt, A, trap, angles, ang0, plan):
     """The per-step fp32 scalars (b, l, h) and angle inputs of the chunked form, in two launches
-    (triton_prep.py): adt = dt A, the SSD's input scale w, bnext (None without trap), ps =
+    (fused_prep.py): adt = dt A, the SSD's input scale w, bnext (None without trap), ps =
     pi tanh(angles) (b, l, S), the angle entering each rotation chunk (b, nc, h, S) and the final
     angle (b, h, S) (without angles: ps and the offsets None, the final angle (b, h, 0))."""
     bsz, L, H = dt.shape
     S = 0 if angles is None else angles.shape[-1]
-    nc = cdiv(L, ANGLE_CHUNK)
+    nc = cdiv(L, plan.angle_chunk)
     dev, f32 = dt.device, torch.float32
     adt = torch.empty(bsz, L, H, device=dev, dtype=f32)
     w = torch.empty_like(adt)
@@ -190,33 +138,34 @@ def _step_prep(dt, A, trap, angles, ang0):
     d = adt
     _prep_fwd[(nc, bsz)](
         dt, A, _or(trap, d), _or(angles, d), adt, w, _or(bnext, d), _or(ps, d), _or(tot, d), L, H, S, nc,
-        QA=ANGLE_CHUNK, BH=_p2_32(H), BS=_p2_32(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0, PREC=_MMA_PREC,
-        num_warps=1 if _INTERPRET else 4)
+        QA=plan.angle_chunk, BH=_p2_32(H), BS=_p2_32(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
+        PREC=plan.mma_prec, num_warps=plan.warps(4))
     if not S:                                   # no angles: the caller keeps its initial angle
         return adt, w, bnext, None, None, torch.zeros(bsz, H, 0, device=dev)
     off = torch.empty_like(tot)
     final = torch.empty(bsz, H, S, device=dev, dtype=f32)
-    _angle_scan[(H, bsz)](tot, _or(ang0, d), off, final, H, S, nc, CB=SCAN_CHUNKS, BS=_p2(S),
-                          HAS_INIT=ang0 is not None, num_warps=1 if _INTERPRET else 4)
+    _angle_scan[(H, bsz)](tot, _or(ang0, d), off, final, H, S, nc, CB=plan.scan_chunks, BS=_p2(S),
+                          HAS_INIT=ang0 is not None, num_warps=plan.warps(4))
     return adt, w, bnext, ps, off, final
 
 
-def _step_prep_backward(dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, dps_rot, doff, dfinal, has_ang0):
+def _step_prep_backward(dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, dps_rot, doff, dfinal, has_ang0,
+                        plan):
     """Gradients of ``_step_prep`` (and of D_pos's bnext factor: ddpos, qk) for dt, A, trap,
     angles and the initial angle, from the SSD's dw, dadt, ddpos and the rotation's unsummed
     d dt, d ps and d off."""
     bsz, L, H = dt.shape
     S = ps.shape[-1] if ps is not None else 0
-    nc = cdiv(L, ANGLE_CHUNK)
+    nc = cdiv(L, plan.angle_chunk)
     dev, f32 = dt.device, torch.float32
     d = dw
     dtot = dang0 = None
     if S:
         dtot = torch.empty_like(doff)
         dang0 = torch.empty(bsz, H, S, device=dev, dtype=f32) if has_ang0 else None
-        _angle_scan_bwd[(H, bsz)](doff, _or(dfinal, d), dtot, _or(dang0, d), H, S, nc, CB=SCAN_CHUNKS,
+        _angle_scan_bwd[(H, bsz)](doff, _or(dfinal, d), dtot, _or(dang0, d), H, S, nc, CB=plan.scan_chunks,
                                   BS=_p2(S), HAS_DFIN=dfinal is not None, HAS_INIT=has_ang0,
-                                  num_warps=1 if _INTERPRET else 4)
+                                  num_warps=plan.warps(4))
     ddt = torch.empty_like(dt)
     dA = torch.empty_like(A)
     dtrap = torch.empty_like(trap) if trap is not None else None
@@ -226,8 +175,8 @@ def _step_prep_backward(dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, d
         dt, A, _or(trap, d), _or(ps, d), _or(qk, d), dw, dadt, _or(ddpos, d), _or(ddt_rot, d), _or(dps_rot, d),
         _or(dtot, d), ddt, dA, _or(dtrap, d), _or(dang, d),
         L, H, dps_rot.shape[2] if S else 1, S, nc, ddt_rot.shape[-1] if S else 1, *sdp,
-        QA=ANGLE_CHUNK, BH=_p2_32(H), BS=_p2_32(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
-        HAS_DPOS=ddpos is not None, PREC=_MMA_PREC, num_warps=1 if _INTERPRET else 8)
+        QA=plan.angle_chunk, BH=_p2_32(H), BS=_p2_32(S), HAS_TRAP=trap is not None, HAS_ROT=S > 0,
+        HAS_DPOS=ddpos is not None, PREC=plan.mma_prec, num_warps=plan.warps(8))
     return ddt, dA, dtrap, dang, dang0
 
 
@@ -235,19 +184,19 @@ class _SISOFn(torch.autograd.Function):
     """Step scalars + rotation + decoupled SSD in one autograd node: the per-head dk, dq reach the
     rotation's backward in fp32 (as separate nodes autograd would round them to x's dtype first,
     and the angle gradient, a long sum of cancelling terms, would lose ~4x in accuracy), and the
-    ~70 small torch ops the per-step scalars took are four Triton launches (triton_prep.py)."""
+    ~70 small torch ops the per-step scalars took are four Triton launches (fused_prep.py)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, trap, angles, B, C, Bb, Cb, D, z, h0, ang0, Q, grad):
+    def forward(ctx, x, dt, A, trap, angles, B, C, Bb, Cb, D, z, h0, ang0, Q, grad, plan):
         H = x.shape[2]
         Lp = cdiv(x.shape[1], Q) * Q
-        adt, w, bnext, ps, off, final_angle = _step_prep(dt, A, trap, angles, ang0)
-        k, q, qk, dpos = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, bnext=bnext, Lp=Lp)
+        adt, w, bnext, ps, off, final_angle = _step_prep(dt, A, trap, angles, ang0, plan)
+        k, q, qk, dpos = _rotate(B, C, Bb, Cb, ps, dt, off, H, x.dtype, plan, bnext=bnext, Lp=Lp)
         out, final, y, delta, cs, E = ssd_fused.forward_pass(
-            x, w, adt, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos, store_y=grad)
+            x, w, adt, k, q, D, z, None, h0, None, Q, False, _NO_LIMIT, adt, dpos, plan.ssd, store_y=grad)
         ctx.save_for_backward(x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
                               y, delta, cs, E, dpos)
-        ctx.cfg = (Q, h0 is not None, h0.dtype if h0 is not None else None, ang0 is not None)
+        ctx.cfg = (Q, h0 is not None, h0.dtype if h0 is not None else None, ang0 is not None, plan)
         ctx.set_materialize_grads(False)         # unused outputs: no zero-filled gradients to read
         return out, final, final_angle
 
@@ -255,20 +204,20 @@ class _SISOFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal, dfinal_angle):
         (x, dt, A, trap, angles, B, C, Bb, Cb, D, z, w, adt, bnext, ps, off, k, q, qk,
          y, delta, cs, E, dpos) = ctx.saved_tensors
-        Q, has_init, init_dtype, has_ang0 = ctx.cfg
+        Q, has_init, init_dtype, has_ang0, plan = ctx.cfg
         if dout is None:
             dout = torch.zeros_like(x)
         dx, dw, _, dk, dq, dD, dz, _, dinit, dadt, ddpos = ssd_fused.backward_pass(
             dout, dfinal, x, w, adt, k, q, D, z, None, y, delta, cs, E, None, Q, False, _NO_LIMIT,
-            has_init, True, dpos)
+            has_init, True, dpos, plan.ssd)
         ddpos = ddpos.transpose(1, 2) if ddpos is not None else None        # (b, h, l), stride Lp
         dB, dC, dBb, dCb, dps, ddt_rot, doff = _rotate_backward(
-            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ddpos, bnext=bnext, fold=False)
+            B, C, Bb, Cb, ps, dt, off, k, dk.contiguous(), dq.contiguous(), ddpos, plan, bnext=bnext, fold=False)
         ddt, dA, dtrap, dang, dang0 = _step_prep_backward(
             dt, A, trap, angles, ps, qk, dw, dadt, ddpos, ddt_rot, dps, doff,
-            None if dfinal_angle is None else dfinal_angle.contiguous(), has_ang0)
+            None if dfinal_angle is None else dfinal_angle.contiguous(), has_ang0, plan)
         return (dx, ddt, dA, dtrap, dang, dB, dC, dBb, dCb, None if dD is None else dD.to(D.dtype), dz,
-                None if dinit is None else dinit.to(init_dtype), dang0, None, None)
+                None if dinit is None else dinit.to(init_dtype), dang0, None, None, None)
 
 
 def _or(t, dummy):
@@ -320,9 +269,10 @@ def folded_initial_state(ssm0, k0, v0, bcur, wx, N):
     return h0.contiguous()
 
 
-def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
-                initial_states=None, chunk_size=64, return_final_states=False):
-    """SISO Mamba-3, arguments and results as ``reference.mamba3`` with B, C of shape (b, l, g, n)."""
+def mamba3_siso(x, dt, A, trap, B, C, plan, *, angles=None, B_bias=None, C_bias=None, D=None, z=None,
+                initial_states=None, return_final_states=False):
+    """SISO Mamba-3, arguments and results as ``reference.mamba3`` with B, C of shape (b, l, g, n),
+    launched as ``plan`` says (the SSD chunk too: a caller's chunk_size changes nothing but rounding)."""
     if x.dtype == torch.float64:
         raise ValueError("mamba3_siso: float64 runs the reference (fused.mamba3 routes it there)")
     bsz, L, H, P = x.shape
@@ -343,8 +293,8 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         bcur0 = ((1 - torch.sigmoid(trap[:, :1].float())) * dt[:, :1].float())
     h0 = folded_initial_state(ssm0, k0, v0, bcur0, torch.ones(1, H, P, device=dev), N)
 
-    seq_states = ssd_fused.seq_state_tiles(bsz, H, P, N) is not None
-    Q = ssd_fused.kernel_chunk(ssd_chunk(chunk_size, seq_states), x.dtype)
+    seq_states = plan.ssd.seq_state_tiles(bsz, H, P, N) is not None
+    Q = plan.ssd.kernel_chunk(plan.siso_chunk(seq_states), x.dtype)
     f32c = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     y, hfin, final_angle = _SISOFn.apply(
         ssd_fused.lastdim_contig(x), dt.contiguous(), A.expand(dt.shape).contiguous(),
@@ -352,7 +302,7 @@ def mamba3_siso(x, dt, A, trap, B, C, *, angles=None, B_bias=None, C_bias=None, 
         B.contiguous(), C.contiguous(), Bb, Cb, f32c(D),
         None if z is None else ssd_fused.lastdim_contig(z.to(x.dtype)), f32c(h0),
         None if ang0 is None or not S else ang0.float().contiguous(), Q,
-        wants_grad(x, dt, A, trap, angles, B, C, B_bias, C_bias, D, z, *(initial_states or ())))
+        wants_grad(x, dt, A, trap, angles, B, C, B_bias, C_bias, D, z, *(initial_states or ())), plan)
     if not S and ang0 is not None:
         final_angle = ang0.float()
     if not return_final_states:

@@ -10,7 +10,7 @@ Forward, per (b, angle chunk c of QA steps, head h of group g):
     SISO also writes the SSD's per-position skip weight D_pos = -bnext qk in the SSD's layout,
     (b, h, Lp), zero on the padding rows up to Lp (its grid covers them)
 ps = pi*tanh(angles) (b, l, S); off (b, nc, h, S) = the angle entering each chunk (float64, modulo
-2 pi: triton_prep.angle_scan_kernel for SISO, torch for MIMO). Rotation pairs are (2i, 2i+1) for
+2 pi: fused_prep.angle_scan_kernel for SISO, torch for MIMO). Rotation pairs are (2i, 2i+1) for
 i < S; pairs i >= S stay as they are.
 
 Backward, per (b, chunk, group g, block of BN2 rotation pairs), looping over the group's heads so
@@ -25,7 +25,7 @@ is contiguous.
 import triton
 import triton.language as tl
 
-from .triton_mimo import per_rank_sum, step_block, step_mix, step_scores, step_scores_mma
+from .fused_mimo_rows import per_rank_sum, step_block, step_mix, step_scores, step_scores_mma
 
 
 @triton.jit
@@ -76,7 +76,7 @@ def _qk_grad(ptr, bnext_ptr, b, h, t, valid, L, H, sdq_b, sdq_h, RB: tl.constexp
 def _qk_mix(a, w, QA: tl.constexpr, BN: tl.constexpr, RB: tl.constexpr):
     """qk's gradient carried to one side: w * a (SISO), or the step mix of a's rows (MIMO; in
     registers: the same mix as tensor-core products, on 16-bit hi/lo parts of w, made the MIMO
-    rank-4 backward slower on the H100, 7.2 ms against 6.1 at b4 l4096, 2026-11-23)."""
+    rank-4 backward slower)."""
     if RB == 1:
         v = w * a
     else:

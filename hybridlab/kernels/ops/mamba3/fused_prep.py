@@ -1,6 +1,6 @@
 """Triton kernels for Mamba-3 SISO's per-step scalars and angle offsets (the work that feeds the
 rotation and the SSD), forward and backward. Before them this was ~70 small torch ops per
-forward+backward (siso.py's ``step_weights`` and ``angle_offsets``, still used by MIMO).
+forward+backward (fused_siso.py's ``step_weights`` and ``angle_offsets``, still used by MIMO).
 
 Forward, per (b, chunk c of QA steps), all heads at once (reference.py's chunked form):
     adt = dt A,  lam = sigmoid(trap),  bnext_t = (1 - lam_{t+1}) dt_{t+1}  (0 at the last step),
