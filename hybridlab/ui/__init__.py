@@ -7,6 +7,9 @@ and compare trials, compose specs, launch searches and export the winners.
 Modules: ``app`` assembles the tabs (``tab_*``, one module per tab); ``figures`` draws the
 plotly figures, ``strip`` the layer strips, ``tables`` builds the tables; ``launcher`` runs
 searches in background processes. All data comes through ``hybridlab.storage`` (read-only).
+Every caller is treated as hostile: ``paths`` confines every path a caller names to the folder
+the UI was started in and the shipped examples, ``errors`` turns every failure into a message
+for the page; no spec's plugins are ever imported.
 """
 from __future__ import annotations
 
