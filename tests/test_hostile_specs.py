@@ -290,6 +290,31 @@ def test_pattern_layer_limit_however_the_pattern_is_written():
     assert "over the limit of 10000" in first(MODEL + "layout: {layers: 1000000000000, mix: {M: 1}}")
 
 
+def test_worst_cases_within_the_limits_stay_fast():
+    """Specs at the limits that are valid, or wrong in ways whose messages need positions, all
+    in seconds: positions are found once per string, type hints once per class, and the
+    unbracketed-name hint skips bracketed text."""
+    blocks = "".join(f"  bb{i}: {{type: mamba2, d_state: {i + 1}}}\n" for i in range(MAX_BLOCKS))
+    at = "[" + ",".join(str(i) for i in range(MAX_LAYERS)) + "]"
+    cases = [
+        (MODEL + "pattern: '" + "M-" * (MAX_LAYERS // 2) + "'\n", None),
+        (MODEL + "pattern: '" + "M-" * (MAX_LAYERS // 2 - 1) + "Q'\n", "block 'Q' is not defined"),
+        (MODEL + "blocks:\n" + blocks + "pattern: '" + "[bb1]" * (MAX_LAYERS - 1) + "Q'\n",
+         "block 'Q' is not defined"),
+        (MODEL + "blocks:\n" + blocks + "pattern: '" + "bb1 " * 3000 + "'\n", "unexpected number"),
+        (MODEL + "blocks: {aa: {type: mlp}}\npattern: 'Q[" + "a" * (MAX_SPEC_BYTES - 200) + "]'\n",
+         "block 'Q' is not defined"),
+        (MODEL + "blocks: {M: {type: mamba1}}\npattern: '(M) x 10000'\noverrides:\n" +
+         "".join(f"  - {{at: {at}, set: {{d_state: {k + 8}}}}}\n" for k in range(4)), None),
+    ]
+    for text, message in cases:
+        with within(SLOW_S):
+            if message is None:
+                assert len(load_spec(text).layers) == MAX_LAYERS
+            else:
+                assert message in first(text)
+
+
 def test_many_blocks_overrides_and_layer_configurations():
     blocks = "".join(f"  b{i}: {{type: mlp}}\n" for i in range(MAX_BLOCKS + 1))
     assert f"the limit is {MAX_BLOCKS}" in first(MODEL + "blocks:\n" + blocks + "pattern: '-'\n")

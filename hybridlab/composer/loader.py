@@ -430,20 +430,26 @@ class _SpecReader:
             return None
         ok = True
         unbracketed = None          # found only when a symbol is unknown (it scans the string)
+        reported: set = set()
         for item in flat:
             if not isinstance(item, Symbol):
                 continue
-            if item.name in self.blocks or item.name in DEFAULT_SYMBOLS:
+            if item.name in self.blocks or item.name in self.missing:   # known (or reported):
+                ok = ok and self.blocks.get(item.name) is not None        # no position needed
+                continue
+            if item.name in DEFAULT_SYMBOLS:
                 span = None
             else:
                 unbracketed = self.unbracketed_names(pattern) if unbracketed is None else unbracketed
-                span = next((sp for sp in unbracketed if sp[0] <= item.offset < sp[1]), None)
+                span = unbracketed.get(item.offset)
             if span:
                 ok = False              # e.g. "M swa M": one problem for 'swa', not for s, w, a
-                self.problem(("pattern",), f"block name '{span[2]}' must be written in brackets "
-                                           f"in a pattern string: [{span[2]}]",
-                             "each character of a pattern string is one block name",
-                             at=self.smap.char(("pattern",), span[0]))
+                if span not in reported:
+                    reported.add(span)
+                    self.problem(("pattern",), f"block name '{span[2]}' must be written in "
+                                               f"brackets in a pattern string: [{span[2]}]",
+                                 "each character of a pattern string is one block name",
+                                 at=self.smap.char(("pattern",), span[0]))
                 continue
             at = self.smap.char(("pattern",), item.offset)
             ok = self.resolve(item.name, at, ("pattern",)) is not None and ok
@@ -454,14 +460,22 @@ class _SpecReader:
             return None
         return [_Slot(s.name, s.stage) for s in slots] if ok else None
 
-    def unbracketed_names(self, pattern: str) -> list[tuple[int, int, str]]:
-        """(start, end, name) of defined multi-character names written without [ ]."""
-        spans = []
+    def unbracketed_names(self, pattern: str) -> dict[int, tuple[int, int, str]]:
+        """Offset -> (start, end, name) of the defined multi-character name written there
+        without [ ] (the first such name, in definition order). Bracketed text is skipped, and
+        at most ``_MAX_COVERED`` offsets are recorded: this only words a problem already found."""
+        outside = _BRACKETED.sub(lambda m: " " * len(m.group(0)), pattern)
+        cover: dict[int, tuple[int, int, str]] = {}
         for name in self.defined:
-            if len(name) > 1:
-                spans += [(m.start(), m.end(), name) for m in re.finditer(re.escape(name), pattern)
-                          if not _after_bracket(pattern, m.start())]
-        return spans
+            if len(name) < 2:
+                continue
+            for m in re.finditer(re.escape(name), outside):
+                span = (m.start(), m.end(), name)
+                for offset in range(m.start(), m.end()):
+                    cover.setdefault(offset, span)
+                if len(cover) > _MAX_COVERED:
+                    return cover
+        return cover
 
     def read_pattern_list(self, items: list) -> list[_Slot] | None:
         if not items:
@@ -759,12 +773,8 @@ class _SpecReader:
         for (where, text), indices in found.items():
             self.problem(where, f"{plural('layer', indices)} {join_ints(indices)}: {text}")
 
-def _after_bracket(text: str, index: int) -> bool:
-    """Is the last non-space character before ``index`` a '['? (Linear: no slicing.)"""
-    j = index - 1
-    while j >= 0 and text[j].isspace():
-        j -= 1
-    return j >= 0 and text[j] == "["
+_BRACKETED = re.compile(r"\[[^\]]*\]")      # a long name in a pattern string: [swa]
+_MAX_COVERED = 100_000
 
 
 def types_hint(wrong: str | None = None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -181,7 +182,12 @@ def is_int(value) -> bool:
 
 
 def init_fields(cls) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+    return dict(_init_fields(cls))
+
+
+@functools.lru_cache(maxsize=1024)      # asked once per layer and override: keep it cheap
+def _init_fields(cls) -> tuple:
+    return tuple((f.name, f) for f in dataclasses.fields(cls) if f.init)
 
 
 def is_required(field: dataclasses.Field) -> bool:
@@ -190,7 +196,12 @@ def is_required(field: dataclasses.Field) -> bool:
 
 def type_hints(cls) -> dict[str, Any]:
     """Resolved annotations; a Config whose annotations cannot be resolved is not type-checked."""
+    return dict(_type_hints(cls))
+
+
+@functools.lru_cache(maxsize=1024)      # get_type_hints compiles every string annotation
+def _type_hints(cls) -> tuple:
     try:
-        return typing.get_type_hints(cls)
+        return tuple(typing.get_type_hints(cls).items())
     except Exception:
-        return {}
+        return ()

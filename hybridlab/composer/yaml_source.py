@@ -58,6 +58,7 @@ class SourceMap:
         self._text = text
         self._nodes = nodes or {}          # path -> (key node or None, value node)
         self.duplicates = duplicates or []
+        self._offsets: dict[tuple, list[int]] = {}   # path -> source offset of each character
 
     @classmethod
     def empty(cls, file: str) -> "SourceMap":
@@ -84,7 +85,11 @@ class SourceMap:
         node = entry[1]
         if not isinstance(node, yaml.ScalarNode):
             return _mark(node.start_mark)
-        offset = _offset_in_source(self._text, node, index)
+        offsets = self._offsets.get(tuple(path))
+        if offsets is None:                 # one walk per string, not one per character asked
+            offsets = self._offsets[tuple(path)] = _source_offsets(self._text, node)
+        offset = offsets[index] if 0 <= index < len(offsets) else \
+            _offset_in_source(self._text, node, index)
         return _position_of_offset(self._text, offset)
 
     def has(self, path: tuple) -> bool:
@@ -443,6 +448,39 @@ def _offset_in_source(text: str, node: yaml.ScalarNode, index: int) -> int:
             return start + pos
         pos += length
     return start + min(pos, len(raw))
+
+
+def _source_offsets(text: str, node: yaml.ScalarNode) -> list[int]:
+    """Source offset of every character of a scalar's value: ``_offset_in_source`` for all
+    indices in one walk."""
+    start, end = node.start_mark.index, node.end_mark.index
+    raw = text[start:end]
+    pos = 0
+    if node.style in ("|", ">"):
+        pos = raw.find("\n") + 1
+    elif node.style in ("'", '"'):
+        pos = 1
+    escapes = node.style == '"'
+    out: list[int] = []
+    for ch in node.value:
+        length = 1
+        while pos < len(raw):
+            if escapes and raw[pos] == "\\":
+                length = _ESCAPE_LENGTH.get(raw[pos + 1:pos + 2], 2)
+                if raw[pos + 1:pos + 2] != "\n":
+                    break
+                pos += length
+            elif raw[pos] == ch:
+                length = 1
+                break
+            else:
+                pos += 1
+        if pos >= len(raw):
+            out.extend([start] * (len(node.value) - len(out)))
+            break
+        out.append(start + pos)
+        pos += length
+    return out
 
 
 def _position_of_offset(text: str, offset: int) -> Position:
