@@ -73,6 +73,18 @@ def run_isolated(jobs: list[dict], timeout: int = 900) -> list[dict]:
     return jobs
 
 
+def assert_same_greedy(got: torch.Tensor, expected: torch.Tensor, prompt_len: int,
+                       eos: int | None = 0) -> None:
+    """transformers' greedy tokens equal hybridlab's, row by row, up to and including the first
+    eos (after it transformers pads with pad = eos; hybridlab's generate_tokens runs on)."""
+    assert got.shape[0] == expected.shape[0]
+    for row_got, row_want in zip(got.tolist(), expected.tolist()):
+        new = row_want[prompt_len:]
+        end = prompt_len + (new.index(eos) + 1 if eos is not None and eos in new else len(new))
+        assert row_got[:end] == row_want[:end], (row_got, row_want)
+        assert all(t == eos for t in row_got[end:]), row_got
+
+
 def test_the_isolated_process_cannot_import_hybridlab(tmp_path):
     site = sysconfig.get_paths()["purelib"]
     code = (f"import sys; sys.path.append({site!r})\n"

@@ -1,47 +1,53 @@
 """Hugging Face transformers integration: a config class and a causal-LM class around
-``HybridModel``, registered with the Auto classes under ``model_type = "hybridlab"``.
+``HybridModel``, registered with the Auto classes under ``model_type = "hybridlab"``, and the
+``--format hf`` export.
 
     import hybridlab                                    # registers once transformers is imported
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained("exports/best-hf")
     out = model.generate(input_ids, max_new_tokens=32)  # decodes through HybridModel.step
 
-* ``HybridLabConfig`` holds the full model spec as YAML (``spec_yaml``) plus the usual
-  ``vocab_size`` / ``hidden_size`` / ``num_hidden_layers``, the layout in HF notation
-  (``hybridlab_layer_types``) and, where transformers' validator accepts it (mixer + FFN pairs),
-  the HF ``layer_types`` / ``mlp_layer_types`` themselves.
-* ``HybridLabForCausalLM.forward(input_ids, labels=None)`` is the parallel forward. During
-  ``generate`` the model keeps a hybridlab ``DecodeCache`` (SSM states + KV caches) under the
-  model kwarg ``hl_cache``: the prompt is stepped through the recurrence once, then one
-  ``step`` per new token. Greedy search and sampling work (``num_beams=1``); padded batches
-  (attention masks with zeros) and beam search are not supported and raise.
+``write_hf`` writes the matching transformers class when the model fits one
+(``hybridlab.export.hf_classes``: loads with transformers alone); otherwise hybridlab's own
+classes plus a ``trust_remote_code`` package of hybridlab's source (``remote_code``), so the
+folder loads with ``trust_remote_code=True`` where hybridlab is not installed, and without it
+where hybridlab is.
 
-Importing this module imports transformers; ``register()`` is what ``hybridlab`` calls (see
-``hybridlab.export.hf_hook``).
+* ``HybridLabConfig`` holds the full model spec as YAML (``spec_yaml``) and as plain data
+  (``hybridlab_spec``, what the remote code reads), the usual ``vocab_size`` / ``hidden_size`` /
+  ``num_hidden_layers``, the layout in HF notation (``hybridlab_layer_types``) and, where
+  transformers' validator accepts it (mixer + FFN pairs), the HF ``layer_types`` /
+  ``mlp_layer_types`` themselves.
+* ``HybridLabForCausalLM`` (``remote_code/modeling.py``): the parallel forward, and generation
+  through the recurrent step.
+
+Importing this module imports transformers and registers the classes; ``hybridlab`` itself
+registers them when transformers is imported (``hybridlab.export.hf_hook``).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-import torch
-from torch.nn import functional as F
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig
-from transformers import PreTrainedModel
-from transformers.generation.configuration_utils import GenerationMode
-from transformers.utils import ModelOutput
+from transformers import AutoConfig, AutoModelForCausalLM
 
-MODEL_TYPE = "hybridlab"
+from hybridlab.export.remote_code import configuration as _remote_config
+from hybridlab.export.remote_code import modeling as _remote
+
+MODEL_TYPE = _remote_config.HybridLabConfig.model_type
+HybridLabCausalLMOutput = _remote.HybridLabCausalLMOutput
+AUTO_MAP = {"AutoConfig": "configuration_hybridlab.HybridLabConfig",
+            "AutoModelForCausalLM": "modeling_hybridlab.HybridLabForCausalLM"}
 
 
-class HybridLabConfig(PretrainedConfig):
-    model_type = MODEL_TYPE
+class HybridLabConfig(_remote_config.HybridLabConfig):
+    """hybridlab's config: reads ``spec_yaml`` with hybridlab's loader to fill in the rest."""
 
-    def __init__(self, spec_yaml: str = "", **kwargs):
-        self.spec_yaml = spec_yaml
+    def __init__(self, spec_yaml: str = "", hybridlab_spec: dict | None = None, **kwargs):
         if spec_yaml:
             spec = _load(spec_yaml)
             m = spec.model
+            if hybridlab_spec is None:
+                hybridlab_spec = _remote.spec_to_dict(spec)
             kwargs.setdefault("vocab_size", m.vocab_size)
             kwargs.setdefault("hidden_size", m.d_model)
             kwargs.setdefault("tie_word_embeddings", bool(m.tie_embeddings))
@@ -59,7 +65,7 @@ class HybridLabConfig(PretrainedConfig):
                         kwargs.update(notation)
             # an HF decoder layer is a mixer (+ its FFN when layer_types pairs them)
             kwargs.setdefault("num_hidden_layers", len(kwargs.get("layer_types") or spec.layers))
-        super().__init__(**kwargs)
+        super().__init__(spec_yaml=spec_yaml, hybridlab_spec=hybridlab_spec, **kwargs)
 
 
 def _valid_for_hf(notation: dict) -> bool:
@@ -75,106 +81,25 @@ def _valid_for_hf(notation: dict) -> bool:
 
 
 def _load(spec_yaml: str):
-    import hybridlab
-    return hybridlab.load_spec(spec_yaml, source="<config.json spec_yaml>")
+    from hybridlab.composer.loader import load_spec
+    return load_spec(spec_yaml, source="<config.json spec_yaml>")
 
 
-@dataclass
-class HybridLabCausalLMOutput(ModelOutput):
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    hl_cache: object | None = None
-
-
-class HybridLabPreTrainedModel(PreTrainedModel):
+class HybridLabPreTrainedModel(_remote.HybridLabPreTrainedModel):
     config_class = HybridLabConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = False
-    _no_split_modules: list[str] = []
-
-    def _init_weights(self, module):
-        """HybridModel initialises its own weights when it is built."""
 
 
-class HybridLabForCausalLM(HybridLabPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"model.head.weight": "model.embed.weight"}
-    _is_stateful = True
-    _supported_generation_modes = [GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE]
+class HybridLabForCausalLM(_remote.HybridLabForCausalLM):
+    """Built from ``spec_yaml`` with hybridlab's loader (validated); ``hybridlab_spec`` (the
+    remote code's source) when a config has no YAML."""
 
-    def __init__(self, config: HybridLabConfig):
-        super().__init__(config)
-        from hybridlab.composer.builder import HybridModel
-        self.model = HybridModel(_load(config.spec_yaml))
-        self.post_init()
+    config_class = HybridLabConfig
 
-    # -- embeddings (for HF utilities) ---------------------------------------------------------
-    def get_input_embeddings(self):
-        return self.model.embed
-
-    def set_input_embeddings(self, value):
-        self.model.embed = value
-
-    def get_output_embeddings(self):
-        return self.model.head
-
-    def set_output_embeddings(self, value):
-        self.model.head = value
-
-    # -- forward ---------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.LongTensor | None = None,
-                attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                hl_cache=None, use_cache: bool | None = None, return_dict: bool | None = None,
-                **kwargs) -> HybridLabCausalLMOutput:
-        if input_ids is None:
-            raise ValueError("HybridLabForCausalLM needs input_ids (inputs_embeds are not "
-                             "supported)")
-        if attention_mask is not None and bool((attention_mask == 0).any()):
-            raise ValueError("padded batches are not supported: hybridlab models decode with a "
-                             "recurrent state; give prompts of equal length without padding")
-        if hl_cache is None:
-            logits = self.model(input_ids)
-        else:
-            steps = []
-            for t in range(input_ids.shape[1]):
-                step_logits, hl_cache = self.model.step(input_ids[:, t], hl_cache)
-                steps.append(step_logits)
-            logits = torch.stack(steps, dim=1)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                   labels[:, 1:].reshape(-1), ignore_index=-100)
-        return HybridLabCausalLMOutput(loss=loss, logits=logits, hl_cache=hl_cache)
-
-    # -- generation through the recurrent step -------------------------------------------------
     @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode,
-                                      batch_size, max_cache_length, *args, **kwargs):
-        if generation_config.use_cache is False or model_kwargs.get("hl_cache") is not None:
-            return
-        if getattr(generation_config, "num_beams", 1) not in (None, 1):
-            raise ValueError("beam search is not supported by hybridlab models (num_beams=1)")
-        model_kwargs["hl_cache"] = self.model.init_cache(batch_size, int(max_cache_length))
-
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None,
-                                      hl_cache=None, attention_mask=None, **kwargs):
-        if hl_cache is not None and hl_cache.position > self.model.n_meta:
-            input_ids = input_ids[:, -1:]         # the state holds everything before
-        inputs = {"input_ids": input_ids, "hl_cache": hl_cache,
-                  "attention_mask": attention_mask}
-        if "use_cache" in kwargs:
-            inputs["use_cache"] = kwargs["use_cache"]
-        return inputs
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False,
-                                            num_new_tokens=1):
-        model_kwargs = super()._update_model_kwargs_for_generation(
-            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder,
-            num_new_tokens=num_new_tokens)
-        model_kwargs["hl_cache"] = outputs.hl_cache
-        return model_kwargs
+    def model_spec(cls, config):
+        if getattr(config, "spec_yaml", ""):
+            return _load(config.spec_yaml)
+        return super().model_spec(config)
 
 
 _registered = False
@@ -227,15 +152,16 @@ def _save(wrapper: HybridLabForCausalLM, folder: str) -> None:
 
 def _fallback_note(misfits) -> str:
     """Why no transformers class fits, one line: each class with its first reasons."""
-    parts = [f"{m.class_name}: {'; '.join(m.reasons[:2])}"
-             + (f" (+{len(m.reasons) - 2} more)" if len(m.reasons) > 2 else "")
+    parts = [f"{m.class_name}: {m.reasons[0]}"
+             + (f" (+{len(m.reasons) - 1} more)" if len(m.reasons) > 1 else "")
              for m in misfits]
-    return "no transformers class fits (" + " | ".join(parts) + ")"
+    return "no transformers class fits -- " + " | ".join(parts)
 
 
 def write_hf(out_dir: str | os.PathLike, model, *, source=None, native: bool = True):
     """Write ``model`` (HybridModel) as a transformers folder: the matching transformers class
-    when one fits (``native``; loads with transformers alone), else hybridlab's own classes.
+    when one fits (``native``; loads with transformers alone), else hybridlab's own classes with
+    their ``trust_remote_code`` package (loads where hybridlab is not installed).
     Files go first into a private temporary folder inside ``out_dir``, then each is moved into
     place (nothing written outside)."""
     import json
@@ -263,11 +189,17 @@ def write_hf(out_dir: str | os.PathLike, model, *, source=None, native: bool = T
             write_native(found, tmp, extra_config=hf_tokenizer.special_ids(vocab))
             notes += found.notes
         else:
+            from hybridlab.export.remote_code.package import write_package
+
             wrapper = from_hybrid_model(model)
             wrapper.config.update({k: v for k, v in hf_tokenizer.special_ids(vocab).items()})
+            wrapper.config.auto_map = dict(AUTO_MAP)
             _save(wrapper, tmp)
+            write_package(tmp, model.spec)
             if misfits:
                 notes.append(_fallback_note(misfits))
+            notes.append("remote code: loads with trust_remote_code=True without hybridlab "
+                         "(modeling_hybridlab.py and hybridlab's block sources in the folder)")
         hf_tokenizer.generation_config(vocab).save_pretrained(tmp)
         if hf_tokenizer.write_tokenizer(tmp, vocab):
             notes.append("byte-level tokenizer: token id = byte value; byte 0 (NUL) is "
@@ -301,9 +233,12 @@ def _card(card: str, found) -> str:
                "this/folder\")\nout = model.generate(input_ids, max_new_tokens=32)\n```\n\n"
                "Or natively:\n")
     else:
-        how = ("```python\nimport hybridlab\nfrom transformers import "
-               "AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"path/to/"
-               "this/folder\")\nout = model.generate(input_ids, max_new_tokens=32)\n```\n\n"
+        how = ("hybridlab's own classes; the folder carries their source (remote code), so "
+               "transformers loads it without hybridlab when you trust it:\n\n```python\nfrom "
+               "transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM."
+               "from_pretrained(\"path/to/this/folder\", trust_remote_code=True)\nout = "
+               "model.generate(input_ids, max_new_tokens=32)\n```\n\nWith hybridlab "
+               "installed, `import hybridlab` first and leave out trust_remote_code. "
                "Or natively:\n")
     return card.replace("## How to load\n", "## How to load\n\n" + how, 1)
 

@@ -24,8 +24,9 @@ def class_module(name: str):
     return importlib.import_module(f"hybridlab.export.hf_classes.{name}")
 
 
-def find_class(model) -> tuple[NativeExport | None, list[Misfit]]:
-    """The first class ``model`` fits, or None and every class's reasons."""
+def find_class(model, state: dict | None = None) -> tuple[NativeExport | None, list[Misfit]]:
+    """The first class ``model`` fits, or None and every class's reasons. ``state`` stands in
+    for ``model.state_dict()`` (a meta-device model with real or probe tensors)."""
     misfits = []
     for name in CLASSES:
         try:
@@ -33,7 +34,7 @@ def find_class(model) -> tuple[NativeExport | None, list[Misfit]]:
         except ModuleNotFoundError:          # a class not written yet
             continue
         try:
-            return module.fit(model), misfits
+            return module.fit(model, state), misfits
         except Misfit as e:
             misfits.append(e)
     return None, misfits

@@ -12,7 +12,7 @@ MODEL_TYPE = "bamba"
 ARCHITECTURE = "BambaForCausalLM"
 
 
-def fit(model) -> NativeExport:
+def fit(model, state: dict | None = None) -> NativeExport:
     spec = model.spec
     m = spec.model
     check = Check("Bamba")
@@ -47,7 +47,7 @@ def fit(model) -> NativeExport:
         config.update(num_attention_heads=ac.n_heads, num_key_value_heads=ac.kv_heads,
                       attention_bias=ac.qkv_bias, rope_parameters=rope,
                       head_dim=ac.dim_per_head(m.d_model))
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     weights = head_weights(state, "model.embed_tokens.weight", "lm_head.weight",
                            m.tie_embeddings)
     for i, (mixer, ffn) in enumerate(layers):

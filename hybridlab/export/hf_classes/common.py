@@ -89,10 +89,18 @@ def uniform(check: Check, layers, what: str):
 
 
 def types_only(check: Check, spec, allowed: set[str]) -> None:
+    bad: dict[tuple[str, str], list[int]] = {}
     for layer in spec.layers:
         if layer.type not in allowed:
-            check.need(False, f"layer {layer.index} is '{layer.type}' ('{layer.name}'): "
-                              f"{check.class_name} has {', '.join(sorted(allowed))} layers only")
+            bad.setdefault((layer.type, layer.name), []).append(layer.index)
+    for (type_name, name), indices in bad.items():
+        check.need(False, f"{layer_list(indices)} ('{name}') {type_name}: {check.class_name} has "
+                          f"only {', '.join(sorted(allowed))} layers")
+
+
+def layer_list(indices: list[int]) -> str:
+    shown = ", ".join(map(str, indices[:6])) + (", ..." if len(indices) > 6 else "")
+    return f"layer {shown}" if len(indices) == 1 else f"layers {shown}"
 
 
 def pairs(check: Check, spec, mixers: set[str], ffns: set[str]):
@@ -102,9 +110,10 @@ def pairs(check: Check, spec, mixers: set[str], ffns: set[str]):
     ok = len(layers) % 2 == 0 and all(
         (layer.type in mixers) if i % 2 == 0 else (layer.type in ffns)
         for i, layer in enumerate(layers))
+    shown = spec.pattern if len(spec.pattern) <= 40 else spec.pattern[:40] + "..."
     if not check.need(ok, f"the layers must alternate mixer ({'/'.join(sorted(mixers))}) and "
                           f"feed-forward ({'/'.join(sorted(ffns))}): a {check.class_name} "
-                          f"decoder layer is one of each; got {spec.pattern}"):
+                          f"decoder layer is one of each; got {shown}"):
         return None
     return list(zip(layers[0::2], layers[1::2]))
 
@@ -184,8 +193,10 @@ def head_weights(state: dict, embed_name: str, head_name: str, tied: bool) -> di
 
 
 def contiguous(weights: dict) -> dict:
-    """Fresh contiguous CPU copies (safetensors refuses views sharing storage)."""
-    return {k: v.detach().cpu().clone().contiguous() for k, v in weights.items()}
+    """Fresh contiguous CPU copies (safetensors refuses views sharing storage); meta tensors
+    (a model built for its layout only) stay as they are."""
+    return {k: v.detach() if v.is_meta else v.detach().cpu().clone().contiguous()
+            for k, v in weights.items()}
 
 
 def rope_parameters(check: Check, c, name: str, head_dim: int, partial: bool = True,

@@ -12,7 +12,7 @@ MODEL_TYPE = "falcon_h1"
 ARCHITECTURE = "FalconH1ForCausalLM"
 
 
-def fit(model) -> NativeExport:
+def fit(model, state: dict | None = None) -> NativeExport:
     spec = model.spec
     m = spec.model
     check = Check("FalconH1")
@@ -64,7 +64,7 @@ def fit(model) -> NativeExport:
         lm_head_multiplier=1.0, embedding_multiplier=1.0, mlp_multipliers=[1.0, 1.0],
         key_multiplier=1.0, attention_out_multiplier=1.0, attention_in_multiplier=1.0,
         ssm_multipliers=[1.0] * 5, ssm_in_multiplier=1.0, ssm_out_multiplier=1.0)
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     weights = head_weights(state, "model.embed_tokens.weight", "lm_head.weight",
                            m.tie_embeddings)
     for i, (mixer, ffn) in enumerate(layers):

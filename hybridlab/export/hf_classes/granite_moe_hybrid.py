@@ -15,7 +15,7 @@ MODEL_TYPE = "granitemoehybrid"
 ARCHITECTURE = "GraniteMoeHybridForCausalLM"
 
 
-def fit(model) -> NativeExport:
+def fit(model, state: dict | None = None) -> NativeExport:
     spec = model.spec
     m = spec.model
     check = Check("GraniteMoeHybrid")
@@ -82,7 +82,7 @@ def fit(model) -> NativeExport:
         hidden = mlp_hidden(fc, m.d_model)
         config.update(num_local_experts=0, num_experts_per_tok=0, intermediate_size=hidden,
                       shared_intermediate_size=hidden)
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     weights = head_weights(state, "model.embed_tokens.weight", "lm_head.weight",
                            m.tie_embeddings)
     for i, (mixer, ffn) in enumerate(layers):

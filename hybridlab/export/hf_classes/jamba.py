@@ -35,7 +35,7 @@ def check_attention(check: Check, c, name: str, d_model: int) -> None:
     check.need(not c.qkv_bias, f"blocks.{name}.qkv_bias: {cls} attention has no biases")
 
 
-def fit(model) -> NativeExport:
+def fit(model, state: dict | None = None) -> NativeExport:
     spec = model.spec
     m = spec.model
     check = Check("Jamba")
@@ -97,7 +97,7 @@ def fit(model) -> NativeExport:
         config.update(mamba_d_state=mc.d_state, mamba_d_conv=mc.d_conv, mamba_expand=expand,
                       mamba_dt_rank=mc.inner(m.d_model)[1], mamba_conv_bias=mc.conv_bias,
                       mamba_proj_bias=mc.bias)
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     weights = head_weights(state, "model.embed_tokens.weight", "lm_head.weight",
                            m.tie_embeddings)
     for i, (mixer, ffn) in enumerate(layers):

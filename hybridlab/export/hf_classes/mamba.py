@@ -9,7 +9,7 @@ MODEL_TYPE = "mamba"
 ARCHITECTURE = "MambaForCausalLM"
 
 
-def fit(model) -> NativeExport:
+def fit(model, state: dict | None = None) -> NativeExport:
     spec = model.spec
     check = Check("Mamba")
     check_model(check, spec)
@@ -31,7 +31,7 @@ def fit(model) -> NativeExport:
         time_step_max=c.dt_max, time_step_init_scheme=c.dt_init, time_step_floor=c.dt_init_floor,
         residual_in_fp32=False,           # hybridlab keeps the residual in the model's dtype
         initializer_range=m.init.std, tie_word_embeddings=bool(m.tie_embeddings))
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     weights = head_weights(state, "backbone.embeddings.weight", "lm_head.weight",
                            m.tie_embeddings)
     for layer in spec.layers:

@@ -25,7 +25,7 @@ def check_mamba2(check: Check, c, name: str, norm_eps: float | None, own_width: 
                    f"blocks.{name}.d_ssm: {cls} sets the SSM width by expand * d_model")
 
 
-def fit(model) -> NativeExport:
+def fit(model, state: dict | None = None) -> NativeExport:
     spec = model.spec
     m = spec.model
     check = Check("Mamba2")
@@ -44,7 +44,7 @@ def fit(model) -> NativeExport:
         time_step_min=c.dt_min, time_step_max=c.dt_max, time_step_floor=c.dt_init_floor,
         time_step_limit=list(c.dt_limit), residual_in_fp32=False, chunk_size=c.chunk_size,
         initializer_range=m.init.std, tie_word_embeddings=bool(m.tie_embeddings))
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     weights = head_weights(state, "backbone.embeddings.weight", "lm_head.weight",
                            m.tie_embeddings)
     for layer in spec.layers:

@@ -16,7 +16,7 @@ LAYER_TYPES = {"mamba2": "linear_attention", "attention": "full_attention", "mlp
 ACTIVATIONS = {"relu2": "relu2", "gelu": "gelu"}      # NemotronH's MLP is not gated
 
 
-def fit(model) -> NativeExport:
+def fit(model, state: dict | None = None) -> NativeExport:
     spec = model.spec
     m = spec.model
     check = Check("NemotronH")
@@ -83,7 +83,7 @@ def fit(model) -> NativeExport:
     if ec is not None and ec.n_shared_experts == 0:
         notes.append("NemotronH's MoE always has a shared expert: written 1 wide with zero "
                      f"weights ({2 * m.d_model} parameters per MoE layer that add exactly 0)")
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     weights = head_weights(state, "model.embeddings.weight", "lm_head.weight", tied=False)
     for layer in spec.layers:
         i = layer.index
@@ -109,7 +109,7 @@ def moe_weights(block: dict, moe, d_model: int) -> dict:
     score-correction bias; the shared expert (1 wide and zero when hybridlab has none)."""
     import torch
 
-    out = {"gate.weight": block["router.weight"].float(),
+    out = {"gate.weight": block["router.weight"],
            "gate.e_score_correction_bias": torch.zeros(block["router.weight"].shape[0]),
            "experts.up_proj": block["w_in"].transpose(1, 2),
            "experts.down_proj": block["w_out"].transpose(1, 2)}
