@@ -7,7 +7,9 @@ Users add their own block with::
         Config = MyMixerConfig
         ...
 
-and list the module under ``plugins:`` in the spec so it is imported before validation.
+and list the module under ``plugins:`` in the spec so it is imported before validation. That
+import runs code, so it happens only on request (``--allow-plugins``, ``HYBRIDLAB_PLUGINS=1``,
+``load_spec(..., allow_plugins=True)``), or import the module yourself first.
 """
 from __future__ import annotations
 
