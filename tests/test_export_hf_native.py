@@ -27,6 +27,13 @@ transformers = pytest.importorskip("transformers")
 NUL = 0
 INIT = {"std": 0.1}        # larger than the default 0.02: random models then say varied things
 
+ZAMBA2_MAMBA = {"type": "mamba2", "d_state": 16, "headdim": 16, "chunk_size": 8,
+                "dt_limit": [0.001, None], "bias": True}
+ZAMBA2_SHARED = {"type": "shared_attention", "structure": "zamba2", "n_heads": 4, "n_kv_heads": 2,
+                 "rope_theta": 1000.0, "concat_embeddings": True, "mlp_hidden_mult": 2.0,
+                 "mlp_activation": "geglu",
+                 "mamba": {k: v for k, v in ZAMBA2_MAMBA.items() if k != "type"}}
+
 SPECS = {
     "MambaForCausalLM": {
         "model": {"d_model": 48, "vocab_size": 256, "init": {"std": 0.3}},
@@ -83,6 +90,20 @@ SPECS = {
                                  "d_ssm": 96, "chunk_size": 8, "norm_before_gate": True}},
                    "-": {"type": "mlp", "hidden_mult": 2.0}},
         "pattern": "P- P- P-"},
+    "Zamba2ForCausalLM": {
+        "model": {"d_model": 64, "vocab_size": 256, "init": INIT},
+        "blocks": {"M": {"type": "mamba2", "d_state": 16, "headdim": 16, "chunk_size": 8,
+                         "dt_limit": [0.001, None]},
+                   "S": {"type": "shared_attention", "structure": "zamba2", "n_heads": 4,
+                         "adapter_rank": 8, "concat_embeddings": True, "mlp_hidden_mult": 2.0,
+                         "mamba": {"d_state": 16, "headdim": 16, "chunk_size": 8,
+                                   "dt_limit": [0.001, None]}}},
+        "pattern": "M M S M M S"},
+    "Zamba2ForCausalLM/two-blocks-rope": {
+        "model": {"d_model": 64, "vocab_size": 256, "tie_embeddings": False, "init": INIT},
+        "blocks": {"M": ZAMBA2_MAMBA,
+                   "A": ZAMBA2_SHARED, "B": ZAMBA2_SHARED},
+        "pattern": "M A M B M A"},
     "GraniteMoeHybridForCausalLM/dense-nope": {
         "model": {"d_model": 64, "vocab_size": 256, "init": INIT},
         "blocks": {"M": {"type": "mamba2", "d_state": 16, "headdim": 16, "chunk_size": 8},

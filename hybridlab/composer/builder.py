@@ -67,7 +67,9 @@ class HybridModel(nn.Module):
                                init_std=m.init.std, residual_scale=residual_scale, n_meta=m.meta_tokens)
             uses[layer.name] = ctx.use_index + 1
             block = get_block(layer.type)(layer.config, ctx)
-            layers.append(HybridLayer(make_norm(m.norm, m.d_model, m.norm_eps), block))
+            norm = make_norm(m.norm, m.d_model, m.norm_eps) if getattr(block, "pre_norm", True) \
+                else nn.Identity()          # a block that norms its own input (zamba2 hybrid)
+            layers.append(HybridLayer(norm, block))
         self.layers = nn.ModuleList(layers)
 
         self.norm_f = make_norm(m.norm, m.d_model, m.norm_eps)
