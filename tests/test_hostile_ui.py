@@ -319,7 +319,11 @@ def test_oversized_spec_file_and_text_are_refused_clearly(world, servers):
 
 
 def test_search_base_outside_the_roots_is_refused_like_a_missing_file(world, servers):
-    client, outside = servers["plain"]["client"], world["outside"]
+    # a new session: editor text reads a relative base: from the folder the UI started in
+    # (a session that loaded a file reads it from that file's folder)
+    client = Client(servers["plain"]["url"], verbose=False,
+                    download_files=str(world["downloads"]))
+    outside = world["outside"]
     answers = {}
     for base in (str(outside / "base.yaml"), str(outside / "missing.yaml"),
                  str(outside / "shadow"), "../outside/base.yaml", "specs/out.yaml",
@@ -434,10 +438,15 @@ def test_database_problems_show_their_message(world, tmp_path):
         _close(server)
 
 
-def test_unknown_studies_and_trials_say_so(world, servers):
+def test_unknown_studies_and_trials_say_so(world, servers, capfd):
     client = servers["plain"]["client"]
     out, err = call(client, "/open_trial", "no-such-study", 0)
     assert out is None and "no study" in err
+    # the server log says it too, with the caller's control characters escaped
+    out, err = call(client, "/open_trial", "clear\x1b[2Jscreen", 0)
+    assert out is None and "no study" in err and "\x1b" not in err
+    log = capfd.readouterr().err
+    assert "clear\\x1b[2Jscreen" in log and "\x1b" not in log
     out, err = call(client, "/open_trial", PLAIN_STUDY, 99)
     assert out is None and "99" in err and BARE not in err
     out, err = call(client, "/export_build", "no-such-study", "best", "quality", None, "native",

@@ -20,6 +20,7 @@ import traceback
 import gradio as gr
 
 from hybridlab.errors import UserError
+from hybridlab.formatting import shown_name
 
 INTERNAL = "the server failed on this request ({}); its log has the details"
 
@@ -43,7 +44,9 @@ def guard(fn):
         except gr.Error:
             raise
         except UserError as e:
-            print(f"hybridlab ui: {type(e).__name__}: {e}", file=sys.stderr)
+            # one line in the server log, escaped: a caller's text must not drive the terminal
+            lines = " | ".join(shown_name(line) for line in e.lines())
+            print(f"hybridlab ui: {type(e).__name__}: {lines}", file=sys.stderr)
             raise page_error(e) from None
         except Exception as e:            # noqa: BLE001 -- the log gets it, the page a sentence
             traceback.print_exc()

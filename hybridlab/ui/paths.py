@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from hybridlab.errors import UserError
+from hybridlab.formatting import shown_name
 
 #: The largest spec, as a file or as text sent from the page.
 MAX_SPEC_BYTES = 1 << 20
@@ -38,11 +39,12 @@ def shipped_examples() -> Path:
 
 
 def quoted(value, limit: int = 80) -> str:
-    """A caller's string for an error message: repr'd, cut to ``limit`` characters."""
-    text = str(value)
+    """A caller's value for an error message: in quotes, control characters escaped, cut to
+    ``limit`` characters."""
+    text = shown_name(value)
     if len(text) > limit:
         text = text[:limit - 3] + "..."
-    return repr(text)
+    return f"'{text}'"
 
 
 def check_text_size(text: str, what: str = "the spec") -> None:

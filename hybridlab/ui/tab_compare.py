@@ -58,7 +58,7 @@ class CompareTab:
                 study, number = parse_compare_key(key)
                 out.append((f"{shown_name(study)} #{number}", store.trial_detail(study, number)))
             except (ValueError, KeyError, OverflowError):
-                raise UserError(f"no such trial: {quoted(shown_name(key))}") from None
+                raise UserError(f"no such trial: {quoted(key)}") from None
         return out
 
     def compare(self, keys, curve):

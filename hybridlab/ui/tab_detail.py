@@ -68,7 +68,7 @@ class DetailTab:
         names = views.study_names(store)
         study = match_study(names, study)
         if study not in names:
-            raise UserError(f"no study {quoted(shown_name(study))} in {self.ctx.shown_url}")
+            raise UserError(f"no study {quoted(study)} in {self.ctx.shown_url}")
         try:
             d = store.trial_detail(study, number)
         except KeyError as e:

@@ -91,7 +91,7 @@ class ExportTab:
         if not isinstance(study, str) or not study:
             raise UserError("pick a study")
         if study not in views.study_names(store):
-            raise UserError(f"no study {quoted(shown_name(study))} in {self.ctx.shown_url}")
+            raise UserError(f"no study {quoted(study)} in {self.ctx.shown_url}")
         mode, fmt = mode or "best", fmt or "native"
         if mode not in ("best", "trial") or fmt not in FORMAT_NAMES:
             raise UserError("pick which trial and a format from the lists")
