@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from hybridlab.cli.main import main
-from hybridlab.composer import yaml_source
-from hybridlab.composer.limits import (MAX_BLOCKS, MAX_CHOICES, MAX_LAYER_CONFIGS, MAX_LAYERS,
+from hybridlab.specs import source as yaml_source
+from hybridlab.specs.limits import (MAX_BLOCKS, MAX_CHOICES, MAX_LAYER_CONFIGS, MAX_LAYERS,
                                        MAX_OVERRIDES, MAX_SPACE_DIMS, MAX_SPEC_BYTES, MAX_TASKS,
                                        MAX_YAML_DEPTH, MAX_YAML_NODES)
 from hybridlab.composer.loader import load_spec
@@ -98,7 +98,7 @@ def run_child(code: str, loader: str = "libyaml", timeout: float = 240) -> dict:
     """Run ``code`` in a fresh interpreter under RLIMIT_AS; it prints one JSON line."""
     prelude = textwrap.dedent(f"""
         import json, time
-        from hybridlab.composer import yaml_source
+        from hybridlab.specs import source as yaml_source
         if {loader!r} == "python":
             yaml_source._CLoader = None
         from hybridlab.errors import SpecError

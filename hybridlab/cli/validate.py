@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def _is_search_spec(path: str) -> bool:
     """Peek at the top-level keys (bounded reads); anything unreadable goes to the model loader
     for its error, and so does what can be read only once (a pipe such as /dev/stdin)."""
-    from hybridlab.composer.yaml_source import parse_yaml, read_text_file
+    from hybridlab.specs.source import parse_yaml, read_text_file
     from hybridlab.search.spec import SEARCH_MARKS
     if not Path(path).is_file():
         return False

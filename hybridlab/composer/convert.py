@@ -27,7 +27,7 @@ import yaml
 
 from hybridlab.blocks.registry import get_block
 from hybridlab.composer.spec import LayerSpec, ModelSpec
-from hybridlab.composer.yaml_source import UNKNOWN, Position, parse_yaml, read_text_file
+from hybridlab.specs.source import UNKNOWN, Position, parse_yaml, read_text_file
 from hybridlab.errors import Problem, SpecError
 
 #: What each Megatron symbol reads back as.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import re
 import sys
@@ -25,18 +24,17 @@ from typing import Any
 from hybridlab.blocks.registry import block_types, get_block
 from hybridlab.composer.canonical import dump_spec_yaml  # noqa: F401  (re-exported: load/dump pair)
 from hybridlab.composer.layout import PLACEMENTS, Layout, LayoutError, expand_layout
-from hybridlab.composer.limits import MAX_BLOCKS, MAX_LAYERS, MAX_OVERRIDES
 from hybridlab.composer.pattern import (RESERVED, PatternError, Symbol, assign_stages,
                                         parse_pattern)
 from hybridlab.composer.plugins import read_plugins
 from hybridlab.composer.sizes import check_sizes
 from hybridlab.composer.spec import LayerSpec, ModelConfig, ModelSpec
-from hybridlab.composer.typecheck import (Mismatch, convert, describe, did_you_mean, dotted,
-                                          init_fields, is_int, is_required, join_ints, plural,
-                                          sorted_problems, type_hints, with_suggestion)
-from hybridlab.composer.yaml_source import (Position, SourceMap, SpecKind, parse_yaml,
-                                             read_text_file)
-from hybridlab.errors import Problem, SpecError
+from hybridlab.errors import SpecError
+from hybridlab.specs.limits import MAX_BLOCKS, MAX_LAYERS, MAX_OVERRIDES
+from hybridlab.specs.problems import Problems, did_you_mean, join_ints, plural, with_suggestion
+from hybridlab.specs.source import Position, SourceMap, SpecKind, parse_yaml, read_text_file
+from hybridlab.specs.typecheck import (Mismatch, convert, describe, init_fields, is_int,
+                                       is_number, is_required, type_hints)
 
 #: Pattern symbols that work without a `blocks` entry, each with its Config defaults.
 DEFAULT_SYMBOLS = {"M": "mamba2", "*": "attention", "-": "mlp", "E": "moe"}
@@ -111,7 +109,7 @@ class _SpecReader:
         self.smap = smap
         self.source = source
         self.path = path
-        self.problems: list[Problem] = []
+        self.problems = Problems(smap)
         self.blocks: dict[str, _Block | None] = {}   # None: defined but invalid
         self.missing: set[str] = set()               # used but never defined (reported once)
         self.defined: list[str] = []                 # names written under `blocks:`
@@ -122,15 +120,11 @@ class _SpecReader:
 
     def problem(self, path: tuple, message: str, hint: str = "", *, at: Position | None = None,
                 key: bool = False) -> None:
-        pos = at or (self.smap.key(path) if key else self.smap.value(path))
-        problem = Problem(message, file=self.smap.file, line=pos.line, col=pos.col,
-                          field=dotted(path), hint=hint)
-        if problem not in self.problems:     # e.g. one bad override value checked per layer
-            self.problems.append(problem)
+        self.problems.add(path, message, hint, at=at, key=key)
 
     def type_problem(self, path: tuple, mismatch: Mismatch) -> None:
         full = path + mismatch.at
-        self.problem(full, f"expected {mismatch.expected}, got {mismatch.got}", mismatch.hint)
+        self.problem(full, mismatch.message, mismatch.hint)
 
     def unknown_key(self, path: tuple, key, allowed, what: str) -> None:
         listing = "allowed keys: " + ", ".join(allowed) if allowed else f"{what} takes no settings"
@@ -147,10 +141,9 @@ class _SpecReader:
         if not isinstance(top, dict):
             self.fail((), f"the top level of a spec must be a mapping, got {describe(top)}",
                       "a spec is a mapping with name, model, blocks and pattern (or layout)")
-        for dup in self.smap.duplicates:
-            self.problem(dup.path + (dup.key,), f"duplicate key '{dup.key}'",
-                         "YAML would silently keep only the last one; remove or rename one",
-                         at=dup.position)
+        self.problems.duplicates(lambda key: (
+            f"duplicate key '{key}'",
+            "YAML would silently keep only the last one; remove or rename one"))
         self.check_keys((), top, TOP_KEYS, "the spec")
         plugins = self.import_plugins(top.get("plugins"))
         name = self.read_name(top)
@@ -164,13 +157,13 @@ class _SpecReader:
             for size in check_sizes(model, layers):
                 self.problem(size.path, size.message, size.hint, key=True)
         if self.problems or model is None or layers is None:
-            raise SpecError(sorted_problems(self.problems))
+            raise SpecError(self.problems.sorted())
         return ModelSpec(name=name, model=model, layers=tuple(layers), plugins=plugins,
                          source=self.source, raw=top)
 
     def fail(self, path: tuple, message: str, hint: str = ""):
         self.problem(path, message, hint, at=self.start_of(path))
-        raise SpecError(self.problems)
+        raise SpecError(self.problems.items)
 
     def check_keys(self, path: tuple, mapping: dict, allowed, what: str) -> None:
         for key in mapping:
@@ -552,8 +545,7 @@ class _SpecReader:
         out, ok = [], True
         for name, weight in mix.items():
             path = ("layout", "mix", name)
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool) \
-                    or not math.isfinite(weight) or weight < 0:
+            if not is_number(weight) or weight < 0:
                 self.problem(path, f"a weight must be a number >= 0, got {describe(weight)}")
                 ok = False
             if not isinstance(name, str):
@@ -633,10 +625,8 @@ class _SpecReader:
             return None
         if layers is None:          # no layer list to apply them to (already reported)
             return None
-        if len(overrides) > MAX_OVERRIDES:
-            self.problem(("overrides",), f"{len(overrides)} overrides; the limit is "
-                                         f"{MAX_OVERRIDES}", "one override may list many layers "
-                                                             "under at:", key=True)
+        if self.problems.too_many(("overrides",), overrides, MAX_OVERRIDES, "overrides",
+                                  "one override may list many layers under at:", key=True):
             return None
         n_before = len(self.problems)
         set_by: dict[int, dict[str, int]] = {}     # layer -> field -> override that set it last

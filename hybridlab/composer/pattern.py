@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hybridlab.composer.limits import MAX_LAYERS, MAX_PATTERN_DEPTH
+from hybridlab.specs.limits import MAX_LAYERS, MAX_PATTERN_DEPTH
 
 RESERVED = set("()[]|0123456789")
 _NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")   # a repeat count; sign and decimals read to report them

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from hybridlab.composer.typecheck import describe
+from hybridlab.specs.typecheck import describe
 
 OPT_IN_HINT = ("run with --allow-plugins (or HYBRIDLAB_PLUGINS=1), or in Python "
                "load_spec(..., allow_plugins=True); a module you have already imported yourself "

@@ -18,7 +18,7 @@ import torch
 
 from hybridlab.blocks.base import LayerContext
 from hybridlab.blocks.registry import get_block
-from hybridlab.composer.limits import MAX_ELEMENTS, MAX_LAYER_CONFIGS
+from hybridlab.specs.limits import MAX_ELEMENTS, MAX_LAYER_CONFIGS
 from hybridlab.composer.spec import LayerSpec, ModelConfig
 
 LIMIT_TEXT = f"2**{MAX_ELEMENTS.bit_length() - 1} (about {MAX_ELEMENTS:.2g})"

@@ -92,7 +92,7 @@ def load_model(path: str | os.PathLike, device=None, dtype=None):
 
 def load_export_spec(spec_file: Path):
     """An export's spec.yaml: validated, plugins never imported (``ExportError``)."""
-    from hybridlab.composer.yaml_source import read_text_file
+    from hybridlab.specs.source import read_text_file
 
     try:
         text = read_text_file(spec_file, shown_as=str(spec_file))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridlab.composer.loader import load_spec
-from hybridlab.composer.yaml_source import parse_yaml
+from hybridlab.specs.source import parse_yaml
 from hybridlab.errors import ExportError, Problem, SpecError
 from hybridlab.storage import Store, printable
 from hybridlab.storage import views

@@ -23,23 +23,28 @@ takes paths from others (the web UI) passes ``allowed_roots`` to confine ``base:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import inspect
 import itertools
 import json
 import math
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridlab.composer.limits import (MAX_BASELINES, MAX_CHOICES, MAX_CONSTRAINTS,
-                                       MAX_OBJECTIVES, MAX_SPACE_DIMS, MAX_TASKS)
 from hybridlab.composer.loader import MODEL_SPEC, load_spec
-from hybridlab.composer.yaml_source import SourceMap, SpecKind, parse_yaml, read_text_file
 from hybridlab.errors import Problem, SpecError
+from hybridlab.specs.limits import (MAX_BASELINES, MAX_CHOICES, MAX_CONSTRAINTS, MAX_OBJECTIVES,
+                                    MAX_SPACE_DIMS, MAX_TASKS)
+from hybridlab.specs.problems import Problems, did_you_mean, joined
+from hybridlab.specs.source import Position, SourceMap, SpecKind, parse_yaml, read_text_file
+from hybridlab.specs.typecheck import Mismatch, convert
+from hybridlab.specs.typecheck import is_int as _is_int
+from hybridlab.specs.typecheck import is_number as _is_number
+from hybridlab.specs.typecheck import number as _number
 from hybridlab.search.metrics import (ALIASES, ANALYTIC, ANALYTIC_CONTEXT,  # noqa: F401
                                       CONTEXT_METRICS, COST_METRICS, TRAIN_METRICS,
                                       canonical_metric, check_metric, is_analytic,
@@ -203,7 +208,7 @@ class _Ctx:
                  allowed_roots: tuple[Path, ...] | None = None):
         self.file = file
         self.src = src
-        self.problems: list[Problem] = []
+        self.problems = Problems(src, field=joined)
         self.allow_plugins = allow_plugins
         self.roots = None if allowed_roots is None else tuple(Path(r).resolve()
                                                               for r in allowed_roots)
@@ -221,44 +226,18 @@ class _Ctx:
         return resolved if any(resolved.is_relative_to(r) for r in self.roots) else None
 
     def too_many(self, path: tuple, items, limit: int, what: str) -> bool:
-        """Report (and return True) when ``items`` holds more than ``limit`` entries."""
-        if len(items) <= limit:
-            return False
-        self.add(path, f"{len(items)} {what}; the limit is {limit}")
-        return True
+        return self.problems.too_many(path, items, limit, what)
 
-    def add(self, path: tuple, message: str, hint: str = "", at_key: bool = False, col=None):
-        pos = self.src.key(path) if at_key else self.src.value(path)
-        self.problems.append(Problem(message, file=self.file, line=pos.line,
-                                     col=col if col is not None else pos.col,
-                                     field=".".join(str(p) for p in path), hint=hint))
+    def add(self, path: tuple, message: str, hint: str = "", at_key: bool = False):
+        self.problems.add(path, message, hint, key=at_key)
 
 
 def _did_you_mean(word: str, options) -> str:
+    """The search reader's wording: names as Python writes them, two equally close ones both
+    named, and the known names when none is close."""
     options = [str(o) for o in options]
-    close = difflib.get_close_matches(str(word), options, n=2, cutoff=0.6)
-    if close and len(close) == 2 and difflib.SequenceMatcher(None, str(word), close[0]).ratio() \
-            == difflib.SequenceMatcher(None, str(word), close[1]).ratio():
-        return f"did you mean {close[0]!r} or {close[1]!r}?"
-    return f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(options)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _number(v):
-    """Numbers as YAML gives them, plus exponent text like 5.0e7 (a string to YAML 1.1)."""
-    if isinstance(v, str) and _FLOAT_TEXT.fullmatch(v.strip()):
-        return float(v)
-    return v
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return did_you_mean(word, options, listing="known: " + ", ".join(options), quote=repr,
+                        ties=True)
 
 
 def load_search_spec(source: str | Path | Mapping, *, file: str | None = None,
@@ -288,18 +267,13 @@ def load_search_spec(source: str | Path | Mapping, *, file: str | None = None,
             shown, text = file or "<search spec>", s
             data, src = parse_yaml(text, shown)
     ctx = _Ctx(shown, src, allow_plugins, allowed_roots)
-    for dup in src.duplicates:
-        ctx.problems.append(Problem(f"key {dup.key!r} is written twice", file=shown,
-                                    line=dup.position.line, col=dup.position.col,
-                                    field=".".join(map(str, dup.path + (dup.key,))),
-                                    hint="YAML would silently keep only the last one"))
+    ctx.problems.duplicates(lambda key: (f"key {key!r} is written twice",
+                                         "YAML would silently keep only the last one"))
     if not isinstance(data, Mapping):
         ctx.add((), "a search spec is a YAML mapping (name:, base:, space:, objectives: ...)")
-        raise SpecError(ctx.problems)
+        raise SpecError(ctx.problems.items)
     spec = _build(data, ctx, base_dir, text, shown if not isinstance(source, Mapping) else None)
-    if ctx.problems:
-        raise SpecError(sorted(ctx.problems, key=lambda p: (p.file != shown, p.line == 0,
-                                                            p.line, p.col)))
+    ctx.problems.raise_if_any()
     assert spec is not None
     return spec
 
@@ -514,9 +488,6 @@ def _train(data, ctx: _Ctx) -> dict:
     if not isinstance(raw, Mapping):
         ctx.add(("train",), "train is a mapping of training settings (steps, batch_size, lr ...)")
         return {}
-    import typing
-
-    from hybridlab.composer.typecheck import Mismatch, convert
     from hybridlab.search.trainer import TrainConfig
     hints = typing.get_type_hints(TrainConfig)
     out = {}
@@ -528,7 +499,7 @@ def _train(data, ctx: _Ctx) -> dict:
         try:
             out[key] = convert(value, hints[key])
         except Mismatch as m:
-            ctx.add(("train", key), f"expected {m.expected}, got {m.got}", m.hint)
+            ctx.add(("train", key), m.message, m.hint)
     if len(out) == len(raw):
         try:
             make_train_config(out)
@@ -543,9 +514,6 @@ def _train(data, ctx: _Ctx) -> dict:
 
 def make_train_config(values: Mapping[str, Any]):
     """TrainConfig from YAML-typed values (lists become tuples where the field says so)."""
-    import typing
-
-    from hybridlab.composer.typecheck import Mismatch, convert
     from hybridlab.search.trainer import TrainConfig
     hints = typing.get_type_hints(TrainConfig)
     clean = {}
@@ -553,8 +521,7 @@ def make_train_config(values: Mapping[str, Any]):
         try:
             clean[k] = convert(v, hints[k])
         except Mismatch as m:
-            raise SpecError(Problem(f"expected {m.expected}, got {m.got}",
-                                    field=f"train.{k}")) from None
+            raise SpecError(Problem(m.message, field=f"train.{k}")) from None
     return TrainConfig(**clean)
 
 
@@ -754,11 +721,10 @@ def _space(data, ctx: _Ctx, base, base_source, train) -> list[Param]:
             path = parse_path(str(key))
         except PathSyntaxError as e:
             pos = ctx.src.key(where)
-            ctx.problems.append(Problem(f"bad path {key!r}: {e}", file=ctx.file, line=pos.line,
-                                        col=pos.col + e.offset if pos.col else 0,
-                                        field=f"space.{key}",
-                                        hint="quote keys with special characters: "
-                                             "blocks.\"*\".n_heads or blocks['*'].n_heads"))
+            ctx.problems.add(where, f"bad path {key!r}: {e}",
+                             "quote keys with special characters: "
+                             "blocks.\"*\".n_heads or blocks['*'].n_heads",
+                             at=Position(pos.line, pos.col + e.offset if pos.col else 0))
             continue
         if path in seen:
             ctx.add(where, f"{key!r} addresses the same field as {seen[path]!r}", at_key=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from hybridlab.composer.yaml_source import parse_yaml
+from hybridlab.specs.source import parse_yaml
 from hybridlab.errors import Problem, UserError
 from hybridlab.formatting import shown_name
 from hybridlab.ui.paths import shipped_examples

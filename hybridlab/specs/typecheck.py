@@ -1,12 +1,13 @@
-"""Type checking of YAML values against dataclass annotations, and the wording of problems.
+"""Type checking of YAML values against dataclass annotations.
 
-Shared by the model-spec loader and the search-spec loader, so both speak the same way:
-``convert(value, hint)`` returns the value as the annotated type or raises ``Mismatch``.
+Shared by the model-spec and search-spec readers, so both accept the same values and word a
+mismatch the same way: ``convert(value, hint)`` returns the value as the annotated type or raises
+``Mismatch`` ("expected an integer, got string 'x'"). ``describe(value)`` is how a problem shows
+a value; ``is_int`` / ``is_number`` / ``number`` are the checks both readers make by hand.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 import re
@@ -14,40 +15,7 @@ import types
 import typing
 from typing import Any
 
-from hybridlab.errors import Problem
-
-
-# -- small helpers ---------------------------------------------------------------------------------
-
-def dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else ""
-
-
-def with_suggestion(word: str, choices, listing: str) -> str:
-    """'did you mean 'x'?' when a choice is close, else the listing of choices."""
-    return did_you_mean(word, choices) or listing
-
-
-def plural(word: str, items) -> str:
-    return word if len(items) == 1 else word + "s"
-
-
-def join_ints(items) -> str:
-    return ", ".join(str(i) for i in items)
-
-
-def sorted_problems(problems: list[Problem]) -> list[Problem]:
-    """File order (line, column); problems without a position keep their order at the end."""
-    return sorted(problems, key=lambda p: (p.line == 0, p.line, p.col))
-
+from hybridlab.specs.problems import did_you_mean
 
 # -- type checking of config values against dataclass annotations ----------------------------
 
@@ -58,8 +26,28 @@ class Mismatch(Exception):
         super().__init__(expected)
         self.expected, self.got, self.at, self.hint = expected, got, at, hint
 
+    @property
+    def message(self) -> str:
+        return f"expected {self.expected}, got {self.got}"
+
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")   # 1e-5: a string to YAML 1.1
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def number(value):
+    """Numbers as YAML gives them, plus exponent text like 5.0e7 (a string to YAML 1.1)."""
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def convert(value, hint):
@@ -175,10 +163,6 @@ def describe(value) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def init_fields(cls) -> dict[str, dataclasses.Field]:

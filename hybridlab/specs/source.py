@@ -5,7 +5,7 @@ that answers "where is ``blocks.M.d_state``?" (1-based line and column), so ever
 loader finds can point at the exact spot. A *path* is a tuple of mapping keys and list indices,
 e.g. ``("overrides", 0, "set", "window")``.
 
-Input is bounded before anything walks it (``hybridlab.composer.limits``): a file is read at most
+Input is bounded before anything walks it (``hybridlab.specs.limits``): a file is read at most
 ``MAX_SPEC_BYTES`` + 1 bytes, and the composer counts values as it builds the node graph, every
 use of an alias counted again, so an alias bomb stops at ``MAX_YAML_NODES`` within milliseconds.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from hybridlab.composer.limits import (MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES,
+from hybridlab.specs.limits import (MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES,
                                        human_bytes_limit)
 from hybridlab.errors import Problem, SpecError
 
