@@ -541,7 +541,7 @@ def test_hostile_space_paths_are_checked_in_bounded_time(monkeypatch):
     """Every dimension names a field the base lacks: each is checked by loading the base with a
     sampled value, within a budget per search spec, so a 10,000-layer base and 64 such
     dimensions stay fast."""
-    from hybridlab.search import spec as search_spec
+    from hybridlab.search.spec import context as search_spec
     loads = []
     real = search_spec.load_spec
     monkeypatch.setattr(search_spec, "load_spec", lambda *a, **k: loads.append(1) or real(*a, **k))

@@ -10,31 +10,22 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
-from hybridlab.search.paths import set_path
-from hybridlab.search.spec import Param, SamplerConfig, SearchSpec
-
-
-def sampler_class(name: str):
-    return {
-        "nsga2": optuna.samplers.NSGAIISampler,
-        "nsga3": optuna.samplers.NSGAIIISampler,
-        "tpe": optuna.samplers.TPESampler,
-        "gp": optuna.samplers.GPSampler,
-        "random": optuna.samplers.RandomSampler,
-        "grid": optuna.samplers.GridSampler,
-    }[name]
+from hybridlab.blocks.registry import block_types, get_block
+from hybridlab.search.samplers import sampler_class
+from hybridlab.search.spec.paths import set_path
+from hybridlab.search.spec.schema import Param, SamplerConfig, SearchSpec
 
 
 def grid_values(p: Param) -> list:
     if p.kind == "choice":
         return list(p.optuna_choices())
-    n = int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
-    vals = [p.low + i * p.step for i in range(n)]
+    vals = [p.low + i * p.step for i in range(p.grid_count())]
     return [int(v) for v in vals] if p.kind == "int" else vals
 
 
@@ -53,7 +44,6 @@ def make_sampler(cfg: SamplerConfig, space) -> optuna.samplers.BaseSampler:
         kwargs["search_space"] = {p.name: grid_values(p) for p in space}
     if cfg.seed is not None:
         kwargs["seed"] = cfg.seed
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return cls(**kwargs)
@@ -126,7 +116,6 @@ def apply(spec: SearchSpec, values: Mapping[str, Any]) -> tuple[dict, dict, dict
 
 
 def _config_fields(type_name) -> set[str] | None:
-    from hybridlab.blocks.registry import block_types, get_block
     if not isinstance(type_name, str) or type_name not in block_types():
         return None
     return set(get_block(type_name).Config.field_names())

@@ -98,7 +98,7 @@ def get_path(data: Any, path: tuple) -> Any:
     return cur
 
 
-def _deepest(base, path):
+def deepest(base, path):
     cur, prefix = base, ()
     for key in path:
         if isinstance(cur, Mapping) and key in cur:
