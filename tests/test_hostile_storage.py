@@ -81,12 +81,16 @@ def garble_table(path: Path, table: str) -> None:
 
 # Each case: how to break a good database, and what the message must say.
 CASES = {
-    "truncated":       (lambda p: p.write_bytes(p.read_bytes()[:5000]), "is truncated"),
-    "truncated-tail":  (lambda p: p.write_bytes(p.read_bytes()[:-4096]), "is truncated"),
-    "cut-in-header":   (lambda p: p.write_bytes(p.read_bytes()[:40]), "is truncated"),
-    "random-bytes":    (lambda p: p.write_bytes(os.urandom(20000)), "is not a SQLite database"),
+    "truncated":       (lambda p: p.write_bytes(p.read_bytes()[:5000]),
+                        "is not a whole SQLite database"),
+    "truncated-pages": (lambda p: p.write_bytes(p.read_bytes()[:-4096]), "is damaged"),
+    "cut-in-header":   (lambda p: p.write_bytes(p.read_bytes()[:40]),
+                        "is not a whole SQLite database"),
+    "random-bytes":    (lambda p: p.write_bytes(os.urandom(20480)), "is not a SQLite database"),
+    "random-odd-size": (lambda p: p.write_bytes(os.urandom(20000)),
+                        "is not a whole SQLite database"),
     "text-file":       (lambda p: p.write_text("root:x:0:0:root:/root:/bin/bash\n"),
-                        "is not a SQLite database"),
+                        "is not a whole SQLite database"),
     "directory":       (lambda p: (p.unlink(), p.mkdir()), "is a folder, not a database file"),
     "no-hl_runs":      (lambda p: edit(p, "DROP TABLE hl_runs"),
                         "missing hybridlab's table hl_runs"),
@@ -139,7 +143,7 @@ def test_broken_database_is_a_clear_error_and_is_never_changed(case, good_db, tm
         Store(url, readonly=True).list_studies()
     with pytest.raises(StoreError, match=phrase):
         prepare_study(race_spec(tmp_path), Store(url), 2)
-    if case != "garbled-trials":                       # those open fine; reads fail
+    if case not in ("garbled-trials", "truncated-pages"):    # these open; their reads fail
         with pytest.raises(StoreError, match=phrase):
             optuna_storage(url)
     dispose_engines()
@@ -169,6 +173,36 @@ def test_real_cli_process_prints_no_traceback(good_db, tmp_path):
                            "--db", str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "is damaged" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_database_file_is_never_opened_outside_sqlite(good_db, tmp_path, monkeypatch,
+                                                          capsys):
+    """Closing any descriptor of a SQLite file drops this process's locks on it (those of its
+    live connections too): only SQLite may open it. A search's worker opened the file to read
+    its header while its own connections were live, and a reader then met a "malformed" file."""
+    path = tmp_path / "watched.db"
+    path.write_bytes(good_db.read_bytes())
+    opened = []
+    real_open, real_os_open = open, os.open
+
+    def spy_open(file, *a, **k):
+        opened.append(str(file))
+        return real_open(file, *a, **k)
+
+    def spy_os_open(file, *a, **k):
+        opened.append(str(file))
+        return real_os_open(file, *a, **k)
+
+    monkeypatch.setattr("builtins.open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    url = f"sqlite:///{path}"
+    writer = Store(url)
+    assert writer.study_names() == ["s"]
+    optuna_storage(url)
+    assert [r["name"] for r in Store(url, readonly=True).list_studies()] == ["s"]
+    assert main(["search", "status", "s", "--db", str(path)]) == 0
+    capsys.readouterr()
+    assert not [f for f in opened if Path(f).resolve() == path.resolve()]
 
 
 def test_empty_and_missing_files(tmp_path, capsys):

@@ -26,6 +26,7 @@ from hybridlab.composer.builder import build_model
 from hybridlab.errors import ExportError
 from hybridlab.export.safe import ExportDir, check_out_dir, safe_component
 from hybridlab.export.source import TrialSource, find_trial, load_stored_spec
+from hybridlab.storage import printable
 
 SPEC_FILE = "spec.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,7 +45,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        what = f"{self.study} trial {self.trial}" if self.study else "model"
+        what = f"{printable(self.study)} trial {self.trial}" if self.study else "model"
         lines = [f"exported {what} ({self.format}) to {self.path}"]
         lines += [f"  {p.name}  ({p.stat().st_size:,} bytes)" for p in self.files]
         lines += [f"  note: {n}" for n in self.notes]
@@ -67,6 +68,8 @@ def load_model(path: str | os.PathLike, device=None, dtype=None):
         if f.is_symlink():    # a downloaded folder must not read files from elsewhere
             raise ExportError(f"{f} is a symlink (to {os.readlink(f)}); an export's files are "
                               f"plain files: put a copy of the file in its place")
+    if (hf := _load_hf_folder(folder, device, dtype)) is not None:    # transformers folders
+        return hf
     if not spec_file.is_file():
         raise ExportError(f"{folder} holds no {SPEC_FILE}: not a hybridlab export (make one "
                           f"with 'hybridlab export ... --out DIR')")
@@ -88,6 +91,11 @@ def load_model(path: str | os.PathLike, device=None, dtype=None):
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def _load_hf_folder(folder: Path, device, dtype):
+    from hybridlab.export.hf_load import load_hf_folder
+    return load_hf_folder(folder, device=device, dtype=dtype)
 
 
 def load_export_spec(spec_file: Path):

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hybridlab.errors import UserError
 from hybridlab.interrupts import stop_on_signals  # noqa: F401  (the CLI imports it from here)
 from hybridlab.interrupts import stop_requested
 from hybridlab.search.driver import (EXIT_DEVICE_LOST, DeviceLost, default_workers_env,
@@ -92,7 +93,17 @@ def launch_workers(spec: SearchSpec, url: str, target: int, n_workers: int, *,
     if bad:
         i, rc, log = bad[0]
         why = " (its CUDA context was lost too often)" if rc == EXIT_DEVICE_LOST else ""
+        if rc == 2:                     # a user error: the worker printed its message last
+            why = f" ({_last_line(log)})"
         raise WorkerError(f"worker {i} exited with status {rc}{why}; see {log}")
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][:500] if lines else "no output"
 
 
 def _watch(spec, url, target, procs, progress, poll_s, restart) -> list[int]:
@@ -163,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceLost as e:
         print(f"worker {index}: CUDA context lost ({e}); exiting for a fresh worker", flush=True)
         return EXIT_DEVICE_LOST
+    except UserError as e:          # a damaged database, say: its message, not a traceback
+        print(f"worker {index}: " + "\n".join(e.lines()), flush=True)
+        return 2
     print(f"worker {index}: ran {ran} trials", flush=True)
     return 0
 

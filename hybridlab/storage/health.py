@@ -3,8 +3,8 @@
 Readers never change a file they open, so they repair nothing: they say what is wrong, where,
 and what to do, as a ``StoreError`` (the CLI prints it with exit 2; the UI shows it).
 
-* ``check_file(url)``      SQLite only, before any connection: a folder, an unreadable file, a
-                           file that is not SQLite, a file shorter than its header says.
+* ``check_file(url)``      SQLite only, by ``stat`` alone: a folder, an unreadable file, a file
+                           that is no whole number of pages (cut short, or not a database).
 * ``require_database(url)`` the same, and a missing SQLite file is an error (commands that
                            only read: a typo in --db is not an empty database).
 * ``table_state(engine)``  which of hybridlab's and Optuna's tables are there and our schema
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, table
@@ -30,8 +31,7 @@ from hybridlab.errors import StoreError
 from .engine import display_url, is_sqlite, sqlite_path
 from .schema import Base, SchemaVersion, check_version
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-SQLITE_HEADER = 100
+SQLITE_MIN_PAGE = 512
 
 #: Optuna's tables (RDBStorage, schema of Optuna 3 to 5): all of them or none.
 OPTUNA_TABLES = frozenset({
@@ -68,9 +68,13 @@ def _restore(url: str) -> str:
 
 # -- the file itself ---------------------------------------------------------------------------
 def check_file(url: str) -> None:
-    """Refuse, before SQLite opens it, a SQLite "database" that is a folder, unreadable, not
-    SQLite, or shorter than its own header says. A missing or empty file passes (an empty file
-    is an empty SQLite database). Other back-ends pass."""
+    """Refuse, before SQLite opens it, a SQLite "database" that is a folder, unreadable, or
+    not a whole number of pages long (cut short, or no database at all). A missing or empty
+    file passes (an empty file is an empty SQLite database); other back-ends pass.
+
+    Only ``stat``: the file itself is never opened here. Closing any descriptor of a SQLite
+    file drops every POSIX lock this process holds on it -- those of its live connections
+    too -- which lets another connection checkpoint under a reader's feet."""
     if not is_sqlite(url):
         return
     path = sqlite_path(url)
@@ -79,30 +83,14 @@ def check_file(url: str) -> None:
     if path.is_dir():
         raise StoreError(f"{path} is a folder, not a database file: give --db the database "
                          f"file itself (for example {path / 'hybridlab.db'})")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(SQLITE_HEADER)
-        size = path.stat().st_size
-    except OSError as e:
-        raise StoreError(f"cannot read the database {path}: {e.strerror}; check its "
-                         f"permissions") from None
-    if not head:
-        return
-    if not head.startswith(SQLITE_MAGIC[:len(head)]) or len(head) < len(SQLITE_MAGIC):
-        raise StoreError(f"{path} is not a SQLite database (it does not start with SQLite's "
-                         f"header). {UNCHANGED} Give --db a database written by hybridlab, or "
-                         f"a new file name to start one")
-    if len(head) < SQLITE_HEADER:
-        raise StoreError(f"{path} is truncated: {size} bytes, shorter than SQLite's "
-                         f"{SQLITE_HEADER}-byte header. {UNCHANGED} {_restore(url)}")
-    page = int.from_bytes(head[16:18], "big")
-    page = 65536 if page == 1 else page
-    pages = int.from_bytes(head[28:32], "big")
-    # the page count in the header is valid when the change counter matches "valid-for"
-    if head[24:28] == head[92:96] and pages and size < page * pages:
-        raise StoreError(f"{path} is truncated: its header says {pages} pages of {page} bytes "
-                         f"({page * pages:,} bytes) but the file holds {size:,} (a partial "
-                         f"copy or download?). {UNCHANGED} {_restore(url)}")
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"cannot read the database {path}: permission denied; check its "
+                         f"permissions")
+    size = path.stat().st_size
+    if size % SQLITE_MIN_PAGE:      # every page size is a multiple of 512 bytes
+        raise StoreError(f"{path} is not a whole SQLite database: {size:,} bytes is no whole "
+                         f"number of database pages (a file cut short, or not a database at "
+                         f"all). {UNCHANGED} {_restore(url)}")
 
 
 def require_database(url: str) -> None:
