@@ -100,17 +100,24 @@ CASES = {
     # n 32: the backward's default 16 rotation pairs per program (one block of pairs)
     "mimo4-n32": dict(L=24, R=4, N=32, S=6),
 }
+#: the cases that take long in the interpreter (marked slow: the full suite runs them)
+SLOW = {"mimo4-long"}
 CHUNK = {"siso-all-init": 8, "siso-g2-fullrot-multiple": 16, "siso-bare": 4, "siso-odd-shapes": 8,
          "mimo2-all-init": 8, "mimo4-per-rank": 4, "mimo2-g2-z-only": 16, "mimo4-long": 16,
          "mimo4-n32": 16}
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def cases(*names):
+    """Case names as parameters, those in SLOW marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names or CASES]
+
+
+@pytest.mark.parametrize("name", cases())
 def test_triton_matches_reference(name):
     check(run_both(*make_case(**CASES[name]), CHUNK[name]))
 
 
-@pytest.mark.parametrize("name", ["siso-all-init", "siso-g2-fullrot-multiple", "siso-odd-shapes", "mimo4-long"])
+@pytest.mark.parametrize("name", cases("siso-all-init", "siso-g2-fullrot-multiple", "siso-odd-shapes", "mimo4-long"))
 def test_rotation_backward_in_pair_blocks(name):
     """The rotation backward split over blocks of 2 rotation pairs (a speed knob): same result."""
     check(run_both(*make_case(**CASES[name]), CHUNK[name], plan=chunked(CHUNK[name], rotate_bwd_pairs=2)))
@@ -131,6 +138,7 @@ def test_final_state_gradients_from_sums(name):
     check(run_both(*make_case(**CASES[name]), CHUNK[name], sums=True))
 
 
+@pytest.mark.slow
 def test_siso_angle_scan_over_many_chunk_blocks():
     """The angle offsets' float64 scan over several blocks of chunks (fused_prep.py), forward and
     backward: 16-step angle chunks, two per scan block, so 150 steps make 10 chunks in 5 blocks."""
@@ -181,7 +189,7 @@ def test_siso_random_configurations(seed):
     check(run_both(*make_case(**dims), chunk))
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.slow), pytest.param(1, marks=pytest.mark.slow), 2, 3])
 def test_mimo_random_configurations(seed):
     """MIMO (SSD kernels on l*R rows plus the same-step term) on random shapes, ranks, MIMO weights
     and option subsets."""

@@ -179,6 +179,7 @@ def test_v2_without_time_chunks():
     check(*make(2, 6, 4, 37, None, ALL, seq=True), plan=plan)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("rows_log", [0, 2])
 @pytest.mark.parametrize("bc_t,pin", [(True, True), (False, False)])
@@ -199,6 +200,7 @@ def test_time_major_bc_and_pinned_math(split, rows_log, bc_t, pin):
     check_with_and_without_grad(kw, flags, plan)
 
 
+@pytest.mark.slow
 def test_backward_reuses_the_forwards_time_major_copies(monkeypatch):
     """With time-major B and C in both directions, the forward's copies serve the backward too:
     one packing launch (B and C together) per forward+backward, not two; where the forward loaded
@@ -278,6 +280,7 @@ def test_big_state_forward_with_and_without_grad():
         check_with_and_without_grad(kw, flags, replace(plan, big=Layout(128, 1, rows)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,rows_log", [(5, 1), (7, 3), (16, 2), (40, 4)])
 def test_forward_state_in_rows(n, rows_log):
     """The forward with its state in rows of 2**rows_log states per thread (ROWS_LOG: the state

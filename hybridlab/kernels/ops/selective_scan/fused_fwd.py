@@ -79,7 +79,7 @@ def _fwd_seq_kernel(
     # alternate with no moves between them. The tile count is rounded up to even (a last tile past
     # t_hi is all masked: a = 1, no input, nothing stored), so there is no remainder loop: with
     # Triton's loop_unroll_factor=2 the remainder's copy made the main loop load B and C a second
-    # time in its layout (16 scalar loads per pair, 226 registers; scripts/kernel_regs.py).
+    # time in its layout (16 scalar loads per pair, 226 registers; benchmarks/kernel_regs.py).
     UNROLL: tl.constexpr = 2 if BC_PF else 1
     t_end = t_lo + tl.cdiv(t_hi - t_lo, UNROLL * T) * (UNROLL * T)
     for t00 in tl.range(t_lo, t_end, UNROLL * T):
