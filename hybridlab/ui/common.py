@@ -3,13 +3,20 @@ examples found beside the package. Names from the database are shown with ``show
 (control characters escaped) wherever they are text for people, never where they are values."""
 from __future__ import annotations
 
+import dataclasses
 import html
 from pathlib import Path
 
-from hybridlab.specs.source import parse_yaml
+from hybridlab.composer.plugins import OPT_IN_HINT
 from hybridlab.errors import Problem, UserError
 from hybridlab.formatting import shown_name
+from hybridlab.specs.source import parse_yaml
 from hybridlab.ui.paths import shipped_examples
+
+
+#: What the page says about a spec naming plugins (the web server never imports them).
+PAGE_PLUGIN_HINT = ("the web page never imports plugins; remove plugins:, or check the spec on "
+                    "your own machine with hybridlab validate --allow-plugins SPEC")
 
 
 def trial_label(row: dict) -> str:
@@ -62,6 +69,8 @@ def problems_html(problems: list[Problem], ok_text: str = "") -> str:
         return f"<div class='hl-ok' style='color:#1a7f37'>✔ {html.escape(ok_text)}</div>"
     items = []
     for p in problems:
+        if p.hint == OPT_IN_HINT:       # the CLI's opt-in does not exist here
+            p = dataclasses.replace(p, hint=PAGE_PLUGIN_HINT)
         where = f"line {p.line}, col {p.col}" if p.line else "(no line)"
         field = f"<code>{_text(p.field)}</code>: " if p.field else ""
         hint = (f"<div style='color:#555;margin-left:1em'>hint: {_text(p.hint)}</div>"
