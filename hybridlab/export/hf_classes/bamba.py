@@ -66,3 +66,26 @@ def fit(model, state: dict | None = None) -> NativeExport:
     weights["model.final_layernorm.weight"] = state["norm_f.weight"]
     return NativeExport(MODEL_TYPE, ARCHITECTURE, config, contiguous(weights),
                         tied=bool(m.tie_embeddings))
+
+
+def to_spec(c) -> tuple[dict, list[str]]:
+    """A ``BambaConfig`` -> spec data (and what it leaves out)."""
+    from hybridlab.export.hf_classes.common import Reader, attention_block, mamba2_block
+
+    r = Reader(c, "Bamba")
+    r.expect("hidden_act", "silu")
+    r.expect("attention_bias", False, "hybridlab's attention has no output-projection bias")
+    r.expect("z_loss_coefficient", 0.0, "a training setting hybridlab's LM loss has no term for")
+    blocks = {
+        "M": mamba2_block(c, c.mamba_n_heads, c.mamba_d_head, c.mamba_d_state, c.mamba_d_conv,
+                          c.mamba_n_groups, c.mamba_chunk_size, c.mamba_conv_bias,
+                          c.mamba_proj_bias, c.time_step_limit, c.rms_norm_eps),
+        "*": attention_block(c, c.num_attention_heads, c.num_key_value_heads,
+                             getattr(c, "head_dim", None), r.rope()),
+        "-": {"type": "mlp", "hidden_mult": r.mult(c.intermediate_size), "bias": bool(c.mlp_bias)},
+    }
+    attn = set(c.attn_layer_indices or [])
+    pattern = " ".join(("*" if i in attn else "M") + "-" for i in range(c.num_hidden_layers))
+    data = {"name": "bamba", "model": r.model(), "pattern": pattern,
+            "blocks": {k: v for k, v in blocks.items() if k in pattern}}
+    return data, r.notes

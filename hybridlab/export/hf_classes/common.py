@@ -231,3 +231,88 @@ def mamba2_fields(c, block, prefix: str = "mamba_") -> dict:
             f"{prefix}d_conv": c.d_conv, f"{prefix}expand": block.d_inner // block.layer.d_model,
             f"{prefix}chunk_size": c.chunk_size, f"{prefix}conv_bias": c.conv_bias,
             f"{prefix}proj_bias": c.bias, "time_step_limit": list(c.dt_limit)}
+
+
+# -- reading a transformers config into a spec (convert --from hf) -------------------------------
+class ZeroWeights(str):
+    """A left-out note about weights the class has and hybridlab's block lacks (biases,
+    adapters): weights can still be read back when those are zero, as hybridlab's export
+    writes them."""
+
+
+class Reader:
+    """A transformers config object read into spec data; ``notes`` lists what the spec leaves
+    out (settings hybridlab cannot express: the spec then describes the layout, not these
+    exact weights)."""
+
+    def __init__(self, config, class_name: str):
+        self.c = config
+        self.class_name = class_name
+        self.notes: list[str] = []
+
+    def zero_weights(self, ok: bool, text: str) -> None:
+        if not ok:
+            self.notes.append(ZeroWeights(text + " (weights load only where they are zero)"))
+
+    def get(self, name: str, default=None):
+        return getattr(self.c, name, default)
+
+    def expect(self, name: str, want, why: str = "") -> None:
+        got = self.get(name, want)
+        same = (abs(float(got) - float(want)) <= 1e-12 * max(1.0, abs(float(want)))
+                if isinstance(want, (int, float)) and not isinstance(want, bool)
+                and isinstance(got, (int, float)) else got == want)
+        if not same:
+            self.notes.append(f"{name} = {got!r}: {why or f'hybridlab has no such setting (only {want!r})'}")
+
+    def model(self, norm_eps_field: str = "rms_norm_eps", tie: bool | None = None) -> dict:
+        c = self.c
+        return {"d_model": int(c.hidden_size), "vocab_size": int(c.vocab_size),
+                "norm": "rmsnorm", "norm_eps": float(getattr(c, norm_eps_field)),
+                "tie_embeddings": bool(c.tie_word_embeddings) if tie is None else tie,
+                "init": {"std": float(self.get("initializer_range", 0.02))}}
+
+    def mult(self, width: int) -> float:
+        """hidden_mult giving ``width`` at this d_model (round(mult * d_model) == width)."""
+        mult = int(width) / int(self.c.hidden_size)
+        assert round(mult * int(self.c.hidden_size)) == int(width)
+        return mult
+
+    def rope(self, nope: bool = False) -> dict:
+        """Attention position fields from ``rope_parameters`` (default RoPE only)."""
+        if nope:
+            return {"rope": False}
+        params = dict(self.get("rope_parameters") or {})
+        if params.get("rope_type", "default") != "default":
+            self.notes.append(f"rope_parameters.rope_type = {params['rope_type']!r}: hybridlab "
+                              "has default RoPE only")
+        return {"rope": True, "rope_theta": float(params.get("rope_theta", 10000.0)),
+                "rope_fraction": float(params.get("partial_rotary_factor", 1.0))}
+
+
+def mamba2_block(c, heads: int, head_dim: int, d_state: int, d_conv: int, ngroups: int,
+                 chunk: int, conv_bias: bool, bias: bool, dt_limit, norm_eps: float,
+                 dt: tuple = ()) -> dict:
+    """A mamba2 block for transformers' Mamba-2 fields; ``d_ssm`` only where the width is not
+    expand * d_model."""
+    d_model = int(c.hidden_size)
+    width = int(heads) * int(head_dim)
+    lo, hi = (list(dt_limit) + [0.0, float("inf")])[:2]
+    out = {"type": "mamba2", "d_state": int(d_state), "d_conv": int(d_conv),
+           "headdim": int(head_dim), "ngroups": int(ngroups), "chunk_size": int(chunk),
+           "conv_bias": bool(conv_bias), "bias": bool(bias), "norm_eps": float(norm_eps),
+           "dt_limit": [float(lo), None if hi == float("inf") else float(hi)]}
+    if width % d_model:
+        out["d_ssm"] = width
+    else:
+        out["expand"] = width // d_model
+    if dt:
+        out.update(dt_min=float(dt[0]), dt_max=float(dt[1]), dt_init_floor=float(dt[2]))
+    return out
+
+
+def attention_block(c, heads: int, kv_heads: int, head_dim: int | None, position: dict) -> dict:
+    out = {"type": "attention", "n_heads": int(heads), "n_kv_heads": int(kv_heads), **position}
+    if head_dim is not None and int(head_dim) != int(c.hidden_size) // int(heads):
+        out["head_dim"] = int(head_dim)
+    return out

@@ -82,3 +82,38 @@ def fit(model, state: dict | None = None) -> NativeExport:
     weights["model.final_layernorm.weight"] = state["norm_f.weight"]
     return NativeExport(MODEL_TYPE, ARCHITECTURE, config, contiguous(weights),
                         tied=bool(m.tie_embeddings))
+
+
+def to_spec(c) -> tuple[dict, list[str]]:
+    """A ``FalconH1Config`` -> spec data (and what it leaves out)."""
+    from hybridlab.export.hf_classes.common import Reader, attention_block, mamba2_block
+
+    r = Reader(c, "FalconH1")
+    r.expect("hidden_act", "silu")
+    r.expect("attention_bias", False, "hybridlab's attention has no output-projection bias")
+    r.expect("projectors_bias", c.mamba_proj_bias, "hybridlab's Mamba-2 has one bias setting "
+                                                   "for in_proj and out_proj")
+    for name in ("lm_head_multiplier", "embedding_multiplier", "key_multiplier",
+                 "attention_out_multiplier", "attention_in_multiplier", "ssm_in_multiplier",
+                 "ssm_out_multiplier"):
+        r.expect(name, 1.0, "hybridlab has no muP multipliers (the spec leaves it out)")
+    for name, n in (("mlp_multipliers", 2), ("ssm_multipliers", 5)):
+        r.expect(name, [1.0] * n, "hybridlab has no muP multipliers (the spec leaves it out)")
+    d_ssm = c.mamba_d_ssm if c.mamba_d_ssm is not None else c.mamba_expand * c.hidden_size
+    ssm = mamba2_block(c, c.mamba_n_heads, c.mamba_d_head, c.mamba_d_state, c.mamba_d_conv,
+                       c.mamba_n_groups, c.mamba_chunk_size, c.mamba_conv_bias, c.mamba_proj_bias,
+                       c.time_step_limit, c.rms_norm_eps)
+    ssm.update(rmsnorm=bool(c.mamba_rms_norm), norm_before_gate=bool(c.mamba_norm_before_gate))
+    if int(c.mamba_n_heads) * int(c.mamba_d_head) != int(d_ssm):
+        r.notes.append("mamba_n_heads * mamba_d_head differs from mamba_d_ssm")
+    attention = attention_block(c, c.num_attention_heads, c.num_key_value_heads,
+                                getattr(c, "head_dim", None), r.rope())
+    attention.pop("type")
+    attention["rope_fraction"] = 1.0           # FalconH1 rotates whole heads
+    blocks = {"P": {"type": "parallel", "combine": "sum", "branch_norm": False,
+                    "attention": attention, "ssm": ssm},
+              "-": {"type": "mlp", "hidden_mult": r.mult(c.intermediate_size),
+                    "bias": bool(c.mlp_bias)}}
+    data = {"name": "falcon-h1", "model": r.model(), "blocks": blocks,
+            "pattern": f"(P-) x {int(c.num_hidden_layers)}"}
+    return data, r.notes

@@ -113,3 +113,39 @@ def fit(model, state: dict | None = None) -> NativeExport:
     weights["model.norm.weight"] = state["norm_f.weight"]
     return NativeExport(MODEL_TYPE, ARCHITECTURE, config, contiguous(weights),
                         tied=bool(m.tie_embeddings), notes=notes)
+
+
+def to_spec(c) -> tuple[dict, list[str]]:
+    """A ``GraniteMoeHybridConfig`` -> spec data (and what it leaves out)."""
+    from hybridlab.export.hf_classes.common import Reader, attention_block, mamba2_block
+
+    r = Reader(c, "GraniteMoeHybrid")
+    r.expect("hidden_act", "silu")
+    r.expect("attention_bias", False, "hybridlab's attention has no output-projection bias")
+    for name in ("embedding_multiplier", "logits_scaling", "residual_multiplier"):
+        r.expect(name, 1.0, "hybridlab has no muP multipliers (the spec leaves it out)")
+    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    r.expect("attention_multiplier", 1.0 / math.sqrt(head_dim),
+             "hybridlab scales attention scores by 1/sqrt(head_dim)")
+    blocks = {
+        "M": mamba2_block(c, c.mamba_n_heads, c.mamba_d_head, c.mamba_d_state, c.mamba_d_conv,
+                          c.mamba_n_groups, c.mamba_chunk_size, c.mamba_conv_bias,
+                          c.mamba_proj_bias, c.time_step_limit, c.rms_norm_eps),
+        "*": attention_block(c, c.num_attention_heads, c.num_key_value_heads,
+                             getattr(c, "head_dim", None),
+                             r.rope(nope=c.position_embedding_type != "rope")),
+    }
+    if c.num_local_experts:
+        ffn = {"type": "moe", "n_experts": int(c.num_local_experts),
+               "top_k": int(c.num_experts_per_tok), "hidden_mult": r.mult(c.intermediate_size),
+               "score": "softmax", "normalize_top_k": True,
+               "lb_loss_coef": float(c.router_aux_loss_coef)}
+        if c.shared_intermediate_size:
+            ffn.update(n_shared_experts=1, shared_hidden_mult=r.mult(c.shared_intermediate_size))
+        blocks["E"], symbol = ffn, "E"
+    else:
+        blocks["-"], symbol = {"type": "mlp", "hidden_mult": r.mult(c.shared_intermediate_size)}, "-"
+    pattern = " ".join(("*" if t == "full_attention" else "M") + symbol for t in c.layer_types)
+    data = {"name": "granite-moe-hybrid", "model": r.model(), "pattern": pattern,
+            "blocks": {k: v for k, v in blocks.items() if k in pattern}}
+    return data, r.notes

@@ -123,3 +123,30 @@ def fit(model, state: dict | None = None) -> NativeExport:
     weights["model.final_layernorm.weight"] = state["norm_f.weight"]
     return NativeExport(MODEL_TYPE, ARCHITECTURE, config, contiguous(weights),
                         tied=bool(m.tie_embeddings))
+
+
+def to_spec(c) -> tuple[dict, list[str]]:
+    """A ``JambaConfig`` -> spec data (and what it leaves out)."""
+    from hybridlab.export.hf_classes.common import Reader, attention_block
+
+    r = Reader(c, "Jamba")
+    r.expect("hidden_act", "silu")
+    blocks = {
+        "M": {"type": "mamba1", "d_state": int(c.mamba_d_state), "d_conv": int(c.mamba_d_conv),
+              "expand": int(c.mamba_expand), "dt_rank": int(c.mamba_dt_rank),
+              "conv_bias": bool(c.mamba_conv_bias), "bias": bool(c.mamba_proj_bias),
+              "dt_bc_norm": True, "dt_bc_norm_eps": float(c.rms_norm_eps)},
+        "*": attention_block(c, c.num_attention_heads, c.num_key_value_heads,
+                             getattr(c, "head_dim", None), r.rope(nope=True)),
+        "-": {"type": "mlp", "hidden_mult": r.mult(c.intermediate_size)},
+        "E": {"type": "moe", "n_experts": int(c.num_experts), "top_k": int(c.num_experts_per_tok),
+              "hidden_mult": r.mult(c.intermediate_size), "normalize_top_k": False,
+              "score": "softmax", "lb_loss_coef": float(c.router_aux_loss_coef)},
+    }
+    experts = c.layers_num_experts
+    pattern = " ".join(("*" if kind == "attention" else "M") + ("E" if experts[i] > 1 else "-")
+                       for i, kind in enumerate(c.layers_block_type))
+    used = set(pattern.replace(" ", ""))
+    data = {"name": "jamba", "model": r.model(), "pattern": pattern,
+            "blocks": {k: v for k, v in blocks.items() if k in used}}
+    return data, r.notes

@@ -42,3 +42,17 @@ def fit(model, state: dict | None = None) -> NativeExport:
     weights["backbone.norm_f.weight"] = state["norm_f.weight"]
     return NativeExport(MODEL_TYPE, ARCHITECTURE, config, contiguous(weights),
                         tied=bool(m.tie_embeddings))
+
+
+def to_spec(c) -> tuple[dict, list[str]]:
+    """A ``MambaConfig`` -> spec data (and what it leaves out)."""
+    from hybridlab.export.hf_classes.common import Reader
+
+    r = Reader(c, "Mamba")
+    r.expect("hidden_act", "silu")
+    block = {"type": "mamba1", "d_state": int(c.state_size), "d_conv": int(c.conv_kernel),
+             "expand": int(c.expand), "dt_rank": int(c.time_step_rank),
+             "conv_bias": bool(c.use_conv_bias), "bias": bool(c.use_bias)}
+    data = {"name": "mamba", "model": r.model("layer_norm_epsilon"), "blocks": {"M": block},
+            "pattern": f"(M) x {int(c.num_hidden_layers)}"}
+    return data, r.notes

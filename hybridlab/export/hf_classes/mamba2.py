@@ -55,3 +55,17 @@ def fit(model, state: dict | None = None) -> NativeExport:
     weights["backbone.norm_f.weight"] = state["norm_f.weight"]
     return NativeExport(MODEL_TYPE, ARCHITECTURE, config, contiguous(weights),
                         tied=bool(m.tie_embeddings))
+
+
+def to_spec(c) -> tuple[dict, list[str]]:
+    """A ``Mamba2Config`` -> spec data (and what it leaves out)."""
+    from hybridlab.export.hf_classes.common import Reader, mamba2_block
+
+    r = Reader(c, "Mamba2")
+    r.expect("hidden_act", "silu")
+    block = mamba2_block(c, c.num_heads, c.head_dim, c.state_size, c.conv_kernel, c.n_groups,
+                         c.chunk_size, c.use_conv_bias, c.use_bias, c.time_step_limit,
+                         c.layer_norm_epsilon)
+    data = {"name": "mamba2", "model": r.model("layer_norm_epsilon"), "blocks": {"M": block},
+            "pattern": f"(M) x {int(c.num_hidden_layers)}"}
+    return data, r.notes

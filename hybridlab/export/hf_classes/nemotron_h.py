@@ -121,3 +121,42 @@ def moe_weights(block: dict, moe, d_model: int) -> dict:
                   "down_proj.weight": w.new_zeros(d_model, 1)}
     out.update({"shared_experts." + k: v for k, v in shared.items()})
     return out
+
+
+def to_spec(c) -> tuple[dict, list[str]]:
+    """A ``NemotronHConfig`` -> spec data (and what it leaves out)."""
+    from hybridlab.export.hf_classes.common import Reader, attention_block, mamba2_block
+
+    r = Reader(c, "NemotronH")
+    act = c.mlp_hidden_act if c.mlp_hidden_act in ACTIVATIONS else "relu2"
+    r.expect("mlp_hidden_act", act, "hybridlab's ungated MLPs are relu2 or gelu")
+    for name in ("mlp_bias", "attention_bias"):
+        r.expect(name, False, "hybridlab has no such biases")
+    r.expect("mamba_hidden_act", "silu")
+    r.expect("moe_latent_size", None, "hybridlab's MoE has no latent projection")
+    r.expect("n_group", 1, "hybridlab routes without expert groups")
+    r.expect("routed_scaling_factor", 1.0, "hybridlab does not scale routed weights")
+    r.expect("num_nextn_predict_layers", 0, "hybridlab has no multi-token prediction layers")
+    r.expect("sliding_window", None, "NemotronH's attention layers are full in hybridlab")
+    shared = int(c.moe_shared_expert_intermediate_size) if c.n_shared_experts else 0
+    blocks = {
+        "M": mamba2_block(c, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size,
+                          c.conv_kernel, c.n_groups, c.chunk_size, c.use_conv_bias, c.use_bias,
+                          c.time_step_limit, c.layer_norm_epsilon,
+                          (c.time_step_min, c.time_step_max, c.time_step_floor)),
+        "*": attention_block(c, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                             r.rope(nope=True)),
+        "-": {"type": "mlp", "activation": act, "hidden_mult": r.mult(c.intermediate_size)},
+        "E": {"type": "moe", "n_experts": int(c.n_routed_experts),
+              "top_k": int(c.num_experts_per_tok), "activation": act, "score": "sigmoid",
+              "hidden_mult": r.mult(c.moe_intermediate_size),
+              "normalize_top_k": bool(c.norm_topk_prob),
+              "n_shared_experts": 1 if shared else 0,
+              **({"shared_hidden_mult": r.mult(shared)} if shared else {})},
+    }
+    symbols = {v: k for k, v in LAYER_TYPES.items()}
+    to_symbol = {"mamba2": "M", "attention": "*", "mlp": "-", "moe": "E"}
+    pattern = "".join(to_symbol[symbols[t]] for t in c.layers_block_type)
+    data = {"name": "nemotron-h", "model": r.model("layer_norm_epsilon", tie=False),
+            "pattern": pattern, "blocks": {k: v for k, v in blocks.items() if k in pattern}}
+    return data, r.notes

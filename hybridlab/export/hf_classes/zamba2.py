@@ -151,3 +151,44 @@ def _shared(block: dict, use, uses: list[int], hybrids, state: dict, rank: int,
             out[lst + "0.weight"] = torch.zeros(1, w.shape[1], dtype=w.dtype, device=w.device)
             out[lst + "1.weight"] = torch.zeros(w.shape[0], 1, dtype=w.dtype, device=w.device)
     return out
+
+
+def to_spec(c) -> tuple[dict, list[str]]:
+    """A ``Zamba2Config`` -> spec data (and what it leaves out)."""
+    from hybridlab.export.hf_classes.common import Reader, mamba2_block
+
+    r = Reader(c, "Zamba2")
+    gates = {v: k for k, v in ACTS.items()}
+    act = gates.get(c.hidden_act, "geglu")
+    r.expect("hidden_act", {"swiglu": "silu", "geglu": "gelu"}[act], "hybridlab's zamba2 MLP "
+             "gates with silu or gelu")
+    r.zero_weights(not c.add_bias_linear, "add_bias_linear = True: Zamba2's MLP biases are not "
+                   "in hybridlab's zamba2 block")
+    r.expect("use_long_context", False, "hybridlab does not rescale RoPE")
+    rank = int(c.adapter_rank) if c.use_shared_attention_adapter else 0
+    r.zero_weights(bool(rank), f"use_shared_attention_adapter = False: Zamba2's MLP adapters "
+                   f"(rank {c.adapter_rank}) are not in hybridlab's zamba2 block without q/k/v "
+                   "adapters")
+    d = int(c.hidden_size)
+    mamba = mamba2_block(c, c.n_mamba_heads, c.mamba_expand * d // c.n_mamba_heads,
+                         c.mamba_d_state, c.mamba_d_conv, c.mamba_ngroups, c.chunk_size,
+                         c.use_conv_bias, c.add_bias_linear, (c.time_step_min, float("inf")),
+                         MAMBA_NORM_EPS, (c.time_step_min, c.time_step_max, c.time_step_floor))
+    shared = {"type": "shared_attention", "structure": "zamba2",
+              "n_heads": int(c.num_attention_heads), "n_kv_heads": int(c.num_key_value_heads),
+              **r.rope(nope=not c.use_mem_rope), "concat_embeddings": True,
+              "mlp_hidden_mult": r.mult(c.intermediate_size), "mlp_activation": act,
+              "adapter_rank": rank, "norm_eps": float(c.rms_norm_eps),
+              "mamba": {k: v for k, v in mamba.items() if k != "type"}}
+    shared.pop("rope_fraction", None)
+    names = [chr(ord("A") + i) for i in range(int(c.num_mem_blocks))]
+    blocks = {"M": mamba, **{name: dict(shared) for name in names}}
+    hybrid, pattern = 0, []
+    for t in c.layers_block_type:
+        if t == "hybrid":
+            pattern.append(names[hybrid % len(names)])
+            hybrid += 1
+        else:
+            pattern.append("M")
+    data = {"name": "zamba2", "model": r.model(), "blocks": blocks, "pattern": " ".join(pattern)}
+    return data, r.notes
