@@ -6,6 +6,9 @@ Rule: fused Triton kernels on CUDA tensors, the pure-torch reference elsewhere.
 
 Each op lives in its own folder, ``hybridlab/kernels/ops/<folder>/``, with ``reference.py`` (torch)
 next to ``fused.py`` (Triton); both expose a function of the op's name with the same signature.
+The fused scans also take ``plan=``, their launch plan (``plan.py`` beside them): one frozen
+value of launch settings, chosen once at import from the environment (knobs.py), as this module
+chooses the implementation; a caller may pass another (``dataclasses.replace``).
 (The folders sit under ``ops/`` so that ``hybridlab.kernels.ssd`` stays the dispatched function
 rather than being shadowed by a sub-package of the same name.)
 """
