@@ -14,7 +14,7 @@ exist to be timed against them.
 | HYBRIDLAB_SSD_SEQ_STATE_FILL | the forward's sequential state walk is cut into segments of chunks, walked in parallel, until (batch x head x state tile x segment) has this many programs | 256 |
 | HYBRIDLAB_SSD_SEQ_STATE_BN | state columns per tile of those kernels (32, 64 or 128) | 64 |
 | HYBRIDLAB_SSD_SEQ_STATE_ROWS | rows per step of those kernels (16, 32, 64 or 128; at most the chunk) | 128 |
-| HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3 SISO (power of two, 16..256; at most HYBRIDLAB_SSD_MAX_CHUNK) | 128 |
+| HYBRIDLAB_MAMBA3_SSD_CHUNK | SSD chunk length for Mamba-3, SISO and MIMO (power of two, 16..256; at most HYBRIDLAB_SSD_MAX_CHUNK) | SISO 64 where the sequential state kernels run, else 128; MIMO 128 |
 | HYBRIDLAB_MAMBA3_ROTATE_PAIRS | rotation pairs per Mamba-3 backward program (power of two) | 16 |
 | HYBRIDLAB_MAMBA3_ANGLE_CHUNK | steps per Mamba-3 rotation program (16, 32 or 64) | 64 |
 | HYBRIDLAB_MAMBA3_ROTATE_FWD_WARPS | warps per Mamba-3 forward rotation program (4, 8 or 16) | 8 |
