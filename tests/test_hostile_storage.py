@@ -205,6 +205,51 @@ def test_the_database_file_is_never_opened_outside_sqlite(good_db, tmp_path, mon
     assert not [f for f in opened if Path(f).resolve() == path.resolve()]
 
 
+@pytest.mark.parametrize("url, phrase", [
+    ("postgresql://someone:secret@127.0.0.1:1/nowhere", "cannot reach"),
+    ("mysql://someone:secret@localhost/db", "database driver is not installed"),
+    ("nonsense://x", "is not a database URL"),
+    ("a b://x", "is not a database URL"),
+])
+def test_unusable_urls(url, phrase, capsys):
+    for argv in (["studies", "--db", url], ["search", "status", "s", "--db", url],
+                 ["search", str(REPO / "examples" / "search-quick.yaml"), "--db", url]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert phrase in err and "secret" not in err and "Traceback" not in err
+
+
+def test_broken_postgres_databases(postgres_url, capsys):
+    from sqlalchemy import text
+    store = Store(postgres_url)
+    optuna.create_study(storage=store.optuna_storage(), study_name="s").optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert main(["studies", "--db", postgres_url]) == 0
+    capsys.readouterr()
+    with store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE hl_schema_version SET version = {SCHEMA_VERSION + 1}"))
+    dispose_engines()
+    for argv in (["studies", "--db", postgres_url], ["search", "status", "s", "--db",
+                                                      postgres_url]):
+        assert main(argv) == 2
+        assert "written by a newer hybridlab" in capsys.readouterr().err
+    with pytest.raises(SchemaError):
+        Store(postgres_url)
+    with Store(postgres_url, readonly=True).engine.connect() as conn:
+        assert conn.execute(text("SELECT version FROM hl_schema_version")).scalar() == \
+            SCHEMA_VERSION + 1                             # refused, not migrated
+    dispose_engines()
+    from hybridlab.storage.engine import writer_engine
+    with writer_engine(postgres_url).begin() as conn:
+        conn.execute(text(f"UPDATE hl_schema_version SET version = {SCHEMA_VERSION}"))
+        conn.execute(text("DROP TABLE hl_runs"))
+    dispose_engines()
+    assert main(["search", "status", "s", "--db", postgres_url]) == 2
+    assert "missing hybridlab's table hl_runs" in capsys.readouterr().err
+    with pytest.raises(StoreError, match="hl_runs"):
+        Store(postgres_url)                                # never re-created behind your back
+
+
 def test_empty_and_missing_files(tmp_path, capsys):
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")                          # an empty file is an empty SQLite database

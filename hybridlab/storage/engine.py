@@ -23,6 +23,8 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
+from hybridlab.errors import StoreError
+
 DEFAULT_URL = "sqlite:///hybridlab.db"
 BUSY_TIMEOUT_S = 30.0
 
@@ -43,6 +45,12 @@ def resolve_url(url: str | os.PathLike | None = None) -> str:
         return "sqlite:///" + str(Path(url).expanduser().resolve())
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    try:
+        make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StoreError(f"--db {url.split('://', 1)[0]}://... is not a database URL; give a "
+                         f"SQLite file (runs.db) or postgresql+psycopg://user:password@host/"
+                         f"database") from None
     if is_sqlite(url):
         path = sqlite_path(url)
         if path is not None:  # make relative SQLite paths absolute so workers agree
@@ -146,7 +154,15 @@ def _make_engine(url: str, readonly: bool) -> Engine:
         engine = sqlalchemy.create_engine(target, **sqlite_engine_kwargs())
         return configure_sqlite_engine(engine, readonly=readonly)
     kwargs: dict = {"pool_pre_ping": True}
-    engine = sqlalchemy.create_engine(url, **kwargs)
+    try:
+        engine = sqlalchemy.create_engine(url, **kwargs)
+    except ImportError as e:        # the URL names a driver that is not installed
+        hint = " (pip install \"psycopg[binary]\")" if "psycopg" in str(e) else ""
+        raise StoreError(f"cannot open {display_url(url)}: its database driver is not "
+                         f"installed ({e}){hint}") from None
+    except (ValueError, sqlalchemy.exc.ArgumentError) as e:
+        raise StoreError(f"--db {display_url(url)} is not a database URL ({e}); give a SQLite "
+                         f"file or postgresql+psycopg://user:password@host/database") from None
     if readonly and engine.dialect.name == "postgresql":
         engine = engine.execution_options(postgresql_readonly=True)
     return engine
