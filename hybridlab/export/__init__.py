@@ -2,6 +2,10 @@
 
 * ``native``   spec.yaml + model.safetensors + metrics.json + README.md; ``load_model(DIR)``
 * ``hf``       transformers config/model classes (``register()``) and ``export_hf``
+* ``hf_classes`` one module per native transformers class: the weight/config mapping, both ways
+* ``remote_code`` the fallback's trust_remote_code package (hybridlab's own source, copied)
+* ``hf_tokenizer`` the byte-level tokenizer and generation config an HF folder ships
+* ``hf_load``  ``load_model`` for HF folders and their save_pretrained copies
 * ``hf_hook``  ``install()``: registers with transformers once it is imported (cheap)
 * ``layout``   ``scale_spec`` / ``export_layout`` for ``--layout-only``
 * ``generate`` decoding through the recurrent step (``generate_text`` for byte-level models)
