@@ -15,7 +15,7 @@ import sys
 from hybridlab.errors import SettingError, UserError
 
 COMMANDS = ["validate", "summary", "convert", "train", "search", "studies", "ui",
-            "export", "generate"]
+            "export", "generate", "scale"]
 
 
 def build_parser() -> argparse.ArgumentParser:

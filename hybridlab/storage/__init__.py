@@ -3,6 +3,7 @@ default, PostgreSQL for searches spanning machines). ``Store`` is the one door i
 from .engine import (DEFAULT_URL, artifact_root, display_url, reader_engine, resolve_url,
                      writer_engine)
 from .health import UnknownStudy, printable
+from .linked import linked_studies, open_linked_study, proxy_of  # noqa: F401  (linked studies)
 from .locks import StudyLock, schema_lock, study_lock
 from .optuna_db import optuna_storage
 from .repository import Store, library_versions
