@@ -8,6 +8,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from hybridlab.formatting import shown_name
 from hybridlab.storage import Store, display_url, resolve_url
 from hybridlab.storage.engine import database_exists
 from hybridlab.ui.paths import Roots, shipped_examples
@@ -36,7 +37,9 @@ class UIContext:
 
     @property
     def shown_url(self) -> str:
-        return display_url(self.url)
+        """The database as the page and the log show it (no password, control characters
+        escaped)."""
+        return shown_name(display_url(self.url))
 
     def store(self) -> Store:
         """The read-only Store; re-opened once a database that was missing appears (e.g. the

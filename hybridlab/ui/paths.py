@@ -71,7 +71,7 @@ class Roots:
         return f"Roots({[str(r) for r in self.roots]})"
 
     def describe(self) -> str:
-        return " and ".join(str(r) for r in self.roots)
+        return " and ".join(shown_name(r) for r in self.roots)
 
     def contains(self, path: str | os.PathLike) -> bool:
         """Whether ``path`` (resolved, symlinks followed) lies inside a root."""
