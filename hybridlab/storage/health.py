@@ -61,9 +61,8 @@ def printable(text) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _restore(url: str) -> str:
-    return ("Restore it from a backup or copy, or give --db another database (a new file name "
-            "starts a new one)")
+RESTORE = ("Restore it from a backup or copy, or give --db another database (a new file name "
+           "starts a new one)")
 
 
 # -- the file itself ---------------------------------------------------------------------------
@@ -90,7 +89,7 @@ def check_file(url: str) -> None:
     if size % SQLITE_MIN_PAGE:      # every page size is a multiple of 512 bytes
         raise StoreError(f"{path} is not a whole SQLite database: {size:,} bytes is no whole "
                          f"number of database pages (a file cut short, or not a database at "
-                         f"all). {UNCHANGED} {_restore(url)}")
+                         f"all). {UNCHANGED} {RESTORE}")
 
 
 def require_database(url: str) -> None:
@@ -132,13 +131,13 @@ def table_state(engine: Engine, url: str) -> TableState:
                         f"{display_url(url)} is missing hybridlab's table"
                         f"{'s' if len(missing) > 1 else ''} {', '.join(missing)} (its other "
                         f"tables are there): the database was damaged or edited. {UNCHANGED} "
-                        f"{_restore(url)}")
+                        f"{RESTORE}")
                 version = conn.execute(select(func.max(SchemaVersion.version))).scalar()
                 if version is None:
                     raise StoreError(
                         f"{display_url(url)} has hybridlab's tables but no schema version in "
                         f"hl_schema_version: the database was damaged or edited. {UNCHANGED} "
-                        f"{_restore(url)}")
+                        f"{RESTORE}")
                 check_version(int(version), display_url(url))
             theirs = names & OPTUNA_TABLES
             initialised = {"version_info", "alembic_version"} <= theirs and all(
@@ -149,7 +148,7 @@ def table_state(engine: Engine, url: str) -> TableState:
                 raise StoreError(
                     f"{display_url(url)} is missing Optuna's table"
                     f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}: the database was "
-                    f"damaged or edited. {UNCHANGED} {_restore(url)}")
+                    f"damaged or edited. {UNCHANGED} {RESTORE}")
     return TableState(hybridlab=bool(ours), optuna=initialised,
                       version=None if version is None else int(version))
 
@@ -166,14 +165,14 @@ def damaged(url: str, error: BaseException) -> StoreError:
     where = display_url(url)
     if "file is not a database" in low:
         what = f"{where} is not a SQLite database, or it is damaged beyond reading"
-        todo = f"{UNCHANGED} {_restore(url)}"
+        todo = f"{UNCHANGED} {RESTORE}"
     elif "malformed" in low or "corrupt" in low or "disk i/o error" in low:
         what = f"{where} is damaged (SQLite: {detail})"
-        todo = (f"{UNCHANGED} {_restore(url)}; 'sqlite3 FILE .recover' saves what is still "
+        todo = (f"{UNCHANGED} {RESTORE}; 'sqlite3 FILE .recover' saves what is still "
                 f"readable into a new file")
     elif "no such table" in low or "undefinedtable" in low or "does not exist" in low:
         what = f"{where} lacks a table hybridlab reads ({detail})"
-        todo = f"It is not a hybridlab database, or it was damaged or edited. {_restore(url)}"
+        todo = f"It is not a hybridlab database, or it was damaged or edited. {RESTORE}"
     elif "no such column" in low or "undefinedcolumn" in low:
         what = f"{where} does not have the columns this hybridlab reads ({detail})"
         todo = ("It was written by another version of hybridlab or Optuna, or edited; open it "
