@@ -209,6 +209,7 @@ def test_alias_bomb_in_a_search_choice_fails_fast_in_bounded_memory(tmp_path, lo
     got = run_child(f"""
         import contextlib, io
         from hybridlab.cli.main import main
+        import hybridlab.search.spec        # imported before the clock, as the model test does
         err = io.StringIO()
         start = time.perf_counter()
         with contextlib.redirect_stderr(err):

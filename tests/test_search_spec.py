@@ -266,6 +266,28 @@ def test_type_and_range_errors(tmp_path):
     assert ">= 1" in one(probs, "trials").message
 
 
+def test_numbers_beyond_any_float_and_a_list_as_sampler_name(tmp_path):
+    big = "1" + "0" * 400
+    probs = problems(tmp_path, f"""\
+        name: big
+        base: base.yaml
+        space:
+          train.lr: {{float: [1, {big}]}}
+        tasks: [{{name: parity, weight: {big}}}]
+        train: {{steps: 5}}
+        objectives: [{{metric: quality, direction: maximize}}]
+        constraints: {{params_max: {big}}}
+        sampler: {{name: [tpe]}}
+        """)
+    assert one(probs, "space.train.lr.float").message == \
+        f"float bounds must be numbers, got [1, {big}]"
+    assert one(probs, "tasks.0.weight").message == f"weight must be a number > 0, got {big}"
+    assert one(probs, "constraints.params_max").message == \
+        f"the limit must be a number, got {big}"
+    p = one(probs, "sampler.name")
+    assert (p.line, p.message, p.hint) == (9, "unknown sampler ['tpe']", "did you mean 'tpe'?")
+
+
 def test_baseline_errors(tmp_path):
     probs = problems(tmp_path, """\
         name: b

@@ -427,6 +427,8 @@ def test_problem_details(dummy_blocks):
         ({"pattern": "M", "model": {"d_model": 64}}, "model: missing required field 'vocab_size'"),
         ({"pattern": "M", "model": {"d_model": 64, "vocab_size": 8, "init": {"stdd": 1.0}}},
          "model.init.stdd: unknown key 'stdd' in model.init"),
+        ({"layout": {"layers": 4, "mix": {"M": 10 ** 400}}},     # no float holds it
+         "layout.mix.M: a weight must be a number >= 0, got an integer of about 401 digits"),
     ]
     for extra, expected in cases:
         spec = {**base, **extra}

@@ -247,7 +247,7 @@ def read_sampler(data, ctx: Reading) -> SamplerConfig | None:
     raw = dict(raw)
     name = raw.pop("name", "tpe")
     seed = raw.pop("seed", None)
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         ctx.add(("sampler", "name"), f"unknown sampler {name!r}", suggest(name, SAMPLERS))
         return None
     if seed is not None and not is_int(seed):
