@@ -211,7 +211,8 @@ def test_the_database_file_is_never_opened_outside_sqlite(good_db, tmp_path, mon
     ("nonsense://x", "is not a database URL"),
     ("a b://x", "is not a database URL"),
 ])
-def test_unusable_urls(url, phrase, capsys):
+def test_unusable_urls(url, phrase, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HYBRIDLAB_ARTIFACTS", str(tmp_path))   # a server search needs one
     for argv in (["studies", "--db", url], ["search", "status", "s", "--db", url],
                  ["search", str(REPO / "examples" / "search-quick.yaml"), "--db", url]):
         assert main(argv) == 2
