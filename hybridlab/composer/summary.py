@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from hybridlab.composer.builder import HybridModel, build_model
+from hybridlab.composer.loader import load_spec
 from hybridlab.composer.spec import ModelSpec
 
 
@@ -34,7 +35,6 @@ def summarize(spec, contexts=(4096,), dtype: torch.dtype = torch.bfloat16) -> di
     type of cached state and KV, a torch dtype or a name (bf16, fp16, fp32).
     """
     if not isinstance(spec, ModelSpec):
-        from hybridlab.composer.loader import load_spec     # the loader imports this package
         spec = load_spec(spec)
     model: HybridModel = build_model(spec, device="meta")
     contexts = (contexts,) if isinstance(contexts, int) else tuple(int(c) for c in contexts)

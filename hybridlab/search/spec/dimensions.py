@@ -114,8 +114,8 @@ def _distribution(name: str, path: tuple, dist, ctx: Reading, where) -> Param | 
     low, high = (number(b) for b in bounds) if kind == "float" else bounds
     check = is_int if kind == "int" else is_number
     if not check(low) or not check(high):
-        ctx.add(where + (kind,), f"{kind} bounds must be {'integers' if kind == 'int' else 'numbers'}"
-                f", got {bounds!r}")
+        what = "integers" if kind == "int" else "numbers"
+        ctx.add(where + (kind,), f"{kind} bounds must be {what}, got {bounds!r}")
         return None
     if low > high:
         ctx.add(where + (kind,), f"low {low} is above high {high}")
@@ -126,7 +126,8 @@ def _distribution(name: str, path: tuple, dist, ctx: Reading, where) -> Param | 
     if step is not None:
         step = number(step) if kind == "float" else step
         if not check(step) or step <= 0:
-            ctx.add(where + ("step",), f"step must be a positive {'integer' if kind == 'int' else 'number'}")
+            what = "integer" if kind == "int" else "number"
+            ctx.add(where + ("step",), f"step must be a positive {what}")
             return None
         if log and (kind == "float" or step != 1):
             ctx.add(where, "Optuna cannot combine log with step (except int step 1)")
@@ -152,7 +153,8 @@ def _check_model_path(base: Mapping, param: Param, raw_space, ctx: Reading):
         depth = e.args[0] if isinstance(e, TypeError) and e.args and isinstance(e.args[0], int) \
             else None
         prefix, options = deepest(base, path)
-        msg = f"{format_path(path)!r} does not exist in the base spec: no {format_path(path[:len(prefix) + 1])!r}"
+        missing = format_path(path[:len(prefix) + 1])
+        msg = f"{format_path(path)!r} does not exist in the base spec: no {missing!r}"
         hint = suggest(path[len(prefix)], options) if options else \
             f"{format_path(prefix) or 'the spec'} is not a mapping" if depth is not None else ""
         return msg, hint
