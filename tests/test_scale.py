@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -14,6 +18,7 @@ import yaml
 import hybridlab.search.scale_run as scale_run
 from hybridlab.cli.main import main
 from hybridlab.composer.loader import load_spec
+from hybridlab.errors import SpecError
 from hybridlab.search.agreement import agreement
 from hybridlab.search.driver import run_search
 from hybridlab.search.scale import plan_scale, scale_study
@@ -217,3 +222,40 @@ def test_nproc_matches_one_process(proxy_db):
     assert two.trained == 3 and [x.status for x in two.layouts] == ["complete"] * 3
     assert [x.quality for x in two.layouts] == pytest.approx([x.quality for x in one.layouts],
                                                              rel=1e-5)
+
+
+def test_front_chooses_the_proxy_front(proxy_db):
+    store = Store(proxy_db)
+    front = {r["arch_hash"] for r in store.pareto("proxy")}
+    kw = dict(front=True, d_model=16, layers=2, steps=2, tasks=[("bytes_lm", TEXT_SETTINGS)])
+    if len(front) >= 3:
+        plan = plan_scale(store, "proxy", **kw)
+        assert {c.proxy_arch for c in plan.candidates} == front and plan.selection == "front"
+        assert all(c.on_proxy_front for c in plan.candidates)
+    else:                               # this tiny search's front: too few layouts to rank
+        with pytest.raises(SpecError, match=f"has {len(front)} layouts on its Pareto front"):
+            plan_scale(store, "proxy", **kw)
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_the_layout_and_resumes(proxy_db):
+    """SIGINT while a layout trains: exit 130, its trial FAIL / interrupted (a FAIL trial is
+    trained again by the next run: test_failed_layout_is_recorded_and_retried)."""
+    argv = [sys.executable, "-m", "hybridlab.cli.main", "scale", "--db", proxy_db, "--study",
+            "proxy", "--top", "3", "--name", "interrupted", "--d-model", "16", "--layers", "2",
+            "--batch-size", "4", "--eval-points", "1", "--task", TASK_ARG, "--no-progress"]
+    proc = subprocess.Popen(argv + ["--steps", "100000"], stderr=subprocess.PIPE, text=True)
+    store = Store(proxy_db, readonly=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        names = store.study_names()
+        runs = store.runs("interrupted").values() if "interrupted" in names else []
+        if any((r.get("step") or 0) > 0 for r in runs):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    rows = store.trials("interrupted")
+    assert [(r["state"], r["status"]) for r in rows] == [("FAIL", "interrupted")]
