@@ -137,9 +137,9 @@ def test_changed_weights_file_is_refused(db, tmp_path, monkeypatch):
     detail = dict(src.detail)
     detail["artifacts"] = [dict(a, path=str(copy)) if a["kind"] == "weights" else a
                            for a in detail["artifacts"]]
-    import hybridlab.search.objective as objective
+    import hybridlab.export.source as source
     from hybridlab.export.source import weights_file
-    monkeypatch.setattr(objective, "artifact_dir", lambda *a: tmp_path / "nowhere")
+    monkeypatch.setattr(source, "reading_roots", lambda *a: [tmp_path / "nowhere"])
     with pytest.raises(SpecError, match="missing or changed"):
         weights_file(db["store"], detail, "ui-b", 0)
     monkeypatch.undo()

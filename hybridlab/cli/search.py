@@ -3,6 +3,7 @@
     hybridlab search examples/search-quick.yaml                 # default db: ./hybridlab.db
     hybridlab search examples/search-quick.yaml --workers 4     # 4 processes, one GPU each
     hybridlab search status search-quick                         # progress, Pareto front, best
+    hybridlab search S.yaml --db postgresql+psycopg://h/db --artifacts /shared/runs   # each machine
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def register(subparsers) -> None:
     p.add_argument("--db", default=None, metavar="URL",
                    help="database URL or SQLite file (default: sqlite:///hybridlab.db here); "
                         "postgresql+psycopg://user:pass@host/db for searches across machines")
+    p.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="folder for trained weights and specs, recorded in the database so the "
+                        "UI and export find them (default: beside a SQLite file). Required with "
+                        "PostgreSQL: a folder every machine of the search shares (the same "
+                        "network file system, mounted on each)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes on this machine, one GPU each round-robin (default 1)")
     p.add_argument("--trials", type=int, default=None, metavar="N",
@@ -61,13 +67,15 @@ def run(args) -> int:
     from hybridlab.search.driver import run_search
     from hybridlab.search.spec import load_search_spec
     from hybridlab.search.workers import WorkerError, stop_on_signals
-    from hybridlab.storage import display_url, resolve_url
+    from hybridlab.storage import artifacts, display_url, resolve_url
 
     spec = load_search_spec(args.spec, allow_plugins=allow_plugins(args))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = resolve_url(args.db)
+    folder = artifacts.required(url, args.artifacts)     # PostgreSQL: --artifacts, or exit 2
     try:
-        with stop_on_signals():     # Ctrl-C / SIGTERM once: stop cleanly (repeats ignored)
+        # the folder for this process and the workers it starts (the study records it)
+        with stop_on_signals(), artifacts.using(folder):
             report = run_search(spec, db=url, workers=args.workers, trials=args.trials,
                                 device=args.device, progress=not args.no_progress)
     except KeyboardInterrupt:

@@ -4,8 +4,10 @@
     src.spec, src.weights, src.detail, src.objectives
 
 A trial's weights are the ``weights`` artifact recorded in the database; the file must still
-have the recorded sha256. When the database folder was moved, the same file is looked for in
-the conventional place ``<artifact root>/<study>/trial-NNNNN/model.safetensors``.
+have the recorded sha256. It is found through the study's artifact store
+(``hybridlab.storage.artifacts``: ``$HYBRIDLAB_ARTIFACTS``, the folder the search recorded, the
+folder beside a SQLite file) at ``<root>/<study>/trial-NNNNN/model.safetensors`` -- never through
+the current folder -- and last at the path the writing process recorded.
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from hybridlab.specs.source import parse_yaml
 from hybridlab.errors import ExportError, Problem, SpecError
 from hybridlab.storage import Store, printable
 from hybridlab.storage import views
+from hybridlab.storage.artifacts import reading_roots, trial_path
 from hybridlab.storage.repository import file_sha256
+
+WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -131,11 +136,11 @@ def weights_file(store: Store, detail: dict, study: str, number: int) -> tuple[P
         raise _problem(f"trial {number} of {study!r} has no saved weights (status {state})",
                        hint="only trained trials have weights; use --layout-only to export "
                             "the layout at any size, or pick another trial")
-    from hybridlab.search.objective import artifact_dir
-    candidates = [Path(record["path"])]
     source_number = detail.get("reused_from")
-    for n in ([source_number] if source_number is not None else []) + [number]:
-        candidates.append(artifact_dir(store, study, int(n)) / "model.safetensors")
+    numbers = ([int(source_number)] if source_number is not None else []) + [number]
+    candidates = [trial_path(root, study, n, WEIGHTS)
+                  for root in reading_roots(store, study) for n in numbers]
+    candidates.append(Path(record["path"]))     # where the writing process saw it
     tried = []
     for path in candidates:
         if path in tried:

@@ -37,6 +37,8 @@ from hybridlab.search.progress import NullProgress, TqdmProgress
 from hybridlab.search.space import make_sampler
 from hybridlab.search.spec import SearchSpec, load_search_spec
 from hybridlab.storage import Store, StudyLock, display_url, optuna_storage
+from hybridlab.storage.artifacts import attach as attach_artifacts
+from hybridlab.storage.artifacts import required as required_artifacts
 from hybridlab.storage.health import translated
 from hybridlab.storage.repository import counted_finished
 
@@ -294,8 +296,12 @@ def run_search(spec: SearchSpec | str | Path, *, db: str | None = None, workers:
     if not isinstance(spec, SearchSpec):
         spec = load_search_spec(spec)
     target = int(trials or spec.trials)
+    # a server database needs a shared artifact folder: refused before anything is created
+    artifacts_root = required_artifacts(db) if save_artifacts else None
     store = Store(db)
     study = prepare_study(spec, store, target)
+    if save_artifacts:              # record the folder on the study, or check it is the same
+        attach_artifacts(store, spec.name, artifacts_root)
     start_counted = trial_budget(study, target).counted
     bar = TqdmProgress(spec.name, target, start_counted) if progress else NullProgress()
     try:

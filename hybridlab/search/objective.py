@@ -37,6 +37,7 @@ from hybridlab.interrupts import immediate
 from hybridlab.search import space as space_mod
 from hybridlab.search.spec import SearchSpec, cost_settings, make_train_config
 from hybridlab.storage import Store, library_versions
+from hybridlab.storage.artifacts import attach as attach_artifacts
 
 
 class CandidateInvalid(Exception):
@@ -381,16 +382,15 @@ class TrialRunner:
         from safetensors.torch import save_model
 
         from hybridlab.composer.canonical import dump_spec_yaml
-        folder = (self.store.artifact_root / safe_name(trial.study.study_name)
-                  / f"trial-{trial.number:05d}")
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = folder / "model.safetensors"
-        tmp = folder / "model.safetensors.tmp"
-        save_model(model.cpu() if self.device != "cpu" else model, str(tmp),
-                   metadata={"study": trial.study.study_name, "trial": str(trial.number)})
-        tmp.replace(weights)
-        spec_file = folder / "spec.yaml"
-        spec_file.write_text(dump_spec_yaml(model_spec))
+        study = trial.study.study_name
+        # the study's shared folder, checked again each trial (a share unmounted mid-search)
+        artifacts = attach_artifacts(self.store, study)
+        folder = artifacts.make_trial_folder(study, trial.number)
+        cpu_model = model.cpu() if self.device != "cpu" else model
+        weights = artifacts.write(folder, "model.safetensors", lambda tmp: save_model(
+            cpu_model, str(tmp), metadata={"study": study, "trial": str(trial.number)}))
+        spec_file = artifacts.write(folder, "spec.yaml",
+                                    lambda tmp: tmp.write_text(dump_spec_yaml(model_spec)))
         paths = {}
         for kind, path in (("weights", weights), ("spec", spec_file)):
             rec = self.store.add_artifact(trial_id=trial._trial_id,
