@@ -73,7 +73,7 @@ def test_scale_end_to_end(proxy_db, capsys):
     report = json.loads(capsys.readouterr().out)
     linked = "proxy@scale-d24-l3"
     assert report["study"] == linked and report["proxy_study"] == "proxy"
-    assert report["trained"] == 4 and report["selection"] == "top 8"
+    assert report["trained"] == 4 and report["selection"] == "all 4 (top 8 asked)"
 
     # each distinct layout once, never a trial that reused another, best proxy quality first
     chosen = [lay["proxy_trial"] for lay in report["layouts"]]

@@ -270,10 +270,16 @@ def plan_scale(store: Store, study: str, *, top: int | None = None, front: bool 
                        for r in rows)
     return ScalePlan(url=store.url, proxy_study=study,
                      study_name=name or linked_name(study, d_model, layers),
-                     selection="front" if front else f"top {top}", d_model=d_model,
+                     selection=_selection(front, top, len(rows)), d_model=d_model,
                      layers=layers, steps=steps, seeds=seeds, batch_size=batch_size,
                      lr=float(lr), eval_points=eval_points, tasks=tasks, context=context,
                      candidates=candidates, skipped=tuple(skipped))
+
+
+def _selection(front: bool, top: int | None, chosen: int) -> str:
+    if front:
+        return "front"
+    return f"top {top}" if chosen == top else f"all {chosen} (top {top} asked)"
 
 
 # -- running it ---------------------------------------------------------------------------------

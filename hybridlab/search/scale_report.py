@@ -182,7 +182,8 @@ def format_result(res: ScaleResult) -> str:
     state = res.front_axes[2][0]
     earlier = sum(1 for x in res.layouts if x.status == "complete" and not x.trained_now)
     lines = [
-        f"scaled the {res.selection} layouts of study {shown_name(res.proxy_study)!r} to "
+        f"scaled {len(res.layouts)} layouts of study {shown_name(res.proxy_study)!r} "
+        f"({'its Pareto front' if res.selection == 'front' else res.selection}) to "
         f"d_model {res.d_model}, {res.layers} mixer layers; {res.steps} steps on {tasks}, "
         f"{res.seeds} seed{'s' if res.seeds > 1 else ''} each",
         f"linked study {shown_name(res.study)!r} in {display_url(res.url)}: trained "
