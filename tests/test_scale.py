@@ -136,6 +136,13 @@ def test_scale_end_to_end(proxy_db, capsys):
     assert set(report["drops"]) == on_proxy - scaled_front
     assert set(report["joins"]) == scaled_front - on_proxy
 
+    # the scaled weights export like any trial's
+    out = Path(proxy_db.removeprefix("sqlite:///")).parent / "export"
+    assert main(["export", "--db", proxy_db, "--study", linked, "--trial", "0",
+                 "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file()
+    capsys.readouterr()
+
     # again: nothing is retrained, the same numbers come back, in text
     assert main(["scale", "--db", proxy_db, "--study", "proxy", "--seeds", "2",
                  "--no-progress", *SIZE]) == 0
@@ -173,6 +180,12 @@ def test_failed_layout_is_recorded_and_retried(proxy_db, monkeypatch):
     states = [r["state"] for r in _rows(proxy_db, "proxy@scale-d16-l2")]
     assert sorted(states) == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
 
+    # a trial left running by a scale process that was killed is failed by the next run
+    left = optuna.load_study(study_name="proxy@scale-d16-l2", storage=proxy_db).ask()
+    assert scale_study(proxy_db, "proxy", **kw).trained == 0
+    rows = {r["number"]: r for r in _rows(proxy_db, "proxy@scale-d16-l2")}
+    assert rows[left.number]["state"] == "FAIL" and len(calls) == 4
+
 
 def test_plan_chooses_without_training(proxy_db):
     store = Store(proxy_db)
@@ -194,6 +207,7 @@ def test_plan_chooses_without_training(proxy_db):
     (["--study", "proxy", "--task", "nosuch"], "unknown task 'nosuch'"),
     (["--study", "proxy", "--nproc", "0"], "--nproc: must be a positive integer"),
     (["--study", "proxy", "--name", "small"], "not a linked study"),
+    (["--study", "proxy", "--db", "postgresql+psycopg://u@127.0.0.1:9/none"], "--artifacts DIR"),
     (["--study", "proxy", "--name", "measured-otherwise"],
      "was measured with steps=99; this run asks steps=3"),
 ])
@@ -207,7 +221,8 @@ def test_user_errors_exit_2(proxy_db, capsys, argv, message):
                           settings=other.settings())
     given = set(argv[::2])
     extra = [x for k, v in zip(SIZE[::2], SIZE[1::2]) if k not in given for x in (k, v)]
-    assert main(["scale", "--db", proxy_db, "--no-progress", *argv, *extra]) == 2
+    db = [] if "--db" in given else ["--db", proxy_db]
+    assert main(["scale", *db, "--no-progress", *argv, *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 

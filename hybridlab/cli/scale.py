@@ -58,6 +58,10 @@ def register(subparsers) -> None:
                         "GPU each on CUDA, gloo on the CPU); the global batch stays --batch-size")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train (default: cuda if available, else cpu)")
+    p.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="folder for the scaled models' weights, recorded in the database so the "
+                        "UI and export find them (default: beside a SQLite file; required with "
+                        "PostgreSQL, as for 'hybridlab search')")
     p.add_argument("--no-save", action="store_true",
                    help="do not keep the scaled models' weights (seed 0's are kept by default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -84,7 +88,7 @@ def run(args) -> int:
                                  tasks=tasks, seeds=args.seeds, nproc=args.nproc,
                                  device=args.device, batch_size=args.batch_size, lr=args.lr,
                                  eval_points=args.eval_points, name=args.name,
-                                 save_weights=not args.no_save,
+                                 save_weights=not args.no_save, artifacts=args.artifacts,
                                  progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"interrupted: the layouts finished so far are stored in {display_url(url)}; "

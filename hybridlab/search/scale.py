@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -45,7 +46,9 @@ from hybridlab.search.scale_report import ScaleResult, build_result
 from hybridlab.search.scale_run import fail_stale, run_jobs, scaled_arches
 from hybridlab.search.tasks import get_task, required_vocab
 from hybridlab.search.trainer import TrainConfig
-from hybridlab.storage import Store, StudyLock, open_linked_study, printable
+from hybridlab.storage import Store, StudyLock, open_linked_study, printable, resolve_url
+from hybridlab.storage.artifacts import attach as attach_artifacts
+from hybridlab.storage.artifacts import required as required_artifacts
 from hybridlab.storage.locks import LockTimeout
 
 CLI = "<command line>"
@@ -288,30 +291,40 @@ def scale_study(db: str | Store | None, study: str, *, top: int | None = None,
                 seeds: int = 1, nproc: int | None = None, device: str = "auto",
                 batch_size: int = 32, lr: float = 1e-3, eval_points: int = 4,
                 name: str | None = None, save_weights: bool = True,
+                artifacts: str | os.PathLike | None = None,
                 progress: bool = False) -> ScaleResult:
     """Choose, stretch, train and record the layouts of ``study`` that are not scaled yet, then
     report on all of them (see the module docstring). ``tasks``: ``[(name, {settings})]``.
-    User errors raise ``UserError``s; a failed rank under ``nproc`` raises
-    ``distributed.RankFailed`` (the rank printed why)."""
-    store = db if isinstance(db, Store) else Store(db)
+    ``artifacts``: the folder for seed 0's weights (as ``hybridlab search --artifacts``; needed
+    with a server database unless ``HYBRIDLAB_ARTIFACTS`` is set). User errors raise
+    ``UserError``s; a failed rank under ``nproc`` raises ``distributed.RankFailed`` (the rank
+    printed why)."""
     if nproc is not None:
         distributed.check_nproc(nproc, device)
+    # a server database needs a shared artifact folder: refused before anything is touched
+    url = db.url if isinstance(db, Store) else resolve_url(db)
+    root = required_artifacts(url, artifacts) if save_weights else None
+    store = db if isinstance(db, Store) else Store(url)
     plan = plan_scale(store, study, top=top, front=front, d_model=d_model, layers=layers,
                       steps=steps, tasks=tasks, seeds=seeds, batch_size=batch_size, lr=lr,
                       eval_points=eval_points, name=name, nproc=nproc)
     # held for the whole run: a second scale of the same study fails at once, and a trial left
-    # running when the lock is free is one whose process died
-    lock = StudyLock(store.url, plan.study_name, timeout_s=2.0)
+    # running when it is free is one whose process died (the study's own lock stays free for
+    # the short writes that take it)
+    run_lock = StudyLock(store.url, f"{plan.study_name} (scale run)", timeout_s=2.0)
     try:
-        lock.acquire()
+        run_lock.acquire()
     except LockTimeout:
         raise StoreError(f"another 'hybridlab scale' is writing study "
                          f"{printable(plan.study_name)!r}; wait for it to finish (or stop it), "
                          f"then run this again to resume") from None
     try:
-        linked = open_linked_study(
-            store, plan.study_name, proxy=study, kind="scale", directions=plan.directions,
-            metric_names=plan.metric_names, settings=plan.settings())
+        with StudyLock(store.url, plan.study_name):
+            linked = open_linked_study(
+                store, plan.study_name, proxy=study, kind="scale", directions=plan.directions,
+                metric_names=plan.metric_names, settings=plan.settings())
+        if root is not None:        # record the folder on the study, or check it is the same
+            attach_artifacts(store, plan.study_name, root)
         previous = linked.user_attrs.get("hybridlab_trials") or 0
         if len(plan.candidates) > previous:
             linked.set_user_attr("hybridlab_trials", len(plan.candidates))
@@ -319,19 +332,19 @@ def scale_study(db: str | Store | None, study: str, *, top: int | None = None,
         done = scaled_arches(linked)
         todo = [c for c in plan.candidates if c.proxy_arch not in done]
         if todo and nproc is not None:
-            distributed.run_ranks(nproc, _rank_jobs, plan, todo, device, save_weights, progress)
+            distributed.run_ranks(nproc, _rank_jobs, plan, todo, device, root, progress)
         elif todo:
-            run_jobs(plan, todo, device=device, save_weights=save_weights, progress=progress)
+            run_jobs(plan, todo, device=device, artifacts=root, progress=progress)
     finally:
-        lock.release()
+        run_lock.release()
     return build_result(store, plan, trained=[c.proxy_trial for c in todo])
 
 
-def _rank_jobs(plan: ScalePlan, todo, device: str, save_weights: bool, progress: bool) -> int:
+def _rank_jobs(plan: ScalePlan, todo, device: str, artifacts, progress: bool) -> int:
     """One rank of a data-parallel scale (started by ``run_ranks``)."""
     parallel = distributed.Parallel.from_env(device)
     try:
-        run_jobs(plan, todo, device=device, parallel=parallel, save_weights=save_weights,
+        run_jobs(plan, todo, device=device, parallel=parallel, artifacts=artifacts,
                  progress=progress)
     finally:
         parallel.close()

@@ -24,10 +24,11 @@ import torch
 from hybridlab.composer.builder import build_model
 from hybridlab.composer.loader import load_spec
 from hybridlab.interrupts import immediate, stop_requested
-from hybridlab.search.objective import artifact_dir, device_label, resolve_device
+from hybridlab.search.objective import device_label, resolve_device
 from hybridlab.search.tasks import get_task
 from hybridlab.search.trainer import NonFiniteLoss, train_model
 from hybridlab.storage import Store, library_versions
+from hybridlab.storage.artifacts import attach as attach_artifacts
 
 STALE_REASON = ("the scale process stopped (killed or lost) before this layout finished; "
                 "running the same command again trains it again")
@@ -114,21 +115,20 @@ class _Recorder:
         self.store.add_series(trial._trial_id, {prefix + k: v for k, v in result.curves.items()})
         self.store.update_run(trial._trial_id, step=result.steps)
 
-    def save_weights(self, trial, model, spec_yaml: str) -> None:
+    def save_weights(self, trial, model, spec_yaml: str, root) -> None:
         from safetensors.torch import save_model
 
-        folder = artifact_dir(self.store, self.plan.study_name, trial.number)
-        folder.mkdir(parents=True, exist_ok=True)
-        weights_file, tmp = folder / "model.safetensors", folder / "model.safetensors.tmp"
-        save_model(model.to("cpu"), str(tmp), metadata={"study": self.plan.study_name,
-                                                        "trial": str(trial.number)})
-        tmp.replace(weights_file)
-        spec_file = folder / "spec.yaml"
-        spec_file.write_text(spec_yaml)
+        study = self.plan.study_name
+        # the study's folder, checked again for each layout (a share unmounted mid-run)
+        artifacts = attach_artifacts(self.store, study, root)
+        folder = artifacts.make_trial_folder(study, trial.number)
+        cpu_model = model.to("cpu")
+        weights = artifacts.write(folder, "model.safetensors", lambda tmp: save_model(
+            cpu_model, str(tmp), metadata={"study": study, "trial": str(trial.number)}))
+        spec_file = artifacts.write(folder, "spec.yaml", lambda tmp: tmp.write_text(spec_yaml))
         paths = {}
-        for kind, path in (("weights", weights_file), ("spec", spec_file)):
-            rec = self.store.add_artifact(trial_id=trial._trial_id,
-                                          study_name=self.plan.study_name,
+        for kind, path in (("weights", weights), ("spec", spec_file)):
+            rec = self.store.add_artifact(trial_id=trial._trial_id, study_name=study,
                                           trial_number=trial.number, kind=kind, path=path)
             paths[kind] = rec["path"]
         trial.set_user_attr("artifacts", paths)
@@ -181,9 +181,10 @@ def _train_once(spec, tasks, cfg, device, parallel, on_step, should_stop):
     return result, model
 
 
-def run_jobs(plan, todo, *, device: str = "auto", parallel=None, save_weights: bool = True,
+def run_jobs(plan, todo, *, device: str = "auto", parallel=None, artifacts=None,
              progress: bool = False) -> int:
-    """Train and record each candidate of ``todo``; -> how many completed."""
+    """Train and record each candidate of ``todo``; -> how many completed. ``artifacts``: the
+    folder for seed 0's weights (None: not kept)."""
     dev = parallel.device if parallel is not None else torch.device(resolve_device(device))
     rank0 = parallel is None or parallel.is_rank0
     tasks = [get_task(name, **dict(settings)) for name, settings in plan.tasks]
@@ -209,8 +210,9 @@ def run_jobs(plan, todo, *, device: str = "auto", parallel=None, save_weights: b
                         raise KeyboardInterrupt(result.stop_reason)
                     if rank0:
                         rec.seed_done(trial, seed, result)
-                    if seed == 0 and save_weights:
-                        _save_weights(rec, trial, model, spec, cand.spec_yaml, parallel)
+                    if seed == 0 and artifacts is not None:
+                        _save_weights(rec, trial, model, spec, cand.spec_yaml, parallel,
+                                      artifacts)
                     results.append(result)
                     del model
                     if bar is not None:
@@ -255,7 +257,7 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _save_weights(rec, trial, model, spec, spec_yaml: str, parallel) -> None:
+def _save_weights(rec, trial, model, spec, spec_yaml: str, parallel, root) -> None:
     """Seed 0's weights (``rec`` is None on ranks other than 0). With FSDP2 every rank takes
     part in gathering them; rank 0 writes."""
     if parallel is not None and parallel.sharded:
@@ -265,4 +267,4 @@ def _save_weights(rec, trial, model, spec, spec_yaml: str, parallel) -> None:
         model = build_model(spec, device="cpu")
         model.load_state_dict(weights)
     if rec is not None:
-        rec.save_weights(trial, model, spec_yaml)
+        rec.save_weights(trial, model, spec_yaml, root)
