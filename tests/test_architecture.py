@@ -51,6 +51,9 @@ ALLOWED_DIFFLIB = {
 }
 #: packages and modules whose hybridlab imports are all at the top (add yours when it is)
 TOP_IMPORTS_ONLY = ("hybridlab.specs", "hybridlab.composer.loader", "hybridlab.composer.read",
+                    "hybridlab.composer.canonical", "hybridlab.composer.layout",
+                    "hybridlab.composer.pattern", "hybridlab.composer.plugins",
+                    "hybridlab.composer.sizes", "hybridlab.composer.spec",
                     "hybridlab.composer.summary", "hybridlab.search.spec",
                     "hybridlab.search.space", "hybridlab.search.samplers", "hybridlab.errors")
 

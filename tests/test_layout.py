@@ -15,19 +15,34 @@ def test_megatron_example_n10_r02():
     assert layout_pattern(Layout(10, (("M", 0.8), ("*", 0.2)))) == "MMM*MM*MMM"
 
 
-def test_even_matches_megatron_accumulator_walk():
-    # Megatron's walk in floats, written out independently; must agree on every small case.
-    for n in range(1, 60):
-        for k in range(0, n // 2 + 1):
-            section = (n - k) / (k + 1)
-            x, slots = section, []
-            for slot in range(n):
-                if x < 0.5:
-                    slots.append(slot)
-                    x += section
+def test_even_puts_each_minority_layer_after_its_share_of_the_background():
+    """Independent of the walk: K minority layers cut B background layers into K+1 sections of
+    s = B/(K+1), so the j-th minority layer follows round(j*s) background layers (exact
+    arithmetic). Where j*s is exactly a half, Megatron's float accumulator decides, so either
+    neighbour is right."""
+    for n in range(1, 120):
+        for k in range(0, n + 1):
+            s = Fraction(n - k, k + 1)
+            slots = _even_slots(n, k)
+            assert len(slots) == k, (n, k)
+            for j, slot in enumerate(slots, start=1):
+                before = slot - (j - 1)                      # background layers before it
+                target = j * s
+                if (target + Fraction(1, 2)).denominator == 1:       # a tie: round either way
+                    assert before in (target - Fraction(1, 2), target + Fraction(1, 2)), (n, k, j)
                 else:
-                    x -= 1
-            assert _even_slots(n, k) == slots, (n, k)
+                    assert before == round(target), (n, k, j)
+
+
+def test_even_matches_megatron_layouts():
+    # NVIDIA's 8B Mamba-2 hybrid (56 layers, 4 attention): the attention layers of its published
+    # hybrid_override_pattern "M-M-M--M-M*-M-M-M-M--M*-M-M-M-M-M*--M-M-M-M-M*-M--M-M-M-"
+    pattern = layout_pattern(Layout(56, (("M", 52), ("*", 4))))
+    assert [i for i, c in enumerate(pattern) if c == "*"] == [10, 22, 33, 45]
+    # Ties (j*s exactly a half), as Megatron-LM's allocate_layers(n, k / n, 0) places them:
+    # its float accumulator puts the third layer one slot early (7 and 11; exact rounding: 8, 12)
+    assert layout_pattern(Layout(16, (("M", 11), ("*", 5)))) == "MM*MM*M*MM*MM*MM"
+    assert layout_pattern(Layout(24, (("M", 19), ("*", 5)))) == "MMM*MMM*MMM*MMMM*MMM*MMM"
 
 
 def test_even_places_exactly_k_and_never_at_the_ends():

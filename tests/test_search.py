@@ -111,7 +111,9 @@ def test_real_search_records_everything(tmp_path, capsys):
     from safetensors.torch import load_model
     missing, unexpected = load_model(model, arts["weights"]["path"])
     assert not missing and not unexpected
-    assert ui.hypervolume_history("tiny")
+    history = ui.hypervolume_history("tiny")
+    assert [h["trial_number"] for h in history] == [t.number for t in study.trials]
+    assert [h["hypervolume"] for h in history] == pytest.approx(_hypervolumes(study))
 
     assert main(["search", "status", "tiny", "--db", db]) == 0
     out = capsys.readouterr().out
@@ -120,6 +122,25 @@ def test_real_search_records_everything(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tiny" in out and "4/4" in out
     _optuna_dashboard_reads(db)
+
+
+def _hypervolumes(study) -> list[float]:
+    """The documented normalisation, written out for two objectives: losses (quality negated)
+    scaled to [0, 1] over all trials, reference 1.1 on both axes; then after each trial the
+    area of the union of the rectangles [x, 1.1] x [y, 1.1] of the trials so far."""
+    losses = [(-t.values[0], t.values[1]) for t in study.trials]
+    lows = [min(v[k] for v in losses) for k in (0, 1)]
+    spans = [(max(v[k] for v in losses) - lows[k]) or 1.0 for k in (0, 1)]
+    points = [tuple((v[k] - lows[k]) / spans[k] for k in (0, 1)) for v in losses]
+    out = []
+    for n in range(1, len(points) + 1):
+        xs = sorted({x for x, _ in points[:n]} | {1.1})
+        area = 0.0
+        for left, right in zip(xs, xs[1:]):      # strips between distinct x values
+            lowest = min(y for x, y in points[:n] if x <= left)
+            area += (right - left) * (1.1 - lowest)
+        out.append(area)
+    return out
 
 
 def _optuna_dashboard_reads(db):
