@@ -1,5 +1,7 @@
 """One trial: sample a candidate, check it, train it (or reuse an identical one), measure it,
-and record everything.
+and record everything: one ``TrialRecord`` per trial, written through the store as the trial
+goes (Optuna gets params, values, constraints, state and the few attributes optuna-dashboard
+shows, made from the record in ``_record``).
 
     runner = TrialRunner(spec, store, device="cpu")
     study.optimize(runner, ...)
@@ -38,6 +40,9 @@ from hybridlab.search import space as space_mod
 from hybridlab.search.spec import SearchSpec, cost_settings, make_train_config
 from hybridlab.storage import Store, library_versions
 from hybridlab.storage.artifacts import attach as attach_artifacts
+from hybridlab.storage.record import (NOTE_KEYS, STORED_FIELDS, TrialRecord, dashboard_attrs,
+                                      short_reason)
+from hybridlab.storage.repository import trial_constraints
 
 
 class CandidateInvalid(Exception):
@@ -122,6 +127,42 @@ class TrialRunner:
         self.device_lost: str | None = None        # set by a CUDA error that poisons the context
         self.versions = library_versions()
         self._last_db_update = 0.0
+        self._rec = TrialRecord()                  # the record of the trial in progress
+        self._shown: dict[str, Any] = {}           # its dashboard attributes written so far
+        self._constraints: dict[str, float] = {}   # its constraint values so far
+
+    # -- the record ------------------------------------------------------------------------
+    def _record(self, trial: optuna.Trial, **fields) -> None:
+        """Record part of the trial's ``TrialRecord``: in the store first (the source of
+        truth; what is written stays if the worker dies), then the dashboard's attributes."""
+        rec = self._rec
+        for key, value in fields.items():
+            if key in NOTE_KEYS:
+                rec.notes[key] = value
+            elif isinstance(getattr(rec, key), dict):
+                getattr(rec, key).update(value)
+            else:
+                setattr(rec, key, value)
+        stored = {k: v for k, v in fields.items() if k in STORED_FIELDS}
+        if stored:
+            self.store.update_record(trial._trial_id, **stored)
+        for key, value in dashboard_attrs(rec).items():
+            if key not in self._shown or self._shown[key] != value:
+                trial.set_user_attr(key, value)
+                self._shown[key] = value
+
+    def _set_constraints(self, trial: optuna.Trial, values: Mapping[str, float]) -> None:
+        """Set constraint values (Optuna 5 keys ``constraints:<key>``) and mirror them, in the
+        spec's constraint order, into the legacy system attribute ``constraints`` that
+        optuna-dashboard reads to show feasibility."""
+        for key, value in values.items():
+            if key not in self._constraints:
+                trial.set_constraint(key, value)
+                self._constraints[key] = float(value)
+        order = [c.key for c in self.spec.constraints if c.key in self._constraints]
+        order += [k for k in self._constraints if k not in order]
+        trial.storage.set_trial_system_attr(trial._trial_id, "constraints",
+                                            [self._constraints[k] for k in order])
 
     # -- the objective ---------------------------------------------------------------------
     def __call__(self, trial: optuna.Trial):
@@ -129,6 +170,7 @@ class TrialRunner:
             self.before_trial()      # e.g. release the study lock taken to start this trial
         self.current = trial
         self.last_trial_id = trial._trial_id
+        self._rec, self._shown, self._constraints = TrialRecord(), {}, {}
         self.on_event("start", number=trial.number)
         t0 = time.monotonic()
         study_name = trial.study.study_name
@@ -142,9 +184,8 @@ class TrialRunner:
             raise
         except KeyboardInterrupt:
             reason = "interrupted (Ctrl-C or stop request); re-queued for the next run"
-            trial.set_user_attr("fail_reason", reason)
-            self.store.finish_run(trial._trial_id, "interrupted", failure_reason=reason,
-                                  wall_s=time.monotonic() - t0)
+            self._record(trial, status="interrupted", failure_reason=reason,
+                         wall_s=time.monotonic() - t0)
             self.on_event("end", number=trial.number, status="interrupted", reason=reason)
             raise
         except Exception as e:
@@ -153,11 +194,10 @@ class TrialRunner:
                 # every later CUDA call in this process fails too: this worker must stop
                 self.device_lost = reason
                 reason += " (the CUDA context is lost: a fresh worker process takes over)"
-            trial.set_user_attr("fail_reason", reason)
             detail = reason if expected else \
                 reason + "\n\n" + "".join(traceback.format_exception(e)[-6:])
-            self.store.finish_run(trial._trial_id, "failed", failure_reason=detail,
-                                  wall_s=time.monotonic() - t0)
+            self._record(trial, status="failed", failure_reason=detail,
+                         wall_s=time.monotonic() - t0)
             self.on_event("end", number=trial.number, status="failed", reason=reason)
             raise
         finally:
@@ -172,16 +212,15 @@ class TrialRunner:
         values = space_mod.suggest(trial, spec.space)
         model_dict, train_settings, dropped = space_mod.apply(spec, values)
         if dropped:
-            trial.set_user_attr("dropped_fields", dropped)
+            self._record(trial, dropped_fields=dropped)
 
         # 1. the candidate must be a valid model spec and training configuration
         try:
             model_spec, cfg = self._validate(model_dict, train_settings)
         except CandidateInvalid as e:
             reason = f"invalid candidate: {e}"
-            trial.set_user_attr("fail_reason", reason)
-            store.finish_run(tid, "invalid", failure_reason=reason,
-                             wall_s=time.monotonic() - t0)
+            self._record(trial, status="invalid", failure_reason=reason,
+                         wall_s=time.monotonic() - t0)
             raise optuna.TrialPruned(reason) from None
 
         # 2. what it is, and what it costs before training
@@ -197,29 +236,25 @@ class TrialRunner:
                                   spec_yaml=dump_spec_yaml(model_spec),
                                   params_total=int(summary["params_total"]),
                                   params_active=int(summary["params_active"]))
-        store.update_run(tid, arch_hash=arch, train_hash=thash)
-        for key, value in (("pattern", model_spec.pattern), ("arch_hash", arch),
-                           ("n_layers", len(model_spec.layers)),
-                           ("params_total", int(summary["params_total"])),
-                           ("params_active", int(summary["params_active"]))):
-            trial.set_user_attr(key, value)
+        self._record(trial, arch_hash=arch, train_hash=thash, pattern=model_spec.pattern,
+                     n_layers=len(model_spec.layers),
+                     params_total=int(summary["params_total"]),
+                     params_active=int(summary["params_active"]))
 
         # 3. analytic constraints: infeasible candidates are recorded, not trained
         violated = []
+        self._set_constraints(trial, {c.key: c.violation(analytic[c.metric])
+                                      for c in spec.constraints if c.analytic})
         for c in spec.constraints:
             if c.analytic:
                 v = analytic[c.metric]
-                trial.set_constraint(c.key, c.violation(v))
                 if c.violation(v) > 0:
                     violated.append(f"{c.metric} = {v:.4g} {'>' if c.bound == 'max' else '<'} "
                                     f"{c.bound} {c.limit:.4g}")
         if violated:
             reason = "infeasible: " + "; ".join(violated)
-            store.set_scalars(tid, {f"cost/{k}": v for k, v in analytic.items()}, kind="cost")
-            trial.set_user_attr("costs", analytic)
-            trial.set_user_attr("fail_reason", reason)
-            store.finish_run(tid, "infeasible", failure_reason=reason,
-                             wall_s=time.monotonic() - t0)
+            self._record(trial, costs=analytic, status="infeasible", failure_reason=reason,
+                         wall_s=time.monotonic() - t0)
             raise optuna.TrialPruned(reason)
 
         # 4. the same architecture and training settings ran before: reuse its result
@@ -267,23 +302,25 @@ class TrialRunner:
             time.sleep(0.2)
 
     def _reuse(self, trial: optuna.Trial, source: dict, src, t0: float):
+        """Copy the source trial's result (its record's numbers, curves and files, its
+        constraints) into this trial's record."""
         store, tid = self.store, trial._trial_id
-        trial.set_user_attr("reused_from", int(source["trial_number"]))
-        for key, value in src.user_attrs.items():
-            if key not in ("reused_from", "fail_reason", "pattern", "arch_hash", "dropped_fields"):
-                trial.set_user_attr(key, value)
-        for key, value in src.constraints.items():
-            if key not in trial.constraints:
-                trial.set_constraint(key, value)
+        number = int(source["trial_number"])
+        self._set_constraints(trial, trial_constraints(src))
         store.copy_trial_records(source["trial_id"], tid)
+        done = store.record(source["trial_id"]) or TrialRecord()
+        rec = self._rec
+        rec.scores, rec.costs, rec.train = dict(done.scores), dict(done.costs), dict(done.train)
+        rec.artifacts, rec.seed = dict(done.artifacts), done.seed
+        rec.notes.update({k: src.user_attrs[k] for k in ("stop_reason", "cuda_graph_fallback")
+                          if k in src.user_attrs})
         if src.state == optuna.trial.TrialState.PRUNED or src.values is None:
-            reason = (f"reused trial {source['trial_number']}: "
-                      f"{src.user_attrs.get('fail_reason') or 'pruned'}")
-            store.finish_run(tid, "pruned", failure_reason=reason,
-                             wall_s=time.monotonic() - t0, reused_from=source["trial_number"])
+            reason = f"reused trial {number}: {short_reason(done.failure_reason) or 'pruned'}"
+            self._record(trial, reused_from=number, status="pruned", failure_reason=reason,
+                         wall_s=time.monotonic() - t0)
             raise optuna.TrialPruned(reason)
-        store.finish_run(tid, "complete", wall_s=time.monotonic() - t0,
-                         reused_from=source["trial_number"])
+        self._record(trial, reused_from=number, status="complete", failure_reason=None,
+                     wall_s=time.monotonic() - t0)
         return list(src.values)
 
     def _train_and_measure(self, trial, model_spec, cfg, analytic, t0):
@@ -315,10 +352,9 @@ class TrialRunner:
                 result = train_model(model, tasks, cfg, self.device, on_step=on_step,
                                      should_stop=self.should_stop)
         except NonFiniteLoss as e:
-            store.add_series(tid, e.result.curves)
+            self._record(trial, curves=e.result.curves)
             raise
         store.update_run(tid, step=result.steps)
-        store.add_series(tid, result.curves)
         train_metrics = {
             "quality": result.quality,
             "train_tokens_per_s": result.train_tokens_per_s,
@@ -334,23 +370,18 @@ class TrialRunner:
             train_metrics["kernel_time_share"] = result.kernel_time_share
         if result.cuda_graph is not None:
             train_metrics["cuda_graph"] = float(result.cuda_graph)      # 1: steps replayed graphs
-        store.set_scalars(tid, {f"score/{k}": v for k, v in result.scores.items()}, kind="score")
-        store.set_scalars(tid, {f"train/{k}": v for k, v in train_metrics.items()}, kind="train")
-        trial.set_user_attr("scores", {k: float(v) for k, v in result.scores.items()})
-        trial.set_user_attr("quality", float(result.quality))
-        trial.set_user_attr("train_steps", int(result.steps))
-        trial.set_user_attr("stop_reason", result.stop_reason)
+        notes = {"stop_reason": result.stop_reason}
         if result.cuda_graph_fallback:
-            trial.set_user_attr("cuda_graph_fallback", result.cuda_graph_fallback)
+            notes["cuda_graph_fallback"] = result.cuda_graph_fallback
+        self._record(trial, curves=result.curves, seed=cfg.seed,
+                     scores={k: float(v) for k, v in result.scores.items()},
+                     train=train_metrics, **notes)
 
         if result.status == "stopped":
             raise KeyboardInterrupt(result.stop_reason)
         if result.status == "pruned":
-            store.set_scalars(tid, {f"cost/{k}": v for k, v in analytic.items()}, kind="cost")
-            trial.set_user_attr("costs", analytic)
-            trial.set_user_attr("fail_reason", result.stop_reason)
-            store.finish_run(tid, "pruned", failure_reason=result.stop_reason,
-                             wall_s=time.monotonic() - t0)
+            self._record(trial, costs=analytic, status="pruned",
+                         failure_reason=result.stop_reason, wall_s=time.monotonic() - t0)
             raise optuna.TrialPruned(result.stop_reason)
 
         contexts = spec.contexts() or [4096]
@@ -360,14 +391,12 @@ class TrialRunner:
         costs = dict(analytic)
         costs.update({k: float(v) for k, v in measured.items() if k not in settings
                       and isinstance(v, (int, float)) and not isinstance(v, bool)})
-        store.set_scalars(tid, {f"cost/{k}": v for k, v in costs.items()}, kind="cost")
-        trial.set_user_attr("costs", costs)
+        self._record(trial, costs=costs)
 
         metrics = {**costs, **train_metrics,
                    **{f"score/{k}": v for k, v in result.scores.items()}}
-        for c in spec.constraints:
-            if not c.analytic:
-                trial.set_constraint(c.key, c.violation(metrics[c.metric]))
+        self._set_constraints(trial, {c.key: c.violation(metrics[c.metric])
+                                      for c in spec.constraints if not c.analytic})
         missing = [o.metric for o in spec.objectives if o.metric not in metrics]
         if missing:
             raise KeyError(f"metrics not measured: {missing} (measured: {sorted(metrics)})")
@@ -375,7 +404,7 @@ class TrialRunner:
 
         if self.save_artifacts:
             self._save_artifacts(trial, model, model_spec)
-        store.finish_run(tid, "complete", wall_s=time.monotonic() - t0)
+        self._record(trial, status="complete", wall_s=time.monotonic() - t0)
         return values
 
     def _save_artifacts(self, trial, model, model_spec) -> None:

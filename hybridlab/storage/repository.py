@@ -36,6 +36,8 @@ from .health import (TableState, UnknownStudy, UnknownTrial, check_file, printab
                      table_state, translated)
 from .locks import schema_lock
 from .optuna_db import optuna_storage
+from .record import (RUN_FIELDS, SCALAR_GROUPS, SEED_SCALAR, TrialRecord, legacy_record,
+                     record_from_rows)
 from .schema import (Architecture, Artifact, MetricPoint, Run, Scalar, ensure_schema,
                      schema_version, utcnow)
 
@@ -169,37 +171,48 @@ class Store:
 
     def finish_run(self, trial_id: int, status: str, *, failure_reason: str | None = None,
                    wall_s: float | None = None, reused_from: int | None = None) -> None:
-        fields: dict[str, Any] = dict(status=status, failure_reason=failure_reason,
-                                      finished_at=utcnow(), heartbeat_at=utcnow())
+        fields: dict[str, Any] = dict(status=status, failure_reason=failure_reason)
         if wall_s is not None:
-            fields["wall_s"] = float(wall_s)
+            fields["wall_s"] = wall_s
         if reused_from is not None:
             fields["reused_from"] = int(reused_from)
-        self.update_run(trial_id, **fields)
+        self.update_record(trial_id, **fields)
 
     def add_series(self, trial_id: int, curves: Mapping[str, Iterable[Sequence[float]]]) -> int:
         """Append metric series ``{name: [(step, value), ...]}``; returns the number of points."""
-        rows = []
-        for name, points in curves.items():
-            for point in points:
-                step, value = point[0], point[1]
-                rows.append(dict(trial_id=trial_id, name=str(name), step=int(step),
-                                 value=_finite(value)))
-        if rows:
-            with self._write() as conn:
-                conn.execute(MetricPoint.__table__.insert(), rows)
-        return len(rows)
+        with self._write() as conn:
+            return _put_series(conn, trial_id, curves)
 
     def set_scalars(self, trial_id: int, values: Mapping[str, Any], kind: str = "metric") -> None:
         """Record final numbers (replacing earlier values of the same names)."""
-        rows = [dict(trial_id=trial_id, name=str(k), kind=kind, value=_finite(v))
-                for k, v in values.items() if _finite(v) is not None or v is None]
-        if not rows:
-            return
         with self._write() as conn:
-            conn.execute(delete(Scalar).where(Scalar.trial_id == trial_id,
-                                              Scalar.name.in_([r["name"] for r in rows])))
-            conn.execute(Scalar.__table__.insert(), rows)
+            _put_scalars(conn, trial_id, values, kind)
+
+    def update_record(self, trial_id: int, **fields) -> None:
+        """Write parts of a trial's ``TrialRecord`` (field names of ``record.TrialRecord``), all
+        in one transaction, each to its table: run columns replace, ``scores`` / ``costs`` /
+        ``train`` replace the numbers of those names, ``curves`` append. A status other than
+        ``running`` marks the run finished. Pattern, layers and parameter counts belong to the
+        architecture (``record_architecture``), artifacts to ``add_artifact``."""
+        unknown = set(fields) - set(RUN_FIELDS) - set(SCALAR_GROUPS) - {"seed", "curves"}
+        if unknown:
+            raise TypeError(f"update_record: not stored here: {sorted(unknown)}")
+        run = {k: fields[k] for k in RUN_FIELDS if k in fields}
+        if "wall_s" in run and run["wall_s"] is not None:
+            run["wall_s"] = float(run["wall_s"])
+        if run.get("status") not in (None, "running"):
+            run.update(finished_at=utcnow(), heartbeat_at=utcnow())
+        with self._write() as conn:
+            if run:
+                conn.execute(update(Run).where(Run.trial_id == trial_id).values(**run))
+            for field, prefix in SCALAR_GROUPS.items():
+                if fields.get(field):
+                    _put_scalars(conn, trial_id, {f"{prefix}/{k}": v
+                                                  for k, v in fields[field].items()}, prefix)
+            if fields.get("seed") is not None:
+                _put_scalars(conn, trial_id, {SEED_SCALAR: fields["seed"]}, "setting")
+            if fields.get("curves"):
+                _put_series(conn, trial_id, fields["curves"])
 
     def add_artifact(self, *, trial_id: int, study_name: str, trial_number: int, kind: str,
                      path: str | os.PathLike) -> dict:
@@ -412,13 +425,33 @@ class Store:
         wanted = set(states) if states else None
         runs = self.runs(study_name)
         scal = self._all_scalars([t._trial_id for t in study.get_trials(deepcopy=False)])
+        archs = self._architectures({r["arch_hash"] for r in runs.values() if r["arch_hash"]})
         rows = []
         for t in study.get_trials(deepcopy=False):
             if wanted and t.state.name not in wanted:
                 continue
-            rows.append(_trial_row(t, names, directions, runs.get(t._trial_id),
-                                   scal.get(t._trial_id, {})))
+            run, scalars = runs.get(t._trial_id), scal.get(t._trial_id, {})
+            arch = archs.get(run["arch_hash"]) if run and run.get("arch_hash") else None
+            rec = record_from_rows(run, arch, scalars, notes=t.user_attrs)
+            rows.append(_trial_row(t, names, directions, rec, run, scalars))
         return rows
+
+    @reads
+    def _architectures(self, hashes: set[str]) -> dict[str, dict]:
+        if not self._ready() or not hashes:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Architecture.__table__).where(
+                Architecture.hash.in_(sorted(hashes)))).mappings().all()
+            return {r["hash"]: _row_dict(r) for r in rows}
+
+    @reads
+    def record(self, trial_id: int) -> TrialRecord | None:
+        """The trial's ``TrialRecord`` with curves and artifacts (None: no run recorded)."""
+        run = self.run(trial_id)
+        arch = self.architecture(run["arch_hash"]) if run and run.get("arch_hash") else None
+        return record_from_rows(run, arch, self.scalars(trial_id),
+                                curves=self.series(trial_id), artifacts=self.artifacts(trial_id))
 
     @reads
     def _all_scalars(self, trial_ids: list[int]) -> dict[int, dict[str, float | None]]:
@@ -445,17 +478,20 @@ class Store:
         names = _metric_names(study)
         run = self.run(t._trial_id)
         scalars = self.scalars(t._trial_id)
-        row = _trial_row(t, names, directions, run, scalars)
         arch = self.architecture(run["arch_hash"]) if run and run.get("arch_hash") else None
+        curves = self.series(t._trial_id)
+        artifacts = self.artifacts(t._trial_id)
+        rec = record_from_rows(run, arch, scalars, curves=curves, artifacts=artifacts,
+                               notes=t.user_attrs)
+        row = _trial_row(t, names, directions, rec, run, scalars)
         row.update({
             "run": run,
             "spec_yaml": (arch or {}).get("spec_yaml") or t.user_attrs.get("spec_yaml", ""),
             "architecture": arch,
-            "curves": self.series(t._trial_id),
-            "scores": {k[len("score/"):]: v for k, v in scalars.items()
-                       if k.startswith("score/")},
-            "costs": {k[len("cost/"):]: v for k, v in scalars.items() if k.startswith("cost/")},
-            "artifacts": self.artifacts(t._trial_id),
+            "curves": curves,
+            "scores": rec.scores if rec else {},
+            "costs": rec.costs if rec else {},
+            "artifacts": artifacts,
             "intermediate_values": dict(t.intermediate_values),
             "system_attrs": {k: v for k, v in t.system_attrs.items()},
         })
@@ -500,6 +536,27 @@ class Store:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+def _put_series(conn, trial_id: int, curves: Mapping[str, Iterable[Sequence[float]]]) -> int:
+    rows = []
+    for name, points in curves.items():
+        for point in points:
+            step, value = point[0], point[1]
+            rows.append(dict(trial_id=trial_id, name=str(name), step=int(step),
+                             value=_finite(value)))
+    if rows:
+        conn.execute(MetricPoint.__table__.insert(), rows)
+    return len(rows)
+
+
+def _put_scalars(conn, trial_id: int, values: Mapping[str, Any], kind: str) -> None:
+    rows = [dict(trial_id=trial_id, name=str(k), kind=kind, value=_finite(v))
+            for k, v in values.items() if _finite(v) is not None or v is None]
+    if rows:
+        conn.execute(delete(Scalar).where(Scalar.trial_id == trial_id,
+                                          Scalar.name.in_([r["name"] for r in rows])))
+        conn.execute(Scalar.__table__.insert(), rows)
+
+
 def counted_finished(trials) -> int:
     """Finished trials (COMPLETE, PRUNED, FAIL) that count toward a search's budget: a trial that
     was retried (heartbeat-stale or interrupted, then re-queued) is replaced by its retry."""
@@ -548,36 +605,45 @@ def _best_per_objective(trials, directions, names) -> dict[str, dict]:
     return best
 
 
-def _trial_row(t, names, directions, run: dict | None, scalars: Mapping[str, Any]) -> dict:
+def _trial_row(t, names, directions, record: TrialRecord | None, run: dict | None,
+               scalars: Mapping[str, Any]) -> dict:
+    """One row of ``trials``: Optuna's part (state, params, values, constraints) and the trial's
+    record (older trials completed by ``legacy_record``)."""
     values = dict(zip(names, t.values)) if t.values is not None else {}
     duration = None
     if t.datetime_start and t.datetime_complete:
         duration = (t.datetime_complete - t.datetime_start).total_seconds()
-    ua = dict(t.user_attrs)
-    constraints = dict(t.constraints)
+    rec = legacy_record(t.user_attrs, t.state.name, record)
+    constraints = trial_constraints(t)
     return {
         "number": t.number,
         "trial_id": t._trial_id,
         "state": t.state.name,
-        "status": (run or {}).get("status") or t.state.name.lower(),
+        "status": rec.status,
         "values": values,
         "params": dict(t.params),
-        "user_attrs": ua,
+        "user_attrs": dict(t.user_attrs),
         "metrics": dict(scalars),
-        "pattern": ua.get("pattern") or "",
-        "arch_hash": (run or {}).get("arch_hash") or ua.get("arch_hash"),
+        "pattern": rec.pattern,
+        "n_layers": rec.n_layers,
+        "arch_hash": rec.arch_hash,
         "constraints": constraints,
         "feasible": all(c <= 0 for c in constraints.values()),
-        "failure_reason": (run or {}).get("failure_reason") or ua.get("fail_reason"),
-        "reused_from": ((run or {}).get("reused_from") if (run or {}).get("reused_from")
-                        is not None else ua.get("reused_from")),
+        "failure_reason": rec.failure_reason,
+        "reused_from": rec.reused_from,
         "device": (run or {}).get("device"),
         "duration_s": duration,
-        "wall_s": (run or {}).get("wall_s"),
+        "wall_s": rec.wall_s,
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
         "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
         "retried_from": t.system_attrs.get("failed_trial"),
     }
+
+
+def trial_constraints(t) -> dict[str, float]:
+    """A trial's constraints by key. The legacy list we mirror for optuna-dashboard (system
+    attribute ``constraints``) also comes back from Optuna as keys ``"0"``, ``"1"``...: left out."""
+    return {k: v for k, v in t.constraints.items() if not k.isdigit()}
 
 
 def dumps(obj) -> str:
