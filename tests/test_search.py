@@ -226,6 +226,37 @@ def test_constraints_infeasible_candidates_are_not_trained(tmp_path):
     assert small["state"] == "COMPLETE" and small["constraints"]["params_max"] <= 0
     assert small["constraints"]["quality_min"] > 0 and not small["feasible"]
     assert ui.pareto("cons") == []
+    # Optuna 5 also reads back the legacy list we mirror for the dashboard ("0", "1" ...)
+    assert set(small["constraints"]) == {"params_max", "quality_min"}
+
+    # one record per trial, read back from the store
+    rec = ui.record(small["trial_id"])
+    assert rec.status == "complete" and rec.failure_reason is None and rec.reused_from is None
+    assert rec.pattern == small["pattern"] != "" and rec.n_layers == 1
+    assert rec.arch_hash == small["arch_hash"] and rec.train_hash
+    assert rec.seed is not None and rec.params_total <= 3000
+    assert rec.train["quality"] == small["values"]["quality"] and "parity" in rec.scores
+    assert rec.costs["params_total"] == rec.params_total and "train/loss" in rec.curves
+    assert set(rec.artifacts) == {"weights", "spec"}
+    assert rec.notes["stop_reason"]
+    assert ui.record(big["trial_id"]).costs["params_total"] > 3000
+
+    # Optuna keeps only the dashboard's attributes, made from the record
+    study = optuna.load_study(study_name="cons", storage=db)
+    frozen = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
+    ua = frozen[small["trial_id"]].user_attrs
+    assert ua["pattern"] == rec.pattern and ua["quality"] == rec.train["quality"]
+    assert not {"scores", "costs", "arch_hash", "train_steps"} & set(ua)
+    assert frozen[big["trial_id"]].user_attrs["fail_reason"] == big["failure_reason"]
+
+    # optuna-dashboard 0.21 reads feasibility from the legacy "constraints" list
+    from optuna_dashboard._serializer import serialize_frozen_trial
+    shown = {tid: serialize_frozen_trial(study._study_id, t, {})["constraints"]
+             for tid, t in frozen.items()}
+    assert shown[small["trial_id"]] == [small["constraints"]["params_max"],
+                                        small["constraints"]["quality_min"]]
+    assert shown[big["trial_id"]] == [big["constraints"]["params_max"]]
+    assert any(c > 0 for c in shown[small["trial_id"]]) and shown[big["trial_id"]][0] > 0
 
 
 def test_two_workers_share_one_sqlite_file(tmp_path):

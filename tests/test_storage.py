@@ -16,6 +16,7 @@ from sqlalchemy import text
 from hybridlab.storage import SCHEMA_VERSION, SchemaError, Store, optuna_storage, resolve_url
 from hybridlab.storage import pareto as P
 from hybridlab.storage.engine import dispose_engines
+from hybridlab.storage.record import TrialRecord, dashboard_attrs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -299,3 +300,45 @@ def test_hypervolume_3d_matches_brute_force():
                     inside += 1
     assert P.hypervolume(pts, ref) == pytest.approx(inside / n ** 3, abs=0.02)
     assert P.pareto_indices([(1, 1), (0, 2), (2, 2)]) == [0, 1]
+
+
+# -- the trial record ------------------------------------------------------------------------
+def test_trial_record_round_trip_piece_by_piece(db):
+    store = Store(db)
+
+    def fn(t):      # trial 0 as an older hybridlab wrote it: part of its result in user attrs
+        if t.number == 0:
+            for key, value in (("pattern", "**"), ("fail_reason", "boom"), ("reused_from", 0)):
+                t.set_user_attr(key, value)
+        return 0.5, 1.0
+
+    study = _study(db, n=2, fn=fn)
+    new = study.trials[1]
+    store.record_architecture("h1", name="t", pattern="M*M", n_layers=3, params_total=1200,
+                              params_active=1000)
+    store.start_run(study_name="s", trial_id=new._trial_id, trial_number=1)
+    # what a worker writes as the trial goes; each call stands alone (a killed worker keeps it)
+    store.update_record(new._trial_id, arch_hash="h1", train_hash="t1")
+    store.update_record(new._trial_id, curves={"train/loss": [(0, 2.0), (1, 1.5)]}, seed=7,
+                        scores={"mqar": 0.75}, train={"quality": 0.75, "train_steps": 2})
+    partial = store.record(new._trial_id)
+    assert partial.status == "running" and partial.train == {"quality": 0.75, "train_steps": 2}
+    store.update_record(new._trial_id, costs={"params_total": 1200}, status="complete",
+                        wall_s=3.5)
+    rec = Store(db, readonly=True).record(new._trial_id)
+    assert rec == TrialRecord(
+        status="complete", pattern="M*M", arch_hash="h1", train_hash="t1", n_layers=3,
+        params_total=1200, params_active=1000, seed=7, scores={"mqar": 0.75},
+        costs={"params_total": 1200.0}, train={"quality": 0.75, "train_steps": 2.0},
+        curves={"train/loss": [(0, 2.0), (1, 1.5)]}, wall_s=3.5)
+    assert store.run(new._trial_id)["finished_at"] is not None
+    with pytest.raises(TypeError, match="pattern"):
+        store.update_record(new._trial_id, pattern="M")     # the architecture's, not the run's
+    assert dashboard_attrs(rec) == {"pattern": "M*M", "n_layers": 3, "params_total": 1200,
+                                    "params_active": 1000, "quality": 0.75}
+
+    rows = {r["number"]: r for r in Store(db, readonly=True).trials("s")}
+    assert (rows[1]["pattern"], rows[1]["status"], rows[1]["wall_s"]) == ("M*M", "complete", 3.5)
+    assert rows[1]["n_layers"] == 3 and rows[1]["failure_reason"] is None
+    assert (rows[0]["pattern"], rows[0]["failure_reason"], rows[0]["reused_from"],
+            rows[0]["status"]) == ("**", "boom", 0, "complete")

@@ -449,9 +449,12 @@ class Store:
     def record(self, trial_id: int) -> TrialRecord | None:
         """The trial's ``TrialRecord`` with curves and artifacts (None: no run recorded)."""
         run = self.run(trial_id)
-        arch = self.architecture(run["arch_hash"]) if run and run.get("arch_hash") else None
-        return record_from_rows(run, arch, self.scalars(trial_id),
-                                curves=self.series(trial_id), artifacts=self.artifacts(trial_id))
+        if run is None:
+            return None
+        arch = self.architecture(run["arch_hash"]) if run.get("arch_hash") else None
+        notes = self.optuna_storage().get_trial_user_attrs(trial_id)    # the diagnostics
+        return record_from_rows(run, arch, self.scalars(trial_id), curves=self.series(trial_id),
+                                artifacts=self.artifacts(trial_id), notes=notes)
 
     @reads
     def _all_scalars(self, trial_ids: list[int]) -> dict[int, dict[str, float | None]]:
