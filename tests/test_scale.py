@@ -18,10 +18,10 @@ import yaml
 import hybridlab.search.scale_run as scale_run
 from hybridlab.cli.main import main
 from hybridlab.composer.loader import load_spec
-from hybridlab.errors import SpecError
+from hybridlab.errors import SpecError, StoreError
 from hybridlab.search.agreement import agreement
 from hybridlab.search.driver import run_search
-from hybridlab.search.scale import plan_scale, scale_study
+from hybridlab.search.scale import plan_scale, read_scale, scale_study
 from hybridlab.storage import Store, StudyLock, linked_studies, open_linked_study, proxy_of
 from hybridlab.storage.engine import dispose_engines
 from test_search import TINY
@@ -136,6 +136,14 @@ def test_scale_end_to_end(proxy_db, capsys):
     assert set(report["drops"]) == on_proxy - scaled_front
     assert set(report["joins"]) == scaled_front - on_proxy
 
+    # the same report read back from the database alone (the UI's way: read-only, no plan)
+    stored = read_scale(Store(proxy_db, readonly=True), linked).as_dict()
+    assert stored["agreement"] == report["agreement"]
+    for key in ("scaled_front", "stays", "drops", "joins", "steps", "seeds", "tasks"):
+        assert stored[key] == report[key], key
+    assert [(x["proxy_trial"], x["quality"], x["on_proxy_front"]) for x in stored["layouts"]] \
+        == [(x["proxy_trial"], x["quality"], x["on_proxy_front"]) for x in report["layouts"]]
+
     # the scaled weights export like any trial's
     out = Path(proxy_db.removeprefix("sqlite:///")).parent / "export"
     assert main(["export", "--db", proxy_db, "--study", linked, "--trial", "0",
@@ -207,6 +215,7 @@ def test_plan_chooses_without_training(proxy_db):
     (["--study", "proxy", "--task", "nosuch"], "unknown task 'nosuch'"),
     (["--study", "proxy", "--nproc", "0"], "--nproc: must be a positive integer"),
     (["--study", "proxy", "--name", "small"], "not a linked study"),
+    (["--study", "proxy", "--name", "proxy"], "not a linked study"),
     (["--study", "proxy", "--db", "postgresql+psycopg://u@127.0.0.1:9/none"], "--artifacts DIR"),
     (["--study", "proxy", "--name", "measured-otherwise"],
      "was measured with steps=99; this run asks steps=3"),
@@ -274,3 +283,11 @@ def test_ctrl_c_records_the_layout_and_resumes(proxy_db):
     assert "run the same command again to resume" in err
     rows = store.trials("interrupted")
     assert [(r["state"], r["status"]) for r in rows] == [("FAIL", "interrupted")]
+
+
+def test_read_scale_refuses_other_studies(proxy_db):
+    store = Store(proxy_db, readonly=True)
+    with pytest.raises(StoreError, match="is not a scale of another study"):
+        read_scale(store, "small")
+    with pytest.raises(StoreError, match="no study 'nope'"):
+        read_scale(store, "nope")

@@ -49,6 +49,7 @@ from hybridlab.search.trainer import TrainConfig
 from hybridlab.storage import Store, StudyLock, open_linked_study, printable, resolve_url
 from hybridlab.storage.artifacts import attach as attach_artifacts
 from hybridlab.storage.artifacts import required as required_artifacts
+from hybridlab.storage.linked import KIND_ATTR, PROXY_ATTR, SETTINGS_ATTR
 from hybridlab.storage.locks import LockTimeout
 
 CLI = "<command line>"
@@ -349,3 +350,42 @@ def _rank_jobs(plan: ScalePlan, todo, device: str, artifacts, progress: bool) ->
     finally:
         parallel.close()
     return 0
+
+
+# -- reading one back --------------------------------------------------------------------------
+def read_scale(store: Store, name: str) -> ScaleResult:
+    """The report of the linked scale study ``name`` from what it stores: trains and writes
+    nothing (a read-only ``Store`` will do: the UI's path). Its layouts are those the study
+    holds; front membership is the proxy study's current front."""
+    attrs = store.load_study(name).user_attrs             # UnknownStudy names the studies
+    proxy, settings = attrs.get(PROXY_ATTR), attrs.get(SETTINGS_ATTR) or {}
+    if not proxy or attrs.get(KIND_ATTR) != "scale":
+        raise StoreError(f"study {printable(name)!r} is not a scale of another study (made by "
+                         f"'hybridlab scale'); pick a study named '<study>@scale-...'")
+    front = {r["arch_hash"] for r in store.pareto(proxy) if r.get("arch_hash")}
+    speaking = {}
+    for r in sorted(store.trials(name), key=lambda r: r["number"]):
+        ua = r.get("user_attrs") or {}
+        arch = ua.get("proxy_arch_hash")
+        if arch and r["state"] in ("COMPLETE", "FAIL") and \
+                speaking.get(arch, {}).get("state") != "COMPLETE":
+            speaking[arch] = r
+    candidates = []
+    for arch, r in speaking.items():
+        ua = r["user_attrs"]
+        candidates.append(Candidate(
+            proxy_trial=int(ua["proxy_trial"]), proxy_arch=arch,
+            proxy_pattern=ua.get("proxy_pattern", ""), proxy_quality=float(ua["proxy_quality"]),
+            on_proxy_front=arch in front, name="", pattern=ua.get("pattern", ""),
+            arch_hash=ua.get("arch_hash", ""), spec_yaml="", n_layers=int(ua.get("n_layers", 0)),
+            costs=dict(ua.get("costs") or {}), notes=tuple(ua.get("scale_notes") or ())))
+    candidates.sort(key=lambda c: (-c.proxy_quality, c.proxy_trial))
+    plan = ScalePlan(
+        url=store.url, proxy_study=proxy, study_name=name,
+        selection=f"all {len(candidates)} stored", d_model=settings.get("d_model", 0),
+        layers=settings.get("layers", 0), steps=settings.get("steps", 0),
+        seeds=settings.get("seeds", 1), batch_size=settings.get("batch_size", 0),
+        lr=settings.get("lr", 0.0), eval_points=settings.get("eval_points", 0),
+        tasks=tuple((n, dict(s)) for n, s in settings.get("tasks", [])),
+        context=int(settings.get("context", DEFAULT_CONTEXT)), candidates=tuple(candidates))
+    return build_result(store, plan)
