@@ -8,6 +8,8 @@ it in local-memory traffic; this is the first thing to check when a kernel is fa
     ONLY=rotate python3 -m benchmarks.kernel_regs     # only the kernels whose label contains ONLY
     SASS_DIR=/tmp/sass python3 -m benchmarks.kernel_regs   # also writes each kernel's SASS there
 
+The launch settings are the ops' default launch plans (``DEFAULT_PLAN`` in ops/<op>/plan.py,
+built from the HYBRIDLAB_* knobs at import, so the knobs above change what compiles).
 It compiles with ``triton.compile(ASTSource, target=GPUTarget("cuda", 90, 32))`` and reads the
 cubin's resource usage with the cuobjdump that ships inside the Triton wheel. It also counts the
 SASS instructions of the kernel's longest loop body ("loop N"): where a kernel's loop is
@@ -29,15 +31,17 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from hybridlab.kernels.ops.mamba3 import siso
-from hybridlab.kernels.ops.mamba3 import triton_mimo as km
-from hybridlab.kernels.ops.mamba3 import triton_prep as kp
-from hybridlab.kernels.ops.mamba3 import triton_rotate as kr
+from hybridlab.kernels.ops.mamba3 import fused_mimo_rows as km
+from hybridlab.kernels.ops.mamba3 import fused_prep as kp
+from hybridlab.kernels.ops.mamba3 import fused_rotate as kr
+from hybridlab.kernels.ops.mamba3.plan import DEFAULT_PLAN as M3
 from hybridlab.kernels.ops.selective_scan import fused as ss
+from hybridlab.kernels.ops.selective_scan.plan import DEFAULT_PLAN as SS
 from hybridlab.kernels.ops.ssd import fused as ssd
 from hybridlab.kernels.ops.ssd import fused_bwd as kb
 from hybridlab.kernels.ops.ssd import fused_fwd as kf
 from hybridlab.kernels.ops.ssd import fused_state as ks
+from hybridlab.kernels.ops.ssd.plan import DEFAULT_PLAN as SSD
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -127,38 +131,38 @@ def cases():
     opts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_SEQ=False)
     sf32 = ("A_ptr", "D_ptr", "bias_ptr", "hin_ptr", "last_ptr", "ckpt_ptr", "S_ptr", "P_ptr", "xin_ptr",
             "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dh0_ptr")
-    pin = flag("PIN", ss.SEQ_PIN_TILE_MATH)
+    pin = flag("PIN", SS.pin_tile_math)
     for n in (16, 32, 64):
         NP = ss._np(n)
-        elems, warps, rows_log = ss.fwd_launch(NP, split=False)
-        cheap = flag("CHEAP", NP <= ss.SEQ_CHEAP_SOFTPLUS_MAX_NP)
+        elems, warps, rows_log = SS.layout(NP)
+        cheap = flag("CHEAP", NP <= SS.cheap_softplus_max_np)
         for fast in ((True, False) if cheap else (False,)):
-            bc_t = flag("BC_T", ss.bc_time_major(rows_log, 1))
-            pf = bc_t and flag("BC_PF", ss.bc_prefetch(bc_t, rows_log, NP, 1))
+            bc_t = flag("BC_T", SS.reads_bc_time_major(rows_log, 1))
+            pf = bc_t and flag("BC_PF", SS.prefetches_bc(bc_t, rows_log, NP, 1))
             fwd = dict(own(ss._fwd_seq_kernel, bc_strides(unit, NP, bc_t)), **opts, HAS_HIN=False, SAVE_CKPT=False,
                        STATES_ONLY=False, PIN=pin, BC_T=bc_t, BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=fast,
                        ROWS_LOG=rows_log, CHEAP_SP=cheap, BC_PF=pf,
-                       RS=flag("RS", ss.reduce_scatter(rows_log, NP, elems // NP, warps)))
+                       RS=flag("RS", SS.reduces_by_scatter(rows_log, NP, elems // NP, warps)))
             yield (f"_fwd_seq_kernel (Mamba-1, n {n}, no grad, rows {rows_log}, fast {fast})", ss._fwd_seq_kernel,
                    fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
-        if n == 16:     # b1 l32768: time split into 64 chunks, both passes (rows of 8)
-            elems, warps, rows_log = ss.fwd_launch(NP, split=True)
-            bc_t = flag("BC_T", ss.bc_time_major(rows_log, 64))
+        if n == 16:     # b1 l32768: time split into 64 chunks, both passes (the unsplit layout, SS.layout)
+            elems, warps, rows_log = SS.layout(NP)
+            bc_t = flag("BC_T", SS.reads_bc_time_major(rows_log, 64))
             for states_only in (True, False):
                 fwd = dict(own(ss._fwd_seq_kernel, bc_strides({**unit, "NC": 64}, NP, bc_t)), **opts,
                            HAS_HIN=not states_only, SAVE_CKPT=False, STATES_ONLY=states_only, PIN=pin, BC_T=bc_t,
                            BLOCK_D=elems // NP, NP=NP, CKPT_T=8, FAST=True, ROWS_LOG=rows_log, CHEAP_SP=True,
-                           BC_PF=False, RS=flag("RS", ss.reduce_scatter(rows_log, NP, elems // NP, warps)))  # no prefetch on split grids (bc_prefetch)
+                           BC_PF=False, RS=flag("RS", SS.reduces_by_scatter(rows_log, NP, elems // NP, warps)))  # no prefetch on split grids (SS.prefetches_bc)
                 yield (f"_fwd_seq_kernel (Mamba-1, n 16, split, pass {1 if states_only else 2}, rows {rows_log})",
                        ss._fwd_seq_kernel, fwd, bc_f32(sf32, bc_t), ("seq_ptr",), [(warps, 1)])
-        bc_t = flag("BWD_BC_T", ss.SEQ_BWD_BC_TIME_MAJOR)
+        bc_t = flag("BWD_BC_T", SS.bwd_bc_time_major)
         bwd = dict(own(ss._bwd_seq_kernel, bc_strides(unit, NP, bc_t)), **opts, HAS_XIN=False, WANT_DH0=False,
-                   BLOCK_D=ss.SEQ_BWD_ELEMS // NP, NP=NP, PREFETCH=n <= ss.SEQ_BWD_PREFETCH_MAX_N, PIN=pin, BC_T=bc_t)
+                   BLOCK_D=SS.bwd_elems // NP, NP=NP, PREFETCH=n <= SS.bwd_prefetch_max_n, PIN=pin, BC_T=bc_t)
         yield (f"_bwd_seq_kernel (Mamba-1, n {n}, B/C time-major {bc_t})", ss._bwd_seq_kernel, bwd,
-               bc_f32(sf32, bc_t), ("seq_ptr",), [(ss.SEQ_BWD_WARPS, 1)])
-    bt = ssd.BLOCK_T_MAX
-    q2 = ssd._chunk(256)          # the bench's chunk 256 runs at the cap (ssd.MAX_CHUNK)
-    for Q, hpp, what in ((q2, 8, f"Mamba-2, chunk {q2}"), (siso.ssd_chunk(128, seq_states=True), 1, "Mamba-3 SISO")):
+               bc_f32(sf32, bc_t), ("seq_ptr",), [(SS.bwd_warps, 1)])
+    bt = SSD.block_t_max
+    q2 = SSD.chunk(256)          # the bench's chunk 256 runs at the cap (the plan's max_chunk)
+    for Q, hpp, what in ((q2, 8, f"Mamba-2, chunk {q2}"), (M3.siso_chunk(seq_states=True), 1, "Mamba-3 SISO")):
         m3 = hpp == 1
         common = dict(BP=64, BN=128, HAS_D=True, D_HDIM=False, HAS_DPOS=m3, HAS_Z=m3,
                       HAS_SEQ=False, HAS_STATE=True, PREC="tf32")
@@ -174,8 +178,8 @@ def cases():
             yield (f"chunk_scan_fwd ({what}, BT {T}{', segments' if segs else ''})", kf.chunk_scan_fwd,
                    dict(Q=Q, BT=T, STORE_Y=m3, HAS_SEGS=segs, STORE_E=segs, **common),
                    SSD_F32 + ("sin_ptr", "dec_ptr"), ("seg_ptr",), [(4, 1), (8, 1), (4, 2), (4, 3), (8, 2)])
-        # fused_state.py (ssd.SEQ_STATE_BN, SEQ_STATE_ROWS): the sequential state kernels
-        tiles = ((ssd.SEQ_STATE_BN, min(Q, ssd.SEQ_STATE_ROWS)), (64, 64), (128, 64), (64, 32), (128, 32))
+        # fused_state.py (the plan's seq_state_bn, seq_state_rows): the sequential state kernels
+        tiles = ((SSD.seq_state_bn, min(Q, SSD.seq_state_rows)), (64, 64), (128, 64), (64, 32), (128, 32))
         for sbn, kb_rows in dict.fromkeys(tiles):      # the defaults first, then the variants
             seq = dict(Q=Q, KB=kb_rows, BP=64, BN=sbn, HAS_SEQ=False, PREC="tf32")
             yield (f"state_fwd_seq ({what}, BN {sbn}, rows {kb_rows})", ks.state_fwd_seq,
@@ -183,23 +187,23 @@ def cases():
                    SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
             yield (f"state_bwd_seq ({what}, BN {sbn}, rows {kb_rows})", ks.state_bwd_seq,
                    dict(seq, HAS_Z=m3, HAS_DFINAL=True, HAS_DINIT=False), SSD_F32, ("seg_ptr",), [(4, 2), (4, 3), (8, 2)])
-    rot = dict(QA=siso.ANGLE_CHUNK, BN2=64, HAS_BIAS=True, HAS_ROT=True, RB=1, FAST_TRIG=True)
+    rot = dict(QA=M3.angle_chunk, BN2=64, HAS_BIAS=True, HAS_ROT=True, RB=1, FAST_TRIG=True)
     fwd = dict(rot, PREC="tf32x3", HAS_DPOS=True)     # PREC: the forward's MIMO score product
     f32 = ("Bb_ptr", "Cb_ptr", "ps_ptr", "dt_ptr", "off_ptr", "qk_ptr", "dk_ptr", "dq_ptr", "dqk_ptr",
            "dB_ptr", "dC_ptr", "dBb_ptr", "dCb_ptr", "dps_ptr", "ddt_ptr", "doff_ptr", "bnext_ptr", "dpos_ptr")
-    yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, fwd, f32, (), [(8, 1, 128), (8, 1), (16, 1)]  # siso.ROTATE_FWD_WARPS, ROTATE_FWD_CAP
-    for pairs in (64, 32, 16):        # siso.ROTATE_BWD_PAIRS: 64 = all pairs of n=128 in one program
+    yield "rotate_fwd_kernel (Mamba-3, n 128)", kr.rotate_fwd_kernel, fwd, f32, (), [(8, 1, 128), (8, 1), (16, 1)]  # M3.rotate_fwd_warps, rotate_fwd_maxnreg
+    for pairs in (64, 32, 16):        # M3.rotate_bwd_pairs: 64 = all pairs of n=128 in one program
         yield (f"rotate_bwd_kernel (Mamba-3, n 128, {pairs} pairs)", kr.rotate_bwd_kernel,
-               dict(rot, BN2=pairs, HAS_QK=True, QK_DPOS=True), f32, (), [(8, 1), (4, 1)])   # siso: 16 pairs, 4 warps
-    prep = dict(QA=siso.ANGLE_CHUNK, BH=32, BS=32, HAS_TRAP=True, HAS_ROT=True, PREC="tf32x3")
+               dict(rot, BN2=pairs, HAS_QK=True, QK_DPOS=True), f32, (), [(8, 1), (4, 1)])   # SISO: 16 pairs, 4 warps
+    prep = dict(QA=M3.angle_chunk, BH=32, BS=32, HAS_TRAP=True, HAS_ROT=True, PREC="tf32x3")
     pf32 = tuple(n for fn in (kp.prep_fwd_kernel, kp.prep_bwd_kernel, kp.angle_scan_kernel)
                  for n in fn.arg_names if n.endswith("_ptr") and n not in ("trap_ptr", "ang_ptr", "dtrap_ptr", "dang_ptr"))
     yield "prep_fwd_kernel (Mamba-3, h 32, S 32)", kp.prep_fwd_kernel, prep, pf32, (), [(4, 1), (8, 1)]
     yield "prep_bwd_kernel (Mamba-3, h 32, S 32)", kp.prep_bwd_kernel, dict(prep, HAS_DPOS=True), pf32, (), [(8, 1), (4, 1)]
-    yield "angle_scan_kernel (Mamba-3, S 32)", kp.angle_scan_kernel, dict(CB=siso.SCAN_CHUNKS, BS=32, HAS_INIT=True), pf32, (), [(4, 1)]
+    yield "angle_scan_kernel (Mamba-3, S 32)", kp.angle_scan_kernel, dict(CB=M3.scan_chunks, BS=32, HAS_INIT=True), pf32, (), [(4, 1)]
     yield ("angle_scan_bwd_kernel (Mamba-3, S 32)", kp.angle_scan_bwd_kernel,
-           dict(CB=siso.SCAN_CHUNKS, BS=32, HAS_DFIN=True, HAS_INIT=True), pf32 + ("doff_ptr", "dfin_ptr", "dtot_ptr", "dang0_ptr"), (), [(4, 1)])
-    if os.environ.get("MIMO", "0") == "1":        # MIMO rank 4 (mimo.py): the rotation and output kernels
+           dict(CB=M3.scan_chunks, BS=32, HAS_DFIN=True, HAS_INIT=True), pf32 + ("doff_ptr", "dfin_ptr", "dtot_ptr", "dang0_ptr"), (), [(4, 1)])
+    if os.environ.get("MIMO", "0") == "1":        # MIMO rank 4 (fused_mimo.py): the rotation and output kernels
         yield "rotate_fwd_kernel (MIMO R4, n 128)", kr.rotate_fwd_kernel, dict(fwd, RB=4, HAS_DPOS=False), f32, (), \
             [(8, 1, 128), (8, 1), (16, 1), (4, 1)]
         for pairs in (32, 16, 8):

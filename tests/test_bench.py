@@ -279,3 +279,102 @@ def test_side_by_side_on_gpu(op):
         if "ours" in r["impls"]:
             assert r["check"]["ours_vs_peer"]["ok"], r["check"]
             assert r["check"]["ours_vs_ref"]["ok"], r["check"]
+
+
+# --- the GPU scripts' launch-plan variants (benchmarks/gpu/plans.py), checked on the CPU ---
+
+def test_plan_words_parse_into_plans():
+    from benchmarks.gpu import plans
+    changes = plans.parse("ssd.block_t_max=32 mamba3.rotate_bwd_pairs=32 selective_scan.small.rows_log=2 "
+                          "selective_scan.pin_tile_math=false mamba3.ssd_chunk=none")
+    built = plans.build(changes)
+    assert built["ssd"].block_t_max == 32 and built["ssd"].max_chunk == plans.SSD_PLAN.max_chunk
+    assert built["mamba3"].ssd.block_t_max == 32            # SSD changes reach Mamba-3's SSD plan
+    assert built["mamba3"].rotate_bwd_pairs == 32 and built["mamba3"].ssd_chunk is None
+    ss = built["selective_scan"]
+    assert ss.small.rows_log == 2 and ss.small.elems == plans.SELECTIVE_SCAN_PLAN.small.elems
+    assert ss.pin_tile_math is False
+    assert plans.describe(ss, plans.SELECTIVE_SCAN_PLAN) == "small.rows_log=2 pin_tile_math=False"
+    assert plans.build(plans.parse("")) == plans.DEFAULTS
+    for bad, says in (("ssd.block_t=32", "SSDPlan has no field block_t"), ("conv.x=1", "no plan 'conv'"),
+                      ("ssd=32", "OP.FIELD=VALUE"), ("selective_scan.small.foo=1", "Layout has no field foo"),
+                      ("selective_scan.pin_tile_math=2", "true or false"), ("ssd.block_t_max=x", "an integer"),
+                      ("ssd.block_t_max=none", "SSDPlan.block_t_max=None"),
+                      ("ssd.max_chunk.x=1", "not a nested plan field")):
+        with pytest.raises(plans.PlanError, match=re.escape(says)):
+            plans.parse(bad)
+    with pytest.raises(plans.PlanError, match="a value like True"):
+        plans.vary(plans.SELECTIVE_SCAN_PLAN, bc_prefetch=1)
+
+
+def _variant_lines():
+    gpu = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
+    script = (gpu / "kernel_variants.sh").read_text()
+    lines = re.findall(r'^  "([^"]*)"$', script.split("variants=(")[1].split(")")[0], re.M)
+    assert len(lines) == 5
+    for f in sorted(gpu.glob("variants-*.txt")):
+        lines += [ln for ln in f.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return lines
+
+
+def test_every_variant_changes_a_plan():
+    """No variant of the GPU scripts silently times the default plan: each names plan fields that
+    exist and changes at least one (or a setting outside the plan)."""
+    from benchmarks.gpu import plans, ss_bench, ssd_variants
+    for name, v in ss_bench.VARIANTS.items():
+        changed = plans.describe(ss_bench.plan_of(v), ss_bench.DEFAULT_PLAN)
+        assert changed or name == "v2" or set(v) & set(ss_bench.NOT_PLAN), name
+    assert set(ss_bench.FAST) >= {"_fast_fwd_seq_kernel", "_fast_bwd_seq_kernel"}
+    assert callable(ss_bench.fused._time_major)                 # what torch_pack replaces
+    for name, v in ssd_variants.VARIANTS.items():
+        changed = plans.describe(ssd_variants.plan_of(v), ssd_variants.DEFAULT_PLAN)
+        for launcher in v.get("configs", {}):
+            assert isinstance(getattr(ssd_variants.F, launcher), ssd_variants.F._Tuned), launcher
+        assert changed or name == "base" or v.get("configs"), name
+    # kernel_variants.sh's lines name plan fields (a baseline may spell out a default)
+    lines = _variant_lines()
+    built = [plans.build(plans.parse(line)) for line in lines]
+    assert len(lines) == 5 + 5 + 4
+    assert sum(b != plans.DEFAULTS for b in built) == 12      # the two built-in baselines are the defaults
+
+
+def test_gpu_scripts_parse_their_arguments_on_cpu(monkeypatch, capsys):
+    import runpy
+
+    from benchmarks.gpu import launch_overhead, profile_ops, ss_bench, ssd_variants  # noqa: F401 (imports)
+    monkeypatch.setattr(sys, "argv", ["ss_bench", "--list"])
+    assert ss_bench.main() == 0
+    assert "tri_layout" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["ss_bench", "--variants", "v2,nope"])
+    with pytest.raises(SystemExit) as e:
+        ss_bench.main()
+    assert e.value.code == 2 and "unknown variant or shape nope" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["ssd_variants", "--list"])
+    ssd_variants.main()
+    assert "bn32 " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        profile_ops.main(["--plan", "ssd.blok_t_max=32", "ssd/b4-l4096-h32-p64-n128"])
+    assert e.value.code == 2 and "SSDPlan has no field blok_t_max" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["repro_mamba3", "--list"])
+    monkeypatch.setenv("PLANS", '["", "mamba3.ssd_chunk=64 ssd.block_t_max=32"]')
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("benchmarks.gpu.repro_mamba3", run_name="__main__")
+    assert e.value.code == 0
+    assert "'mamba3.ssd_chunk=64 ssd.block_t_max=32'" in capsys.readouterr().out
+    monkeypatch.setenv("ENVS", "[{}]")                          # the old knob variants: refused, not ignored
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("benchmarks.gpu.repro_mamba3", run_name="__main__")
+    assert "ENVS is gone" in str(e.value.code)
+
+
+def test_kernel_regs_cases_match_the_kernels(monkeypatch):
+    """kernel_regs.py's cases name the kernels' real arguments (checked without compiling)."""
+    pytest.importorskip("triton")
+    from benchmarks import kernel_regs
+    monkeypatch.setenv("MIMO", "1")
+    cases_ = list(kernel_regs.cases())
+    labels = [c[0] for c in cases_]
+    assert len(labels) == len(set(labels)) >= 54             # 54 with MIMO=1 when written
+    for label, fn, consts, fp32, ints, configs in cases_:
+        assert set(consts) <= set(fn.arg_names), (label, set(consts) - set(fn.arg_names))
+        assert configs and all(len(c) in (2, 3) for c in configs), label

@@ -8,14 +8,21 @@ alone through our autotune wrapper, through Triton's JIT launch, through hybridl
 (its plan key, then the compiled kernel's launcher) and through the compiled kernel's own
 launcher alone (no argument binding or specialisation) or called directly with no launch hooks
 (launch.launch_compiled), and a torch.empty for scale. Then Mamba-3 SISO's forward+backward at a
-tiny shape: the host time of its 14 launches and glue.
+tiny shape: the host time of its 14 launches and glue. Autotuning on and off are two launch
+plans (``dataclasses.replace(DEFAULT_PLAN, autotune=...)``, passed as ``plan=``).
+
+    python3 -m benchmarks.gpu.launch_overhead --help     # (no options; checks the imports)
 """
+import dataclasses
 import inspect
+import sys
 import time
 
 import torch
 
+from hybridlab.kernels.launch import FastKernel, launch_compiled
 from hybridlab.kernels.ops.ssd import fused
+from hybridlab.kernels.ops.ssd.plan import DEFAULT_PLAN
 
 N_CALLS = 300
 
@@ -40,14 +47,14 @@ def main():
     dt = (rn(b, l, H) * 0.5).requires_grad_()
     A = -torch.rand(H, device="cuda", generator=g)
     B, C = rn(b, l, G, N).bfloat16().requires_grad_(), rn(b, l, G, N).bfloat16().requires_grad_()
-    for tuned in (True, False):
-        fused.AUTOTUNE = tuned
-        fwd = issue_us(lambda: fused.ssd(x.detach(), dt.detach(), A, B.detach(), C.detach(), Q))
-        out = fused.ssd(x, dt, A, B, C, Q)
+    plans = {tuned: dataclasses.replace(DEFAULT_PLAN, autotune=tuned) for tuned in (True, False)}
+    for tuned, plan in plans.items():
+        fwd = issue_us(lambda: fused.ssd(x.detach(), dt.detach(), A, B.detach(), C.detach(), Q, plan=plan))
+        out = fused.ssd(x, dt, A, B, C, Q, plan=plan)
         dout = torch.randn_like(out)
 
         def fb():
-            o = fused.ssd(x, dt, A, B, C, Q)
+            o = fused.ssd(x, dt, A, B, C, Q, plan=plan)
             o.backward(dout)
         both = issue_us(fb, 100)
         print(f"autotune {tuned}: SSD forward issue {fwd:.0f} us, forward+backward {both:.0f} us")
@@ -67,19 +74,20 @@ def main():
     real = fused._chunk_scan_fwd
 
     class Rec:
-        def __getitem__(self, grid):
+        def __getitem__(self, plan_grid):
             def go(*a, **k):
-                seen.update(grid=grid, args=a, kwargs=k)
-                return real[grid](*a, **k)
+                seen.update(grid=plan_grid[1], args=a, kwargs=k)
+                return real[plan_grid](*a, **k)
             return go
     fused._chunk_scan_fwd = Rec()
-    fused.ssd(x.detach(), dt.detach(), A, B.detach(), C.detach(), Q)
-    fused._chunk_scan_fwd = real
+    try:
+        fused.ssd(x.detach(), dt.detach(), A, B.detach(), C.detach(), Q, plan=plans[True])
+    finally:
+        fused._chunk_scan_fwd = real
     grid, args, kwargs = seen["grid"], seen["args"], seen["kwargs"]
-    fused.AUTOTUNE = True
-    t_tuned = issue_us(lambda: real[grid](*args, **kwargs))
+    t_tuned = issue_us(lambda: real[plans[True], grid](*args, **kwargs))
     jit = real.kernel
-    cfg = dict(real.first)
+    cfg = dict(real.configs[0])                  # the config a plan without autotuning launches
     t_jit = issue_us(lambda: jit[grid](*args, **kwargs, **cfg))
     compiled = jit[grid](*args, **kwargs, **cfg)
     bound = inspect.signature(jit.fn).bind(*args, **kwargs)
@@ -87,14 +95,9 @@ def main():
     runner = compiled[grid]
     t_comp = issue_us(lambda: runner(*allargs))
     t_empty = issue_us(lambda: torch.empty(b, H, 256, device="cuda"))
-    from hybridlab.kernels.launch import FastKernel
     fast = FastKernel(jit)
     t_fast = issue_us(lambda: fast[grid](*args, **kwargs, **cfg))
-    try:
-        from hybridlab.kernels.launch import launch_compiled
-        t_direct = issue_us(lambda: launch_compiled(compiled, grid, allargs))
-    except ImportError:                      # before 2026-11-24
-        t_direct = float("nan")
+    t_direct = issue_us(lambda: launch_compiled(compiled, grid, allargs))
     print(f"chunk_scan_fwd ({len(allargs)} args) per launch: autotune wrapper {t_tuned:.0f} us, "
           f"Triton JIT {t_jit:.0f} us, FastKernel {t_fast:.0f} us, compiled launcher {t_comp:.0f} us, "
           f"direct {t_direct:.0f} us; torch.empty {t_empty:.1f} us")
@@ -122,4 +125,7 @@ def mamba3_issue():
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        print(__doc__)
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
     main()

@@ -10,19 +10,22 @@ FORWARD_ONLY=1 profiles the forward alone; IMPL=peer (or ours,peer) profiles mam
 on the same inputs (``.peer/`` present). Each case also prints the wall time per step run back to
 back: when it is well above the kernel sum, the GPU is waiting on the host. HOST=1 adds where:
 the host's time to issue one step, the GPU's idle gaps between kernels, and the host ops by self
-time; CPROFILE=1 the host's Python by function (cProfile).
+time; CPROFILE=1 the host's Python by function (cProfile). ``--plan "OP.FIELD=VALUE ..."`` runs
+ours with launch plans changed from the defaults (benchmarks/gpu/plans.py; e.g.
+``--plan "ssd.block_t_max=32 mamba3.rotate_bwd_pairs=32"``; SSD changes reach Mamba-3's SSD plan).
 """
 from __future__ import annotations
 
+import argparse
 import cProfile
 import os
 import pstats
-import sys
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.gpu import plans as launch_plans
 from benchmarks.kernels import cases
 from hybridlab.kernels.ops.ssd import fused as ssd_fused
 
@@ -33,9 +36,11 @@ CPROFILE = os.environ.get("CPROFILE", "0") == "1"              # the host's Pyth
 IMPLS = os.environ.get("IMPL", "ours").split(",")              # ours, peer or ours,peer
 
 
-def profile_case(case: str, impl: str = "ours") -> None:
+def profile_case(case: str, impl: str = "ours", plans: dict | None = None) -> None:
+    """``plans``: the launch plan per op (launch_plans.build) that ours runs with."""
     shape, overrides = cases.parse_case(case)
-    run = cases.prepare(shape.op, shape.name, impl, device="cuda", overrides=overrides)
+    fn = launch_plans.with_plan(cases.function(shape.op, impl), shape.op, plans or {}) if impl == "ours" else None
+    run = cases.prepare(shape.op, shape.name, impl, device="cuda", overrides=overrides, fn=fn)
     step = run.forward if FORWARD_ONLY else run.forward_backward
 
     for _ in range(3):
@@ -114,7 +119,25 @@ def python_profile(step) -> None:
               f"{os.path.basename(file)}:{line} {fn}")
 
 
-if __name__ == "__main__":
-    for arg in sys.argv[1:]:
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python3 -m benchmarks.gpu.profile_ops",
+                                 description="Per-kernel GPU time of our fused ops (see the module docstring).")
+    ap.add_argument("cases", nargs="+", metavar="CASE", help="op/shape[@dim=value...]")
+    ap.add_argument("--plan", default="", metavar="'OP.FIELD=VALUE ...'",
+                    help="launch-plan changes for ours (benchmarks/gpu/plans.py); default: the default plans")
+    args = ap.parse_args(argv)
+    try:
+        changes = launch_plans.parse(args.plan)
+        for case in args.cases:
+            cases.parse_case(case)
+    except (ValueError, KeyError) as e:
+        ap.error(str(e))
+    plans = launch_plans.build(changes)
+    print(f"launch plans: {args.plan.strip() or 'the defaults'}")
+    for case in args.cases:
         for impl in IMPLS:
-            profile_case(arg, impl)
+            profile_case(case, impl, plans)
+
+
+if __name__ == "__main__":
+    main()
