@@ -1,21 +1,88 @@
 """Text formatting shared by the command line and the web UI (neither imports the other):
-metric values, the ``hybridlab summary`` table, and names from a database shown safely."""
+metric values in one number style, the ``hybridlab summary`` table, and names from a database
+shown safely.
+
+One number style: sizes in bytes use binary prefixes (``3.0 MiB``), counts of parameters,
+FLOPs and tokens use SI prefixes (``4.2M``), rates add ``/s``, durations read as seconds,
+minutes or hours, other numbers keep 4 significant digits without exponents where they fit.
+``fmt_exact`` is the exact value (hover text, CSV files).
+"""
 from __future__ import annotations
+
+import math
 
 from hybridlab.composer.summary import human_bytes, human_count
 
+#: metric-name fragments by unit, checked in this order
+UNIT_HINTS = (("rate", ("_per_s", "tokens_per_s", "/s")),
+              ("bytes", ("bytes", "_mem", "mem_")),
+              ("seconds", ("duration_s", "wall_s", "compute_s", "_time_s")),
+              ("count", ("params", "flops", "tokens", "steps")))
+
+
+def unit_of(metric: str) -> str:
+    """``bytes``, ``count``, ``rate``, ``seconds`` or ``number`` for a metric name."""
+    low = str(metric).lower()
+    for unit, hints in UNIT_HINTS:
+        if any(h in low for h in hints):
+            return unit
+    return "number"
+
 
 def fmt_value(metric: str, value) -> str:
-    """A metric value for people: bytes and counts with units, floats to 4 digits."""
+    """A metric value for people, in the unit its name implies (see the module docstring)."""
     if value is None:
         return "-"
-    if "bytes" in metric:
-        return human_bytes(value)
-    if metric.startswith("params") or metric.startswith("flops"):
-        return human_count(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    unit = unit_of(metric)
+    if unit == "bytes":
+        return human_bytes(v)
+    if unit == "count":
+        return human_count(v)
+    if unit == "rate":
+        return human_count(v) + "/s"
+    if unit == "seconds":
+        return fmt_seconds(v)
+    return fmt_number(value)
+
+
+def fmt_number(value) -> str:
+    """A plain number: integers whole (thousands separated), floats to 4 significant digits,
+    SI prefixes from 10,000 on instead of exponents."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    if abs(v) >= 1e4:
+        return human_count(v)
+    if isinstance(value, int) or v.is_integer():
+        return f"{int(v):,}"
+    return f"{v:.4g}"
+
+
+def fmt_seconds(seconds: float) -> str:
+    s = float(seconds)
+    if abs(s) < 120:
+        return f"{s:.3g} s"
+    if abs(s) < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def fmt_exact(value) -> str:
+    """The exact value: whole numbers in full, floats as Python writes them back exactly."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
 
 
 def shown_name(name) -> str:

@@ -13,7 +13,8 @@ import sys
 
 from hybridlab.cli.options import add_allow_plugins, allow_plugins
 from hybridlab.errors import Problem, SpecError
-from hybridlab.formatting import fmt_value  # noqa: F401  (cli.studies imports it from here)
+from hybridlab.formatting import fmt_value
+from hybridlab.storage.health import printable
 
 
 def register(subparsers) -> None:
@@ -67,7 +68,7 @@ def run(args) -> int:
     from hybridlab.search.driver import run_search
     from hybridlab.search.spec import load_search_spec
     from hybridlab.search.workers import WorkerError, stop_on_signals
-    from hybridlab.storage import artifacts, display_url, resolve_url
+    from hybridlab.storage import Store, artifacts, display_url, resolve_url, views
 
     spec = load_search_spec(args.spec, allow_plugins=allow_plugins(args))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -90,53 +91,78 @@ def run(args) -> int:
     else:
         print(f"study {_shown(report.study_name)}: {_counts(report.counts)}  "
               f"(ran {report.ran} now; db {display_url(url)})")
-        _print_best_and_pareto(report.best, report.pareto)
+        print_view(views.study_view(Store(url, readonly=True), report.study_name))
     return 0
 
 
 def status(name: str, db: str | None, as_json: bool = False) -> int:
-    """Reads only (a damaged, newer or missing database, or an unknown study: StoreError)."""
-    from hybridlab.storage import Store, display_url, printable
+    """Reads only (a damaged, newer or missing database, or an unknown study: StoreError).
+    Everything printed comes from the read model the web UI shows (``storage.read_model``)."""
+    from hybridlab.storage import Store, display_url, views
     from hybridlab.storage.health import require_database
     store = Store(db, readonly=True)
     require_database(store.url)
-    summary = store.study_summary(name)
-    pareto = store.pareto(name)
-    running = [r for r in store.trials(name, states=["RUNNING"])]
-    runs = store.runs(name)
+    view = views.study_view(store, name)
     if as_json:
-        print(_json({"summary": summary, "pareto": pareto, "running": running}))
+        print(_json({"summary": view.summary(),
+                     "pareto": [view.by_number[n] for n in view.front],
+                     "running": view.running}))
         return 0
-    target = summary.get("target_trials")
-    done = summary["finished"]
+    target = view.target
     print(f"study {printable(name)}  ({display_url(store.url)})")
     print("  objectives: " + ", ".join(f"{printable(m)} ({d})" for m, d in
-                                         zip(summary["metric_names"], summary["directions"])))
-    print(f"  progress:   {done}/{target if target else '?'} finished  "
-          f"[{_counts(summary['counts'])}]  compute {summary['compute_s'] / 60:.1f} min")
-    for r in running:
-        run = runs.get(r["trial_id"], {})
+                                         zip(view.metric_names, view.directions)))
+    retried = sum(1 for r in view.rows if r["retried"])
+    print(f"  progress:   {view.finished}/{target if target else '?'} finished  "
+          f"[{_counts(view.counts)}]  compute {fmt_value('compute_s', view.compute_s)}"
+          + (f"  ({retried} retried, counted once)" if retried else ""))
+    for run in view.running:
+        r = view.by_number[run["trial_number"]]
         step, total = run.get("step"), run.get("total_steps")
         where = f"step {step}/{total}" if step is not None and total else "starting"
         print(f"  running:    trial {r['number']} {printable(r['pattern'] or '')} {where}")
-    stopped = store.trials(name, states=["PRUNED", "FAIL"])
+    stopped = [r for r in view.rows if r["state"] in ("PRUNED", "FAIL")]
     if stopped:
         print(f"  stopped early or failed ({len(stopped)}):")
         for r in stopped:
             why = _first_line(r["failure_reason"])
             print(f"    #{r['number']:<4} {r['state'].lower():<7} {why}")
-    _print_best_and_pareto(summary["best"], pareto)
+    print_view(view)
     return 0
+
+
+def print_view(view) -> None:
+    """Best value per objective and the Pareto front of a study's read model."""
+    _print_best(view.best)
+    if not view.front:
+        print("  no completed trials yet")
+        return
+    reuses: dict[int, list[int]] = {}
+    for r in view.rows:
+        if r["reused_from"] is not None:
+            reuses.setdefault(r["reused_from"], []).append(r["number"])
+    n, arches = len(view.front), view.front_architectures
+    print(f"  Pareto front ({n} trial{'s' if n != 1 else ''}"
+          + (f", {arches} architectures" if arches != n else "") + "):")
+    for number in view.front:
+        r = view.by_number[number]
+        vals = "  ".join(f"{printable(k)}={fmt_value(k, r.get(k))}" for k in view.metric_names)
+        again = reuses.get(number)
+        also = f"  (reused by trial{'s' if len(again) > 1 else ''} " \
+            f"{', '.join(map(str, again))})" if again else ""
+        print(f"    #{number:<4} {printable(r['pattern'] or '?'):<20} {vals}{also}")
+        params = {k[len("param:"):]: v for k, v in r.items() if k.startswith("param:")}
+        if params:
+            print("          " + "  ".join(f"{printable(k)}={printable(fmt_value(k, v))}"
+                                          for k, v in params.items()))
 
 
 # -- formatting ----------------------------------------------------------------------------------
 def _shown(name) -> str:
-    from hybridlab.storage import printable
     return printable(name)
 
 
 def _first_line(text) -> str:
-    from hybridlab.storage import printable
     lines = str(text or "").strip().splitlines()
     return printable(lines[0]) if lines else "no reason recorded"
 
@@ -148,25 +174,12 @@ def _counts(counts: dict) -> str:
         or "no trials"
 
 
-def _print_best_and_pareto(best: dict, pareto: list[dict]) -> None:
-    from hybridlab.storage import printable
+def _print_best(best: dict) -> None:
     if best:
         print("  best per objective:")
         for metric, b in best.items():
             print(f"    {printable(metric):<24} {fmt_value(metric, b['value']):>12}  "
                   f"trial {b['trial_number']}")
-    if pareto:
-        print(f"  Pareto front ({len(pareto)} trials):")
-        for r in sorted(pareto, key=lambda r: r["number"]):
-            vals = "  ".join(f"{printable(k)}={fmt_value(k, v)}" for k, v in r["values"].items())
-            reused = f"  (reuses trial {r['reused_from']})" if r.get("reused_from") is not None \
-                else ""
-            print(f"    #{r['number']:<4} {printable(r['pattern'] or '?'):<20} {vals}{reused}")
-            if r.get("params"):
-                print("          " + "  ".join(f"{printable(k)}={printable(v)}"
-                                              for k, v in r["params"].items()))
-    else:
-        print("  no completed trials yet")
 
 
 def _json(obj) -> str:

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hybridlab.interrupts import deferred
 
-from . import pareto as _pareto
+from . import read_model
 from .engine import (artifact_root, database_exists, display_url, reader_engine, resolve_url,
                      writer_engine)
 from .health import (TableState, UnknownStudy, UnknownTrial, check_file, printable, reads,
@@ -382,38 +382,9 @@ class Store:
 
     @reads
     def study_summary(self, study_name: str) -> dict:
-        study = self.load_study(study_name)
-        trials = study.get_trials(deepcopy=False)
-        directions = [d.name.lower() for d in study.directions]
-        names = _metric_names(study)
-        counts = {s: 0 for s in STATES}
-        for t in trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        runs = self.runs(study_name)
-        compute_s = 0.0
-        for t in trials:
-            run = runs.get(t._trial_id)
-            if run and run.get("wall_s") is not None and not run.get("reused_from"):
-                compute_s += run["wall_s"]
-            elif t.datetime_start and t.datetime_complete and not (run and run.get("wall_s")):
-                compute_s += (t.datetime_complete - t.datetime_start).total_seconds()
-        best = _best_per_objective(trials, directions, names)
-        starts = [t.datetime_start for t in trials if t.datetime_start]
-        ends = [t.datetime_complete or t.datetime_start for t in trials if t.datetime_start]
-        return {
-            "name": study_name,
-            "directions": directions,
-            "metric_names": names,
-            "counts": counts,
-            "n_trials": len(trials),
-            "finished": counted_finished(trials),    # toward target_trials (retries replace)
-            "target_trials": study.user_attrs.get("hybridlab_trials"),
-            "best": best,
-            "compute_s": compute_s,
-            "datetime_start": min(starts).isoformat() if starts else None,
-            "last_update": max(ends).isoformat() if ends else None,
-            "user_attrs": dict(study.user_attrs),
-        }
+        """Counts per state, retry-aware ``finished``, target, best per objective, compute time,
+        the Pareto front: the read model's summary (``read_model.StudyView.summary``)."""
+        return read_model.study_view(self, study_name).summary()
 
     @reads
     def trials(self, study_name: str, states: Iterable[str] | None = None) -> list[dict]:
@@ -502,10 +473,11 @@ class Store:
 
     @reads
     def pareto(self, study_name: str) -> list[dict]:
-        """Feasible non-dominated COMPLETE trials (Optuna's ``best_trials``), as trial rows."""
-        study = self.load_study(study_name)
-        best = {t.number for t in study.best_trials}
-        return [r for r in self.trials(study_name, states=["COMPLETE"]) if r["number"] in best]
+        """The read model's Pareto front as trial rows: feasible non-dominated COMPLETE trials
+        over all objectives, a trial reusing another's result left out (its original stands
+        for it)."""
+        front = set(read_model.study_view(self, study_name).front)
+        return [r for r in self.trials(study_name, states=["COMPLETE"]) if r["number"] in front]
 
     @reads
     def hypervolume_history(self, study_name: str,
@@ -516,26 +488,8 @@ class Store:
         trials (maximised ones flipped) and the reference is 1.1 on every axis, so values of
         different units weigh alike; with one (raw units, e.g. ``[0.0, 1e6]``) no scaling.
         """
-        study = self.load_study(study_name)
-        directions = [d.name.lower() for d in study.directions]
-        done = sorted((t for t in study.get_trials(deepcopy=False)
-                       if t.state.name == "COMPLETE" and t.values is not None
-                       and all(c <= 0 for c in t.constraints.values())),
-                      key=lambda t: t.number)
-        if not done:
-            return []
-        losses = [_pareto.to_losses(t.values, directions) for t in done]
-        if reference_point is None:
-            lo, span, ref = _pareto.normalized_reference(losses)
-            scaled = [tuple((v - l) / s for v, l, s in zip(x, lo, span)) for x in losses]
-        else:
-            ref = list(_pareto.to_losses(reference_point, directions))
-            scaled = losses
-        out = []
-        for i, t in enumerate(done):
-            out.append({"trial_number": t.number,
-                        "hypervolume": _pareto.hypervolume(scaled[: i + 1], ref)})
-        return out
+        return read_model.hypervolume_history(read_model.study_view(self, study_name),
+                                              reference_point=reference_point)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -591,21 +545,6 @@ def _metric_names(study) -> list[str]:
         return list(names)
     n = len(study.directions)
     return ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
-
-
-def _best_per_objective(trials, directions, names) -> dict[str, dict]:
-    best: dict[str, dict] = {}
-    for t in trials:
-        if t.state.name != "COMPLETE" or t.values is None:
-            continue
-        if any(c > 0 for c in t.constraints.values()):
-            continue
-        for i, (d, n) in enumerate(zip(directions, names)):
-            v = t.values[i]
-            cur = best.get(n)
-            if cur is None or (v > cur["value"] if d == "maximize" else v < cur["value"]):
-                best[n] = {"value": v, "trial_number": t.number, "direction": d}
-    return best
 
 
 def _trial_row(t, names, directions, record: TrialRecord | None, run: dict | None,

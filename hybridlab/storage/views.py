@@ -1,4 +1,5 @@
-"""Read-only views for the web UI and the exporter, built on ``Store``'s reads.
+"""Read-only views for the web UI, the command line and the exporter, over the one read model
+(``storage.read_model``).
 
 Nothing here writes. Every function takes a ``Store`` (usually ``Store(url, readonly=True)``)
 and opens only short read transactions through it (or, for ``change_token``, one tiny query of
@@ -6,37 +7,31 @@ its own on the read-only engine).
 
 * ``change_token(store)``       a cheap fingerprint of the database: it changes when a search
                                 records anything; the UI refreshes only when it does.
-* ``flat_trials(store, study)`` one flat dict per trial (values, scalars, params, pattern,
-                                study-level Pareto flag), cached per ``change_token``.
-* ``metric_columns(rows)``      the numeric columns of those rows, objectives first.
+* ``study_view(store, study)``  the study's read model (rows, front, counts, best), cached per
+                                ``change_token``; ``flat_trials`` its rows, ``study_meta`` its
+                                objectives and parameters, ``progress`` its retry-aware counts.
+* ``metric_columns(rows)``      the numeric columns of those rows, objectives first;
+  ``category_columns(meta)``    the categorical parameters (``param:blocks.M.type``).
 * ``direction(metric, meta)``   maximize / minimize for any metric (objectives: the study's).
 * ``front_indices(points, dirs)`` the non-dominated points for any directions.
 * ``best_trial(store, study, metric)`` the best feasible finished trial by one metric.
-* ``hypervolume_history(store, study)`` Store's numbers, computed incrementally (fast for
-                                thousands of trials).
-* ``progress(store, study)``    finished/target counts and running trials' steps.
+* ``hypervolume_history(store, study)`` the read model's, per study or on a shared scale.
 """
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from sqlalchemy import column, func, select, table
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from . import pareto as _pareto
+from . import read_model
 from .engine import is_sqlite, sqlite_path
 from .repository import Store
 
 #: Metric-name fragments that mean "higher is better" when a metric is not an objective.
 HIGHER_IS_BETTER = ("quality", "score", "accuracy", "tokens_per_s", "hypervolume")
-
-_cache: OrderedDict[tuple, list[dict]] = OrderedDict()
-_cache_lock = threading.Lock()
-_CACHE_SIZE = 16
-
 
 # -- change detection ----------------------------------------------------------------------------
 def change_token(store: Store) -> str:
@@ -71,90 +66,26 @@ def change_token(store: Store) -> str:
     return f"{tuple(a)}{tuple(b)}"
 
 
-# -- flat trial rows -----------------------------------------------------------------------------
-def study_meta(store: Store, study: str) -> dict:
-    """Objective names and directions of a study (no trials loaded)."""
-    s = store.load_study(study)
-    names = list(s.metric_names or [])
-    directions = [d.name.lower() for d in s.directions]
-    if not names:
-        n = len(directions)
-        names = ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
-    return {"name": study, "metric_names": names, "directions": directions,
-            "user_attrs": dict(s.user_attrs)}
+# -- the read model ------------------------------------------------------------------------------
+def study_view(store: Store, study: str, token: str | None = None) -> read_model.StudyView:
+    """The study's read model (``storage.read_model``), cached per ``change_token``."""
+    token = token if token is not None else change_token(store)
+    return read_model.study_view(store, study, token)
+
+
+def study_meta(store: Store, study: str, token: str | None = None) -> dict:
+    """Objective names and directions of a study, its parameters and user attributes."""
+    v = study_view(store, study, token)
+    return {"name": study, "metric_names": list(v.metric_names),
+            "directions": list(v.directions), "user_attrs": dict(v.user_attrs),
+            "params": dict(v.params)}
 
 
 def flat_trials(store: Store, study: str, token: str | None = None) -> list[dict]:
-    """One flat dict per trial of ``study``:
-
-    ``study, number, trial_id, state, status, pattern, n_layers, feasible, pareto`` plus every
-    objective value by metric name, every recorded scalar (``cost/...``, ``score/...``,
-    ``train/...``), every sampled parameter as ``param:NAME``, ``duration_s``, ``wall_s``,
-    ``reused_from``, ``failure_reason``, ``datetime_start``.
-
-    ``pareto`` marks Optuna's ``best_trials`` (feasible, non-dominated COMPLETE trials over all
-    objectives). Results are cached until ``change_token`` changes.
-    """
-    token = token if token is not None else change_token(store)
-    key = (store.url, study, token)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    meta = study_meta(store, study)
-    rows = [_flatten(study, r) for r in store.trials(study)]
-    _mark_pareto(rows, meta["metric_names"], meta["directions"])
-    with _cache_lock:
-        _cache[key] = rows
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return rows
-
-
-def _flatten(study: str, r: dict) -> dict:
-    ua = r.get("user_attrs") or {}
-    row = {
-        "study": study,
-        "number": r["number"],
-        "trial_id": r["trial_id"],
-        "state": r["state"],
-        "status": r.get("status"),
-        "pattern": r.get("pattern") or "",
-        "n_layers": ua.get("n_layers"),
-        "feasible": bool(r.get("feasible", True)),
-        "pareto": False,
-        "duration_s": r.get("duration_s"),
-        "wall_s": r.get("wall_s"),
-        "reused_from": r.get("reused_from"),
-        "failure_reason": _first_line(r.get("failure_reason")),
-        "datetime_start": r.get("datetime_start"),
-    }
-    for name, value in (r.get("values") or {}).items():
-        row[name] = value
-    for name, value in (r.get("metrics") or {}).items():
-        row[name] = value
-    # analytic costs of pruned/infeasible trials live only in user attrs
-    for name, value in (ua.get("costs") or {}).items():
-        row.setdefault(f"cost/{name}", value)
-    for name, value in (r.get("params") or {}).items():
-        row[f"param:{name}"] = value
-    return row
-
-
-def _first_line(text) -> str | None:
-    if not text:
-        return None
-    return str(text).strip().splitlines()[0][:300]
-
-
-def _mark_pareto(rows: list[dict], names: list[str], directions: list[str]) -> None:
-    done = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"]
-            and all(finite_number(r.get(n)) is not None for n in names)]
-    if not done:
-        return
-    losses = [_pareto.to_losses([r[n] for n in names], directions) for r in done]
-    for i in _pareto.pareto_indices(losses):
-        done[i]["pareto"] = True
+    """One flat dict per trial of ``study`` (``read_model.flat_row``), with ``pareto`` set on
+    the study's front over all its objectives and ``retried`` on trials a retry replaced.
+    Cached until ``change_token`` changes."""
+    return study_view(store, study, token).rows
 
 
 def finite_number(v) -> float | None:
@@ -197,6 +128,11 @@ def metric_columns(rows: Sequence[dict], objectives: Sequence[str] = ()) -> list
     return sorted(names, key=rank)
 
 
+def category_columns(meta: dict) -> list[str]:
+    """The columns of categorical parameters (their values are choices, e.g. block types)."""
+    return [p.column for p in (meta.get("params") or {}).values() if p.kind == "categorical"]
+
+
 def direction(metric: str, meta: dict | None = None) -> str:
     """``maximize`` or ``minimize``: the study's direction for an objective, otherwise a guess
     from the name (quality, scores, accuracy and throughput up; everything else down)."""
@@ -235,48 +171,21 @@ def trial_numbers(store: Store, study: str) -> list[int]:
 
 
 def study_names(store: Store) -> list[str]:
-    """The studies; a damaged or newer database raises ``StoreError`` (never "no studies")."""
-    return store.study_names()
+    """The studies, oldest first; a damaged or newer database raises ``StoreError`` (never
+    "no studies")."""
+    if store.readonly:
+        store.tables()                      # refuses a damaged or newer database
+    return read_model.study_names(store)
 
 
-def progress(store: Store, study: str) -> dict:
-    """Finished / target trial counts and the running trials' training steps."""
-    summary = store.study_summary(study)
-    c = summary["counts"]
-    running = []
-    for run in store.runs(study).values():
-        if run.get("status") == "running":
-            running.append({"trial_number": run["trial_number"], "step": run.get("step"),
-                            "total_steps": run.get("total_steps")})
-    return {"study": study, "done": c.get("COMPLETE", 0) + c.get("PRUNED", 0) + c.get("FAIL", 0),
-            "target": summary.get("target_trials"), "counts": c,
-            "running": sorted(running, key=lambda r: r["trial_number"]),
-            "compute_s": summary.get("compute_s", 0.0)}
+def progress(store: Store, study: str, token: str | None = None) -> dict:
+    """Finished (retries counted once, as the search and the CLI count) / target trials and
+    the running trials' training steps."""
+    return study_view(store, study, token).progress()
 
 
-def hypervolume_history(store: Store, study: str, token: str | None = None) -> list[dict]:
-    """``Store.hypervolume_history`` (same normalisation, same numbers), computed
-    incrementally: a trial dominated by the current front leaves the hypervolume unchanged, so
-    only front changes cost a hypervolume computation (over the front alone). 3,000 trials take
-    well under a second instead of minutes."""
-    meta = study_meta(store, study)
-    names, dirs = meta["metric_names"], meta["directions"]
-    rows = sorted((r for r in flat_trials(store, study, token)
-                   if r["state"] == "COMPLETE" and r["feasible"]
-                   and all(finite_number(r.get(n)) is not None for n in names)),
-                  key=lambda r: r["number"])
-    if not rows:
-        return []
-    losses = [_pareto.to_losses([r[n] for n in names], dirs) for r in rows]
-    lo, span, ref = _pareto.normalized_reference(losses)
-    scaled = [tuple((v - l) / s for v, l, s in zip(x, lo, span)) for x in losses]
-    front: list[tuple[float, ...]] = []
-    hv = 0.0
-    out = []
-    for r, p in zip(rows, scaled):
-        if all(x < q for x, q in zip(p, ref)) and \
-                not any(f == p or _pareto.dominates(f, p) for f in front):
-            front = [f for f in front if not _pareto.dominates(p, f)] + [p]
-            hv = _pareto.hypervolume(front, ref)
-        out.append({"trial_number": r["number"], "hypervolume": hv})
-    return out
+def hypervolume_history(store: Store, study: str, token: str | None = None,
+                        norm: _pareto.Normalization | None = None) -> list[dict]:
+    """The study's hypervolume after each finished feasible trial (``read_model``): normalised
+    by the study's own ranges, or by ``norm`` shared with other studies."""
+    return read_model.hypervolume_history(study_view(store, study, token), norm)
