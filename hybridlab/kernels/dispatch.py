@@ -19,6 +19,8 @@ import os
 
 import torch
 
+from hybridlab.errors import SettingError
+
 BACKENDS = ("reference", "triton")
 _MODULE_FOR_BACKEND = {"reference": "reference", "triton": "fused"}
 
@@ -51,7 +53,15 @@ def implementation(op: str, backend: str):
     key = (op, backend)
     fn = _cache.get(key)
     if fn is None:
-        module = importlib.import_module(f"hybridlab.kernels.{OPS[op]}.{_MODULE_FOR_BACKEND[backend]}")
+        try:
+            module = importlib.import_module(f"hybridlab.kernels.{OPS[op]}.{_MODULE_FOR_BACKEND[backend]}")
+        except ModuleNotFoundError as e:
+            # triton is a Linux-only dependency: elsewhere asking for the fused kernels is a
+            # setting to change, not a traceback
+            if (e.name or "").split(".")[0] != "triton":
+                raise
+            raise SettingError("the fused kernels need the triton package, which is Linux-only; unset "
+                               "HYBRIDLAB_KERNELS or use reference (HYBRIDLAB_KERNELS=reference)") from None
         fn = _cache[key] = getattr(module, op)
     return fn
 
