@@ -59,7 +59,8 @@ def spec_text(name: str, trials: int, seconds: float) -> str:
         "objectives": [{"metric": "quality", "direction": "maximize"}],
         "sampler": {"name": "random", "seed": 0},
         "trials": trials,
-        "heartbeat": {"interval_s": 1, "grace_s": 2},
+        # a short grace, but not so short that a busy machine's late heartbeat fails a live trial
+        "heartbeat": {"interval_s": 1, "grace_s": 10},
     }, sort_keys=False)
 
 
@@ -179,7 +180,7 @@ def test_two_workers_and_another_process_share_one_study(db, tmp_path):
     """``--workers 2`` on one machine and a second ``hybridlab search`` on another join one
     study: exactly its trial count is run, by all three workers, each drawing with its own
     seed, every file in the one shared folder."""
-    spec = spec_text("shared", trials=8, seconds=1.5)
+    spec = spec_text("shared", trials=6, seconds=1.0)
     a, b = machine(tmp_path, "a", spec), machine(tmp_path, "b", spec)
     shared = tmp_path / "shared"
     gun = tmp_path / "go-b"
@@ -198,7 +199,7 @@ def test_two_workers_and_another_process_share_one_study(db, tmp_path):
     ok(result_a)
     ok(result_b)
 
-    rows = check_study(db, "shared", 8, shared)
+    rows = check_study(db, "shared", 6, shared)
     runs = Store(db, readonly=True).runs("shared")
     pids = {runs[r["trial_id"]]["pid"] for r in rows}
     assert proc_b.pid in pids, "the second process ran no trial"
@@ -208,7 +209,7 @@ def test_two_workers_and_another_process_share_one_study(db, tmp_path):
         seeds.setdefault(runs[r["trial_id"]]["pid"], set()).add(r["user_attrs"]["sampler_seed"])
     assert all(len(s) == 1 for s in seeds.values())
     assert len(set().union(*seeds.values())) == 3, f"workers drew with the same seed: {seeds}"
-    assert len({r["params"]["train.lr"] for r in rows}) == 8
+    assert len({r["params"]["train.lr"] for r in rows}) == 6
 
 
 @pytest.mark.slow
@@ -267,7 +268,8 @@ def test_the_ui_reads_while_a_search_writes(db, tmp_path):
             if "watched" in views.study_names(ui):
                 rows = views.flat_trials(ui, "watched", token)
                 progress = views.progress(ui, "watched")
-                assert progress["target"] == 4 and progress["done"] <= 4
+                # None for a moment: the study exists before its attributes are written
+                assert progress["target"] in (None, 4) and progress["done"] <= 4
                 seen_done.add(progress["done"])
                 ui.study_summary("watched")
                 views.hypervolume_history(ui, "watched", token)
@@ -288,7 +290,8 @@ def test_the_ui_reads_while_a_search_writes(db, tmp_path):
     assert len(tokens) >= 3, "change_token did not follow the search"
     assert seen_done & {1, 2, 3}, f"never saw the study part-way: {sorted(seen_done)}"
     check_study(db, "watched", 4, shared)
-    assert views.progress(Store(db, readonly=True), "watched")["done"] == 4
+    final = views.progress(Store(db, readonly=True), "watched")
+    assert (final["done"], final["target"]) == (4, 4)
 
 
 def test_two_machines_start_at_once_and_a_third_exports_the_winner(db, tmp_path):
