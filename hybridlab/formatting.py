@@ -11,13 +11,29 @@ from __future__ import annotations
 
 import math
 
-from hybridlab.composer.summary import human_bytes, human_count
 
 #: metric-name fragments by unit, checked in this order
 UNIT_HINTS = (("rate", ("_per_s", "tokens_per_s", "/s")),
               ("bytes", ("bytes", "_mem", "mem_")),
               ("seconds", ("duration_s", "wall_s", "compute_s", "_time_s")),
               ("count", ("params", "flops", "tokens", "steps")))
+
+
+def human_count(n: float) -> str:
+    """51_600_000_000 -> '51.6B'; 12_345 -> '12.3K'."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
 
 
 def unit_of(metric: str) -> str:

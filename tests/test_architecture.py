@@ -259,3 +259,40 @@ def test_listed_modules_import_hybridlab_at_the_top_only():
     bad = [f"{MODULES[i.importer].relative_to(ROOT)}:{i.line}: {i.target}" for i in IMPORTS
            if i.importer in listed and i.local and i.target.split(".")[0] == "hybridlab"]
     assert not bad, "function-local hybridlab imports (move them to the top):\n" + "\n".join(bad)
+
+
+#: The layers of the README's "Layout of the code", top first: a module may import its own layer
+#: and the layers above it, never one below (the arrows point one way).
+LAYERS = [
+    ("hybridlab.errors", "hybridlab.formatting", "hybridlab.interrupts"),
+    ("hybridlab.specs",),
+    ("hybridlab.kernels",),
+    ("hybridlab.blocks",),
+    ("hybridlab.composer",),
+    ("hybridlab.storage",),
+    ("hybridlab.export",),
+    ("hybridlab.search",),
+    ("hybridlab.ui",),
+    ("hybridlab.cli",),
+]
+
+
+def _layer(module: str) -> int | None:
+    for depth, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return depth
+    return None
+
+
+def test_every_package_has_a_layer():
+    missing = sorted(m for m in MODULES if m != "hybridlab" and _layer(m) is None)
+    assert not missing, "modules outside LAYERS (add them to the README's picture too):\n" + \
+        "\n".join(missing)
+
+
+def test_imports_point_up_the_layers_only():
+    bad = [_where(i.importer, i.target) for i in IMPORTS
+           if i.target in MODULES and i.target != "hybridlab"
+           and _layer(i.importer) is not None and _layer(i.target) is not None
+           and _layer(i.target) > _layer(i.importer)]
+    assert not bad, "imports from a lower layer:\n" + "\n".join(bad)

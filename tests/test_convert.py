@@ -155,7 +155,7 @@ def test_from_hf_matches_transformers_parameter_count_and_layout(model_type, tmp
 
     import hybridlab
     from hybridlab.cli.main import main
-    from hybridlab.composer.convert import from_hf
+    from hybridlab.export.hf_config import from_hf
     from hybridlab.export.hf_classes import hf_config_for
 
     data = HF_CONFIGS[model_type]

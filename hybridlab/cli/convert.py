@@ -50,8 +50,10 @@ def run(args) -> int:
     from hybridlab.composer.loader import dump_spec_yaml, load_spec
 
     if args.from_ == "hf":
-        text, notes = convert.from_hf(convert.read_hf_config(Path(args.source)),
-                                      source=args.source, name=args.name)
+        from hybridlab.export.hf_config import from_hf, read_hf_config
+
+        text, notes = from_hf(read_hf_config(Path(args.source)), source=args.source,
+                              name=args.name)
         print(text, end="")
         for note in notes:
             print(f"note: left out: {note}", file=sys.stderr)

@@ -14,11 +14,9 @@
   pipeline stages, so ``|`` is dropped.
 * ``from_megatron(text)``: a YAML spec with the default blocks (M mamba2, * attention, - mlp,
   E moe) and default model settings; it is validated before it is returned.
-* ``from_hf(config)``: a transformers config.json (NemotronH, Jamba, Bamba, Zamba2, FalconH1,
-  GraniteMoeHybrid, Mamba, Mamba2) as a YAML spec of the same layout and sizes (its parameter
-  count is transformers' for that config), plus the settings it leaves out (muP multipliers,
-  ...); the class mappings live in ``hybridlab.export.hf_classes``. A class's own layout fields
-  for a spec (``--to hf``) come from ``hybridlab.export.hf_classes.hf_config_for``.
+
+Reading a transformers config.json into a spec, and a class's own layout fields for ``--to hf``,
+belong to the Hugging Face side: ``hybridlab.export.hf_config`` and ``hybridlab.export.hf_classes``.
 
 Layers that a notation cannot express (``parallel``, ``shared_attention`` have no Megatron
 symbol) raise a SpecError naming them, pointing at the block's ``type`` in the spec file when the
@@ -119,39 +117,6 @@ def from_megatron(text: str, name: str = "from-megatron", d_model: int = 256,
     from hybridlab.composer.loader import load_spec   # loader imports this package's modules
     load_spec(text_out, source="<from-megatron>")
     return text_out
-
-
-def read_hf_config(path) -> dict:
-    """A config.json file -> dict; unreadable files and bad JSON are SpecErrors with the line."""
-    import json
-
-    text = read_text_file(path, str(path))
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecError(Problem(f"not valid JSON: {e.msg}", file=str(path), line=e.lineno,
-                                col=e.colno)) from None
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise SpecError(Problem("a transformers config.json is a JSON object with a model_type",
-                                file=str(path), field="model_type"))
-    return config
-
-
-def from_hf(config: dict, source: str = "<config.json>", name: str | None = None
-            ) -> tuple[str, list[str]]:
-    """transformers config (dict) -> (YAML spec text, settings the spec leaves out). The text is
-    validated before it is returned; the left-out settings are also comments at its top."""
-    from hybridlab.export.hf_classes import spec_from_hf_config
-
-    data, notes = spec_from_hf_config(config, source)
-    if name:
-        data["name"] = name
-    header = f"# converted from {source} (transformers model_type {config['model_type']})\n"
-    header += "".join(f"# left out: {note}\n" for note in notes)
-    text = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
-    from hybridlab.composer.loader import load_spec   # loader imports this package's modules
-    load_spec(text, source=f"<from-hf {source}>")
-    return text, notes
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from hybridlab.formatting import human_bytes, human_count  # noqa: F401  (re-exported)
 from hybridlab.composer.builder import HybridModel, build_model
 from hybridlab.composer.loader import load_spec
 from hybridlab.composer.spec import ModelSpec
@@ -79,17 +80,3 @@ def summarize(spec, contexts=(4096,), dtype: torch.dtype = torch.bfloat16) -> di
 
 # -- human-readable numbers ----------------------------------------------------------------
 
-def human_count(n: float) -> str:
-    """51_600_000_000 -> '51.6B'; 12_345 -> '12.3K'."""
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(int(n))
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"

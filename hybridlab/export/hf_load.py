@@ -4,7 +4,7 @@
 * ``model_type: hybridlab``: the spec is config.json's ``spec_yaml`` (plugins never imported);
   weights carry the ``model.`` prefix (tied copies may be missing: save_pretrained drops them).
 * a transformers class hybridlab maps (``hybridlab.export.hf_classes``): the spec is spec.yaml
-  when the folder has one, else read from config.json (``hybridlab.composer.convert.from_hf``);
+  when the folder has one, else read from config.json (``hybridlab.export.hf_config.from_hf``);
   the weights are mapped back by running the export mapping in reverse.
 
     model = load_hf_folder(folder)     # HybridModel, or None: a folder load_model reads itself
@@ -105,7 +105,7 @@ def _hybridlab_spec(config: dict, config_file: Path):
 
 
 def _spec_from_config(config: dict, config_file: Path):
-    from hybridlab.composer.convert import from_hf
+    from hybridlab.export.hf_config import from_hf
     from hybridlab.composer.loader import load_spec
 
     try:
