@@ -20,6 +20,8 @@ import yaml
 
 from ui_fixtures import MALICIOUS, call_with_event, server  # noqa: F401
 
+from hybridlab.formatting import fmt_value
+
 gradio_client = pytest.importorskip("gradio_client")
 Client = gradio_client.Client
 
@@ -56,6 +58,10 @@ ENDPOINT_TESTS = {
     "export_build": "test_export_build_native_identical_logits",
     "export_this_trial": "test_export_this_trial_and_other_formats",
     "set_live": "test_set_live",
+    "detail_curves": "test_curves_smoothing_and_x_axis",
+    "analysis": "test_analysis_plots",
+    "analysis_scale": "test_analysis_plots",
+    "launch_follow": "test_launch_search_runs_in_background_process",
 }
 
 
@@ -111,7 +117,7 @@ def test_load_page_fills_every_tab(client, server):  # noqa: F811
     # the Pareto tab starts on the first study with its first two objectives
     assert out[3]["value"] == ["ui-a"]
     assert out[4]["value"] == "quality" and out[5]["value"] == "state_bytes@4096"
-    assert points(plot(out[7]))
+    assert points(plot(out[8]))
     # compose starts with a valid spec and its summary
     assert "valid" in out[-4] and "params total" in out[-2]
 
@@ -138,12 +144,13 @@ def test_studies_table_counts_and_best(client, server):  # noqa: F811
 
 
 def test_select_study_row_opens_its_pareto_front(server):  # noqa: F811
-    data = ["ui-b", None, None, "study", "auto", "auto", "axes", True, False, False]
+    data = ["ui-b", None, None, "study", "auto", "auto", "axes", True, False, False, "study",
+            "common"]
     out = call_with_event(server["server_url"], "studies_open", data,
                           {"index": [1, 0], "value": "ui-b", "row_value": ["ui-b", "done"],
                            "col_value": ["ui-b"], "selected": True})
     assert out[0]["value"] == ["ui-b"]
-    fig = json.loads(out[4]["plot"])
+    fig = json.loads(out[5]["plot"])
     assert {p[0] for t in points(fig) for p in t["customdata"]} == {"ui-b"}
     assert out[-1]["selected"] == "pareto"
 
@@ -153,7 +160,7 @@ def _expected(server, study, x, y, dirs):  # noqa: F811
     from hybridlab.storage import views
     rows = [r for r in views.flat_trials(store(server), study)
             if r["state"] == "COMPLETE" and r["feasible"] and r.get(x) is not None
-            and r.get(y) is not None]
+            and r.get(y) is not None and r["reused_from"] is None]   # a reuse is its original
     front = {rows[i]["number"] for i in
              views.front_indices([(r[x], r[y]) for r in rows], dirs)}
     return {r["number"] for r in rows}, front
@@ -161,10 +168,11 @@ def _expected(server, study, x, y, dirs):  # noqa: F811
 
 def test_pareto_two_studies_points_and_fronts(client, server):  # noqa: F811
     out = client.predict(["ui-a", "ui-b"], "quality", "params_total", "study", "auto", "auto",
-                         "axes", True, False, False, api_name="/pareto_studies")
+                         "axes", True, False, False, "study", "common",
+                         api_name="/pareto_studies")
     x, y = out[1]["value"], out[2]["value"]
     assert (x, y) == ("quality", "params_total")
-    fig = plot(out[4])
+    fig = plot(out[5])
     traces = points(fig)
     for study, colour in (("ui-a", None), ("ui-b", None)):
         everything, front = _expected(server, study, x, y, ("maximize", "minimize"))
@@ -181,10 +189,13 @@ def test_pareto_two_studies_points_and_fronts(client, server):  # noqa: F811
     assert len(colours) == 2
     assert sum(1 for t in fig["data"] if t.get("meta") == "front-line") >= 1
     assert fig["layout"]["uirevision"]
-    hv = plot(out[5])
+    hv = plot(out[6])
     assert {t["name"] for t in hv["data"]} == {"ui-a", "ui-b"}
-    table = frame(out[6])
-    assert {(r["study"], r["trial"]) for r in table} == \
+    # one scale for both studies, stated on the plot
+    note = " ".join(a["text"] for a in hv["layout"]["annotations"])
+    assert "One scale for ui-a, ui-b" in note and "reference point 1.1" in note
+    table = frame(out[7])
+    assert {(r["study"], int(r["trial"])) for r in table} == \
         {(t["customdata"][i][0], t["customdata"][i][1]) for t in traces
          if t["name"].endswith("front") for i in range(len(t["customdata"]))}
 
@@ -193,23 +204,24 @@ def test_pareto_render_options(client, server):  # noqa: F811
     # colour by a metric, dominated hidden, front over all objectives, log axes
     plot_out, hv, table, caption = client.predict(
         ["ui-a"], "quality", "state_bytes@4096", "params_total", "auto", "auto", "objectives",
-        False, False, True, api_name="/pareto_render")
+        False, False, True, "study", "common", api_name="/pareto_render")
     fig = plot(plot_out)
     traces = points(fig)
     assert all(t["name"].endswith("front") for t in traces)
     expected = {r["number"] for r in store(server).pareto("ui-a")}
     assert {p[1] for t in traces for p in t["customdata"]} == expected
-    assert isinstance(traces[0]["marker"]["color"], list)            # coloured by a metric
+    assert traces[0]["marker"]["color"]                              # coloured by a metric
+    assert not isinstance(traces[0]["marker"]["color"], str)
     assert traces[0]["marker"]["colorbar"]["title"]["text"] == "params_total"
     assert fig["layout"]["yaxis"]["type"] == "log"
     assert "all objectives" in caption
     # a changed direction changes the front
     _, _, table2, caption2 = client.predict(
         ["ui-a"], "quality", "state_bytes@4096", "study", "minimize", "maximize", "axes", True,
-        False, False, api_name="/pareto_render")
+        False, False, "study", "common", api_name="/pareto_render")
     everything, front = _expected(server, "ui-a", "quality", "state_bytes@4096",
                                   ("minimize", "maximize"))
-    assert {r["trial"] for r in frame(table2)} == front
+    assert {int(r["trial"]) for r in frame(table2)} == front
     assert "x minimize, y maximize" in caption2
 
 
@@ -219,14 +231,15 @@ def test_ticks_refresh_only_on_change(server):  # noqa: F811
     skipped = {"__type__": "update"}
     c = Client(server["server_url"], verbose=False)
     inputs = (["ui-a"], "quality", "params_total", "study", "auto", "auto", "axes", True, False,
-              False)
+              False, "study", "common")
     out = c.predict(*inputs, api_name="/pareto_tick")
     assert points(plot(out[0]))
     assert c.predict(*inputs, api_name="/pareto_tick")[0] == skipped
     out = c.predict(api_name="/studies_tick")
     assert frame(out[0])
     assert c.predict(api_name="/studies_tick")[0] == skipped
-    trial_inputs = ("ui-a", ["COMPLETE"], False, 100, "quality", [])
+    trial_inputs = ("ui-a", ["COMPLETE"], False, 100, "quality", [], "", "number", False, 1,
+                    100)
     out = c.predict(*trial_inputs, api_name="/trials_tick")
     assert {r["state"] for r in frame(out[0])} == {"COMPLETE"}
     assert c.predict(*trial_inputs, api_name="/trials_tick")[0] == skipped
@@ -258,53 +271,96 @@ def test_select_pareto_row_opens_trial(server):  # noqa: F811
 
 
 # -- trials --------------------------------------------------------------------------------------
-def test_trials_table_and_csv(client, server):  # noqa: F811
+EVERY_STATE = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+
+
+def _csv(path) -> list[dict]:
     import csv
-    out = client.predict("ui-a", list(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
-                         False, 100, None, ["cost/params_total", "score/bytes_lm"],
-                         api_name="/trials_study")
-    top_metric, columns, table, csv_path, caption = out
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_trials_table_and_csv(client, server):  # noqa: F811
+    out = client.predict("ui-a", EVERY_STATE, False, 100, None,
+                         ["state", "pattern", "quality", "param:blocks.M.type",
+                          "cost/params_total", "score/bytes_lm", "failure_reason"],
+                         "", "number", False, 1, 100, api_name="/trials_study")
+    top_metric, columns, sort, table, csv_path, caption, page = out
     assert top_metric["value"] == "quality"
-    assert "score/bytes_lm" in [c[1] for c in columns["choices"]]
+    choices = [c[1] for c in columns["choices"]]
+    # every parameter is a column, the categorical block type included
+    assert {"score/bytes_lm", "param:blocks.M.type", "param:blocks.M.d_state",
+            "param:layout.layers"} <= set(choices)
     rows = frame(table)
-    assert len(rows) == 7 and "7** of 7" in caption
-    assert list(table["headers"][:3]) == ["number", "state", "pattern"]
-    assert "cost/params_total" in table["headers"] and "score/bytes_lm" in table["headers"]
+    assert len(rows) == 7 and "7** of 7" in caption and page == 1
+    assert list(table["headers"][:4]) == ["number", "state", "pattern", "quality ↑"]
+    types = {r["param:blocks.M.type"] for r in rows}
+    assert types and types <= {"mamba1", "mamba2"}
     pruned = [r for r in rows if r["state"] == "PRUNED"]
     assert len(pruned) == 3 and all("infeasible" in r["failure_reason"] for r in pruned)
-    with open(csv_path, newline="") as f:
-        csv_rows = list(csv.DictReader(f))
-    assert [int(r["number"]) for r in csv_rows] == [r["number"] for r in rows]
-    assert csv_rows[0]["pattern"] == rows[0]["pattern"]
+    # cells in the one number style, the CSV exact
+    exact = {int(r["number"]): r for r in _csv(csv_path)}
+    assert [int(r["number"]) for r in rows] == sorted(exact)
+    want = {r["number"]: r for r in store(server).trials("ui-a")}
+    for r in rows:
+        n = int(r["number"])
+        total = want[n]["metrics"]["cost/params_total"]
+        assert float(exact[n]["cost/params_total"]) == total
+        assert r["cost/params_total"] == fmt_value("params_total", total)
+        assert exact[n]["param:blocks.M.type"] == want[n]["params"]["blocks.M.type"]
+        if want[n]["values"]:
+            assert float(exact[n]["quality"]) == want[n]["values"]["quality"]
+    assert exact[int(rows[0]["number"])]["pattern"] == rows[0]["pattern"]
 
 
 def test_trials_filters(client, server):  # noqa: F811
-    everything = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
-    table, _, caption = client.predict("ui-a", ["PRUNED"], False, 100, "quality", [],
-                                       api_name="/trials_filter")
+    args = ("", "number", False, 1, 100)
+    table, _, caption, _ = client.predict("ui-a", ["PRUNED"], False, 100, "quality", [], *args,
+                                          api_name="/trials_filter")
     assert {r["state"] for r in frame(table)} == {"PRUNED"} and len(frame(table)) == 3
-    table, _, _ = client.predict("ui-a", everything, True, 100, "quality", [],
-                                 api_name="/trials_filter")
+    table, _, _, _ = client.predict("ui-a", EVERY_STATE, True, 100, "quality", [], *args,
+                                    api_name="/trials_filter")
     front = {r["number"] for r in store(server).pareto("ui-a")}
-    assert {r["number"] for r in frame(table)} == front
-    table, csv_path, caption = client.predict("ui-a", everything, False, 50, "quality", [],
-                                              api_name="/trials_filter")
+    assert {int(r["number"]) for r in frame(table)} == front
+    table, csv_path, caption, _ = client.predict("ui-a", EVERY_STATE, False, 50, "quality", [],
+                                                 *args, api_name="/trials_filter")
     done = sorted((r for r in store(server).trials("ui-a", states=["COMPLETE"])),
                   key=lambda r: -r["values"]["quality"])
     k = math.ceil(len(done) * 0.5)
-    got = frame(table)
-    assert len(got) == k
-    assert min(r["quality"] for r in got) >= done[k - 1]["values"]["quality"] - 1e-3
+    got = _csv(csv_path)
+    assert len(frame(table)) == len(got) == k
+    assert min(float(r["quality"]) for r in got) == done[k - 1]["values"]["quality"]
     assert "top 50% by quality (maximize)" in caption
-    assert Path(csv_path).read_text().count("\n") == k + 1
     # a cost metric is minimised
-    table, _, _ = client.predict("ui-a", everything, False, 1, "cost/params_total", [],
-                                 api_name="/trials_filter")
+    table, csv_path, _, _ = client.predict("ui-a", EVERY_STATE, False, 1, "cost/params_total",
+                                           ["cost/params_total"], *args,
+                                           api_name="/trials_filter")
     cheapest = min(r["metrics"]["cost/params_total"] for r in store(server).trials("ui-a")
                    if "cost/params_total" in r["metrics"])
-    assert [r["number"] for r in frame(table)] and all(
-        store(server).trial_detail("ui-a", r["number"])["metrics"]["cost/params_total"]
-        == cheapest for r in frame(table))
+    got = _csv(csv_path)
+    assert got and all(float(r["cost/params_total"]) == cheapest for r in got)
+
+
+def test_trials_sort_page_and_text_filter(client, server):  # noqa: F811
+    """Sorting, paging and the text filter run on the server, over every page."""
+    want = sorted((r for r in store(server).trials("ui-a") if r["values"]),
+                  key=lambda r: (-r["values"]["quality"], r["number"]))
+    table, csv_path, caption, page = client.predict(
+        "ui-a", ["COMPLETE"], False, 100, "quality", ["quality"], "", "quality", True, 1, 50,
+        api_name="/trials_filter")
+    assert [int(r["number"]) for r in frame(table)] == [r["number"] for r in want]
+    assert "sorted by quality (descending)" in caption and "page 1 of 1" in caption
+    mamba1 = {r["number"] for r in store(server).trials("ui-a")
+              if r["params"]["blocks.M.type"] == "mamba1"}
+    table, _, caption, _ = client.predict(
+        "ui-a", EVERY_STATE, False, 100, "quality", ["state", "param:blocks.M.type"],
+        "MAMBA1", "number", False, 1, 50, api_name="/trials_filter")
+    assert {int(r["number"]) for r in frame(table)} == mamba1
+    assert "matching 'MAMBA1'" in caption
+    # a page past the end is the last page
+    _, _, caption, page = client.predict("ui-a", EVERY_STATE, False, 100, "quality", [], "",
+                                         "number", False, 99, 50, api_name="/trials_filter")
+    assert page == 1 and "page 1 of 1" in caption
 
 
 def test_select_trial_row_opens_trial(server):  # noqa: F811
@@ -325,7 +381,7 @@ def test_detail_trial_list(client):
 def test_open_trial_detail_everything(client, server):  # noqa: F811
     import hybridlab
     study_dd, trial_dd, header, failure, strip, curves, scores, metrics, spec = client.predict(
-        "ui-a", 5, api_name="/open_trial")
+        "ui-a", 5, 0.6, "step", api_name="/open_trial")
     d = store(server).trial_detail("ui-a", 5)
     assert trial_dd["value"] == 5 and "complete" in header and d["pattern"] in header
     assert failure["visible"] is False
@@ -333,9 +389,12 @@ def test_open_trial_detail_everything(client, server):  # noqa: F811
     model_spec = hybridlab.load_spec(spec)
     cells = re.findall(r"class='hl-cell' data-type='([a-z_0-9]+)'", strip)
     assert cells == [layer.type for layer in model_spec.layers]
-    assert "hl-legend" in strip and "attention &times;1" in strip
+    # the legend names the block type behind each symbol
+    assert "hl-legend" in strip and "<code>*</code> = attention &times;1" in strip
+    m_type = next(layer.type for layer in model_spec.layers if layer.name == "M")
+    assert f"<code>M</code> = {m_type} &times;" in strip
     assert spec.strip() == d["spec_yaml"].strip()
-    names = {t["name"] for t in plot(curves)["data"]}
+    names = {t["name"] for t in plot(curves)["data"] if not t["name"].endswith("(raw)")}
     assert names == set(d["curves"])
     bars = plot(scores)["data"][0]
     assert dict(zip(bars["x"], bars["y"])) == pytest.approx(d["scores"])
@@ -344,10 +403,67 @@ def test_open_trial_detail_everything(client, server):  # noqa: F811
                                                         ("score", "bytes_lm"),
                                                         ("cost", "params_total")}
     # an infeasible trial shows why
-    out = client.predict("ui-a", 1, api_name="/open_trial")
+    out = client.predict("ui-a", 1, 0.6, "step", api_name="/open_trial")
     assert out[3]["visible"] is True and "params_total" in out[3]["value"]
     with pytest.raises(Exception, match="no trial 99"):
-        client.predict("ui-a", 99, api_name="/open_trial")
+        client.predict("ui-a", 99, 0.6, "step", api_name="/open_trial")
+
+
+def test_curves_smoothing_and_x_axis(client, server):  # noqa: F811
+    """W&B-style curves: per-task losses as their own series, the round-robin train/loss only
+    in the legend, EMA smoothing over faint raw lines, tokens on x, lr and the gradient norm on
+    axes of their own, chance levels as dashed lines."""
+    from hybridlab.search.tasks import get_task
+    from hybridlab.ui.curves import ema
+
+    d = store(server).trial_detail("ui-a", 5)
+    fig = plot(client.predict("ui-a", 5, 0.9, "tokens", api_name="/detail_curves"))
+    by_name = {t["name"]: t for t in fig["data"]}
+    assert {"train/bytes_lm/loss", "train/mqar/loss", "lr", "train/grad_norm",
+            "eval/quality"} <= set(by_name)
+    assert by_name["train/loss"]["visible"] == "legendonly"
+    raw = d["curves"]["train/mqar/loss"]
+    assert by_name["train/mqar/loss (raw)"]["y"] == pytest.approx([v for _, v in raw])
+    assert by_name["train/mqar/loss"]["y"] == pytest.approx(ema([v for _, v in raw], 0.9))
+    per_step = d["metrics"]["train/train_tokens"] / d["metrics"]["train/train_steps"]
+    assert by_name["train/mqar/loss"]["x"] == pytest.approx([s * per_step for s, _ in raw])
+    titles = {fig["layout"][k]["title"]["text"] for k in fig["layout"]
+              if k.startswith("xaxis") and fig["layout"][k].get("title")}
+    assert titles == {"tokens (step × mean tokens per step)"}
+    axes = {name: by_name[name].get("yaxis", "y") for name in ("lr", "train/grad_norm",
+                                                                "train/mqar/loss", "eval/quality")}
+    assert len(set(axes.values())) == 4                 # each kind on its own axis
+    mqar = get_task("mqar", vocab_size=64, seq_len=32, kv_pairs=4, test_examples=32)
+    chance = sorted(sh["y0"] for sh in fig["layout"]["shapes"])
+    assert chance == pytest.approx(sorted([0.0, mqar.chance]))    # bytes_lm's chance is 0
+    # evaluation series are not smoothed; smoothing 0 draws no raw copies
+    assert by_name["eval/quality"]["y"] == pytest.approx([v for _, v in
+                                                          d["curves"]["eval/quality"]])
+    flat = plot(client.predict("ui-a", 5, 0, "step", api_name="/detail_curves"))
+    assert not [t for t in flat["data"] if t["name"].endswith("(raw)")]
+
+
+def test_analysis_plots(client, server):  # noqa: F811
+    """Optuna's own plots (optuna.visualization) for one study and objective."""
+    out = client.predict("ui-a", "quality", None, None, None, api_name="/analysis")
+    study, objective, cx, cy = out[:4]
+    assert study["value"] == "ui-a" and objective["value"] == "quality"
+    assert {cx["value"], cy["value"]} <= {"blocks.M.type", "blocks.M.d_state",
+                                          'layout.mix."*"', "layout.layers"}
+    importance, parallel, slice_, contour, history = (plot(o) for o in out[4:9])
+    usable = [r for r in store(server).trials("ui-a", states=["COMPLETE"]) if r["feasible"]
+              and r["reused_from"] is None]
+    assert f"({len(usable)} trials)" in importance["layout"]["title"]["text"]
+    assert set(importance["data"][0]["y"]) <= {"blocks.M.type", "blocks.M.d_state",
+                                               'layout.mix."*"', "layout.layers"}
+    assert len(parallel["data"]) >= len(usable)          # a line per trial (Optuna 5)
+    assert len(slice_["data"]) >= 2 and contour["data"] and history["data"]
+    hist_y = [y for t in history["data"] for y in (t.get("y") or []) if y is not None]
+    assert max(hist_y) == pytest.approx(max(r["values"]["quality"] for r in usable))
+    # no study made by hybridlab scale in this database: the section says how to get one
+    scaled = plot(out[10])
+    assert "hybridlab scale" in scaled["layout"]["annotations"][0]["text"]
+    assert plot(client.predict(None, api_name="/analysis_scale"))["layout"]["annotations"]
 
 
 # -- compare -------------------------------------------------------------------------------------
@@ -359,12 +475,19 @@ def test_compare_trials(client, server):  # noqa: F811
     assert frame(table)[0].keys() >= {"metric", "ui-a #0", "ui-a #5"}
     assert curve_dd["value"] == "eval/quality"
     assert {t["name"] for t in plot(fig)["data"]} == {"ui-a #0", "ui-a #5"}
-    out = client.predict(["ui-a#0", "ui-b#1", "../../x#0"], "train/loss", api_name="/compare")
+    out = client.predict(["ui-a#0", "ui-b#1", "../../x#0"], "train/loss", 0.0, "step",
+                         api_name="/compare")
     assert out[0]["value"] == ["ui-a#0", "ui-b#1", "../../x#0"]
     assert out[3]["value"] == "train/loss"
     rows = {r["metric"]: r for r in frame(out[2])}
     assert rows["pattern"]["ui-b #1"] == store(server).trial_detail("ui-b", 1)["pattern"]
-    fig = plot(client.predict(["ui-a#0", "ui-b#1"], "eval/mqar/accuracy",
+    # every parameter is a row (a parameter one study does not sample stays empty)
+    b1 = store(server).trial_detail("ui-b", 1)
+    assert rows["param:blocks.M.type"]["ui-b #1"] == b1["params"]["blocks.M.type"]
+    assert rows["param:blocks.M.type"]["../../x #0"] == ""
+    assert rows["params_total"]["ui-b #1"] == fmt_value("params_total",
+                                                       b1["values"]["params_total"])
+    fig = plot(client.predict(["ui-a#0", "ui-b#1"], "eval/mqar/accuracy", 0.0, "step",
                               api_name="/compare_curve"))
     assert {t["name"] for t in fig["data"]} == {"ui-a #0", "ui-b #1"}
     assert fig["layout"]["yaxis"]["title"]["text"] == "eval/mqar/accuracy"
@@ -485,13 +608,15 @@ def test_launch_search_runs_in_background_process(launch_app):
     spec_file.write_text(yaml.safe_dump(TINY_SEARCH, sort_keys=False))
     text, check = c.predict(str(spec_file), api_name="/launch_load")[:2]
     assert "valid search spec" in check
-    job_dd, status, progress, log = c.predict(text, None, 1, "cpu", api_name="/launch_start")
+    job_dd, status, progress, log, follow = c.predict(text, None, 1, "cpu",
+                                                      api_name="/launch_start")
+    assert follow["active"] is True                     # the page follows it every second
     job = launch_app["demo"].hybridlab.ctx.launcher.jobs[job_dd["value"]]
     assert job.proc.pid != os.getpid()                        # a separate process
     assert job.spec_file == spec_file.resolve()               # the unchanged file, as it is
     assert "hybridlab.cli.main" in job.command and "search" in job.command
     # the page keeps reading while the search writes: no "database is locked", no errors
-    reads = 0
+    reads, live_logs = 0, []
 
     def still_running(state, out):
         nonlocal reads
@@ -499,11 +624,18 @@ def test_launch_search_runs_in_background_process(launch_app):
             table = frame(c.predict(api_name="/refresh_studies")[0])
             assert [r["study"] for r in table] in ([], ["launched"])
             reads += 1
+            followed = c.predict(job_dd["value"], api_name="/launch_follow")
+            if "running" in followed[1]:
+                live_logs.append(followed[3])
         return state != "running"
 
     state, out = _wait_job(c, still_running)
     assert state == "finished", out[3]
     assert reads >= 1
+    # the log streams while the search runs (unbuffered, the progress bar's latest state)
+    assert any("search launched" in log for log in live_logs), live_logs[-1:]
+    assert "\r" not in out[3]
+    assert c.predict(job_dd["value"], api_name="/launch_follow")[4]["active"] is False
     from hybridlab.storage import Store
     summary = Store(launch_app["url"], readonly=True).study_summary("launched")
     assert summary["counts"]["COMPLETE"] == 2
@@ -537,6 +669,9 @@ def test_launch_stop(launch_app):
 
 # -- export --------------------------------------------------------------------------------------
 def _unzip(path, dest: Path) -> Path:
+    if isinstance(path, dict):                  # the download button's update: its file
+        assert path["visible"] is True
+        path = path["value"]
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         assert all(not n.startswith("/") and ".." not in n.split("/") for n in names)

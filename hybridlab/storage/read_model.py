@@ -77,6 +77,8 @@ class StudyView:
     datetime_start: str | None
     last_update: str | None
     by_number: dict[int, dict] = field(default_factory=dict, repr=False)
+    distributions: dict = field(default_factory=dict, repr=False)   # name -> the latest
+    memo: dict = field(default_factory=dict, repr=False)    # readers' derived data, per view
 
     @property
     def target(self) -> int | None:
@@ -174,7 +176,8 @@ def build_view(data: StudyData) -> StudyView:
                  for t in data.trials if t.state == "RUNNING"],
         datetime_start=min(starts) if starts else None,
         last_update=max(ends) if ends else None,
-        by_number={r["number"]: r for r in rows})
+        by_number={r["number"]: r for r in rows},
+        distributions={n: d for t in data.trials for n, d in t.distributions.items()})
 
 
 def flat_row(study: str, t: TrialData, metric_names: list[str]) -> dict:
@@ -206,7 +209,7 @@ def flat_row(study: str, t: TrialData, metric_names: list[str]) -> dict:
         row.setdefault(f"cost/{name}", value)
     for name, value in t.params.items():
         row[f"param:{name}"] = value
-    for key in ("proxy_trial", "proxy_quality", "proxy_study"):
+    for key in ("proxy_trial", "proxy_quality", "proxy_study", "quality_std"):
         if key in ua:
             row[key] = ua[key]
     return row

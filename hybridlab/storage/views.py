@@ -28,6 +28,8 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from . import pareto as _pareto
 from . import read_model
 from .engine import is_sqlite, sqlite_path
+from .health import UnknownTrial
+from .record import record_from_rows
 from .repository import Store
 
 #: Metric-name fragments that mean "higher is better" when a metric is not an objective.
@@ -88,6 +90,33 @@ def flat_trials(store: Store, study: str, token: str | None = None) -> list[dict
     return study_view(store, study, token).rows
 
 
+def trial_detail(store: Store, study: str, number: int, token: str | None = None) -> dict:
+    """Everything about one trial, as ``Store.trial_detail`` gives it, from the read model's
+    row and the trial's own rows (Optuna's storage would load the whole study to find one
+    trial). A trial without a recorded architecture (older databases) takes Store's path."""
+    view = study_view(store, study, token)
+    row = view.by_number.get(int(number))
+    if row is None:
+        raise UnknownTrial(f"study {study!r} has no trial {number}")
+    tid = row["trial_id"]
+    run = store.run(tid)
+    arch = store.architecture(run["arch_hash"]) if run and run.get("arch_hash") else None
+    if arch is None:
+        return store.trial_detail(study, int(number))
+    scalars = store.scalars(tid)
+    curves, artifacts = store.series(tid), store.artifacts(tid)
+    rec = record_from_rows(run, arch, scalars, curves=curves, artifacts=artifacts)
+    detail = dict(row)
+    detail.update({
+        "values": {n: row[n] for n in view.metric_names if n in row},
+        "params": {k[len("param:"):]: v for k, v in row.items() if k.startswith("param:")},
+        "metrics": dict(scalars), "failure_reason": rec.failure_reason or row["failure_reason"],
+        "run": run, "spec_yaml": arch.get("spec_yaml") or "", "architecture": arch,
+        "curves": curves, "scores": rec.scores, "costs": rec.costs, "artifacts": artifacts,
+    })
+    return detail
+
+
 def finite_number(v) -> float | None:
     """v as a finite float, or None (missing, a bool, text, NaN or infinite)."""
     if isinstance(v, bool) or v is None:
@@ -108,18 +137,39 @@ FIXED_COLUMNS = ("study", "number", "trial_id", "state", "status", "pattern", "n
 def metric_columns(rows: Sequence[dict], objectives: Sequence[str] = ()) -> list[str]:
     """Columns holding numbers in at least one row: objectives first, then scores, costs,
     training figures, numeric parameters, and ``number`` / ``n_layers`` / durations."""
+    return rank_columns(_numeric_names(rows), objectives)
+
+
+def study_metric_columns(study_views: Sequence, objectives: Sequence[str] = ()) -> list[str]:
+    """``metric_columns`` of the rows of several studies' read models (computed once per
+    read model and kept with it)."""
+    names: dict[str, None] = {}
+    for v in study_views:
+        if "numeric" not in v.memo:
+            v.memo["numeric"] = _numeric_names(v.rows)
+        names.update(dict.fromkeys(v.memo["numeric"]))
+    return rank_columns(list(names), objectives)
+
+
+_NOT_METRICS = ("study", "trial_id", "feasible", "pareto", "reused_from", "retried",
+                "retried_from", "proxy_trial")
+
+
+def _numeric_names(rows: Sequence[dict]) -> list[str]:
     seen: dict[str, None] = {}
     for r in rows:
         for k, v in r.items():
-            if k in ("study", "trial_id", "feasible", "pareto", "reused_from"):
-                continue
-            if finite_number(v) is not None:
-                seen.setdefault(k, None)
-    names = list(seen)
+            if k not in seen and k not in _NOT_METRICS and finite_number(v) is not None:
+                seen[k] = None
+    return list(seen)
+
+
+def rank_columns(names: Sequence[str], objectives: Sequence[str] = ()) -> list[str]:
+    objectives = list(objectives)
 
     def rank(name: str):
         if name in objectives:
-            return (0, list(objectives).index(name), name)
+            return (0, objectives.index(name), name)
         for i, prefix in enumerate(("score/", "cost/", "train/", "param:")):
             if name.startswith(prefix):
                 return (1 + i, 0, name)

@@ -24,6 +24,7 @@ from hybridlab.storage import views
 from hybridlab.ui.common import study_choices
 from hybridlab.ui.context import UIContext
 from hybridlab.ui.errors import guard_app
+from hybridlab.ui.tab_analysis import AnalysisTab
 from hybridlab.ui.tab_compare import CompareTab
 from hybridlab.ui.tab_compose import ComposeTab
 from hybridlab.ui.tab_detail import DetailTab
@@ -57,6 +58,8 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
                 detail = DetailTab(ctx)
             with gr.Tab("Compare", id="compare"):
                 compare = CompareTab(ctx)
+            with gr.Tab("Analysis", id="analysis"):
+                analysis = AnalysisTab(ctx)
             with gr.Tab("Compose", id="compose"):
                 compose = ComposeTab(ctx)
             launch_tab = None
@@ -70,10 +73,11 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
             return tuple(detail.show(study, number)) + (gr.Tabs(selected="detail"),)
 
         app = SimpleNamespace(ctx=ctx, tabs=tabs, timer=timer, studies=studies, pareto=pareto,
-                              trials=trials, detail=detail, compare=compare, compose=compose,
-                              launch=launch_tab, export=export, open_trial=open_trial,
-                              open_outputs=detail.outputs + [tabs])
-        for tab in (studies, pareto, trials, detail, compare, compose, launch_tab, export):
+                              trials=trials, detail=detail, compare=compare, analysis=analysis,
+                              compose=compose, launch=launch_tab, export=export,
+                              open_trial=open_trial, open_outputs=detail.outputs + [tabs])
+        for tab in (studies, pareto, trials, detail, compare, analysis, compose, launch_tab,
+                    export):
             if tab is not None:
                 tab.wire(app)
 
@@ -91,9 +95,9 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
             api_name="export_this_trial")
 
         load_outputs = (studies.outputs + pareto.select_outputs + trials.filter_inputs[:1]
-                        + [trials.top_metric, trials.columns] + trials.table_outputs
+                        + [trials.top_metric, trials.columns, trials.sort] + trials.table_outputs
                         + [detail.study, compare.trials, export.study, export.objective,
-                           export.trial] + compose.outputs)
+                           export.trial] + analysis.outputs + compose.outputs)
 
         def on_load():
             store = ctx.store()
@@ -101,7 +105,7 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
             first = names[:1]
             studies_out = studies.refresh()
             pareto_out = pareto.select_studies(first, None, None, "study", "auto", "auto",
-                                               "axes", True, False, False)
+                                               "axes", True, False, False, "study", "common")
             trial_study = first[0] if first else None
             trials_out = trials.select_study(trial_study, None, False, 100, None, [])
             export_out = export.select_study(trial_study)
@@ -112,6 +116,7 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
                        gr.Dropdown(choices=compare.choices()),
                        gr.Dropdown(choices=study_choices(names), value=trial_study))
                     + tuple(export_out)
+                    + tuple(analysis.show(trial_study))
                     + tuple(compose.check(compose.editor.value, "4096, 32768", "bf16")))
 
         demo.load(on_load, None, load_outputs, api_name="load_page")

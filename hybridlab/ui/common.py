@@ -41,7 +41,20 @@ def match_study(names: list[str], text) -> str:
     return next((n for n in names if shown_name(n) == text), text)
 
 
-def trial_choices(rows: list[dict]) -> list[tuple[str, int]]:
+#: a trial picker lists at most this many recent trials (plus the front and the current one);
+#: any other trial number can be typed
+RECENT_TRIALS = 200
+
+
+def trial_choices(rows: list[dict], current=None) -> list[tuple[str, int]]:
+    """Picker choices: every trial of a small study; of a large one the Pareto front, the
+    latest ``RECENT_TRIALS`` trials and ``current`` (other numbers can be typed)."""
+    if len(rows) > RECENT_TRIALS:
+        keep = {r["number"] for r in rows[-RECENT_TRIALS:]} | \
+            {r["number"] for r in rows if r.get("pareto")}
+        if current is not None:
+            keep.add(current)
+        rows = [r for r in rows if r["number"] in keep]
     return [(trial_label(r), int(r["number"])) for r in rows]
 
 

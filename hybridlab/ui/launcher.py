@@ -1,11 +1,13 @@
 """Searches started from the web page run in their own process, never in the web server:
 
-    python -m hybridlab.cli.main search SPEC --db URL --no-progress [--trials N] ...
+    python -m hybridlab.cli.main search SPEC --db URL [--trials N] ...
 
 ``Launcher.start`` validates the search spec first (the same ``load_search_spec`` as the CLI,
 with every path confined to the page's roots and plugins refused), writes it to a file, and
-starts that process in a new session with its output in a log file; the process gets no plugin
-opt-in (``HYBRIDLAB_PLUGINS`` is dropped from its environment), so a spec naming plugins fails.
+starts that process in a new session with its output in a log file, unbuffered, with its
+progress bar and a line per finished trial (``log_tail`` keeps the bar's latest state of each
+line), so the page can follow it live; the process gets no plugin opt-in
+(``HYBRIDLAB_PLUGINS`` is dropped from its environment), so a spec naming plugins fails.
 ``stop`` sends SIGTERM to the process group (the search records and re-queues the trial in
 progress, as on Ctrl-C) and SIGKILL if it has not exited after ``grace_s``.
 The jobs are remembered by this server only; the searches themselves are in the database.
@@ -63,14 +65,18 @@ class Job:
         return "finished" if rc == 0 else f"failed (exit {rc})"
 
     def log_tail(self, max_bytes: int = 6000) -> str:
+        """The end of the log, each line as a terminal would show it (a progress bar redraws
+        its line with carriage returns: only its latest state is kept)."""
         try:
             with open(self.log_file, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
-                f.seek(max(0, size - max_bytes))
-                return f.read().decode("utf-8", errors="replace")
+                f.seek(max(0, size - 4 * max_bytes))
+                text = f.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
+        lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
+        return "\n".join(lines)[-max_bytes:]
 
 
 class Launcher:
@@ -112,7 +118,7 @@ class Launcher:
         log = self.folder / f"{target.stem}.log"
         self.folder.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "hybridlab.cli.main", "search", str(target), "--db",
-               self.url, "--no-progress", "--workers", str(workers), "--device", device]
+               self.url, "--workers", str(workers), "--device", device]
         if trials:
             cmd += ["--trials", str(trials)]
         with open(log, "ab") as out:
@@ -187,7 +193,9 @@ def child_env() -> dict[str, str]:
     """The server's environment for a launched search, without the plugin opt-in: a search
     started from the page never imports a spec's plugins, whatever the server was started
     with."""
-    return {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+    env["PYTHONUNBUFFERED"] = "1"        # the log fills as the search runs, not at its end
+    return env
 
 
 def validate_search_text(text: str, base_dir: Path, roots: Roots, shown: str = "<editor>"):

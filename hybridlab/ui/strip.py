@@ -1,5 +1,7 @@
 """The layer pattern drawn as a coloured strip: one cell per layer, one colour per block type,
-mixers full height and FFN layers shorter, with a legend. Plain HTML with inline styles (no
+mixers full height and FFN layers shorter, with a legend that names the block type behind each
+symbol (``M = mamba3 ×4``: a search that samples ``blocks.M.type`` draws the same letter for
+different mixers). Plain HTML with inline styles (no
 scripts); every name is escaped, since names come from spec files and the database."""
 from __future__ import annotations
 
@@ -78,14 +80,16 @@ def strip_html(layers, title: str = "", legend: bool = True, cell_px: int = 22) 
     out.append("<div style='white-space:nowrap;overflow-x:auto;padding:2px 0'>"
                + "".join(cells) + "</div>")
     if legend:
-        counts: dict[str, int] = {}
-        for _, _, type_name, _ in layers:
-            counts[type_name] = counts.get(type_name, 0) + 1
+        counts: dict[tuple[str, str], int] = {}
+        for _, name, type_name, _ in layers:
+            counts[(name, type_name)] = counts.get((name, type_name), 0) + 1
         items = "".join(
-            f"<span class='hl-legend-item' style='margin-right:12px;white-space:nowrap'>"
+            f"<span class='hl-legend-item' data-symbol='{html.escape(name)}' "
+            f"style='margin-right:12px;white-space:nowrap'>"
             f"<span style='display:inline-block;width:12px;height:12px;border-radius:2px;"
             f"background:{type_colour(t)};vertical-align:middle;margin-right:4px'></span>"
-            f"{html.escape(t)} &times;{c}</span>" for t, c in counts.items())
+            f"<code>{html.escape(name)}</code> = {html.escape(t)} &times;{c}</span>"
+            for (name, t), c in counts.items())
         out.append(f"<div class='hl-legend' style='font-size:12px;margin-top:3px'>{items} "
                    f"<span style='color:#888'>({n} layers; short cells are FFN layers)</span>"
                    f"</div>")

@@ -1,6 +1,6 @@
 """Export: a trial, or the best trial by an objective, as a downloadable zip of the export
 folder (native, Hugging Face, or the layout scaled to another size) -- the same code as
-``hybridlab export``."""
+``hybridlab export``. One button builds the zip and has the browser save it."""
 from __future__ import annotations
 
 import gradio as gr
@@ -17,6 +17,13 @@ FORMATS = [("native (spec + safetensors + model card)", "native"),
            ("Hugging Face transformers folder", "hf"),
            ("layout only, scaled (no weights)", "layout")]
 FORMAT_NAMES = tuple(value for _, value in FORMATS)
+#: after a build: press the download button the build just filled (one click builds and saves)
+DOWNLOAD_JS = """() => {
+  const root = document.querySelector('#export-download');
+  const el = root && (root.tagName === 'A' || root.tagName === 'BUTTON' ? root
+                      : root.querySelector('a, button'));
+  if (el) el.click();
+}"""
 #: The widest scaled layout the page exports (the layout's own checks apply below this).
 MAX_D_MODEL = 1 << 16
 
@@ -37,10 +44,16 @@ class ExportTab:
             self.layers = gr.Number(value=24, precision=0, label="mixer layers (layout only)",
                                     minimum=1, scale=1)
         with gr.Row():
-            self.build_btn = gr.Button("Build export", variant="primary", scale=1)
-            self.download = gr.DownloadButton("Download export (.zip)", value=None,
+            self.build_btn = gr.Button("Build and download (.zip)", variant="primary", scale=1,
+                                       elem_id="export-build")
+            # the zip of the latest build: the button above downloads it at once; this one
+            # (shown once there is something to download) fetches it again
+            self.download = gr.DownloadButton("Download again", value=None, visible=False,
                                               elem_id="export-download", scale=1)
-        self.summary = gr.Markdown(elem_id="export-summary")
+        self.summary = gr.Markdown("Pick a study and which trial, then press **Build and "
+                                   "download**: the export is built with the same code as "
+                                   "`hybridlab export` and your browser saves the zip.",
+                                   elem_id="export-summary")
         self.card = gr.Markdown(label="Model card", elem_id="export-card")
 
     def wire(self, app) -> None:
@@ -49,7 +62,8 @@ class ExportTab:
         self.build_btn.click(self.build, [self.study, self.mode, self.objective, self.trial,
                                           self.format, self.d_model, self.layers],
                              [self.download, self.summary, self.card], api_name="export_build",
-                             concurrency_id="export")
+                             concurrency_id="export").success(
+            None, None, None, js=DOWNLOAD_JS, api_visibility="private")
 
     def _options(self, study, objective=None):
         """(metrics, objective, trial choices) of a study."""
@@ -58,7 +72,8 @@ class ExportTab:
             return [], None, []
         meta = views.study_meta(store, study)
         rows = views.flat_trials(store, study)
-        metrics = views.metric_columns(rows, meta["metric_names"])
+        metrics = views.study_metric_columns([views.study_view(store, study)],
+                                             meta["metric_names"])
         if objective not in metrics:
             objective = meta["metric_names"][0] if meta["metric_names"] else None
         done = [r for r in rows if r["state"] == "COMPLETE"]
@@ -126,4 +141,4 @@ class ExportTab:
         card_file = result.path / "README.md"
         card = card_file.read_text() if card_file.is_file() else \
             "```yaml\n" + (result.path / "spec.yaml").read_text() + "```"
-        return str(zip_path), summary, card
+        return gr.DownloadButton(value=str(zip_path), visible=True), summary, card

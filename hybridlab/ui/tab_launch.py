@@ -1,6 +1,7 @@
 """Launch: start a search from a search spec (editor or file), watch it, stop it. The search
-runs in a background process (``hybridlab search``), never in the web server; progress is read
-from the database like everything else."""
+runs in a background process (``hybridlab search``), never in the web server. While it runs a
+one-second timer streams its log tail and its progress (finished trials, a retry counted once,
+and each running trial's step, read from the database like everything else)."""
 from __future__ import annotations
 
 import html
@@ -34,7 +35,8 @@ class LaunchTab:
                               lines=18, elem_id="launch-editor")
         self.check_out = gr.HTML(elem_id="launch-check")
         with gr.Row():
-            self.trials = gr.Number(value=None, label="Trials (blank: the spec's)", precision=0)
+            self.trials = gr.Number(value=None, label="Trials (blank or 0: the spec's own)",
+                                    precision=0, minimum=0, elem_id="launch-trials")
             self.workers = gr.Number(value=1, label="Worker processes", precision=0, minimum=1)
             self.device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device")
             self.start_btn = gr.Button("Start search", variant="primary")
@@ -45,6 +47,8 @@ class LaunchTab:
         self.log = gr.Code(language=None, label="Log (tail)", interactive=False,
                            elem_id="launch-log")
         self.loaded = gr.State({"path": None, "text": None})
+        # while a search started here runs, its log and progress refresh every second
+        self.follow = gr.Timer(1.0, active=False)
 
     @property
     def status_outputs(self) -> list:
@@ -60,8 +64,10 @@ class LaunchTab:
                            api_name="launch_check", trigger_mode="always_last",
                            show_progress="hidden")
         self.start_btn.click(self.start, [self.editor, self.loaded, self.trials, self.workers,
-                                          self.device], self.status_outputs,
+                                          self.device], self.status_outputs + [self.follow],
                              api_name="launch_start", concurrency_id="launch")
+        self.follow.tick(self.follow_job, [self.job], self.status_outputs + [self.follow],
+                         api_name="launch_follow", show_progress="hidden")
         self.stop_btn.click(self.stop, [self.job], self.status_outputs, api_name="launch_stop",
                             concurrency_id="launch")
         self.job.input(self.show, [self.job], self.status_outputs, api_name="launch_status")
@@ -117,10 +123,16 @@ class LaunchTab:
                 spec_path=loaded["path"] if same_file else None,
                 trials=trials, workers=workers, device=device)
         except SpecError as e:
-            return (gr.skip(), problems_html(list(e.problems)), gr.skip(), gr.skip())
+            return (gr.skip(), problems_html(list(e.problems)), gr.skip(), gr.skip(),
+                    gr.skip())
         except UserError as e:          # too large, a bad setting, too many running
-            return (gr.skip(), error_html(str(e)), gr.skip(), gr.skip())
-        return self.show(job.id)
+            return (gr.skip(), error_html(str(e)), gr.skip(), gr.skip(), gr.skip())
+        return tuple(self.show(job.id)) + (gr.Timer(active=True),)
+
+    def follow_job(self, job_id=None):
+        """The live view of a launched search; the timer stops once no search runs."""
+        out = self.show(job_id)
+        return tuple(out) + (gr.Timer(active=bool(self.ctx.launcher.running())),)
 
     def stop(self, job_id):
         number = as_int(job_id)

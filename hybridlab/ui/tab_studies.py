@@ -19,8 +19,8 @@ class StudiesTab:
         self.table = gr.Dataframe(label="Studies — select a row to see its Pareto front",
                                   interactive=False, wrap=True, elem_id="studies-table",
                                   show_search="filter",
-                                  column_widths=["11%", "7%", "7%", "6%", "6%", "6%", "6%",
-                                                 "6%", "28%", "7%", "10%"])
+                                  column_widths=["11%", "6%", "7%", "6%", "6%", "5%", "6%",
+                                                 "6%", "7%", "24%", "6%", "10%"])
         self.plot = gr.Plot(label="Trials per state", elem_id="studies-plot")
         self.token = gr.State("")
 
@@ -47,16 +47,22 @@ class StudiesTab:
 
     def refresh(self):
         store = self.ctx.store()
-        summaries = [store.study_summary(n) for n in views.study_names(store)]
-        running = sum(s["counts"].get("RUNNING", 0) for s in summaries)
-        caption = (f"Database `{self.ctx.shown_url}` — **{len(summaries)}** "
-                   f"stud{'y' if len(summaries) == 1 else 'ies'}"
+        token = views.change_token(store)
+        study_views = [views.study_view(store, n, token) for n in views.study_names(store)]
+        running = sum(v.counts.get("RUNNING", 0) for v in study_views)
+        caption = (f"Database `{self.ctx.shown_url}` — **{len(study_views)}** "
+                   f"stud{'y' if len(study_views) == 1 else 'ies'}"
                    + (f", **{running}** trial{'s' if running != 1 else ''} running" if running
                       else "") + ".")
-        if not summaries:
-            caption += " Start one with `hybridlab search SPEC`" + \
-                (" or the Launch tab." if self.ctx.enable_launch else ".")
-        return tables.studies_frame(summaries), figures.studies_figure(summaries), caption
+        if not study_views:
+            caption += (" Nothing here yet: start a search with `hybridlab search SPEC --db "
+                        "...`" + (" or from the Launch tab" if self.ctx.enable_launch else "")
+                        + "; its trials appear here as they finish.")
+        else:
+            caption += (" *done* counts finished trials toward the target, a retried trial "
+                        "once; *front* counts trials on the Pareto front.")
+        return (tables.studies_frame(study_views), figures.studies_figure(study_views),
+                caption)
 
     def tick(self, token):
         new = views.change_token(self.ctx.store())
