@@ -253,6 +253,12 @@ def _work(spec: SearchSpec, url: str, target: int, *, device: str, worker: int |
                 except KeyboardInterrupt:
                     _requeue_interrupted(study, runner.last_trial_id)
                     raise
+                except Exception:
+                    # Optuna could not record the result because another worker had already
+                    # failed this trial as stale (its heartbeat came late on a busy machine)
+                    # and queued its retry: the retry counts, this worker carries on.
+                    if not _taken_over(study, runner.last_trial_id):
+                        raise
                 ran += 1
                 if runner.device_lost:
                     raise DeviceLost(runner.device_lost)
@@ -264,6 +270,14 @@ def _work(spec: SearchSpec, url: str, target: int, *, device: str, worker: int |
         time.sleep(poll)                 # others still running: wait for them (or their retries)
     progress.set_done(trial_budget(study, target).counted)
     return ran
+
+
+def _taken_over(study, trial_id: int | None) -> bool:
+    """Whether this worker's last trial was finished by someone else (failed as stale)."""
+    if trial_id is None:
+        return False
+    state = study._storage.get_trial(trial_id).state
+    return state == TrialState.FAIL
 
 
 def _cpu_threads(device: str) -> None:
