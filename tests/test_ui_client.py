@@ -61,6 +61,7 @@ ENDPOINT_TESTS = {
     "detail_curves": "test_curves_smoothing_and_x_axis",
     "analysis": "test_analysis_plots",
     "analysis_scale": "test_analysis_plots",
+    "analysis_open": "test_analysis_plots",
     "launch_follow": "test_launch_search_runs_in_background_process",
 }
 
@@ -460,6 +461,9 @@ def test_analysis_plots(client, server):  # noqa: F811
     assert len(slice_["data"]) >= 2 and contour["data"] and history["data"]
     hist_y = [y for t in history["data"] for y in (t.get("y") or []) if y is not None]
     assert max(hist_y) == pytest.approx(max(r["values"]["quality"] for r in usable))
+    # opening the tab draws the first study's plots
+    opened = client.predict(None, None, None, None, None, api_name="/analysis_open")
+    assert opened[0]["value"] == "ui-a" and plot(opened[4])["data"]
     # no study made by hybridlab scale in this database: the section says how to get one
     scaled = plot(out[10])
     assert "hybridlab scale" in scaled["layout"]["annotations"][0]["text"]

@@ -5,7 +5,8 @@ scores, costs, training figures, per-task curves), ``storage.linked`` for the sc
 
 Optuna's storage takes tens of milliseconds a trial on the loaded 2-core machine (about ten
 minutes for all), so the database is built once and kept in the temporary folder under a name
-that hashes this file and the library versions; a later test session reuses it.
+that hashes ``VERSION`` (bump it when the data changes) and the Optuna and schema versions; a
+later test session reuses it.
 
     python tests/ui_scale_data.py          # build it now (prints its path)
 """
@@ -21,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+#: bump when the generated data changes (the cached database is found by it)
+VERSION = 1
 STUDIES = ("big-a", "big-b", "big-c", "big-d")
 PER_STUDY = 2500
 SCALED = "big-a@scale-d256-l12"
@@ -33,8 +36,8 @@ def database_path() -> Path:
     import optuna
 
     from hybridlab.storage import SCHEMA_VERSION
-    key = hashlib.sha256(Path(__file__).read_bytes() + optuna.__version__.encode()
-                         + str(SCHEMA_VERSION).encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{VERSION}:{optuna.__version__}:{SCHEMA_VERSION}".encode()
+                         ).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"hybridlab-ui-scale-{key}" / "scale.db"
 
 

@@ -58,7 +58,7 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
                 detail = DetailTab(ctx)
             with gr.Tab("Compare", id="compare"):
                 compare = CompareTab(ctx)
-            with gr.Tab("Analysis", id="analysis"):
+            with gr.Tab("Analysis", id="analysis") as analysis_tab:
                 analysis = AnalysisTab(ctx)
             with gr.Tab("Compose", id="compose"):
                 compose = ComposeTab(ctx)
@@ -97,7 +97,7 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
         load_outputs = (studies.outputs + pareto.select_outputs + trials.filter_inputs[:1]
                         + [trials.top_metric, trials.columns, trials.sort] + trials.table_outputs
                         + [detail.study, compare.trials, export.study, export.objective,
-                           export.trial] + analysis.outputs + compose.outputs)
+                           export.trial] + compose.outputs)
 
         def on_load():
             store = ctx.store()
@@ -116,10 +116,12 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
                        gr.Dropdown(choices=compare.choices()),
                        gr.Dropdown(choices=study_choices(names), value=trial_study))
                     + tuple(export_out)
-                    + tuple(analysis.show(trial_study))
                     + tuple(compose.check(compose.editor.value, "4096, 32768", "bf16")))
 
         demo.load(on_load, None, load_outputs, api_name="load_page")
+        # Optuna's plots cost a second or two: drawn when the tab is opened, not on page load
+        analysis_tab.select(analysis.show, analysis.inputs, analysis.outputs,
+                            api_name="analysis_open")
         demo.load(None, None, None, js=PAGE_JS, api_visibility="private")
     guard_app(demo)             # every failure reaches the page as its message
     demo.queue(default_concurrency_limit=4)

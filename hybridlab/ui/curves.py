@@ -26,6 +26,7 @@ from plotly.subplots import make_subplots
 
 from hybridlab.errors import UserError
 from hybridlab.formatting import shown_name
+from hybridlab.search.tasks import get_task
 from hybridlab.specs.source import parse_yaml
 from hybridlab.ui.figures import _empty, study_colour
 
@@ -98,8 +99,6 @@ def x_scale(trial_metrics: dict, x_axis: str) -> tuple[float, str]:
 def chance_levels(spec_text) -> dict[str, float]:
     """{task label: chance score} for the tasks of a search spec's text ({} when unreadable;
     a task that cannot be built is left out)."""
-    from hybridlab.search.tasks import get_task
-
     if not isinstance(spec_text, str) or not spec_text.strip():
         return {}
     try:

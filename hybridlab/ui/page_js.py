@@ -7,7 +7,11 @@ plotly plot of the page (plots are re-created by Gradio on each update) and:
   ``uirevision`` cannot keep them); a new ``uirevision`` (other studies or axes) starts afresh;
 * turns a click on a point of the Pareto plot into "open this trial": the point's
   ``customdata`` (study, trial) goes into a hidden textbox and a hidden button is pressed,
-  which runs the ``open_clicked_point`` event.
+  which runs the ``open_clicked_point`` event;
+* makes Enter in the YAML editors (Compose, Launch) insert a bare line break: CodeMirror's
+  YAML mode carries the indentation of the line above into the next one, so typing a
+  top-level key after a nested line gave an indented key, a YAML error. What you type is what
+  you get (the editor's own transaction, so undo and the change event work as usual).
 """
 
 PAGE_JS = r"""
@@ -71,7 +75,27 @@ PAGE_JS = r"""
     box.dispatchEvent(new Event('input', {bubbles: true}));
     setTimeout(() => btn.click(), 200);
   };
+  const YAML_EDITORS = ['#compose-editor', '#launch-editor'];
+  const plainEnter = (root) => {
+    if (root.__hlEnter) return;
+    root.__hlEnter = true;
+    root.addEventListener('keydown', (ev) => {
+      if (ev.key !== 'Enter' || ev.shiftKey || ev.ctrlKey || ev.altKey || ev.metaKey ||
+          ev.isComposing) return;
+      const content = root.querySelector('.cm-content');
+      const tile = content && (content.cmTile || content.cmView);
+      const view = tile && tile.view;
+      if (!view || typeof view.dispatch !== 'function') return;   // leave it to the editor
+      ev.preventDefault();
+      ev.stopPropagation();
+      view.dispatch(view.state.replaceSelection('\n'), {scrollIntoView: true});
+    }, true);
+  };
   const bind = () => {
+    YAML_EDITORS.forEach((sel) => {
+      const root = document.querySelector(sel);
+      if (root) plainEnter(root);
+    });
     document.querySelectorAll('.js-plotly-plot').forEach((gd) => {
       if (gd.__hlBound || typeof gd.on !== 'function' || !gd._fullLayout) return;
       gd.__hlBound = true;

@@ -58,15 +58,21 @@ class AnalysisTab:
         return [self.study, self.objective, self.cx, self.cy] + \
             [self.plots[k] for k in analysis.KINDS] + [self.scaled, self.scale_plot]
 
+    @property
+    def inputs(self) -> list:
+        return [self.study, self.objective, self.cx, self.cy, self.scaled]
+
     def wire(self, app) -> None:
         gr.on([self.study.input, self.objective.input, self.cx.input, self.cy.input],
-              self.show, [self.study, self.objective, self.cx, self.cy, self.scaled],
-              self.outputs, api_name="analysis")
+              self.show, self.inputs, self.outputs, api_name="analysis")
         self.scaled.input(self.scale, [self.scaled], [self.scale_plot], api_name="analysis_scale")
 
-    def show(self, study, objective=None, cx=None, cy=None, scaled=None):
+    def show(self, study=None, objective=None, cx=None, cy=None, scaled=None):
+        """The plots of ``study`` (none picked yet: the first study)."""
         store = self.ctx.store()
         names = views.study_names(store)
+        if study is None and names:
+            study = names[0]
         token = views.change_token(store)
         linked = [n for n in names
                   if views.study_view(store, n, token).proxy_study is not None]

@@ -8,9 +8,9 @@ from __future__ import annotations
 import gradio as gr
 
 from hybridlab.composer.loader import load_spec
-from hybridlab.composer.summary import human_bytes, human_count, summarize
+from hybridlab.composer.summary import summarize
 from hybridlab.errors import Problem, SpecError, UserError
-from hybridlab.formatting import format_summary
+from hybridlab.formatting import fmt_value, format_summary
 from hybridlab.ui import figures
 from hybridlab.ui.common import DEFAULT_MODEL_SPEC, error_html, find_examples, problems_html
 from hybridlab.ui.paths import check_text_size, quoted
@@ -80,8 +80,9 @@ class ComposeTab:
             with gr.Column(scale=5):
                 self.status = gr.HTML(elem_id="compose-status")
                 self.strip = gr.HTML(elem_id="compose-strip")
-                self.summary = gr.Code(language=None, label="Summary (hybridlab summary)",
-                                       interactive=False, elem_id="compose-summary")
+        # full width: the table has a column per context length and must not be cut off
+        self.summary = gr.Code(language=None, label="Summary (hybridlab summary)",
+                               interactive=False, wrap_lines=False, elem_id="compose-summary")
         self.bars = gr.Plot(label="Per layer", elem_id="compose-bars")
 
     @property
@@ -110,7 +111,7 @@ class ComposeTab:
             strip = strip_html(spec_layers(spec), title=spec.pattern) if spec else ""
             return problems_html(problems), strip, "", figures._empty("fix the spec first",
                                                                        "layers")
-        ok = (f"valid: {len(spec.layers)} layers, {human_count(summary['params_total'])} "
-              f"parameters, decode state {human_bytes(summary['state_bytes'])}")
+        ok = (f"valid: {len(spec.layers)} layers, {fmt_value('params', summary['params_total'])} "
+              f"parameters, decode state {fmt_value('state_bytes', summary['state_bytes'])}")
         return (problems_html([], ok), strip_html(spec_layers(spec), title=spec.pattern),
                 format_summary(summary), figures.layer_bars_figure(summary))
