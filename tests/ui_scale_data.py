@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 #: bump when the generated data changes (the cached database is found by it)
-VERSION = 1
+VERSION = 2
 STUDIES = ("big-a", "big-b", "big-c", "big-d")
 PER_STUDY = 2500
 SCALED = "big-a@scale-d256-l12"
@@ -65,15 +65,16 @@ def _distributions():
 def _trial(rng: random.Random):
     """(params, values or None for a pruned trial, architecture key)."""
     params = {"blocks.M.type": rng.choice(TYPES), "layout.layers": rng.randint(2, 24),
-              "blocks.M.d_state": rng.choice([8, 16, 32, 64, 128, 256]),
-              "train.lr": 10 ** rng.uniform(-4, -2)}
+              "blocks.M.d_state": int(2 ** rng.uniform(3, 8)),
+              "train.lr": rng.choice([1e-3, 2e-3, 3e-3])}
     layers, d_state = params["layout.layers"], params["blocks.M.d_state"]
     params_total = float(layers * 52_000 + d_state * 900 * layers)
     state = float(layers * d_state * 2048)
     skill = {"mamba1": 0.0, "mamba2": 0.03, "mamba3": 0.05}[params["blocks.M.type"]]
     quality = 1 - math.exp(-params_total / 7e5) * rng.uniform(0.55, 1.0) + skill
     values = None if rng.random() < 0.08 else [quality, state, params_total]
-    return params, values, (params["blocks.M.type"], layers, d_state)
+    # the same architecture and training again reuses the first result, as a search does
+    return params, values, (params["blocks.M.type"], layers, d_state, params["train.lr"])
 
 
 def build(url: str, studies=STUDIES, per_study: int = PER_STUDY, seed: int = 0) -> None:
@@ -106,14 +107,14 @@ def build(url: str, studies=STUDIES, per_study: int = PER_STUDY, seed: int = 0) 
 
 
 def _record(store, study, tid, number, params, values, key, first, rng) -> None:
-    arch = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-    kind, layers, d_state = key
+    arch = hashlib.sha256(repr(key[:3]).encode()).hexdigest()[:32]
+    kind, layers, d_state, _ = key
     pattern = ("M-" * layers)[:2 * layers]
     store.record_architecture(arch, pattern=pattern, n_layers=2 * layers,
                               spec_yaml=_model_spec(kind, layers, d_state),
                               params_total=int(params_total(layers, d_state)))
     store.start_run(study_name=study, trial_id=tid, trial_number=number, arch_hash=arch,
-                    train_hash="t", device="cpu", versions={})
+                    train_hash=f"lr={params['train.lr']}", device="cpu", versions={})
     reused = first.get(key) if values else None
     if values:
         first.setdefault(key, number)

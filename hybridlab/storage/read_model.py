@@ -291,7 +291,14 @@ def hypervolume_history(view: StudyView, norm: _pareto.Normalization | None = No
                         reference_point=None) -> list[dict]:
     """``[{"trial_number", "hypervolume"}]`` after each candidate trial in number order.
     ``norm``: the scale (default: the study's own); ``reference_point``: raw objective values
-    instead (no scaling)."""
+    instead (no scaling). Kept with the view, so a re-render costs nothing."""
+    key = ("hypervolume", norm, None if reference_point is None else tuple(reference_point))
+    if key not in view.memo:
+        view.memo[key] = _hypervolume_history(view, norm, reference_point)
+    return view.memo[key]
+
+
+def _hypervolume_history(view: StudyView, norm, reference_point) -> list[dict]:
     rows = view.candidates()
     if not rows:
         return []

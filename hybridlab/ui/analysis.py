@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from hybridlab.formatting import shown_name
 from hybridlab.ui.figures import _empty
 
-LIMIT = 500
+LIMIT = 300
 KINDS = ("importance", "parallel", "slice", "contour", "history")
 
 

@@ -116,7 +116,7 @@ def build_app(db: str | None = None, *, refresh_s: float = 5.0, live: bool = Tru
                        gr.Dropdown(choices=compare.choices()),
                        gr.Dropdown(choices=study_choices(names), value=trial_study))
                     + tuple(export_out)
-                    + tuple(compose.check(compose.editor.value, "4096, 32768", "bf16")))
+                    + tuple(compose.initial))
 
         demo.load(on_load, None, load_outputs, api_name="load_page")
         # Optuna's plots cost a second or two: drawn when the tab is opened, not on page load

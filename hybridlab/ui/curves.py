@@ -9,7 +9,7 @@
   and seconds are the step times the trial's mean tokens (seconds) per training step, and the
   axis title says so.
 * Every kind of scalar gets an axis of its own: per-task losses, evaluation scores (with each
-  task's chance level as a dashed line), other evaluation metrics (accuracy, bits per byte),
+  task's chance level as a dashed line), other evaluation metrics (accuracy), bits per byte,
   the learning rate, the gradient norm, the auxiliary loss.
 * Each task has one colour in every panel; in Compare each trial has one colour.
 
@@ -47,6 +47,8 @@ def panel_of(name: str) -> str:
         return "training loss per task"
     if name == "eval/quality" or (name.startswith("eval/") and name.endswith("/score")):
         return "evaluation score (dashed: chance)"
+    if name.startswith("eval/") and name.endswith("/bpb"):
+        return "bits per byte (evaluation)"
     if name.startswith("eval/"):
         return "evaluation metrics"
     if name == "lr":
@@ -57,7 +59,8 @@ def panel_of(name: str) -> str:
 
 
 PANEL_ORDER = ("training loss per task", "evaluation score (dashed: chance)",
-               "evaluation metrics", "learning rate", "gradient norm (before clipping)")
+               "evaluation metrics", "bits per byte (evaluation)", "learning rate",
+               "gradient norm (before clipping)")
 
 
 def ema(values: list, smoothing: float) -> list:

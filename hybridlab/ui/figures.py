@@ -142,6 +142,7 @@ def pareto_figure(split: dict[str, dict], x: str, y: str, color: str = "study",
              if by_metric and not by_category and finite_number(r.get(color)) is not None]
     cmin, cmax = (min(cvals), max(cvals)) if cvals else (0.0, 1.0)
     trace = _scatter(len(every))
+    big = len(every) >= WEBGL_FROM
     fig = go.Figure()
     colorbar_done = False
     for i, (study, s) in enumerate(split.items()):
@@ -165,7 +166,8 @@ def pareto_figure(split: dict[str, dict], x: str, y: str, color: str = "study",
                 if by_category:
                     marker["color"] = study_colour(categories.index(cat))
                 elif by_metric:
-                    marker.update(color=_floats(finite_number(r.get(color)) for r in part_rows),
+                    marker.update(color=_array(_floats(finite_number(r.get(color))
+                                                       for r in part_rows), big),
                                   colorscale="Viridis", cmin=cmin, cmax=cmax,
                                   showscale=not colorbar_done,
                                   colorbar=dict(title=dict(text=color)))
@@ -176,11 +178,12 @@ def pareto_figure(split: dict[str, dict], x: str, y: str, color: str = "study",
                                              ((color if by_category else None, cat),
                                               (symbols_by, sym)) if c] + [kind])
                 fig.add_trace(trace(
-                    x=_floats(r[x] for r in part_rows), y=_floats(r[y] for r in part_rows),
+                    x=_array(_floats(r[x] for r in part_rows), big),
+                    y=_array(_floats(r[y] for r in part_rows), big),
                     mode="markers", name=name, legendgroup=f"{study}|{cat}", marker=marker,
-                    customdata=_objects(_custom(study, label, r, x, y,
-                                                color if by_metric else None, s["reuses"])
-                                        for r in part_rows),
+                    customdata=_array(_objects(_custom(study, label, r, x, y,
+                                                       color if by_metric else None,
+                                                       s["reuses"]) for r in part_rows), big),
                     hovertemplate=_hover(x, y, color if by_metric else None, kind),
                     meta="points"))
         if len(s["front"]) > 1:
@@ -204,6 +207,12 @@ def _floats(values) -> np.ndarray:
     """Numbers for plotly as an array (plotly checks a list element by element: seconds for
     10,000 points; None becomes NaN, a gap)."""
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _array(values: np.ndarray, big: bool):
+    """Arrays for large plots (sent to the browser as binary arrays); plain lists for small
+    ones, which any reader of the figure's JSON can use as they are."""
+    return values if big else values.tolist()
 
 
 def _objects(rows) -> np.ndarray:
@@ -268,14 +277,26 @@ def hypervolume_figure(histories: dict[str, list[dict]], note: str = "",
             hovertemplate=f"{html.escape(shown_name(study))}<br>after trial %{{x}}: "
                           f"%{{y:.4g}}<extra></extra>"))
     fig.update_layout(xaxis_title="trial number", yaxis_title="hypervolume (scaled objectives)",
-                      height=340, uirevision=revision, margin=dict(l=60, r=20, t=40, b=90),
+                      height=380, uirevision=revision, margin=dict(l=60, r=20, t=40, b=120),
                       title=dict(text="Hypervolume of each study's front over its objectives",
                                  font=dict(size=14)))
     if note:
-        fig.add_annotation(text=html.escape(note), xref="paper", yref="paper", x=0, y=-0.32,
+        fig.add_annotation(text="<br>".join(html.escape(line) for line in _wrap(note, 150)),
+                           xref="paper", yref="paper", x=0, y=-0.3, yanchor="top",
                            showarrow=False, align="left", font=dict(size=11, color="#555"),
                            xanchor="left")
     return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + ([line] if line else [])
 
 
 # -- studies -------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class ComposeTab:
     def __init__(self, ctx):
         self.ctx = ctx
         self.examples = find_examples(ctx, "model")
+        # the default spec checked once when the server starts: the first check also warms up
+        # the block classes (a second or two), which the first page load then does not pay
+        self.initial = self.check(DEFAULT_MODEL_SPEC, "4096, 32768", "bf16")
         with gr.Row():
             self.example = gr.Dropdown(label="Start from an example", scale=2,
                                        choices=list(self.examples), value=None,
@@ -78,12 +81,13 @@ class ComposeTab:
                                       label="Model spec (YAML)", interactive=True, lines=22,
                                       elem_id="compose-editor")
             with gr.Column(scale=5):
-                self.status = gr.HTML(elem_id="compose-status")
-                self.strip = gr.HTML(elem_id="compose-strip")
+                self.status = gr.HTML(self.initial[0], elem_id="compose-status")
+                self.strip = gr.HTML(self.initial[1], elem_id="compose-strip")
         # full width: the table has a column per context length and must not be cut off
-        self.summary = gr.Code(language=None, label="Summary (hybridlab summary)",
+        self.summary = gr.Code(self.initial[2], language=None,
+                               label="Summary (hybridlab summary)",
                                interactive=False, wrap_lines=False, elem_id="compose-summary")
-        self.bars = gr.Plot(label="Per layer", elem_id="compose-bars")
+        self.bars = gr.Plot(self.initial[3], label="Per layer", elem_id="compose-bars")
 
     @property
     def outputs(self) -> list:

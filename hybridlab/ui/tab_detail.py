@@ -34,7 +34,7 @@ class DetailTab:
         self.ctx = ctx
         with gr.Row():
             self.study = gr.Dropdown(label="Study", choices=[], allow_custom_value=True,
-                                     interactive=True, scale=2)
+                                     interactive=True, scale=2, elem_id="detail-study")
             self.trial = gr.Dropdown(label="Trial (pick, or type its number)", choices=[],
                                      allow_custom_value=True, interactive=True, scale=3)
             self.open_btn = gr.Button("Open trial", variant="primary", scale=1)

@@ -18,6 +18,12 @@ from hybridlab.ui.launcher import validate_search_text
 from hybridlab.ui.paths import check_text_size, quoted
 
 
+NOTHING_LAUNCHED = ("<div class='hl-empty' style='color:#666'>No search launched from this page "
+                    "yet: load a search spec file or pick an example above (search-quick.yaml "
+                    "takes minutes on a CPU), then press <b>Start search</b>. Its log and "
+                    "progress appear here as it runs.</div>")
+
+
 class LaunchTab:
     def __init__(self, ctx):
         self.ctx = ctx
@@ -42,8 +48,9 @@ class LaunchTab:
             self.start_btn = gr.Button("Start search", variant="primary")
             self.stop_btn = gr.Button("Stop", variant="stop")
         self.job = gr.Dropdown(label="Launched searches", choices=[], allow_custom_value=True)
-        self.status = gr.HTML(elem_id="launch-status")
-        self.progress = gr.Plot(label="Progress", elem_id="launch-progress")
+        self.status = gr.HTML(NOTHING_LAUNCHED, elem_id="launch-status")
+        self.progress = gr.Plot(figures.progress_figure([]), label="Progress",
+                                elem_id="launch-progress")
         self.log = gr.Code(language=None, label="Log (tail)", interactive=False,
                            elem_id="launch-log")
         self.loaded = gr.State({"path": None, "text": None})
@@ -148,8 +155,7 @@ class LaunchTab:
         number = as_int(job_id)
         job = jobs.get(number) if number is not None else launcher.latest()
         if job is None:
-            return (gr.Dropdown(choices=choices, value=None),
-                    "<div style='color:#888'>no search launched from this page yet</div>",
+            return (gr.Dropdown(choices=choices, value=None), NOTHING_LAUNCHED,
                     figures.progress_figure([]), "")
         store = self.ctx.store()
         prog = []
