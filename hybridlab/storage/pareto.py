@@ -130,13 +130,14 @@ class Normalization:
     def reference(self) -> list[float]:
         return [self.ref] * len(self.lo)
 
-    def describe(self, names: Sequence[str], directions: Sequence[str]) -> str:
-        """How the axes were scaled, for a caption: each objective's range (natural units) and
-        the reference point."""
+    def describe(self, names: Sequence[str], directions: Sequence[str],
+                 fmt=lambda name, value: f"{value:.4g}") -> str:
+        """How the axes were scaled, for a caption: each objective's range (natural units,
+        written by ``fmt(name, value)``) and the reference point."""
         parts = []
         for name, d, lo, span in zip(names, directions, self.lo, self.span):
             a, b = (-(lo + span), -lo) if d == "maximize" else (lo, lo + span)
-            parts.append(f"{name} {a:.4g}..{b:.4g}")
+            parts.append(f"{name} {fmt(name, a)}..{fmt(name, b)}")
         return (f"each objective scaled to [0, 1] over {', '.join(parts)}; reference point "
                 f"{self.ref:g} on every scaled axis (worst + {self.ref - 1:.0%} of the range)")
 

@@ -12,7 +12,7 @@ import json
 import gradio as gr
 
 from hybridlab.errors import UserError
-from hybridlab.formatting import shown_name
+from hybridlab.formatting import fmt_value, shown_name
 from hybridlab.storage import read_model, views
 from hybridlab.ui import figures, tables
 from hybridlab.ui.common import match_study, study_choices
@@ -180,7 +180,7 @@ class ParetoTab:
         first = next(iter(study_views.values()))
         if norm is not None:
             note = ("One scale for " + ", ".join(shown_name(s) for s in study_views) + ": "
-                    + norm.describe(first.metric_names, first.directions) + ".")
+                    + norm.describe(first.metric_names, first.directions, fmt_value) + ".")
         elif len(study_views) > 1 and scale == "common":
             note = ("These studies have different objectives: each is scaled to its own ranges, "
                     "so the curves are not comparable with one another.")
